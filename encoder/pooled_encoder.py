@@ -1,0 +1,118 @@
+"""The pooled encoder: tokenize, run the transformer, pool, normalise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from encoder.batching import token_budget_batches
+from encoder.model_folder import ModelFolder, ModelFolderError
+from encoder.pooling import pool
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Vectors for a list of texts, in input order, with what it took to make them."""
+
+    embeddings: np.ndarray  # (rows, dim) float32
+    tokens: int  # real (unpadded) tokens, special tokens included
+    padded_tokens: int  # tokens the model actually ran over
+    truncated: np.ndarray  # (rows,) bool: the text was cut at max_seq_length
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device={device} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+class PooledEncoder:
+    """A sentence-transformers model run with torch + transformers alone.
+
+    Loaded once and used from many threads: `encode` keeps no state between calls.
+    """
+
+    def __init__(
+        self,
+        folder: ModelFolder,
+        device: str = "auto",
+        dtype: str = "float32",
+        max_seq_length: int | None = None,
+        prompt_name: str | None = None,
+    ) -> None:
+        self.folder = folder
+        self.device = resolve_device(device)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "float16" and self.device.type == "cpu":
+            raise ValueError("float16 runs on CUDA only; use float32 or bfloat16 on CPU")
+        transformers_logging.disable_progress_bar()
+        self.model = (
+            AutoModel.from_pretrained(
+                folder.transformer_path,
+                dtype=DTYPES[dtype],
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
+            .to(self.device)
+            .eval()
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder.transformer_path, trust_remote_code=False)
+        if not tokenizer.is_fast:
+            raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")
+        self.max_seq_length = folder.seq_length(max_seq_length)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self._tokenizer = tokenizer.backend_tokenizer
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(self.max_seq_length)
+        self.prompt = folder.prompt(prompt_name)
+        self._prompt_length = 0 if folder.include_prompt or not self.prompt else self._count_prompt(tokenizer)
+
+    def _count_prompt(self, tokenizer) -> int:
+        """Prompt tokens (with the leading special token) excluded from pooling."""
+        ids = tokenizer(self.prompt)["input_ids"]
+        return len(ids) - (ids[-1] in tokenizer.all_special_ids)
+
+    def encode(self, texts: list[str], token_budget: int = 16384) -> Encoded:
+        """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows."""
+        if self.folder.do_lower_case:
+            texts = [t.lower() for t in texts]
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        out = np.empty((len(ids), self.folder.dim), dtype=np.float32)
+        padded = 0
+        for rows in token_budget_batches(lengths, token_budget):
+            width = int(lengths[rows[-1]])
+            input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                input_ids[r, : lengths[i]] = ids[i]
+                mask[r, : lengths[i]] = 1
+            out[rows] = self._forward(torch.from_numpy(input_ids), torch.from_numpy(mask))
+            padded += input_ids.size
+        return Encoded(out, int(lengths.sum()), padded, truncated)
+
+    @torch.inference_mode()
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        tokens = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if self._prompt_length:
+            mask = mask.clone()
+            mask[:, : self._prompt_length] = 0
+        vectors = pool(tokens, mask, self.folder.pooling_modes).float()
+        if self.folder.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.cpu().numpy()

@@ -1,0 +1,1 @@
+"""The embedding job: options, graph assembly and the command-line entry point."""

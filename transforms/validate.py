@@ -1,0 +1,85 @@
+"""Split rows into those that can be embedded and rejects with a reason.
+
+Checks run column-wise in Arrow compute, never row by row in Python.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.inputs import InputColumns
+from transforms import METRICS_NAMESPACE
+from transforms.read import ShardBatch
+
+# In order of precedence: a row gets the first reason that applies.
+REASONS = ("null_id", "null_text", "text_not_string", "empty_text")
+STATS = "stats"
+REJECTED = "rejected"
+
+
+def reject_reasons(batch: pa.RecordBatch, columns: InputColumns) -> pa.Array:
+    """A reason per row, null where the row is fine."""
+    ids, text = batch.column(columns.id.name), batch.column(columns.text)
+    false = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    is_string = pa.types.is_string(text.type) or pa.types.is_large_string(text.type)
+    conditions = [
+        pc.is_null(ids),
+        pc.is_null(text),
+        false if is_string else pc.is_valid(text),
+        pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False) if is_string else false,
+    ]
+    return pc.case_when(pc.make_struct(*conditions, field_names=REASONS), *REASONS)
+
+
+class _Validate(beam.DoFn):
+    def __init__(self, columns: InputColumns, rejects_schema: pa.Schema) -> None:
+        self._columns = columns
+        self._rejects_schema = rejects_schema
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+
+    def process(self, shard: ShardBatch) -> Iterator:
+        batch = shard.batch
+        reasons = reject_reasons(batch, self._columns)
+        rejected = pc.is_valid(reasons)
+        counts = Counter({"rows_in": batch.num_rows})
+        if pc.any(rejected).as_py():
+            rows = pa.array(np.arange(shard.first_row, shard.first_row + batch.num_rows))
+            yield beam.pvalue.TaggedOutput(
+                REJECTED,
+                pa.RecordBatch.from_arrays(
+                    [
+                        batch.column(self._columns.id.name).filter(rejected),
+                        pa.array([shard.path] * pc.sum(rejected).as_py(), pa.string()),
+                        rows.filter(rejected),
+                        reasons.filter(rejected),
+                    ],
+                    schema=self._rejects_schema,
+                ),
+            )
+            for item in pc.value_counts(reasons.filter(rejected)).to_pylist():
+                counts[f"rejected:{item['values']}"] = item["counts"]
+            self._rejected.inc(pc.sum(rejected).as_py())
+            batch = batch.filter(pc.invert(rejected))
+        yield beam.pvalue.TaggedOutput(STATS, counts)
+        if batch.num_rows:
+            yield ShardBatch(shard.path, shard.first_row, batch)
+
+
+class ValidateRows(beam.PTransform):
+    """ShardBatches in; outputs `valid` ShardBatches, `rejected` record batches and `stats` Counters."""
+
+    def __init__(self, columns: InputColumns, rejects_schema: pa.Schema) -> None:
+        super().__init__()
+        self._columns = columns
+        self._rejects_schema = rejects_schema
+
+    def expand(self, shards: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return shards | "CheckRows" >> beam.ParDo(_Validate(self._columns, self._rejects_schema)).with_outputs(
+            REJECTED, STATS, main="valid"
+        )

@@ -1,0 +1,119 @@
+"""Write record batches to Parquet, then the manifest once everything else is written.
+
+Beam's file sink writes to temporary files and renames them only when the
+whole write succeeded; the manifest waits for both writes, so a manifest
+next to the files means the run finished and its counts add up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+
+MANIFEST = "manifest.json"
+
+
+class WriteBatches(beam.PTransform):
+    """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out; returns the written paths."""
+
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema) -> None:
+        super().__init__()
+        self._prefix = FileSystems.join(output_dir, name)
+        self._schema = schema
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return (
+            batches
+            | "ToTables" >> beam.Map(lambda batch: pa.Table.from_batches([batch]))
+            | "WriteParquet"
+            >> WriteToParquetBatched(self._prefix, self._schema, codec="zstd", file_name_suffix=".parquet")
+        )
+
+
+class SumCounts(beam.CombineFn):
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, total: Counter, counts: Counter) -> Counter:
+        total.update(counts)
+        return total
+
+    def merge_accumulators(self, totals: Iterable[Counter]) -> Counter:
+        return sum(totals, Counter())
+
+    def extract_output(self, total: Counter) -> Counter:
+        return total
+
+
+def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict:
+    """The run's summary; refuses to exist when rows went missing."""
+    rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
+    body = {
+        **header,
+        "rows_in": counts["rows_in"],
+        "rows_embedded": counts["rows_embedded"],
+        "rows_rejected": sum(rejected.values()),
+        "rejected_by_reason": rejected,
+        "rows_truncated": counts["rows_truncated"],
+        "tokens": counts["tokens"],
+        "padded_tokens": counts["padded_tokens"],
+        "files": {kind: sorted(p.rsplit("/", 1)[-1] for p in paths) for kind, paths in files.items()},
+    }
+    if body["rows_in"] != body["rows_embedded"] + body["rows_rejected"]:
+        raise RuntimeError(
+            f"rows do not add up: {body['rows_in']} in, {body['rows_embedded']} embedded, "
+            f"{body['rows_rejected']} rejected; no manifest written"
+        )
+    started = datetime.fromisoformat(header["timings"]["started_at"])
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    body["timings"] = {
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(body["rows_in"] / max(seconds, 1e-9), 1),
+    }
+    return body
+
+
+def _write_manifest(_, output_dir: str, header: dict, counts: Counter, embeddings: list, rejected: list) -> str:
+    body = manifest(counts, {"embeddings": embeddings, "rejected": rejected}, header)
+    path = FileSystems.join(output_dir, MANIFEST)
+    temp = path + ".tmp"
+    with FileSystems.create(temp) as f:
+        f.write(json.dumps(body, indent=2).encode())
+    FileSystems.rename([temp], [path])
+    return path
+
+
+class WriteManifest(beam.PTransform):
+    """Stats Counters in; writes DIR/manifest.json after both file writes have finished."""
+
+    def __init__(self, output_dir: str, header: dict, embeddings: beam.PCollection, rejected: beam.PCollection):
+        super().__init__()
+        self._output_dir = output_dir
+        self._header = header
+        self._embeddings = embeddings
+        self._rejected = rejected
+
+    def expand(self, stats: beam.PCollection) -> beam.PCollection:
+        counts = stats | "Total" >> beam.CombineGlobally(SumCounts())
+        return (
+            stats.pipeline
+            | "Once" >> beam.Create([None])
+            | "WriteManifest"
+            >> beam.Map(
+                _write_manifest,
+                self._output_dir,
+                self._header,
+                beam.pvalue.AsSingleton(counts),
+                beam.pvalue.AsList(self._embeddings),
+                beam.pvalue.AsList(self._rejected),
+            )
+        )
