@@ -7,6 +7,7 @@ fail here, in seconds, before any worker starts.
 
 from __future__ import annotations
 
+import glob
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +59,17 @@ def match_inputs(patterns: list[str]) -> list[str]:
     return list(paths)
 
 
+def remove_temp_files(output: str) -> None:
+    """A failed run leaves Beam's temporary write folders behind; they are not outputs."""
+    pattern = FileSystems.join(output, "beam-temp-*")
+    if "://" in output:  # object stores: the folders are prefixes of the objects in them
+        folders = {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
+    else:  # local folders may be empty, which file matching does not list
+        folders = set(glob.glob(pattern))
+    if folders:
+        FileSystems.delete(sorted(folders))
+
+
 def prepare_output(output: str | None, overwrite: bool) -> str:
     """Refuse to mix a new run's files with an earlier run's, unless asked to replace them."""
     if not output:
@@ -75,6 +87,7 @@ def prepare_output(output: str | None, overwrite: bool) -> str:
     earlier.sort(key=lambda path: not path.endswith(MANIFEST))
     if earlier:
         FileSystems.delete(earlier)
+    remove_temp_files(output)
     return output
 
 

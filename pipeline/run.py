@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from encoder import ModelFolderError
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions
-from pipeline.plan import plan_job
+from pipeline.plan import plan_job, remove_temp_files
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
 
@@ -44,6 +44,7 @@ def _usage_parser() -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.run",
+        usage="%(prog)s --input GLOB --output DIR [job options] [Beam options]",
         description="Embed the text of Parquet shards with a sentence-transformers model and write "
         "L2-normalised vectors to Parquet, ready for a vector database. Runs locally by default "
         "(Beam's FnApiRunner, no network); pass --runner=DataflowRunner, FlinkRunner or PortableRunner "
@@ -61,8 +62,12 @@ def run(argv: list[str]) -> dict:
     options = make_options(argv)
     plan = plan_job(options)
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, plan)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, plan)
+    except Exception:
+        remove_temp_files(plan.output)
+        raise
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
         return json.load(f)
 
