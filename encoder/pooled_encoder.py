@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -71,7 +72,8 @@ class PooledEncoder:
             raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")
         self.max_seq_length = folder.seq_length(max_seq_length)
         self.pad_id = tokenizer.pad_token_id or 0
-        self._tokenizer = tokenizer.backend_tokenizer
+        # A private copy: the transformers wrapper resets truncation on its backend at every call.
+        self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_seq_length)
         self.prompt = folder.prompt(prompt_name)

@@ -1,0 +1,103 @@
+"""Shared fixtures: the real default model, tiny random models in the sentence-transformers layout,
+and helpers that write real Parquet files and run the job through its command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
+
+from transforms.embed import default_model_path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_POOLINGS = {
+    "cls": {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+    "max": {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False},
+    "mean": {"pooling_mode_mean_tokens": True},
+    "mean_sqrt_len": {"pooling_mode_mean_sqrt_len_tokens": True, "pooling_mode_mean_tokens": False},
+    "cls+mean": {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True},
+}
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return default_model_path()
+
+
+def save_tiny_model(
+    folder: Path,
+    pooling: dict,
+    normalize: bool = True,
+    max_seq_length: int = 64,
+    prompts: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised 2-layer BERT saved in the sentence-transformers layout."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    pooling_config = {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True, **pooling}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    if normalize:
+        (folder / "2_Normalize").mkdir()
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
+    if prompts:
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {name: save_tiny_model(root / name, pooling) for name, pooling in TINY_POOLINGS.items()}
+
+
+def write_parquet(path: Path, **columns) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The job exactly as users start it: a new Python process, `python -m pipeline.run`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_manifest(output: Path) -> dict:
+    return json.loads((output / "manifest.json").read_text())

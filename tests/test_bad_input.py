@@ -1,0 +1,132 @@
+"""Bad input: a clear message naming what and where, a non-zero exit, and nothing lost or half-published."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.conftest import read_manifest, run_cli, write_parquet
+
+
+def good_shard(path, ids=("a", "b")):
+    return write_parquet(path, id=list(ids), text=[f"text of {i}" for i in ids])
+
+
+def assert_failed_without_output(result, output, message):
+    assert result.returncode == 1, result.stderr
+    assert f"error: {message}" in result.stderr
+    assert (sorted(output.iterdir()) if output.exists() else []) == []  # no manifest, no files, no temp folders
+
+
+def test_no_file_matches(tmp_path):
+    good_shard(tmp_path / "in" / "a.parquet")
+    pattern = str(tmp_path / "missing" / "*.parquet")
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet,{pattern}", "--output", str(tmp_path / "out"))
+    assert_failed_without_output(result, tmp_path / "out", f"no file matches --input pattern '{pattern}'")
+
+
+def test_missing_text_column_names_it_and_the_columns_found(tmp_path):
+    path = good_shard(tmp_path / "a.parquet")
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--text_column", "body")
+    assert_failed_without_output(result, tmp_path / "out", f"{path}: column 'body' not found; columns found: id, text")
+
+
+def test_missing_id_column(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", doc_id=["a"], text=["hello"])
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
+    assert_failed_without_output(
+        result, tmp_path / "out", f"{path}: column 'id' not found; columns found: doc_id, text"
+    )
+
+
+def test_later_shard_missing_a_column_fails_the_job(tmp_path):
+    good_shard(tmp_path / "in" / "a.parquet")
+    bad = write_parquet(tmp_path / "in" / "b.parquet", id=["c"], body=["hello"])
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"))
+    assert_failed_without_output(result, tmp_path / "out", f"{bad}: column 'text' not found; columns found: id, body")
+
+
+def test_corrupt_shard_fails_the_job_and_names_the_file(tmp_path):
+    good_shard(tmp_path / "in" / "a.parquet")
+    corrupt = tmp_path / "in" / "b.parquet"
+    corrupt.write_bytes(good_shard(tmp_path / "b.parquet").read_bytes()[:300])  # cut short
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"))
+    assert_failed_without_output(result, tmp_path / "out", f"{corrupt}: not a readable Parquet file")
+
+
+def test_corrupt_first_shard_fails_before_the_pipeline_starts(tmp_path):
+    corrupt = tmp_path / "a.parquet"
+    corrupt.write_bytes(b"this is not parquet")
+    result = run_cli("--input", str(corrupt), "--output", str(tmp_path / "out"))
+    assert_failed_without_output(result, tmp_path / "out", f"{corrupt}: not a readable Parquet file")
+
+
+def test_id_type_differing_between_shards_fails(tmp_path):
+    good_shard(tmp_path / "in" / "a.parquet")
+    bad = write_parquet(tmp_path / "in" / "b.parquet", id=[1], text=["hello"])
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"))
+    assert_failed_without_output(result, tmp_path / "out", f"{bad}: column 'id' is int64, but other shards have string")
+
+
+def test_rows_that_cannot_be_embedded_are_rejected_with_a_reason(tmp_path):
+    first = write_parquet(
+        tmp_path / "in" / "a.parquet",
+        id=["ok-1", None, "null", "empty", "blank", "ok-2", "ideographic-space"],
+        text=["fine", "no id", None, "", " \t\r\n ", "also fine", "\u3000"],
+    )
+    numbers = write_parquet(tmp_path / "in" / "b.parquet", id=["n-1", "n-2"], text=pa.array([1, None], pa.int64()))
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert manifest["rows_in"] == 9
+    assert manifest["rows_embedded"] == 2
+    assert manifest["rejected_by_reason"] == {"empty_text": 3, "null_id": 1, "null_text": 2, "text_not_string": 1}
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["source_file"], r["row_number"], r["id"], r["reason"]) for r in rejected) == [
+        (str(first), 1, None, "null_id"),
+        (str(first), 2, "null", "null_text"),
+        (str(first), 3, "empty", "empty_text"),
+        (str(first), 4, "blank", "empty_text"),
+        (str(first), 6, "ideographic-space", "empty_text"),
+        (str(numbers), 0, "n-1", "text_not_string"),
+        (str(numbers), 1, "n-2", "null_text"),
+    ]
+    assert sorted(pq.read_table(sorted(output.glob("embeddings-*.parquet")))["id"].to_pylist()) == ["ok-1", "ok-2"]
+
+
+def test_every_row_rejected_still_publishes_empty_typed_outputs(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", id=["a", "b"], text=[None, ""])
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (2, 0, 2)
+    embedded = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert embedded.num_rows == 0
+    assert embedded.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+
+
+def test_earlier_run_is_not_mixed_with_a_new_one(tmp_path):
+    path = good_shard(tmp_path / "a.parquet")
+    output = tmp_path / "out"
+    assert run_cli("--input", str(path), "--output", str(output)).returncode == 0
+    (output / "embeddings-00007-of-00009.parquet").write_bytes(b"stale shard of an older run")
+    again = run_cli("--input", str(path), "--output", str(output))
+    assert again.returncode == 1
+    assert f"error: {output} already holds a run's outputs (4 files); pass --overwrite to replace them" in again.stderr
+    replaced = run_cli("--input", str(path), "--output", str(output), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (output / "embeddings-00007-of-00009.parquet").exists()
+    assert read_manifest(output)["rows_embedded"] == 2
+
+
+def test_pickle_only_model_is_refused(tmp_path, model_path):
+    model = tmp_path / "model"
+    shutil.copytree(model_path, model)
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    path = good_shard(tmp_path / "a.parquet")
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert_failed_without_output(result, tmp_path / "out", f"{model}: only pickle weights (pytorch_model.bin) found")

@@ -1,0 +1,110 @@
+"""The pooled encoder against sentence-transformers, the reference it must equal (CPU, float32)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from encoder import ModelFolderError, PooledEncoder, read_model_folder
+from encoder.batching import token_budget_batches
+from samples.knowledge_base import make_rows
+from tests.conftest import TINY_POOLINGS, save_tiny_model
+
+MIXED_TEXTS = [
+    *make_rows(120, seed=7).column("text").to_pylist(),
+    "hi",
+    "東京は日本の首都です。",
+    "مرحبا بالعالم، هذا نص من اليمين إلى اليسار",
+    "emoji 🚀🔥👩‍💻 in a sentence",
+    "a NUL\x00character inside",
+    "  leading and trailing spaces  ",
+    "word " * 600,  # far past 256 tokens: truncated
+]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def test_default_model_equals_sentence_transformers(model_path):
+    ours = PooledEncoder(read_model_folder(model_path), device="cpu").encode(MIXED_TEXTS, token_budget=4096)
+    reference = SentenceTransformer(model_path, device="cpu").encode(MIXED_TEXTS, normalize_embeddings=True)
+    assert ours.embeddings.shape == (len(MIXED_TEXTS), 384)
+    assert ours.embeddings.dtype == np.float32
+    assert min_cosine(ours.embeddings, reference) >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(ours.embeddings, axis=1), 1.0, atol=1e-5)
+    assert ours.truncated.tolist() == [False] * (len(MIXED_TEXTS) - 1) + [True]
+
+
+@pytest.mark.parametrize("pooling", sorted(TINY_POOLINGS))
+def test_each_pooling_mode_equals_sentence_transformers(tiny_models, pooling):
+    path = tiny_models[pooling]
+    ours = PooledEncoder(read_model_folder(path), device="cpu").encode(MIXED_TEXTS, token_budget=512)
+    reference = SentenceTransformer(str(path), device="cpu").encode(MIXED_TEXTS)
+    assert ours.embeddings.shape == reference.shape
+    assert min_cosine(ours.embeddings, reference) >= 0.9999
+
+
+def test_prompt_excluded_from_pooling_equals_sentence_transformers(tmp_path):
+    path = save_tiny_model(
+        tmp_path / "prompted",
+        {"pooling_mode_mean_tokens": True, "include_prompt": False},
+        normalize=False,
+        prompts={"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "passage"},
+    )
+    folder = read_model_folder(path)
+    reference = SentenceTransformer(str(path), device="cpu")
+    for name in (None, "query"):
+        ours = PooledEncoder(folder, device="cpu", prompt_name=name).encode(MIXED_TEXTS[:40])
+        expected = reference.encode(MIXED_TEXTS[:40], prompt_name=name)
+        assert min_cosine(ours.embeddings, expected) >= 0.9999
+    with pytest.raises(ModelFolderError, match="no prompt named 'doc'; prompts defined: passage, query"):
+        folder.prompt("doc")
+
+
+def test_batches_cover_every_row_once_within_the_budget():
+    lengths = np.array([5, 300, 12, 12, 7, 90, 1, 64, 64, 33])
+    batches = token_budget_batches(lengths, token_budget=128)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for rows in batches:
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= 128
+    # Sorted by length: padding stays small.
+    assert [lengths[rows].tolist() for rows in batches] == [[1, 5, 7, 12, 12], [33, 64], [64], [90], [300]]
+
+
+def test_pickle_only_weights_are_refused(tmp_path, model_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(model_path, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(ModelFolderError, match=r"only pickle weights \(pytorch_model.bin\) found; they are refused"):
+        read_model_folder(folder)
+
+
+def test_folder_without_modules_json_is_refused(tmp_path):
+    with pytest.raises(ModelFolderError, match="not a sentence-transformers model folder"):
+        read_model_folder(tmp_path)
+
+
+def test_unsupported_module_is_refused(tmp_path, model_path):
+    folder = tmp_path / "dense"
+    shutil.copytree(model_path, folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelFolderError, match="module type 'sentence_transformers.models.Dense' is not supported"):
+        read_model_folder(folder)
+
+
+def test_max_seq_length_override(model_path):
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu", max_seq_length=8)
+    result = encoder.encode(["one two three four five six seven eight nine ten", "short"])
+    assert result.truncated.tolist() == [True, False]
+    assert result.tokens == 8 + 3
+    with pytest.raises(ModelFolderError, match="max_seq_length must be between 1 and 512"):
+        read_model_folder(model_path).seq_length(1000)

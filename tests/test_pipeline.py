@@ -1,0 +1,153 @@
+"""The whole job through its command line on the local runner: counts, ids, schema, norms, manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from encoder import PooledEncoder, read_model_folder
+from samples.knowledge_base import make_rows, write_shards
+from schemas.outputs import read_model_block
+from tests.conftest import read_manifest, run_cli, write_parquet
+
+
+@pytest.fixture(scope="module")
+def knowledge_base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kb")
+    write_shards(root / "shards", rows=300, shards=3)
+    # A fourth shard, matched through the comma-separated list: the edge cases of a real KB.
+    long_text = "overflowing passage " * 300
+    write_parquet(
+        root / "extra" / "edge.parquet",
+        id=["e-1", "e-2", "e-3", "e-4", "e-5", "e-6", "e-7"],
+        kind=["doc"] * 7,
+        title=["t"] * 7,
+        text=[long_text, "東京の天気 ☀️", "שלום, עולם", "NUL\x00inside", None, "   \t\n ", "plain"],
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def job(knowledge_base):
+    output = knowledge_base / "out"
+    result = run_cli(
+        "--input", f"{knowledge_base}/shards/*.parquet,{knowledge_base}/extra/edge.parquet",
+        "--output", str(output),
+        "--carry_columns", "title,kind",
+        "--progress_interval", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return output, result
+
+
+def read_output(output, name):
+    return pq.read_table(sorted(output.glob(f"{name}-*.parquet")))
+
+
+def test_counts_add_up_and_ids_match_one_to_one(job, knowledge_base):
+    output, result = job
+    manifest = read_manifest(output)
+    assert manifest["rows_in"] == 307
+    assert manifest["rows_embedded"] == 305
+    assert manifest["rows_rejected"] == 2
+    assert manifest["rejected_by_reason"] == {"empty_text": 1, "null_text": 1}
+    assert manifest["rows_in"] == manifest["rows_embedded"] + manifest["rows_rejected"]
+    assert manifest["rows_truncated"] >= 1
+    assert "embedded 305 of 307 rows (2 rejected" in result.stdout
+
+    inputs = pq.read_table(
+        sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra/edge.parquet"]
+    )
+    embedded = read_output(output, "embeddings")
+    rejected = read_output(output, "rejected")
+    assert sorted(embedded["id"].to_pylist() + rejected["id"].to_pylist()) == sorted(inputs["id"].to_pylist())
+    assert len(set(embedded["id"].to_pylist())) == embedded.num_rows
+    assert sorted(rejected.to_pylist(), key=lambda r: r["id"]) == [
+        {
+            "id": "e-5",
+            "source_file": str(knowledge_base / "extra/edge.parquet"),
+            "row_number": 4,
+            "reason": "null_text",
+        },
+        {
+            "id": "e-6",
+            "source_file": str(knowledge_base / "extra/edge.parquet"),
+            "row_number": 5,
+            "reason": "empty_text",
+        },
+    ]
+    # Carried columns stay with their row.
+    by_id = {r["id"]: r for r in inputs.select(["id", "title", "kind"]).to_pylist()}
+    assert all(by_id[r["id"]] == r for r in embedded.select(["id", "title", "kind"]).to_pylist())
+
+
+def test_schema_metadata_and_norms(job, model_path):
+    output, _ = job
+    embedded = read_output(output, "embeddings")
+    assert embedded.schema.names == ["id", "title", "kind", "embedding"]
+    assert embedded.schema.field("id").type == pa.string()
+    assert embedded.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    vectors = embedded["embedding"].combine_chunks().values.to_numpy().reshape(-1, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    block = read_model_block(pq.read_schema(sorted(output.glob("embeddings-*.parquet"))[0]))
+    folder = read_model_folder(model_path)
+    assert block["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert block["weights_sha256"] == folder.weights_sha256()
+    assert (block["dim"], block["pooling"], block["normalized"], block["max_seq_length"]) == (384, ["mean"], True, 256)
+    assert read_manifest(output)["model"] == block
+
+
+def test_vectors_are_the_encoders(job, model_path):
+    output, _ = job
+    embedded = read_output(output, "embeddings").filter(
+        pa.compute.field("id").isin(["e-1", "e-2", "e-4", "kb-0000007"])
+    )
+    texts = {"e-1": "overflowing passage " * 300, "e-2": "東京の天気 ☀️", "e-4": "NUL\x00inside"}
+    texts["kb-0000007"] = make_rows(100, seed=0).column("text")[7].as_py()
+    expected = PooledEncoder(read_model_folder(model_path), device="cpu").encode(
+        [texts[i] for i in embedded["id"].to_pylist()]
+    )
+    got = embedded["embedding"].combine_chunks().values.to_numpy().reshape(-1, 384)
+    assert ((got * expected.embeddings).sum(axis=1) >= 0.9999).all()
+
+
+def test_multi_process_run_gives_the_same_rows(job, knowledge_base):
+    output = knowledge_base / "out-multi"
+    result = run_cli(
+        "--input", f"{knowledge_base}/shards/*.parquet",
+        "--output", str(output),
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (300, 300, 0)
+    single = read_output(job[0], "embeddings").to_pylist()
+    multi = {r["id"]: r["embedding"] for r in read_output(output, "embeddings").to_pylist()}
+    assert len(multi) == 300
+    for row in single:
+        if row["id"] in multi:
+            assert np.dot(row["embedding"], multi[row["id"]]) >= 0.9999
+
+
+def test_help_explains_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in (
+        "--input",
+        "--output",
+        "--text_column",
+        "--id_column",
+        "--carry_columns",
+        "--model",
+        "--device",
+        "--dtype",
+        "--max_seq_length",
+        "--prompt_name",
+        "--token_budget",
+        "--rows_per_batch",
+        "--overwrite",
+    ):
+        assert option in result.stdout
