@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+DESCRIPTION = (
+    "Embed the text of Parquet shards with a sentence-transformers model and write L2-normalised "
+    "vectors to Parquet, ready for a vector database. Runs locally by default (Beam's FnApiRunner, "
+    "no network); pass --runner=DataflowRunner, FlinkRunner or PortableRunner with their usual "
+    "options to run elsewhere."
+)
 
 
 class EmbedOptions(PipelineOptions):
@@ -81,3 +89,37 @@ class EmbedOptions(PipelineOptions):
             default=30.0,
             help="Seconds between progress log lines of each worker (default: 30).",
         )
+
+
+def parse_command_line(argv: list[str]) -> PipelineOptions:
+    """Options from the command line, refusing what Beam would silently drop.
+
+    Beam only warns about flags it does not know, so a typo such as
+    `--text_colum` would run the job on the wrong column; here it is an error
+    (exit 2), as are a missing --input or --output. --help lists the job's
+    options first, then Beam's.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        usage="%(prog)s --input GLOB --output DIR [job options] [Beam options]",
+        description=DESCRIPTION,
+        allow_abbrev=False,
+    )
+    EmbedOptions._add_argparse_args(parser)
+    beam_options = {str(cls): cls for cls in PipelineOptions.__subclasses__() if cls is not EmbedOptions}
+    for cls in beam_options.values():
+        cls._add_argparse_args(parser.add_argument_group(f"Beam {cls.__name__}"))
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [a for action in parser._actions for a in action.option_strings]
+        hints = [difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1) for arg in unknown]
+        parser.error(
+            "unrecognised arguments: "
+            + ", ".join(
+                f"{arg} (did you mean {hint[0]}?)" if hint else arg for arg, hint in zip(unknown, hints, strict=True)
+            )
+        )
+    for required in ("input", "output"):
+        if not getattr(known, required):
+            parser.error(f"--{required} is required")
+    return PipelineOptions(argv)

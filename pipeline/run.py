@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from encoder import ModelFolderError
 from pipeline.build import build_pipeline
-from pipeline.options import EmbedOptions
+from pipeline.options import parse_command_line
 from pipeline.plan import plan_job, remove_temp_files
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
@@ -31,30 +31,11 @@ _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
-    options = PipelineOptions(argv)
+    options = parse_command_line(argv)
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = _LOCAL_RUNNER
     return options
-
-
-def _usage_parser() -> None:
-    """--help lists the job's options first, then Beam's."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.run",
-        usage="%(prog)s --input GLOB --output DIR [job options] [Beam options]",
-        description="Embed the text of Parquet shards with a sentence-transformers model and write "
-        "L2-normalised vectors to Parquet, ready for a vector database. Runs locally by default "
-        "(Beam's FnApiRunner, no network); pass --runner=DataflowRunner, FlinkRunner or PortableRunner "
-        "with their usual options to run elsewhere.",
-    )
-    EmbedOptions._add_argparse_args(parser)
-    for cls in PipelineOptions.__subclasses__():
-        if cls is not EmbedOptions:
-            cls._add_argparse_args(parser.add_argument_group(f"Beam: {cls.__name__}"))
-    parser.print_help()
 
 
 def run(argv: list[str]) -> dict:
@@ -74,9 +55,6 @@ def run(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        _usage_parser()
-        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:

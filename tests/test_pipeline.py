@@ -151,3 +151,15 @@ def test_help_explains_every_option():
         "--overwrite",
     ):
         assert option in result.stdout
+
+
+def test_mistyped_option_is_an_error_not_a_silent_default(tmp_path):
+    result = run_cli("--input", "x.parquet", "--output", str(tmp_path), "--text_colum", "body")
+    assert result.returncode == 2
+    assert "unrecognised arguments: --text_colum (did you mean --text_column?)" in result.stderr
+
+
+def test_missing_output_is_an_error():
+    result = run_cli("--input", "x.parquet")
+    assert result.returncode == 2
+    assert "--output is required" in result.stderr
