@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 
 from encoder import PooledEncoder, read_model_folder
+from pipeline.build import build_pipeline
+from pipeline.plan import plan_job
+from pipeline.run import make_options
 from samples.knowledge_base import make_rows, write_shards
 from schemas.outputs import read_model_block
 from tests.conftest import read_manifest, run_cli, write_parquet
+from transforms import METRICS_NAMESPACE
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +171,23 @@ def test_missing_output_is_an_error():
     result = run_cli("--input", "x.parquet")
     assert result.returncode == 2
     assert "--output is required" in result.stderr
+
+
+def test_progress_is_logged(job):
+    _, result = job
+    assert re.search(r"transforms\.embed: embedded \d+ rows, [\d.]+ rows/s", result.stderr)
+
+
+def test_beam_metrics_count_rows_and_tokens(tmp_path):
+    shard = write_parquet(tmp_path / "in.parquet", id=[1, 2, 3], text=["one", "", "three four"])
+    options = make_options(["--input", str(shard), "--output", str(tmp_path / "out")])
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, plan_job(options))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    }
+    # [CLS] one [SEP] + [CLS] three four [SEP]
+    assert counters == {"rows_embedded": 2, "rows_rejected": 1, "rows_truncated": 0, "tokens": 7}

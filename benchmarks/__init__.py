@@ -1,0 +1,1 @@
+"""Commands that measure the job; run by hand, never as timed tests."""
