@@ -14,6 +14,10 @@ from encoder.batching import token_budget_batches
 from encoder.model_folder import ModelFolder, ModelFolderError
 from encoder.pooling import pool
 
+# Padded tokens per forward pass. On CPU small batches of similar length are
+# fastest (measured on 2 cores, all-MiniLM-L6-v2: 2048 ran 1.7x faster than
+# 16384, with 3% padding instead of 25%); a GPU wants large batches to fill it.
+DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -84,8 +88,12 @@ class PooledEncoder:
         ids = tokenizer(self.prompt)["input_ids"]
         return len(ids) - (ids[-1] in tokenizer.all_special_ids)
 
-    def encode(self, texts: list[str], token_budget: int = 16384) -> Encoded:
-        """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows."""
+    def encode(self, texts: list[str], token_budget: int | None = None) -> Encoded:
+        """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows.
+
+        The budget defaults to the fastest measured for the device.
+        """
+        token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.device.type]
         if self.folder.do_lower_case:
             texts = [t.lower() for t in texts]
         if self.prompt:

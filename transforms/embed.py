@@ -48,7 +48,7 @@ class EncoderHandler:
     dtype: str = "float32"
     max_seq_length: int | None = None
     prompt_name: str | None = None
-    token_budget: int = 16384
+    token_budget: int | None = None  # None: the encoder's default for its device
 
     def load_model(self) -> PooledEncoder:
         folder = read_model_folder(self.model or default_model_path())
