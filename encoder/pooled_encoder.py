@@ -53,7 +53,10 @@ class PooledEncoder:
         dtype: str = "float32",
         max_seq_length: int | None = None,
         prompt_name: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads:  # per process: the worker processes of one machine share its cores
+            torch.set_num_threads(threads)
         self.folder = folder
         self.device = resolve_device(device)
         if dtype not in DTYPES:

@@ -20,7 +20,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         | "Read" >> ReadShards(plan.patterns, plan.columns, plan.rows_per_batch)
         | "Validate" >> ValidateRows(plan.columns, rejected_schema)
     )
-    embedded = rows.valid | "Embed" >> EmbedRows(plan.handler, plan.columns, output_schema, plan.progress_interval)
+    embedded = rows.valid | "Embed" >> EmbedRows(
+        plan.handler, plan.columns, output_schema, plan.rows_per_batch, plan.progress_interval
+    )
     embedding_files = embedded.embeddings | "WriteEmbeddings" >> WriteBatches(plan.output, "embeddings", output_schema)
     rejected_files = rows[REJECTED] | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema)
     (

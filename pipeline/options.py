@@ -69,8 +69,9 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--token_budget",
             type=int,
-            default=16384,
-            help="Padded tokens per forward pass; rows are sorted by length and batched up to this (default: 16384).",
+            default=None,
+            help="Padded tokens per forward pass; rows are sorted by length and batched up to this "
+            "(default: 2048 on CPU, 65536 on CUDA, the fastest measured).",
         )
         group.add_argument(
             "--rows_per_batch",

@@ -8,12 +8,13 @@ fail here, in seconds, before any worker starts.
 from __future__ import annotations
 
 import glob
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from encoder import read_model_folder
 from pipeline.options import EmbedOptions
@@ -22,6 +23,7 @@ from transforms.embed import EncoderHandler, default_model_path
 from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -91,7 +93,16 @@ def prepare_output(output: str | None, overwrite: bool) -> str:
     return output
 
 
-def plan_job(options: beam.options.pipeline_options.PipelineOptions) -> JobPlan:
+def threads_per_worker(options: PipelineOptions) -> int | None:
+    """Local workers split this machine's cores; one oversubscribed core costs more than it gives."""
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return None
+    direct = options.view_as(DirectOptions)
+    workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
+    return max(1, (os.cpu_count() or 1) // max(workers or 1, 1))
+
+
+def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
     patterns = _split_patterns(opts.input)
@@ -106,6 +117,7 @@ def plan_job(options: beam.options.pipeline_options.PipelineOptions) -> JobPlan:
         max_seq_length=folder.seq_length(opts.max_seq_length),
         prompt_name=opts.prompt_name,
         token_budget=opts.token_budget,
+        threads=threads_per_worker(options),
     )
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Local worker processes' log lines (progress included) arrive through this logger.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.INFO)
     try:
         result = run(argv)
     except (InputError, ModelFolderError) as e:

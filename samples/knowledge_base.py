@@ -1,7 +1,9 @@
 """Make a synthetic knowledge base as Parquet shards: docs, tickets and wiki pages.
 
 Lengths are long-tailed like real knowledge bases: many one- or two-sentence
-passages, fewer long ones, and a tail past the model's 256-token limit.
+passages, fewer long ones, and a tail past the model's 256-token limit. Like
+real tickets, a third of the sentences are pasted logs, tracebacks and
+configuration, which hold many more tokens per character than prose.
 
     python -m samples.knowledge_base --output sample-kb --rows 2000 --shards 4
 """
@@ -66,10 +68,33 @@ FACTS = [
     "API keys expire after 180 days and must be rotated by their owners.",
 ]
 KINDS = ["doc", "ticket", "wiki"]
+SERVICES = ["billing-api", "auth-gateway", "search-indexer", "payments-worker", "admin-web", "etl-nightly"]
+EXCEPTIONS = ["ConnectionResetError", "TimeoutError", "KeyError", "PermissionError", "SSLCertVerificationError"]
+
+
+def _log_line(rng: np.random.Generator) -> str:
+    """Tickets paste logs, ids and URLs: many tokens per character, unlike prose."""
+    service, error = rng.choice(SERVICES), rng.choice(EXCEPTIONS)
+    request = "".join(rng.choice(list("0123456789abcdef"), 12))
+    pick = rng.integers(3)
+    if pick == 0:
+        return (
+            f"Log: 2026-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}T{rng.integers(24):02d}:"
+            f"{rng.integers(60):02d}:{rng.integers(60):02d}Z ERROR {service} req={request} {error}: "
+            f"upstream returned {rng.choice([500, 502, 503, 504])} after {rng.integers(100, 30000)}ms"
+        )
+    if pick == 1:
+        return (
+            f'Traceback: File "/srv/{service}/app/handlers.py", line {rng.integers(10, 900)}, in handle; '
+            f"{error}: [Errno {rng.integers(1, 120)}] see https://status.example.com/incidents/{request}"
+        )
+    return f"Config: {service}.yaml sets pool_size={rng.integers(5, 200)} timeout_ms={rng.integers(100, 60000)}"
 
 
 def _sentence(rng: np.random.Generator) -> str:
-    pick = rng.integers(4)
+    pick = rng.integers(6)
+    if pick >= 4:
+        return _log_line(rng)
     if pick == 0:
         return f"Users report that {rng.choice(PRODUCTS)} {rng.choice(ACTIONS)}."
     if pick == 1:

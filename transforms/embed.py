@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 
 from encoder import Encoded, PooledEncoder, read_model_folder
 from schemas.inputs import InputColumns
@@ -49,11 +51,14 @@ class EncoderHandler:
     max_seq_length: int | None = None
     prompt_name: str | None = None
     token_budget: int | None = None  # None: the encoder's default for its device
+    threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
     def load_model(self) -> PooledEncoder:
         folder = read_model_folder(self.model or default_model_path())
         started = time.monotonic()
-        encoder = PooledEncoder(folder, self.device, self.dtype, self.max_seq_length, self.prompt_name)
+        encoder = PooledEncoder(
+            folder, self.device, self.dtype, self.max_seq_length, self.prompt_name, threads=self.threads
+        )
         _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
         return encoder
 
@@ -80,10 +85,16 @@ class _Progress:
 
 
 class _Embed(beam.DoFn):
-    def __init__(self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, log_every: float) -> None:
+    """Gathers rows up to `chunk_rows` before encoding: the more rows the encoder
+    sorts by length at once, the less padding its batches carry."""
+
+    def __init__(
+        self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, chunk_rows: int, log_every: float
+    ) -> None:
         self._handler = handler
         self._columns = columns
         self._schema = schema
+        self._chunk_rows = chunk_rows
         self._log_every = log_every
         self._shared = shared.Shared()
         self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
@@ -94,22 +105,47 @@ class _Embed(beam.DoFn):
         self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
         self._progress = _Progress(self._log_every)
 
+    def start_bundle(self) -> None:
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
     def process(self, shard: ShardBatch) -> Iterator:
-        batch = shard.batch
-        encoded = self._handler.run_inference(self._encoder, batch.column(self._columns.text).to_pylist())
-        dim = encoded.embeddings.shape[1]
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(encoded.embeddings.reshape(-1)), dim)
-        carried = [batch.column(name) for name in self._schema.names[:-1]]
+        self._pending.append(shard.batch)
+        self._pending_rows += shard.batch.num_rows
+        if self._pending_rows >= self._chunk_rows:
+            yield from self._embed_pending()
+
+    def finish_bundle(self) -> Iterator:
+        window = GlobalWindow()
+        for output in self._embed_pending():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(
+                    output.tag, WindowedValue(output.value, window.max_timestamp(), [window])
+                )
+            else:
+                yield WindowedValue(output, window.max_timestamp(), [window])
+
+    def _embed_pending(self) -> Iterator:
+        if not self._pending:
+            return
+        batches, rows = self._pending, self._pending_rows
+        self._pending, self._pending_rows = [], 0
+        texts = [text for batch in batches for text in batch.column(self._columns.text).to_pylist()]
+        encoded = self._handler.run_inference(self._encoder, texts)
+        vectors = pa.FixedSizeListArray.from_arrays(
+            pa.array(encoded.embeddings.reshape(-1)), self._schema[-1].type.list_size
+        )
+        carried = [pa.concat_arrays([batch.column(name) for batch in batches]) for name in self._schema.names[:-1]]
         yield pa.RecordBatch.from_arrays([*carried, vectors], schema=self._schema)
         truncated = int(encoded.truncated.sum())
-        self._rows.inc(batch.num_rows)
+        self._rows.inc(rows)
         self._truncated.inc(truncated)
         self._tokens.inc(encoded.tokens)
-        self._progress.add(batch.num_rows)
+        self._progress.add(rows)
         yield beam.pvalue.TaggedOutput(
             STATS,
             Counter(
-                rows_embedded=batch.num_rows,
+                rows_embedded=rows,
                 rows_truncated=truncated,
                 tokens=encoded.tokens,
                 padded_tokens=encoded.padded_tokens,
@@ -120,9 +156,11 @@ class _Embed(beam.DoFn):
 class EmbedRows(beam.PTransform):
     """Valid ShardBatches in; record batches of the embeddings schema out, plus `stats` Counters."""
 
-    def __init__(self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, log_every: float) -> None:
+    def __init__(
+        self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, chunk_rows: int, log_every: float
+    ) -> None:
         super().__init__()
-        self._dofn = _Embed(handler, columns, schema, log_every)
+        self._dofn = _Embed(handler, columns, schema, chunk_rows, log_every)
 
     def expand(self, shards: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return shards | "Encode" >> beam.ParDo(self._dofn).with_outputs(STATS, main="embeddings")
