@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,9 @@ from encoder.pooling import pool
 # Padded tokens per forward pass. On CPU small batches of similar length are
 # fastest (measured on 2 cores, all-MiniLM-L6-v2: 2048 ran 1.7x faster than
 # 16384, with 3% padding instead of 25%); a GPU wants large batches to fill it.
-DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
+CPU_TOKEN_BUDGET = 2048
+MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET = 8192, 131072
+_LOG = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -91,12 +95,27 @@ class PooledEncoder:
         ids = tokenizer(self.prompt)["input_ids"]
         return len(ids) - (ids[-1] in tokenizer.all_special_ids)
 
+    @property
+    def default_token_budget(self) -> int:
+        """CPU: the fastest measured. CUDA: as much of the card's free memory as activations can safely take."""
+        if self.device.type != "cuda":
+            return CPU_TOKEN_BUDGET
+        free, _ = torch.cuda.mem_get_info(self.device)
+        config = self.model.config
+        element = torch.finfo(self.model.dtype).bits // 8
+        # Live activations per token: hidden states, Q/K/V, attention output, FFN in and out,
+        # with a factor of 4 for the allocator's slack and the other layer in flight.
+        per_token = 4 * element * (6 * config.hidden_size + 2 * config.intermediate_size)
+        return int(np.clip(free // per_token, MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET))
+
     def encode(self, texts: list[str], token_budget: int | None = None) -> Encoded:
         """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows.
 
-        The budget defaults to the fastest measured for the device.
+        On CUDA the next batch is padded on the CPU while the GPU runs the last one,
+        and a batch that runs out of GPU memory is split, with the budget halved for
+        the rest, rather than failing.
         """
-        token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.device.type]
+        token_budget = token_budget or self.default_token_budget
         if self.folder.do_lower_case:
             texts = [t.lower() for t in texts]
         if self.prompt:
@@ -105,22 +124,44 @@ class PooledEncoder:
         ids = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        done: list[tuple[np.ndarray, torch.Tensor]] = []
+        queue = deque(token_budget_batches(lengths, token_budget))
+        while queue:
+            rows = queue.popleft()
+            try:
+                done.append((rows, self._forward(*self._pad(ids, lengths, rows))))
+            except torch.OutOfMemoryError:
+                if len(rows) == 1:
+                    raise
+                torch.cuda.empty_cache()
+                token_budget = max(1, token_budget // 2)
+                remaining = np.concatenate([rows, *queue])
+                queue = deque(remaining[b] for b in token_budget_batches(lengths[remaining], token_budget))
+                _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the copies back to the host were asynchronous
         out = np.empty((len(ids), self.folder.dim), dtype=np.float32)
-        padded = 0
-        for rows in token_budget_batches(lengths, token_budget):
-            width = int(lengths[rows[-1]])
-            input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                input_ids[r, : lengths[i]] = ids[i]
-                mask[r, : lengths[i]] = 1
-            out[rows] = self._forward(torch.from_numpy(input_ids), torch.from_numpy(mask))
-            padded += input_ids.size
+        for rows, vectors in done:
+            out[rows] = vectors.numpy()
+        padded = sum(len(rows) * int(lengths[rows[-1]]) for rows, _ in done)
         return Encoded(out, int(lengths.sum()), padded, truncated)
 
+    def _pad(self, ids: list[list[int]], lengths: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of `rows`, padded to the longest (the last: rows are sorted)."""
+        width = int(lengths[rows[-1]])
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            input_ids[r, : lengths[i]] = ids[i]
+            mask[r, : lengths[i]] = 1
+        tensors = torch.from_numpy(input_ids), torch.from_numpy(mask)
+        if self.device.type == "cuda":  # pinned memory lets the copy to the GPU run asynchronously
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+        return tensors
+
     @torch.inference_mode()
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Sentence vectors on the host (on CUDA, still being copied until synchronised)."""
         tokens = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         if self._prompt_length:
             mask = mask.clone()
@@ -128,4 +169,4 @@ class PooledEncoder:
         vectors = pool(tokens, mask, self.folder.pooling_modes).float()
         if self.folder.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-        return vectors.cpu().numpy()
+        return vectors.to("cpu", non_blocking=True)

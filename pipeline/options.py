@@ -71,7 +71,7 @@ class EmbedOptions(PipelineOptions):
             type=int,
             default=None,
             help="Padded tokens per forward pass; rows are sorted by length and batched up to this "
-            "(default: 2048 on CPU, 65536 on CUDA, the fastest measured).",
+            "(default: 2048 on CPU, the fastest measured; on CUDA, sized to the card's free memory).",
         )
         group.add_argument(
             "--rows_per_batch",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 
@@ -27,7 +28,14 @@ _LOG = logging.getLogger("pipeline.run")
 # FnApiRunner honours --direct_running_mode and --direct_num_workers.
 _LOCAL_RUNNER = "FnApiRunner"
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
+
+
+def _job_or_warning(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return record.levelno >= logging.WARNING or any(folder in message for folder in _JOB_FOLDERS)
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
@@ -57,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    # Local worker processes' log lines (progress included) arrive through this logger.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.INFO)
+    # Local worker processes' log lines arrive through this logger: keep the job's own and any warnings.
+    worker_logs = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    worker_logs.setLevel(logging.INFO)
+    worker_logs.addFilter(_job_or_warning)
     try:
         result = run(argv)
     except (InputError, ModelFolderError) as e:

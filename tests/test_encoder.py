@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
@@ -111,3 +112,35 @@ def test_max_seq_length_override(model_path):
     assert result.tokens == 8 + 3
     with pytest.raises(ModelFolderError, match="max_seq_length must be between 1 and 512"):
         read_model_folder(model_path).seq_length(1000)
+
+
+def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatch):
+    """A card that holds 300 padded tokens: batches are split and the budget lowered, nothing fails."""
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
+    expected = encoder.encode(MIXED_TEXTS, token_budget=2048)
+    forward = encoder.model.forward
+    ran, refused = [], []
+
+    def small_card(input_ids, attention_mask):
+        if input_ids.numel() > 300:
+            refused.append(input_ids.numel())
+            raise torch.OutOfMemoryError("CUDA out of memory (fault injected by the test)")
+        ran.append(input_ids.numel())
+        return forward(input_ids=input_ids, attention_mask=attention_mask)
+
+    monkeypatch.setattr(encoder.model, "forward", small_card)
+    result = encoder.encode(MIXED_TEXTS, token_budget=2048)
+    assert refused and max(ran) <= 300
+    assert min_cosine(result.embeddings, expected.embeddings) >= 0.99999
+    assert result.tokens == expected.tokens
+
+
+def test_a_single_row_too_large_for_the_card_still_fails(model_path, monkeypatch):
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
+
+    def no_memory(**_):
+        raise torch.OutOfMemoryError("CUDA out of memory (fault injected by the test)")
+
+    monkeypatch.setattr(encoder.model, "forward", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        encoder.encode(["one row"])
