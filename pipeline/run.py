@@ -27,9 +27,9 @@ _LOG = logging.getLogger("pipeline.run")
 # first tries to download the Prism runner, which needs the internet. The
 # FnApiRunner honours --direct_running_mode and --direct_num_workers.
 _LOCAL_RUNNER = "FnApiRunner"
-# An input error raised on a worker reaches us wrapped in Beam's own messages.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
+# An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
 
 

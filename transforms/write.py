@@ -72,10 +72,11 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
             f"{body['rows_rejected']} rejected; no manifest written"
         )
     started = datetime.fromisoformat(header["timings"]["started_at"])
-    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    finished = datetime.now(timezone.utc)
+    seconds = (finished - started).total_seconds()
     body["timings"] = {
         "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": finished.isoformat(),
         "seconds": round(seconds, 3),
         "rows_per_second": round(body["rows_in"] / max(seconds, 1e-9), 1),
     }
