@@ -175,7 +175,7 @@ def test_missing_output_is_an_error():
 
 def test_progress_is_logged(job):
     _, result = job
-    assert re.search(r"transforms\.embed: embedded \d+ rows, [\d.]+ rows/s", result.stderr)
+    assert re.search(r"embedded \d+ rows, [\d.]+ rows/s", result.stderr)
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):
