@@ -48,23 +48,25 @@ class _Validate(beam.DoFn):
         reasons = reject_reasons(batch, self._columns)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
-        if pc.any(rejected).as_py():
+        rejected_count = pc.sum(rejected).as_py() or 0
+        if rejected_count:
+            why = reasons.filter(rejected)
             rows = pa.array(np.arange(shard.first_row, shard.first_row + batch.num_rows))
             yield beam.pvalue.TaggedOutput(
                 REJECTED,
                 pa.RecordBatch.from_arrays(
                     [
                         batch.column(self._columns.id.name).filter(rejected),
-                        pa.array([shard.path] * pc.sum(rejected).as_py(), pa.string()),
+                        pa.array([shard.path] * rejected_count, pa.string()),
                         rows.filter(rejected),
-                        reasons.filter(rejected),
+                        why,
                     ],
                     schema=self._rejects_schema,
                 ),
             )
-            for item in pc.value_counts(reasons.filter(rejected)).to_pylist():
+            for item in pc.value_counts(why).to_pylist():
                 counts[f"rejected:{item['values']}"] = item["counts"]
-            self._rejected.inc(pc.sum(rejected).as_py())
+            self._rejected.inc(rejected_count)
             batch = batch.filter(pc.invert(rejected))
         yield beam.pvalue.TaggedOutput(STATS, counts)
         if batch.num_rows:
