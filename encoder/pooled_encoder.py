@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from encoder import onednn
 from encoder.batching import token_budget_batches
 from encoder.model_folder import ModelFolder, ModelFolderError
 from encoder.pooling import pool
@@ -78,6 +79,8 @@ class PooledEncoder:
             .to(self.device)
             .eval()
         )
+        if self.device.type == "cpu" and onednn.available():
+            onednn.use_onednn(self.model)
         tokenizer = AutoTokenizer.from_pretrained(folder.transformer_path, trust_remote_code=False)
         if not tokenizer.is_fast:
             raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")

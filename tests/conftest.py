@@ -42,6 +42,7 @@ def save_tiny_model(
     max_seq_length: int = 64,
     prompts: dict | None = None,
     seed: int = 0,
+    hidden_act: str = "gelu",
 ) -> Path:
     """A randomly initialised 2-layer BERT saved in the sentence-transformers layout."""
     torch.manual_seed(seed)
@@ -53,6 +54,7 @@ def save_tiny_model(
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_act=hidden_act,
     )
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from encoder import ModelFolderError, PooledEncoder, read_model_folder
+from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
 from encoder.batching import token_budget_batches
+from encoder.onednn import OneDnnLinear
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, save_tiny_model
 
@@ -70,6 +71,28 @@ def test_prompt_excluded_from_pooling_equals_sentence_transformers(tmp_path):
         assert min_cosine(ours.embeddings, expected) >= 0.9999
     with pytest.raises(ModelFolderError, match="no prompt named 'doc'; prompts defined: passage, query"):
         folder.prompt("doc")
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
+def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
+    model = PooledEncoder(read_model_folder(model_path), device="cpu").model
+    linears = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
+    # 6 layers x (query, key, value, attention output, FFN in, FFN out) + the unused pooler
+    assert len(linears) == 6 * 6 + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(m._post_op == "gelu" for m in linears) == 6
+    assert not any(type(m).__name__ == "GELUActivation" for m in model.modules())
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
+@pytest.mark.parametrize("hidden_act", ["gelu_new", "relu"])
+def test_other_activations_stay_unfused_and_equal_sentence_transformers(tmp_path, hidden_act):
+    path = save_tiny_model(tmp_path / hidden_act, TINY_POOLINGS["mean"], hidden_act=hidden_act)
+    encoder = PooledEncoder(read_model_folder(path), device="cpu")
+    assert not any(isinstance(m, OneDnnLinear) and m._post_op != "none" for m in encoder.model.modules())
+    ours = encoder.encode(MIXED_TEXTS, token_budget=512)
+    reference = SentenceTransformer(str(path), device="cpu").encode(MIXED_TEXTS)
+    assert min_cosine(ours.embeddings, reference) >= 0.9999
 
 
 def test_batches_cover_every_row_once_within_the_budget():

@@ -1,0 +1,66 @@
+"""Run a transformer's linear layers through oneDNN on x86 CPUs.
+
+PyTorch's CPU `nn.Linear` calls MKL's sgemm, which on AMD CPUs takes a code
+path half as fast as oneDNN's AVX-512 kernels (measured on a 2-core AMD EPYC,
+Zen 5, one thread: 90 vs 200 GFLOP/s in float32). oneDNN also applies the
+exact GELU of BERT-style feed-forward blocks inside the matrix product,
+saving a pass over the largest activation (11% of the encoder's time).
+The arithmetic stays float32; only the summation order differs.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from torch import nn
+
+
+def available() -> bool:
+    """oneDNN is in this torch build and the CPU is x86-64, where it was measured."""
+    return (
+        platform.machine().lower() in {"x86_64", "amd64"}
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class OneDnnLinear(nn.Module):
+    """An inference-only `nn.Linear` with its weight pre-packed for oneDNN, optionally followed by exact GELU."""
+
+    def __init__(self, linear: nn.Linear, gelu: bool = False) -> None:
+        super().__init__()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self._post_op, self._algorithm = ("gelu", "none") if gelu else ("none", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self._post_op, [], self._algorithm)
+
+
+def _is_exact_gelu(module: nn.Module) -> bool:
+    if isinstance(module, nn.GELU):
+        return module.approximate == "none"
+    # transformers' GELUActivation, the `hidden_act="gelu"` of BERT, MiniLM and MPNet
+    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is nn.functional.gelu
+
+
+def use_onednn(model: nn.Module) -> int:
+    """Swap every `nn.Linear` of a float32 or bfloat16 CPU model for `OneDnnLinear`; returns how many.
+
+    A feed-forward block shaped like transformers' BERT intermediate (`dense`
+    then `intermediate_act_fn`) with exact GELU gets the GELU fused.
+    """
+    swapped = 0
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "dense", None), nn.Linear) and _is_exact_gelu(
+            getattr(module, "intermediate_act_fn", None)
+        ):
+            module.dense = OneDnnLinear(module.dense, gelu=True)
+            module.intermediate_act_fn = nn.Identity()
+            swapped += 1
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, OneDnnLinear(child))
+                swapped += 1
+    return swapped
