@@ -1,15 +1,34 @@
-"""Assemble the job's graph: read -> validate -> embed -> write, then the manifest."""
+"""Assemble the job's graph: read -> validate -> join with the previous run -> embed -> write, then the manifest."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import apache_beam as beam
 
 from pipeline.plan import JobPlan
-from schemas.outputs import embeddings_schema, rejects_schema
+from schemas.inputs import check_shard
+from schemas.outputs import (
+    CONTENT_HASH_COLUMN,
+    EMBEDDING_COLUMN,
+    check_previous_file,
+    embeddings_schema,
+    rejects_schema,
+)
 from transforms.embed import EmbedRows
+from transforms.incremental import REUSED, JoinPrevious
 from transforms.read import ReadShards
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import WriteBatches, WriteManifest
+
+
+def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema) -> beam.PCollection:
+    """The previous output's ids and content hashes, with its vectors when they can be reused."""
+    if not plan.previous or not plan.previous.files:
+        return pipeline | "NoPrevious" >> beam.Create([])
+    names = [plan.columns.id.name, CONTENT_HASH_COLUMN] + ([EMBEDDING_COLUMN] if plan.previous.reuse else [])
+    check = partial(check_previous_file, expected=schema, names=names)
+    return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, names, check, plan.rows_per_batch)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
@@ -17,16 +36,35 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
     output_schema = embeddings_schema(plan.columns, plan.model_block["dim"], plan.model_block)
     rows = (
         pipeline
-        | "Read" >> ReadShards(plan.patterns, plan.columns, plan.rows_per_batch)
+        | "Read"
+        >> ReadShards(
+            plan.patterns, plan.columns.names, partial(check_shard, columns=plan.columns), plan.rows_per_batch
+        )
         | "Validate" >> ValidateRows(plan.columns, rejected_schema)
     )
-    embedded = rows.valid | "Embed" >> EmbedRows(
+    joined = (rows.valid, _read_previous(pipeline, plan, output_schema)) | "JoinPrevious" >> JoinPrevious(
+        plan.columns,
+        plan.model_block["prompt"],
+        output_schema,
+        rejected_schema,
+        reuse=bool(plan.previous and plan.previous.reuse),
+        rows_per_batch=plan.rows_per_batch,
+    )
+    embedded = joined.to_embed | "Embed" >> EmbedRows(
         plan.handler, plan.columns, output_schema, plan.rows_per_batch, plan.progress_interval
     )
-    embedding_files = embedded.embeddings | "WriteEmbeddings" >> WriteBatches(plan.output, "embeddings", output_schema)
-    rejected_files = rows[REJECTED] | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema)
+    embedding_files = (
+        (embedded.embeddings, joined[REUSED])
+        | "AllVectors" >> beam.Flatten()
+        | "WriteEmbeddings" >> WriteBatches(plan.output, "embeddings", output_schema)
+    )
+    rejected_files = (
+        (rows[REJECTED], joined[REJECTED])
+        | "AllRejects" >> beam.Flatten()
+        | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema)
+    )
     (
-        (rows[STATS], embedded[STATS])
+        (rows[STATS], joined[STATS], embedded[STATS])
         | "MergeStats" >> beam.Flatten()
         | "Manifest" >> WriteManifest(plan.output, plan.header, embedding_files, rejected_files)
     )

@@ -28,6 +28,13 @@ class EmbedOptions(PipelineOptions):
             "--output",
             help="(required) Output directory: embeddings-*.parquet, rejected-*.parquet and, last, manifest.json.",
         )
+        group.add_argument(
+            "--previous",
+            default=None,
+            help="Output directory of an earlier run (yesterday's): rows whose id and text are unchanged, "
+            "embedded with the same model and settings, keep their vectors without running the model; "
+            "the output is still a complete snapshot. It must hold a manifest.json.",
+        )
         group.add_argument("--text_column", default="text", help="Column holding the text to embed (default: text).")
         group.add_argument(
             "--id_column", default="id", help="Column identifying each row; copied to the output as is (default: id)."
@@ -82,7 +89,8 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--overwrite",
             action="store_true",
-            help="Delete an earlier run's outputs in --output first; without it such a directory is refused.",
+            help="Replace a finished run's outputs in --output; without it such a directory is refused. "
+            "Files of a run that did not finish (no manifest.json) are always replaced.",
         )
         group.add_argument(
             "--progress_interval",

@@ -8,6 +8,9 @@ fail here, in seconds, before any worker starts.
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,9 +26,28 @@ from transforms.embed import EncoderHandler, default_model_path
 from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
+_LOG = logging.getLogger(__name__)
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# What makes two runs' vectors for the same text interchangeable.
+FINGERPRINT_KEYS = (
+    "weights_sha256",
+    "pooling",
+    "normalized",
+    "max_seq_length",
+    "dtype",
+    "prompt",
+    "include_prompt",
+    "lower_case",
+)
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    path: str
+    files: list[str]  # its embeddings files, as its manifest lists them
+    reuse: bool  # same model fingerprint: its vectors can be carried over
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,7 @@ class JobPlan:
     handler: EncoderHandler
     rows_per_batch: int
     progress_interval: float
+    previous: PreviousRun | None
     header: dict  # the manifest's fixed part: model block, inputs, options, start time
 
     @property
@@ -72,25 +95,65 @@ def remove_temp_files(output: str) -> None:
         FileSystems.delete(sorted(folders))
 
 
-def prepare_output(output: str | None, overwrite: bool) -> str:
-    """Refuse to mix a new run's files with an earlier run's, unless asked to replace them."""
+def _same_place(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def prepare_output(output: str | None, overwrite: bool, previous: str | None) -> str:
+    """Refuse to replace a finished run unless asked; clear what an unfinished one left behind.
+
+    A run killed at any moment leaves no manifest, so running the same command
+    again replaces its partial files and finishes the job.
+    """
     if not output:
         raise InputError("--output is required: the directory to write embeddings into")
+    if previous and _same_place(output, previous):
+        raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
     earlier = [
         m.path
         for pattern in OUTPUT_PATTERNS
         for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list
     ]
-    if earlier and not overwrite:
+    finished = any(path.endswith(MANIFEST) for path in earlier)
+    if finished and not overwrite:
         raise InputError(
-            f"{output} already holds a run's outputs ({len(earlier)} files); pass --overwrite to replace them"
+            f"{output} already holds a finished run's outputs ({len(earlier)} files); pass --overwrite to replace them"
         )
+    if earlier and not finished:
+        _LOG.warning("%s: replacing %d files of a run that did not finish", output, len(earlier))
     # The manifest goes first: a directory without one is never taken as a finished run.
     earlier.sort(key=lambda path: not path.endswith(MANIFEST))
     if earlier:
         FileSystems.delete(earlier)
     remove_temp_files(output)
     return output
+
+
+def model_fingerprint(model_block: dict) -> str:
+    settings = json.dumps({key: model_block[key] for key in FINGERPRINT_KEYS}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
+def read_previous(path: str, columns: InputColumns, fingerprint: str) -> PreviousRun:
+    """The previous run, trusted only through its manifest, which is written last."""
+    manifest_path = FileSystems.join(path, MANIFEST)
+    if not FileSystems.exists(manifest_path):
+        raise InputError(
+            f"--previous {path}: no {MANIFEST}, so it is not a finished run's output "
+            "(a run that was killed or failed leaves none); pass the last finished output, or leave --previous out"
+        )
+    with FileSystems.open(manifest_path) as f:
+        manifest = json.load(f)
+    id_column = manifest.get("columns", {}).get("id")
+    if id_column != columns.id.name:
+        raise InputError(f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}")
+    reuse = manifest["model"].get("fingerprint") == fingerprint
+    if not reuse:
+        _LOG.warning("--previous %s was embedded with another model or settings: re-embedding every row", path)
+    files = [FileSystems.join(path, name) for name in manifest["files"]["embeddings"]]
+    return PreviousRun(path=path, files=files, reuse=reuse)
 
 
 def threads_per_worker(options: PipelineOptions) -> int | None:
@@ -128,13 +191,18 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "max_seq_length": handler.max_seq_length,
         "dtype": opts.dtype,
         "prompt": folder.prompt(opts.prompt_name),
+        "include_prompt": folder.include_prompt,
+        "lower_case": folder.do_lower_case,
         "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
     }
-    output = prepare_output(opts.output, opts.overwrite)
+    model_block["fingerprint"] = model_fingerprint(model_block)
+    previous = read_previous(opts.previous, columns, model_block["fingerprint"]) if opts.previous else None
+    output = prepare_output(opts.output, opts.overwrite, opts.previous)
     header = {
         "output": output,
         "model": model_block,
         "inputs": patterns,
+        "previous": {"path": previous.path, "vectors_reused": previous.reuse} if previous else None,
         "columns": {"id": columns.id.name, "text": columns.text, "carried": [f.name for f in columns.carry]},
         "timings": {"started_at": model_block["created_at"]},
     }
@@ -145,5 +213,6 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
         progress_interval=opts.progress_interval,
+        previous=previous,
         header=header,
     )

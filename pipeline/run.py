@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"embedded {result['rows_embedded']} of {result['rows_in']} rows "
-        f"({result['rows_rejected']} rejected, {result['rows_truncated']} truncated) "
+        f"({result['rows_reused']} reused, {result['rows_rejected']} rejected, {result['rows_truncated']} truncated, "
+        f"{result['rows_deleted']} deleted) "
         f"in {result['timings']['seconds']:.1f}s into {result['output']}"
     )
     return 0

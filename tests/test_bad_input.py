@@ -114,9 +114,13 @@ def test_earlier_run_is_not_mixed_with_a_new_one(tmp_path):
     output = tmp_path / "out"
     assert run_cli("--input", str(path), "--output", str(output)).returncode == 0
     (output / "embeddings-00007-of-00009.parquet").write_bytes(b"stale shard of an older run")
+    files = len(list(output.iterdir()))
     again = run_cli("--input", str(path), "--output", str(output))
     assert again.returncode == 1
-    assert f"error: {output} already holds a run's outputs (4 files); pass --overwrite to replace them" in again.stderr
+    assert (
+        f"error: {output} already holds a finished run's outputs ({files} files); pass --overwrite to replace them"
+        in again.stderr
+    )
     replaced = run_cli("--input", str(path), "--output", str(output), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert not (output / "embeddings-00007-of-00009.parquet").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import apache_beam as beam
@@ -63,7 +64,7 @@ def test_counts_add_up_and_ids_match_one_to_one(job, knowledge_base):
     assert manifest["rejected_by_reason"] == {"empty_text": 1, "null_text": 1}
     assert manifest["rows_in"] == manifest["rows_embedded"] + manifest["rows_rejected"]
     assert manifest["rows_truncated"] >= 1
-    assert "embedded 305 of 307 rows (2 rejected" in result.stdout
+    assert "embedded 305 of 307 rows (0 reused, 2 rejected" in result.stdout
 
     inputs = pq.read_table(
         sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra/edge.parquet"]
@@ -94,7 +95,7 @@ def test_counts_add_up_and_ids_match_one_to_one(job, knowledge_base):
 def test_schema_metadata_and_norms(job, model_path):
     output, _ = job
     embedded = read_output(output, "embeddings")
-    assert embedded.schema.names == ["id", "title", "kind", "embedding"]
+    assert embedded.schema.names == ["id", "title", "kind", "content_hash", "embedding"]
     assert embedded.schema.field("id").type == pa.string()
     assert embedded.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     vectors = embedded["embedding"].combine_chunks().values.to_numpy().reshape(-1, 384)
@@ -106,6 +107,17 @@ def test_schema_metadata_and_norms(job, model_path):
     assert block["weights_sha256"] == folder.weights_sha256()
     assert (block["dim"], block["pooling"], block["normalized"], block["max_seq_length"]) == (384, ["mean"], True, 256)
     assert read_manifest(output)["model"] == block
+
+
+def test_content_hash_is_sha256_of_the_text(job, knowledge_base):
+    output, _ = job
+    inputs = pq.read_table(
+        sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra/edge.parquet"]
+    )
+    texts = dict(zip(inputs["id"].to_pylist(), inputs["text"].to_pylist(), strict=True))
+    hashes = read_output(output, "embeddings").select(["id", "content_hash"]).to_pylist()
+    assert len(hashes) == 305
+    assert all(row["content_hash"] == hashlib.sha256(texts[row["id"]].encode()).hexdigest() for row in hashes)
 
 
 def test_vectors_are_the_encoders(job, model_path):

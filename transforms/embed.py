@@ -17,14 +17,11 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import shared
-from apache_beam.utils.windowed_value import WindowedValue
 
 from encoder import Encoded, PooledEncoder, read_model_folder
 from schemas.inputs import InputColumns
-from transforms import METRICS_NAMESPACE
-from transforms.read import ShardBatch
+from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.validate import STATS
 
 _LOG = logging.getLogger(__name__)
@@ -102,28 +99,22 @@ class _Embed(beam.DoFn):
         self._tokens = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tokens")
 
     def setup(self) -> None:
-        self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
+        self._encoder: PooledEncoder | None = None  # loaded on the first rows: a worker may get none
         self._progress = _Progress(self._log_every)
 
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
 
-    def process(self, shard: ShardBatch) -> Iterator:
-        self._pending.append(shard.batch)
-        self._pending_rows += shard.batch.num_rows
+    def process(self, batch: pa.RecordBatch) -> Iterator:
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
         if self._pending_rows >= self._chunk_rows:
             yield from self._embed_pending()
 
     def finish_bundle(self) -> Iterator:
-        window = GlobalWindow()
         for output in self._embed_pending():
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(
-                    output.tag, WindowedValue(output.value, window.max_timestamp(), [window])
-                )
-            else:
-                yield WindowedValue(output, window.max_timestamp(), [window])
+            yield in_global_window(output)
 
     def _embed_pending(self) -> Iterator:
         if not self._pending:
@@ -131,6 +122,8 @@ class _Embed(beam.DoFn):
         batches, rows = self._pending, self._pending_rows
         self._pending, self._pending_rows = [], 0
         texts = [text for batch in batches for text in batch.column(self._columns.text).to_pylist()]
+        if self._encoder is None:
+            self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
         encoded = self._handler.run_inference(self._encoder, texts)
         vectors = pa.FixedSizeListArray.from_arrays(
             pa.array(encoded.embeddings.reshape(-1)), self._schema[-1].type.list_size
@@ -154,7 +147,8 @@ class _Embed(beam.DoFn):
 
 
 class EmbedRows(beam.PTransform):
-    """Valid ShardBatches in; record batches of the embeddings schema out, plus `stats` Counters."""
+    """Record batches of id, text, carried columns and content hash in; record batches of the embeddings
+    schema out, plus `stats` Counters."""
 
     def __init__(
         self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, chunk_rows: int, log_every: float

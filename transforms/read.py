@@ -7,7 +7,7 @@ so a few large shards still parallelise and only tiny descriptors are shuffled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -17,7 +17,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.inputs import InputColumns, InputError, check_shard
+from schemas.inputs import InputError
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,17 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from e
 
 
+# Raises InputError when a file's schema (arrow schema, path) is not what the job needs.
+SchemaCheck = Callable[[pa.Schema, str], None]
+
+
 class _ListRowGroups(beam.DoFn):
-    def __init__(self, columns: InputColumns) -> None:
-        self._columns = columns
+    def __init__(self, check: SchemaCheck) -> None:
+        self._check = check
 
     def process(self, path: str) -> Iterator[RowGroup]:
         metadata = open_parquet(path).metadata
-        check_shard(metadata.schema.to_arrow_schema(), path, self._columns)
+        self._check(metadata.schema.to_arrow_schema(), path)
         first_row = 0
         for index in range(metadata.num_row_groups):
             yield RowGroup(path, index, first_row)
@@ -58,15 +62,15 @@ class _ListRowGroups(beam.DoFn):
 
 
 class _ReadRowGroup(beam.DoFn):
-    def __init__(self, columns: InputColumns, rows_per_batch: int) -> None:
-        self._columns = columns
+    def __init__(self, names: list[str], rows_per_batch: int) -> None:
+        self._names = names
         self._rows_per_batch = rows_per_batch
 
     def process(self, group: RowGroup) -> Iterator[ShardBatch]:
         first_row = group.first_row
         try:
             batches = open_parquet(group.path).iter_batches(
-                batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._columns.names
+                batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._names
             )
             for batch in batches:
                 yield ShardBatch(group.path, first_row, batch)
@@ -76,12 +80,14 @@ class _ReadRowGroup(beam.DoFn):
 
 
 class ReadShards(beam.PTransform):
-    """File patterns in, ShardBatches out; a pattern that matches nothing fails the job."""
+    """File patterns in, ShardBatches of the columns `names` out; a pattern that matches nothing
+    fails the job, as does a file that `check` refuses."""
 
-    def __init__(self, patterns: list[str], columns: InputColumns, rows_per_batch: int) -> None:
+    def __init__(self, patterns: list[str], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
         super().__init__()
         self._patterns = patterns
-        self._columns = columns
+        self._names = names
+        self._check = check
         self._rows_per_batch = rows_per_batch
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
@@ -91,7 +97,7 @@ class ReadShards(beam.PTransform):
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "Paths" >> beam.Map(lambda match: match.path)
             | "Dedupe" >> beam.Distinct()
-            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._columns))
+            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
             | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows_per_batch))
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
         )

@@ -58,18 +58,21 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     body = {
         **header,
         "rows_in": counts["rows_in"],
-        "rows_embedded": counts["rows_embedded"],
+        "rows_out": counts["rows_embedded"] + counts["rows_reused"],
+        "rows_embedded": counts["rows_embedded"],  # went through the model
+        "rows_reused": counts["rows_reused"],  # vector carried over from --previous
         "rows_rejected": sum(rejected.values()),
         "rejected_by_reason": rejected,
+        "rows_deleted": counts["rows_deleted"],  # in --previous, with no valid row today
         "rows_truncated": counts["rows_truncated"],
         "tokens": counts["tokens"],
         "padded_tokens": counts["padded_tokens"],
         "files": {kind: sorted(p.rsplit("/", 1)[-1] for p in paths) for kind, paths in files.items()},
     }
-    if body["rows_in"] != body["rows_embedded"] + body["rows_rejected"]:
+    if body["rows_in"] != body["rows_embedded"] + body["rows_reused"] + body["rows_rejected"]:
         raise RuntimeError(
             f"rows do not add up: {body['rows_in']} in, {body['rows_embedded']} embedded, "
-            f"{body['rows_rejected']} rejected; no manifest written"
+            f"{body['rows_reused']} reused, {body['rows_rejected']} rejected; no manifest written"
         )
     started = datetime.fromisoformat(header["timings"]["started_at"])
     finished = datetime.now(timezone.utc)
