@@ -1,0 +1,171 @@
+"""Nightly runs with --previous: reuse, re-embed, delete, duplicates, and a run killed mid-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from encoder import PooledEncoder, read_model_folder
+from samples.knowledge_base import make_rows, write_shards
+from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
+
+DAY_ONE = make_rows(40, seed=3)
+IDS = DAY_ONE["id"].to_pylist()
+TEXTS = DAY_ONE["text"].to_pylist()
+CHANGED, DELETED, NEW = IDS[:5], IDS[5:9], ["new-1", "new-2", "new-3"]
+
+
+def read_vectors(output) -> dict:
+    table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    ids = table["id"].to_pylist()
+    assert len(set(ids)) == len(ids)
+    vectors = table["embedding"].combine_chunks().values.to_numpy().reshape(len(ids), -1)
+    return dict(zip(ids, vectors, strict=True))
+
+
+@pytest.fixture(scope="module")
+def day_one(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly")
+    write_parquet(root / "day1" / "kb.parquet", id=IDS, text=TEXTS, title=[f"t{i}" for i in range(40)])
+    result = run_cli(
+        "--input", str(root / "day1" / "kb.parquet"), "--output", str(root / "out1"), "--carry_columns", "title"
+    )
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def day_two(root):
+    """5 texts changed, 4 rows deleted, 3 new, one title changed with its text kept, one id twice."""
+    keep = [i for i in range(40) if IDS[i] not in DELETED]
+    ids = [IDS[i] for i in keep] + NEW
+    texts = ["Edited: " + TEXTS[i] if IDS[i] in CHANGED else TEXTS[i] for i in keep] + ["brand new page"] * 3
+    titles = ["retitled" if IDS[i] == IDS[20] else f"t{i}" for i in keep] + ["n"] * 3
+    write_parquet(root / "day2" / "a.parquet", id=ids, text=texts, title=titles)
+    write_parquet(root / "day2" / "b.parquet", id=[IDS[30]], text=["a second row with a known id"], title=["dup"])
+    return f"{root}/day2/*.parquet"
+
+
+def test_only_changed_and_new_rows_are_embedded_and_the_rest_reused_bit_for_bit(day_one, model_path):
+    pattern = day_two(day_one)
+    out2 = day_one / "out2"
+    result = run_cli(
+        "--input", pattern, "--output", str(out2), "--previous", str(day_one / "out1"), "--carry_columns", "title"
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(out2)
+    assert manifest["rows_in"] == 40 - 4 + 3 + 1
+    assert (manifest["rows_embedded"], manifest["rows_reused"], manifest["rows_deleted"]) == (8, 31, 4)
+    assert manifest["rejected_by_reason"] == {"duplicate_id": 1}
+    assert manifest["rows_out"] == 39
+    assert manifest["previous"] == {"path": str(day_one / "out1"), "vectors_reused": True}
+    assert "embedded 8 of 40 rows (31 reused, 1 rejected, 1 truncated, 4 deleted)" in result.stdout
+
+    before, after = read_vectors(day_one / "out1"), read_vectors(out2)
+    assert sorted(after) == sorted(set(IDS) - set(DELETED) | set(NEW))
+    unchanged = sorted(set(IDS) - set(CHANGED) - set(DELETED))
+    assert all(after[i].tobytes() == before[i].tobytes() for i in unchanged)
+    # Changed rows carry today's vector, not yesterday's.
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
+    fresh = encoder.encode(["Edited: " + TEXTS[IDS.index(i)] for i in CHANGED]).embeddings
+    got = np.stack([after[i] for i in CHANGED])
+    assert (got * fresh).sum(axis=1).min() >= 0.9999
+    assert all(after[i].tobytes() != before[i].tobytes() for i in CHANGED)
+
+    # Reused rows take today's carried columns; the first row of a duplicated id wins.
+    table = pq.read_table(sorted(out2.glob("embeddings-*.parquet")))
+    titles = dict(zip(table["id"].to_pylist(), table["title"].to_pylist(), strict=True))
+    assert (titles[IDS[20]], titles[IDS[30]]) == ("retitled", "t30")
+    rejected = pq.read_table(sorted(out2.glob("rejected-*.parquet"))).to_pylist()
+    assert rejected == [
+        {"id": IDS[30], "source_file": str(day_one / "day2" / "b.parquet"), "row_number": 0, "reason": "duplicate_id"}
+    ]
+
+
+def test_a_changed_model_setting_re_embeds_everything(day_one):
+    out = day_one / "out-128"
+    result = run_cli(
+        "--input",
+        str(day_one / "day1" / "kb.parquet"),
+        "--output",
+        str(out),
+        "--previous",
+        str(day_one / "out1"),
+        "--max_seq_length",
+        "128",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(out)
+    assert (manifest["rows_embedded"], manifest["rows_reused"], manifest["rows_deleted"]) == (40, 0, 0)
+    assert manifest["previous"]["vectors_reused"] is False
+    assert manifest["model"]["fingerprint"] != read_manifest(day_one / "out1")["model"]["fingerprint"]
+    assert "re-embedding every row" in result.stderr
+
+
+def test_previous_without_a_manifest_is_refused(day_one, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for path in (day_one / "out1").glob("*.parquet"):
+        (unfinished / path.name).write_bytes(path.read_bytes())
+    result = run_cli(
+        "--input",
+        str(day_one / "day1" / "kb.parquet"),
+        "--output",
+        str(tmp_path / "out"),
+        "--previous",
+        str(unfinished),
+    )
+    assert result.returncode == 1
+    assert f"error: --previous {unfinished}: no manifest.json, so it is not a finished run's output" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_output_may_not_be_the_previous_output(day_one):
+    out1 = day_one / "out1"
+    result = run_cli("--input", str(day_one / "day1" / "kb.parquet"), "--output", str(out1), "--previous", str(out1))
+    assert result.returncode == 1
+    assert f"error: --output and --previous are both {out1}" in result.stderr
+    assert (out1 / "manifest.json").exists()
+
+
+def test_a_run_killed_mid_way_leaves_no_manifest_and_the_same_command_finishes_it(tmp_path):
+    write_shards(tmp_path / "kb", rows=1500, shards=3)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--input",
+        f"{tmp_path}/kb/*.parquet",
+        "--output",
+        str(tmp_path / "out"),
+        "--progress_interval",
+        "0.1",
+        "--rows_per_batch",
+        "100",  # progress is logged per chunk: small chunks show the job mid-way
+    ]
+    job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    for line in job.stderr:  # ends when the job does; killed once the model is mid-way through the rows
+        if "embedded" in line and "rows/s" in line or time.monotonic() > deadline:
+            break
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    manifest = read_manifest(tmp_path / "out")
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (1500, 1500, 0)
+    ids = pq.read_table(sorted((tmp_path / "out").glob("embeddings-*.parquet")))["id"].to_pylist()
+    expected = pq.read_table(sorted((tmp_path / "kb").glob("*.parquet")))["id"].to_pylist()
+    assert sorted(ids) == sorted(expected)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["manifest.json", *manifest["files"]["embeddings"], *manifest["files"]["rejected"]]
+    )
