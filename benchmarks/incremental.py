@@ -8,7 +8,7 @@ It prints each run's wall time (start-up included), the ratio of day 2 full to
 incremental, how many rows went through the model, and checks that every
 unchanged row kept day 1's vector bit for bit.
 
-    python -m benchmarks.incremental --rows 30000 [--changed 0.01] [--workdir DIR]
+    python -m benchmarks.incremental --rows 50000 [--changed 0.01] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _vectors(output: Path) -> dict[str, bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=30000, help="corpus size (default: 30000)")
+    parser.add_argument("--rows", type=int, default=50000, help="corpus size (default: 50000)")
     parser.add_argument("--changed", type=float, default=0.01, help="share of passages edited on day 2 (default: 0.01)")
     parser.add_argument("--workdir", type=Path, help="keep corpora and outputs here (default: a temporary folder)")
     args = parser.parse_args()

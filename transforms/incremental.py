@@ -60,7 +60,6 @@ class _Decide(beam.DoFn):
     def __init__(
         self, columns: InputColumns, schema: pa.Schema, rejects: pa.Schema, reuse: bool, rows_per_batch: int
     ) -> None:
-        self._columns = columns
         self._schema = schema  # of the embeddings files
         self._rejects = rejects
         self._reuse = reuse
