@@ -53,11 +53,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
     embedded = joined.to_embed | "Embed" >> EmbedRows(
         plan.handler, plan.columns, output_schema, plan.rows_per_batch, plan.progress_interval
     )
+    # Two writes rather than one after a Flatten: the local runner would hold every vector of a
+    # Flatten's inputs in the launcher's memory (measured: 126 MB more for 12,000 rows).
     embedding_files = (
-        (embedded.embeddings, joined[REUSED])
-        | "AllVectors" >> beam.Flatten()
-        | "WriteEmbeddings" >> WriteBatches(plan.output, "embeddings", output_schema)
-    )
+        embedded.embeddings | "WriteEmbedded" >> WriteBatches(plan.output, "embeddings", output_schema),
+        joined[REUSED] | "WriteReused" >> WriteBatches(plan.output, "embeddings-reused", output_schema),
+    ) | "AllEmbeddingFiles" >> beam.Flatten()
     rejected_files = (
         (rows[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
