@@ -105,6 +105,15 @@ def test_batches_cover_every_row_once_within_the_budget():
     assert [lengths[rows].tolist() for rows in batches] == [[1, 5, 7, 12, 12], [33, 64], [64], [90], [300]]
 
 
+def test_batches_are_padded_to_a_multiple_of_four_tokens_but_not_past_max_seq_length(model_path):
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu", max_seq_length=10)
+    short, long = "hello there world", "a passage that runs well past ten tokens of text, for sure"
+    encoded = encoder.encode([short, long], token_budget=10)
+    # [CLS] hello there world [SEP]: 5 tokens padded to 8; the long one cut at 10 and left at 10.
+    assert (encoded.tokens, encoded.padded_tokens) == (5 + 10, 8 + 10)
+    assert encoded.truncated.tolist() == [False, True]
+
+
 def test_pickle_only_weights_are_refused(tmp_path, model_path):
     folder = tmp_path / "pickled"
     shutil.copytree(model_path, folder)
