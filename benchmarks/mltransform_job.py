@@ -17,7 +17,7 @@ from apache_beam.ml.transforms.base import MLTransform
 from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.embed import default_model_path
+from transforms.model_store import default_model_path
 
 SCHEMA = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32()))])
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from transforms.embed import default_model_path
+from transforms.model_store import default_model_path
 
 BATCH_SIZE = 32
 

@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from encoder import read_model_folder
 from pipeline.options import EmbedOptions
 from schemas.inputs import InputColumns, InputError, input_columns
-from transforms.embed import EncoderHandler, default_model_path
+from transforms.embed import EncoderHandler
+from transforms.model_store import model_folder
 from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
@@ -172,9 +172,11 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     first = match_inputs(patterns)[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
-    folder = read_model_folder(opts.model or default_model_path())
+    folder = model_folder(opts.model)
+    weights_sha256 = folder.weights_sha256()
     handler = EncoderHandler(
         model=opts.model,
+        weights_sha256=weights_sha256,
         device=opts.device,
         dtype=opts.dtype,
         max_seq_length=folder.seq_length(opts.max_seq_length),
@@ -184,7 +186,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     )
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
-        "weights_sha256": folder.weights_sha256(),
+        "weights_sha256": weights_sha256,
         "dim": folder.dim,
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,

