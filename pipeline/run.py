@@ -61,10 +61,15 @@ def _use_worker_processes(options: PipelineOptions) -> None:
         direct.direct_num_workers = cores
 
 
-def run(argv: list[str]) -> dict:
-    """Run the job to the end and return its manifest."""
+def run(argv: list[str]) -> dict | None:
+    """Run the job to the end and return its manifest; with --plan_only, print the plan and return None."""
     options = make_options(argv)
     plan = plan_job(options)
+    if options.view_as(EmbedOptions).plan_only:
+        runner = options.view_as(StandardOptions).runner
+        plan_view = {"plan_only": True, "runner": runner, "input_files": plan.input_files, **plan.header}
+        print(json.dumps(plan_view, indent=2))
+        return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
     try:
         with beam.Pipeline(options=options) as pipeline:
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {found.group(1)}", file=sys.stderr)
         return 1
+    if result is None:
+        return 0
     print(
         f"embedded {result['rows_embedded']} of {result['rows_in']} rows "
         f"({result['rows_reused']} reused, {result['rows_rejected']} rejected, {result['rows_truncated']} truncated, "
