@@ -1,0 +1,40 @@
+"""Print the flex template's metadata.json from the job's own options.
+
+    python deploy/dataflow/metadata.py > deploy/dataflow/metadata.json
+
+Every option of `python -m pipeline.run` becomes a template parameter with its
+--help text, so the template cannot drift from the job; tests/test_deploy.py
+fails when the checked-in file is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.options import DESCRIPTION, SWITCH, EmbedOptions
+
+REQUIRED = "(required) "
+
+
+def metadata() -> dict:
+    parser = argparse.ArgumentParser(add_help=False)
+    EmbedOptions._add_argparse_args(parser)
+    parameters = []
+    for action in parser._actions:
+        parameter = {
+            "name": action.dest,
+            "label": action.dest.replace("_", " ").capitalize(),
+            "helpText": action.help.removeprefix(REQUIRED),
+            "isOptional": not action.help.startswith(REQUIRED),
+        }
+        if action.choices:
+            parameter["regexes"] = [f"^({'|'.join(action.choices)})$"]
+        elif action.type is SWITCH["type"]:
+            parameter["regexes"] = ["^(true|false)$"]
+        parameters.append(parameter)
+    return {"name": "Parquet embedding job", "description": DESCRIPTION, "parameters": parameters}
+
+
+if __name__ == "__main__":
+    print(json.dumps(metadata(), indent=2))

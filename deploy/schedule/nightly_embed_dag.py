@@ -1,0 +1,66 @@
+"""Airflow (Cloud Composer) DAG: launch the flex template every night.
+
+Each night writes a new dated directory and passes the output of the last
+*successful* night as --previous, so unchanged rows keep their vectors and a
+failed night is never used (it has no manifest, which the job would refuse).
+The very first run, with no earlier success, embeds everything.
+
+Copy this file into the Composer environment's dags/ folder and set the Airflow
+variables embed_project, embed_region, embed_bucket and embed_worker_image.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow import DAG
+from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+
+BUCKET = "{{ var.value.embed_bucket }}"
+OUTPUT = BUCKET + "/embeddings/{{ ds }}"
+PREVIOUS = (
+    "{% if prev_data_interval_start_success %}"
+    + BUCKET
+    + "/embeddings/{{ prev_data_interval_start_success | ds }}{% endif %}"
+)
+# The job's options, as the template's metadata.json declares them.
+PARAMETERS = {
+    "input": BUCKET + "/kb/*.parquet",
+    "output": OUTPUT,
+    "previous": PREVIOUS,
+    "carry_columns": "title,kind",
+}
+# One NVIDIA L4 per g2-standard-8 worker, one SDK process per worker (see the README).
+ENVIRONMENT = {
+    "machineType": "g2-standard-8",
+    "maxWorkers": 4,
+    "tempLocation": BUCKET + "/temp",
+    "stagingLocation": BUCKET + "/staging",
+    "sdkContainerImage": "{{ var.value.embed_worker_image }}",
+    "additionalExperiments": ["use_runner_v2", "no_use_multiple_sdk_containers"],
+    "additionalPipelineOptions": [
+        "number_of_worker_harness_threads=4",
+        "dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+    ],
+}
+
+with DAG(
+    dag_id="nightly_embed",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # a night's --previous is the night before: never two at once
+) as dag:
+    DataflowStartFlexTemplateOperator(
+        task_id="embed",
+        project_id="{{ var.value.embed_project }}",
+        location="{{ var.value.embed_region }}",
+        body={
+            "launchParameter": {
+                "jobName": "embed-{{ ds_nodash }}",
+                "containerSpecGcsPath": BUCKET + "/templates/embed-job-latest.json",
+                "parameters": PARAMETERS,
+                "environment": ENVIRONMENT,
+            }
+        },
+        wait_until_finished=True,
+    )

@@ -1,0 +1,231 @@
+"""deploy/: everything about the artefacts that can be checked without Docker, a cloud or Flink.
+
+The files parse; the template declares exactly the job's options; the launch and submit
+scripts, run in their dry mode, produce option sets that Beam's DataflowRunner and
+FlinkRunner validators accept; the images pin the launcher's Python and Beam; and the
+images' own check commands and the launcher's command run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import apache_beam
+import jinja2
+import yaml
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    FlinkRunnerOptions,
+    GoogleCloudOptions,
+    PortableOptions,
+    WorkerOptions,
+)
+from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+from apache_beam.runners.portability.flink_runner import FlinkRunner
+
+from pipeline.options import EmbedOptions, parse_command_line
+from samples.knowledge_base import write_shards
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+GPU = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+
+
+def _dry_run(script: str, *args: str, **env: str) -> list[str]:
+    result = subprocess.run(
+        ["bash", str(DEPLOY / script), *args],
+        env={**os.environ, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def _requirement(name: str) -> str:
+    return re.search(rf"^{re.escape(name)}(?:\[\w+\])?==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)[1]
+
+
+def _dockerfile_args(path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), re.M))
+
+
+def _metadata_names() -> list[str]:
+    return [p["name"] for p in json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())["parameters"]]
+
+
+def test_flex_template_metadata_is_generated_from_the_jobs_options():
+    generated = subprocess.run(
+        [sys.executable, str(DEPLOY / "dataflow" / "metadata.py")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert generated == (DEPLOY / "dataflow" / "metadata.json").read_text()
+    parameters = json.loads(generated)["parameters"]
+    assert [p["name"] for p in parameters if not p["isOptional"]] == ["input", "output"]
+    assert all(p["helpText"] for p in parameters)
+    declared = argparse.ArgumentParser()
+    EmbedOptions._add_argparse_args(declared)
+    assert [p["name"] for p in parameters] == [a.dest for a in declared._actions if a.dest != "help"]
+
+
+def test_dataflow_launch_sets_the_gpu_and_passes_options_dataflow_validates():
+    (command,) = _dry_run(
+        "dataflow/launch.sh", "run", "--input=gs://b/kb/*.parquet", "--output=gs://b/embeddings/2026-11-22",
+        "--previous=gs://b/embeddings/2026-11-21", "--carry_columns=title,kind",
+        PROJECT="my-project", BUCKET="gs://kb-nightly",
+    )  # fmt: skip
+    words = shlex.split(command)
+    assert words[:4] == ["gcloud", "dataflow", "flex-template", "run"]
+    flags = dict(word[2:].split("=", 1) for word in words[5:])
+    parameters = flags.pop("parameters").removeprefix("^~^").split("~")
+    assert parameters == [
+        "input=gs://b/kb/*.parquet",
+        "output=gs://b/embeddings/2026-11-22",
+        "previous=gs://b/embeddings/2026-11-21",
+        "carry_columns=title,kind",
+    ]
+    # What the Dataflow service hands the launcher: the parameters, the gcloud flags and the extra options.
+    argv = [f"--{p}" for p in parameters] + [
+        "--runner=DataflowRunner",
+        "--dry_run=True",  # Beam's: validate without asking Cloud Storage about the buckets
+        f"--project={flags['project']}",
+        f"--region={flags['region']}",
+        f"--temp_location={flags['temp-location']}",
+        f"--staging_location={flags['staging-location']}",
+        f"--machine_type={flags['worker-machine-type']}",
+        f"--max_num_workers={flags['max-workers']}",
+        *(f"--experiments={e}" for e in flags["additional-experiments"].split(",")),
+        *(f"--{option}" for option in flags["additional-pipeline-options"].split(",")),
+    ]
+    options = parse_command_line(argv)
+    assert PipelineOptionsValidator(options, DataflowRunner()).validate() == []
+    worker = options.view_as(WorkerOptions)
+    assert worker.sdk_container_image == "us-central1-docker.pkg.dev/my-project/embed/gpu-worker:latest"
+    assert worker.machine_type == "g2-standard-8"
+    assert options.view_as(GoogleCloudOptions).dataflow_service_options == [GPU]
+    assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(options.view_as(DebugOptions).experiments)
+
+
+def test_dataflow_build_uses_the_files_in_this_repository():
+    commands = [
+        shlex.split(line) for line in _dry_run("dataflow/launch.sh", "build", PROJECT="p", BUCKET="gs://kb-nightly")
+    ]
+    dockerfiles = [words[words.index("-f") + 1] for words in commands if words[:2] == ["docker", "build"]]
+    assert dockerfiles == ["deploy/gpu-worker/Dockerfile", "deploy/dataflow/Dockerfile"]
+    (template,) = [words for words in commands if words[:3] == ["gcloud", "dataflow", "flex-template"]]
+    assert "--metadata-file=deploy/dataflow/metadata.json" in template
+    assert all((ROOT / path).is_file() for path in [*dockerfiles, "deploy/dataflow/metadata.json"])
+
+
+def test_images_pin_the_launchers_python_beam_and_torch():
+    python = "{}.{}".format(*sys.version_info[:2])
+    worker = _dockerfile_args(DEPLOY / "gpu-worker" / "Dockerfile")
+    assert worker["PYTHON_VERSION"] == python
+    assert worker["BEAM_VERSION"] == _requirement("apache-beam") == apache_beam.__version__
+    assert worker["TORCH_IMAGE"].startswith(f"pytorch/pytorch:{_requirement('torch')}-cuda")
+    text = (DEPLOY / "gpu-worker" / "Dockerfile").read_text()
+    assert "COPY --from=beam_sdk /opt/apache/beam /opt/apache/beam" in text
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
+    assert _dockerfile_args(DEPLOY / "dataflow" / "Dockerfile")["PYTHON_TAG"] == python.replace(".", "")
+
+
+def test_worker_image_check_runs_here(tmp_path):
+    """The image's last build step plans a job with the baked-in model; the same commands run here."""
+    text = (DEPLOY / "gpu-worker" / "Dockerfile").read_text()
+    check = re.search(r"^RUN (python -m samples\.knowledge_base.*?)$(?!\n    )", text, re.M | re.S)[1]
+    command = check.replace("\\\n", " ").replace("/tmp/", f"{tmp_path}/")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (plan["plan_only"], plan["input_files"], plan["model"]["dim"]) == (True, 1, 384)
+    assert not (tmp_path / "kb-out").exists()  # a plan writes nothing
+
+
+def test_flex_template_launcher_command_runs_with_flex_style_parameters(tmp_path):
+    """The launcher runs FLEX_TEMPLATE_PYTHON_PY_FILE with every parameter as --name=value."""
+    py_file = re.search(
+        r"FLEX_TEMPLATE_PYTHON_PY_FILE=/template/(\S+)", (DEPLOY / "dataflow" / "Dockerfile").read_text()
+    )
+    write_shards(tmp_path / "kb", rows=5, shards=1)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / py_file[1]), f"--input={tmp_path}/kb/*.parquet", f"--output={tmp_path}/out"]
+        + ["--previous=", "--overwrite=false", "--plan_only=true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["output"], plan["previous"], plan["input_files"]) == (f"{tmp_path}/out", None, 1)
+
+
+def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():
+    (command,) = _dry_run(
+        "flink/submit.sh", "--input=gs://b/kb/*.parquet", "--output=gs://b/embeddings/2026-11-22",
+        FLINK_MASTER="embed-flink-rest:8081",
+    )  # fmt: skip
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "pipeline.run"]
+    options = parse_command_line(words[3:])
+    assert PipelineOptionsValidator(options, FlinkRunner()).validate() == []
+    flink = options.view_as(FlinkRunnerOptions)
+    assert flink.flink_master == "embed-flink-rest:8081"
+    assert flink.flink_version in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    portable = options.view_as(PortableOptions)
+    assert portable.environment_type == "EXTERNAL"
+
+    deployment = yaml.safe_load((DEPLOY / "flink" / "flink-deployment.yaml").read_text())
+    assert deployment["kind"] == "FlinkDeployment"
+    assert deployment["spec"]["flinkVersion"] == "v" + flink.flink_version.replace(".", "_")
+    (sidecar,) = deployment["spec"]["taskManager"]["podTemplate"]["spec"]["containers"]
+    assert sidecar["args"] == ["--worker_pool"]
+    assert portable.environment_config == f"localhost:{sidecar['ports'][0]['containerPort']}"
+
+
+def _dag_constants() -> dict:
+    """The DAG's module-level settings, evaluated without Airflow (not installed here)."""
+    tree = ast.parse((DEPLOY / "schedule" / "nightly_embed_dag.py").read_text())
+    settings = ast.Module([node for node in tree.body if isinstance(node, ast.Assign)], type_ignores=[])
+    namespace: dict = {}
+    exec(compile(settings, "nightly_embed_dag.py", "exec"), namespace)
+    return namespace
+
+
+def _render(template: str, **context) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["ds"] = lambda value: value.strftime("%Y-%m-%d")  # as Airflow's
+    return env.from_string(template).render(var={"value": {"embed_bucket": "gs://b"}}, **context)
+
+
+def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
+    parameters = _dag_constants()["PARAMETERS"]
+    assert set(parameters) <= set(_metadata_names())
+    night = {"ds": "2026-11-22"}
+    after_success = {
+        k: _render(v, prev_data_interval_start_success=datetime(2026, 11, 20), **night) for k, v in parameters.items()
+    }
+    assert (after_success["output"], after_success["previous"]) == (
+        "gs://b/embeddings/2026-11-22",
+        "gs://b/embeddings/2026-11-20",
+    )
+    first = {k: _render(v, prev_data_interval_start_success=None, **night) for k, v in parameters.items()}
+    assert first["previous"] == ""
+    for rendered in (after_success, first):
+        options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])
+        assert options.get_all_options()["input"] == "gs://b/kb/*.parquet"
