@@ -18,18 +18,46 @@ from transforms import METRICS_NAMESPACE
 from transforms.read import ShardBatch
 
 # In order of precedence: a row gets the first reason that applies.
-REASONS = ("null_id", "null_text", "text_not_string", "empty_text")
+REASONS = ("null_id", "invalid_utf8", "null_text", "text_not_string", "empty_text")
 STATS = "stats"
 REJECTED = "rejected"
 
 
-def reject_reasons(batch: pa.RecordBatch, columns: InputColumns) -> pa.Array:
+def text_as_strings(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """The text column with dictionary encoding undone and bytes decoded as UTF-8.
+
+    Parquet writers that leave out the string annotation produce binary columns;
+    their values are text when they decode. Returns the column and, for binary
+    input, which rows did not decode (they become null and are rejected).
+    """
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        return column, None
+    try:
+        return column.cast(pa.string()), pa.array(np.zeros(len(column), dtype=bool))
+    except pa.ArrowInvalid:  # some values are not UTF-8: find them one by one
+        values = column.to_pylist()
+        decoded = [_decode(value) for value in values]
+        invalid = [value is not None and text is None for value, text in zip(values, decoded, strict=True)]
+        return pa.array(decoded, pa.string()), pa.array(invalid)
+
+
+def _decode(value: bytes | None) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def reject_reasons(batch: pa.RecordBatch, columns: InputColumns, invalid_utf8: pa.Array | None = None) -> pa.Array:
     """A reason per row, null where the row is fine."""
     ids, text = batch.column(columns.id.name), batch.column(columns.text)
     false = pa.array(np.zeros(batch.num_rows, dtype=bool))
     is_string = pa.types.is_string(text.type) or pa.types.is_large_string(text.type)
     conditions = [
         pc.is_null(ids),
+        false if invalid_utf8 is None else invalid_utf8,
         pc.is_null(text),
         false if is_string else pc.is_valid(text),
         pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False) if is_string else false,
@@ -45,7 +73,10 @@ class _Validate(beam.DoFn):
 
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
-        reasons = reject_reasons(batch, self._columns)
+        index = batch.schema.get_field_index(self._columns.text)
+        text, invalid_utf8 = text_as_strings(batch.column(index))
+        batch = batch.set_column(index, self._columns.text, text)
+        reasons = reject_reasons(batch, self._columns, invalid_utf8)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
         rejected_count = pc.sum(rejected).as_py() or 0
