@@ -124,3 +124,42 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> 
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds}s")
+
+
+# The reliability catalogue (issue: nothing lost, no one let in): every case tried, printed as a
+# table when the suite ends. rows_lost counts input rows found in neither the embeddings nor the
+# rejects files of a published run; a run that fails publishes nothing, and says why.
+CATALOGUE: list[tuple[str, str, str, int | None, int | None]] = []
+
+
+def count_rows(paths) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+
+
+def record(kind: str, case: str, outcome: str, inputs=(), output: Path | None = None) -> int | None:
+    """Add a case to the catalogue; for a published run, return the input rows it lost."""
+    lost = rows_in = None
+    if output is not None and (output / "manifest.json").exists():
+        rows_in = count_rows(inputs)
+        lost = (
+            rows_in
+            - count_rows(sorted(output.glob("embeddings-*.parquet")))
+            - count_rows(sorted(output.glob("rejected-*.parquet")))
+        )
+    CATALOGUE.append((kind, case, outcome, rows_in, lost))
+    return lost
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not CATALOGUE:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability catalogue")
+    write(f"{'kind':<9} {'case':<44} {'outcome':<50} {'rows in':>7} {'lost':>5}")
+    for kind, case, outcome, rows_in, lost in CATALOGUE:
+        write(
+            f"{kind:<9} {case:<44} {outcome:<50} {rows_in if rows_in is not None else '-':>7} "
+            f"{lost if lost is not None else '-':>5}"
+        )
+    published = [lost for *_, lost in CATALOGUE if lost is not None]
+    write(f"{len(CATALOGUE)} cases, {len(published)} published runs, rows lost in all: {sum(published)}")

@@ -1,0 +1,166 @@
+"""The bad-input catalogue: what other systems' Parquet files really hold, each case with its
+exact outcome (a clear failure naming the file, rows rejected with a reason, or success), and
+never a row lost. Every case is added to the table printed when the suite ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import read_manifest, record, run_cli, write_parquet
+
+GOOD = {"id": ["g-1", "g-2"], "text": ["a first good passage", "a second good passage"]}
+
+
+def _run(tmp_path, *args: str):
+    return run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"), *args)
+
+
+def _inputs(tmp_path) -> list:
+    return sorted((tmp_path / "in").glob("*.parquet"))
+
+
+def _failed(tmp_path, result, message: str, case: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert f"error: {message}" in result.stderr
+    out = tmp_path / "out"
+    assert (sorted(out.iterdir()) if out.exists() else []) == []  # nothing published, nothing half-written
+    record("input", case, "job fails naming the file; nothing published")
+
+
+def _succeeded(tmp_path, result, case: str, outcome: str) -> dict:
+    assert result.returncode == 0, result.stderr
+    assert record("input", case, outcome, _inputs(tmp_path), tmp_path / "out") == 0
+    return read_manifest(tmp_path / "out")
+
+
+def _rejects(tmp_path) -> list[tuple]:
+    table = pq.read_table(sorted((tmp_path / "out").glob("rejected-*.parquet")))
+    return sorted((row["id"], row["reason"]) for row in table.to_pylist())
+
+
+def _vectors(tmp_path) -> dict:
+    table = pq.read_table(sorted((tmp_path / "out").glob("embeddings-*.parquet")))
+    return {row["id"]: np.asarray(row["embedding"]) for row in table.to_pylist()}
+
+
+@pytest.mark.parametrize(
+    "case, damage",
+    [
+        ("corrupt footer", lambda data: data[:-40] + b"\x07" * 32 + data[-8:]),
+        ("truncated file", lambda data: data[: len(data) // 2]),
+        ("zero-byte file", lambda data: b""),
+    ],
+)
+def test_damaged_file_fails_the_job_and_names_it(tmp_path, case, damage):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    bad = write_parquet(tmp_path / "in" / "b.parquet", **GOOD)
+    bad.write_bytes(damage(bad.read_bytes()))
+    _failed(tmp_path, _run(tmp_path), f"{bad}: not a readable Parquet file", case)
+
+
+def test_valid_file_with_zero_rows_is_read_as_no_rows(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    write_parquet(tmp_path / "in" / "b.parquet", id=pa.array([], pa.string()), text=pa.array([], pa.string()))
+    manifest = _succeeded(tmp_path, _run(tmp_path), "file with zero rows", "success: 0 rows from it")
+    assert (manifest["rows_in"], manifest["rows_embedded"]) == (2, 2)
+
+
+def test_text_as_string_in_one_shard_and_large_string_in_another(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    write_parquet(
+        tmp_path / "in" / "b.parquet", id=["l-1"], text=pa.array(["a large string passage"], pa.large_string())
+    )
+    manifest = _succeeded(tmp_path, _run(tmp_path), "text: string vs large_string shards", "success")
+    assert (manifest["rows_in"], manifest["rows_embedded"]) == (3, 3)
+
+
+def test_ids_int_in_one_shard_and_string_in_another(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    bad = write_parquet(tmp_path / "in" / "b.parquet", id=[7], text=["an int id"])
+    message = f"{bad}: column 'id' is int64, but other shards have string"
+    _failed(tmp_path, _run(tmp_path), message, "ids: int vs string shards")
+
+
+def test_a_column_missing_in_one_shard(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    bad = write_parquet(tmp_path / "in" / "b.parquet", id=["b-1"], body=["no text column"])
+    _failed(
+        tmp_path,
+        _run(tmp_path),
+        f"{bad}: column 'text' not found; columns found: id, body",
+        "column missing in one shard",
+    )
+
+
+def test_dictionary_encoded_text_is_embedded_like_plain_text(tmp_path):
+    texts = ["repeated passage", "repeated passage", "another passage"]
+    write_parquet(tmp_path / "in" / "a.parquet", id=["p-0", "p-1", "p-2"], text=texts)
+    write_parquet(tmp_path / "in" / "b.parquet", id=["d-0", "d-1", "d-2"], text=pa.array(texts).dictionary_encode())
+    manifest = _succeeded(tmp_path, _run(tmp_path), "dictionary-encoded text", "success: same vectors as plain text")
+    assert (manifest["rows_in"], manifest["rows_embedded"]) == (6, 6)
+    vectors = _vectors(tmp_path)
+    for i in range(3):
+        np.testing.assert_allclose(vectors[f"d-{i}"], vectors[f"p-{i}"], rtol=0, atol=1e-6)
+
+
+def test_text_column_of_a_non_string_type_rejects_its_rows(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    write_parquet(tmp_path / "in" / "b.parquet", id=["n-1", "n-2"], text=pa.array([3.5, None], pa.float64()))
+    manifest = _succeeded(tmp_path, _run(tmp_path), "text column of type double", "rows rejected: text_not_string")
+    assert manifest["rejected_by_reason"] == {"null_text": 1, "text_not_string": 1}
+    assert _rejects(tmp_path) == [("n-1", "text_not_string"), ("n-2", "null_text")]
+
+
+def test_a_10_mb_text_is_truncated_and_embedded(tmp_path):
+    huge = "word " * 2_000_000
+    write_parquet(tmp_path / "in" / "a.parquet", id=["huge", "small"], text=[huge, "a small one"])
+    manifest = _succeeded(tmp_path, _run(tmp_path), "one 10 MB text", "success: truncated to 256 tokens")
+    assert (manifest["rows_embedded"], manifest["rows_truncated"]) == (2, 1)
+
+
+def test_nul_characters_are_text_and_lone_surrogates_cannot_be_arrow_strings(tmp_path):
+    with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
+        pa.array(["lone \ud800 surrogate"])  # Arrow strings are UTF-8: such a file cannot be written
+    write_parquet(tmp_path / "in" / "a.parquet", id=["nul"], text=["before\x00after"])
+    manifest = _succeeded(tmp_path, _run(tmp_path), "NUL characters in text", "success: embedded as text")
+    assert manifest["rows_embedded"] == 1
+
+
+def test_binary_text_column_decodes_utf8_and_rejects_what_is_not(tmp_path):
+    values = [
+        b"plain utf-8 text",
+        "caf\u00e9 na\u00efve".encode(),
+        b"\xff\xfe not utf-8",
+        b"\xed\xa0\x80 surrogate",
+        None,
+    ]
+    write_parquet(
+        tmp_path / "in" / "a.parquet", id=["u-1", "u-2", "bad", "sur", "null"], text=pa.array(values, pa.binary())
+    )
+    manifest = _succeeded(
+        tmp_path, _run(tmp_path), "binary text column, invalid UTF-8", "valid decoded; rest rejected: invalid_utf8"
+    )
+    assert manifest["rejected_by_reason"] == {"invalid_utf8": 2, "null_text": 1}
+    assert _rejects(tmp_path) == [("bad", "invalid_utf8"), ("null", "null_text"), ("sur", "invalid_utf8")]
+    assert sorted(_vectors(tmp_path)) == ["u-1", "u-2"]
+
+
+def test_duplicate_and_null_ids(tmp_path):
+    write_parquet(
+        tmp_path / "in" / "a.parquet", id=["dup", "dup", None, "one"], text=["first", "second", "no id", "one"]
+    )
+    manifest = _succeeded(tmp_path, _run(tmp_path), "duplicate and null ids", "first kept; rest rejected with a reason")
+    assert manifest["rejected_by_reason"] == {"duplicate_id": 1, "null_id": 1}
+    assert sorted(_vectors(tmp_path)) == ["dup", "one"]
+
+
+def test_a_glob_matching_thousands_of_small_files(tmp_path):
+    for i in range(2000):
+        write_parquet(
+            tmp_path / "in" / f"p-{i:05d}.parquet", id=[f"{i}-a", f"{i}-b"], text=[f"passage {i} a", f"passage {i} b"]
+        )
+    manifest = _succeeded(tmp_path, _run(tmp_path), "glob matching 2,000 small files", "success")
+    assert (manifest["rows_in"], manifest["rows_embedded"]) == (4000, 4000)
