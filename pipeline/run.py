@@ -96,9 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one
         found = _WORKER_ERROR.search(str(e))
-        if not found:
-            raise
-        print(f"error: {found.group(1)}", file=sys.stderr)
+        if found:
+            print(f"error: {found.group(1)}", file=sys.stderr)
+            return 1
+        _LOG.error("the job failed", exc_info=True)
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        print(
+            f"error: the job failed ({type(e).__name__}: {last}); no manifest.json was written, so nothing "
+            "was published; running the same command again replaces the partial files",
+            file=sys.stderr,
+        )
         return 1
     if result is None:
         return 0

@@ -1,20 +1,14 @@
-"""Nightly runs with --previous: reuse, re-embed, delete, duplicates, and a run killed mid-way."""
+"""Nightly runs with --previous: reuse, re-embed, delete, duplicates."""
 
 from __future__ import annotations
-
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from encoder import PooledEncoder, read_model_folder
-from samples.knowledge_base import make_rows, write_shards
-from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
+from samples.knowledge_base import make_rows
+from tests.conftest import read_manifest, run_cli, write_parquet
 
 DAY_ONE = make_rows(40, seed=3)
 IDS = DAY_ONE["id"].to_pylist()
@@ -132,40 +126,3 @@ def test_output_may_not_be_the_previous_output(day_one):
     assert result.returncode == 1
     assert f"error: --output and --previous are both {out1}" in result.stderr
     assert (out1 / "manifest.json").exists()
-
-
-def test_a_run_killed_mid_way_leaves_no_manifest_and_the_same_command_finishes_it(tmp_path):
-    write_shards(tmp_path / "kb", rows=1500, shards=3)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.run",
-        "--input",
-        f"{tmp_path}/kb/*.parquet",
-        "--output",
-        str(tmp_path / "out"),
-        "--progress_interval",
-        "0.1",
-        "--rows_per_batch",
-        "100",  # progress is logged per chunk: small chunks show the job mid-way
-    ]
-    job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
-    for line in job.stderr:  # ends when the job does; killed once the model is mid-way through the rows
-        if "embedded" in line and "rows/s" in line or time.monotonic() > deadline:
-            break
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(timeout=60)
-    assert job.returncode == -signal.SIGKILL
-    assert not (tmp_path / "out" / "manifest.json").exists()
-
-    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    manifest = read_manifest(tmp_path / "out")
-    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (1500, 1500, 0)
-    ids = pq.read_table(sorted((tmp_path / "out").glob("embeddings-*.parquet")))["id"].to_pylist()
-    expected = pq.read_table(sorted((tmp_path / "kb").glob("*.parquet")))["id"].to_pylist()
-    assert sorted(ids) == sorted(expected)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["manifest.json", *manifest["files"]["embeddings"], *manifest["files"]["rejected"]]
-    )

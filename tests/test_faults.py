@@ -1,0 +1,119 @@
+"""Faults real clusters produce: a worker process dying mid-bundle and the whole job killed with
+SIGKILL at random moments. Each run either completes or leaves no manifest; the same command
+run again then produces the complete output an uninterrupted run produces."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from samples.knowledge_base import write_shards
+from tests.conftest import ROOT, read_manifest, record
+
+COUNTS = ("rows_in", "rows_out", "rows_embedded", "rows_rejected", "rows_truncated", "tokens")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    write_shards(root / "kb", rows=1500, shards=3)
+    return root
+
+
+def _command(corpus, output) -> list[str]:
+    return [
+        sys.executable, "-m", "pipeline.run",
+        "--input", f"{corpus}/kb/*.parquet", "--output", str(output),
+        "--progress_interval", "0.1", "--rows_per_batch", "100",  # progress per small chunk: a visible middle
+    ]  # fmt: skip
+
+
+def _rows(output) -> dict:
+    table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    ids = table["id"].to_pylist()
+    assert len(set(ids)) == len(ids)  # no row written twice
+    return {row.pop("id"): row for row in table.to_pylist()}
+
+
+def _same_output(output, reference) -> None:
+    assert {k: read_manifest(output)[k] for k in COUNTS} == {k: read_manifest(reference)[k] for k in COUNTS}
+    rows, expected = _rows(output), _rows(reference)
+    assert rows.keys() == expected.keys()
+    for key, row in rows.items():
+        # Which worker gets which rows varies between runs, and with it float32 rounding.
+        np.testing.assert_allclose(row.pop("embedding"), expected[key].pop("embedding"), rtol=0, atol=1e-6)
+        assert row == expected[key]
+    manifest = read_manifest(output)
+    published = ["manifest.json", *(name for names in manifest["files"].values() for name in names)]
+    assert sorted(p.name for p in output.iterdir()) == sorted(published)  # nothing left from the killed run
+
+
+@pytest.fixture(scope="module")
+def reference(corpus):
+    output = corpus / "uninterrupted"
+    started = time.monotonic()
+    result = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return output, time.monotonic() - started
+
+
+def _start(corpus, output, stderr=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen(_command(corpus, output), cwd=ROOT, stderr=stderr, text=True, start_new_session=True)
+
+
+def _wait_for_progress(job: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 240
+    for line in job.stderr:  # ends when the job does
+        if "embedded" in line and "rows/s" in line or time.monotonic() > deadline:
+            return
+
+
+def test_a_worker_process_killed_mid_bundle_fails_the_run_without_a_manifest(corpus, reference):
+    output = corpus / "worker-killed"
+    job = _start(corpus, output)
+    _wait_for_progress(job)
+    workers = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "sdk_worker_main"], capture_output=True, text=True)
+    python_workers = [
+        int(pid) for pid in workers.stdout.split() if not open(f"/proc/{pid}/cmdline").read().startswith("/bin/sh")
+    ]
+    assert len(python_workers) == 2
+    os.kill(python_workers[0], signal.SIGKILL)
+    _, stderr = job.communicate(timeout=240)
+    assert job.returncode == 1
+    assert "no manifest.json was written, so nothing was published" in stderr.splitlines()[-1]
+    assert not (output / "manifest.json").exists()
+
+    rerun = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    _same_output(output, reference[0])
+    record("fault", "SDK worker process SIGKILLed mid-bundle", "run fails, no manifest; rerun complete")
+
+
+def test_the_whole_job_killed_at_random_moments_then_rerun_gives_the_same_output(corpus, reference):
+    reference_output, seconds = reference
+    rng = random.Random(20261122)  # one random moment in each of the early, middle and late part of a run
+    moments = [rng.uniform(start, start + 0.25) * seconds for start in (0.05, 0.3, 0.55)]
+    for n, moment in enumerate(moments):
+        output = corpus / f"killed-{n}"
+        job = _start(corpus, output, stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+        assert job.returncode == -signal.SIGKILL
+        if (output / "manifest.json").exists():  # killed after publishing, while shutting down: complete
+            outcome = "killed after publishing: output complete"
+        else:
+            rerun = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert rerun.returncode == 0, rerun.stderr
+            outcome = "no manifest; rerun identical"
+        _same_output(output, reference_output)
+        case = f"whole job SIGKILLed at {moment:.1f}s of {seconds:.1f}s"
+        record("fault", case, outcome, sorted((corpus / "kb").glob("*.parquet")), output)
