@@ -14,7 +14,7 @@ from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
 from encoder.batching import token_budget_batches
 from encoder.onednn import OneDnnLinear
 from samples.knowledge_base import make_rows
-from tests.conftest import TINY_POOLINGS, save_tiny_model
+from tests.conftest import TINY_POOLINGS, record, save_tiny_model
 
 MIXED_TEXTS = [
     *make_rows(120, seed=7).column("text").to_pylist(),
@@ -165,6 +165,7 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
     assert refused and max(ran) <= 300
     assert min_cosine(result.embeddings, expected.embeddings) >= 0.99999
     assert result.tokens == expected.tokens
+    record("fault", "CUDA out-of-memory injected in the encoder", f"{len(refused)} batches split; same vectors")
 
 
 def test_a_single_row_too_large_for_the_card_still_fails(model_path, monkeypatch):

@@ -8,11 +8,14 @@ process, retrying for about 30 s before it connects anonymously, which the emula
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from google.cloud import storage
 from encoder import ModelFolderError, read_model_folder
 from pipeline.run import main
 from samples.knowledge_base import write_shards
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, record, wait_for_port
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
@@ -122,3 +125,75 @@ def test_gcs_model_is_copied_once_per_machine_and_checked_by_its_weights_hash(da
 def test_missing_gcs_model_is_a_clear_error(day1):
     with pytest.raises(ModelFolderError, match="gs://kb/models/nothing: no files found"):
         model_folder("gs://kb/models/nothing")
+
+
+def _flaky_proxy(target: int, every: int) -> tuple[ThreadingHTTPServer, list]:
+    """Forwards to the emulator on loopback, answering every `every`-th request 503 or 429 instead."""
+    faults: list[tuple[int, str, str]] = []
+    seen = [0]
+    lock = threading.Lock()
+
+    class Flaky(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                seen[0] += 1
+                fail = 503 if seen[0] % (2 * every) == 0 else 429 if seen[0] % every == 0 else None
+                if fail:
+                    faults.append((fail, self.command, self.path.split("?")[0]))
+            if fail:
+                self.send_response(fail)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            upstream = http.client.HTTPConnection("127.0.0.1", target, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            upstream.request(self.command, self.path, body, headers)
+            response = upstream.getresponse()
+            data = response.read()
+            upstream.close()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    continue
+                if key.lower() == "location":  # resumable upload sessions: keep them behind the proxy
+                    value = value.replace(f":{target}", f":{self.server.server_address[1]}")
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, faults
+
+
+def test_transient_503_and_429_from_storage_are_retried_without_duplicate_rows(day1, monkeypatch):
+    bucket, _ = day1  # its client talks to the emulator directly
+    emulator = int(os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
+    proxy, faults = _flaky_proxy(emulator, every=4)
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_address[1]}")
+        args = ["--input", "gs://kb/kb/*.parquet", "--output", "gs://kb/out/flaky", "--model", MODEL]
+        assert main([*args, "--carry_columns", "title", *IN_PROCESS]) == 0
+    finally:
+        proxy.shutdown()
+    assert {status for status, *_ in faults} == {503, 429}
+    assert any(path.startswith("/upload/") for *_, path in faults)  # writes were hit too, not only reads
+    manifest = _json(bucket, "out/flaky/manifest.json")
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (80, 80, 0)
+    names = [f"out/flaky/{name}" for name in manifest["files"]["embeddings"]]
+    table = pa.concat_tables(pq.read_table(io.BytesIO(bucket.blob(name).download_as_bytes())) for name in names)
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 80  # nothing written twice by a retried request
+    day1_names = [f"out/day1/{name}" for name in _json(bucket, "out/day1/manifest.json")["files"]["embeddings"]]
+    day1_vectors = _vectors(
+        pa.concat_tables(pq.read_table(io.BytesIO(bucket.blob(name).download_as_bytes())) for name in day1_names)
+    )
+    assert all(np.array_equal(vector, day1_vectors[key]) for key, vector in _vectors(table).items())
+    record("fault", f"{len(faults)} storage requests answered 503/429", "retried; no duplicate, none lost")
