@@ -7,7 +7,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import read_manifest, run_cli, write_parquet
+from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
 def good_shard(path, ids=("a", "b")):
@@ -134,3 +134,4 @@ def test_pickle_only_model_is_refused(tmp_path, model_path):
     path = good_shard(tmp_path / "a.parquet")
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--model", str(model))
     assert_failed_without_output(result, tmp_path / "out", f"{model}: only pickle weights (pytorch_model.bin) found")
+    record("security", "model with pickle weights only", "refused before any worker starts")
