@@ -140,12 +140,13 @@ def test_binary_text_column_decodes_utf8_and_rejects_what_is_not(tmp_path):
     write_parquet(
         tmp_path / "in" / "a.parquet", id=["u-1", "u-2", "bad", "sur", "null"], text=pa.array(values, pa.binary())
     )
+    write_parquet(tmp_path / "in" / "b.parquet", id=["v-1"], text=pa.array([b"all valid here"], pa.large_binary()))
     manifest = _succeeded(
         tmp_path, _run(tmp_path), "binary text column, invalid UTF-8", "valid decoded; rest rejected: invalid_utf8"
     )
     assert manifest["rejected_by_reason"] == {"invalid_utf8": 2, "null_text": 1}
     assert _rejects(tmp_path) == [("bad", "invalid_utf8"), ("null", "null_text"), ("sur", "invalid_utf8")]
-    assert sorted(_vectors(tmp_path)) == ["u-1", "u-2"]
+    assert sorted(_vectors(tmp_path)) == ["u-1", "u-2", "v-1"]
 
 
 def test_duplicate_and_null_ids(tmp_path):

@@ -27,15 +27,15 @@ def text_as_strings(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     """The text column with dictionary encoding undone and bytes decoded as UTF-8.
 
     Parquet writers that leave out the string annotation produce binary columns;
-    their values are text when they decode. Returns the column and, for binary
-    input, which rows did not decode (they become null and are rejected).
+    their values are text when they decode. Returns the column and which rows
+    did not decode (they become null and are rejected), or None when all did.
     """
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
         return column, None
     try:
-        return column.cast(pa.string()), pa.array(np.zeros(len(column), dtype=bool))
+        return column.cast(pa.string()), None
     except pa.ArrowInvalid:  # some values are not UTF-8: find them one by one
         values = column.to_pylist()
         decoded = [_decode(value) for value in values]
