@@ -49,6 +49,10 @@ _GUARD = textwrap.dedent(
 )
 
 
+def _inputs(tmp_path) -> list:
+    return sorted((tmp_path / "in").glob("*.parquet"))
+
+
 def _guarded_env(tmp_path) -> dict:
     (tmp_path / "guard").mkdir()
     (tmp_path / "guard" / "sitecustomize.py").write_text(_GUARD)
@@ -87,7 +91,7 @@ def test_the_job_opens_no_connection_beyond_this_machine(tmp_path):
     assert job.returncode == 0, job.stderr
     assert read_manifest(tmp_path / "out")["rows_embedded"] == 2
     assert log.read_text() == ""  # launcher and both worker processes: no connection attempted off loopback
-    record("security", "network use of a whole run", "none beyond loopback")
+    record("security", "network use of a whole run", "none beyond loopback", _inputs(tmp_path), tmp_path / "out")
 
 
 def test_expected_weights_hash_is_enforced(tmp_path, model_path):
@@ -118,7 +122,13 @@ def test_code_shipped_with_a_model_is_never_run(tmp_path, model_path):
     result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"), "--model", str(model))
     assert result.returncode == 0, result.stderr
     assert not marker.exists()  # trust_remote_code is never set: the folder's Python file is ignored
-    record("security", "model folder shipping Python code (auto_map)", "code ignored; weights loaded as BERT")
+    record(
+        "security",
+        "model folder shipping Python code (auto_map)",
+        "code ignored; weights loaded as BERT",
+        _inputs(tmp_path),
+        tmp_path / "out",
+    )
 
 
 def test_values_in_the_data_are_never_paths_or_commands(tmp_path):
@@ -136,7 +146,13 @@ def test_values_in_the_data_are_never_paths_or_commands(tmp_path):
         ids
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"] and not marker.exists()
-    record("security", "ids and texts shaped like paths and commands", "kept as data; no file made")
+    record(
+        "security",
+        "ids and texts shaped like paths and commands",
+        "kept as data; no file made",
+        _inputs(tmp_path),
+        tmp_path / "out",
+    )
 
 
 def test_secrets_passed_as_options_are_never_printed_or_written(tmp_path):
@@ -149,4 +165,10 @@ def test_secrets_passed_as_options_are_never_printed_or_written(tmp_path):
     assert result.returncode == 0, result.stderr
     assert secret not in result.stdout + result.stderr
     assert not [p.name for p in (tmp_path / "out").iterdir() if secret.encode() in p.read_bytes()]
-    record("security", "credentials passed as Beam options", "in no log line and no output file")
+    record(
+        "security",
+        "credentials passed as Beam options",
+        "in no log line and no output file",
+        _inputs(tmp_path),
+        tmp_path / "out",
+    )
