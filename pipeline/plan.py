@@ -176,8 +176,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
-    folder = model_folder(opts.model, opts.model_sha256 and opts.model_sha256.lower())
-    weights_sha256 = folder.weights_sha256()
+    expected_sha256 = opts.model_sha256.lower() if opts.model_sha256 else None
+    folder = model_folder(opts.model, expected_sha256)  # checks the hash when one is expected
+    weights_sha256 = expected_sha256 or folder.weights_sha256()
     handler = EncoderHandler(
         model=opts.model,
         weights_sha256=weights_sha256,
