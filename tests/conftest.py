@@ -14,6 +14,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
@@ -105,6 +106,28 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def read_manifest(output: Path) -> dict:
     return json.loads((output / "manifest.json").read_text())
+
+
+def embedding_rows(output: Path) -> dict[str, dict]:
+    """The embeddings files' rows by id; an id written twice fails the test."""
+    rows = pq.read_table(sorted(output.glob("embeddings-*.parquet"))).to_pylist()
+    by_id = {row.pop("id"): row for row in rows}
+    assert len(by_id) == len(rows)
+    return by_id
+
+
+COUNTS = ("rows_in", "rows_out", "rows_embedded", "rows_reused", "rows_rejected", "rows_truncated", "tokens")
+
+
+def assert_same_output(output: Path, expected: Path) -> None:
+    """Same counts and rows; vectors equal up to float32 rounding, which depends on how rows
+    were batched (runner, bundles, which worker got which rows)."""
+    assert {k: read_manifest(output)[k] for k in COUNTS} == {k: read_manifest(expected)[k] for k in COUNTS}
+    rows, reference = embedding_rows(output), embedding_rows(expected)
+    assert rows.keys() == reference.keys()
+    for key, row in rows.items():
+        np.testing.assert_allclose(row.pop("embedding"), reference[key].pop("embedding"), rtol=0, atol=1e-6)
+        assert row == reference[key]  # carried columns, content_hash
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import read_manifest, record, run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, record, run_cli, write_parquet
 
 GOOD = {"id": ["g-1", "g-2"], "text": ["a first good passage", "a second good passage"]}
 
@@ -42,8 +42,7 @@ def _rejects(tmp_path) -> list[tuple]:
 
 
 def _vectors(tmp_path) -> dict:
-    table = pq.read_table(sorted((tmp_path / "out").glob("embeddings-*.parquet")))
-    return {row["id"]: np.asarray(row["embedding"]) for row in table.to_pylist()}
+    return {key: np.asarray(row["embedding"]) for key, row in embedding_rows(tmp_path / "out").items()}
 
 
 @pytest.mark.parametrize(
