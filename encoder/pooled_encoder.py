@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
 from encoder import onednn
 from encoder.batching import token_budget_batches
-from encoder.model_folder import ModelFolder, ModelFolderError
+from encoder.model_folder import ModelFolder
 from encoder.pooling import pool
+from encoder.tokens import TextTokenizer
 
 # Padded tokens per forward pass. On CPU small batches of similar length are
 # fastest (measured on 2 cores, all-MiniLM-L6-v2: 2048 ran 1.7x faster than
@@ -85,22 +85,9 @@ class PooledEncoder:
         )
         if self.device.type == "cpu" and onednn.available():
             onednn.use_onednn(self.model)
-        tokenizer = AutoTokenizer.from_pretrained(folder.transformer_path, trust_remote_code=False)
-        if not tokenizer.is_fast:
-            raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")
-        self.max_seq_length = folder.seq_length(max_seq_length)
-        self.pad_id = tokenizer.pad_token_id or 0
-        # A private copy: the transformers wrapper resets truncation on its backend at every call.
-        self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(self.max_seq_length)
-        self.prompt = folder.prompt(prompt_name)
-        self._prompt_length = 0 if folder.include_prompt or not self.prompt else self._count_prompt(tokenizer)
-
-    def _count_prompt(self, tokenizer) -> int:
-        """Prompt tokens (with the leading special token) excluded from pooling."""
-        ids = tokenizer(self.prompt)["input_ids"]
-        return len(ids) - (ids[-1] in tokenizer.all_special_ids)
+        self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name)
+        self.max_seq_length = self.tokenizer.max_seq_length
+        self._prompt_length = 0 if folder.include_prompt else self.tokenizer.prompt_length
 
     @property
     def default_token_budget(self) -> int:
@@ -123,14 +110,8 @@ class PooledEncoder:
         the rest, rather than failing.
         """
         token_budget = token_budget or self.default_token_budget
-        if self.folder.do_lower_case:
-            texts = [t.lower() for t in texts]
-        if self.prompt:
-            texts = [self.prompt + t for t in texts]
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        tokenized = self.tokenizer.encode(texts)
+        ids, lengths = tokenized.ids, tokenized.lengths
         widths = np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_seq_length)
         done: list[tuple[np.ndarray, torch.Tensor]] = []
         queue = deque(token_budget_batches(widths, token_budget))
@@ -152,13 +133,13 @@ class PooledEncoder:
         for rows, vectors in done:
             out[rows] = vectors.numpy()
         padded = sum(len(rows) * int(widths[rows[-1]]) for rows, _ in done)
-        return Encoded(out, int(lengths.sum()), padded, truncated)
+        return Encoded(out, int(lengths.sum()), padded, tokenized.truncated)
 
     def _pad(
         self, ids: list[list[int]], lengths: np.ndarray, rows: np.ndarray, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of `rows`, padded to `width` tokens."""
-        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for r, i in enumerate(rows):
             input_ids[r, : lengths[i]] = ids[i]

@@ -1,0 +1,103 @@
+"""Texts as the model sees them: lower-cased when the model asks, its prompt first, cut to its window.
+
+A text is never tokenised much further than the window: a 64 MB cell used to be
+tokenised whole (9.3 GB of memory in one worker) and then truncated to 256 tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+from transformers import AutoTokenizer
+
+from encoder.model_folder import ModelFolder, ModelFolderError
+
+# Characters of a text first tokenised per token of the window; the bound grows when a text
+# holds fewer tokens than that (long runs of whitespace, characters the tokenizer drops).
+CHARS_PER_TOKEN = 16
+_WHITESPACE = " \n\t\r"
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[list[int]]  # per text, special tokens included, at most max_seq_length
+    lengths: np.ndarray  # (rows,) int64
+    truncated: np.ndarray  # (rows,) bool: the text held more tokens than max_seq_length
+
+
+def _prefix(text: str, limit: int) -> tuple[str, bool]:
+    """The start of `text`, about `limit` characters, and whether it ends just before whitespace.
+
+    Tokenizers split words at whitespace before anything else, so every token of
+    such a prefix is also a token of the whole text, at the same place.
+    """
+    piece = text[:limit]
+    cut = max(map(piece.rfind, _WHITESPACE))
+    if cut > limit // 2:
+        return piece[:cut], True
+    return piece, False
+
+
+class TextTokenizer:
+    """The model's fast tokenizer, applied as sentence-transformers applies it, with bounded work per text."""
+
+    def __init__(self, folder: ModelFolder, max_seq_length: int | None = None, prompt_name: str | None = None) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(folder.transformer_path, trust_remote_code=False)
+        if not tokenizer.is_fast:
+            raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")
+        self.max_seq_length = folder.seq_length(max_seq_length)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.prompt = folder.prompt(prompt_name)
+        self.lower_case = folder.do_lower_case
+        # Private copies: the transformers wrapper resets truncation on its backend at every call.
+        self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.raw.no_padding()
+        self.raw.no_truncation()
+        self._window = Tokenizer.from_str(self.raw.to_str())
+        self._window.enable_truncation(self.max_seq_length)
+        prompt_ids = self.raw.encode(self.prompt).ids if self.prompt else []
+        # The prompt's tokens with the leading special token, as sentence-transformers counts them.
+        self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in tokenizer.all_special_ids)
+
+    def as_embedded(self, text: str) -> str:
+        return self.prompt + (text.lower() if self.lower_case else text)
+
+    def encode(self, texts: list[str]) -> Tokenized:
+        """Token ids of each text as embedded, cut at `max_seq_length` tokens.
+
+        A text longer than CHARS_PER_TOKEN x max_seq_length characters is first cut
+        to a prefix that ends before whitespace; when that prefix still overflows
+        the window, its first max_seq_length tokens are those of the whole text.
+        Otherwise the bound grows fourfold until it holds, or the text is taken whole.
+        A prefix with no whitespace to end at (one huge word, text without spaces)
+        is taken when the window's tokens end in its first half.
+        """
+        limit = CHARS_PER_TOKEN * self.max_seq_length
+        cut = {i: _prefix(text, limit) for i, text in enumerate(texts) if len(text) > limit}
+        views = [self.as_embedded(cut[i][0] if i in cut else text) for i, text in enumerate(texts)]
+        encodings = self._window.encode_batch(views)
+        for i, (prefix, safe) in cut.items():
+            bound = limit
+            while len(prefix) < len(texts[i]) and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
+                bound *= 4
+                prefix, safe = _prefix(texts[i], bound) if bound < len(texts[i]) else (texts[i], True)
+                encodings[i] = self._window.encode(self.as_embedded(prefix))
+        ids = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        return Tokenized(ids, lengths, truncated)
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        """Tokens the model sees per text; max_seq_length + 1 for any text longer than the window."""
+        tokenized = self.encode(texts)
+        return tokenized.lengths + tokenized.truncated
+
+
+def _holds_window(encoding: Encoding, chars: int, safe: bool) -> bool:
+    """Whether a prefix's tokens are the whole text's: it overflows the window, and either
+    ends before whitespace or the window's tokens end in its first half."""
+    if not encoding.overflowing:
+        return False
+    return safe or max(end for _, end in encoding.offsets) <= chars // 2
