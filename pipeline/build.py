@@ -5,35 +5,43 @@ from __future__ import annotations
 from functools import partial
 
 import apache_beam as beam
+import pyarrow as pa
 
 from pipeline.plan import JobPlan
 from schemas.inputs import check_shard
 from schemas.outputs import (
+    CHUNK_COLUMN,
     CONTENT_HASH_COLUMN,
     EMBEDDING_COLUMN,
+    PASSAGE_FIELDS,
     check_previous_file,
     embeddings_schema,
     rejects_schema,
 )
 from transforms.embed import EmbedRows
 from transforms.incremental import REUSED, JoinPrevious
+from transforms.passages import MakeUnits
 from transforms.read import ReadShards
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import WriteBatches, WriteManifest
 
 
 def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema) -> beam.PCollection:
-    """The previous output's ids and content hashes, with its vectors when they can be reused."""
+    """The previous output's ids, chunks and content hashes, with its vectors when they can be reused."""
     if not plan.previous or not plan.previous.files:
         return pipeline | "NoPrevious" >> beam.Create([])
-    names = [plan.columns.id.name, CONTENT_HASH_COLUMN] + ([EMBEDDING_COLUMN] if plan.previous.reuse else [])
-    check = partial(check_previous_file, expected=schema, names=names)
+    names = [plan.columns.id.name, CONTENT_HASH_COLUMN]
+    names += [CHUNK_COLUMN] if plan.previous.passages else []
+    names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
+    expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
+    check = partial(check_previous_file, expected=expected, names=names)
     return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, names, check, plan.rows_per_batch)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
+    passages = plan.chunking is not None
     rejected_schema = rejects_schema(plan.columns)
-    output_schema = embeddings_schema(plan.columns, plan.model_block["dim"], plan.model_block)
+    output_schema = embeddings_schema(plan.columns, plan.model_block["dim"], plan.model_block, passages)
     rows = (
         pipeline
         | "Read"
@@ -42,16 +50,19 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         )
         | "Validate" >> ValidateRows(plan.columns, rejected_schema)
     )
-    joined = (rows.valid, _read_previous(pipeline, plan, output_schema)) | "JoinPrevious" >> JoinPrevious(
-        plan.columns,
-        plan.model_block["prompt"],
+    units = rows.valid | "MakeUnits" >> MakeUnits(
+        plan.columns, plan.model_block["prompt"], rejected_schema, plan.rows_per_batch, plan.handler, plan.chunking
+    )
+    joined = (units.units, _read_previous(pipeline, plan, output_schema)) | "JoinPrevious" >> JoinPrevious(
+        plan.columns.id.name,
         output_schema,
         rejected_schema,
         reuse=bool(plan.previous and plan.previous.reuse),
+        passages=passages,
         rows_per_batch=plan.rows_per_batch,
     )
-    embedded = joined.to_embed | "Embed" >> EmbedRows(
-        plan.handler, plan.columns, output_schema, plan.rows_per_batch, plan.progress_interval
+    embedded = joined["to_embed"] | "Embed" >> EmbedRows(
+        plan.handler, plan.columns.text, output_schema, plan.rows_per_batch, plan.progress_interval
     )
     # Two writes rather than one after a Flatten: the local runner would hold every vector of a
     # Flatten's inputs in the launcher's memory (measured: 126 MB more for 12,000 rows).
@@ -60,12 +71,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         joined[REUSED] | "WriteReused" >> WriteBatches(plan.output, "embeddings-reused", output_schema),
     ) | "AllEmbeddingFiles" >> beam.Flatten()
     rejected_files = (
-        (rows[REJECTED], joined[REJECTED])
+        (rows[REJECTED], units[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
         | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema)
     )
     (
-        (rows[STATS], joined[STATS], embedded[STATS])
+        (rows[STATS], units[STATS], joined[STATS], embedded[STATS])
         | "MergeStats" >> beam.Flatten()
         | "Manifest" >> WriteManifest(plan.output, plan.header, embedding_files, rejected_files)
     )

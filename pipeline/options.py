@@ -23,6 +23,13 @@ def _boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+DEFAULT_CHUNK_OVERLAP = 32
+
+
+class UsageError(ValueError):
+    """Options that contradict each other or the model: exit 2, as for a malformed command line."""
+
+
 # `--overwrite` alone, or `--overwrite=true|false` as Dataflow flex templates pass every parameter.
 SWITCH = {"nargs": "?", "const": True, "default": False, "type": _boolean, "metavar": "true|false"}
 
@@ -91,6 +98,22 @@ class EmbedOptions(PipelineOptions):
             default=None,
             help="Prompt from the model's config_sentence_transformers.json to put before every text "
             "(default: the model's default prompt, if any).",
+        )
+        group.add_argument(
+            "--chunk_tokens",
+            type=int,
+            default=None,
+            help="Split each text into passages of at most this many tokens as the model counts them "
+            "(prompt and special tokens included; at most the model's max_seq_length) and embed every "
+            "passage: one output row per passage. Default: one vector per row, truncated.",
+        )
+        group.add_argument(
+            "--chunk_overlap",
+            type=int,
+            default=None,
+            help=f"With --chunk_tokens: tokens of each passage's end repeated at the start of the next; "
+            f"less than half of --chunk_tokens (default: {DEFAULT_CHUNK_OVERLAP}, or less when half of "
+            "--chunk_tokens is not more).",
         )
         group.add_argument(
             "--token_budget",

@@ -19,10 +19,14 @@ from datetime import datetime, timezone
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline.options import EmbedOptions
+from encoder.passages import MIN_CONTENT_TOKENS
+from encoder.tokens import TextTokenizer
+from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
+from schemas.outputs import check_column_names
 from transforms.embed import EncoderHandler
 from transforms.model_store import model_folder
+from transforms.passages import Chunking
 from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
@@ -41,6 +45,10 @@ FINGERPRINT_KEYS = (
     "include_prompt",
     "lower_case",
 )
+# With passages, also how texts are split; they stay out of the fingerprint of runs without passages,
+# so that those keep reusing earlier outputs.
+CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
+SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class PreviousRun:
     path: str
     files: list[str]  # its embeddings files, as its manifest lists them
     reuse: bool  # same model fingerprint: its vectors can be carried over
+    passages: bool  # its rows are passages, with a chunk column
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class JobPlan:
     rows_per_batch: int
     progress_interval: float
     previous: PreviousRun | None
+    chunking: Chunking | None  # None: one vector per row, truncated
     header: dict  # the manifest's fixed part: model block, inputs, options, start time
 
     @property
@@ -134,12 +144,43 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
     return output
 
 
+def _fingerprinted(model_block: dict) -> dict:
+    return {key: model_block[key] for key in (*FINGERPRINT_KEYS, *CHUNKING_KEYS) if key in model_block}
+
+
 def model_fingerprint(model_block: dict) -> str:
-    settings = json.dumps({key: model_block[key] for key in FINGERPRINT_KEYS}, sort_keys=True)
+    settings = json.dumps(_fingerprinted(model_block), sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()
 
 
-def read_previous(path: str, columns: InputColumns, fingerprint: str) -> PreviousRun:
+def chunking(options: EmbedOptions, tokenizer: TextTokenizer) -> Chunking | None:
+    """The passage settings, refused (exit 2) when the model cannot honour them."""
+    if options.chunk_tokens is None:
+        if options.chunk_overlap is not None:
+            raise UsageError("--chunk_overlap needs --chunk_tokens")
+        return None
+    tokens = options.chunk_tokens
+    overhead = int(tokenizer.count([""])[0])
+    if tokens > tokenizer.max_seq_length:
+        raise UsageError(f"--chunk_tokens {tokens} is more than the model's limit of {tokenizer.max_seq_length} tokens")
+    if tokens < overhead + MIN_CONTENT_TOKENS:
+        raise UsageError(
+            f"--chunk_tokens {tokens} is too small: special tokens and prompt take {overhead} tokens of every "
+            f"passage; the least is {overhead + MIN_CONTENT_TOKENS}"
+        )
+    limit = min(-(-tokens // 2), tokens - overhead)  # progress needs fewer overlap tokens than a passage holds
+    if options.chunk_overlap is None:
+        return Chunking(tokens, min(DEFAULT_CHUNK_OVERLAP, limit - 1))
+    overlap = options.chunk_overlap
+    if not 0 <= overlap < limit:
+        raise UsageError(
+            f"--chunk_overlap {overlap} must be at least 0 and less than {limit} (half of --chunk_tokens {tokens}, "
+            f"and less than the {tokens - overhead} tokens of text a passage holds)"
+        )
+    return Chunking(tokens, overlap)
+
+
+def read_previous(path: str, columns: InputColumns, model_block: dict) -> PreviousRun:
     """The previous run, trusted only through its manifest, which is written last."""
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
@@ -152,11 +193,21 @@ def read_previous(path: str, columns: InputColumns, fingerprint: str) -> Previou
     id_column = manifest.get("columns", {}).get("id")
     if id_column != columns.id.name:
         raise InputError(f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}")
-    reuse = manifest["model"].get("fingerprint") == fingerprint
+    reuse = manifest["model"].get("fingerprint") == model_block["fingerprint"]
     if not reuse:
-        _LOG.warning("--previous %s was embedded with another model or settings: re-embedding every row", path)
+        theirs, ours = _fingerprinted(manifest["model"]), _fingerprinted(model_block)
+        changed = ", ".join(
+            f"{key} {theirs.get(key)!r} -> {ours.get(key)!r}"
+            for key in sorted(theirs.keys() | ours.keys())
+            if theirs.get(key) != ours.get(key)
+        )
+        _LOG.warning(
+            "--previous %s was embedded with another model or settings (%s): re-embedding every row",
+            path,
+            changed or "fingerprint",
+        )
     files = [FileSystems.join(path, name) for name in manifest["files"]["embeddings"]]
-    return PreviousRun(path=path, files=files, reuse=reuse)
+    return PreviousRun(path=path, files=files, reuse=reuse, passages="chunk_tokens" in manifest["model"])
 
 
 def threads_per_worker(options: PipelineOptions) -> int | None:
@@ -202,8 +253,12 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "lower_case": folder.do_lower_case,
         "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
     }
+    passages = chunking(opts, TextTokenizer(folder, opts.max_seq_length, opts.prompt_name))
+    check_column_names(columns, passages is not None)
+    if passages:
+        model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
-    previous = read_previous(opts.previous, columns, model_block["fingerprint"]) if opts.previous else None
+    previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
     output = prepare_output(opts.output, opts.overwrite, opts.previous, opts.plan_only)
     header = {
         "output": output,
@@ -222,5 +277,6 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         rows_per_batch=opts.rows_per_batch,
         progress_interval=opts.progress_interval,
         previous=previous,
+        chunking=passages,
         header=header,
     )

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from encoder import ModelFolderError
 from encoder.pooled_encoder import resolve_device
 from pipeline.build import build_pipeline
-from pipeline.options import EmbedOptions, parse_command_line
+from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import plan_job, remove_temp_files
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     worker_logs.addFilter(_job_or_warning)
     try:
         result = run(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (InputError, ModelFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -113,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         f"embedded {result['rows_embedded']} of {result['rows_in']} rows "
         f"({result['rows_reused']} reused, {result['rows_rejected']} rejected, {result['rows_truncated']} truncated, "
         f"{result['rows_deleted']} deleted) "
-        f"in {result['timings']['seconds']:.1f}s into {result['output']}"
+        + (
+            f"as {result['rows_out']} passages ({result['passages']['embedded']} embedded, "
+            f"{result['passages']['reused']} reused) "
+            if "passages" in result
+            else ""
+        )
+        + f"in {result['timings']['seconds']:.1f}s into {result['output']}"
     )
     return 0
 

@@ -17,17 +17,26 @@ class InputColumns:
 
     text: str
     id: pa.Field
+    # Copied into the embeddings files, in the order asked. The text column may be among them
+    # (as string: the text or passage embedded); the id column never, since it is always written.
     carry: tuple[pa.Field, ...] = ()
 
     @property
     def names(self) -> list[str]:
-        return [self.id.name, self.text, *(f.name for f in self.carry)]
+        """Columns read from every shard."""
+        return [self.id.name, self.text, *(f.name for f in self.carry if f.name != self.text)]
+
+    @property
+    def typed(self) -> tuple[pa.Field, ...]:
+        """Columns whose type every shard must share; the text is checked row by row instead."""
+        return (self.id, *(f for f in self.carry if f.name != self.text))
 
 
 def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tuple[str, ...]) -> InputColumns:
     """Take the job's columns from the first shard's schema, or say which are missing."""
     _require(schema, path, [id_, text, *carry])
-    return InputColumns(text=text, id=schema.field(id_), carry=tuple(schema.field(c) for c in carry))
+    carried = (pa.field(text, pa.string()) if name == text else schema.field(name) for name in dict.fromkeys(carry))
+    return InputColumns(text=text, id=schema.field(id_), carry=tuple(f for f in carried if f.name != id_))
 
 
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> None:
@@ -37,7 +46,7 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> None:
     string are rejected one by one, not the whole job.
     """
     _require(schema, path, columns.names)
-    for expected in (columns.id, *columns.carry):
+    for expected in columns.typed:
         found = schema.field(expected.name).type
         if found != expected.type:
             raise InputError(f"{path}: column {expected.name!r} is {found}, but other shards have {expected.type}")

@@ -1,8 +1,9 @@
 """Schemas of the embeddings and rejects files, and the metadata they carry.
 
-Loaders rely on this contract: the id column keeps its input name and type,
-carried columns follow it, then `content_hash` (sha256 hex of the text as
-embedded, prompt included) and `embedding`, fixed_size_list<float32>[dim].
+Loaders rely on this contract: the id column keeps its input name and type;
+with passages (--chunk_tokens), `chunk`, `char_start` and `char_end` follow it;
+then the carried columns, `content_hash` (sha256 hex of the text as embedded,
+prompt included) and `embedding`, fixed_size_list<float32>[dim].
 """
 
 from __future__ import annotations
@@ -19,14 +20,53 @@ CONTENT_HASH_COLUMN = "content_hash"
 METADATA_KEY = b"embedding_job"  # Parquet key-value metadata: JSON of the model block
 
 
-def embeddings_schema(columns: InputColumns, dim: int, model_block: dict) -> pa.Schema:
-    fields = [
+CHUNK_COLUMN = "chunk"
+# Where each passage lies in its document's text: Unicode code points, as Python slices.
+PASSAGE_FIELDS = (
+    pa.field(CHUNK_COLUMN, pa.int32(), nullable=False),
+    pa.field("char_start", pa.int64(), nullable=False),
+    pa.field("char_end", pa.int64(), nullable=False),
+)
+
+
+def _key_and_carried(columns: InputColumns, passages: bool) -> list[pa.Field]:
+    return [
         columns.id,
+        *(PASSAGE_FIELDS if passages else ()),
         *columns.carry,
         pa.field(CONTENT_HASH_COLUMN, pa.string(), nullable=False),
+    ]
+
+
+def units_schema(columns: InputColumns, passages: bool) -> pa.Schema:
+    """What is embedded, one row per passage (or per input row without passages): the embeddings
+    files' columns but the vector, then the text to embed unless it is carried anyway."""
+    fields = _key_and_carried(columns, passages)
+    if columns.text not in {f.name for f in columns.carry}:
+        fields.append(pa.field(columns.text, pa.string()))
+    return pa.schema(fields)
+
+
+def embeddings_schema(columns: InputColumns, dim: int, model_block: dict, passages: bool) -> pa.Schema:
+    fields = [
+        *_key_and_carried(columns, passages),
         pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim), nullable=False),
     ]
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(model_block).encode()})
+
+
+def check_column_names(columns: InputColumns, passages: bool) -> None:
+    """An input column may not share its name with one the job writes: the files would hold it twice."""
+    written = {CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, *(f.name for f in PASSAGE_FIELDS if passages)}
+    roles = {"--id_column": [columns.id.name], "--text_column": [columns.text]}
+    roles["--carry_columns"] = [f.name for f in columns.carry]
+    for role, names in roles.items():
+        clash = [name for name in names if name in written]
+        if clash:
+            raise InputError(
+                f"{role} {', '.join(map(repr, clash))}: the job writes a column of that name; "
+                f"names it writes: {', '.join(sorted(written))}"
+            )
 
 
 def content_hash(text: str) -> str:

@@ -108,12 +108,12 @@ def read_manifest(output: Path) -> dict:
     return json.loads((output / "manifest.json").read_text())
 
 
-def embedding_rows(output: Path) -> dict[str, dict]:
-    """The embeddings files' rows by id; an id written twice fails the test."""
+def embedding_rows(output: Path) -> dict:
+    """The embeddings files' rows by id, or by (id, chunk) for passages; a key written twice fails the test."""
     rows = pq.read_table(sorted(output.glob("embeddings-*.parquet"))).to_pylist()
-    by_id = {row.pop("id"): row for row in rows}
-    assert len(by_id) == len(rows)
-    return by_id
+    by_key = {(row.pop("id"), row.pop("chunk")) if "chunk" in row else row.pop("id"): row for row in rows}
+    assert len(by_key) == len(rows)
+    return by_key
 
 
 COUNTS = ("rows_in", "rows_out", "rows_embedded", "rows_reused", "rows_rejected", "rows_truncated", "tokens")
@@ -159,6 +159,13 @@ def count_rows(paths) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
+def count_documents(paths) -> int:
+    """Rows of an embeddings file set; with passages, the documents (distinct ids) they come from."""
+    if paths and "chunk" in pq.read_schema(paths[0]).names:
+        return len(set(pq.read_table(paths, columns=["id"])["id"].to_pylist()))
+    return count_rows(paths)
+
+
 def record(kind: str, case: str, outcome: str, inputs=(), output: Path | None = None) -> int | None:
     """Add a case to the catalogue; for a published run, return the input rows it lost."""
     lost = rows_in = None
@@ -166,7 +173,7 @@ def record(kind: str, case: str, outcome: str, inputs=(), output: Path | None = 
         rows_in = count_rows(inputs)
         lost = (
             rows_in
-            - count_rows(sorted(output.glob("embeddings-*.parquet")))
+            - count_documents(sorted(output.glob("embeddings-*.parquet")))
             - count_rows(sorted(output.glob("rejected-*.parquet")))
         )
     CATALOGUE.append((kind, case, outcome, rows_in, lost))

@@ -202,4 +202,10 @@ def test_beam_metrics_count_rows_and_tokens(tmp_path):
         for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
     }
     # [CLS] one [SEP] + [CLS] three four [SEP]
-    assert counters == {"rows_embedded": 2, "rows_rejected": 1, "rows_truncated": 0, "tokens": 7}
+    assert counters == {
+        "rows_embedded": 2,
+        "passages_embedded": 2,
+        "rows_rejected": 1,
+        "rows_truncated": 0,
+        "tokens": 7,
+    }

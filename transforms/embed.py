@@ -20,7 +20,8 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from encoder import Encoded, PooledEncoder
-from schemas.inputs import InputColumns
+from encoder.tokens import TextTokenizer
+from schemas.outputs import EMBEDDING_COLUMN
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
 from transforms.validate import STATS
@@ -55,6 +56,10 @@ class EncoderHandler:
         _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
         return encoder
 
+    def load_tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer alone, for splitting texts into passages before the join."""
+        return TextTokenizer(model_folder(self.model, self.weights_sha256), self.max_seq_length, self.prompt_name)
+
     def run_inference(self, encoder: PooledEncoder, texts: list[str]) -> Encoded:
         return encoder.encode(texts, self.token_budget)
 
@@ -82,15 +87,15 @@ class _Embed(beam.DoFn):
     sorts by length at once, the less padding its batches carry."""
 
     def __init__(
-        self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, chunk_rows: int, log_every: float
+        self, handler: EncoderHandler, text: str, schema: pa.Schema, chunk_rows: int, log_every: float
     ) -> None:
         self._handler = handler
-        self._columns = columns
+        self._text = text
         self._schema = schema
         self._chunk_rows = chunk_rows
         self._log_every = log_every
         self._shared = shared.Shared()
-        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
+        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "passages_embedded")
         self._truncated = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_truncated")
         self._tokens = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tokens")
 
@@ -117,24 +122,24 @@ class _Embed(beam.DoFn):
             return
         batches, rows = self._pending, self._pending_rows
         self._pending, self._pending_rows = [], 0
-        texts = [text for batch in batches for text in batch.column(self._columns.text).to_pylist()]
+        units = pa.Table.from_batches(batches).combine_chunks()
         if self._encoder is None:
             self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
-        encoded = self._handler.run_inference(self._encoder, texts)
+        encoded = self._handler.run_inference(self._encoder, units.column(self._text).to_pylist())
         vectors = pa.FixedSizeListArray.from_arrays(
-            pa.array(encoded.embeddings.reshape(-1)), self._schema[-1].type.list_size
+            pa.array(encoded.embeddings.reshape(-1)), self._schema.field(EMBEDDING_COLUMN).type.list_size
         )
-        carried = [pa.concat_arrays([batch.column(name) for batch in batches]) for name in self._schema.names[:-1]]
-        yield pa.RecordBatch.from_arrays([*carried, vectors], schema=self._schema)
+        carried = units.select(self._schema.names[:-1]).columns
+        yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
         truncated = int(encoded.truncated.sum())
-        self._rows.inc(rows)
+        self._embedded.inc(rows)
         self._truncated.inc(truncated)
         self._tokens.inc(encoded.tokens)
         self._progress.add(rows)
         yield beam.pvalue.TaggedOutput(
             STATS,
             Counter(
-                rows_embedded=rows,
+                passages_embedded=rows,
                 rows_truncated=truncated,
                 tokens=encoded.tokens,
                 padded_tokens=encoded.padded_tokens,
@@ -143,14 +148,14 @@ class _Embed(beam.DoFn):
 
 
 class EmbedRows(beam.PTransform):
-    """Record batches of id, text, carried columns and content hash in; record batches of the embeddings
-    schema out, plus `stats` Counters."""
+    """Record batches of units (passages or rows: the embeddings schema but the vector, and the text
+    column `text`) in; record batches of the embeddings schema out, plus `stats` Counters."""
 
     def __init__(
-        self, handler: EncoderHandler, columns: InputColumns, schema: pa.Schema, chunk_rows: int, log_every: float
+        self, handler: EncoderHandler, text: str, schema: pa.Schema, chunk_rows: int, log_every: float
     ) -> None:
         super().__init__()
-        self._dofn = _Embed(handler, columns, schema, chunk_rows, log_every)
+        self._dofn = _Embed(handler, text, schema, chunk_rows, log_every)
 
     def expand(self, shards: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return shards | "Encode" >> beam.ParDo(self._dofn).with_outputs(STATS, main="embeddings")

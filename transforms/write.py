@@ -13,11 +13,13 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 MANIFEST = "manifest.json"
+PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
 
 
 class WriteBatches(beam.PTransform):
@@ -52,15 +54,25 @@ class SumCounts(beam.CombineFn):
         return total
 
 
+def _spread(histogram: dict[int, int]) -> dict:
+    """Min, median and max of values given as {value: how many times}."""
+    values = sorted(histogram)
+    ranks = np.cumsum([histogram[v] for v in values])
+    middle = [
+        values[int(np.searchsorted(ranks, rank, side="right"))] for rank in ((ranks[-1] - 1) // 2, ranks[-1] // 2)
+    ]
+    return {"min": values[0], "median": sum(middle) / 2, "max": values[-1]}
+
+
 def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict:
-    """The run's summary; refuses to exist when rows went missing."""
+    """The run's summary; refuses to exist when rows or passages went missing."""
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
     body = {
         **header,
         "rows_in": counts["rows_in"],
-        "rows_out": counts["rows_embedded"] + counts["rows_reused"],
-        "rows_embedded": counts["rows_embedded"],  # went through the model
-        "rows_reused": counts["rows_reused"],  # vector carried over from --previous
+        "rows_out": counts["passages_embedded"] + counts["passages_reused"],  # rows written
+        "rows_embedded": counts["rows_embedded"],  # went through the model (with passages: any of them)
+        "rows_reused": counts["rows_reused"],  # vector carried over from --previous (with passages: all of them)
         "rows_rejected": sum(rejected.values()),
         "rejected_by_reason": rejected,
         "rows_deleted": counts["rows_deleted"],  # in --previous, with no valid row today
@@ -69,10 +81,24 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
         "padded_tokens": counts["padded_tokens"],
         "files": {kind: sorted(p.rsplit("/", 1)[-1] for p in paths) for kind, paths in files.items()},
     }
+    if "chunk_tokens" in header["model"]:
+        per_document = {int(k.split(":", 1)[1]): v for k, v in counts.items() if k.startswith(PER_DOCUMENT)}
+        body["passages"] = {
+            "embedded": counts["passages_embedded"],
+            "reused": counts["passages_reused"],
+            "deleted": counts["passages_deleted"],  # in --previous, with no passage of that id and chunk today
+            "per_document": _spread(per_document) if per_document else None,
+            "overlap_tokens": counts["overlap_tokens"],
+        }
     if body["rows_in"] != body["rows_embedded"] + body["rows_reused"] + body["rows_rejected"]:
         raise RuntimeError(
             f"rows do not add up: {body['rows_in']} in, {body['rows_embedded']} embedded, "
             f"{body['rows_reused']} reused, {body['rows_rejected']} rejected; no manifest written"
+        )
+    if counts["passages"] != body["rows_out"]:
+        raise RuntimeError(
+            f"passages do not add up: {counts['passages']} to write, {counts['passages_embedded']} embedded, "
+            f"{counts['passages_reused']} reused; no manifest written"
         )
     started = datetime.fromisoformat(header["timings"]["started_at"])
     finished = datetime.now(timezone.utc)
