@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
@@ -102,7 +103,7 @@ class PooledEncoder:
         per_token = 4 * element * (6 * config.hidden_size + 2 * config.intermediate_size)
         return int(np.clip(free // per_token, MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET))
 
-    def encode(self, texts: list[str], token_budget: int | None = None) -> Encoded:
+    def encode(self, texts: list[str] | pa.Array, token_budget: int | None = None) -> Encoded:
         """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows.
 
         On CUDA the next batch is padded on the CPU while the GPU runs the last one,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Encoding, Tokenizer
 from transformers import AutoTokenizer
 
@@ -64,7 +66,7 @@ class TextTokenizer:
     def as_embedded(self, text: str) -> str:
         return self.prompt + (text.lower() if self.lower_case else text)
 
-    def encode(self, texts: list[str]) -> Tokenized:
+    def encode(self, texts: list[str] | pa.Array) -> Tokenized:
         """Token ids of each text as embedded, cut at `max_seq_length` tokens.
 
         A text longer than CHARS_PER_TOKEN x max_seq_length characters is first cut
@@ -72,17 +74,22 @@ class TextTokenizer:
         the window, its first max_seq_length tokens are those of the whole text.
         Otherwise the bound grows fourfold until it holds, or the text is taken whole.
         A prefix with no whitespace to end at (one huge word, text without spaces)
-        is taken when the window's tokens end in its first half.
+        is taken when the window's tokens end in its first half. Given an Arrow
+        array, only those prefixes ever become Python strings.
         """
+        texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         limit = CHARS_PER_TOKEN * self.max_seq_length
-        cut = {i: _prefix(text, limit) for i, text in enumerate(texts) if len(text) > limit}
-        views = [self.as_embedded(cut[i][0] if i in cut else text) for i, text in enumerate(texts)]
+        lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
+        heads = pc.utf8_slice_codeunits(texts, 0, limit).to_pylist()
+        cut = {i: _prefix(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
+        views = [self.as_embedded(cut[i][0] if i in cut else head) for i, head in enumerate(heads)]
         encodings = self._window.encode_batch(views)
         for i, (prefix, safe) in cut.items():
             bound = limit
-            while len(prefix) < len(texts[i]) and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
+            while len(prefix) < lengths[i] and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
                 bound *= 4
-                prefix, safe = _prefix(texts[i], bound) if bound < len(texts[i]) else (texts[i], True)
+                head = pc.utf8_slice_codeunits(texts.slice(i, 1), 0, bound)[0].as_py()
+                prefix, safe = _prefix(head, bound) if bound < lengths[i] else (head, True)
                 encodings[i] = self._window.encode(self.as_embedded(prefix))
         ids = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 
 from schemas.inputs import InputColumns, InputError
@@ -69,9 +70,22 @@ def check_column_names(columns: InputColumns, passages: bool) -> None:
             )
 
 
-def content_hash(text: str) -> str:
-    """Of the text exactly as the model gets it, prompt included."""
-    return hashlib.sha256(text.encode()).hexdigest()
+def content_hashes(prompt: str, texts: pa.Array) -> pa.Array:
+    """sha256 hex of each text exactly as the model gets it, prompt included.
+
+    Read from the Arrow buffers: no text is copied into Python, however large.
+    """
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    _, offsets, data = texts.buffers()
+    ends = np.frombuffer(offsets, width)[texts.offset : texts.offset + len(texts) + 1].tolist()
+    data = memoryview(data if data is not None else b"")
+    seed = hashlib.sha256(prompt.encode())
+    digests = []
+    for start, end in zip(ends[:-1], ends[1:], strict=True):
+        digest = seed.copy()
+        digest.update(data[start:end])
+        digests.append(digest.hexdigest())
+    return pa.array(digests, pa.string())
 
 
 def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names: list[str]) -> None:

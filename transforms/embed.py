@@ -60,7 +60,7 @@ class EncoderHandler:
         """The model's tokenizer alone, for splitting texts into passages before the join."""
         return TextTokenizer(model_folder(self.model, self.weights_sha256), self.max_seq_length, self.prompt_name)
 
-    def run_inference(self, encoder: PooledEncoder, texts: list[str]) -> Encoded:
+    def run_inference(self, encoder: PooledEncoder, texts: pa.Array) -> Encoded:
         return encoder.encode(texts, self.token_budget)
 
 
@@ -125,7 +125,7 @@ class _Embed(beam.DoFn):
         units = pa.Table.from_batches(batches).combine_chunks()
         if self._encoder is None:
             self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
-        encoded = self._handler.run_inference(self._encoder, units.column(self._text).to_pylist())
+        encoded = self._handler.run_inference(self._encoder, units.column(self._text).chunk(0))
         vectors = pa.FixedSizeListArray.from_arrays(
             pa.array(encoded.embeddings.reshape(-1)), self._schema.field(EMBEDDING_COLUMN).type.list_size
         )

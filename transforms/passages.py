@@ -20,7 +20,7 @@ from apache_beam.utils import shared
 from encoder.passages import PassageSplitter
 from encoder.tokens import TextTokenizer
 from schemas.inputs import InputColumns
-from schemas.outputs import CONTENT_HASH_COLUMN, content_hash, units_schema
+from schemas.outputs import CONTENT_HASH_COLUMN, content_hashes, units_schema
 from transforms.embed import EncoderHandler
 from transforms.read import ShardBatch
 from transforms.validate import REJECTED, STATS
@@ -71,45 +71,51 @@ class _ToUnits(beam.DoFn):
 
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
-        texts = batch.column(self._columns.text).to_pylist()
         counts = Counter()
-        if self._chunking is None:
+        if self._chunking is None:  # the text stays in Arrow: a huge one is never copied into Python
             documents = np.arange(batch.num_rows)
-            units = texts
+            units = batch.column(self._columns.text).cast(pa.string())
             located = []
         else:
             if self._splitter is None:
                 self._splitter = self._load_splitter()
+            texts = batch.column(self._columns.text).to_pylist()
             passages = self._splitter.split(texts)
             documents = passages.document
-            units = [
-                texts[d][s:e]
-                for d, s, e in zip(documents.tolist(), passages.char_start, passages.char_end, strict=True)
-            ]
+            units = pa.array(
+                [
+                    texts[d][s:e]
+                    for d, s, e in zip(documents.tolist(), passages.char_start, passages.char_end, strict=True)
+                ],
+                pa.string(),
+            )
             located = [passages.chunk, passages.char_start, passages.char_end]
             per_document = np.bincount(documents, minlength=batch.num_rows)
             values, times = np.unique(per_document[per_document > 0], return_counts=True)
             counts.update({f"{PER_DOCUMENT}{n}": int(c) for n, c in zip(values, times, strict=True)})
             counts["overlap_tokens"] = passages.overlap_tokens
             yield from self._reject_without_tokens(shard, per_document == 0, counts)
-        # Parts are built apart rather than sliced: a pickled slice would carry its whole buffers.
-        for part, start in enumerate(range(0, len(units), self._units_per_batch)):
+        parts = range(0, len(units), self._units_per_batch)
+        for part, start in enumerate(parts):
             end = start + self._units_per_batch
+            piece = units[start:end]
+            if len(parts) > 1:  # its own buffers: a pickled slice would carry the whole array's
+                piece = piece.take(pa.array(np.arange(len(piece))))
             yield UnitBatch(
                 f"{shard.path}#{shard.first_row}#{part}",
                 shard.path,
                 shard.first_row + documents[start:end],
-                self._unit_batch(batch, documents[start:end], units[start:end], [a[start:end] for a in located]),
+                self._unit_batch(batch, documents[start:end], piece, [a[start:end] for a in located]),
             )
         yield beam.pvalue.TaggedOutput(STATS, counts)
 
     def _unit_batch(
-        self, batch: pa.RecordBatch, documents: np.ndarray, units: list[str], located: list[np.ndarray]
+        self, batch: pa.RecordBatch, documents: np.ndarray, units: pa.Array, located: list[np.ndarray]
     ) -> pa.RecordBatch:
         take = pa.array(documents)
         columns = {f.name: batch.column(f.name).take(take) for f in self._columns.carry if f.name != self._columns.text}
-        columns[self._columns.text] = pa.array(units, pa.string())
-        columns[CONTENT_HASH_COLUMN] = pa.array([content_hash(self._prompt + unit) for unit in units], pa.string())
+        columns[self._columns.text] = units
+        columns[CONTENT_HASH_COLUMN] = content_hashes(self._prompt, units)
         arrays = [batch.column(self._columns.id.name).take(take), *map(pa.array, located)]
         arrays += [columns[name] for name in self._schema.names[len(arrays) :]]
         return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
