@@ -235,7 +235,7 @@ def test_impossible_chunk_settings_exit_2_naming_the_limit(tmp_path, options, me
     assert result.returncode == 2
     assert f"error: {message}" in result.stderr
     assert not (tmp_path / "out").exists()
-    record("bad input", f"{' '.join(options)}", "exit 2, names the limit")
+    record("input", f"{' '.join(options)}", "exit 2, names the limit")
 
 
 @pytest.mark.parametrize("name", ["content_hash", "embedding", "chunk", "char_end"])
@@ -245,6 +245,7 @@ def test_a_carried_column_named_like_a_written_one_is_refused_before_workers_sta
     assert result.returncode == 1
     assert f"error: --carry_columns '{name}': the job writes a column of that name" in result.stderr
     assert "Worker" not in result.stderr
+    record("input", f"carried column named {name}", "refused before any worker starts")
 
 
 ODD_TYPES = {
@@ -291,7 +292,7 @@ def test_carried_columns_of_any_arrow_type_pass_through_bit_for_bit(tmp_path, ch
         )
     ]
     assert out["text"].to_pylist() == expected
-    record("bad input", f"carried odd Arrow types, {'passages' if chunking else 'rows'}",
+    record("input", f"carried odd Arrow types, {'passages' if chunking else 'rows'}",
            "carried bit for bit", [tmp_path / "in.parquet"], tmp_path / "out")  # fmt: skip
 
 
