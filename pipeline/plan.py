@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from encoder import ModelFolder
 from encoder.passages import MIN_CONTENT_TOKENS
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
@@ -153,12 +154,13 @@ def model_fingerprint(model_block: dict) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()
 
 
-def chunking(options: EmbedOptions, tokenizer: TextTokenizer) -> Chunking | None:
+def chunking(options: EmbedOptions, folder: ModelFolder) -> Chunking | None:
     """The passage settings, refused (exit 2) when the model cannot honour them."""
     if options.chunk_tokens is None:
         if options.chunk_overlap is not None:
             raise UsageError("--chunk_overlap needs --chunk_tokens")
         return None
+    tokenizer = TextTokenizer(folder, options.max_seq_length, options.prompt_name)
     tokens = options.chunk_tokens
     overhead = int(tokenizer.count([""])[0])
     if tokens > tokenizer.max_seq_length:
@@ -253,7 +255,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "lower_case": folder.do_lower_case,
         "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
     }
-    passages = chunking(opts, TextTokenizer(folder, opts.max_seq_length, opts.prompt_name))
+    passages = chunking(opts, folder)
     check_column_names(columns, passages is not None)
     if passages:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
