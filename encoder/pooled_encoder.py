@@ -14,6 +14,7 @@ from transformers.utils import logging as transformers_logging
 
 from encoder import onednn
 from encoder.batching import token_budget_batches
+from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
 from encoder.pooling import pool
 from encoder.tokens import TextTokenizer
@@ -89,6 +90,7 @@ class PooledEncoder:
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name)
         self.max_seq_length = self.tokenizer.max_seq_length
         self._prompt_length = 0 if folder.include_prompt else self.tokenizer.prompt_length
+        self.heap_trimmer = HeapTrimmer()
 
     @property
     def default_token_budget(self) -> int:
@@ -108,7 +110,8 @@ class PooledEncoder:
 
         On CUDA the next batch is padded on the CPU while the GPU runs the last one,
         and a batch that runs out of GPU memory is split, with the budget halved for
-        the rest, rather than failing.
+        the rest, rather than failing. Freed heap goes back to the OS now and then
+        (`encoder.heap`), so a long run does not grow.
         """
         token_budget = token_budget or self.default_token_budget
         tokenized = self.tokenizer.encode(texts)
@@ -120,6 +123,7 @@ class PooledEncoder:
             rows = queue.popleft()
             try:
                 done.append((rows, self._forward(*self._pad(ids, lengths, rows, int(widths[rows[-1]])))))
+                self.heap_trimmer.maybe_trim()
             except torch.OutOfMemoryError:
                 if len(rows) == 1:
                     raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
 from encoder.batching import token_budget_batches
+from encoder.heap import HeapTrimmer
 from encoder.onednn import OneDnnLinear
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, record, save_tiny_model
@@ -177,3 +179,10 @@ def test_a_single_row_too_large_for_the_card_still_fails(model_path, monkeypatch
     monkeypatch.setattr(encoder.model, "forward", no_memory)
     with pytest.raises(torch.OutOfMemoryError):
         encoder.encode(["one row"])
+
+
+def test_heap_is_trimmed_at_most_once_per_interval():
+    assert platform.libc_ver()[0] == "glibc"  # the CI and worker images are glibc Linux
+    assert HeapTrimmer(0.0).maybe_trim() is True
+    slow = HeapTrimmer(3600.0)
+    assert [slow.maybe_trim(), slow.maybe_trim()] == [False, False]
