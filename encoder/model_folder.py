@@ -1,10 +1,13 @@
-"""Reads a sentence-transformers model folder into a plain description.
+"""Reads a sentence-transformers model folder into a plain description of its modules.
 
-The folder's own files decide how the model is run (as sentence-transformers
-does): `modules.json` lists the modules, `1_Pooling/config.json` the pooling,
-`sentence_bert_config.json` the sequence length and lower-casing, and
-`config_sentence_transformers.json` any prompts. Weights load from
-safetensors only: pickle weights can run arbitrary code when loaded.
+The folder's own files decide how the model is run, as sentence-transformers
+does: `modules.json` lists the modules in the order they run, each module's
+folder holds its config (and weights), `sentence_bert_config.json` the sequence
+length and lower-casing, and `config_sentence_transformers.json` any prompts
+and a default `truncate_dim`. Nothing here imports torch: the launcher reads a
+folder to refuse what cannot run before any worker starts. Weights load from
+safetensors only, and nothing that would run code shipped with the model is
+accepted (pickle weights, `auto_map` classes, modules outside sentence-transformers).
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
-# Legacy boolean keys of 1_Pooling/config.json, in sentence-transformers'
-# concatenation order.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+# Legacy boolean keys of a Pooling config, in sentence-transformers' concatenation order.
 _LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -25,8 +27,15 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
+# How configs name the width of a transformer's hidden states (DistilBERT: dim, T5: d_model).
+_HIDDEN_SIZE_KEYS = ("hidden_size", "dim", "d_model", "n_embd")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions")
 _SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_ST_PREFIX = "sentence_transformers."
+# Dense activations are named by class path; only torch's own parameterless ones are built.
+ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "SiLU", "Sigmoid", "Softplus", "LeakyReLU", "ELU", "Mish")
+SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "LayerNorm", "Normalize")
 
 
 class ModelFolderError(ValueError):
@@ -34,49 +43,141 @@ class ModelFolderError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelFolder:
-    """What the pipeline needs to know to run a sentence-transformers model."""
+class TransformerSpec:
+    """A transformers model and its tokenizer, which turn texts into token vectors."""
 
     path: Path
-    transformer_path: Path
+    model_type: str
     hidden_size: int
     max_position_embeddings: int
     tokenizer_max_length: int
-    pooling_modes: tuple[str, ...]
-    include_prompt: bool
-    normalize: bool
     max_seq_length: int | None
     do_lower_case: bool
+    padding_left: bool  # decoder-only embedders pad on the left, so the last token is real
+
+
+@dataclass(frozen=True)
+class StaticEmbeddingSpec:
+    """One vector per token, averaged over the text (model2vec-style static models)."""
+
+    path: Path
+    dim: int
+    max_seq_length: int | None  # its tokenizer.json's truncation, which sentence-transformers keeps
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    path: Path
+    modes: tuple[str, ...]
+    include_prompt: bool
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # one of ACTIVATIONS
+    use_residual: bool
+
+
+@dataclass(frozen=True)
+class LayerNormSpec:
+    path: Path
+    dimension: int
+
+
+@dataclass(frozen=True)
+class NormalizeSpec:
+    path: Path
+
+
+ModuleSpec = TransformerSpec | StaticEmbeddingSpec | PoolingSpec | DenseSpec | LayerNormSpec | NormalizeSpec
+InputSpec = TransformerSpec | StaticEmbeddingSpec
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """What the pipeline needs to know to run a sentence-transformers model: its modules, in order."""
+
+    path: Path
+    modules: tuple[ModuleSpec, ...]
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    truncate_dim: int | None = None  # the folder's own Matryoshka default
+
+    @property
+    def input(self) -> InputSpec:
+        """The first module: the one that reads tokens."""
+        return self.modules[0]  # type: ignore[return-value]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.input.path
+
+    @property
+    def pooling(self) -> PoolingSpec | None:
+        return next((m for m in self.modules if isinstance(m, PoolingSpec)), None)
+
+    @property
+    def pooling_modes(self) -> tuple[str, ...]:
+        return self.pooling.modes if self.pooling else ()
+
+    @property
+    def include_prompt(self) -> bool:
+        return self.pooling.include_prompt if self.pooling else True
+
+    @property
+    def normalize(self) -> bool:
+        return isinstance(self.modules[-1], NormalizeSpec)
+
+    @property
+    def do_lower_case(self) -> bool:
+        return isinstance(self.input, TransformerSpec) and self.input.do_lower_case
 
     @property
     def dim(self) -> int:
-        """Width of the sentence vector: the pooled modes are concatenated."""
-        return self.hidden_size * len(self.pooling_modes)
+        """Width of the vector the modules produce, before any truncation."""
+        width = 0
+        for module in self.modules:
+            width = _width_after(module, width)
+        return width
 
-    def seq_length(self, override: int | None = None) -> int:
-        """Tokens per text the model sees; longer texts are truncated to it."""
+    def output_dim(self, truncate_dim: int | None = None) -> int:
+        """Width of the vectors written: `truncate_dim` (else the folder's default) or the whole vector."""
+        dim = truncate_dim or self.truncate_dim
+        if dim is None:
+            return self.dim
+        if not 0 < dim <= self.dim:
+            raise ModelFolderError(f"truncate_dim {dim} must be between 1 and the model's dimension {self.dim}")
+        return dim
+
+    def seq_length(self, override: int | None = None) -> int | None:
+        """Tokens per text the model sees (longer texts are truncated); None: no limit (a static model
+        whose tokenizer.json does not truncate)."""
+        spec = self.input
+        limit = spec.max_position_embeddings if isinstance(spec, TransformerSpec) else 1 << 30
         if override is not None:
-            if not 0 < override <= self.max_position_embeddings:
-                raise ModelFolderError(
-                    f"max_seq_length must be between 1 and {self.max_position_embeddings} "
-                    f"for {self.path}, got {override}"
-                )
+            if not 0 < override <= limit:
+                raise ModelFolderError(f"max_seq_length must be between 1 and {limit} for {self.path}, got {override}")
             return override
-        return self.max_seq_length or min(self.max_position_embeddings, self.tokenizer_max_length)
+        if isinstance(spec, StaticEmbeddingSpec):
+            return spec.max_seq_length
+        return spec.max_seq_length or min(spec.max_position_embeddings, spec.tokenizer_max_length)
 
     @property
     def weights_files(self) -> list[Path]:
-        """The safetensors files holding the transformer's weights."""
-        index = self.transformer_path / "model.safetensors.index.json"
+        """The safetensors files holding the input module's weights."""
+        root = self.input.path
+        index = root / "model.safetensors.index.json"
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [self.transformer_path / s for s in shards]
-        return [self.transformer_path / "model.safetensors"]
+            return [root / s for s in shards]
+        return [root / "model.safetensors"]
 
     def weights_sha256(self) -> str:
-        """sha256 over the weight files, so outputs name the exact weights used."""
+        """sha256 over the input module's weight files, so outputs name the exact weights used."""
         digest = hashlib.sha256()
         for path in self.weights_files:
             with path.open("rb") as f:
@@ -93,29 +194,48 @@ class ModelFolder:
             raise ModelFolderError(f"{self.path}: no prompt named {name!r}; prompts defined: {known}")
         return self.prompts[name]
 
+    def describe(self) -> list[str]:
+        """The modules in order, as the manifest records them."""
+        names = []
+        for m in self.modules:
+            if isinstance(m, PoolingSpec):
+                names.append(f"Pooling({'+'.join(m.modes)})")
+            elif isinstance(m, DenseSpec):
+                names.append(f"Dense({m.in_features}->{m.out_features}, {m.activation})")
+            elif isinstance(m, TransformerSpec):
+                names.append(f"Transformer({m.model_type})")
+            else:
+                names.append(type(m).__name__.removesuffix("Spec"))
+        return names
+
+
+def _width_after(module: ModuleSpec, width: int) -> int:
+    """The width of the vectors a module outputs, given the width it receives."""
+    if isinstance(module, TransformerSpec):
+        return module.hidden_size
+    if isinstance(module, StaticEmbeddingSpec):
+        return module.dim
+    if isinstance(module, PoolingSpec):
+        return width * len(module.modes)
+    if isinstance(module, DenseSpec):
+        return module.out_features
+    return width
+
 
 def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelFolderError(f"{path}: not valid JSON ({e})") from e
 
 
-def _pooling_modes(config: dict, path: Path) -> tuple[str, ...]:
-    if "pooling_mode" in config:
-        mode = config["pooling_mode"]
-        modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    else:
-        modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key)) or ("mean",)
-    unsupported = [m for m in modes if m not in POOLING_MODES]
-    if unsupported:
-        raise ModelFolderError(
-            f"{path}: pooling mode {', '.join(unsupported)} is not supported; supported: {', '.join(POOLING_MODES)}"
-        )
-    return modes
+def _optional_json(path: Path) -> dict:
+    return _read_json(path) if path.exists() else {}
 
 
-def _check_weights(folder: Path) -> None:
+def _check_weights(folder: Path, what: str = "model.safetensors weights") -> None:
     if any((folder / name).exists() for name in _SAFETENSORS_FILES):
         return
     pickles = [name for name in _PICKLE_FILES if (folder / name).exists()]
@@ -124,7 +244,134 @@ def _check_weights(folder: Path) -> None:
             f"{folder}: only pickle weights ({', '.join(pickles)}) found; they are refused because "
             "loading them can run arbitrary code. Convert the model to model.safetensors."
         )
-    raise ModelFolderError(f"{folder}: no model.safetensors weights found")
+    raise ModelFolderError(f"{folder}: no {what} found")
+
+
+def _remote_code(config: dict, path: Path) -> None:
+    """Refuse classes the folder ships as Python: loading them would run that file."""
+    for auto_class, reference in (config.get("auto_map") or {}).items():
+        reference = reference[0] if isinstance(reference, list) else reference
+        if not reference:
+            continue
+        module = reference.split("--")[-1].rsplit(".", 1)[0]
+        raise ModelFolderError(
+            f"{path}: {auto_class} is {reference!r}, custom code the model ships in {module}.py; running a "
+            "model's own code is refused (trust_remote_code is never set). Use a model that transformers "
+            "supports natively."
+        )
+
+
+def _transformer(path: Path) -> TransformerSpec:
+    _check_weights(path)
+    config_file = path / "config.json"
+    config = _read_json(config_file)
+    _remote_code(config, config_file)
+    tokenizer_config_file = path / "tokenizer_config.json"
+    tokenizer_config = _optional_json(tokenizer_config_file)
+    _remote_code(tokenizer_config, tokenizer_config_file)
+    hidden = next((config[k] for k in _HIDDEN_SIZE_KEYS if k in config), None)
+    if hidden is None:
+        raise ModelFolderError(f"{config_file}: no hidden size (looked for {', '.join(_HIDDEN_SIZE_KEYS)})")
+    st_config = _optional_json(path / "sentence_bert_config.json")
+    return TransformerSpec(
+        path=path,
+        model_type=config.get("model_type", "unknown"),
+        hidden_size=int(hidden),
+        max_position_embeddings=int(next((config[k] for k in _POSITION_KEYS if k in config), 1 << 30)),
+        tokenizer_max_length=int(tokenizer_config.get("model_max_length", 1 << 30)),
+        max_seq_length=st_config.get("max_seq_length"),
+        do_lower_case=st_config.get("do_lower_case", False),
+        padding_left=tokenizer_config.get("padding_side") == "left",
+    )
+
+
+def _static(path: Path) -> StaticEmbeddingSpec:
+    _check_weights(path, "model.safetensors embeddings")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelFolderError(f"{path}: a StaticEmbedding module needs its tokenizer.json")
+    truncation = _read_json(tokenizer_file).get("truncation") or {}
+    from safetensors import safe_open  # reads the header only
+
+    with safe_open(path / "model.safetensors", framework="numpy") as weights:
+        key = "embedding.weight" if "embedding.weight" in weights.keys() else "embeddings"
+        if key not in weights.keys():
+            raise ModelFolderError(f"{path}/model.safetensors: no embedding.weight or embeddings tensor")
+        shape = weights.get_slice(key).get_shape()
+    return StaticEmbeddingSpec(path=path, dim=int(shape[-1]), max_seq_length=truncation.get("max_length"))
+
+
+def _pooling(path: Path) -> PoolingSpec:
+    config_file = path / "config.json"
+    config = _read_json(config_file)
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    else:
+        modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key)) or ("mean",)
+    unsupported = [m for m in modes if m not in POOLING_MODES]
+    if unsupported:
+        raise ModelFolderError(
+            f"{config_file}: pooling mode {', '.join(unsupported)} is not supported; "
+            f"supported: {', '.join(POOLING_MODES)}"
+        )
+    return PoolingSpec(path=path, modes=modes, include_prompt=config.get("include_prompt", True))
+
+
+def _dense(path: Path) -> DenseSpec:
+    config_file = path / "config.json"
+    config = _read_json(config_file)
+    _check_weights(path, "Dense weights (model.safetensors)")
+    activation = config.get("activation_function", "torch.nn.modules.activation.Tanh") or ""
+    name = activation.rsplit(".", 1)[-1]
+    if not activation.startswith("torch.nn.") or name not in ACTIVATIONS:
+        raise ModelFolderError(
+            f"{config_file}: activation_function {activation!r} is not supported; "
+            f"supported: torch.nn {', '.join(ACTIVATIONS)}"
+        )
+    return DenseSpec(
+        path=path,
+        in_features=int(config["in_features"]),
+        out_features=int(config["out_features"]),
+        bias=bool(config.get("bias", True)),
+        activation=name,
+        use_residual=bool(config.get("use_residual", False)),
+    )
+
+
+def _layer_norm(path: Path) -> LayerNormSpec:
+    _check_weights(path, "LayerNorm weights (model.safetensors)")
+    return LayerNormSpec(path=path, dimension=int(_read_json(path / "config.json")["dimension"]))
+
+
+_READERS = {
+    "Transformer": _transformer,
+    "StaticEmbedding": _static,
+    "Pooling": _pooling,
+    "Dense": _dense,
+    "LayerNorm": _layer_norm,
+    "Normalize": NormalizeSpec,
+}
+
+
+def _check_order(modules: list[ModuleSpec], modules_file: Path) -> None:
+    """An input module first, Pooling right after a Transformer, sentence-level modules after."""
+    if not modules or not isinstance(modules[0], (TransformerSpec, StaticEmbeddingSpec)):
+        raise ModelFolderError(f"{modules_file}: the first module must be a Transformer or a StaticEmbedding")
+    if any(isinstance(m, (TransformerSpec, StaticEmbeddingSpec)) for m in modules[1:]):
+        raise ModelFolderError(f"{modules_file}: only one Transformer or StaticEmbedding module is supported")
+    pooled = isinstance(modules[0], StaticEmbeddingSpec)
+    if not pooled and not (len(modules) > 1 and isinstance(modules[1], PoolingSpec)):
+        raise ModelFolderError(f"{modules_file}: a Transformer must be followed by a Pooling module")
+    if sum(isinstance(m, PoolingSpec) for m in modules) > (0 if pooled else 1):
+        raise ModelFolderError(f"{modules_file}: a second Pooling module is not supported")
+    width = 0
+    for module in modules:
+        if isinstance(module, (DenseSpec, LayerNormSpec)):
+            expected = module.in_features if isinstance(module, DenseSpec) else module.dimension
+            if expected != width:
+                raise ModelFolderError(f"{module.path}: expects vectors of width {expected}, gets {width}")
+        width = _width_after(module, width)
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:
@@ -133,42 +380,27 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     modules_file = root / "modules.json"
     if not modules_file.is_file():
         raise ModelFolderError(f"{root}: not a sentence-transformers model folder (no modules.json found)")
-    transformer = pooling = None
-    normalize = False
-    for module in _read_json(modules_file):
-        kind = module["type"].rsplit(".", 1)[-1]
-        module_path = root / module.get("path", "")
-        if kind == "Transformer":
-            transformer = module_path
-        elif kind == "Pooling":
-            pooling = module_path
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise ModelFolderError(f"{modules_file}: module type {module['type']!r} is not supported")
-    if transformer is None or pooling is None:
-        raise ModelFolderError(f"{modules_file}: needs a Transformer and a Pooling module")
-    _check_weights(transformer)
-
-    model_config = _read_json(transformer / "config.json")
-    tokenizer_file = transformer / "tokenizer_config.json"
-    tokenizer_config = _read_json(tokenizer_file) if tokenizer_file.exists() else {}
-    pooling_config = _read_json(pooling / "config.json")
-    st_config_file = transformer / "sentence_bert_config.json"
-    st_config = _read_json(st_config_file) if st_config_file.exists() else {}
-    prompts_file = root / "config_sentence_transformers.json"
-    prompts_config = _read_json(prompts_file) if prompts_file.exists() else {}
-    return ModelFolder(
+    modules: list[ModuleSpec] = []
+    for entry in _read_json(modules_file):
+        module_type = entry.get("type", "")
+        kind = module_type.rsplit(".", 1)[-1]
+        if not module_type.startswith(_ST_PREFIX) or kind not in _READERS:
+            shipped = f" (its code would come from {module_type.rsplit('.', 1)[0]}.py in the folder)"
+            raise ModelFolderError(
+                f"{modules_file}: module type {module_type!r} is not supported"
+                f"{'' if module_type.startswith(_ST_PREFIX) else shipped}; "
+                f"supported: {', '.join(SUPPORTED_MODULES)} from sentence_transformers"
+            )
+        modules.append(_READERS[kind](root / entry.get("path", "")))
+    _check_order(modules, modules_file)
+    st_config = _optional_json(root / "config_sentence_transformers.json")
+    folder = ModelFolder(
         path=root,
-        transformer_path=transformer,
-        hidden_size=model_config["hidden_size"],
-        max_position_embeddings=model_config["max_position_embeddings"],
-        tokenizer_max_length=int(tokenizer_config.get("model_max_length", 1 << 30)),
-        pooling_modes=_pooling_modes(pooling_config, pooling / "config.json"),
-        include_prompt=pooling_config.get("include_prompt", True),
-        normalize=normalize,
-        max_seq_length=st_config.get("max_seq_length"),
-        do_lower_case=st_config.get("do_lower_case", False),
-        prompts=prompts_config.get("prompts") or {},
-        default_prompt_name=prompts_config.get("default_prompt_name"),
+        modules=tuple(modules),
+        prompts=st_config.get("prompts") or {},
+        default_prompt_name=st_config.get("default_prompt_name"),
+        truncate_dim=st_config.get("truncate_dim"),
     )
+    if folder.truncate_dim is not None:
+        folder.output_dim()  # the folder's own default must fit too
+    return folder

@@ -16,13 +16,18 @@ import torch
 from torch import nn
 
 
-def available() -> bool:
-    """oneDNN is in this torch build and the CPU is x86-64, where it was measured."""
-    return (
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN is in this torch build, the CPU is x86-64 (where it was measured), and for bfloat16
+    the CPU has oneDNN's bfloat16 kernels (AVX-512 BW/VL/DQ): on an AVX2-only host the weight
+    reorder fails, so bfloat16 runs on plain torch there."""
+    supported = (
         platform.machine().lower() in {"x86_64", "amd64"}
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
+    if supported and dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return supported and dtype in (torch.float32, torch.bfloat16)
 
 
 class OneDnnLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""The pooled encoder: tokenize, run the transformer, pool, normalise."""
+"""The pooled encoder: tokenize, then run the folder's modules (transformer, pooling, dense, normalise ...)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
 from encoder import onednn
 from encoder.batching import token_budget_batches
 from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
-from encoder.pooling import pool
+from encoder.modules import Features, build_input, build_module
+from encoder.modules.static_embedding import StaticEmbedding
 from encoder.tokens import TextTokenizer
 
 # Padded tokens per forward pass. On CPU small batches of similar length are
@@ -24,6 +24,8 @@ from encoder.tokens import TextTokenizer
 # 16384, with 3% padding instead of 25%); a GPU wants large batches to fill it.
 CPU_TOKEN_BUDGET = 2048
 MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET = 8192, 131072
+# A static model only averages token vectors: per-batch overhead is what costs there.
+STATIC_TOKEN_BUDGET = 1 << 16
 # Batches are padded to a multiple of this many tokens. Fewer distinct tensor shapes
 # keep the allocator's heap from fragmenting and oneDNN's primitive cache small: one
 # worker encoding 6,000 passages peaked at 742 MiB instead of 879, at the same speed.
@@ -52,7 +54,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 class PooledEncoder:
-    """A sentence-transformers model run with torch + transformers alone.
+    """A sentence-transformers model run with torch + transformers alone: its modules, in the folder's order.
 
     Loaded once and used from many threads: `encode` keeps no state between calls.
     """
@@ -65,6 +67,8 @@ class PooledEncoder:
         max_seq_length: int | None = None,
         prompt_name: str | None = None,
         threads: int | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
         if threads:  # per process: the worker processes of one machine share its cores
             torch.set_num_threads(threads)
@@ -74,35 +78,35 @@ class PooledEncoder:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if dtype == "float16" and self.device.type == "cpu":
             raise ValueError("float16 runs on CUDA only; use float32 or bfloat16 on CPU")
+        self.dim = folder.output_dim(truncate_dim)
         transformers_logging.disable_progress_bar()
-        self.model = (
-            AutoModel.from_pretrained(
-                folder.transformer_path,
-                dtype=DTYPES[dtype],
-                use_safetensors=True,
-                trust_remote_code=False,
-            )
-            .to(self.device)
-            .eval()
-        )
-        if self.device.type == "cpu" and onednn.available():
-            onednn.use_onednn(self.model)
-        self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name)
+        self.input_module = build_input(folder.input, DTYPES[dtype]).to(self.device)
+        # Modules after the input one run in float32 whatever the transformer's precision.
+        self.modules = torch.nn.ModuleList(build_module(spec) for spec in folder.modules[1:]).to(self.device).eval()
+        if self.device.type == "cpu" and onednn.available(DTYPES[dtype]):
+            onednn.use_onednn(self.input_module)
+        self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
         self.max_seq_length = self.tokenizer.max_seq_length
-        self._prompt_length = 0 if folder.include_prompt else self.tokenizer.prompt_length
         self.heap_trimmer = HeapTrimmer()
 
     @property
     def default_token_budget(self) -> int:
         """CPU: the fastest measured. CUDA: as much of the card's free memory as activations can safely take."""
+        if isinstance(self.input_module, StaticEmbedding):
+            return STATIC_TOKEN_BUDGET
         if self.device.type != "cuda":
             return CPU_TOKEN_BUDGET
         free, _ = torch.cuda.mem_get_info(self.device)
-        config = self.model.config
-        element = torch.finfo(self.model.dtype).bits // 8
+        model = self.input_module.model
+        hidden = self.folder.input.hidden_size
+        feed_forward = next(
+            (getattr(model.config, k) for k in ("intermediate_size", "hidden_dim", "d_ff") if hasattr(model.config, k)),
+            4 * hidden,
+        )
+        element = torch.finfo(model.dtype).bits // 8
         # Live activations per token: hidden states, Q/K/V, attention output, FFN in and out,
         # with a factor of 4 for the allocator's slack and the other layer in flight.
-        per_token = 4 * element * (6 * config.hidden_size + 2 * config.intermediate_size)
+        per_token = 4 * element * (6 * hidden + 2 * feed_forward)
         return int(np.clip(free // per_token, MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET))
 
     def encode(self, texts: list[str] | pa.Array, token_budget: int | None = None) -> Encoded:
@@ -116,13 +120,16 @@ class PooledEncoder:
         token_budget = token_budget or self.default_token_budget
         tokenized = self.tokenizer.encode(texts)
         ids, lengths = tokenized.ids, tokenized.lengths
-        widths = np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_seq_length)
+        widths = -(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE
+        if self.max_seq_length is not None:
+            widths = np.minimum(widths, self.max_seq_length)
         done: list[tuple[np.ndarray, torch.Tensor]] = []
         queue = deque(token_budget_batches(widths, token_budget))
         while queue:
             rows = queue.popleft()
             try:
-                done.append((rows, self._forward(*self._pad(ids, lengths, rows, int(widths[rows[-1]])))))
+                features = self.input_module.collate(ids, rows, int(widths[rows[-1]]), self.tokenizer.pad_id)
+                done.append((rows, self._forward(features)))
                 self.heap_trimmer.maybe_trim()
             except torch.OutOfMemoryError:
                 if len(rows) == 1:
@@ -134,34 +141,33 @@ class PooledEncoder:
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the copies back to the host were asynchronous
-        out = np.empty((len(ids), self.folder.dim), dtype=np.float32)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
         for rows, vectors in done:
             out[rows] = vectors.numpy()
         padded = sum(len(rows) * int(widths[rows[-1]]) for rows, _ in done)
         return Encoded(out, int(lengths.sum()), padded, tokenized.truncated)
 
-    def _pad(
-        self, ids: list[list[int]], lengths: np.ndarray, rows: np.ndarray, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask of `rows`, padded to `width` tokens."""
-        input_ids = np.full((len(rows), width), self.tokenizer.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            input_ids[r, : lengths[i]] = ids[i]
-            mask[r, : lengths[i]] = 1
-        tensors = torch.from_numpy(input_ids), torch.from_numpy(mask)
-        if self.device.type == "cuda":  # pinned memory lets the copy to the GPU run asynchronously
-            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
-        return tensors
-
     @torch.inference_mode()
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, features: Features) -> torch.Tensor:
         """Sentence vectors on the host (on CUDA, still being copied until synchronised)."""
-        tokens = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        if self._prompt_length:
-            mask = mask.clone()
-            mask[:, : self._prompt_length] = 0
-        vectors = pool(tokens, mask, self.folder.pooling_modes).float()
-        if self.folder.normalize:
-            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        features = self._to_device(features)
+        features.prompt_length = self.tokenizer.prompt_length
+        features = self.input_module(features)
+        for module in self.modules:
+            features = module(features)
+        vectors = features.sentence_embedding.float()
+        if self.dim < vectors.shape[1]:  # Matryoshka: the first dimensions, normalised again
+            vectors = vectors[:, : self.dim]
+            if self.folder.normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors.to("cpu", non_blocking=True)
+
+    def _to_device(self, features: Features) -> Features:
+        """On CUDA, pinned memory lets the copies to the GPU run asynchronously."""
+        if self.device.type != "cuda":
+            return features
+        for name in ("input_ids", "attention_mask", "offsets"):
+            tensor = getattr(features, name)
+            if tensor is not None:
+                setattr(features, name, tensor.pin_memory().to(self.device, non_blocking=True))
+        return features

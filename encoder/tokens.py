@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from tokenizers import Encoding, Tokenizer
 from transformers import AutoTokenizer
 
-from encoder.model_folder import ModelFolder, ModelFolderError
+from encoder.model_folder import ModelFolder, ModelFolderError, TransformerSpec
 
 # Characters of a text first tokenised per token of the window; the bound grows when a text
 # holds fewer tokens than that (long runs of whitespace, characters the tokenizer drops).
@@ -24,7 +24,7 @@ _WHITESPACE = " \n\t\r"
 
 @dataclass(frozen=True)
 class Tokenized:
-    ids: list[list[int]]  # per text, special tokens included, at most max_seq_length
+    ids: list[list[int]]  # per text, special tokens included, at most max_seq_length (when there is one)
     lengths: np.ndarray  # (rows,) int64
     truncated: np.ndarray  # (rows,) bool: the text held more tokens than max_seq_length
 
@@ -43,25 +43,45 @@ def _prefix(text: str, limit: int) -> tuple[str, bool]:
 
 
 class TextTokenizer:
-    """The model's fast tokenizer, applied as sentence-transformers applies it, with bounded work per text."""
+    """The model's fast tokenizer, applied as sentence-transformers applies it, with bounded work per text.
 
-    def __init__(self, folder: ModelFolder, max_seq_length: int | None = None, prompt_name: str | None = None) -> None:
-        tokenizer = AutoTokenizer.from_pretrained(folder.transformer_path, trust_remote_code=False)
-        if not tokenizer.is_fast:
-            raise ModelFolderError(f"{folder.transformer_path}: needs a fast tokenizer (tokenizer.json)")
+    A static embedding model's tokenizer adds no special tokens and has no window:
+    its texts are tokenised whole, as sentence-transformers does.
+    """
+
+    def __init__(
+        self,
+        folder: ModelFolder,
+        max_seq_length: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        if prompt is not None and prompt_name is not None:
+            raise ModelFolderError("give a prompt text or a prompt name, not both")
         self.max_seq_length = folder.seq_length(max_seq_length)
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.prompt = folder.prompt(prompt_name)
+        self.prompt = prompt if prompt is not None else folder.prompt(prompt_name)
         self.lower_case = folder.do_lower_case
-        # Private copies: the transformers wrapper resets truncation on its backend at every call.
-        self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.special_tokens = isinstance(folder.input, TransformerSpec)
+        if self.special_tokens:
+            tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer_path, trust_remote_code=False)
+            if not tokenizer.is_fast:
+                raise ModelFolderError(f"{folder.tokenizer_path}: needs a fast tokenizer (tokenizer.json)")
+            self.pad_id = tokenizer.pad_token_id or 0
+            # Private copy: the transformers wrapper resets truncation on its backend at every call.
+            self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            special_ids = set(tokenizer.all_special_ids)
+        else:
+            self.pad_id = 0
+            self.raw = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
+            special_ids = set()
         self.raw.no_padding()
         self.raw.no_truncation()
         self._window = Tokenizer.from_str(self.raw.to_str())
-        self._window.enable_truncation(self.max_seq_length)
-        prompt_ids = self.raw.encode(self.prompt).ids if self.prompt else []
+        if self.max_seq_length is not None:
+            self._window.enable_truncation(self.max_seq_length)
+        prompt_ids = self.raw.encode(self.prompt, add_special_tokens=self.special_tokens).ids if self.prompt else []
         # The prompt's tokens with the leading special token, as sentence-transformers counts them.
-        self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in tokenizer.all_special_ids)
+        self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in special_ids)
 
     def as_embedded(self, text: str) -> str:
         return self.prompt + (text.lower() if self.lower_case else text)
@@ -78,28 +98,38 @@ class TextTokenizer:
         array, only those prefixes ever become Python strings.
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+        if self.max_seq_length is None:
+            return _tokenized(
+                self._window.encode_batch(
+                    [self.as_embedded(t) for t in texts.to_pylist()], add_special_tokens=self.special_tokens
+                )
+            )
         limit = CHARS_PER_TOKEN * self.max_seq_length
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
         heads = pc.utf8_slice_codeunits(texts, 0, limit).to_pylist()
         cut = {i: _prefix(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
         views = [self.as_embedded(cut[i][0] if i in cut else head) for i, head in enumerate(heads)]
-        encodings = self._window.encode_batch(views)
+        encodings = self._window.encode_batch(views, add_special_tokens=self.special_tokens)
         for i, (prefix, safe) in cut.items():
             bound = limit
             while len(prefix) < lengths[i] and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
                 bound *= 4
                 head = pc.utf8_slice_codeunits(texts.slice(i, 1), 0, bound)[0].as_py()
                 prefix, safe = _prefix(head, bound) if bound < lengths[i] else (head, True)
-                encodings[i] = self._window.encode(self.as_embedded(prefix))
-        ids = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
-        return Tokenized(ids, lengths, truncated)
+                encodings[i] = self._window.encode(self.as_embedded(prefix), add_special_tokens=self.special_tokens)
+        return _tokenized(encodings)
 
     def count(self, texts: list[str]) -> np.ndarray:
         """Tokens the model sees per text; max_seq_length + 1 for any text longer than the window."""
         tokenized = self.encode(texts)
         return tokenized.lengths + tokenized.truncated
+
+
+def _tokenized(encodings: list[Encoding]) -> Tokenized:
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+    return Tokenized(ids, lengths, truncated)
 
 
 def _holds_window(encoding: Encoding, chars: int, safe: bool) -> bool:

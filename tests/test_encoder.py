@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_prompt_excluded_from_pooling_equals_sentence_transformers(tmp_path):
 
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
 def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
-    model = PooledEncoder(read_model_folder(model_path), device="cpu").model
+    model = PooledEncoder(read_model_folder(model_path), device="cpu").input_module.model
     linears = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
     # 6 layers x (query, key, value, attention output, FFN in, FFN out) + the unused pooler
     assert len(linears) == 6 * 6 + 1
@@ -91,7 +92,7 @@ def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
 def test_other_activations_stay_unfused_and_equal_sentence_transformers(tmp_path, hidden_act):
     path = save_tiny_model(tmp_path / hidden_act, TINY_POOLINGS["mean"], hidden_act=hidden_act)
     encoder = PooledEncoder(read_model_folder(path), device="cpu")
-    assert not any(isinstance(m, OneDnnLinear) and m._post_op != "none" for m in encoder.model.modules())
+    assert not any(isinstance(m, OneDnnLinear) and m._post_op != "none" for m in encoder.input_module.model.modules())
     ours = encoder.encode(MIXED_TEXTS, token_budget=512)
     reference = SentenceTransformer(str(path), device="cpu").encode(MIXED_TEXTS)
     assert min_cosine(ours.embeddings, reference) >= 0.9999
@@ -129,13 +130,34 @@ def test_folder_without_modules_json_is_refused(tmp_path):
         read_model_folder(tmp_path)
 
 
-def test_unsupported_module_is_refused(tmp_path, model_path):
-    folder = tmp_path / "dense"
+@pytest.mark.parametrize(
+    ("module_type", "message"),
+    [
+        (
+            "sentence_transformers.models.CNN",
+            "module type 'sentence_transformers.models.CNN' is not supported; "
+            "supported: Transformer, StaticEmbedding, Pooling, Dense, LayerNorm, Normalize from sentence_transformers",
+        ),
+        ("custom_st.Transformer", "its code would come from custom_st.py in the folder"),
+    ],
+)
+def test_unsupported_module_is_refused_naming_its_type(tmp_path, model_path, module_type, message):
+    folder = tmp_path / "other"
     shutil.copytree(model_path, folder)
     modules = json.loads((folder / "modules.json").read_text())
-    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    modules.append({"idx": 3, "name": "3", "path": "3_Other", "type": module_type})
     (folder / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ModelFolderError, match="module type 'sentence_transformers.models.Dense' is not supported"):
+    with pytest.raises(ModelFolderError, match=re.escape(message)):
+        read_model_folder(folder)
+
+
+def test_remote_code_model_is_refused_naming_the_file_that_would_run(tmp_path, model_path):
+    folder = tmp_path / "remote"
+    shutil.copytree(model_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match=r"custom code the model ships in modeling_hf_nomic_bert\.py"):
         read_model_folder(folder)
 
 
@@ -152,7 +174,7 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
     """A card that holds 300 padded tokens: batches are split and the budget lowered, nothing fails."""
     encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
     expected = encoder.encode(MIXED_TEXTS, token_budget=2048)
-    forward = encoder.model.forward
+    forward = encoder.input_module.model.forward
     ran, refused = [], []
 
     def small_card(input_ids, attention_mask):
@@ -162,7 +184,7 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
         ran.append(input_ids.numel())
         return forward(input_ids=input_ids, attention_mask=attention_mask)
 
-    monkeypatch.setattr(encoder.model, "forward", small_card)
+    monkeypatch.setattr(encoder.input_module.model, "forward", small_card)
     result = encoder.encode(MIXED_TEXTS, token_budget=2048)
     assert refused and max(ran) <= 300
     assert min_cosine(result.embeddings, expected.embeddings) >= 0.99999
@@ -176,7 +198,7 @@ def test_a_single_row_too_large_for_the_card_still_fails(model_path, monkeypatch
     def no_memory(**_):
         raise torch.OutOfMemoryError("CUDA out of memory (fault injected by the test)")
 
-    monkeypatch.setattr(encoder.model, "forward", no_memory)
+    monkeypatch.setattr(encoder.input_module.model, "forward", no_memory)
     with pytest.raises(torch.OutOfMemoryError):
         encoder.encode(["one row"])
 

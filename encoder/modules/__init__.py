@@ -1,0 +1,52 @@
+"""The modules a sentence-transformers folder lists, as torch modules, composed in its order.
+
+Each module reads and extends `Features`, as sentence-transformers' modules pass a
+features dict along: the input module (Transformer or StaticEmbedding) turns
+token ids into vectors, Pooling makes one vector per text, and Dense, LayerNorm
+and Normalize transform that vector.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from encoder.model_folder import (
+    DenseSpec,
+    LayerNormSpec,
+    ModuleSpec,
+    NormalizeSpec,
+    PoolingSpec,
+    StaticEmbeddingSpec,
+    TransformerSpec,
+)
+from encoder.modules.dense import Dense
+from encoder.modules.features import Features
+from encoder.modules.layer_norm import LayerNorm
+from encoder.modules.normalize import Normalize
+from encoder.modules.pooling import Pooling
+from encoder.modules.static_embedding import StaticEmbedding
+from encoder.modules.transformer import Transformer
+
+InputModule = Transformer | StaticEmbedding
+
+
+def build_input(spec: TransformerSpec | StaticEmbeddingSpec, dtype: torch.dtype) -> InputModule:
+    if isinstance(spec, TransformerSpec):
+        return Transformer(spec, dtype)
+    return StaticEmbedding(spec)
+
+
+def build_module(spec: ModuleSpec) -> torch.nn.Module:
+    """A module that follows the input module; these run in float32 whatever the transformer's dtype."""
+    if isinstance(spec, PoolingSpec):
+        return Pooling(spec)
+    if isinstance(spec, DenseSpec):
+        return Dense(spec)
+    if isinstance(spec, LayerNormSpec):
+        return LayerNorm(spec)
+    if isinstance(spec, NormalizeSpec):
+        return Normalize()
+    raise TypeError(f"{type(spec).__name__} is an input module")
+
+
+__all__ = ["Features", "InputModule", "build_input", "build_module"]

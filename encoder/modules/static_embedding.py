@@ -1,0 +1,44 @@
+"""A static embedding model: each token has one vector, and a text is the mean of its tokens' vectors.
+
+No transformer runs, so a CPU core embeds thousands of texts per second. Texts are
+not truncated (sentence-transformers gives these models no window) and carry no
+padding: every row's token ids go end to end, with offsets, into one EmbeddingBag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from encoder.model_folder import StaticEmbeddingSpec
+from encoder.modules.features import Features
+from encoder.modules.weights import load_weights
+
+
+def _table(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One row per token id; a model2vec file's token mapping and per-token weights folded in."""
+    if "embedding.weight" in weights:
+        return weights["embedding.weight"]
+    table = weights["embeddings"]
+    if "mapping" in weights:
+        table = table[weights["mapping"].long()]
+    if "weights" in weights:
+        table = table * weights["weights"].to(table.dtype).unsqueeze(-1)
+    return table
+
+
+class StaticEmbedding(torch.nn.Module):
+    def __init__(self, spec: StaticEmbeddingSpec) -> None:
+        super().__init__()
+        table = _table(load_weights(spec.path)).float()
+        self.embedding = torch.nn.EmbeddingBag.from_pretrained(table, mode="mean")
+
+    def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
+        lengths = np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter((t for i in rows for t in ids[i]), dtype=np.int64, count=int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+        return Features(torch.from_numpy(flat), offsets=torch.from_numpy(offsets))
+
+    def forward(self, features: Features) -> Features:
+        features.sentence_embedding = self.embedding(features.input_ids, features.offsets)
+        return features

@@ -1,0 +1,44 @@
+"""A transformers model that turns token ids into token vectors, as sentence-transformers' Transformer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModel
+
+from encoder.model_folder import TransformerSpec
+from encoder.modules.features import Features
+
+# Encoder-decoder families whose encoder alone embeds (sentence-t5, GTR): AutoModel would load
+# the decoder too, and want decoder inputs.
+_ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+class Transformer(torch.nn.Module):
+    def __init__(self, spec: TransformerSpec, dtype: torch.dtype) -> None:
+        super().__init__()
+        encoder_only = _ENCODER_ONLY.get(spec.model_type)
+        model_class = getattr(transformers, encoder_only) if encoder_only else AutoModel
+        self.model = model_class.from_pretrained(
+            spec.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        ).eval()
+        if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
+            self.model.config.use_cache = False
+        self.padding_left = spec.padding_left
+
+    def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
+        """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for."""
+        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            row = ids[i]
+            span = slice(width - len(row), width) if self.padding_left else slice(0, len(row))
+            input_ids[r, span] = row
+            mask[r, span] = 1
+        return Features(torch.from_numpy(input_ids), torch.from_numpy(mask))
+
+    def forward(self, features: Features) -> Features:
+        output = self.model(input_ids=features.input_ids, attention_mask=features.attention_mask)
+        features.token_embeddings = output.last_hidden_state
+        return features
