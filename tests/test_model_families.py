@@ -1,0 +1,117 @@
+"""Every supported family and module, encoded by the job's encoder and by sentence-transformers.
+
+Each family is a tiny random model of its architecture built offline (samples.model_families)
+and saved as a sentence-transformers folder; random weights make any difference in the
+computation show as a different vector.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from encoder import PooledEncoder, read_model_folder
+from samples.model_families import NAMES, save_family
+
+TEXTS = [
+    "How do I rotate the API keys of a service account?",
+    "数据库连接池在高并发下耗尽，如何排查？",
+    "Deploy failed 🚀🔥 after the upgrade — rollback worked 👍",
+    "short",
+    "A long page. " + " ".join(f"Paragraph {i} explains step {i} of the migration in some detail." for i in range(60)),
+    "Ünïcödé, ñ, and 한국어 텍스트 mixed with English words and numbers 12345.",
+]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("families")
+    return {name: save_family(name, root / name) for name in NAMES}
+
+
+def _reference(folder, texts: list[str] = TEXTS, **kwargs) -> np.ndarray:
+    model = SentenceTransformer(str(folder), device="cpu")
+    return model.encode(texts, convert_to_numpy=True, **kwargs)
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_family_gives_sentence_transformers_vectors_in_float32(folders, family):
+    folder = read_model_folder(folders[family])
+    ours = PooledEncoder(folder, device="cpu").encode(TEXTS).embeddings
+    theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
+    assert ours.shape == theirs.shape
+    assert _cosines(ours, theirs).min() >= 0.9999
+    if folder.normalize:
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_family_in_bfloat16_stays_within_cosine_0_99_of_float32(folders, family):
+    folder = read_model_folder(folders[family])
+    ours = PooledEncoder(folder, device="cpu", dtype="bfloat16").encode(TEXTS).embeddings
+    theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    assert _cosines(ours, theirs).min() >= 0.99
+
+
+def test_truncate_dim_keeps_the_first_dimensions_then_normalises(folders):
+    folder = read_model_folder(folders["bert"])
+    ours = PooledEncoder(folder, device="cpu", truncate_dim=8).encode(TEXTS).embeddings
+    theirs = _reference(folders["bert"], truncate_dim=8, normalize_embeddings=True)
+    assert ours.shape == (len(TEXTS), 8)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(ValueError, match=f"truncate_dim {folder.dim + 1} must be between 1 and"):
+        PooledEncoder(folder, device="cpu", truncate_dim=folder.dim + 1)
+
+
+def test_folder_truncate_dim_is_the_default(folders):
+    folder = read_model_folder(folders["bert-matryoshka"])
+    assert folder.truncate_dim is not None and folder.truncate_dim < folder.dim
+    assert PooledEncoder(folder, device="cpu").encode(TEXTS).embeddings.shape == (len(TEXTS), folder.truncate_dim)
+
+
+@pytest.mark.parametrize("family", ["gemma3-text", "qwen3"])
+def test_free_prompt_and_named_prompt_match_sentence_transformers(folders, family):
+    folder = read_model_folder(folders[family])
+    free = PooledEncoder(folder, device="cpu", prompt="passage: ").encode(TEXTS).embeddings
+    assert _cosines(free, _reference(folders[family], prompt="passage: ")).min() >= 0.9999
+    if folder.prompts:
+        name = sorted(folder.prompts)[0]
+        named = PooledEncoder(folder, device="cpu", prompt_name=name).encode(TEXTS).embeddings
+        assert _cosines(named, _reference(folders[family], prompt_name=name)).min() >= 0.9999
+        assert _cosines(named, free).min() < 0.9999  # the prompt reached the model
+
+
+def test_decoder_families_pad_on_the_left_and_pool_the_last_token(folders):
+    folder = read_model_folder(folders["qwen3"])
+    assert folder.input.padding_left and folder.pooling_modes == ("lasttoken",)
+    encoder = PooledEncoder(folder, device="cpu")
+    alone = encoder.encode(TEXTS[3:4]).embeddings
+    # in a batch with longer texts, "short" is left-padded; its vector must not change
+    together = encoder.encode(TEXTS, token_budget=1 << 20).embeddings[3:4]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_static_model_without_truncation_embeds_the_whole_text(folders, tmp_path):
+    folder = tmp_path / "static-whole"
+    shutil.copytree(folders["static"], folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["truncation"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    encoder = PooledEncoder(read_model_folder(folder), device="cpu")
+    assert encoder.max_seq_length is None
+    long = TEXTS[4]
+    head = long[: len(long) // 4]
+    ours = encoder.encode([long, head]).embeddings
+    assert _cosines(ours, _reference(folder, [long, head])).min() >= 0.9999
+    assert _cosines(ours[:1], ours[1:])[0] < 0.999  # the tail of the text counts
