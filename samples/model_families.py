@@ -124,6 +124,8 @@ def _electra(s: Size, vocab: int) -> transformers.PretrainedConfig:
 def _modernbert(s: Size, vocab: int) -> transformers.PretrainedConfig:
     config = _encoder(transformers.ModernBertConfig)(s, vocab)
     config.local_attention = 16  # a window shorter than the texts, so local attention is exercised
+    config.cls_token_id = config.bos_token_id = 101  # the shared vocabulary's [CLS] and [SEP]
+    config.sep_token_id = config.eos_token_id = 102
     return config
 
 
