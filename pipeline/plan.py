@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from encoder import ModelFolder
+from encoder import ModelFolder, ModelFolderError
+from encoder.folder_digest import folder_sha256
 from encoder.passages import MIN_CONTENT_TOKENS
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
@@ -38,6 +39,9 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # What makes two runs' vectors for the same text interchangeable.
 FINGERPRINT_KEYS = (
     "weights_sha256",
+    "folder_sha256",
+    "modules",
+    "truncate_dim",
     "pooling",
     "normalized",
     "max_seq_length",
@@ -160,10 +164,10 @@ def chunking(options: EmbedOptions, folder: ModelFolder) -> Chunking | None:
         if options.chunk_overlap is not None:
             raise UsageError("--chunk_overlap needs --chunk_tokens")
         return None
-    tokenizer = TextTokenizer(folder, options.max_seq_length, options.prompt_name)
+    tokenizer = TextTokenizer(folder, options.max_seq_length, options.prompt_name, options.prompt)
     tokens = options.chunk_tokens
     overhead = int(tokenizer.count([""])[0])
-    if tokens > tokenizer.max_seq_length:
+    if tokenizer.max_seq_length is not None and tokens > tokenizer.max_seq_length:
         raise UsageError(f"--chunk_tokens {tokens} is more than the model's limit of {tokenizer.max_seq_length} tokens")
     if tokens < overhead + MIN_CONTENT_TOKENS:
         raise UsageError(
@@ -221,6 +225,24 @@ def threads_per_worker(options: PipelineOptions) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(workers or 1, 1))
 
 
+def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
+    """The model folder, its weights' sha256 and its folder digest, refused when it is not the one
+    expected or the options don't fit it."""
+    expected_folder = opts.model_folder_sha256.lower() if opts.model_folder_sha256 else None
+    folder = model_folder(opts.model, expected_folder)  # checks the digest when one is expected
+    weights = folder.weights_sha256()
+    expected_weights = opts.model_sha256.lower() if opts.model_sha256 else weights
+    if weights != expected_weights:
+        raise ModelFolderError(
+            f"{opts.model or folder.path}: its weights have sha256 {weights}, not the expected {expected_weights}"
+        )
+    if opts.prompt is not None and opts.prompt_name is not None:
+        raise UsageError("--prompt and --prompt_name both given: pass one")
+    if opts.truncate_dim is not None and not 0 < opts.truncate_dim <= folder.dim:
+        raise UsageError(f"--truncate_dim {opts.truncate_dim} must be between 1 and the model's dimension {folder.dim}")
+    return folder, weights, expected_folder or folder_sha256(folder.path)
+
+
 def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
@@ -229,28 +251,31 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
-    expected_sha256 = opts.model_sha256.lower() if opts.model_sha256 else None
-    folder = model_folder(opts.model, expected_sha256)  # checks the hash when one is expected
-    weights_sha256 = expected_sha256 or folder.weights_sha256()
+    folder, weights_sha256, digest = checked_model(opts)
     handler = EncoderHandler(
         model=opts.model,
-        weights_sha256=weights_sha256,
+        folder_sha256=digest,
         device=opts.device,
         dtype=opts.dtype,
         max_seq_length=folder.seq_length(opts.max_seq_length),
         prompt_name=opts.prompt_name,
+        prompt=opts.prompt,
+        truncate_dim=opts.truncate_dim,
         token_budget=opts.token_budget,
         threads=threads_per_worker(options),
     )
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
         "weights_sha256": weights_sha256,
-        "dim": folder.dim,
+        "folder_sha256": digest,
+        "modules": folder.describe(),
+        "dim": folder.output_dim(opts.truncate_dim),
+        "truncate_dim": opts.truncate_dim or folder.truncate_dim,
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,
         "max_seq_length": handler.max_seq_length,
         "dtype": opts.dtype,
-        "prompt": folder.prompt(opts.prompt_name),
+        "prompt": opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name),
         "include_prompt": folder.include_prompt,
         "lower_case": folder.do_lower_case,
         "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),

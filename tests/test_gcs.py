@@ -25,6 +25,7 @@ import pytest
 from google.cloud import storage
 
 from encoder import ModelFolderError, read_model_folder
+from encoder.folder_digest import folder_sha256
 from pipeline.run import main
 from samples.knowledge_base import write_shards
 from tests.conftest import free_port, record, wait_for_port
@@ -110,16 +111,39 @@ def test_nightly_run_with_previous_on_gcs_reuses_every_unchanged_vector(day1):
     assert manifest["previous"] == {"path": "gs://kb/out/day1", "vectors_reused": True}
 
 
-def test_gcs_model_is_copied_once_per_machine_and_checked_by_its_weights_hash(day1, model_path):
-    sha = read_model_folder(model_path).weights_sha256()
-    cached = Path(os.environ[CACHE_ENV]) / sha
-    assert cached.is_dir()  # the jobs above copied it
-    # With the hash, the cached copy is used without reading the bucket again.
-    (cached / "marker").write_text("cached")
-    assert fetch_model(MODEL, sha) == cached
-    assert model_folder(MODEL, sha).path == cached
+def test_gcs_model_is_copied_once_per_machine_and_keyed_by_its_folder_digest(day1, model_path):
+    digest = folder_sha256(model_path)
+    cache = Path(os.environ[CACHE_ENV])
+    assert sorted(p.name for p in cache.iterdir()) == [digest]  # the two jobs above: one copy
+    cached = cache / digest
+    assert _json(day1[0], "out/day1/manifest.json")["model"]["folder_sha256"] == digest
+    # With the digest, the cached copy is used without reading the bucket again.
+    (cached / "not-a-module").mkdir()
+    (cached / "not-a-module" / "marker").write_text("cached")
+    assert fetch_model(MODEL, digest) == cached
+    assert model_folder(MODEL, digest).path == cached
     with pytest.raises(ModelFolderError, match=f"not the expected {'0' * 64}"):
         model_folder(MODEL, "0" * 64)
+
+
+def test_changed_file_in_a_gcs_model_folder_is_copied_anew_and_reembeds_everything(day1, model_path):
+    bucket, _ = day1
+    blob = bucket.blob("models/minilm/1_Pooling/config.json")
+    original = blob.download_as_bytes()
+    blob.upload_from_string(
+        json.dumps({**json.loads(original), "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True})
+    )
+    try:
+        args = ["--input", "gs://kb/kb/*.parquet", "--model", MODEL, *IN_PROCESS]
+        assert main([*args, "--output", "gs://kb/out/day3-cls", "--previous", "gs://kb/out/day2"]) == 0
+    finally:
+        blob.upload_from_string(original)
+    manifest = _json(bucket, "out/day3-cls/manifest.json")
+    old, new = folder_sha256(model_path), manifest["model"]["folder_sha256"]
+    assert new != old and manifest["model"]["pooling"] == ["cls"]
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (80, 80, 0)
+    assert sorted(p.name for p in Path(os.environ[CACHE_ENV]).iterdir()) == sorted([old, new])
+    record("storage", "model folder changed in the bucket", "copied anew; every row re-embedded")
 
 
 def test_missing_gcs_model_is_a_clear_error(day1):

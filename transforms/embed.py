@@ -34,31 +34,41 @@ class EncoderHandler:
     """Everything a worker needs to load the encoder and run it; `None` model = the packaged default.
 
     The default is resolved on each worker, since site-packages paths differ
-    between the launching machine and the workers; `weights_sha256` makes sure
-    every worker loads the weights the launcher recorded.
+    between the launching machine and the workers; `folder_sha256` makes sure
+    every worker loads the model folder the launcher recorded.
     """
 
     model: str | None
-    weights_sha256: str | None = None
+    folder_sha256: str | None = None
     device: str = "auto"
     dtype: str = "float32"
     max_seq_length: int | None = None
     prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
     token_budget: int | None = None  # None: the encoder's default for its device
     threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
     def load_model(self) -> PooledEncoder:
-        folder = model_folder(self.model, self.weights_sha256)
+        folder = model_folder(self.model, self.folder_sha256)
         started = time.monotonic()
         encoder = PooledEncoder(
-            folder, self.device, self.dtype, self.max_seq_length, self.prompt_name, threads=self.threads
+            folder,
+            self.device,
+            self.dtype,
+            self.max_seq_length,
+            self.prompt_name,
+            threads=self.threads,
+            prompt=self.prompt,
+            truncate_dim=self.truncate_dim,
         )
         _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
         return encoder
 
     def load_tokenizer(self) -> TextTokenizer:
         """The model's tokenizer alone, for splitting texts into passages before the join."""
-        return TextTokenizer(model_folder(self.model, self.weights_sha256), self.max_seq_length, self.prompt_name)
+        folder = model_folder(self.model, self.folder_sha256)
+        return TextTokenizer(folder, self.max_seq_length, self.prompt_name, self.prompt)
 
     def run_inference(self, encoder: PooledEncoder, texts: pa.Array) -> Encoded:
         return encoder.encode(texts, self.token_budget)

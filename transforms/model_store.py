@@ -1,9 +1,10 @@
 """Where the model comes from: a local folder, or one on any Beam filesystem (gs://, ...).
 
 The encoder loads local files only. A remote model folder is copied once per
-machine into a cache named by its weights hash, so the worker processes of a
-machine share one copy, and every process checks that the weights it loads are
-the ones the launcher recorded in the manifest.
+machine into a cache named by its whole-folder digest (`encoder.folder_digest`),
+so the worker processes of a machine share one copy, a folder changed in the
+bucket (a new tokenizer, another pooling) is copied anew, and every process
+checks that the folder it loads is the one the launcher recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder import ModelFolder, ModelFolderError, read_model_folder
+from encoder.folder_digest import folder_sha256
 
 CACHE_ENV = "EMBED_MODEL_CACHE"
 
@@ -48,36 +50,39 @@ def _copy_folder(uri: str, into: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 22)
 
 
-def fetch_model(uri: str, weights_sha256: str | None = None) -> Path:
-    """A local copy of the model folder at `uri`, named by its weights hash.
+def fetch_model(uri: str, expected_sha256: str | None = None) -> Path:
+    """A local copy of the model folder at `uri`, named by its folder digest.
 
-    With `weights_sha256`, a copy already in the cache is used as is; otherwise
-    the folder is copied to a private directory first and renamed into place,
-    so a process never sees another's half-written copy.
+    With `expected_sha256` (the launcher's digest), a copy already in the cache is
+    used as is; otherwise the folder is copied to a private directory first and
+    renamed into place, so a process never sees another's half-written copy.
     """
     root = cache_root()
-    if weights_sha256 and (root / weights_sha256).is_dir():
-        return root / weights_sha256
+    if expected_sha256 and (root / expected_sha256).is_dir():
+        return root / expected_sha256
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
     try:
         _copy_folder(uri, staging)
-        target = root / read_model_folder(staging).weights_sha256()
+        target = root / folder_sha256(staging)
         try:
             staging.rename(target)
-        except OSError:  # another process published the same weights first
+        except OSError:  # another process published the same folder first
             pass
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def model_folder(model: str | None, weights_sha256: str | None = None) -> ModelFolder:
-    """The model to load (None: the packaged default); with `weights_sha256`, it must hold exactly those weights."""
+def model_folder(model: str | None, expected_sha256: str | None = None) -> ModelFolder:
+    """The model to load (None: the packaged default); with `expected_sha256`, its folder digest must be that."""
     path = model or default_model_path()
     if "://" in path:
-        path = fetch_model(path, weights_sha256)
+        path = fetch_model(path, expected_sha256)
     folder = read_model_folder(path)
-    if weights_sha256 and (found := folder.weights_sha256()) != weights_sha256:
-        raise ModelFolderError(f"{model or path}: its weights have sha256 {found}, not the expected {weights_sha256}")
+    if expected_sha256 and (found := folder_sha256(path)) != expected_sha256:
+        raise ModelFolderError(
+            f"{model or path}: its files have folder sha256 {found}, not the expected {expected_sha256} "
+            "(the model folder changed since the job was planned)"
+        )
     return folder
