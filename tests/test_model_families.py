@@ -16,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 
 from encoder import PooledEncoder, read_model_folder
 from samples.model_families import NAMES, save_family
+from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
 
 TEXTS = [
     "How do I rotate the API keys of a service account?",
@@ -115,3 +116,50 @@ def test_static_model_without_truncation_embeds_the_whole_text(folders, tmp_path
     ours = encoder.encode([long, head]).embeddings
     assert _cosines(ours, _reference(folder, [long, head])).min() >= 0.9999
     assert _cosines(ours[:1], ours[1:])[0] < 0.999  # the tail of the text counts
+
+
+def _job_vectors(output) -> np.ndarray:
+    rows = embedding_rows(output)
+    return np.stack([np.asarray(rows[i]["embedding"], dtype=np.float32) for i in range(len(TEXTS))])
+
+
+def test_cli_embeds_with_a_last_token_model_and_a_free_prompt(folders, tmp_path):
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", id=list(range(len(TEXTS))), text=TEXTS)
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(folders["qwen3"])]
+    result = run_cli(*args, "--prompt", "passage: ")
+    assert result.returncode == 0, result.stderr
+    model = read_manifest(tmp_path / "out")["model"]
+    assert (model["modules"], model["prompt"]) == (
+        ["Transformer(qwen3)", "Pooling(lasttoken)", "Normalize"],
+        "passage: ",
+    )
+    ours = _job_vectors(tmp_path / "out")
+    assert _cosines(ours, _reference(folders["qwen3"], prompt="passage: ")).min() >= 0.9999
+
+
+def test_cli_embeds_with_a_dense_model_truncated_to_fewer_dimensions(folders, tmp_path):
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", id=list(range(len(TEXTS))), text=TEXTS)
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(folders["gemma3-text"])]
+    result = run_cli(*args, "--truncate_dim", "16", "--prompt_name", "document")
+    assert result.returncode == 0, result.stderr
+    model = read_manifest(tmp_path / "out")["model"]
+    assert (model["dim"], model["truncate_dim"], model["prompt"]) == (16, 16, "title: none | text: ")
+    assert "Dense(32->128, Identity)" in model["modules"]
+    ours = _job_vectors(tmp_path / "out")
+    theirs = _reference(folders["gemma3-text"], prompt_name="document", truncate_dim=16, normalize_embeddings=True)
+    assert ours.shape == (len(TEXTS), 16)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--truncate_dim", "33"], "--truncate_dim 33 must be between 1 and the model's dimension 32"),
+        (["--prompt", "query: ", "--prompt_name", "query"], "--prompt and --prompt_name both given: pass one"),
+    ],
+)
+def test_cli_refuses_options_the_model_cannot_honour(folders, tmp_path, options, message):
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", id=[1], text=["x"])
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(folders["gemma3-text"])]
+    result = run_cli(*args, "--plan_only", *options)
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: {message}")

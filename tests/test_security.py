@@ -120,14 +120,16 @@ def test_code_shipped_with_a_model_is_never_run(tmp_path, model_path):
     )
     write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
     result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"), "--model", str(model))
-    assert result.returncode == 0, result.stderr
-    assert not marker.exists()  # trust_remote_code is never set: the folder's Python file is ignored
+    # Refused, not loaded as plain BERT: a model that ships its own code (jina-v2 says model_type
+    # "bert") would give other vectors without it.
+    assert result.returncode == 1
+    assert "AutoModel is 'custom.Model', custom code the model ships in custom.py" in result.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
     record(
         "security",
         "model folder shipping Python code (auto_map)",
-        "code ignored; weights loaded as BERT",
+        "refused before any worker starts, naming custom.py",
         _inputs(tmp_path),
-        tmp_path / "out",
     )
 
 
