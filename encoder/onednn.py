@@ -26,8 +26,13 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
     if supported and dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return supported and dtype in (torch.float32, torch.bfloat16)
+        return bf16_kernels()
+    return supported and dtype == torch.float32
+
+
+def bf16_kernels() -> bool:
+    """Whether this CPU has the instructions oneDNN's bfloat16 matrix kernels need."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class OneDnnLinear(nn.Module):

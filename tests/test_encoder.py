@@ -208,3 +208,15 @@ def test_heap_is_trimmed_at_most_once_per_interval():
     assert HeapTrimmer(0.0).maybe_trim() is True
     slow = HeapTrimmer(3600.0)
     assert [slow.maybe_trim(), slow.maybe_trim()] == [False, False]
+
+
+def test_bfloat16_on_a_cpu_without_onednn_bf16_kernels_runs_on_plain_torch(monkeypatch, model_path):
+    """An AVX2-only host: the oneDNN weight reorder would fail at load, so no linear layer is swapped."""
+    monkeypatch.setattr(onednn, "bf16_kernels", lambda: False)
+    folder = read_model_folder(model_path)
+    encoder = PooledEncoder(folder, device="cpu", dtype="bfloat16")
+    assert not any(isinstance(m, OneDnnLinear) for m in encoder.input_module.modules())
+    texts = ["How do I rotate the API keys?", "数据库连接池耗尽 🚀"]
+    ours = encoder.encode(texts).embeddings
+    reference = SentenceTransformer(model_path, device="cpu").encode(texts, normalize_embeddings=True)
+    assert (ours * reference).sum(axis=1).min() >= 0.99
