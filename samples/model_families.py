@@ -9,6 +9,8 @@ each family gets the special tokens and padding side its real models use (decode
 embedders append an end-of-sequence token and pad on the left).
 
     python -m samples.model_families --output models --size base qwen3 bert-dense-tanh
+
+Needs sentence-transformers (a test requirement), which writes the folders.
 """
 
 from __future__ import annotations
