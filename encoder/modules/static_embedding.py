@@ -7,6 +7,8 @@ padding: every row's token ids go end to end, with offsets, into one EmbeddingBa
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import torch
 
@@ -35,7 +37,7 @@ class StaticEmbedding(torch.nn.Module):
 
     def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
         lengths = np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
-        flat = np.fromiter((t for i in rows for t in ids[i]), dtype=np.int64, count=int(lengths.sum()))
+        flat = np.fromiter(chain.from_iterable(ids[i] for i in rows), dtype=np.int64, count=int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
         return Features(torch.from_numpy(flat), offsets=torch.from_numpy(offsets))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import torch
 import transformers
@@ -28,15 +30,16 @@ class Transformer(torch.nn.Module):
         self.padding_left = spec.padding_left
 
     def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
-        """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for."""
+        """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
+
+        A boolean mask places every row's ids at once: numpy fills it in row order.
+        """
+        lengths = np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
+        positions = np.arange(width)
+        mask = positions >= width - lengths[:, None] if self.padding_left else positions < lengths[:, None]
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            row = ids[i]
-            span = slice(width - len(row), width) if self.padding_left else slice(0, len(row))
-            input_ids[r, span] = row
-            mask[r, span] = 1
-        return Features(torch.from_numpy(input_ids), torch.from_numpy(mask))
+        input_ids[mask] = np.fromiter(chain.from_iterable(ids[i] for i in rows), dtype=np.int64, count=lengths.sum())
+        return Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
 
     def forward(self, features: Features) -> Features:
         output = self.model(input_ids=features.input_ids, attention_mask=features.attention_mask)
