@@ -31,6 +31,7 @@ STATIC_TOKEN_BUDGET = 1 << 16
 # worker encoding 6,000 passages peaked at 742 MiB instead of 879, at the same speed.
 PAD_MULTIPLE = 4
 _LOG = logging.getLogger(__name__)
+CPU_KERNELS = ("auto", "onednn", "torch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -69,6 +70,7 @@ class PooledEncoder:
         threads: int | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        cpu_kernels: str = "auto",
     ) -> None:
         if threads:  # per process: the worker processes of one machine share its cores
             torch.set_num_threads(threads)
@@ -83,11 +85,27 @@ class PooledEncoder:
         self.input_module = build_input(folder.input, DTYPES[dtype]).to(self.device)
         # Modules after the input one run in float32 whatever the transformer's precision.
         self.modules = torch.nn.ModuleList(build_module(spec) for spec in folder.modules[1:]).to(self.device).eval()
-        if self.device.type == "cpu" and onednn.available(DTYPES[dtype]):
+        self.cpu_kernels = self._cpu_kernels(cpu_kernels, DTYPES[dtype]) if self.device.type == "cpu" else None
+        if self.cpu_kernels == "onednn":
             onednn.use_onednn(self.input_module)
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
         self.max_seq_length = self.tokenizer.max_seq_length
         self.heap_trimmer = HeapTrimmer()
+
+    def _cpu_kernels(self, asked: str, dtype: torch.dtype) -> str:
+        """ "onednn" or "torch": as asked, or with "auto" whichever ran this model's layer faster just now."""
+        if asked not in CPU_KERNELS:
+            raise ValueError(f"cpu_kernels {asked!r} is not one of {', '.join(CPU_KERNELS)}")
+        if asked == "torch" or not onednn.available(dtype):
+            return "torch"
+        if asked == "onednn":
+            return "onednn"
+        speedup = onednn.measured_speedup(self.input_module)
+        chosen = "onednn" if speedup is not None and speedup >= onednn.MIN_SPEEDUP else "torch"
+        _LOG.info(
+            "CPU linear kernels: %s (oneDNN ran at %sx plain torch here)", chosen, f"{speedup:.2f}" if speedup else "-"
+        )
+        return chosen
 
     @property
     def default_token_budget(self) -> int:

@@ -89,6 +89,14 @@ class EmbedOptions(PipelineOptions):
             help="Where the model runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto).",
         )
         group.add_argument(
+            "--cpu_kernels",
+            default="auto",
+            choices=["auto", "onednn", "torch"],
+            help="Linear-layer kernels on CPU: auto measures oneDNN against plain torch on the model's own "
+            "layer when each worker loads it and takes oneDNN only where it is at least 5%% faster; onednn "
+            "or torch force one (default: auto).",
+        )
+        group.add_argument(
             "--dtype",
             default="float32",
             choices=["float32", "float16", "bfloat16"],

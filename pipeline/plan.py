@@ -261,6 +261,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         prompt_name=opts.prompt_name,
         prompt=opts.prompt,
         truncate_dim=opts.truncate_dim,
+        cpu_kernels=opts.cpu_kernels,
         token_budget=opts.token_budget,
         threads=threads_per_worker(options),
     )

@@ -78,7 +78,7 @@ def test_prompt_excluded_from_pooling_equals_sentence_transformers(tmp_path):
 
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
 def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
-    model = PooledEncoder(read_model_folder(model_path), device="cpu").input_module.model
+    model = PooledEncoder(read_model_folder(model_path), device="cpu", cpu_kernels="onednn").input_module.model
     linears = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
     # 6 layers x (query, key, value, attention output, FFN in, FFN out) + the unused pooler
     assert len(linears) == 6 * 6 + 1
@@ -91,7 +91,7 @@ def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
 @pytest.mark.parametrize("hidden_act", ["gelu_new", "relu"])
 def test_other_activations_stay_unfused_and_equal_sentence_transformers(tmp_path, hidden_act):
     path = save_tiny_model(tmp_path / hidden_act, TINY_POOLINGS["mean"], hidden_act=hidden_act)
-    encoder = PooledEncoder(read_model_folder(path), device="cpu")
+    encoder = PooledEncoder(read_model_folder(path), device="cpu", cpu_kernels="onednn")
     assert not any(isinstance(m, OneDnnLinear) and m._post_op != "none" for m in encoder.input_module.model.modules())
     ours = encoder.encode(MIXED_TEXTS, token_budget=512)
     reference = SentenceTransformer(str(path), device="cpu").encode(MIXED_TEXTS)
@@ -220,3 +220,21 @@ def test_bfloat16_on_a_cpu_without_onednn_bf16_kernels_runs_on_plain_torch(monke
     ours = encoder.encode(texts).embeddings
     reference = SentenceTransformer(model_path, device="cpu").encode(texts, normalize_embeddings=True)
     assert (ours * reference).sum(axis=1).min() >= 0.99
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
+@pytest.mark.parametrize(("speedup", "chosen"), [(0.93, "torch"), (1.04, "torch"), (1.9, "onednn")])
+def test_auto_cpu_kernels_take_onednn_only_where_it_measured_faster(monkeypatch, model_path, speedup, chosen):
+    monkeypatch.setattr(onednn, "measured_speedup", lambda model: speedup)
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
+    assert encoder.cpu_kernels == chosen
+    swapped = any(isinstance(m, OneDnnLinear) for m in encoder.input_module.modules())
+    assert swapped == (chosen == "onednn")
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
+def test_speedup_is_measured_on_the_fused_feed_forward_layer(model_path):
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu", cpu_kernels="torch")
+    linear, gelu = onednn._probe_layer(encoder.input_module)
+    assert (linear.in_features, linear.out_features, type(gelu).__name__) == (384, 1536, "GELUActivation")
+    assert onednn.measured_speedup(encoder.input_module) > 0

@@ -46,6 +46,7 @@ class EncoderHandler:
     prompt_name: str | None = None
     prompt: str | None = None
     truncate_dim: int | None = None
+    cpu_kernels: str = "auto"
     token_budget: int | None = None  # None: the encoder's default for its device
     threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
@@ -61,6 +62,7 @@ class EncoderHandler:
             threads=self.threads,
             prompt=self.prompt,
             truncate_dim=self.truncate_dim,
+            cpu_kernels=self.cpu_kernels,
         )
         _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
         return encoder
