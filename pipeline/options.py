@@ -171,8 +171,10 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--progress_interval",
             type=float,
-            default=30.0,
-            help="Seconds between progress log lines of each worker (default: 30).",
+            default=5.0,
+            help="Seconds between each worker's progress reports: locally they update one progress line for "
+            "the whole job (rows done of the total, rows/s, time left); elsewhere they are log lines "
+            "(default: 5).",
         )
 
 

@@ -33,6 +33,7 @@ from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger(__name__)
+MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -73,6 +74,7 @@ class JobPlan:
     handler: EncoderHandler
     rows_per_batch: int
     progress_interval: float
+    progress_total: int | None  # rows that will go through the model, when known before the run
     previous: PreviousRun | None
     chunking: Chunking | None  # None: one vector per row, truncated
     header: dict  # the manifest's fixed part: model block, inputs, options, start time
@@ -98,6 +100,17 @@ def match_inputs(patterns: list[str]) -> list[str]:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         paths.update((m.path, None) for m in sorted(found, key=lambda m: m.path))
     return list(paths)
+
+
+def rows_in_footers(files: list[str]) -> int | None:
+    """Rows in all input files by their Parquet footers; None when one cannot be read (the run
+    then reports that file) or there are too many to read before a local run."""
+    if len(files) > MAX_FOOTERS:
+        return None
+    try:
+        return sum(open_parquet(path).metadata.num_rows for path in files)
+    except InputError:
+        return None
 
 
 def remove_temp_files(output: str) -> None:
@@ -304,6 +317,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
         progress_interval=opts.progress_interval,
+        # Rows, not passages, go through the model only without passages and without reuse.
+        progress_total=None
+        if passages or previous or options.view_as(StandardOptions).runner not in LOCAL_RUNNERS
+        else rows_in_footers(files),
         previous=previous,
         chunking=passages,
         header=header,

@@ -20,6 +20,7 @@ from encoder.pooled_encoder import resolve_device
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import plan_job, remove_temp_files
+from pipeline.progress import ProgressLine, WorkerLogs
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
 
@@ -33,11 +34,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
-
-
-def _job_or_warning(record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return record.levelno >= logging.WARNING or any(folder in message for folder in _JOB_FOLDERS)
+# Local worker processes' log records arrive through this logger; the embed module's own
+# records stay in this process when workers run in memory.
+_WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
@@ -71,12 +70,20 @@ def run(argv: list[str]) -> dict | None:
         print(json.dumps(plan_view, indent=2))
         return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
+    line = ProgressLine(plan.progress_total, "passages" if plan.chunking else "rows")
+    worker_logs = WorkerLogs(line, _JOB_FOLDERS)
+    for name in _WORKER_LOGGERS:
+        logging.getLogger(name).addFilter(worker_logs)
     try:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan)
     except Exception:
         remove_temp_files(plan.output)
         raise
+    finally:
+        line.finish()
+        for name in _WORKER_LOGGERS:
+            logging.getLogger(name).removeFilter(worker_logs)
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
         return json.load(f)
 
@@ -85,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    # Local worker processes' log lines arrive through this logger: keep the job's own and any warnings.
-    worker_logs = logging.getLogger("apache_beam.runners.portability.local_job_service")
-    worker_logs.setLevel(logging.INFO)
-    worker_logs.addFilter(_job_or_warning)
+    logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
     try:
         result = run(argv)
     except UsageError as e:

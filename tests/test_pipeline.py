@@ -18,7 +18,7 @@ from pipeline.plan import plan_job
 from pipeline.run import make_options
 from samples.knowledge_base import make_rows, write_shards
 from schemas.outputs import read_model_block
-from tests.conftest import read_manifest, run_cli, write_parquet
+from tests.conftest import count_rows, read_manifest, run_cli, write_parquet
 from transforms import METRICS_NAMESPACE
 
 
@@ -185,9 +185,16 @@ def test_missing_output_is_an_error():
     assert "--output is required" in result.stderr
 
 
-def test_progress_is_logged(job):
+def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     _, result = job
-    assert re.search(r"embedded \d+ rows, [\d.]+ rows/s", result.stderr)
+    inputs = sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra" / "edge.parquet"]
+    total = count_rows(inputs)
+    reports = re.findall(r"embedded (\d+) of (\d+) rows \(\d+%\), [\d.]+ rows/s", result.stderr)
+    assert reports and {int(of) for _, of in reports} == {total}  # the total, from the footers
+    done = [int(count) for count, _ in reports]
+    assert done == sorted(done) and 0 < done[-1] <= total  # the workers' counts, summed
+    assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
+    assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):

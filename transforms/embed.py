@@ -9,6 +9,7 @@ moves Arrow batches and counts.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from transforms.model_store import model_folder
 from transforms.validate import STATS
 
 _LOG = logging.getLogger(__name__)
+PROGRESS_TAG = "progress-report"
 
 
 @dataclass(frozen=True)
@@ -77,21 +79,23 @@ class EncoderHandler:
 
 
 class _Progress:
-    """Logs this process's rows and rows/s every `interval` seconds, from any thread."""
+    """Reports this process's embedded count every `interval` seconds, from any thread, as
+    `PROGRESS_TAG pid count`: the launcher sums the reports of every process into one line
+    (pipeline.progress); on a remote runner they are plain log lines beside Beam's counters."""
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._lock = threading.Lock()
-        self._rows = 0
-        self._started = self._last = time.monotonic()
+        self._count = 0
+        self._last = time.monotonic()
 
-    def add(self, rows: int) -> None:
+    def add(self, count: int) -> None:
         with self._lock:
-            self._rows += rows
+            self._count += count
             now = time.monotonic()
             if now - self._last >= self._interval:
                 self._last = now
-                _LOG.info("embedded %d rows, %.1f rows/s", self._rows, self._rows / (now - self._started))
+                _LOG.info("%s %d %d", PROGRESS_TAG, os.getpid(), self._count)
 
 
 class _Embed(beam.DoFn):

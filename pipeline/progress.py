@@ -1,0 +1,112 @@
+"""What a person running the job locally sees: one progress line for the whole job, clean log lines.
+
+Beam's local runner forwards every worker process's log records to the launcher as
+protobuf text (`severity: INFO timestamp { seconds: ... } message: "..." ...`). Here
+the launcher keeps the job's own messages as single lines, drops Beam's noise, and
+sums the workers' progress reports (`transforms.embed` logs `PROGRESS_TAG pid count`)
+into one line: rows embedded of the total known from the Parquet footers, rows/s,
+and an estimate of the time left. On a terminal the line is redrawn in place;
+otherwise (a log file, CI) each report is a line of its own.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+import sys
+import threading
+import time
+from typing import TextIO
+
+from transforms.embed import PROGRESS_TAG
+
+_FORWARDED = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+_REPORT = re.compile(rf"{PROGRESS_TAG} (\d+) (\d+)")
+_NOISE = ("No semi_persistent_directory found",)
+
+
+def _unescape(text: str) -> str:
+    """Protobuf text escapes quotes, newlines and every non-ASCII byte (as octal)."""
+    return codecs.escape_decode(text.encode("utf-8"))[0].decode("utf-8", "replace")
+
+
+class ProgressLine:
+    """Sums cumulative per-process counts into one line; `total` is None when it cannot be known."""
+
+    def __init__(self, total: int | None, unit: str, stream: TextIO = sys.stderr) -> None:
+        self._total = total
+        self._unit = unit
+        self._stream = stream
+        self._live = stream.isatty()
+        self._lock = threading.Lock()
+        self._counts: dict[int, int] = {}
+        self._started = time.monotonic()
+        self._drawn = False
+
+    def report(self, process: int, count: int) -> None:
+        with self._lock:
+            self._counts[process] = max(count, self._counts.get(process, 0))
+            self._draw(self.text())
+
+    def text(self) -> str:
+        done = sum(self._counts.values())
+        rate = done / max(time.monotonic() - self._started, 1e-9)
+        if self._total:
+            left = max(self._total - done, 0)
+            eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
+            share = 100 * min(done / self._total, 1)
+            return f"embedded {done} of {self._total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}"
+        return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s"
+
+    def _draw(self, text: str) -> None:
+        if self._live:
+            self._stream.write(f"\r\033[K{text}")
+            self._drawn = True
+        else:
+            self._stream.write(f"{text}\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the live line, so what follows starts on a line of its own."""
+        with self._lock:
+            if self._drawn:
+                self._stream.write("\n")
+                self._stream.flush()
+                self._drawn = False
+
+
+class WorkerLogs(logging.Filter):
+    """Turns forwarded worker records into the job's own single-line messages; feeds progress reports
+    to `line` instead of the log. Installed on the local job service's logger and the embed module's
+    (whose records stay in this process when workers run in memory)."""
+
+    def __init__(self, line: ProgressLine, job_folders: tuple[str, ...]) -> None:
+        super().__init__()
+        self._line = line
+        self._job_folders = job_folders
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        forwarded = _FORWARDED.search(message)
+        if forwarded:
+            text = _unescape(forwarded.group(1))
+            if any(noise in text for noise in _NOISE):
+                return False
+            if not self._report(text) and (
+                record.levelno >= logging.WARNING or any(f in message for f in self._job_folders)
+            ):
+                record.name, record.msg, record.args = "worker", text, ()
+                self._line.finish()
+                return True
+            return False
+        if self._report(message):
+            return False
+        self._line.finish()
+        return True
+
+    def _report(self, text: str) -> bool:
+        found = _REPORT.search(text)
+        if found:
+            self._line.report(int(found.group(1)), int(found.group(2)))
+        return bool(found)
