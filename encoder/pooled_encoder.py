@@ -12,7 +12,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from encoder import onednn
-from encoder.batching import token_budget_batches
+from encoder.batching import padded_widths, token_budget_batches
 from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
 from encoder.modules import Features, build_input, build_module
@@ -26,10 +26,8 @@ CPU_TOKEN_BUDGET = 2048
 MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET = 8192, 131072
 # A static model only averages token vectors: per-batch overhead is what costs there.
 STATIC_TOKEN_BUDGET = 1 << 16
-# Batches are padded to a multiple of this many tokens. Fewer distinct tensor shapes
-# keep the allocator's heap from fragmenting and oneDNN's primitive cache small: one
-# worker encoding 6,000 passages peaked at 742 MiB instead of 879, at the same speed.
-PAD_MULTIPLE = 4
+# On CUDA, padded tokens per batch at most this many times the real ones (see encoder.batching).
+CUDA_MAX_PADDING = 1.05
 _LOG = logging.getLogger(__name__)
 CPU_KERNELS = ("auto", "onednn", "torch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -91,6 +89,7 @@ class PooledEncoder:
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
         self.max_seq_length = self.tokenizer.max_seq_length
         self.heap_trimmer = HeapTrimmer()
+        self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life
 
     def _cpu_kernels(self, asked: str, dtype: torch.dtype) -> str:
         """ "onednn" or "torch": as asked, or with "auto" whichever ran this model's layer faster just now."""
@@ -131,18 +130,18 @@ class PooledEncoder:
         """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows.
 
         On CUDA the next batch is padded on the CPU while the GPU runs the last one,
-        and a batch that runs out of GPU memory is split, with the budget halved for
-        the rest, rather than failing. Freed heap goes back to the OS now and then
+        batches are also cut to keep padding under CUDA_MAX_PADDING, and a batch that
+        runs out of GPU memory is split, with the budget halved for the rest of this
+        encoder's life, rather than failing. Freed heap goes back to the OS now and then
         (`encoder.heap`), so a long run does not grow.
         """
-        token_budget = token_budget or self.default_token_budget
+        token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
         tokenized = self.tokenizer.encode(texts)
         ids, lengths = tokenized.ids, tokenized.lengths
-        widths = -(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE
-        if self.max_seq_length is not None:
-            widths = np.minimum(widths, self.max_seq_length)
+        widths = padded_widths(lengths, self.max_seq_length)
+        max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None
         done: list[tuple[np.ndarray, torch.Tensor]] = []
-        queue = deque(token_budget_batches(widths, token_budget))
+        queue = deque(token_budget_batches(widths, token_budget, lengths, max_padding))
         while queue:
             rows = queue.popleft()
             try:
@@ -154,8 +153,10 @@ class PooledEncoder:
                     raise
                 torch.cuda.empty_cache()
                 token_budget = max(1, token_budget // 2)
+                self._budget_cap = min(token_budget, self._budget_cap or token_budget)
                 remaining = np.concatenate([rows, *queue])
-                queue = deque(remaining[b] for b in token_budget_batches(widths[remaining], token_budget))
+                batches = token_budget_batches(widths[remaining], token_budget, lengths[remaining], max_padding)
+                queue = deque(remaining[b] for b in batches)
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the copies back to the host were asynchronous

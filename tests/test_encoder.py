@@ -13,11 +13,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
-from encoder.batching import token_budget_batches
+from encoder.batching import padded_widths, token_budget_batches
 from encoder.heap import HeapTrimmer
 from encoder.onednn import OneDnnLinear
+from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, record, save_tiny_model
+from transforms.embed import CUDA_CHUNK_ROWS
 
 MIXED_TEXTS = [
     *make_rows(120, seed=7).column("text").to_pylist(),
@@ -108,6 +110,24 @@ def test_batches_cover_every_row_once_within_the_budget():
     assert [lengths[rows].tolist() for rows in batches] == [[1, 5, 7, 12, 12], [33, 64], [64], [90], [300]]
 
 
+def test_gpu_budget_batches_keep_padding_within_five_percent_on_a_real_knowledge_base(model_path):
+    """One chunk of the rows a CUDA worker gathers, cut at the largest GPU budget."""
+    tokenizer = PooledEncoder(read_model_folder(model_path), device="cpu").tokenizer
+    lengths = tokenizer.encode(make_rows(CUDA_CHUNK_ROWS).column("text")).lengths
+    widths = padded_widths(lengths, tokenizer.max_seq_length)
+
+    def padding(batches) -> float:
+        return sum(len(rows) * widths[rows].max() for rows in batches) / lengths.sum()
+
+    budget = MAX_CUDA_TOKEN_BUDGET
+    assert padding(token_budget_batches(widths, budget)) > 1.1  # a wide range of lengths per batch
+    capped = token_budget_batches(widths, budget, lengths, max_padding=CUDA_MAX_PADDING)
+    assert sorted(np.concatenate(capped).tolist()) == list(range(len(lengths)))
+    assert padding(capped) <= CUDA_MAX_PADDING
+    assert all(len(rows) * widths[rows].max() <= budget for rows in capped)
+    assert len(capped) <= 8 / (1 - 1 / CUDA_MAX_PADDING) * lengths.sum() / budget  # still large batches
+
+
 def test_batches_are_padded_to_a_multiple_of_four_tokens_but_not_past_max_seq_length(model_path):
     encoder = PooledEncoder(read_model_folder(model_path), device="cpu", max_seq_length=10)
     short, long = "hello there world", "a passage that runs well past ten tokens of text, for sure"
@@ -187,6 +207,9 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
     monkeypatch.setattr(encoder.input_module.model, "forward", small_card)
     result = encoder.encode(MIXED_TEXTS, token_budget=2048)
     assert refused and max(ran) <= 300
+    refused.clear()
+    encoder.encode(MIXED_TEXTS, token_budget=2048)
+    assert not refused  # the lowered budget lasts for the worker, not one call
     assert min_cosine(result.embeddings, expected.embeddings) >= 0.99999
     assert result.tokens == expected.tokens
     record("fault", "CUDA out-of-memory injected in the encoder", f"{len(refused)} batches split; same vectors")
