@@ -12,6 +12,7 @@ import re
 import sys
 
 import apache_beam as beam
+import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -19,7 +20,7 @@ from encoder import ModelFolderError
 from encoder.pooled_encoder import resolve_device
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
-from pipeline.plan import plan_job, remove_temp_files
+from pipeline.plan import LOCAL_RUNNERS, plan_job, remove_temp_files
 from pipeline.progress import ProgressLine, WorkerLogs
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
@@ -60,6 +61,28 @@ def _use_worker_processes(options: PipelineOptions) -> None:
         direct.direct_num_workers = cores
 
 
+def _log_device(options: PipelineOptions) -> None:
+    """Say where the model will run, before anything runs: --device auto never falls back silently."""
+    device = options.view_as(EmbedOptions).device
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        if device == "auto":
+            _LOG.warning(
+                "--device auto: each worker runs on CUDA when it has a working GPU, else on its CPU; "
+                "pass --device cuda for GPU workers so that one without a working GPU fails instead"
+            )
+        return
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        _LOG.info(
+            "device: %s (%s, %d CUDA device(s) here)",
+            chosen,
+            torch.cuda.get_device_name(chosen),
+            torch.cuda.device_count(),
+        )
+    else:
+        _LOG.info("device: cpu%s", " (no CUDA device available)" if device == "auto" else "")
+
+
 def run(argv: list[str]) -> dict | None:
     """Run the job to the end and return its manifest; with --plan_only, print the plan and return None."""
     options = make_options(argv)
@@ -70,6 +93,7 @@ def run(argv: list[str]) -> dict | None:
         print(json.dumps(plan_view, indent=2))
         return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
+    _log_device(options)
     line = ProgressLine(plan.progress_total, "passages" if plan.chunking else "rows")
     worker_logs = WorkerLogs(line, _JOB_FOLDERS)
     for name in _WORKER_LOGGERS:

@@ -97,6 +97,7 @@ def test_dataflow_launch_sets_the_gpu_and_passes_options_dataflow_validates():
         "output=gs://b/embeddings/2026-11-22",
         "previous=gs://b/embeddings/2026-11-21",
         "carry_columns=title,kind",
+        "device=cuda",  # a GPU job never falls back to CPU silently
     ]
     # What the Dataflow service hands the launcher: the parameters, the gcloud flags and the extra options.
     argv = [f"--{p}" for p in parameters] + [
@@ -196,6 +197,9 @@ def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():
     (sidecar,) = deployment["spec"]["taskManager"]["podTemplate"]["spec"]["containers"]
     assert sidecar["args"] == ["--worker_pool"]
     assert portable.environment_config == f"localhost:{sidecar['ports'][0]['containerPort']}"
+    # The worker pool has a GPU; the job asks for it, so it never falls back to CPU silently.
+    assert sidecar["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert options.view_as(EmbedOptions).device == "cuda"
 
 
 def _dag_constants() -> dict:

@@ -61,6 +61,10 @@ case ${1:-} in
       fi
       parameters+=("${arg#--}")
     done
+    # GPU workers: a worker whose driver failed must fail, not embed on its CPU for hours.
+    if [[ " ${parameters[*]} " != *" device="* ]]; then
+      parameters+=("device=cuda")
+    fi
     # ^~^ makes ~ the separator, so values may hold commas (globs, column lists).
     run gcloud dataflow flex-template run "embed-$(date -u +%Y%m%d-%H%M%S)" \
       --project="$PROJECT" --region="$REGION" \

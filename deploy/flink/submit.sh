@@ -9,6 +9,8 @@
 # Beam's FlinkRunner submits through its Flink job server, a Java jar that Beam
 # downloads from Maven Central on first use; set FLINK_JOB_SERVER_JAR to a local
 # copy where the launching machine has no internet. DRY_RUN=1 prints the command.
+# The job runs with --device=cuda (task managers with GPUs; a worker without a working
+# GPU then fails instead of embedding on its CPU); DEVICE=cpu for a CPU-only cluster.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,6 +23,7 @@ cmd=(
   --parallelism="${PARALLELISM:-2}"
   --environment_type=EXTERNAL
   --environment_config="${WORKER_POOL:-localhost:50000}"
+  --device="${DEVICE:-cuda}"
 )
 if [[ -n ${FLINK_JOB_SERVER_JAR:-} ]]; then
   cmd+=(--flink_job_server_jar="$FLINK_JOB_SERVER_JAR")
