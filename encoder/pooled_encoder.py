@@ -43,6 +43,19 @@ class Encoded:
     truncated: np.ndarray  # (rows,) bool: the text was cut at max_seq_length
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: bfloat16 on CUDA (float32 with TF32 only when asked), float32 on CPU.
+
+    `device` is the --device given; "auto" counts as CUDA only where this process sees a
+    GPU, so a launcher without one plans float32 for it.
+    """
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bfloat16"
+    return "float32"
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' means CUDA when present, else CPU."""
     if device == "auto":
@@ -62,7 +75,7 @@ class PooledEncoder:
         self,
         folder: ModelFolder,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_seq_length: int | None = None,
         prompt_name: str | None = None,
         threads: int | None = None,
@@ -73,11 +86,19 @@ class PooledEncoder:
         if threads:  # per process: the worker processes of one machine share its cores
             torch.set_num_threads(threads)
         self.folder = folder
+        dtype = resolve_dtype(dtype, device)
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if dtype == "float16" and self.device.type == "cpu":
             raise ValueError("float16 runs on CUDA only; use float32 or bfloat16 on CPU")
+        if self.device.type == "cuda":
+            if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+                raise ValueError(
+                    f"{torch.cuda.get_device_name(self.device)} has no bfloat16; pass --dtype float16 (or float32)"
+                )
+            # float32 on CUDA: tensor cores through TF32 (10-bit mantissa products, float32 sums)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dim = folder.output_dim(truncate_dim)
         transformers_logging.disable_progress_bar()
         self.input_module = build_input(folder.input, DTYPES[dtype]).to(self.device)

@@ -98,9 +98,10 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--dtype",
-            default="float32",
-            choices=["float32", "float16", "bfloat16"],
-            help="Model precision; float16 needs CUDA. Vectors are always written as float32 (default: float32).",
+            default="auto",
+            choices=["auto", "float32", "float16", "bfloat16"],
+            help="Model precision. auto: bfloat16 on CUDA, float32 on CPU. float16 needs CUDA; float32 on CUDA "
+            "uses TF32 tensor cores. Vectors are always written as float32 (default: auto).",
         )
         group.add_argument(
             "--max_seq_length",

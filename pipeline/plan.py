@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from encoder import ModelFolder, ModelFolderError
 from encoder.folder_digest import folder_sha256
 from encoder.passages import MIN_CONTENT_TOKENS
+from encoder.pooled_encoder import resolve_dtype
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
@@ -269,7 +270,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model=opts.model,
         folder_sha256=digest,
         device=opts.device,
-        dtype=opts.dtype,
+        dtype=resolve_dtype(opts.dtype, opts.device),
         max_seq_length=folder.seq_length(opts.max_seq_length),
         prompt_name=opts.prompt_name,
         prompt=opts.prompt,
@@ -288,7 +289,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,
         "max_seq_length": handler.max_seq_length,
-        "dtype": opts.dtype,
+        "dtype": handler.dtype,
         "prompt": opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name),
         "include_prompt": folder.include_prompt,
         "lower_case": folder.do_lower_case,

@@ -16,7 +16,7 @@ from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
 from encoder.batching import padded_widths, token_budget_batches
 from encoder.heap import HeapTrimmer
 from encoder.onednn import OneDnnLinear
-from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET
+from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET, resolve_dtype
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, record, save_tiny_model
 from transforms.embed import CUDA_CHUNK_ROWS
@@ -261,3 +261,18 @@ def test_speedup_is_measured_on_the_fused_feed_forward_layer(model_path):
     linear, gelu = onednn._probe_layer(encoder.input_module)
     assert (linear.in_features, linear.out_features, type(gelu).__name__) == (384, 1536, "GELUActivation")
     assert onednn.measured_speedup(encoder.input_module) > 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "resolved"),
+    [
+        ("auto", "cpu", "float32"),
+        ("auto", "cuda", "bfloat16"),
+        ("auto", "cuda:1", "bfloat16"),
+        ("float16", "cuda", "float16"),
+    ],
+)
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu(dtype, device, resolved):
+    assert resolve_dtype(dtype, device) == resolved
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto", "auto") == "float32"  # this machine: no GPU

@@ -48,7 +48,7 @@ class EncoderHandler:
     model: str | None
     folder_sha256: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "float32"  # resolved by the launcher: never "auto" here
     max_seq_length: int | None = None
     prompt_name: str | None = None
     prompt: str | None = None
