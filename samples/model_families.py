@@ -44,6 +44,8 @@ class Size:
 SIZES = {
     "tiny": Size(hidden=32, layers=2, heads=2, intermediate=64, max_seq_length=64),
     "base": Size(hidden=384, layers=6, heads=12, intermediate=1536, max_seq_length=256),  # all-MiniLM-L6-v2's
+    # Near-free: the job's machinery dominates (benchmarks.machinery); MiniLM's window.
+    "free": Size(hidden=32, layers=1, heads=2, intermediate=64, max_seq_length=256),
 }
 
 
