@@ -49,30 +49,21 @@ SIZES = {
 }
 
 
-def _bert(s: Size, vocab: int) -> transformers.PretrainedConfig:
-    return transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=s.hidden,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        intermediate_size=s.intermediate,
-        max_position_embeddings=2 * s.max_seq_length,
-    )
+def _shape(s: Size, vocab: int) -> dict:
+    """The sizes BERT-style and decoder configs name alike."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "intermediate_size": s.intermediate,
+        "pad_token_id": 0,  # the shared vocabulary's [PAD]; RoBERTa-style models count positions from it
+    }
 
 
 def _encoder(config_class: type) -> Callable[[Size, int], transformers.PretrainedConfig]:
-    """BERT-shaped configs; pad id 0 as the shared vocabulary pads (RoBERTa-style models count positions from it)."""
-
     def config(s: Size, vocab: int) -> transformers.PretrainedConfig:
-        return config_class(
-            vocab_size=vocab,
-            hidden_size=s.hidden,
-            num_hidden_layers=s.layers,
-            num_attention_heads=s.heads,
-            intermediate_size=s.intermediate,
-            max_position_embeddings=2 * s.max_seq_length + 2,
-            pad_token_id=0,
-        )
+        return config_class(**_shape(s, vocab), max_position_embeddings=2 * s.max_seq_length + 2)
 
     return config
 
@@ -80,19 +71,17 @@ def _encoder(config_class: type) -> Callable[[Size, int], transformers.Pretraine
 def _decoder(config_class: type, **extra) -> Callable[[Size, int], transformers.PretrainedConfig]:
     def config(s: Size, vocab: int) -> transformers.PretrainedConfig:
         return config_class(
-            vocab_size=vocab,
-            hidden_size=s.hidden,
-            num_hidden_layers=s.layers,
-            num_attention_heads=s.heads,
+            **_shape(s, vocab),
             num_key_value_heads=max(1, s.heads // 2),
             head_dim=s.hidden // s.heads,
-            intermediate_size=s.intermediate,
             max_position_embeddings=2 * s.max_seq_length,
-            pad_token_id=0,
             **extra,
         )
 
     return config
+
+
+_bert = _encoder(transformers.BertConfig)
 
 
 def _distilbert(s: Size, vocab: int) -> transformers.PretrainedConfig:
@@ -235,6 +224,10 @@ def save_family(name: str, folder: Path, size: str = "tiny", seed: int = 0) -> P
     family = FAMILIES[name]
     tokenizer = _tokenizer(family.special_tokens)
     config = family.config(shape, len(tokenizer))
+    # Ten times transformers' usual spread: at 0.02 a random CLS-pooled model gives every text nearly
+    # the same vector, and a comparison with sentence-transformers could not see a fault.
+    if hasattr(config, "initializer_range"):
+        config.initializer_range = 0.2
     with tempfile.TemporaryDirectory() as hf:
         if isinstance(config, transformers.T5Config):  # sentence-t5 and GTR keep the encoder only
             model = transformers.T5EncoderModel(config)

@@ -52,6 +52,8 @@ def test_family_gives_sentence_transformers_vectors_in_float32(folders, family):
     theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
     assert ours.shape == theirs.shape
     assert _cosines(ours, theirs).min() >= 0.9999
+    unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
+    assert (unit @ unit.T)[~np.eye(len(TEXTS), dtype=bool)].max() < 0.999  # texts differ: a fault would show
     if folder.normalize:
         np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
