@@ -68,7 +68,8 @@ def resolve_device(device: str) -> torch.device:
 class PooledEncoder:
     """A sentence-transformers model run with torch + transformers alone: its modules, in the folder's order.
 
-    Loaded once and used from many threads: `encode` keeps no state between calls.
+    Loaded once and used from many threads: `encode` keeps no state between calls but the
+    token budget an out-of-memory error lowered.
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class PooledEncoder:
         self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life
 
     def _cpu_kernels(self, asked: str, dtype: torch.dtype) -> str:
-        """ "onednn" or "torch": as asked, or with "auto" whichever ran this model's layer faster just now."""
+        """The linear kernels, onednn or torch: as asked, or with auto whichever ran this model's layer faster."""
         if asked not in CPU_KERNELS:
             raise ValueError(f"cpu_kernels {asked!r} is not one of {', '.join(CPU_KERNELS)}")
         if asked == "torch" or not onednn.available(dtype):
