@@ -7,13 +7,16 @@ digest covers every file directly in the folder and in each module folder that
 `modules.json` lists. Documentation (`*.md`, licences, `.gitattributes`) and weights
 in formats the job never loads (pickle, TensorFlow, Flax, ONNX, in folders such as
 `onnx/` that no module lists) are left out, so editing a model card changes nothing.
+A module path that leaves the folder is refused: the digest could not cover what it loads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from encoder.model_folder import ModelFolderError
 
 _IGNORED_SUFFIXES = (".md", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth")
 _IGNORED_NAMES = (".gitattributes",)
@@ -25,7 +28,13 @@ def _module_dirs(root: Path) -> list[Path]:
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return [root]
-    return sorted({root, *(root / m.get("path", "") for m in modules if isinstance(m, dict))})
+    folders = {root}
+    for module in modules if isinstance(modules, list) else []:
+        path = PurePosixPath(str(module.get("path", "")) if isinstance(module, dict) else "")
+        if path.is_absolute() or ".." in path.parts:
+            raise ModelFolderError(f"{modules_file}: module path {str(path)!r} leaves the model folder")
+        folders.add(root / path)
+    return sorted(folders)
 
 
 def shaping_files(root: Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -21,6 +22,13 @@ def _boolean(value: str) -> bool:
     if value.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def sha256_hex(value: str) -> str:
+    """A digest compared with the model's and named in paths of the model cache: 64 hex digits, lower case."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError(f"expected a sha256 of 64 hexadecimal digits, got {value!r}")
+    return value.lower()
 
 
 DEFAULT_CHUNK_OVERLAP = 32
@@ -72,12 +80,14 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--model_sha256",
+            type=sha256_hex,
             default=None,
             help="Expected sha256 of the model's weights (the manifest's model.weights_sha256): the job "
             "refuses to start with any other weights (default: no check).",
         )
         group.add_argument(
             "--model_folder_sha256",
+            type=sha256_hex,
             default=None,
             help="Expected digest of every file of the model folder that shapes its vectors (the manifest's "
             "model.folder_sha256: weights, tokenizer, configs, modules): the job refuses to start with any "

@@ -242,10 +242,9 @@ def threads_per_worker(options: PipelineOptions) -> int | None:
 def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
     """The model folder, its weights' sha256 and its folder digest, refused when it is not the one
     expected or the options don't fit it."""
-    expected_folder = opts.model_folder_sha256.lower() if opts.model_folder_sha256 else None
-    folder = model_folder(opts.model, expected_folder)  # checks the digest when one is expected
+    folder = model_folder(opts.model, opts.model_folder_sha256)  # checks the digest when one is expected
     weights = folder.weights_sha256()
-    expected_weights = opts.model_sha256.lower() if opts.model_sha256 else weights
+    expected_weights = opts.model_sha256 or weights
     if weights != expected_weights:
         raise ModelFolderError(
             f"{opts.model or folder.path}: its weights have sha256 {weights}, not the expected {expected_weights}"
@@ -254,7 +253,7 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
         raise UsageError("--prompt and --prompt_name both given: pass one")
     if opts.truncate_dim is not None and not 0 < opts.truncate_dim <= folder.dim:
         raise UsageError(f"--truncate_dim {opts.truncate_dim} must be between 1 and the model's dimension {folder.dim}")
-    return folder, weights, expected_folder or folder_sha256(folder.path)
+    return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
 
 
 def plan_job(options: PipelineOptions) -> JobPlan:

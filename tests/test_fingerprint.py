@@ -1,80 +1,137 @@
 """The model fingerprint covers every file that shapes the vectors, so yesterday's vectors are
-reused exactly when today's model would give the same ones; and the folder can be pinned."""
+reused exactly when today's model would give the same ones."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
+import numpy as np
 import pytest
 
-from encoder.folder_digest import folder_sha256
-from tests.conftest import TINY_POOLINGS, read_manifest, record, run_cli, save_tiny_model, write_parquet
+from encoder import ModelFolderError
+from encoder.folder_digest import folder_sha256, shaping_files
+from tests.conftest import (
+    TINY_POOLINGS,
+    embedding_rows,
+    read_manifest,
+    record,
+    run_cli,
+    save_tiny_model,
+    write_parquet,
+)
 
 ROWS = {"id": [1, 2, 3], "text": ["Reset the VPN Token", "Billing API returns 502", "ok"]}
+IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")  # one process: seconds faster
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """Day 1 on a tiny model; day 2 after its tokenizer stopped lower-casing; day 3 after its README changed."""
+    """Day 1 on a tiny model; day 2 after two words swapped token ids in its tokenizer.json; day 3 after
+    its README changed."""
     root = tmp_path_factory.mktemp("fingerprint")
     model = save_tiny_model(root / "model", TINY_POOLINGS["mean"])
     inputs = write_parquet(root / "in" / "a.parquet", **ROWS)
-    digests = {"day1": folder_sha256(model)}
+    digests, stderr = {}, {}
 
     def job(day: str, previous: str | None) -> None:
-        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model)]
+        digests[day] = folder_sha256(model)
+        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model), *IN_PROCESS]
         result = run_cli(*args, *(["--previous", str(root / previous)] if previous else []))
         assert result.returncode == 0, result.stderr
-        digests[day] = folder_sha256(model)
+        stderr[day] = result.stderr
 
     job("day1", None)
     tokenizer = json.loads((model / "tokenizer.json").read_text())
-    assert tokenizer["normalizer"]["lowercase"] is True
-    tokenizer["normalizer"]["lowercase"] = False
+    vocab = tokenizer["model"]["vocab"]
+    vocab["reset"], vocab["ok"] = vocab["ok"], vocab["reset"]  # rows 1 and 3 get other tokens, row 2 the same
     (model / "tokenizer.json").write_text(json.dumps(tokenizer))
     job("day2", "day1")
     (model / "README.md").write_text("# A model card edited by hand\n")
     job("day3", "day2")
-    return {"root": root, "model": model, "digests": digests}
+    return {"root": root, "inputs": inputs, "digests": digests, "stderr": stderr}
 
 
 def test_a_changed_tokenizer_file_changes_the_fingerprint_and_reembeds_every_row(runs):
     day1, day2 = (read_manifest(runs["root"] / day) for day in ("day1", "day2"))
+    old, new = runs["digests"]["day1"], runs["digests"]["day2"]
     assert day1["model"]["weights_sha256"] == day2["model"]["weights_sha256"]  # same weights ...
-    assert day1["model"]["folder_sha256"] == runs["digests"]["day1"]
-    assert day2["model"]["folder_sha256"] == runs["digests"]["day2"] != runs["digests"]["day1"]
+    assert (day1["model"]["folder_sha256"], day2["model"]["folder_sha256"]) == (old, new) and old != new
     assert day1["model"]["fingerprint"] != day2["model"]["fingerprint"]  # ... but another tokenizer
+    assert f"folder_sha256 {old!r} -> {new!r}): re-embedding every row" in runs["stderr"]["day2"]
     assert (day2["rows_in"], day2["rows_embedded"], day2["rows_reused"]) == (3, 3, 0)
     assert day2["previous"]["vectors_reused"] is False
-    record("input", "model tokenizer changed since --previous", "every row re-embedded")
+    before, after = (embedding_rows(runs["root"] / day) for day in ("day1", "day2"))
+    # Reusing day 1's vectors would have been wrong for the rows whose tokens changed.
+    assert not np.allclose(before[1]["embedding"], after[1]["embedding"], atol=1e-3)  # "reset" ...
+    assert not np.allclose(before[3]["embedding"], after[3]["embedding"], atol=1e-3)  # ... and "ok" swapped
+    np.testing.assert_allclose(before[2]["embedding"], after[2]["embedding"], rtol=0, atol=1e-6)
+    outcome = "every row re-embedded"
+    assert (
+        record("input", "model tokenizer changed since --previous", outcome, [runs["inputs"]], runs["root"] / "day2")
+        == 0
+    )
 
 
 def test_documentation_in_the_model_folder_does_not_change_the_fingerprint(runs):
     day2, day3 = (read_manifest(runs["root"] / day) for day in ("day2", "day3"))
-    assert day3["model"]["folder_sha256"] == day2["model"]["folder_sha256"]
-    assert (day3["rows_embedded"], day3["rows_reused"]) == (0, 3)
+    assert runs["digests"]["day3"] == runs["digests"]["day2"]
+    assert day3["model"]["fingerprint"] == day2["model"]["fingerprint"]
+    assert (day3["rows_in"], day3["rows_embedded"], day3["rows_reused"]) == (3, 0, 3)
+    assert day3["previous"]["vectors_reused"] is True
 
 
-def test_expected_folder_digest_is_enforced(runs, tmp_path):
-    model, digest = runs["model"], runs["digests"]["day3"]
-    args = ["--input", f"{runs['root']}/in/*.parquet", "--output", str(tmp_path / "out"), "--model", str(model)]
-    wrong = run_cli(*args, "--plan_only", "--model_folder_sha256", "0" * 64)
-    assert wrong.returncode == 1
-    assert f"its files have folder sha256 {digest}, not the expected {'0' * 64}" in wrong.stderr
-    right = run_cli(*args, "--plan_only", "--model_folder_sha256", digest.upper())
-    assert right.returncode == 0, right.stderr
-    assert json.loads(right.stdout)["model"]["folder_sha256"] == digest
-    record("security", "--model_folder_sha256 of another folder", "job refuses to start")
+def _digest_after(model, edit) -> str:
+    edit(model)
+    return folder_sha256(model)
 
 
-def test_digest_covers_module_folders_and_skips_others(tmp_path, runs):
-    model = tmp_path / "model"
-    shutil.copytree(runs["model"], model)
+def test_digest_covers_every_module_and_nothing_the_job_never_reads(tmp_path):
+    model = save_tiny_model(tmp_path / "model", TINY_POOLINGS["mean"])
+    assert [path.relative_to(model).as_posix() for path in shaping_files(model)] == [
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     before = folder_sha256(model)
+    # Documentation, other formats' weights and folders no module lists: the same digest.
+    (model / "README.md").write_text("# card")
+    (model / "LICENSE").write_text("Apache-2.0")
+    (model / ".gitattributes").write_text("*.bin filter=lfs")
+    (model / "pytorch_model.bin").write_bytes(b"pickle the job refuses to load")
+    (model / "tf_model.h5").write_bytes(b"TensorFlow")
     (model / "onnx").mkdir()
     (model / "onnx" / "model.onnx").write_bytes(b"an export the job never loads")
+    (model / "2_Normalize" / "README.md").write_text("module notes")
     assert folder_sha256(model) == before
-    config = json.loads((model / "1_Pooling" / "config.json").read_text())
-    (model / "1_Pooling" / "config.json").write_text(json.dumps({**config, "pooling_mode_max_tokens": True}))
-    assert folder_sha256(model) != before
+    # Any file of the root or of a module folder, its contents or its name: another digest.
+    digests = {
+        before,
+        _digest_after(model, lambda m: (m / "2_Normalize" / "config.json").write_text("{}")),
+        _digest_after(
+            model, lambda m: (m / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+        ),
+        _digest_after(model, lambda m: (m / "tokenizer_config.json").write_text("{}")),
+        _digest_after(model, lambda m: (m / "2_Normalize" / "config.json").rename(m / "2_Normalize" / "other.json")),
+    }
+    assert len(digests) == 5
+
+
+def test_digest_of_a_folder_without_modules_json_covers_its_root(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    assert [path.relative_to(tmp_path).as_posix() for path in shaping_files(tmp_path)] == ["config.json"]
+
+
+@pytest.mark.parametrize("path", ["../elsewhere", "/etc", "1_Pooling/../../elsewhere"])
+def test_module_path_leaving_the_folder_is_refused(tmp_path, path):
+    model = save_tiny_model(tmp_path / "model", TINY_POOLINGS["mean"])
+    modules = json.loads((model / "modules.json").read_text())
+    modules[1]["path"] = path
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelFolderError, match=f"module path '{path}' leaves the model folder"):
+        folder_sha256(model)

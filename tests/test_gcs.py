@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -128,6 +129,8 @@ def test_gcs_model_is_copied_once_per_machine_and_keyed_by_its_folder_digest(day
 
 def test_changed_file_in_a_gcs_model_folder_is_copied_anew_and_reembeds_everything(day1, model_path):
     bucket, _ = day1
+    cache, old = Path(os.environ[CACHE_ENV]), folder_sha256(model_path)
+    assert sorted(p.name for p in cache.iterdir()) == [old]  # the runs above cached the folder as it was
     blob = bucket.blob("models/minilm/1_Pooling/config.json")
     original = blob.download_as_bytes()
     blob.upload_from_string(
@@ -136,13 +139,22 @@ def test_changed_file_in_a_gcs_model_folder_is_copied_anew_and_reembeds_everythi
     try:
         args = ["--input", "gs://kb/kb/*.parquet", "--model", MODEL, *IN_PROCESS]
         assert main([*args, "--output", "gs://kb/out/day3-cls", "--previous", "gs://kb/out/day2"]) == 0
+        new = _json(bucket, "out/day3-cls/manifest.json")["model"]["folder_sha256"]
+        assert sorted(p.name for p in cache.iterdir()) == sorted([old, new])
+        # A worker on a machine that cached only the old folder copies the changed one anew.
+        shutil.rmtree(cache / new)
+        assert model_folder(MODEL, new).path == cache / new
+        assert folder_sha256(cache / new) == new and (cache / old).is_dir()
     finally:
         blob.upload_from_string(original)
     manifest = _json(bucket, "out/day3-cls/manifest.json")
-    old, new = folder_sha256(model_path), manifest["model"]["folder_sha256"]
     assert new != old and manifest["model"]["pooling"] == ["cls"]
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (80, 80, 0)
-    assert sorted(p.name for p in Path(os.environ[CACHE_ENV]).iterdir()) == sorted([old, new])
+    assert manifest["previous"] == {"path": "gs://kb/out/day2", "vectors_reused": False}
+    # A worker asked for the changed folder after the bucket went back refuses to load what it finds.
+    shutil.rmtree(cache / new)
+    with pytest.raises(ModelFolderError, match=f"its files have folder sha256 {old}, not the expected {new}"):
+        model_folder(MODEL, new)
     record("storage", "model folder changed in the bucket", "copied anew; every row re-embedded")
 
 

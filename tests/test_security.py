@@ -11,8 +11,11 @@ import sys
 import textwrap
 
 import pyarrow.parquet as pq
+import pytest
 
 from encoder import read_model_folder
+from encoder.folder_digest import folder_sha256
+from pipeline.options import parse_command_line
 from tests.conftest import ROOT, read_manifest, record, run_cli, write_parquet
 
 GOOD = {"id": ["g-1", "g-2"], "text": ["a first good passage", "a second good passage"]}
@@ -105,6 +108,42 @@ def test_expected_weights_hash_is_enforced(tmp_path, model_path):
     assert right.returncode == 0, right.stderr
     assert json.loads(right.stdout)["model"]["weights_sha256"] == sha
     record("security", "--model_sha256 of other weights", "job refuses to start")
+
+
+def test_expected_folder_digest_is_enforced(tmp_path, model_path, capsys):
+    """--model_folder_sha256 pins every file that shapes the vectors, not only the weights."""
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    args = ["--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out")]
+    digest = folder_sha256(model_path)
+    wrong = run_cli(*args, "--model_folder_sha256", "0" * 64)
+    assert wrong.returncode == 1
+    assert f"error: {model_path}: its files have folder sha256 {digest}, not the expected {'0' * 64}" in wrong.stderr
+    assert not (tmp_path / "out").exists()  # refused while planning: no worker started, nothing written
+    right = run_cli(*args, "--plan_only", "--model_folder_sha256", digest.upper())
+    assert right.returncode == 0, right.stderr
+    assert json.loads(right.stdout)["model"]["folder_sha256"] == digest
+    # It names a folder of the model cache: anything but a digest is a malformed command line.
+    with pytest.raises(SystemExit) as malformed:
+        parse_command_line([*args, "--model_folder_sha256", "../models"])
+    assert malformed.value.code == 2
+    assert "expected a sha256 of 64 hexadecimal digits, got '../models'" in capsys.readouterr().err
+    record("security", "--model_folder_sha256 of another folder", "job refuses to start")
+
+
+def test_model_module_outside_its_folder_is_refused(tmp_path, model_path):
+    """modules.json naming a folder elsewhere on the machine would load files the digest cannot cover."""
+    model = tmp_path / "model"
+    shutil.copytree(model_path, model)
+    shutil.copytree(model / "1_Pooling", tmp_path / "pooling")
+    modules = json.loads((model / "modules.json").read_text())
+    modules[1]["path"] = str(tmp_path / "pooling")
+    (model / "modules.json").write_text(json.dumps(modules))
+    write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"), "--model", str(model))
+    assert result.returncode == 1
+    assert f"error: {model}/modules.json: module path '{tmp_path}/pooling' leaves the model folder" in result.stderr
+    assert not (tmp_path / "out").exists()
+    record("security", "model module outside its folder", "refused before any worker starts")
 
 
 def test_code_shipped_with_a_model_is_never_run(tmp_path, model_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.options import DESCRIPTION, SWITCH, EmbedOptions
+from pipeline.options import DESCRIPTION, SWITCH, EmbedOptions, sha256_hex
 
 REQUIRED = "(required) "
 
@@ -32,6 +32,8 @@ def metadata() -> dict:
             parameter["regexes"] = [f"^({'|'.join(action.choices)})$"]
         elif action.type is SWITCH["type"]:
             parameter["regexes"] = ["^(true|false)$"]
+        elif action.type is sha256_hex:
+            parameter["regexes"] = ["^[0-9a-fA-F]{64}$"]
         parameters.append(parameter)
     return {"name": "Parquet embedding job", "description": DESCRIPTION, "parameters": parameters}
 
