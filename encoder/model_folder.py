@@ -146,7 +146,7 @@ class ModelFolder:
 
     def output_dim(self, truncate_dim: int | None = None) -> int:
         """Width of the vectors written: `truncate_dim` (else the folder's default) or the whole vector."""
-        dim = truncate_dim or self.truncate_dim
+        dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if dim is None:
             return self.dim
         if not 0 < dim <= self.dim:

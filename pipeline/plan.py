@@ -251,8 +251,10 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
         )
     if opts.prompt is not None and opts.prompt_name is not None:
         raise UsageError("--prompt and --prompt_name both given: pass one")
-    if opts.truncate_dim is not None and not 0 < opts.truncate_dim <= folder.dim:
-        raise UsageError(f"--truncate_dim {opts.truncate_dim} must be between 1 and the model's dimension {folder.dim}")
+    try:
+        folder.output_dim(opts.truncate_dim)
+    except ModelFolderError as e:  # an option the model cannot honour: a usage error, exit 2
+        raise UsageError(f"--{e}") from e
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
 
 
@@ -284,7 +286,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "folder_sha256": digest,
         "modules": folder.describe(),
         "dim": folder.output_dim(opts.truncate_dim),
-        "truncate_dim": opts.truncate_dim or folder.truncate_dim,
+        "truncate_dim": opts.truncate_dim if opts.truncate_dim is not None else folder.truncate_dim,
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,
         "max_seq_length": handler.max_seq_length,
