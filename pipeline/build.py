@@ -59,7 +59,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         rejected_schema,
         reuse=bool(plan.previous and plan.previous.reuse),
         passages=passages,
-        rows_per_batch=plan.rows_per_batch,
+        buckets=plan.join_buckets,
     )
     embedded = joined["to_embed"] | "Embed" >> EmbedRows(
         plan.handler, plan.columns.text, output_schema, plan.rows_per_batch, plan.progress_interval

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from transforms.read import open_parquet
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger(__name__)
+# Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
+ROWS_PER_JOIN_BUCKET = 250_000
+MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
@@ -74,6 +78,7 @@ class JobPlan:
     columns: InputColumns
     handler: EncoderHandler
     rows_per_batch: int
+    join_buckets: int  # groups of ids the join settles apart, each in one process
     progress_interval: float
     progress_total: int | None  # rows that will go through the model, when known before the run
     previous: PreviousRun | None
@@ -112,6 +117,12 @@ def rows_in_footers(files: list[str]) -> int | None:
         return sum(open_parquet(path).metadata.num_rows for path in files)
     except InputError:
         return None
+
+
+def join_buckets(rows: int) -> int:
+    """Enough groups of ids that each holds about ROWS_PER_JOIN_BUCKET units' claims (the input's
+    rows estimated from its first file), within [MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS]."""
+    return min(max(math.ceil(rows / ROWS_PER_JOIN_BUCKET), MIN_JOIN_BUCKETS), MAX_JOIN_BUCKETS)
 
 
 def remove_temp_files(output: str) -> None:
@@ -265,7 +276,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     files = match_inputs(patterns)
     first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
-    columns = input_columns(open_parquet(first).schema_arrow, first, opts.text_column, opts.id_column, carry)
+    first_file = open_parquet(first)
+    columns = input_columns(first_file.schema_arrow, first, opts.text_column, opts.id_column, carry)
     folder, weights_sha256, digest = checked_model(opts)
     handler = EncoderHandler(
         model=opts.model,
@@ -318,6 +330,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         columns=columns,
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
+        join_buckets=join_buckets(first_file.metadata.num_rows * len(files)),
         progress_interval=opts.progress_interval,
         # Rows, not passages, go through the model only without passages and without reuse.
         progress_total=None

@@ -8,128 +8,243 @@ passages, only the edited passages of a changed document are embedded again.
 Previous ids with no valid row today are counted as deleted and left out.
 Without --previous the join still runs, to settle duplicate ids across shards.
 
-Only decisions are shuffled by id: per unit its id, file, row number, chunk,
-batch key, place in the batch and content hash (and yesterday's vector when it
-is reused). The units themselves, carried columns included, stay in their Arrow
-batches and meet their decisions in a second join by batch key, so carried
-values of any type arrive bit for bit.
+Everything moves as Arrow tables, never one element per row. Ids are spread
+over `buckets` by a hash of their bytes. Each unit batch sends each bucket one
+table of claims: per unit its id, row number, chunk, place in the batch and
+content hash. A document that is not its id's first within the batch is
+rejected there, so an id repeated a million times sends one claim per batch
+and bucket, not a million. Each bucket settles its ids with Arrow sorts and
+joins, and sends each unit batch one table of decisions: which of its units to
+keep and, for reused ones, yesterday's vector. The units themselves, carried
+columns included, stay in their batches and meet their decisions in a second
+join by batch key, so carried values of any type arrive bit for bit.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.inputs import InputError
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN
-from transforms import METRICS_NAMESPACE, in_global_window
+from transforms import METRICS_NAMESPACE
+from transforms.id_buckets import id_buckets
 from transforms.passages import UnitBatch
 from transforms.read import ShardBatch
 from transforms.validate import REJECTED, STATS
 
 CURRENT, PREVIOUS, REUSED = "current", "previous", "reused"
 BATCH, DECISIONS = "batch", "decisions"
+# Column names of claims and decisions (internal to the join).
+ID, ROW, CHUNK, INDEX, HASH, SOURCE, PART, VECTOR = "id", "row", "chunk", "index", "hash", "source", "part", "vector"
 
 
-def _key_units(units: UnitBatch, id_column: str) -> Iterator[tuple]:
-    """UnitBatch -> (id, (file, row number, chunk, batch key, index in batch, content hash)) per unit."""
-    batch = units.batch
-    ids = batch.column(id_column).to_pylist()
-    hashes = batch.column(CONTENT_HASH_COLUMN).to_pylist()
-    names = batch.schema.names
-    chunks = batch.column(CHUNK_COLUMN).to_pylist() if CHUNK_COLUMN in names else [0] * batch.num_rows
-    for index, (id_, row, chunk, digest) in enumerate(
-        zip(ids, units.row_numbers.tolist(), chunks, hashes, strict=True)
-    ):
-        yield id_, (units.path, row, chunk, units.key, index, digest)
+@dataclass(frozen=True)
+class Claims:
+    """One unit batch's units whose ids fall in one bucket."""
+
+    path: str
+    key: str  # the unit batch's key
+    table: pa.Table  # ID, ROW, CHUNK, INDEX, HASH
 
 
-def _key_previous(shard: ShardBatch, id_column: str) -> Iterator[tuple]:
-    """Previous output rows -> (id, (chunk, content hash, vector bytes or None when vectors are not reused))."""
+def _group_starts(*columns: pa.ChunkedArray) -> np.ndarray:
+    """For rows sorted by `columns`: True where a row's values differ from the row before."""
+    starts = np.ones(len(columns[0]), dtype=bool)
+    if len(starts) > 1:
+        starts[1:] = False
+        for column in columns:
+            starts[1:] |= pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
+    return starts
+
+
+def _first_documents(claims: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Claims sorted by (id, source, row), whether each one's document is its id's first, and
+    whether it is the first claim of its document."""
+    claims = claims.sort_by([(ID, "ascending"), (SOURCE, "ascending"), (ROW, "ascending")])
+    ids = claims.column(ID)
+    id_starts = _group_starts(ids)
+    document_starts = _group_starts(ids, claims.column(SOURCE), claims.column(ROW))
+    document = np.cumsum(document_starts) - 1
+    first = document[id_starts][np.cumsum(id_starts) - 1]
+    return claims, document == first, document_starts
+
+
+def _duplicates(claims: pa.Table, which: np.ndarray, paths: list[str], rejects: pa.Schema) -> pa.RecordBatch:
+    """Rejected rows for the documents of `claims` marked in `which`."""
+    rows = claims.filter(pa.array(which))
+    sources = pa.DictionaryArray.from_arrays(rows.column(SOURCE).combine_chunks(), pa.array(paths, pa.string()))
+    return pa.RecordBatch.from_arrays(
+        [
+            rows.column(ID).combine_chunks().cast(rejects.field(0).type),
+            sources.dictionary_decode(),
+            rows.column(ROW).combine_chunks(),
+            pa.array(np.full(rows.num_rows, "duplicate_id", dtype=object), pa.string()),
+        ],
+        schema=rejects,
+    )
+
+
+class _Claim(beam.DoFn):
+    """UnitBatch in; (bucket, Claims) per bucket its ids fall in, and rejects for documents that
+    are not their id's first within the batch."""
+
+    def __init__(self, id_column: str, rejects: pa.Schema, buckets: int) -> None:
+        self._id_column = id_column
+        self._rejects = rejects
+        self._buckets = buckets
+
+    def process(self, units: UnitBatch) -> Iterator:
+        batch = units.batch
+        rows = batch.num_rows
+        chunks = batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in batch.schema.names else np.zeros(rows, np.int32)
+        claims = pa.table(
+            {
+                ID: batch.column(self._id_column),
+                SOURCE: np.zeros(rows, np.int32),
+                ROW: units.row_numbers,
+                CHUNK: chunks,
+                INDEX: np.arange(rows, dtype=np.int32),
+                HASH: batch.column(CONTENT_HASH_COLUMN),
+            }
+        )
+        claims, first, document_starts = _first_documents(claims)
+        duplicates = document_starts & ~first
+        if duplicates.any():
+            yield beam.pvalue.TaggedOutput(REJECTED, _duplicates(claims, duplicates, [units.path], self._rejects))
+            yield beam.pvalue.TaggedOutput(STATS, Counter({"rejected:duplicate_id": int(duplicates.sum())}))
+        claims = claims.filter(pa.array(first)).drop_columns([SOURCE])
+        for bucket, part in _by_bucket(claims, self._buckets):
+            yield bucket, Claims(units.path, units.key, part)
+
+
+def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, the rows of `table` whose ids fall in it) for each bucket that has some."""
+    numbers = id_buckets(table.column(ID).combine_chunks(), buckets)
+    order = np.argsort(numbers, kind="stable")
+    present, starts = np.unique(numbers[order], return_index=True)
+    for bucket, indices in zip(present.tolist(), np.split(order, starts[1:]), strict=True):
+        yield bucket, table.take(pa.array(indices)).combine_chunks()
+
+
+def _previous_claims(shard: ShardBatch, id_column: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR)."""
     batch = shard.batch
-    hashes = batch.column(CONTENT_HASH_COLUMN).to_pylist()
     names = batch.schema.names
-    chunks = batch.column(CHUNK_COLUMN).to_pylist() if CHUNK_COLUMN in names else [0] * batch.num_rows
+    columns = {
+        ID: batch.column(id_column),
+        CHUNK: batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in names else np.zeros(batch.num_rows, np.int32),
+        HASH: batch.column(CONTENT_HASH_COLUMN),
+    }
     if EMBEDDING_COLUMN in names:
-        vectors = batch.column(EMBEDDING_COLUMN)
-        payloads = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
-        vectors = [row.tobytes() for row in payloads]
-    else:
-        vectors = [None] * batch.num_rows
-    yield from zip(batch.column(id_column).to_pylist(), zip(chunks, hashes, vectors, strict=True), strict=True)
+        columns[VECTOR] = batch.column(EMBEDDING_COLUMN)
+    yield from _by_bucket(pa.table(columns), buckets)
 
 
-class _Decide(beam.DoFn):
-    """One id's units and previous rows in; (batch key, (index, vector or None)) per kept unit out,
-    with duplicate rejects and counts."""
+def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None) -> Counter:
+    """Previous ids with no claim today, and previous (id, chunk) keys that no kept unit has."""
+    ids = previous.column(ID)
+    gone = ids if claimed is None else ids.filter(pc.invert(pc.is_in(ids, value_set=claimed)))
+    keys = previous.select([ID, CHUNK]).group_by([ID, CHUNK], use_threads=False).aggregate([])
+    if kept is not None:
+        keys = keys.join(kept.select([ID, CHUNK]), [ID, CHUNK], join_type="left anti", use_threads=False)
+    return Counter(rows_deleted=pc.count_distinct(gone).as_py(), passages_deleted=keys.num_rows)
 
-    def __init__(self, rejects: pa.Schema, reuse: bool, passages: bool, rows_per_batch: int) -> None:
+
+class _Settle(beam.DoFn):
+    """One bucket's claims and previous rows in; (batch key, decisions) per unit batch with kept
+    units out, with duplicate rejects and counts. Decisions hold INDEX, each kept unit's place in
+    its batch, and with reuse VECTOR: yesterday's vector, null where the unit is to be embedded."""
+
+    def __init__(self, rejects: pa.Schema, reuse: bool, passages: bool, vector_type: pa.DataType) -> None:
         self._rejects = rejects
         self._reuse = reuse
         self._passages = passages
-        self._rows_per_batch = rows_per_batch
+        self._vector_type = vector_type
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
 
-    def start_bundle(self) -> None:
-        self._duplicates: list[tuple] = []
-        self._counts: Counter = Counter()
-
     def process(self, item: tuple) -> Iterator:
-        id_, grouped = item
-        previous = list(grouped[PREVIOUS])
-        current = sorted(grouped[CURRENT])
-        if not current:
-            self._counts["rows_deleted"] += 1
-            self._counts["passages_deleted"] += len(previous)
+        _, grouped = item
+        parts: list[Claims] = list(grouped[CURRENT])
+        previous = pa.concat_tables(grouped[PREVIOUS]) if grouped[PREVIOUS] else None
+        if previous is not None:
+            self._check_previous(previous)
+        if not parts:
+            yield beam.pvalue.TaggedOutput(STATS, _deleted(previous, None, None))
             return
-        if self._reuse and not self._passages and len(previous) > 1:
-            raise InputError(f"--previous output holds id {id_!r} {len(previous)} times; it cannot be reused")
-        document = current[0][:2]
-        kept = [unit for unit in current if unit[:2] == document]
-        others = sorted({unit[:2] for unit in current} - {document})
-        self._duplicates.extend((id_, path, row) for path, row in others)
-        self._counts["rejected:duplicate_id"] += len(others)
-        vectors = {digest: vector for _, digest, vector in previous} if self._reuse else {}
-        reused = 0
-        for _, _, _, key, index, digest in kept:
-            vector = vectors.get(digest)
-            reused += vector is not None
-            yield key, (index, vector)
-        self._counts["rows_reused" if reused == len(kept) else "rows_embedded"] += 1
-        self._counts["passages_reused"] += reused
-        self._counts["passages"] += len(kept)
-        self._counts["passages_deleted"] += len({chunk for chunk, _, _ in previous} - {unit[2] for unit in kept})
-        if len(self._duplicates) >= self._rows_per_batch:
-            yield self._rejected()
-
-    def finish_bundle(self) -> Iterator:
-        if self._duplicates:
-            yield in_global_window(self._rejected())
-        self._embedded.inc(self._counts["rows_embedded"])
-        yield in_global_window(beam.pvalue.TaggedOutput(STATS, self._counts))
-
-    def _rejected(self) -> beam.pvalue.TaggedOutput:
-        ids, paths, rows = zip(*self._duplicates, strict=True)
-        self._duplicates = []
-        batch = pa.RecordBatch.from_arrays(
-            [
-                pa.array(ids, self._rejects.field(0).type),
-                pa.array(paths, pa.string()),
-                pa.array(rows, pa.int64()),
-                pa.array(["duplicate_id"] * len(ids), pa.string()),
-            ],
-            schema=self._rejects,
+        claims, first, document_starts, paths = _settle_documents(parts)
+        kept = claims.filter(pa.array(first))
+        counts = Counter() if previous is None else _deleted(previous, claims.column(ID).combine_chunks(), kept)
+        duplicates = document_starts & ~first
+        if duplicates.any():
+            counts["rejected:duplicate_id"] += int(duplicates.sum())
+            yield beam.pvalue.TaggedOutput(REJECTED, _duplicates(claims, duplicates, paths, self._rejects))
+        kept = self._with_vectors(kept, previous)
+        reused = pc.is_valid(kept.column(VECTOR)) if self._reuse else pa.array(np.zeros(kept.num_rows, bool))
+        documents = kept.append_column("reused", reused).group_by(ID, use_threads=False).aggregate([("reused", "all")])
+        all_reused = pc.sum(documents.column("reused_all")).as_py() or 0
+        counts.update(
+            rows_reused=all_reused,
+            rows_embedded=documents.num_rows - all_reused,
+            passages=kept.num_rows,
+            passages_reused=pc.sum(reused).as_py() or 0,
         )
-        return beam.pvalue.TaggedOutput(REJECTED, batch)
+        self._embedded.inc(documents.num_rows - all_reused)
+        yield beam.pvalue.TaggedOutput(STATS, counts)
+        kept = kept.sort_by([(PART, "ascending"), (INDEX, "ascending")])
+        present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)
+        ends = [*starts[1:].tolist(), kept.num_rows]
+        decided = [INDEX, *([VECTOR] if self._reuse else [])]
+        for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
+            yield parts[part].key, kept.slice(start, end - start).select(decided).combine_chunks()
+
+    def _check_previous(self, previous: pa.Table) -> None:
+        if not self._reuse or self._passages or pc.count_distinct(previous.column(ID)).as_py() == previous.num_rows:
+            return
+        repeats = previous.group_by(ID, use_threads=False).aggregate([([], "count_all")])
+        repeated = repeats.filter(pc.greater(repeats.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
+        raise InputError(
+            f"--previous output holds id {repeated[ID]!r} {repeated['count_all']} times; it cannot be reused"
+        )
+
+    def _with_vectors(self, kept: pa.Table, previous: pa.Table | None) -> pa.Table:
+        """`kept` with VECTOR, yesterday's vector of the same id and content hash (else null), with reuse."""
+        if not self._reuse:
+            return kept
+        if previous is None:
+            return kept.append_column(VECTOR, pa.nulls(kept.num_rows, self._vector_type))
+        numbered = previous.select([ID, HASH]).append_column("previous_row", pa.array(np.arange(previous.num_rows)))
+        first = numbered.group_by([ID, HASH], use_threads=False).aggregate([("previous_row", "min")])
+        joined = kept.join(first, [ID, HASH], join_type="left outer", use_threads=False)
+        rows = joined.column("previous_row_min").combine_chunks()
+        vectors = previous.column(VECTOR).combine_chunks().take(rows)
+        return joined.drop_columns(["previous_row_min"]).append_column(VECTOR, vectors)
+
+
+def _settle_documents(parts: list[Claims]) -> tuple[pa.Table, np.ndarray, np.ndarray, list[str]]:
+    """A bucket's claims with SOURCE (rank of the file's path) and PART (which Claims) added, sorted
+    as `_first_documents` sorts them, its two masks, and the paths by rank."""
+    paths = sorted({part.path for part in parts})
+    rank = {path: number for number, path in enumerate(paths)}
+    tables = [
+        part.table.append_column(
+            SOURCE, pa.array(np.full(part.table.num_rows, rank[part.path], np.int32))
+        ).append_column(PART, pa.array(np.full(part.table.num_rows, number, np.int32)))
+        for number, part in enumerate(parts)
+    ]
+    return (*_first_documents(pa.concat_tables(tables)), paths)
 
 
 class _Apply(beam.DoFn):
     """One unit batch and its decisions in; the units to embed (main) and the reused ones with
-    yesterday's vectors (embeddings schema) out. Units without a decision were duplicates."""
+    yesterday's vectors (embeddings schema) out, in the batch's order. Units without a decision
+    were duplicates."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self._schema = schema  # of the embeddings files
@@ -140,49 +255,55 @@ class _Apply(beam.DoFn):
         decisions = list(grouped[DECISIONS])
         if not decisions:
             return
-        index = np.fromiter((i for i, _ in decisions), dtype=np.int64, count=len(decisions))
-        reused = np.fromiter((v is not None for _, v in decisions), dtype=bool, count=len(decisions))
-        if reused.any():
-            flat = np.frombuffer(b"".join(v for _, v in decisions if v is not None), dtype=np.float32)
-            vectors = pa.FixedSizeListArray.from_arrays(flat, self._schema.field(EMBEDDING_COLUMN).type.list_size)
-            carried = batch.take(pa.array(index[reused])).select(self._schema.names[:-1])
+        decided = pa.concat_tables(decisions).sort_by(INDEX)
+        index = decided.column(INDEX).combine_chunks()
+        if VECTOR in decided.column_names:
+            vectors = decided.column(VECTOR).combine_chunks()
+            reused = pc.is_valid(vectors)
+        else:
+            reused = pa.array(np.zeros(len(index), bool))
+        if pc.any(reused).as_py():
+            carried = batch.take(index.filter(reused)).select(self._schema.names[:-1])
             yield beam.pvalue.TaggedOutput(
-                REUSED, pa.RecordBatch.from_arrays([*carried.columns, vectors], schema=self._schema)
+                REUSED, pa.RecordBatch.from_arrays([*carried.columns, vectors.filter(reused)], schema=self._schema)
             )
-        if not reused.all():
-            yield batch.take(pa.array(index[~reused]))
+        if not pc.all(reused).as_py():
+            yield batch.take(index.filter(pc.invert(reused)))
 
 
 class JoinPrevious(beam.PTransform):
     """UnitBatches and the previous output's ShardBatches in; outputs unit record batches `to_embed`,
-    `reused` (embeddings schema), `rejected` and `stats`."""
+    `reused` (embeddings schema), `rejected` and `stats`. `buckets`: how many groups of ids are
+    settled apart (each in one process)."""
 
     def __init__(
-        self, id_column: str, schema: pa.Schema, rejects: pa.Schema, reuse: bool, passages: bool, rows_per_batch: int
+        self, id_column: str, schema: pa.Schema, rejects: pa.Schema, reuse: bool, passages: bool, buckets: int
     ) -> None:
         super().__init__()
         self._id_column = id_column
         self._schema = schema
-        self._decide = _Decide(rejects, reuse, passages, rows_per_batch)
+        self._buckets = buckets
+        self._claim = _Claim(id_column, rejects, buckets)
+        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
-        current = units | "KeyUnits" >> beam.FlatMap(_key_units, self._id_column)
-        earlier = previous | "KeyPrevious" >> beam.FlatMap(_key_previous, self._id_column)
-        decided = (
-            {CURRENT: current, PREVIOUS: earlier}
+        claimed = units | "Claim" >> beam.ParDo(self._claim).with_outputs(REJECTED, STATS, main="claims")
+        earlier = previous | "ClaimPrevious" >> beam.FlatMap(_previous_claims, self._id_column, self._buckets)
+        settled = (
+            {CURRENT: claimed.claims, PREVIOUS: earlier}
             | "JoinById" >> beam.CoGroupByKey()
-            | "Decide" >> beam.ParDo(self._decide).with_outputs(REJECTED, STATS, main=DECISIONS)
+            | "Settle" >> beam.ParDo(self._settle).with_outputs(REJECTED, STATS, main=DECISIONS)
         )
         batches = units | "KeyBatches" >> beam.Map(lambda unit_batch: (unit_batch.key, unit_batch.batch))
         applied = (
-            {BATCH: batches, DECISIONS: decided[DECISIONS]}
+            {BATCH: batches, DECISIONS: settled[DECISIONS]}
             | "JoinByBatch" >> beam.CoGroupByKey()
             | "Apply" >> beam.ParDo(_Apply(self._schema)).with_outputs(REUSED, main="to_embed")
         )
         return {
             "to_embed": applied.to_embed,
             REUSED: applied[REUSED],
-            REJECTED: decided[REJECTED],
-            STATS: decided[STATS],
+            REJECTED: (claimed[REJECTED], settled[REJECTED]) | "JoinRejects" >> beam.Flatten(),
+            STATS: (claimed[STATS], settled[STATS]) | "JoinStats" >> beam.Flatten(),
         }
