@@ -5,9 +5,12 @@ A random 1-layer BERT with hidden size 32 and all-MiniLM-L6-v2's tokenizer
 job's rows/s is what reading, validating, hashing, joining, tokenising, padding
 and writing cost. The reference is the same tokenizer alone, batched, on the
 same texts, in this process. The job runs through its command line, timed from
-start to exit with the peak memory of its whole process tree; at each size given.
+start to exit with the peak memory of its whole process tree, of the launcher
+(which holds the local runner's shuffles) and of the largest worker; at each size
+given, so that 100,000 against 1,000,000 rows shows how memory grows with the input.
 
     python -m benchmarks.machinery --rows 20000,200000
+    python -m benchmarks.machinery --rows 100000,1000000
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from tokenizers import Tokenizer
 
 from benchmarks.measure import run_measured
 from benchmarks.passages import host
 from encoder import read_model_folder
-from encoder.tokens import TextTokenizer
 from samples.knowledge_base import write_shards
 from samples.model_families import save_family
 
@@ -32,14 +35,23 @@ SHARDS = 8
 TOKENIZER_BATCH = 4096
 
 
-def _tokenizer_alone(model: Path, corpus: Path) -> float:
-    """Rows/s of the model's tokenizer alone, batched, on the corpus' texts."""
-    tokenizer = TextTokenizer(read_model_folder(model))
-    texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
-    started = time.perf_counter()
-    for start in range(0, len(texts), TOKENIZER_BATCH):
-        tokenizer.encode(texts.slice(start, TOKENIZER_BATCH))
-    return len(texts) / (time.perf_counter() - started)
+def _tokenizer_alone(model: Path, corpus: Path) -> dict[str, float]:
+    """Rows/s of the model's tokenizer alone (the `tokenizers` library, truncating at the model's
+    window, all cores), batched, on the corpus' texts already in Python: with offsets (the
+    library's usual call) and without (`encode_batch_fast`, what the job uses)."""
+    folder = read_model_folder(model)
+    tokenizer = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(folder.seq_length(None))
+    texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").to_pylist()
+    rates = {}
+    for name in ("encode_batch", "encode_batch_fast"):
+        encode = getattr(tokenizer, name)
+        started = time.perf_counter()
+        for start in range(0, len(texts), TOKENIZER_BATCH):
+            encode(texts[start : start + TOKENIZER_BATCH])
+        rates[name] = len(texts) / (time.perf_counter() - started)
+    return rates
 
 
 def main() -> None:
@@ -50,7 +62,10 @@ def main() -> None:
     print(host())
     work = args.workdir or Path(tempfile.mkdtemp(prefix="machinery-"))
     model = save_family("bert", work / "model", size="free")
-    print(f"{'rows':>9} {'job rows/s':>11} {'tokenizer rows/s':>17} {'job/tokenizer':>14} {'peak MiB':>9} {'s':>8}")
+    print(
+        f"{'rows':>9} {'job rows/s':>11} {'tokenizer rows/s':>17} {'job/tokenizer':>14} "
+        f"{'fast tokenizer':>15} {'job/fast':>9} {'peak MiB':>9} {'launcher':>9} {'worker':>7} {'s':>8}"
+    )
     for rows in (int(r) for r in args.rows.split(",")):
         corpus = work / f"corpus-{rows}"
         write_shards(corpus, rows, SHARDS)
@@ -60,9 +75,11 @@ def main() -> None:
         manifest = json.loads((output / "manifest.json").read_text())
         job = manifest["rows_in"] / measured.seconds
         alone = _tokenizer_alone(model, corpus)
+        usual, fast = alone["encode_batch"], alone["encode_batch_fast"]
         print(
-            f"{rows:>9} {job:11.0f} {alone:17.0f} {job / alone:13.2f}x "
-            f"{measured.peak_rss / 2**20:9.0f} {measured.seconds:8.1f}",
+            f"{rows:>9} {job:11.0f} {usual:17.0f} {job / usual:13.2f}x {fast:15.0f} {job / fast:8.2f}x "
+            f"{measured.peak_rss / 2**20:9.0f} {measured.launcher_peak_rss / 2**20:9.0f} "
+            f"{measured.worker_peak_rss / 2**20:7.0f} {measured.seconds:8.1f}",
             flush=True,
         )
 

@@ -1,7 +1,7 @@
 """Run a command and measure its wall time and the peak memory of its whole process tree.
 
 Peak RSS is sampled from /proc every 50 ms over the command and all its
-descendants (local Beam workers are child processes), summed.
+descendants (local Beam workers are child processes): summed, and per process.
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ class Measured:
     seconds: float
     peak_rss: int  # bytes, summed over the process tree at its largest
     stdout: str
+    launcher_peak_rss: int = 0  # bytes, the command's own process at its largest
+    worker_peak_rss: int = 0  # bytes, the largest peak of any one descendant process
 
 
-def _tree_rss(root: int) -> int:
+def _tree_rss(root: int) -> dict[int, int]:
+    """RSS in bytes of `root` and each of its descendants, by pid."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -37,12 +40,12 @@ def _tree_rss(root: int) -> int:
         rss[int(entry.name)] = next(
             (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0
         )
-    total, stack = 0, [root]
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        tree[pid] = rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return tree
 
 
 def run_measured(command: list[str], env: dict | None = None) -> Measured:
@@ -52,11 +55,15 @@ def run_measured(command: list[str], env: dict | None = None) -> Measured:
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
     )
     peak = 0
+    peaks: dict[int, int] = {}
 
     def sample() -> None:
         nonlocal peak
         while process.poll() is None:
-            peak = max(peak, _tree_rss(process.pid))
+            tree = _tree_rss(process.pid)
+            peak = max(peak, sum(tree.values()))
+            for pid, rss in tree.items():
+                peaks[pid] = max(peaks.get(pid, 0), rss)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -66,4 +73,5 @@ def run_measured(command: list[str], env: dict | None = None) -> Measured:
     sampler.join()
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-4000:]}")
-    return Measured(seconds, peak, output)
+    workers = [rss for pid, rss in peaks.items() if pid != process.pid]
+    return Measured(seconds, peak, output, peaks.get(process.pid, 0), max(workers, default=0))

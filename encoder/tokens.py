@@ -99,17 +99,16 @@ class TextTokenizer:
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         if self.max_seq_length is None:
-            return _tokenized(
-                self._window.encode_batch(
-                    [self.as_embedded(t) for t in texts.to_pylist()], add_special_tokens=self.special_tokens
-                )
-            )
+            return _tokenized(self._encode_batch([self.as_embedded(t) for t in texts.to_pylist()]))
         limit = CHARS_PER_TOKEN * self.max_seq_length
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
         heads = pc.utf8_slice_codeunits(texts, 0, limit).to_pylist()
         cut = {i: _prefix(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
         views = [self.as_embedded(cut[i][0] if i in cut else head) for i, head in enumerate(heads)]
-        encodings = self._window.encode_batch(views, add_special_tokens=self.special_tokens)
+        # Offsets are only read for cut texts: the others skip computing them (about 1.3x faster).
+        encodings = self._encode_batch(views)
+        for i in cut:
+            encodings[i] = self._window.encode(views[i], add_special_tokens=self.special_tokens)
         for i, (prefix, safe) in cut.items():
             bound = limit
             while len(prefix) < lengths[i] and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
@@ -118,6 +117,10 @@ class TextTokenizer:
                 prefix, safe = _prefix(head, bound) if bound < lengths[i] else (head, True)
                 encodings[i] = self._window.encode(self.as_embedded(prefix), add_special_tokens=self.special_tokens)
         return _tokenized(encodings)
+
+    def _encode_batch(self, views: list[str]) -> list[Encoding]:
+        encode = getattr(self._window, "encode_batch_fast", self._window.encode_batch)  # tokenizers >= 0.20
+        return encode(views, add_special_tokens=self.special_tokens)
 
     def count(self, texts: list[str]) -> np.ndarray:
         """Tokens the model sees per text; max_seq_length + 1 for any text longer than the window."""
