@@ -65,6 +65,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def replica_devices(device: str) -> list[torch.device]:
+    """The devices one worker process loads the model onto: every GPU of the machine for `cuda` or
+    `auto` without an index (so that one process keeps them all busy), else the one device."""
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and chosen.index is None:
+        return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+    return [chosen]
+
+
 class PooledEncoder:
     """A sentence-transformers model run with torch + transformers alone: its modules, in the folder's order.
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from encoder import Encoded, PooledEncoder
-from encoder.pooled_encoder import resolve_device
+from encoder.pooled_encoder import replica_devices, resolve_device
 from encoder.tokens import TextTokenizer
 from schemas.outputs import EMBEDDING_COLUMN
 from transforms import METRICS_NAMESPACE, in_global_window
@@ -57,12 +57,12 @@ class EncoderHandler:
     token_budget: int | None = None  # None: the encoder's default for its device
     threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
-    def load_model(self) -> PooledEncoder:
+    def load_model(self, device: str | None = None) -> PooledEncoder:
         folder = model_folder(self.model, self.folder_sha256)
         started = time.monotonic()
         encoder = PooledEncoder(
             folder,
-            self.device,
+            device or self.device,
             self.dtype,
             self.max_seq_length,
             self.prompt_name,
@@ -74,6 +74,10 @@ class EncoderHandler:
         _LOG.info("loaded %s on %s in %.1fs", folder.path, encoder.device, time.monotonic() - started)
         return encoder
 
+    def load_replicas(self) -> EncoderReplicas:
+        """One encoder per device of this machine that `device` names (each GPU, or the CPU)."""
+        return EncoderReplicas([self.load_model(str(device)) for device in replica_devices(self.device)])
+
     def load_tokenizer(self) -> TextTokenizer:
         """The model's tokenizer alone, for splitting texts into passages before the join."""
         folder = model_folder(self.model, self.folder_sha256)
@@ -81,6 +85,24 @@ class EncoderHandler:
 
     def run_inference(self, encoder: PooledEncoder, texts: pa.Array) -> Encoded:
         return encoder.encode(texts, self.token_budget)
+
+
+class EncoderReplicas:
+    """A worker process's encoders, one per device, handed to its DoFn threads evenly: on a machine
+    with several GPUs one process (Dataflow with one SDK process and several harness threads) keeps
+    every GPU busy instead of stacking its threads on the first."""
+
+    def __init__(self, encoders: list[PooledEncoder]) -> None:
+        self.encoders = encoders
+        self._holders = [0] * len(encoders)
+        self._lock = threading.Lock()
+
+    def take(self) -> PooledEncoder:
+        """The encoder fewest threads hold so far (the first such)."""
+        with self._lock:
+            chosen = self._holders.index(min(self._holders))
+            self._holders[chosen] += 1
+            return self.encoders[chosen]
 
 
 class _Progress:
@@ -147,7 +169,8 @@ class _Embed(beam.DoFn):
         self._pending, self._pending_rows = [], 0
         units = pa.Table.from_batches(batches).combine_chunks()
         if self._encoder is None:
-            self._encoder = self._shared.acquire(self._handler.load_model, tag=repr(self._handler))
+            replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
+            self._encoder = replicas.take()
         encoded = self._handler.run_inference(self._encoder, units.column(self._text).chunk(0))
         vectors = pa.FixedSizeListArray.from_arrays(
             pa.array(encoded.embeddings.reshape(-1)), self._schema.field(EMBEDDING_COLUMN).type.list_size

@@ -14,7 +14,9 @@
 # otherwise, and each would load its own model copy and CUDA context onto the one
 # GPU. no_use_multiple_sdk_containers keeps one process per worker; its
 # HARNESS_THREADS threads share that process's model, so Parquet reads and
-# tokenisation overlap the GPU's work without oversubscribing it.
+# tokenisation overlap the GPU's work without oversubscribing it. With
+# GPU_COUNT > 1 the process loads one model copy per GPU and hands them to its
+# threads evenly (two threads per GPU by default), so every GPU is used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,7 +31,7 @@ TEMPLATE=$BUCKET/templates/embed-job-$TAG.json
 GPU_TYPE=${GPU_TYPE:-nvidia-l4}
 GPU_COUNT=${GPU_COUNT:-1}
 MACHINE_TYPE=${MACHINE_TYPE:-g2-standard-8}
-HARNESS_THREADS=${HARNESS_THREADS:-4}
+HARNESS_THREADS=${HARNESS_THREADS:-$((GPU_COUNT > 2 ? 2 * GPU_COUNT : 4))}
 MAX_WORKERS=${MAX_WORKERS:-4}
 
 run() {

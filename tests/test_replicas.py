@@ -1,0 +1,44 @@
+"""A worker's encoders, one per device, shared evenly by its threads (several GPUs on one machine)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from encoder.pooled_encoder import replica_devices
+from transforms.embed import EncoderHandler, EncoderReplicas
+
+
+def test_threads_take_the_least_held_replica(model_path):
+    handler = EncoderHandler(model=model_path, device="cpu")
+    replicas = EncoderReplicas([handler.load_model(), handler.load_model()])
+    taken, lock = [], threading.Lock()
+
+    def take() -> None:
+        encoder = replicas.take()
+        with lock:
+            taken.append(replicas.encoders.index(encoder))
+
+    threads = [threading.Thread(target=take) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == [0, 0, 0, 1, 1]
+    first, second = (encoder.encode(["a page about GPUs", "another"]).embeddings for encoder in replicas.encoders)
+    assert (first == second).all()
+
+
+def test_replica_devices_without_gpus():
+    assert replica_devices("cpu") == [torch.device("cpu")]
+    assert handler_devices("cpu") == 1
+    if not torch.cuda.is_available():
+        assert replica_devices("auto") == [torch.device("cpu")]
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            replica_devices("cuda")
+
+
+def handler_devices(device: str) -> int:
+    return len(EncoderHandler(model=None, device=device).load_replicas().encoders)
