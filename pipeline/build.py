@@ -38,7 +38,8 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema) -> beam.PColl
     return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, names, check, plan.rows_per_batch)
 
 
-def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
+def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:
+    """`spill_dir`: a folder on this machine for the join's shuffled values (local runs; see transforms.spill)."""
     passages = plan.chunking is not None
     rejected_schema = rejects_schema(plan.columns)
     output_schema = embeddings_schema(plan.columns, plan.model_block["dim"], plan.model_block, passages)
@@ -60,6 +61,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         reuse=bool(plan.previous and plan.previous.reuse),
         passages=passages,
         buckets=plan.join_buckets,
+        spill_dir=spill_dir,
     )
     embedded = joined["to_embed"] | "Embed" >> EmbedRows(
         plan.handler, plan.columns.text, output_schema, plan.rows_per_batch, plan.progress_interval

@@ -27,6 +27,7 @@ from transforms.incremental import (
 )
 from transforms.passages import UnitBatch
 from transforms.read import ShardBatch
+from transforms.spill import Spilled, spill
 from transforms.validate import REJECTED, STATS
 
 DIM = 3
@@ -65,23 +66,24 @@ def _previous(rng: np.random.Generator) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array(ids), pa.array(hashes), embedding], schema=SCHEMA)
 
 
-def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int) -> tuple:
+def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int, spill_dir: str | None) -> tuple:
     """The join's DoFns in the order Beam runs them, grouping by key as CoGroupByKey does.
     Returns counts, rejects, {batch key: units to embed} and the reused rows."""
-    claim = _Claim("id", REJECTS, buckets)
-    settle = _Settle(REJECTS, True, False, SCHEMA.field(EMBEDDING_COLUMN).type)
+    claim = _Claim("id", REJECTS, buckets, spill_dir)
+    settle = _Settle(REJECTS, True, False, SCHEMA.field(EMBEDDING_COLUMN).type, spill_dir)
     counts, rejects, grouped, decisions = Counter(), [], {}, {}
 
     def route(item, keyed: dict, side: str) -> None:
         if isinstance(item, TaggedOutput):
             counts.update(item.value) if item.tag == STATS else rejects.append(item.value)
         else:
+            assert isinstance(item[1], Spilled) == (spill_dir is not None)
             keyed.setdefault(item[0], {CURRENT: [], PREVIOUS: [], DECISIONS: []})[side].append(item[1])
 
     for unit_batch in units:
         for item in claim.process(unit_batch):
             route(item, grouped, CURRENT)
-    for item in _previous_claims(ShardBatch("mem://previous", 0, previous), "id", buckets):
+    for item in _previous_claims(ShardBatch("mem://previous", 0, previous), "id", buckets, spill_dir):
         route(item, grouped, PREVIOUS)
     for bucket in grouped.items():
         for item in settle.process(bucket):
@@ -89,7 +91,8 @@ def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int) ->
     embed, reused = {}, []
     for unit_batch in units:
         given = decisions.get(unit_batch.key, {DECISIONS: []})[DECISIONS]
-        for item in _Apply(SCHEMA).process((unit_batch.key, {BATCH: [unit_batch.batch], DECISIONS: given})):
+        batch = spill(unit_batch.batch, spill_dir)
+        for item in _Apply(SCHEMA).process((unit_batch.key, {BATCH: [batch], DECISIONS: given})):
             if isinstance(item, TaggedOutput):
                 assert item.tag == REUSED
                 reused.append(item.value)
@@ -125,12 +128,13 @@ def _reference(units: list[UnitBatch], previous: pa.RecordBatch) -> dict:
     }
 
 
-@pytest.mark.parametrize("buckets", [1, 4, 37])
-def test_arrow_join_gives_what_the_rules_say(buckets):
+@pytest.mark.parametrize("buckets,spilled", [(1, False), (4, False), (37, False), (4, True)])
+def test_arrow_join_gives_what_the_rules_say(buckets, spilled, tmp_path):
     rng = np.random.default_rng(7)
     units, previous = _unit_batches(rng), _previous(rng)
     expected = _reference(units, previous)
-    counts, rejects, embed, reused = _run_join(units, previous, buckets)
+    counts, rejects, embed, reused = _run_join(units, previous, buckets, str(tmp_path) if spilled else None)
+    assert list(tmp_path.iterdir()) == []  # every spilled value was read once and deleted
 
     assert {(r["id"], r["source_file"], r["row_number"]) for r in rejects.to_pylist()} == expected["duplicates"]
     assert rejects.num_rows == len(expected["duplicates"]) > 100  # each duplicate row rejected once
@@ -158,7 +162,7 @@ def test_arrow_join_gives_what_the_rules_say(buckets):
 def test_an_id_repeated_in_a_batch_sends_one_claim():
     rows = 4096
     batch = pa.RecordBatch.from_pydict({"id": ["same"] * rows, CONTENT_HASH_COLUMN: [_digest("x")] * rows})
-    outputs = list(_Claim("id", REJECTS, 16).process(UnitBatch("k", "mem://f", np.arange(rows), batch)))
+    outputs = list(_Claim("id", REJECTS, 16, None).process(UnitBatch("k", "mem://f", np.arange(rows), batch)))
     claims = [item for item in outputs if not hasattr(item, "tag")]
     rejects = [item.value for item in outputs if hasattr(item, "tag") and item.tag == REJECTED]
     assert [(bucket, part.table.num_rows) for bucket, part in claims] == [(id_buckets(pa.array(["same"]), 16)[0], 1)]

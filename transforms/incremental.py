@@ -37,6 +37,7 @@ from transforms import METRICS_NAMESPACE
 from transforms.id_buckets import id_buckets
 from transforms.passages import UnitBatch
 from transforms.read import ShardBatch
+from transforms.spill import spill, unspill
 from transforms.validate import REJECTED, STATS
 
 CURRENT, PREVIOUS, REUSED = "current", "previous", "reused"
@@ -95,10 +96,11 @@ class _Claim(beam.DoFn):
     """UnitBatch in; (bucket, Claims) per bucket its ids fall in, and rejects for documents that
     are not their id's first within the batch."""
 
-    def __init__(self, id_column: str, rejects: pa.Schema, buckets: int) -> None:
+    def __init__(self, id_column: str, rejects: pa.Schema, buckets: int, spill_dir: str | None) -> None:
         self._id_column = id_column
         self._rejects = rejects
         self._buckets = buckets
+        self._spill_dir = spill_dir
 
     def process(self, units: UnitBatch) -> Iterator:
         batch = units.batch
@@ -121,7 +123,7 @@ class _Claim(beam.DoFn):
             yield beam.pvalue.TaggedOutput(STATS, Counter({"rejected:duplicate_id": int(duplicates.sum())}))
         claims = claims.filter(pa.array(first)).drop_columns([SOURCE])
         for bucket, part in _by_bucket(claims, self._buckets):
-            yield bucket, Claims(units.path, units.key, part)
+            yield bucket, spill(Claims(units.path, units.key, part), self._spill_dir)
 
 
 def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
@@ -133,7 +135,9 @@ def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
         yield bucket, table.take(pa.array(indices)).combine_chunks()
 
 
-def _previous_claims(shard: ShardBatch, id_column: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+def _previous_claims(
+    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None
+) -> Iterator[tuple[int, pa.Table]]:
     """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR)."""
     batch = shard.batch
     names = batch.schema.names
@@ -144,7 +148,8 @@ def _previous_claims(shard: ShardBatch, id_column: str, buckets: int) -> Iterato
     }
     if EMBEDDING_COLUMN in names:
         columns[VECTOR] = batch.column(EMBEDDING_COLUMN)
-    yield from _by_bucket(pa.table(columns), buckets)
+    for bucket, table in _by_bucket(pa.table(columns), buckets):
+        yield bucket, spill(table, spill_dir)
 
 
 def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None) -> Counter:
@@ -162,7 +167,10 @@ class _Settle(beam.DoFn):
     units out, with duplicate rejects and counts. Decisions hold INDEX, each kept unit's place in
     its batch, and with reuse VECTOR: yesterday's vector, null where the unit is to be embedded."""
 
-    def __init__(self, rejects: pa.Schema, reuse: bool, passages: bool, vector_type: pa.DataType) -> None:
+    def __init__(
+        self, rejects: pa.Schema, reuse: bool, passages: bool, vector_type: pa.DataType, spill_dir: str | None
+    ) -> None:
+        self._spill_dir = spill_dir
         self._rejects = rejects
         self._reuse = reuse
         self._passages = passages
@@ -171,8 +179,9 @@ class _Settle(beam.DoFn):
 
     def process(self, item: tuple) -> Iterator:
         _, grouped = item
-        parts: list[Claims] = list(grouped[CURRENT])
-        previous = pa.concat_tables(grouped[PREVIOUS]) if grouped[PREVIOUS] else None
+        parts: list[Claims] = [unspill(part) for part in grouped[CURRENT]]
+        earlier = [unspill(table) for table in grouped[PREVIOUS]]
+        previous = pa.concat_tables(earlier) if earlier else None
         if previous is not None:
             self._check_previous(previous)
         if not parts:
@@ -202,7 +211,8 @@ class _Settle(beam.DoFn):
         ends = [*starts[1:].tolist(), kept.num_rows]
         decided = [INDEX, *([VECTOR] if self._reuse else [])]
         for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
-            yield parts[part].key, kept.slice(start, end - start).select(decided).combine_chunks()
+            decisions = kept.slice(start, end - start).select(decided).combine_chunks()
+            yield parts[part].key, spill(decisions, self._spill_dir)
 
     def _check_previous(self, previous: pa.Table) -> None:
         if not self._reuse or self._passages or pc.count_distinct(previous.column(ID)).as_py() == previous.num_rows:
@@ -251,8 +261,8 @@ class _Apply(beam.DoFn):
 
     def process(self, item: tuple) -> Iterator:
         _, grouped = item
-        (batch,) = grouped[BATCH]
-        decisions = list(grouped[DECISIONS])
+        (batch,) = (unspill(batch) for batch in grouped[BATCH])
+        decisions = [unspill(decided) for decided in grouped[DECISIONS]]
         if not decisions:
             return
         decided = pa.concat_tables(decisions).sort_by(INDEX)
@@ -274,28 +284,41 @@ class _Apply(beam.DoFn):
 class JoinPrevious(beam.PTransform):
     """UnitBatches and the previous output's ShardBatches in; outputs unit record batches `to_embed`,
     `reused` (embeddings schema), `rejected` and `stats`. `buckets`: how many groups of ids are
-    settled apart (each in one process)."""
+    settled apart (each in one process); `spill_dir`: where a local run's shuffled values go
+    (transforms.spill), None on a distributed runner."""
 
     def __init__(
-        self, id_column: str, schema: pa.Schema, rejects: pa.Schema, reuse: bool, passages: bool, buckets: int
+        self,
+        id_column: str,
+        schema: pa.Schema,
+        rejects: pa.Schema,
+        reuse: bool,
+        passages: bool,
+        buckets: int,
+        spill_dir: str | None = None,
     ) -> None:
         super().__init__()
         self._id_column = id_column
         self._schema = schema
         self._buckets = buckets
-        self._claim = _Claim(id_column, rejects, buckets)
-        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type)
+        self._spill_dir = spill_dir
+        self._claim = _Claim(id_column, rejects, buckets, spill_dir)
+        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
         claimed = units | "Claim" >> beam.ParDo(self._claim).with_outputs(REJECTED, STATS, main="claims")
-        earlier = previous | "ClaimPrevious" >> beam.FlatMap(_previous_claims, self._id_column, self._buckets)
+        earlier = previous | "ClaimPrevious" >> beam.FlatMap(
+            _previous_claims, self._id_column, self._buckets, self._spill_dir
+        )
         settled = (
             {CURRENT: claimed.claims, PREVIOUS: earlier}
             | "JoinById" >> beam.CoGroupByKey()
             | "Settle" >> beam.ParDo(self._settle).with_outputs(REJECTED, STATS, main=DECISIONS)
         )
-        batches = units | "KeyBatches" >> beam.Map(lambda unit_batch: (unit_batch.key, unit_batch.batch))
+        batches = units | "KeyBatches" >> beam.Map(
+            lambda unit_batch, folder: (unit_batch.key, spill(unit_batch.batch, folder)), self._spill_dir
+        )
         applied = (
             {BATCH: batches, DECISIONS: settled[DECISIONS]}
             | "JoinByBatch" >> beam.CoGroupByKey()
