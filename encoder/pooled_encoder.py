@@ -17,7 +17,7 @@ from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
 from encoder.modules import Features, build_input, build_module
 from encoder.modules.static_embedding import StaticEmbedding
-from encoder.tokens import TextTokenizer
+from encoder.tokens import TextTokenizer, Tokenized
 
 # Padded tokens per forward pass. On CPU small batches of similar length are
 # fastest (measured on 2 cores, all-MiniLM-L6-v2: 2048 ran 1.7x faster than
@@ -166,8 +166,11 @@ class PooledEncoder:
         encoder's life, rather than failing. Freed heap goes back to the OS now and then
         (`encoder.heap`), so a long run does not grow.
         """
+        return self.encode_tokenized(self.tokenizer.encode(texts), token_budget)
+
+    def encode_tokenized(self, tokenized: Tokenized, token_budget: int | None = None) -> Encoded:
+        """`encode` after tokenising: a caller may tokenise the next texts while this runs."""
         token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
-        tokenized = self.tokenizer.encode(texts)
         ids, lengths = tokenized.ids, tokenized.lengths
         widths = padded_widths(lengths, self.max_seq_length)
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None

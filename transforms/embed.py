@@ -1,7 +1,7 @@
 """Embed valid rows with the pooled encoder, held once per worker process.
 
 `EncoderHandler` is the seam between Beam and the encoder (as Beam's
-ModelHandler): how to load the model and how to run one chunk of texts.
+ModelHandler): how to load the model and how to run one chunk of tokenised texts.
 The encoder cuts each chunk into token-budget batches; this module only
 moves Arrow batches and counts.
 """
@@ -14,7 +14,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,7 +24,7 @@ from apache_beam.utils import shared
 
 from encoder import Encoded, PooledEncoder
 from encoder.pooled_encoder import replica_devices, resolve_device
-from encoder.tokens import TextTokenizer
+from encoder.tokens import TextTokenizer, Tokenized
 from schemas.outputs import EMBEDDING_COLUMN
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
@@ -83,8 +85,8 @@ class EncoderHandler:
         folder = model_folder(self.model, self.folder_sha256)
         return TextTokenizer(folder, self.max_seq_length, self.prompt_name, self.prompt)
 
-    def run_inference(self, encoder: PooledEncoder, texts: pa.Array) -> Encoded:
-        return encoder.encode(texts, self.token_budget)
+    def run_inference(self, encoder: PooledEncoder, tokenized: Tokenized) -> Encoded:
+        return encoder.encode_tokenized(tokenized, self.token_budget)
 
 
 class EncoderReplicas:
@@ -127,16 +129,25 @@ class _Progress:
 
 class _Embed(beam.DoFn):
     """Gathers rows up to `chunk_rows` before encoding: the more rows the encoder
-    sorts by length at once, the less padding its batches carry."""
+    sorts by length at once, the less padding its batches carry. On CUDA (or with
+    `overlap`) one chunk is in flight: the next chunk is tokenised on a thread while
+    the GPU runs this one, so the GPU does not wait for the tokenizer."""
 
     def __init__(
-        self, handler: EncoderHandler, text: str, schema: pa.Schema, chunk_rows: int, log_every: float
+        self,
+        handler: EncoderHandler,
+        text: str,
+        schema: pa.Schema,
+        chunk_rows: int,
+        log_every: float,
+        overlap: bool | None = None,
     ) -> None:
         self._handler = handler
         self._text = text
         self._schema = schema
         self._chunk_rows = chunk_rows
         self._log_every = log_every
+        self._overlap = overlap  # None: on CUDA only (on CPU both would compete for the same cores)
         self._shared = shared.Shared()
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "passages_embedded")
         self._truncated = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_truncated")
@@ -144,13 +155,21 @@ class _Embed(beam.DoFn):
 
     def setup(self) -> None:
         self._encoder: PooledEncoder | None = None  # loaded on the first rows: a worker may get none
-        if resolve_device(self._handler.device).type == "cuda":
+        cuda = resolve_device(self._handler.device).type == "cuda"
+        if cuda:
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
+        overlap = cuda if self._overlap is None else self._overlap
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize") if overlap else None
         self._progress = _Progress(self._log_every)
+
+    def teardown(self) -> None:
+        if self._tokenizing is not None:
+            self._tokenizing.shutdown()
 
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._in_flight: tuple[pa.Table, Future[Tokenized]] | None = None
 
     def process(self, batch: pa.RecordBatch) -> Iterator:
         self._pending.append(batch)
@@ -159,19 +178,33 @@ class _Embed(beam.DoFn):
             yield from self._embed_pending()
 
     def finish_bundle(self) -> Iterator:
-        for output in self._embed_pending():
+        for output in chain(self._embed_pending(), self._embed_in_flight()):
             yield in_global_window(output)
 
     def _embed_pending(self) -> Iterator:
         if not self._pending:
             return
-        batches, rows = self._pending, self._pending_rows
+        units = pa.Table.from_batches(self._pending).combine_chunks()
         self._pending, self._pending_rows = [], 0
-        units = pa.Table.from_batches(batches).combine_chunks()
         if self._encoder is None:
             replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
             self._encoder = replicas.take()
-        encoded = self._handler.run_inference(self._encoder, units.column(self._text).chunk(0))
+        texts = units.column(self._text).chunk(0)
+        if self._tokenizing is None:
+            yield from self._embed(units, self._encoder.tokenizer.encode(texts))
+            return
+        yield from self._embed_in_flight()
+        self._in_flight = (units, self._tokenizing.submit(self._encoder.tokenizer.encode, texts))
+
+    def _embed_in_flight(self) -> Iterator:
+        if self._in_flight is not None:
+            units, tokenized = self._in_flight
+            self._in_flight = None
+            yield from self._embed(units, tokenized.result())
+
+    def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
+        rows = units.num_rows
+        encoded = self._handler.run_inference(self._encoder, tokenized)
         vectors = pa.FixedSizeListArray.from_arrays(
             pa.array(encoded.embeddings.reshape(-1)), self._schema.field(EMBEDDING_COLUMN).type.list_size
         )
