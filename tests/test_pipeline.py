@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 
 import apache_beam as beam
 import numpy as np
@@ -199,21 +200,23 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):
-    shard = write_parquet(tmp_path / "in.parquet", id=[1, 2, 3], text=["one", "", "three four"])
+    shard = write_parquet(tmp_path / "in.parquet", id=[1, 2, 3, 3], text=["one", "", "three four", "again"])
     options = make_options(["--input", str(shard), "--output", str(tmp_path / "out")])
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, plan_job(options))
     result = pipeline.run()
     result.wait_until_finish()
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
-    }
-    # [CLS] one [SEP] + [CLS] three four [SEP]
+    counters = Counter()  # by name, summed over the steps that count it (as Dataflow's page shows)
+    for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        counters[c.key.metric.name] += c.committed
+    # [CLS] one [SEP] + [CLS] three four [SEP]; the manifest's counts, rejects of every reason included
     assert counters == {
+        "rows_in": 4,
         "rows_embedded": 2,
+        "rows_reused": 0,
+        "rows_deleted": 0,
         "passages_embedded": 2,
-        "rows_rejected": 1,
+        "rows_rejected": 2,
         "rows_truncated": 0,
         "tokens": 7,
     }

@@ -101,6 +101,7 @@ class _Claim(beam.DoFn):
         self._rejects = rejects
         self._buckets = buckets
         self._spill_dir = spill_dir
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
     def process(self, units: UnitBatch) -> Iterator:
         batch = units.batch
@@ -121,6 +122,7 @@ class _Claim(beam.DoFn):
         if duplicates.any():
             yield beam.pvalue.TaggedOutput(REJECTED, _duplicates(claims, duplicates, [units.path], self._rejects))
             yield beam.pvalue.TaggedOutput(STATS, Counter({"rejected:duplicate_id": int(duplicates.sum())}))
+            self._rejected.inc(int(duplicates.sum()))
         claims = claims.filter(pa.array(first)).drop_columns([SOURCE])
         for bucket, part in _by_bucket(claims, self._buckets):
             yield bucket, spill(Claims(units.path, units.key, part), self._spill_dir)
@@ -175,9 +177,19 @@ class _Settle(beam.DoFn):
         self._reuse = reuse
         self._passages = passages
         self._vector_type = vector_type
-        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
+        self._metrics = {
+            name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+            for name in ("rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")
+        }
 
     def process(self, item: tuple) -> Iterator:
+        for output in self._settle(item):
+            if isinstance(output, beam.pvalue.TaggedOutput) and output.tag == STATS:
+                for name, counter in self._metrics.items():
+                    counter.inc(output.value["rejected:duplicate_id" if name == "rows_rejected" else name])
+            yield output
+
+    def _settle(self, item: tuple) -> Iterator:
         _, grouped = item
         parts: list[Claims] = [unspill(part) for part in grouped[CURRENT]]
         earlier = [unspill(table) for table in grouped[PREVIOUS]]
@@ -204,7 +216,6 @@ class _Settle(beam.DoFn):
             passages=kept.num_rows,
             passages_reused=pc.sum(reused).as_py() or 0,
         )
-        self._embedded.inc(documents.num_rows - all_reused)
         yield beam.pvalue.TaggedOutput(STATS, counts)
         kept = kept.sort_by([(PART, "ascending"), (INDEX, "ascending")])
         present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)

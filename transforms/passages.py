@@ -21,6 +21,7 @@ from encoder.passages import PassageSplitter
 from encoder.tokens import TextTokenizer
 from schemas.inputs import InputColumns
 from schemas.outputs import CONTENT_HASH_COLUMN, content_hashes, units_schema
+from transforms import METRICS_NAMESPACE
 from transforms.embed import EncoderHandler
 from transforms.read import ShardBatch
 from transforms.validate import REJECTED, STATS
@@ -61,6 +62,7 @@ class _ToUnits(beam.DoFn):
         self._chunking = chunking
         self._schema = units_schema(columns, chunking is not None)
         self._shared = shared.Shared()
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
     def setup(self) -> None:
         self._splitter: PassageSplitter | None = None
@@ -126,6 +128,7 @@ class _ToUnits(beam.DoFn):
             return
         rows = np.flatnonzero(rejected)
         counts["rejected:no_tokens"] += len(rows)
+        self._rejected.inc(len(rows))
         yield beam.pvalue.TaggedOutput(
             REJECTED,
             pa.RecordBatch.from_arrays(

@@ -70,6 +70,7 @@ class _Validate(beam.DoFn):
         self._columns = columns
         self._rejects_schema = rejects_schema
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_in")
 
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
@@ -79,6 +80,7 @@ class _Validate(beam.DoFn):
         reasons = reject_reasons(batch, self._columns, invalid_utf8)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
+        self._read.inc(batch.num_rows)
         rejected_count = pc.sum(rejected).as_py() or 0
         if rejected_count:
             why = reasons.filter(rejected)
