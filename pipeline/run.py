@@ -31,6 +31,9 @@ _LOG = logging.getLogger("pipeline.run")
 # first tries to download the Prism runner, which needs the internet. The
 # FnApiRunner honours --direct_running_mode and --direct_num_workers.
 _LOCAL_RUNNER = "FnApiRunner"
+# Runners whose workers share this machine's disk: the join's shuffles go through files there
+# (transforms.spill; under TMPDIR) instead of the launcher's memory.
+_SPILLING_RUNNERS = ("FnApiRunner", "BundleBasedDirectRunner")
 _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (about 600 MB)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
@@ -104,7 +107,7 @@ def run(argv: list[str]) -> dict | None:
     worker_logs = WorkerLogs(line, _JOB_FOLDERS)
     for name in _WORKER_LOGGERS:
         logging.getLogger(name).addFilter(worker_logs)
-    local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+    local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
     try:
         with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
             with beam.Pipeline(options=options) as pipeline:

@@ -135,3 +135,14 @@ def test_pickle_only_model_is_refused(tmp_path, model_path):
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--model", str(model))
     assert_failed_without_output(result, tmp_path / "out", f"{model}: only pickle weights (pytorch_model.bin) found")
     record("security", "model with pickle weights only", "refused before any worker starts")
+
+
+def test_an_id_column_of_lists_is_refused_before_workers_start(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"id": [[1], [2]], "text": ["one", "two"]}), path)
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
+    assert_failed_without_output(
+        result,
+        tmp_path / "out",
+        f"{path}: id column 'id' is list<element: int64>; ids must be strings, binaries, numbers, dates or times",
+    )

@@ -159,15 +159,49 @@ def test_arrow_join_gives_what_the_rules_say(buckets, spilled, tmp_path):
     assert (counts["passages"], counts["passages_reused"]) == (len(expected["kept"]), len(expected["reused"]))
 
 
-def test_an_id_repeated_in_a_batch_sends_one_claim():
+def test_an_id_repeated_in_a_batch_sends_its_first_and_edge_documents():
     rows = 4096
     batch = pa.RecordBatch.from_pydict({"id": ["same"] * rows, CONTENT_HASH_COLUMN: [_digest("x")] * rows})
     outputs = list(_Claim("id", REJECTS, 16, None).process(UnitBatch("k", "mem://f", np.arange(rows), batch)))
-    claims = [item for item in outputs if not hasattr(item, "tag")]
-    rejects = [item.value for item in outputs if hasattr(item, "tag") and item.tag == REJECTED]
-    assert [(bucket, part.table.num_rows) for bucket, part in claims] == [(id_buckets(pa.array(["same"]), 16)[0], 1)]
-    assert claims[0][1].table.column("row").to_pylist() == [0]
-    assert sum(r.num_rows for r in rejects) == rows - 1
+    claims = [item for item in outputs if not isinstance(item, TaggedOutput)]
+    rejects = [item.value for item in outputs if isinstance(item, TaggedOutput) and item.tag == REJECTED]
+    assert [(bucket, part.table.num_rows) for bucket, part in claims] == [(id_buckets(pa.array(["same"]), 16)[0], 2)]
+    assert claims[0][1].table.column("row").to_pylist() == [0, rows - 1]  # the last may go on in the next batch
+    assert sum(r.num_rows for r in rejects) == rows - 2
+
+
+def test_a_duplicate_document_across_two_batches_is_rejected_once():
+    """Row 5 repeats row 3's id; its passages go on from one unit batch into the next."""
+    digest = _digest("p")
+    first = pa.RecordBatch.from_pydict(
+        {"id": ["x"] * 3, "chunk": pa.array([0, 0, 1], pa.int32()), CONTENT_HASH_COLUMN: [digest] * 3}
+    )
+    second = pa.RecordBatch.from_pydict(
+        {"id": ["x"] * 2, "chunk": pa.array([2, 3], pa.int32()), CONTENT_HASH_COLUMN: [digest] * 2}
+    )
+    units = [
+        UnitBatch("f#0#0", "mem://f", np.array([3, 5, 5]), first),
+        UnitBatch("f#0#1", "mem://f", np.array([5, 5]), second),
+    ]
+    counts, rejects, embed, reused = _run_join(units, _previous(np.random.default_rng(0)), 4, None)
+    assert rejects.to_pylist() == [{"id": "x", "source_file": "mem://f", "row_number": 5, "reason": "duplicate_id"}]
+    assert counts["rejected:duplicate_id"] == 1
+    assert (counts["passages"], counts["rows_embedded"]) == (1, 1)
+    assert {key: batch.num_rows for key, batch in embed.items()} == {"f#0#0": 1}
+
+
+def test_dictionary_encoded_ids_are_joined_by_their_values():
+    batch = pa.RecordBatch.from_pydict(
+        {"id": pa.array(["b", "a", "b", "c"]).dictionary_encode(), CONTENT_HASH_COLUMN: [_digest("t")] * 4}
+    )
+    claim = _Claim("id", REJECTS, 4, None)
+    outputs = list(claim.process(UnitBatch("k", "mem://f", np.arange(4), batch)))
+    claims = [part for _, part in (item for item in outputs if not isinstance(item, TaggedOutput))]
+    assert sorted(i for part in claims for i in part.table.column("id").to_pylist()) == ["a", "b", "c"]
+    rejects = [item.value for item in outputs if isinstance(item, TaggedOutput) and item.tag == REJECTED]
+    assert [r.to_pylist() for r in rejects] == [
+        [{"id": "b", "source_file": "mem://f", "row_number": 2, "reason": "duplicate_id"}]
+    ]
 
 
 def test_id_buckets_do_not_depend_on_how_ids_are_sliced():

@@ -61,6 +61,8 @@ def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
         ids = ids.dictionary_decode()
     if pa.types.is_boolean(ids.type):
         ids = pc.cast(ids, pa.int8())
+    if pa.types.is_float32(ids.type) or pa.types.is_float64(ids.type):  # -0.0 equals 0.0: give both 0.0's bytes
+        ids = pc.add(ids, pa.scalar(0.0, ids.type))
     if _is_variable_width(ids.type):
         hashes = _variable_width(ids)
     else:

@@ -12,8 +12,9 @@ Everything moves as Arrow tables, never one element per row. Ids are spread
 over `buckets` by a hash of their bytes. Each unit batch sends each bucket one
 table of claims: per unit its id, row number, chunk, place in the batch and
 content hash. A document that is not its id's first within the batch is
-rejected there, so an id repeated a million times sends one claim per batch
-and bucket, not a million. Each bucket settles its ids with Arrow sorts and
+rejected there, unless it is the batch's first or last (its passages may go on
+in the next batch: the bucket rejects it, once), so an id repeated a million
+times sends at most three documents' claims per batch, not a million. Each bucket settles its ids with Arrow sorts and
 joins, and sends each unit batch one table of decisions: which of its units to
 keep and, for reused ones, yesterday's vector. The units themselves, carried
 columns included, stay in their batches and meet their decisions in a second
@@ -92,9 +93,14 @@ def _duplicates(claims: pa.Table, which: np.ndarray, paths: list[str], rejects: 
     )
 
 
+def _decoded(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Ids as values: a dictionary-encoded id column sorts and joins by its values."""
+    return ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
+
+
 class _Claim(beam.DoFn):
     """UnitBatch in; (bucket, Claims) per bucket its ids fall in, and rejects for documents that
-    are not their id's first within the batch."""
+    are not their id's first within the batch nor at its edges."""
 
     def __init__(self, id_column: str, rejects: pa.Schema, buckets: int, spill_dir: str | None) -> None:
         self._id_column = id_column
@@ -109,7 +115,7 @@ class _Claim(beam.DoFn):
         chunks = batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in batch.schema.names else np.zeros(rows, np.int32)
         claims = pa.table(
             {
-                ID: batch.column(self._id_column),
+                ID: _decoded(batch.column(self._id_column)),
                 SOURCE: np.zeros(rows, np.int32),
                 ROW: units.row_numbers,
                 CHUNK: chunks,
@@ -118,12 +124,14 @@ class _Claim(beam.DoFn):
             }
         )
         claims, first, document_starts = _first_documents(claims)
-        duplicates = document_starts & ~first
+        numbers = claims.column(ROW).to_numpy()
+        sent = first | (numbers == units.row_numbers.min()) | (numbers == units.row_numbers.max())
+        duplicates = document_starts & ~sent
         if duplicates.any():
             yield beam.pvalue.TaggedOutput(REJECTED, _duplicates(claims, duplicates, [units.path], self._rejects))
             yield beam.pvalue.TaggedOutput(STATS, Counter({"rejected:duplicate_id": int(duplicates.sum())}))
             self._rejected.inc(int(duplicates.sum()))
-        claims = claims.filter(pa.array(first)).drop_columns([SOURCE])
+        claims = claims.filter(pa.array(sent)).drop_columns([SOURCE])
         for bucket, part in _by_bucket(claims, self._buckets):
             yield bucket, spill(Claims(units.path, units.key, part), self._spill_dir)
 
@@ -144,7 +152,7 @@ def _previous_claims(
     batch = shard.batch
     names = batch.schema.names
     columns = {
-        ID: batch.column(id_column),
+        ID: _decoded(batch.column(id_column)),
         CHUNK: batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in names else np.zeros(batch.num_rows, np.int32),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
@@ -194,14 +202,16 @@ class _Settle(beam.DoFn):
         parts: list[Claims] = [unspill(part) for part in grouped[CURRENT]]
         earlier = [unspill(table) for table in grouped[PREVIOUS]]
         previous = pa.concat_tables(earlier) if earlier else None
-        if previous is not None:
-            self._check_previous(previous)
         if not parts:
             yield beam.pvalue.TaggedOutput(STATS, _deleted(previous, None, None))
             return
         claims, first, document_starts, paths = _settle_documents(parts)
         kept = claims.filter(pa.array(first))
-        counts = Counter() if previous is None else _deleted(previous, claims.column(ID).combine_chunks(), kept)
+        counts = Counter()
+        if previous is not None:
+            claimed = claims.column(ID).combine_chunks()
+            self._check_previous(previous.filter(pc.is_in(previous.column(ID), value_set=claimed)))
+            counts = _deleted(previous, claimed, kept)
         duplicates = document_starts & ~first
         if duplicates.any():
             counts["rejected:duplicate_id"] += int(duplicates.sum())
