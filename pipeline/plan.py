@@ -14,9 +14,11 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -29,6 +31,7 @@ from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
 from schemas.outputs import check_column_names
 from transforms.embed import EncoderHandler
+from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.passages import Chunking
 from transforms.read import open_parquet
@@ -97,15 +100,29 @@ def _split_patterns(value: str | None) -> list[str]:
     return patterns
 
 
-def match_inputs(patterns: list[str]) -> list[str]:
+def match_inputs(patterns: list[str]) -> list[FileMetadata]:
     """All files the patterns match, in order, without repeats; each pattern must match one."""
-    paths: dict[str, None] = {}
+    matched: dict[str, FileMetadata] = {}
     for pattern in patterns:
         found = FileSystems.match([pattern])[0].metadata_list
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
-        paths.update((m.path, None) for m in sorted(found, key=lambda m: m.path))
-    return list(paths)
+        matched.update((m.path, m) for m in sorted(found, key=lambda m: m.path))
+    return list(matched.values())
+
+
+def describe_inputs(matched: list[FileMetadata]) -> list[dict]:
+    """Each input file's path, size and modification time (UTC), for the manifest."""
+    return [
+        {
+            "path": m.path,
+            "bytes": m.size_in_bytes,
+            "modified": datetime.fromtimestamp(m.last_updated_in_seconds, timezone.utc).isoformat()
+            if m.last_updated_in_seconds
+            else None,
+        }
+        for m in matched
+    ]
 
 
 def rows_in_footers(files: list[str]) -> int | None:
@@ -273,11 +290,17 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
     patterns = _split_patterns(opts.input)
-    files = match_inputs(patterns)
+    matched = match_inputs(patterns)
+    files = [m.path for m in matched]
     first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     first_file = open_parquet(first)
     columns = input_columns(first_file.schema_arrow, first, opts.text_column, opts.id_column, carry)
+    if not bucketable(columns.id.type):
+        raise InputError(
+            f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "
+            "numbers, dates or times"
+        )
     folder, weights_sha256, digest = checked_model(opts)
     handler = EncoderHandler(
         model=opts.model,
@@ -316,9 +339,11 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
     output = prepare_output(opts.output, opts.overwrite, opts.previous, opts.plan_only)
     header = {
+        "run_id": uuid.uuid4().hex,
         "output": output,
         "model": model_block,
         "inputs": patterns,
+        "input_files": describe_inputs(matched),
         "previous": {"path": previous.path, "vectors_reused": previous.reuse} if previous else None,
         "columns": {"id": columns.id.name, "text": columns.text, "carried": [f.name for f in columns.carry]},
         "timings": {"started_at": model_block["created_at"]},

@@ -7,19 +7,25 @@ next to the files means the run finished and its counts add up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 MANIFEST = "manifest.json"
 PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
+READ_BLOCK = 8 << 20
+CHECK_THREADS = 8  # files read at once for their checks: object stores answer each read slowly
 
 
 class WriteBatches(beam.PTransform):
@@ -64,6 +70,23 @@ def _spread(histogram: dict[int, int]) -> dict:
     return {"min": values[0], "median": sum(middle) / 2, "max": values[-1]}
 
 
+def _check(path: str) -> tuple[str, dict]:
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            size += len(block)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        rows = pq.ParquetFile(f).metadata.num_rows
+    return path.rsplit("/", 1)[-1], {"rows": rows, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def file_checks(paths: list[str]) -> dict[str, dict]:
+    """Rows (from the footer), bytes and sha256 of each written file, by name: what a loader verifies."""
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        return dict(sorted(pool.map(_check, paths)))
+
+
 def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict:
     """The run's summary; refuses to exist when rows or passages went missing."""
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
@@ -100,6 +123,7 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
             f"passages do not add up: {counts['passages']} to write, {counts['passages_embedded']} embedded, "
             f"{counts['passages_reused']} reused; no manifest written"
         )
+    body["file_checks"] = file_checks([path for paths in files.values() for path in paths])
     started = datetime.fromisoformat(header["timings"]["started_at"])
     finished = datetime.now(timezone.utc)
     seconds = (finished - started).total_seconds()
