@@ -271,14 +271,18 @@ def _file_schema(run: Run) -> pa.Schema:
         return pq.ParquetFile(f).schema_arrow
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     targets = parser.add_subparsers(dest="target", required=True)
     pgvector = targets.add_parser("pgvector", help="PostgreSQL with the pgvector extension")
     pgvector.add_argument("--dsn", required=True, help="libpq connection string or URI")
     pgvector.add_argument("--table", required=True, help="table to load into (schema.table allowed)")
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run = read_run(args.run_dir)

@@ -33,6 +33,7 @@ from apache_beam.options.pipeline_options_validator import PipelineOptionsValida
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 from apache_beam.runners.portability.flink_runner import FlinkRunner
 
+from pipeline.load import command_line
 from pipeline.options import EmbedOptions, parse_command_line
 from samples.knowledge_base import write_shards
 from tests.conftest import ROOT
@@ -233,3 +234,16 @@ def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
     for rendered in (after_success, first):
         options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])
         assert options.get_all_options()["input"] == "gs://b/kb/*.parquet"
+
+
+def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():
+    constants = _dag_constants()
+    source = (DEPLOY / "schedule" / "nightly_embed_dag.py").read_text()
+    assert "embed >> manifest >> load" in source
+    assert _render(constants["MANIFEST_OBJECT"], ds="2026-11-22") == "embeddings/2026-11-22/manifest.json"
+    template = constants["LOAD_COMMAND"].replace("{{ var.value.embed_table }}", "kb_vectors")
+    rendered = _render(template, ds="2026-11-22")
+    assert rendered.startswith("python -m pipeline.load ")
+    arguments = shlex.split(rendered.replace('"$PGVECTOR_DSN"', "postgresql:///kb"))[3:]
+    args = command_line().parse_args(arguments)
+    assert (args.target, args.dsn, args.run_dir) == ("pgvector", "postgresql:///kb", "gs://b/embeddings/2026-11-22")

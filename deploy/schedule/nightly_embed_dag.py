@@ -1,22 +1,31 @@
-"""Airflow (Cloud Composer) DAG: launch the flex template every night.
+"""Airflow (Cloud Composer) DAG: launch the flex template every night, then load PostgreSQL.
 
 Each night writes a new dated directory and passes the output of the last
 *successful* night as --previous, so unchanged rows keep their vectors and a
 failed night is never used (it has no manifest, which the job would refuse).
-The very first run, with no earlier success, embeds everything.
+The very first run, with no earlier success, embeds everything. The load into
+PostgreSQL + pgvector starts only once the night's manifest.json exists, and
+the loader checks every file against it before touching the table.
 
-Copy this file into the Composer environment's dags/ folder and set the Airflow
-variables embed_project, embed_region, embed_bucket and embed_worker_image.
+Copy this file into the Composer environment's dags/ folder, install this
+project with its `load` extra in the environment (for the loader), set the
+Airflow variables embed_project, embed_region, embed_bucket, embed_worker_image
+and embed_table, and an Airflow connection `pgvector` to the database.
 """
 
 from __future__ import annotations
 
 import pendulum
 from airflow import DAG
+from airflow.operators.bash import BashOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
 
 BUCKET = "{{ var.value.embed_bucket }}"
 OUTPUT = BUCKET + "/embeddings/{{ ds }}"
+MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
+# The night's run into the table; the DSN comes from the `pgvector` connection, through the environment.
+LOAD_COMMAND = 'python -m pipeline.load pgvector --dsn "$PGVECTOR_DSN" --table {{ var.value.embed_table }} ' + OUTPUT
 PREVIOUS = (
     "{% if prev_data_interval_start_success %}"
     + BUCKET
@@ -50,7 +59,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # a night's --previous is the night before: never two at once
 ) as dag:
-    DataflowStartFlexTemplateOperator(
+    embed = DataflowStartFlexTemplateOperator(
         task_id="embed",
         project_id="{{ var.value.embed_project }}",
         location="{{ var.value.embed_region }}",
@@ -64,3 +73,17 @@ with DAG(
         },
         wait_until_finished=True,
     )
+    manifest = GCSObjectExistenceSensor(
+        task_id="manifest",
+        bucket="{{ var.value.embed_bucket | replace('gs://', '') }}",
+        object=MANIFEST_OBJECT,
+        timeout=600,
+        mode="reschedule",
+    )
+    load = BashOperator(
+        task_id="load",
+        bash_command=LOAD_COMMAND,
+        env={"PGVECTOR_DSN": "{{ conn.pgvector.get_uri() }}"},
+        append_env=True,
+    )
+    embed >> manifest >> load
