@@ -1,0 +1,57 @@
+"""The default output files, as they are, in DuckDB and LanceDB."""
+
+from __future__ import annotations
+
+import lancedb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from samples.knowledge_base import make_rows
+from tests.conftest import read_manifest, run_cli, write_parquet
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readers")
+    rows = make_rows(20, seed=4)
+    write_parquet(root / "kb.parquet", id=rows["id"].to_pylist(), text=rows["text"].to_pylist())
+    result = run_cli("--input", str(root / "kb.parquet"), "--output", str(root / "out"))
+    assert result.returncode == 0, result.stderr
+    return root / "out"
+
+
+def _expected_top(run_dir, query_row: int) -> tuple[np.ndarray, list[str]]:
+    names = read_manifest(run_dir)["files"]["embeddings"]
+    table = pq.read_table([run_dir / name for name in names])
+    vectors = table["embedding"].combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
+    ids = table["id"].to_pylist()
+    query = vectors[query_row]
+    return query, [ids[i] for i in np.argsort(-(vectors @ query), kind="stable")[:5]]
+
+
+def test_duckdb_queries_the_vectors_as_they_are(run_dir):
+    """DuckDB 2.0 reads a Parquet list of fixed size as FLOAT[] (its own FLOAT[384] files too):
+    its list functions take it as it is; array functions need `::FLOAT[384]`."""
+    duckdb = pytest.importorskip("duckdb")
+    query, expected = _expected_top(run_dir, 3)
+    files = str(run_dir / "embeddings-*.parquet")
+    connection = duckdb.connect()
+    column_type = connection.execute(f"SELECT typeof(embedding) FROM read_parquet('{files}') LIMIT 1").fetchone()[0]
+    assert column_type == "FLOAT[]"
+    for order in (
+        "list_cosine_similarity(embedding, ?)",
+        "array_cosine_similarity(embedding::FLOAT[384], ?::FLOAT[384])",
+    ):
+        found = connection.execute(
+            f"SELECT id FROM read_parquet('{files}') ORDER BY {order} DESC LIMIT 5", [query.tolist()]
+        ).fetchall()
+        assert [row[0] for row in found] == expected
+
+
+def test_lancedb_takes_the_files_as_a_table(run_dir, tmp_path):
+    query, expected = _expected_top(run_dir, 7)
+    names = read_manifest(run_dir)["files"]["embeddings"]
+    table = lancedb.connect(str(tmp_path / "db")).create_table("kb", data=pq.read_table([run_dir / n for n in names]))
+    hits = table.search(query, vector_column_name="embedding").distance_type("cosine").limit(5).to_list()
+    assert [hit["id"] for hit in hits] == expected
