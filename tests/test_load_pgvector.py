@@ -109,11 +109,15 @@ def test_loading_the_same_run_again_changes_nothing(postgres, day_one):
     assert table_state(postgres) == before
 
 
-def test_a_run_without_manifest_is_refused_and_the_table_is_unchanged(postgres, day_one, tmp_path):
+def loaded_and_copied(postgres: str, day_one, copy) -> tuple:
+    """Day one loaded: the table's state, and a copy of the run to spoil."""
     assert load(postgres, day_one).returncode == 0
-    before = table_state(postgres)
-    unfinished = tmp_path / "unfinished"
-    shutil.copytree(day_one, unfinished)
+    shutil.copytree(day_one, copy)
+    return table_state(postgres), copy
+
+
+def test_a_run_without_manifest_is_refused_and_the_table_is_unchanged(postgres, day_one, tmp_path):
+    before, unfinished = loaded_and_copied(postgres, day_one, tmp_path / "unfinished")
     (unfinished / "manifest.json").unlink()
     result = load(postgres, unfinished)
     assert result.returncode == 1
@@ -122,25 +126,20 @@ def test_a_run_without_manifest_is_refused_and_the_table_is_unchanged(postgres, 
 
 
 def test_a_file_that_is_not_what_the_manifest_says_is_refused(postgres, day_one, tmp_path):
-    assert load(postgres, day_one).returncode == 0
-    before = table_state(postgres)
-    tampered = tmp_path / "tampered"
-    shutil.copytree(day_one, tampered)
-    name = read_manifest(tampered)["files"]["embeddings"][0]
-    other = read_manifest(tampered)["files"]["embeddings"][-1]
-    shutil.copy(tampered / other, tampered / name) if other != name else (tampered / name).write_bytes(b"PAR1")
+    before, tampered = loaded_and_copied(postgres, day_one, tmp_path / "tampered")
+    path = tampered / read_manifest(tampered)["files"]["embeddings"][0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the sha256 can tell
+    path.write_bytes(bytes(data))
     result = load(postgres, tampered)
     assert result.returncode == 1
-    assert f"{tampered / name}: " in result.stderr and "but manifest.json says" in result.stderr
+    assert f"{path}: {len(data)} bytes with sha256 " in result.stderr and "but manifest.json says" in result.stderr
     assert table_state(postgres) == before
 
 
 def test_a_load_that_fails_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):
     """The second file repeats the first's ids: COPY fails on the primary key after rows went in."""
-    assert load(postgres, day_one).returncode == 0
-    before = table_state(postgres)
-    broken = tmp_path / "broken"
-    shutil.copytree(day_one, broken)
+    before, broken = loaded_and_copied(postgres, day_one, tmp_path / "broken")
     manifest = read_manifest(broken)
     first = manifest["files"]["embeddings"][0]
     shutil.copy(broken / first, broken / "embeddings-copy.parquet")
