@@ -55,3 +55,14 @@ def test_lancedb_takes_the_files_as_a_table(run_dir, tmp_path):
     table = lancedb.connect(str(tmp_path / "db")).create_table("kb", data=pq.read_table([run_dir / n for n in names]))
     hits = table.search(query, vector_column_name="embedding").distance_type("cosine").limit(5).to_list()
     assert [hit["id"] for hit in hits] == expected
+
+
+def test_vectors_and_hashes_are_written_without_dictionary_encoding(run_dir):
+    names = read_manifest(run_dir)["files"]["embeddings"]
+    metadata = pq.ParquetFile(run_dir / names[0]).metadata
+    encodings = {
+        metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
+        for i in range(metadata.num_columns)
+    }
+    assert set(encodings) == {"id", "content_hash", "embedding.list.item"}
+    assert not any("DICTIONARY" in encoding for codes in encodings.values() for encoding in codes)

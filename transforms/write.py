@@ -18,9 +18,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.io.iobase import Write
 
 MANIFEST = "manifest.json"
 PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
@@ -28,20 +29,51 @@ READ_BLOCK = 8 << 20
 CHECK_THREADS = 8  # files read at once for their checks: object stores answer each read slowly
 
 
-class WriteBatches(beam.PTransform):
-    """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out; returns the written paths."""
+class _ParquetSink(filebasedsink.FileBasedSink):
+    """Arrow tables into zstd Parquet files, with dictionary encoding only on the columns whose values
+    repeat: pyarrow otherwise tries a dictionary on every column, vectors and hashes included,
+    before falling back to plain values."""
 
-    def __init__(self, output_dir: str, name: str, schema: pa.Schema) -> None:
-        super().__init__()
-        self._prefix = FileSystems.join(output_dir, name)
+    def __init__(self, prefix: str, schema: pa.Schema, dictionary: list[str]) -> None:
+        super().__init__(
+            prefix,
+            coder=None,
+            file_name_suffix=".parquet",
+            mime_type="application/x-parquet",
+            compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its pages itself
+        )
         self._schema = schema
+        self._dictionary = dictionary
+
+    def open(self, temp_path: str) -> tuple:
+        handle = super().open(temp_path)
+        writer = pq.ParquetWriter(
+            handle, self._schema, compression="zstd", use_dictionary=self._dictionary, use_compliant_nested_type=False
+        )
+        return handle, writer
+
+    def write_record(self, opened: tuple, table: pa.Table) -> None:
+        opened[1].write_table(table)
+
+    def close(self, opened: tuple) -> None:
+        handle, writer = opened
+        writer.close()
+        handle.close()
+
+
+class WriteBatches(beam.PTransform):
+    """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out; returns the written paths.
+    `dictionary`: the columns whose values repeat enough for dictionary encoding."""
+
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema, dictionary: list[str]) -> None:
+        super().__init__()
+        self._sink = _ParquetSink(FileSystems.join(output_dir, name), schema, dictionary)
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
             | "ToTables" >> beam.Map(lambda batch: pa.Table.from_batches([batch]))
-            | "WriteParquet"
-            >> WriteToParquetBatched(self._prefix, self._schema, codec="zstd", file_name_suffix=".parquet")
+            | "WriteParquet" >> Write(self._sink)
         )
 
 
