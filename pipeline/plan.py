@@ -76,7 +76,6 @@ class PreviousRun:
 @dataclass(frozen=True)
 class JobPlan:
     patterns: list[str]
-    input_files: int  # files the patterns matched when the job was planned
     output: str
     columns: InputColumns
     handler: EncoderHandler
@@ -350,7 +349,6 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     return JobPlan(
         patterns=patterns,
-        input_files=len(files),
         output=output,
         columns=columns,
         handler=handler,

@@ -98,7 +98,7 @@ def run(argv: list[str]) -> dict | None:
     plan = plan_job(options)
     if options.view_as(EmbedOptions).plan_only:
         runner = options.view_as(StandardOptions).runner
-        plan_view = {"plan_only": True, "runner": runner, "input_files": plan.input_files, **plan.header}
+        plan_view = {"plan_only": True, "runner": runner, **plan.header}  # input_files: each matched file
         print(json.dumps(plan_view, indent=2))
         return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
