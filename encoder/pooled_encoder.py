@@ -123,18 +123,17 @@ class PooledEncoder:
         self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life
 
     def _cpu_kernels(self, asked: str, dtype: torch.dtype) -> str:
-        """The linear kernels, onednn or torch: as asked, or with auto whichever ran this model's layer faster."""
+        """The linear kernels, onednn or torch: as asked, or with auto the faster on this CPU (onednn.faster_here)."""
         if asked not in CPU_KERNELS:
             raise ValueError(f"cpu_kernels {asked!r} is not one of {', '.join(CPU_KERNELS)}")
         if asked == "torch" or not onednn.available(dtype):
             return "torch"
         if asked == "onednn":
             return "onednn"
-        speedup = onednn.measured_speedup(self.input_module)
-        chosen = "onednn" if speedup is not None and speedup >= onednn.MIN_SPEEDUP else "torch"
-        _LOG.info(
-            "CPU linear kernels: %s (oneDNN ran at %sx plain torch here)", chosen, f"{speedup:.2f}" if speedup else "-"
-        )
+        chosen = "onednn" if onednn.faster_here() else "torch"
+        vendor, flags = onednn.cpu_features()
+        avx512 = "with" if onednn.AVX512_FLAGS <= flags else "without"
+        _LOG.info("CPU linear kernels: %s (%s CPU %s AVX-512)", chosen, vendor or "unknown", avx512)
         return chosen
 
     @property

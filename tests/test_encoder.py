@@ -251,9 +251,19 @@ def test_bfloat16_on_a_cpu_without_onednn_bf16_kernels_runs_on_plain_torch(monke
 
 
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
-@pytest.mark.parametrize(("speedup", "chosen"), [(0.93, "torch"), (1.04, "torch"), (1.9, "onednn")])
-def test_auto_cpu_kernels_take_onednn_only_where_it_measured_faster(monkeypatch, model_path, speedup, chosen):
-    monkeypatch.setattr(onednn, "measured_speedup", lambda model: speedup)
+@pytest.mark.parametrize(
+    ("vendor", "flags", "chosen"),
+    [
+        ("AuthenticAMD", "fpu avx2 avx512f avx512bw avx512vl avx512dq", "onednn"),
+        ("AuthenticAMD", "fpu avx2 fma", "torch"),
+        ("GenuineIntel", "fpu avx2 avx512f avx512bw avx512vl avx512dq", "torch"),
+    ],
+)
+def test_auto_cpu_kernels_take_onednn_only_on_amd_with_avx512(monkeypatch, tmp_path, model_path, vendor, flags, chosen):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert onednn.cpu_features(cpuinfo) == (vendor, set(flags.split()))
+    monkeypatch.setattr(onednn, "cpu_features", lambda: (vendor, set(flags.split())))
     encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
     assert encoder.cpu_kernels == chosen
     swapped = any(isinstance(m, OneDnnLinear) for m in encoder.input_module.modules())
