@@ -15,19 +15,22 @@ from schemas.outputs import (
     EMBEDDING_COLUMN,
     PASSAGE_FIELDS,
     check_previous_file,
+    deletes_schema,
     embeddings_schema,
     rejects_schema,
+    restated_columns,
 )
 from transforms.embed import EmbedRows
-from transforms.incremental import REUSED, JoinPrevious
+from transforms.incremental import DELETES, RESTATED, REUSED, JoinPrevious
 from transforms.passages import MakeUnits
 from transforms.read import ReadShards
 from transforms.validate import REJECTED, STATS, ValidateRows
-from transforms.write import WriteBatches, WriteManifest
+from transforms.write import CHANGES_DIR, WriteBatches, WriteManifest
 
 
-def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema) -> beam.PCollection:
-    """The previous output's ids, chunks and content hashes, with its vectors when they can be reused."""
+def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, restated: list[str]) -> beam.PCollection:
+    """The previous output's ids, chunks and content hashes, with its vectors when they can be reused,
+    and the `restated` columns when it wrote them all (else every reused row is restated)."""
     if not plan.previous or not plan.previous.files:
         return pipeline | "NoPrevious" >> beam.Create([])
     names = [plan.columns.id.name, CONTENT_HASH_COLUMN]
@@ -35,7 +38,8 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema) -> beam.PColl
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
-    return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, names, check, plan.rows_per_batch)
+    compared = restated if set(restated) <= set(plan.previous.columns) else []
+    return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, [*names, *compared], check, plan.rows_per_batch)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:
@@ -54,13 +58,17 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     units = rows.valid | "MakeUnits" >> MakeUnits(
         plan.columns, plan.model_block["prompt"], rejected_schema, plan.rows_per_batch, plan.handler, plan.chunking
     )
-    joined = (units.units, _read_previous(pipeline, plan, output_schema)) | "JoinPrevious" >> JoinPrevious(
+    restated = restated_columns(plan.columns, passages)
+    previous = _read_previous(pipeline, plan, output_schema, restated)
+    change_set = (restated, deletes_schema(plan.columns, passages)) if plan.previous else None
+    joined = (units.units, previous) | "JoinPrevious" >> JoinPrevious(
         plan.columns.id.name,
         output_schema,
         rejected_schema,
         reuse=bool(plan.previous and plan.previous.reuse),
         passages=passages,
         buckets=plan.join_buckets,
+        change_set=change_set,
         spill_dir=spill_dir,
     )
     embedded = joined["to_embed"] | "Embed" >> EmbedRows(
@@ -69,17 +77,28 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     carried = [f.name for f in plan.columns.carry]  # ids, hashes and vectors rarely repeat: no dictionary
     # Two writes rather than one after a Flatten: the local runner would hold every vector of a
     # Flatten's inputs in the launcher's memory (measured: 126 MB more for 12,000 rows).
-    embedding_files = (
-        embedded.embeddings | "WriteEmbedded" >> WriteBatches(plan.output, "embeddings", output_schema, carried),
-        joined[REUSED] | "WriteReused" >> WriteBatches(plan.output, "embeddings-reused", output_schema, carried),
-    ) | "AllEmbeddingFiles" >> beam.Flatten()
-    rejected_files = (
-        (rows[REJECTED], units[REJECTED], joined[REJECTED])
+    files = {
+        "embeddings": (
+            embedded.embeddings | "WriteEmbedded" >> WriteBatches(plan.output, "embeddings", output_schema, carried),
+            joined[REUSED] | "WriteReused" >> WriteBatches(plan.output, "embeddings-reused", output_schema, carried),
+        )
+        | "AllEmbeddingFiles" >> beam.Flatten(),
+        "rejected": (rows[REJECTED], units[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
-        | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema, ["source_file", "reason"])
-    )
+        | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema, ["source_file", "reason"]),
+    }
+    if change_set:  # the same rows written again, apart: a loader applies these alone
+        files["upserts"] = (
+            embedded.embeddings
+            | "WriteUpserts" >> WriteBatches(plan.output, f"{CHANGES_DIR}/upserts", output_schema, carried),
+            joined[RESTATED]
+            | "WriteRestated" >> WriteBatches(plan.output, f"{CHANGES_DIR}/upserts-restated", output_schema, carried),
+        ) | "AllUpsertFiles" >> beam.Flatten()
+        files["deletes"] = joined[DELETES] | "WriteDeletes" >> WriteBatches(
+            plan.output, f"{CHANGES_DIR}/deletes", change_set[1], []
+        )
     (
         (rows[STATS], units[STATS], joined[STATS], embedded[STATS])
         | "MergeStats" >> beam.Flatten()
-        | "Manifest" >> WriteManifest(plan.output, plan.header, embedding_files, rejected_files)
+        | "Manifest" >> WriteManifest(plan.output, plan.header, files)
     )

@@ -3,11 +3,17 @@
     python -m pipeline.load pgvector --dsn DSN --table NAME RUN_DIR
 
 PostgreSQL + pgvector: a directory without `manifest.json` is refused and nothing changes;
-every embeddings file the manifest lists is checked (bytes, sha256, rows) before the database
-is touched. The run's snapshot replaces the table's content in one transaction: it is copied
-(COPY in binary format) into a new table, the HNSW cosine index is built after the rows are in
-(as pgvector advises), and the new table takes the old one's name at commit, so readers see
-the old rows until then and a load that fails or is killed midway leaves the table as it was.
+every file the manifest lists for loading is checked (bytes, sha256, rows) before the database
+is touched. Everything happens in one transaction, so readers see the old rows until it commits
+and a load that fails or is killed midway leaves the table as it was.
+
+- When the table holds the run's --previous run (and the same columns), the run's change set is
+  applied: its deletes and upserts are copied (COPY in binary format) into temporary tables, then
+  deleted from and upserted into the table, touching only those rows; the HNSW index follows.
+- Otherwise the run's snapshot replaces the table's content: it is copied into a new table, the
+  HNSW cosine index is built after the rows are in (as pgvector advises), and the new table
+  takes the old one's name.
+
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)`. The run id of the last load of
 each table is kept in `embedding_job_loads`; loading the same run again changes nothing.
@@ -45,15 +51,23 @@ class LoadError(Exception):
     """A run that cannot be loaded; the message says which file and what is wrong."""
 
 
+LOADED_KINDS = ("embeddings", "upserts", "deletes")  # the files a loader reads; rejects are not loaded
+
+
 @dataclass(frozen=True)
 class Run:
     path: str
     manifest: dict
-    files: list[str]  # the embeddings files, full paths
+    files: dict[str, list[str]]  # full paths of the checked files of each kind in LOADED_KINDS
 
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    @property
+    def previous_run_id(self) -> str | None:
+        """The run its change set applies to; None without one."""
+        return (self.manifest.get("changes") or {}).get("previous_run_id")
 
 
 def _open(path: str):
@@ -70,30 +84,35 @@ def read_run(run_dir: str) -> Run:
     checks = manifest.get("file_checks")
     if not checks or "run_id" not in manifest:
         raise LoadError(f"{manifest_path}: no file checks or run id (written by an older version of the job)")
-    files = []
-    for name in manifest["files"]["embeddings"]:
-        path = FileSystems.join(run_dir, name)
-        expected = checks.get(name)
-        if expected is None:
-            raise LoadError(f"{path}: listed without checks in {MANIFEST}")
-        if not FileSystems.exists(path):
-            raise LoadError(f"{path}: listed in {MANIFEST} but missing")
-        digest, size = hashlib.sha256(), 0
-        with _open(path) as f:
-            while block := f.read(READ_BLOCK):
-                digest.update(block)
-                size += len(block)
-        if size != expected["bytes"] or digest.hexdigest() != expected["sha256"]:
-            raise LoadError(
-                f"{path}: {size} bytes with sha256 {digest.hexdigest()}, but {MANIFEST} says "
-                f"{expected['bytes']} bytes with sha256 {expected['sha256']}"
-            )
-        with _open(path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        if rows != expected["rows"]:
-            raise LoadError(f"{path}: {rows} rows, but {MANIFEST} says {expected['rows']}")
-        files.append(path)
+    files = {
+        kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in LOADED_KINDS
+    }
     return Run(run_dir, manifest, files)
+
+
+def _checked(run_dir: str, name: str, checks: dict) -> str:
+    """The file's full path, once its bytes, sha256 and rows are what the manifest says."""
+    path = FileSystems.join(run_dir, name)
+    expected = checks.get(name)
+    if expected is None:
+        raise LoadError(f"{path}: listed without checks in {MANIFEST}")
+    if not FileSystems.exists(path):
+        raise LoadError(f"{path}: listed in {MANIFEST} but missing")
+    digest, size = hashlib.sha256(), 0
+    with _open(path) as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            size += len(block)
+    if size != expected["bytes"] or digest.hexdigest() != expected["sha256"]:
+        raise LoadError(
+            f"{path}: {size} bytes with sha256 {digest.hexdigest()}, but {MANIFEST} says "
+            f"{expected['bytes']} bytes with sha256 {expected['sha256']}"
+        )
+    with _open(path) as f:
+        rows = pq.ParquetFile(f).metadata.num_rows
+    if rows != expected["rows"]:
+        raise LoadError(f"{path}: {rows} rows, but {MANIFEST} says {expected['rows']}")
+    return path
 
 
 _PG_TYPES = [
@@ -144,7 +163,7 @@ class PgvectorLoader:
         self._name = self._sql.Identifier(*table.split("."))
 
     def load(self, run: Run) -> str:
-        """Replace the table's content with the run's snapshot; returns what was done."""
+        """Apply the run's change set, or replace the table's content with its snapshot; returns what was done."""
         sql = self._sql
         schema = _file_schema(run)
         with self._psycopg.connect(self._dsn) as connection:
@@ -164,26 +183,10 @@ class PgvectorLoader:
                 ).fetchone()
                 if loaded and loaded[0] == run.run_id:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
-                staging = sql.Identifier(*self._table.split(".")[:-1], f"{self._table.split('.')[-1]}__loading")
-                connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
-                connection.execute(self._create(staging, schema, run))
-                started = time.monotonic()
-                rows = self._copy(connection, staging, schema, run)
-                _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
-                started = time.monotonic()
-                index = sql.Identifier(f"{self._table.split('.')[-1]}_embedding_hnsw")
-                connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
-                connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._name))
-                connection.execute(
-                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(staging, sql.Identifier(self._table.split(".")[-1]))
-                )
-                connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
-                connection.execute(
-                    sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops)").format(
-                        index, self._name, sql.Identifier(EMBEDDING_COLUMN)
-                    )
-                )
-                _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
+                if loaded and loaded[0] == run.previous_run_id and self._same_columns(connection, schema):
+                    done = self._apply_changes(connection, schema, run)
+                else:
+                    done = self._replace(connection, schema, run)
                 connection.execute(
                     sql.SQL(
                         "INSERT INTO {} (table_name, run_id) VALUES (%s, %s) "
@@ -191,7 +194,79 @@ class PgvectorLoader:
                     ).format(sql.Identifier(LOADS_TABLE)),
                     [self._table, run.run_id],
                 )
-        return f"{self._table}: {rows} rows of run {run.run_id} loaded"
+        return f"{self._table}: {done}"
+
+    def _replace(self, connection, schema: pa.Schema, run: Run) -> str:
+        """The snapshot into a new table, indexed, which then takes the table's name."""
+        sql = self._sql
+        staging = sql.Identifier(*self._table.split(".")[:-1], f"{self._table.split('.')[-1]}__loading")
+        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
+        connection.execute(self._create(staging, schema, run))
+        started = time.monotonic()
+        rows = self._copy(connection, staging, schema, run.files["embeddings"])
+        _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
+        started = time.monotonic()
+        index = sql.Identifier(f"{self._table.split('.')[-1]}_embedding_hnsw")
+        connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
+        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._name))
+        connection.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(staging, sql.Identifier(self._table.split(".")[-1]))
+        )
+        connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
+        connection.execute(
+            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops)").format(
+                index, self._name, sql.Identifier(EMBEDDING_COLUMN)
+            )
+        )
+        _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
+        return f"{rows} rows of run {run.run_id} loaded"
+
+    def _same_columns(self, connection, schema: pa.Schema) -> bool:
+        """Whether the table has the run's columns, in order, and its vectors' dimension."""
+        found = connection.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [self._table],
+        ).fetchall()
+        vector = f"vector({schema.field(EMBEDDING_COLUMN).type.list_size})"
+        return [name for name, _ in found] == schema.names and dict(found).get(EMBEDDING_COLUMN) == vector
+
+    def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
+        """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
+        sql = self._sql
+        key = _key(run, schema)
+        upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
+        keys = sql.SQL(", ").join(map(sql.Identifier, key))
+        connection.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(upserts, self._name))
+        connection.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                deletes, keys, self._name
+            )
+        )
+        started = time.monotonic()
+        self._copy(connection, upserts, schema, run.files["upserts"])
+        self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), run.files["deletes"])
+        _LOG.info("copied the change set in %.1fs", time.monotonic() - started)
+        started = time.monotonic()
+        matches = sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(sql.Identifier("t", name), sql.Identifier("d", name)) for name in key
+        )
+        deleted = connection.execute(
+            sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
+        ).rowcount
+        columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+        updates = sql.SQL(", ").join(
+            sql.SQL("{} = excluded.{}").format(sql.Identifier(f.name), sql.Identifier(f.name))
+            for f in schema
+            if f.name not in key
+        )
+        upserted = connection.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+                self._name, columns, columns, upserts, keys, updates
+            )
+        ).rowcount
+        _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
+        return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
 
     def _create(self, name, schema: pa.Schema, run: Run):
         sql = self._sql
@@ -202,7 +277,7 @@ class PgvectorLoader:
             else sql.SQL("{} vector({}) NOT NULL").format(sql.Identifier(f.name), sql.Literal(dim))
             for f in schema
         ]
-        key = [run.manifest["columns"]["id"], *([CHUNK_COLUMN] if CHUNK_COLUMN in schema.names else [])]
+        key = _key(run, schema)
         columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
         # Carried columns may be null: only the key columns and the job's own are NOT NULL.
         written = {*key, EMBEDDING_COLUMN, "content_hash", "char_start", "char_end"}
@@ -214,7 +289,7 @@ class PgvectorLoader:
         ]
         return sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns))
 
-    def _copy(self, connection, name, schema: pa.Schema, run: Run) -> int:
+    def _copy(self, connection, name, schema: pa.Schema, files: list[str]) -> int:
         sql = self._sql
         vector_oid = connection.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         _register_vector(self._psycopg, connection, vector_oid)
@@ -225,7 +300,7 @@ class PgvectorLoader:
         rows = 0
         with connection.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types(types)
-            for path in run.files:
+            for path in files:
                 with _open(path) as f:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
                         for row in _rows(batch, schema, self._psycopg):
@@ -274,10 +349,15 @@ def _rows(batch: pa.RecordBatch, schema: pa.Schema, psycopg) -> Iterator[tuple]:
 
 
 def _file_schema(run: Run) -> pa.Schema:
-    if not run.files:
+    if not run.files["embeddings"]:
         raise LoadError(f"{run.path}: the run has no embeddings files")
-    with _open(run.files[0]) as f:
+    with _open(run.files["embeddings"][0]) as f:
         return pq.ParquetFile(f).schema_arrow
+
+
+def _key(run: Run, schema: pa.Schema) -> list[str]:
+    """The table's primary key: the id column, and with passages the chunk."""
+    return [run.manifest["columns"]["id"], *([CHUNK_COLUMN] if CHUNK_COLUMN in schema.names else [])]
 
 
 def command_line() -> argparse.ArgumentParser:

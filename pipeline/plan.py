@@ -29,13 +29,13 @@ from encoder.pooled_encoder import resolve_dtype
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
-from schemas.outputs import check_column_names
+from schemas.outputs import PASSAGE_FIELDS, check_column_names
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.passages import Chunking
 from transforms.read import open_parquet
-from transforms.write import MANIFEST
+from transforms.write import CHANGES_DIR, MANIFEST
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -43,7 +43,7 @@ ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
-OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", MANIFEST)
+OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", f"{CHANGES_DIR}/*.parquet", MANIFEST)
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # What makes two runs' vectors for the same text interchangeable.
 FINGERPRINT_KEYS = (
@@ -68,7 +68,9 @@ SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would spli
 @dataclass(frozen=True)
 class PreviousRun:
     path: str
+    run_id: str | None  # None for runs of versions that wrote none
     files: list[str]  # its embeddings files, as its manifest lists them
+    columns: list[str]  # the columns it wrote besides id, chunk, content hash and vector
     reuse: bool  # same model fingerprint: its vectors can be carried over
     passages: bool  # its rows are passages, with a chunk column
 
@@ -142,12 +144,13 @@ def join_buckets(rows: int) -> int:
 
 
 def remove_temp_files(output: str) -> None:
-    """A failed run leaves Beam's temporary write folders behind; they are not outputs."""
-    pattern = FileSystems.join(output, "beam-temp-*")
-    if "://" in output:  # object stores: the folders are prefixes of the objects in them
-        folders = {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
-    else:  # local folders may be empty, which file matching does not list
-        folders = set(glob.glob(pattern))
+    """A failed run leaves Beam's temporary write folders behind (beside each kind of file); they are not outputs."""
+    folders = set()
+    for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
+        if "://" in output:  # object stores: the folders are prefixes of the objects in them
+            folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
+        else:  # local folders may be empty, which file matching does not list
+            folders |= set(glob.glob(pattern))
     if folders:
         FileSystems.delete(sorted(folders))
 
@@ -254,7 +257,16 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             changed or "fingerprint",
         )
     files = [FileSystems.join(path, name) for name in manifest["files"]["embeddings"]]
-    return PreviousRun(path=path, files=files, reuse=reuse, passages="chunk_tokens" in manifest["model"])
+    passages = "chunk_tokens" in manifest["model"]
+    offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
+    return PreviousRun(
+        path=path,
+        run_id=manifest.get("run_id"),
+        files=files,
+        columns=[*offsets, *manifest["columns"]["carried"]],
+        reuse=reuse,
+        passages=passages,
+    )
 
 
 def threads_per_worker(options: PipelineOptions) -> int | None:
@@ -343,7 +355,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "model": model_block,
         "inputs": patterns,
         "input_files": describe_inputs(matched),
-        "previous": {"path": previous.path, "vectors_reused": previous.reuse} if previous else None,
+        "previous": {"path": previous.path, "run_id": previous.run_id, "vectors_reused": previous.reuse}
+        if previous
+        else None,
         "columns": {"id": columns.id.name, "text": columns.text, "carried": [f.name for f in columns.carry]},
         "timings": {"started_at": model_block["created_at"]},
     }

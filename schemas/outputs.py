@@ -39,6 +39,18 @@ def _key_and_carried(columns: InputColumns, passages: bool) -> list[pa.Field]:
     ]
 
 
+def restated_columns(columns: InputColumns, passages: bool) -> list[str]:
+    """The written columns that may change while the text, and so the vector, does not: a reused
+    row whose values in these differ from the previous run's is an upsert all the same."""
+    offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
+    return [*offsets, *(f.name for f in columns.carry if f.name != columns.text)]
+
+
+def deletes_schema(columns: InputColumns, passages: bool) -> pa.Schema:
+    """The change set's deletes: the ids gone since the previous run, and with passages the (id, chunk) keys."""
+    return pa.schema([columns.id, *(PASSAGE_FIELDS[:1] if passages else ())])
+
+
 def units_schema(columns: InputColumns, passages: bool) -> pa.Schema:
     """What is embedded, one row per passage (or per input row without passages): the embeddings
     files' columns but the vector, then the text to embed unless it is carried anyway."""

@@ -109,7 +109,15 @@ def test_nightly_run_with_previous_on_gcs_reuses_every_unchanged_vector(day1):
     bucket, _ = day1
     manifest = _json(bucket, "out/day2/manifest.json")
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (80, 0, 80)
-    assert manifest["previous"] == {"path": "gs://kb/out/day1", "vectors_reused": True}
+    day1_run = _json(bucket, "out/day1/manifest.json")["run_id"]
+    assert manifest["previous"] == {"path": "gs://kb/out/day1", "run_id": day1_run, "vectors_reused": True}
+    # Nothing changed: an empty change set, its files written beside the snapshot in the bucket.
+    assert manifest["changes"] == {"previous_run_id": day1_run, "upserts": 0, "deletes": 0, "restated": 0}
+    listed = sorted(blob.name for blob in bucket.list_blobs(prefix="out/day2/"))
+    written = sorted(f"out/day2/{name}" for names in manifest["files"].values() for name in names)
+    assert listed == sorted([*written, "out/day2/manifest.json"])
+    assert any(name.startswith("out/day2/changes/upserts-") for name in listed)
+    assert any(name.startswith("out/day2/changes/deletes-") for name in listed)
 
 
 def test_gcs_model_is_copied_once_per_machine_and_keyed_by_its_folder_digest(day1, model_path):
@@ -150,7 +158,9 @@ def test_changed_file_in_a_gcs_model_folder_is_copied_anew_and_reembeds_everythi
     manifest = _json(bucket, "out/day3-cls/manifest.json")
     assert new != old and manifest["model"]["pooling"] == ["cls"]
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (80, 80, 0)
-    assert manifest["previous"] == {"path": "gs://kb/out/day2", "vectors_reused": False}
+    day2_run = _json(bucket, "out/day2/manifest.json")["run_id"]
+    assert manifest["previous"] == {"path": "gs://kb/out/day2", "run_id": day2_run, "vectors_reused": False}
+    assert manifest["changes"] == {"previous_run_id": day2_run, "upserts": 80, "deletes": 0, "restated": 0}
     # A worker asked for the changed folder after the bucket went back refuses to load what it finds.
     shutil.rmtree(cache / new)
     with pytest.raises(ModelFolderError, match=f"its files have folder sha256 {old}, not the expected {new}"):

@@ -58,7 +58,8 @@ def test_only_changed_and_new_rows_are_embedded_and_the_rest_reused_bit_for_bit(
     assert (manifest["rows_embedded"], manifest["rows_reused"], manifest["rows_deleted"]) == (8, 31, 4)
     assert manifest["rejected_by_reason"] == {"duplicate_id": 1}
     assert manifest["rows_out"] == 39
-    assert manifest["previous"] == {"path": str(day_one / "out1"), "vectors_reused": True}
+    previous_run = read_manifest(day_one / "out1")["run_id"]
+    assert manifest["previous"] == {"path": str(day_one / "out1"), "run_id": previous_run, "vectors_reused": True}
     assert "embedded 8 of 40 rows (31 reused, 1 rejected, 1 truncated, 4 deleted)" in result.stdout
 
     before, after = read_vectors(day_one / "out1"), read_vectors(out2)
@@ -80,6 +81,18 @@ def test_only_changed_and_new_rows_are_embedded_and_the_rest_reused_bit_for_bit(
     assert rejected == [
         {"id": IDS[30], "source_file": str(day_one / "day2" / "b.parquet"), "row_number": 0, "reason": "duplicate_id"}
     ]
+
+    # The change set: the embedded rows and the retitled one (vector reused, title restated); the deleted ids.
+    upserts = pq.read_table([out2 / name for name in manifest["files"]["upserts"]])
+    assert upserts.schema == table.schema
+    assert sorted(upserts["id"].to_pylist()) == sorted([*CHANGED, *NEW, IDS[20]])
+    assert all(name.startswith("changes/upserts-") for name in manifest["files"]["upserts"])
+    snapshot = {row["id"]: row for row in table.to_pylist()}
+    assert all(row == snapshot[row["id"]] for row in upserts.to_pylist())
+    deletes = pq.read_table([out2 / name for name in manifest["files"]["deletes"]])
+    assert deletes.column_names == ["id"] and sorted(deletes["id"].to_pylist()) == sorted(DELETED)
+    assert manifest["changes"] == {"previous_run_id": previous_run, "upserts": 9, "deletes": 4, "restated": 1}
+    assert sum(manifest["file_checks"][name]["rows"] for name in manifest["files"]["upserts"]) == 9
 
 
 def test_a_changed_model_setting_re_embeds_everything(day_one):

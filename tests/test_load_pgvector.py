@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psycopg
@@ -25,20 +26,35 @@ def postgres(tmp_path_factory):
         yield server.get_uri()
 
 
+DAY_ONE = make_rows(30, seed=11).to_pydict()
+GONE, EDITED, RETITLED = DAY_ONE["id"][:2], DAY_ONE["id"][2:5], DAY_ONE["id"][5]
+
+
+def embed_night(root, name: str, rows: dict, *options: str):
+    for part in range(2):
+        write_parquet(root / name / f"part-{part}.parquet", **{k: v[part::2] for k, v in rows.items() if k != "kind"})
+    output = root / f"{name}-out"
+    result = run_cli(
+        "--input", f"{root}/{name}/*.parquet", "--output", str(output), "--carry_columns", "title", *options
+    )
+    assert result.returncode == 0, result.stderr
+    return output
+
+
 @pytest.fixture(scope="module")
 def day_one(tmp_path_factory):
-    root = tmp_path_factory.mktemp("load")
-    rows = make_rows(30, seed=11)
-    for part in range(2):
-        write_parquet(
-            root / "kb" / f"part-{part}.parquet",
-            id=rows["id"].to_pylist()[part::2],
-            text=rows["text"].to_pylist()[part::2],
-            title=rows["title"].to_pylist()[part::2],
-        )
-    result = run_cli("--input", f"{root}/kb/*.parquet", "--output", str(root / "out"), "--carry_columns", "title")
-    assert result.returncode == 0, result.stderr
-    return root / "out"
+    return embed_night(tmp_path_factory.mktemp("load"), "kb", DAY_ONE)
+
+
+@pytest.fixture(scope="module")
+def day_two(day_one):
+    """Two rows gone, three texts edited, one title changed, two new rows."""
+    rows = {k: v[2:] + [f"{k}-new-{n}" for n in range(2)] for k, v in DAY_ONE.items()}
+    rows["text"] = [
+        f"Edited overnight. {t}" if i in EDITED else t for i, t in zip(rows["id"], rows["text"], strict=True)
+    ]
+    rows["title"] = ["Renamed" if i == RETITLED else t for i, t in zip(rows["id"], rows["title"], strict=True)]
+    return embed_night(day_one.parent, "kb2", rows, "--previous", str(day_one))
 
 
 def load(postgres: str, run_dir, table: str = TABLE) -> subprocess.CompletedProcess:
@@ -59,9 +75,9 @@ def table_state(postgres: str, table: str = TABLE) -> tuple:
     return oid, {row[0]: row[1:] for row in rows}, run[0] if run else None
 
 
-def parquet_rows(run_dir) -> dict:
+def parquet_rows(run_dir, kind: str = "embeddings") -> dict:
     manifest = read_manifest(run_dir)
-    table = pq.read_table([run_dir / name for name in manifest["files"]["embeddings"]])
+    table = pq.read_table([run_dir / name for name in manifest["files"][kind]])
     vectors = table["embedding"].combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
     return {
         i: (t, h, v)
@@ -151,3 +167,67 @@ def test_a_load_that_fails_midway_leaves_the_table_as_it_was(postgres, day_one, 
     assert result.returncode != 0
     assert "duplicate key value violates unique constraint" in result.stderr
     assert table_state(postgres) == before
+
+
+def tuples_written(postgres: str, table: str = TABLE) -> tuple[int, int, int]:
+    """Rows inserted, updated and deleted in the table since the server started (pg_stat_user_tables)."""
+    with psycopg.connect(postgres) as connection:
+        return connection.execute(
+            "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relid = to_regclass(%s)", [table]
+        ).fetchone()
+
+
+def settled_stats(postgres: str, expected: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """The counters once the loader's session has reported them (a session reports as it ends):
+    `expected`, or else values unchanged for half a second; bounded to 5 s."""
+    found = [tuples_written(postgres)]
+    for _ in range(50):
+        if found[-1] == expected or (expected is None and len(found) > 5 and len(set(found[-6:])) == 1):
+            break
+        time.sleep(0.1)
+        found.append(tuples_written(postgres))
+    return found[-1]
+
+
+def assert_table_is(postgres: str, run_dir) -> None:
+    _, loaded, run_id = table_state(postgres)
+    expected = parquet_rows(run_dir)
+    assert sorted(loaded) == sorted(expected)
+    for id_, (title, digest, vector) in expected.items():
+        assert loaded[id_][:2] == (title, digest)
+        assert np.array_equal(np.array(json.loads(loaded[id_][2]), dtype=np.float32), vector)
+    assert run_id == read_manifest(run_dir)["run_id"]
+
+
+def test_day_two_is_applied_as_its_change_set_touching_only_those_rows(postgres, day_one, day_two):
+    assert load(postgres, day_one).returncode == 0
+    oid, _, _ = table_state(postgres)
+    before = settled_stats(postgres)
+    changes = read_manifest(day_two)["changes"]
+    assert changes == {**changes, "upserts": 6, "deletes": 2, "restated": 1}
+    upserted = sorted(parquet_rows(day_two, "upserts"))
+    assert upserted == sorted([*EDITED, RETITLED, "id-new-0", "id-new-1"])
+
+    result = load(postgres, day_two)
+    assert result.returncode == 0, result.stderr
+    assert "change set of run" in result.stdout and "6 rows upserted, 2 deleted" in result.stdout
+    expected = (before[0] + 2, before[1] + 4, before[2] + 2)  # 2 new rows, 4 updated, 2 deleted
+    assert settled_stats(postgres, expected) == expected
+    assert table_state(postgres)[0] == oid  # the same table, not a new one
+    assert_table_is(postgres, day_two)
+
+    again = load(postgres, day_two)
+    assert again.returncode == 0 and "already holds run" in again.stdout
+    assert settled_stats(postgres) == expected
+    assert_table_is(postgres, day_two)
+
+
+def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(postgres, day_one, day_two):
+    assert load(postgres, day_two).returncode == 0  # the table now holds day two, or day two over day one
+    assert load(postgres, day_one).returncode == 0  # back to day one: a full load
+    with psycopg.connect(postgres) as connection:
+        connection.execute("UPDATE embedding_job_loads SET run_id = 'some other run' WHERE table_name = %s", [TABLE])
+    result = load(postgres, day_two)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout
+    assert_table_is(postgres, day_two)

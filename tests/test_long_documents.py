@@ -210,6 +210,20 @@ def test_a_nightly_run_embeds_only_the_passages_around_an_edit(tmp_path, tokeniz
     }
     assert len(before["gone"]) <= manifest["passages"]["deleted"]
 
+    # The change set: passages whose text or place in the document moved are upserted, keys gone deleted.
+    def placed(passages: dict) -> dict:
+        fields = ("content_hash", "char_start", "char_end")
+        return {(id_, p["chunk"]): tuple(p[f] for f in fields) for id_, ps in passages.items() for p in ps}
+
+    then, now = placed(before), placed(after)
+    upserts = pq.read_table([tmp_path / "out2" / name for name in manifest["files"]["upserts"]]).to_pylist()
+    assert sorted((p["id"], p["chunk"]) for p in upserts) == sorted(k for k in now if then.get(k) != now[k])
+    moved = [p for p in upserts if p["content_hash"] in vectors_before]  # after the edit: same text, moved
+    assert moved and manifest["changes"]["restated"] == len(moved)
+    deletes = pq.read_table([tmp_path / "out2" / name for name in manifest["files"]["deletes"]])
+    gone = zip(deletes["id"].to_pylist(), deletes["chunk"].to_pylist(), strict=True)
+    assert sorted(gone) == sorted(keys_before - keys_after)
+
     # Other chunking settings: every passage is embedded again, with a warning naming the setting.
     third = run_cli(
         "--input", str(day_two), "--output", str(tmp_path / "out3"), "--previous", str(tmp_path / "out1"),

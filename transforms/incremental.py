@@ -8,6 +8,14 @@ passages, only the edited passages of a changed document are embedded again.
 Previous ids with no valid row today are counted as deleted and left out.
 Without --previous the join still runs, to settle duplicate ids across shards.
 
+With --previous it also makes the change set that turns yesterday's output into
+today's: the upserts are the units embedded today and the reused ones that are
+restated, i.e. whose other written values (carried columns, passage offsets)
+differ from the previous row of the same (id, chunk), or that had no such row;
+the deletes are the previous (id, chunk) keys no kept unit has. Values are
+compared by a 64-bit digest per row (transforms.value_hashes), so only the
+digest crosses the shuffle, never the values.
+
 Everything moves as Arrow tables, never one element per row. Ids are spread
 over `buckets` by a hash of their bytes. Each unit batch sends each bucket one
 table of claims: per unit its id, row number, chunk, place in the batch and
@@ -40,11 +48,14 @@ from transforms.passages import UnitBatch
 from transforms.read import ShardBatch
 from transforms.spill import spill, unspill
 from transforms.validate import REJECTED, STATS
+from transforms.value_hashes import row_digests
 
 CURRENT, PREVIOUS, REUSED = "current", "previous", "reused"
 BATCH, DECISIONS = "batch", "decisions"
 # Column names of claims and decisions (internal to the join).
 ID, ROW, CHUNK, INDEX, HASH, SOURCE, PART, VECTOR = "id", "row", "chunk", "index", "hash", "source", "part", "vector"
+DIGEST, RESTATED = "digest", "restated"
+DELETES = "deletes"  # tag of the change set's deleted keys
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class Claims:
 
     path: str
     key: str  # the unit batch's key
-    table: pa.Table  # ID, ROW, CHUNK, INDEX, HASH
+    table: pa.Table  # ID, ROW, CHUNK, INDEX, HASH, and DIGEST with a change set
 
 
 def _group_starts(*columns: pa.ChunkedArray) -> np.ndarray:
@@ -102,10 +113,18 @@ class _Claim(beam.DoFn):
     """UnitBatch in; (bucket, Claims) per bucket its ids fall in, and rejects for documents that
     are not their id's first within the batch nor at its edges."""
 
-    def __init__(self, id_column: str, rejects: pa.Schema, buckets: int, spill_dir: str | None) -> None:
+    def __init__(
+        self,
+        id_column: str,
+        rejects: pa.Schema,
+        buckets: int,
+        spill_dir: str | None,
+        restated: list[str] | None = None,
+    ) -> None:
         self._id_column = id_column
         self._rejects = rejects
         self._buckets = buckets
+        self._restated = restated
         self._spill_dir = spill_dir
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
@@ -123,6 +142,8 @@ class _Claim(beam.DoFn):
                 HASH: batch.column(CONTENT_HASH_COLUMN),
             }
         )
+        if self._restated is not None:
+            claims = claims.append_column(DIGEST, pa.array(row_digests(batch, self._restated)))
         claims, first, document_starts = _first_documents(claims)
         numbers = claims.column(ROW).to_numpy()
         sent = first | (numbers == units.row_numbers.min()) | (numbers == units.row_numbers.max())
@@ -146,9 +167,10 @@ def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
 
 
 def _previous_claims(
-    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None
+    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None, restated: list[str] | None = None
 ) -> Iterator[tuple[int, pa.Table]]:
-    """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR)."""
+    """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR;
+    with a change set DIGEST, null when the previous run did not write the `restated` columns)."""
     batch = shard.batch
     names = batch.schema.names
     columns = {
@@ -156,20 +178,24 @@ def _previous_claims(
         CHUNK: batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in names else np.zeros(batch.num_rows, np.int32),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
+    if restated is not None:
+        written = set(restated) <= set(names)
+        columns[DIGEST] = pa.array(row_digests(batch, restated)) if written else pa.nulls(batch.num_rows, pa.uint64())
     if EMBEDDING_COLUMN in names:
         columns[VECTOR] = batch.column(EMBEDDING_COLUMN)
     for bucket, table in _by_bucket(pa.table(columns), buckets):
         yield bucket, spill(table, spill_dir)
 
 
-def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None) -> Counter:
-    """Previous ids with no claim today, and previous (id, chunk) keys that no kept unit has."""
+def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None) -> tuple[Counter, pa.Table]:
+    """Counts of previous ids with no claim today and of previous (id, chunk) keys that no kept
+    unit has, and those keys."""
     ids = previous.column(ID)
     gone = ids if claimed is None else ids.filter(pc.invert(pc.is_in(ids, value_set=claimed)))
     keys = previous.select([ID, CHUNK]).group_by([ID, CHUNK], use_threads=False).aggregate([])
     if kept is not None:
         keys = keys.join(kept.select([ID, CHUNK]), [ID, CHUNK], join_type="left anti", use_threads=False)
-    return Counter(rows_deleted=pc.count_distinct(gone).as_py(), passages_deleted=keys.num_rows)
+    return Counter(rows_deleted=pc.count_distinct(gone).as_py(), passages_deleted=keys.num_rows), keys
 
 
 class _Settle(beam.DoFn):
@@ -178,10 +204,17 @@ class _Settle(beam.DoFn):
     its batch, and with reuse VECTOR: yesterday's vector, null where the unit is to be embedded."""
 
     def __init__(
-        self, rejects: pa.Schema, reuse: bool, passages: bool, vector_type: pa.DataType, spill_dir: str | None
+        self,
+        rejects: pa.Schema,
+        reuse: bool,
+        passages: bool,
+        vector_type: pa.DataType,
+        spill_dir: str | None,
+        deletes: pa.Schema | None = None,
     ) -> None:
         self._spill_dir = spill_dir
         self._rejects = rejects
+        self._deletes = deletes  # None: no change set
         self._reuse = reuse
         self._passages = passages
         self._vector_type = vector_type
@@ -203,7 +236,9 @@ class _Settle(beam.DoFn):
         earlier = [unspill(table) for table in grouped[PREVIOUS]]
         previous = pa.concat_tables(earlier) if earlier else None
         if not parts:
-            yield beam.pvalue.TaggedOutput(STATS, _deleted(previous, None, None))
+            counts, gone = _deleted(previous, None, None)
+            yield from self._deleted_keys(gone)
+            yield beam.pvalue.TaggedOutput(STATS, counts)
             return
         claims, first, document_starts, paths = _settle_documents(parts)
         kept = claims.filter(pa.array(first))
@@ -211,7 +246,8 @@ class _Settle(beam.DoFn):
         if previous is not None:
             claimed = claims.column(ID).combine_chunks()
             self._check_previous(previous.filter(pc.is_in(previous.column(ID), value_set=claimed)))
-            counts = _deleted(previous, claimed, kept)
+            counts, gone = _deleted(previous, claimed, kept)
+            yield from self._deleted_keys(gone)
         duplicates = document_starts & ~first
         if duplicates.any():
             counts["rejected:duplicate_id"] += int(duplicates.sum())
@@ -226,11 +262,13 @@ class _Settle(beam.DoFn):
             passages=kept.num_rows,
             passages_reused=pc.sum(reused).as_py() or 0,
         )
+        if RESTATED in kept.column_names:
+            counts["passages_restated"] = pc.sum(kept.column(RESTATED)).as_py() or 0
         yield beam.pvalue.TaggedOutput(STATS, counts)
         kept = kept.sort_by([(PART, "ascending"), (INDEX, "ascending")])
         present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)
         ends = [*starts[1:].tolist(), kept.num_rows]
-        decided = [INDEX, *([VECTOR] if self._reuse else [])]
+        decided = [name for name in (INDEX, VECTOR, RESTATED) if name in kept.column_names]
         for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
             decisions = kept.slice(start, end - start).select(decided).combine_chunks()
             yield parts[part].key, spill(decisions, self._spill_dir)
@@ -244,18 +282,39 @@ class _Settle(beam.DoFn):
             f"--previous output holds id {repeated[ID]!r} {repeated['count_all']} times; it cannot be reused"
         )
 
+    def _deleted_keys(self, keys: pa.Table) -> Iterator:
+        if self._deletes is None or keys.num_rows == 0:
+            return
+        keys = keys.sort_by([(ID, "ascending"), (CHUNK, "ascending")]).combine_chunks()
+        columns = [keys.column(ID).cast(self._deletes.field(0).type), keys.column(CHUNK)][: len(self._deletes)]
+        yield beam.pvalue.TaggedOutput(
+            DELETES, pa.RecordBatch.from_arrays([c.chunk(0) for c in columns], schema=self._deletes)
+        )
+
     def _with_vectors(self, kept: pa.Table, previous: pa.Table | None) -> pa.Table:
-        """`kept` with VECTOR, yesterday's vector of the same id and content hash (else null), with reuse."""
+        """With reuse, `kept` with VECTOR: yesterday's vector of the same id and content hash, that of
+        the same chunk if there is one (else null); with a change set also RESTATED: whether a
+        reused unit's other values differ from its (id, chunk)'s previous row, or it had none."""
         if not self._reuse:
             return kept
         if previous is None:
-            return kept.append_column(VECTOR, pa.nulls(kept.num_rows, self._vector_type))
-        numbered = previous.select([ID, HASH]).append_column("previous_row", pa.array(np.arange(previous.num_rows)))
-        first = numbered.group_by([ID, HASH], use_threads=False).aggregate([("previous_row", "min")])
-        joined = kept.join(first, [ID, HASH], join_type="left outer", use_threads=False)
-        rows = joined.column("previous_row_min").combine_chunks()
+            kept = kept.append_column(VECTOR, pa.nulls(kept.num_rows, self._vector_type))
+            return kept.append_column(RESTATED, pa.array(np.zeros(kept.num_rows, bool))) if self._deletes else kept
+        numbered = previous.select([ID, CHUNK, HASH]).append_column("row", pa.array(np.arange(previous.num_rows)))
+        same_key = numbered.group_by([ID, CHUNK, HASH], use_threads=False).aggregate([("row", "min")])
+        same_text = numbered.group_by([ID, HASH], use_threads=False).aggregate([("row", "min")])
+        joined = kept.join(
+            same_key.rename_columns([ID, CHUNK, HASH, "same_key"]), [ID, CHUNK, HASH], use_threads=False
+        ).join(same_text.rename_columns([ID, HASH, "same_text"]), [ID, HASH], use_threads=False)
+        exact = joined.column("same_key").combine_chunks()
+        rows = pc.coalesce(exact, joined.column("same_text").combine_chunks())
+        joined = joined.drop_columns(["same_key", "same_text"])
         vectors = previous.column(VECTOR).combine_chunks().take(rows)
-        return joined.drop_columns(["previous_row_min"]).append_column(VECTOR, vectors)
+        if self._deletes is not None:
+            unchanged = pc.equal(joined.column(DIGEST), previous.column(DIGEST).combine_chunks().take(exact))
+            restated = pc.and_(pc.is_valid(vectors), pc.invert(pc.fill_null(unchanged, False)))
+            joined = joined.append_column(RESTATED, restated)
+        return joined.append_column(VECTOR, vectors)
 
 
 def _settle_documents(parts: list[Claims]) -> tuple[pa.Table, np.ndarray, np.ndarray, list[str]]:
@@ -274,8 +333,8 @@ def _settle_documents(parts: list[Claims]) -> tuple[pa.Table, np.ndarray, np.nda
 
 class _Apply(beam.DoFn):
     """One unit batch and its decisions in; the units to embed (main) and the reused ones with
-    yesterday's vectors (embeddings schema) out, in the batch's order. Units without a decision
-    were duplicates."""
+    yesterday's vectors (embeddings schema) out, in the batch's order, and again the reused ones
+    that are restated (RESTATED). Units without a decision were duplicates."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self._schema = schema  # of the embeddings files
@@ -295,18 +354,23 @@ class _Apply(beam.DoFn):
             reused = pa.array(np.zeros(len(index), bool))
         if pc.any(reused).as_py():
             carried = batch.take(index.filter(reused)).select(self._schema.names[:-1])
-            yield beam.pvalue.TaggedOutput(
-                REUSED, pa.RecordBatch.from_arrays([*carried.columns, vectors.filter(reused)], schema=self._schema)
-            )
+            rows = pa.RecordBatch.from_arrays([*carried.columns, vectors.filter(reused)], schema=self._schema)
+            yield beam.pvalue.TaggedOutput(REUSED, rows)
+            if RESTATED in decided.column_names:
+                restated = decided.column(RESTATED).combine_chunks().filter(reused)
+                if pc.any(restated).as_py():
+                    yield beam.pvalue.TaggedOutput(RESTATED, rows.filter(restated))
         if not pc.all(reused).as_py():
             yield batch.take(index.filter(pc.invert(reused)))
 
 
 class JoinPrevious(beam.PTransform):
     """UnitBatches and the previous output's ShardBatches in; outputs unit record batches `to_embed`,
-    `reused` (embeddings schema), `rejected` and `stats`. `buckets`: how many groups of ids are
-    settled apart (each in one process); `spill_dir`: where a local run's shuffled values go
-    (transforms.spill), None on a distributed runner."""
+    `reused` (embeddings schema), `rejected` and `stats`, and with a change set `restated`
+    (embeddings schema) and `deletes`. `buckets`: how many groups of ids are settled apart (each in
+    one process); `change_set`: the columns compared for `restated` and the deletes' schema, None
+    without --previous; `spill_dir`: where a local run's shuffled values go (transforms.spill),
+    None on a distributed runner."""
 
     def __init__(
         self,
@@ -316,6 +380,7 @@ class JoinPrevious(beam.PTransform):
         reuse: bool,
         passages: bool,
         buckets: int,
+        change_set: tuple[list[str], pa.Schema] | None = None,
         spill_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -323,19 +388,20 @@ class JoinPrevious(beam.PTransform):
         self._schema = schema
         self._buckets = buckets
         self._spill_dir = spill_dir
-        self._claim = _Claim(id_column, rejects, buckets, spill_dir)
-        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir)
+        self._restated, deletes = change_set if change_set else (None, None)
+        self._claim = _Claim(id_column, rejects, buckets, spill_dir, self._restated)
+        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir, deletes)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
         claimed = units | "Claim" >> beam.ParDo(self._claim).with_outputs(REJECTED, STATS, main="claims")
         earlier = previous | "ClaimPrevious" >> beam.FlatMap(
-            _previous_claims, self._id_column, self._buckets, self._spill_dir
+            _previous_claims, self._id_column, self._buckets, self._spill_dir, self._restated
         )
         settled = (
             {CURRENT: claimed.claims, PREVIOUS: earlier}
             | "JoinById" >> beam.CoGroupByKey()
-            | "Settle" >> beam.ParDo(self._settle).with_outputs(REJECTED, STATS, main=DECISIONS)
+            | "Settle" >> beam.ParDo(self._settle).with_outputs(REJECTED, STATS, DELETES, main=DECISIONS)
         )
         batches = units | "KeyBatches" >> beam.Map(
             lambda unit_batch, folder: (unit_batch.key, spill(unit_batch.batch, folder)), self._spill_dir
@@ -343,11 +409,13 @@ class JoinPrevious(beam.PTransform):
         applied = (
             {BATCH: batches, DECISIONS: settled[DECISIONS]}
             | "JoinByBatch" >> beam.CoGroupByKey()
-            | "Apply" >> beam.ParDo(_Apply(self._schema)).with_outputs(REUSED, main="to_embed")
+            | "Apply" >> beam.ParDo(_Apply(self._schema)).with_outputs(REUSED, RESTATED, main="to_embed")
         )
         return {
             "to_embed": applied.to_embed,
             REUSED: applied[REUSED],
+            RESTATED: applied[RESTATED],
+            DELETES: settled[DELETES],
             REJECTED: (claimed[REJECTED], settled[REJECTED]) | "JoinRejects" >> beam.Flatten(),
             STATS: (claimed[STATS], settled[STATS]) | "JoinStats" >> beam.Flatten(),
         }

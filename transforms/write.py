@@ -24,6 +24,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 MANIFEST = "manifest.json"
+CHANGES_DIR = "changes"  # the change set's files, beside the snapshot
+CHANGE_KINDS = ("upserts", "deletes")
 PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
 READ_BLOCK = 8 << 20
 CHECK_THREADS = 8  # files read at once for their checks: object stores answer each read slowly
@@ -102,7 +104,13 @@ def _spread(histogram: dict[int, int]) -> dict:
     return {"min": values[0], "median": sum(middle) / 2, "max": values[-1]}
 
 
-def _check(path: str) -> tuple[str, dict]:
+def file_name(kind: str, path: str) -> str:
+    """A written file's name as the manifest lists it: relative to the run's directory."""
+    name = path.rsplit("/", 1)[-1]
+    return f"{CHANGES_DIR}/{name}" if kind in CHANGE_KINDS else name
+
+
+def _check(kind: str, path: str) -> tuple[str, dict]:
     digest, size = hashlib.sha256(), 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         while block := f.read(READ_BLOCK):
@@ -110,13 +118,26 @@ def _check(path: str) -> tuple[str, dict]:
             size += len(block)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         rows = pq.ParquetFile(f).metadata.num_rows
-    return path.rsplit("/", 1)[-1], {"rows": rows, "bytes": size, "sha256": digest.hexdigest()}
+    return file_name(kind, path), {"rows": rows, "bytes": size, "sha256": digest.hexdigest()}
 
 
-def file_checks(paths: list[str]) -> dict[str, dict]:
+def file_checks(files: dict[str, list[str]]) -> dict[str, dict]:
     """Rows (from the footer), bytes and sha256 of each written file, by name: what a loader verifies."""
+    kinds_and_paths = [(kind, path) for kind, paths in files.items() for path in paths]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        return dict(sorted(pool.map(_check, paths)))
+        return dict(sorted(pool.map(lambda item: _check(*item), kinds_and_paths)))
+
+
+def _change_set(counts: Counter, files: dict[str, list[str]], checks: dict[str, dict], header: dict) -> dict:
+    """The change set's summary; refuses to exist when its files do not hold what the join decided."""
+    written = {kind: sum(checks[file_name(kind, path)]["rows"] for path in files[kind]) for kind in CHANGE_KINDS}
+    decided = {
+        "upserts": counts["passages_embedded"] + counts["passages_restated"],
+        "deletes": counts["passages_deleted"],
+    }
+    if written != decided:
+        raise RuntimeError(f"change set files hold {written} rows, but the join decided {decided}; no manifest written")
+    return {"previous_run_id": header["previous"]["run_id"], **written, "restated": counts["passages_restated"]}
 
 
 def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict:
@@ -134,7 +155,7 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
         "rows_truncated": counts["rows_truncated"],
         "tokens": counts["tokens"],
         "padded_tokens": counts["padded_tokens"],
-        "files": {kind: sorted(p.rsplit("/", 1)[-1] for p in paths) for kind, paths in files.items()},
+        "files": {kind: sorted(file_name(kind, p) for p in paths) for kind, paths in files.items()},
     }
     if "chunk_tokens" in header["model"]:
         per_document = {int(k.split(":", 1)[1]): v for k, v in counts.items() if k.startswith(PER_DOCUMENT)}
@@ -155,7 +176,9 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
             f"passages do not add up: {counts['passages']} to write, {counts['passages_embedded']} embedded, "
             f"{counts['passages_reused']} reused; no manifest written"
         )
-    body["file_checks"] = file_checks([path for paths in files.values() for path in paths])
+    body["file_checks"] = file_checks(files)
+    if "upserts" in files:
+        body["changes"] = _change_set(counts, files, body["file_checks"], header)
     started = datetime.fromisoformat(header["timings"]["started_at"])
     finished = datetime.now(timezone.utc)
     seconds = (finished - started).total_seconds()
@@ -168,8 +191,8 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     return body
 
 
-def _write_manifest(_, output_dir: str, header: dict, counts: Counter, embeddings: list, rejected: list) -> str:
-    body = manifest(counts, {"embeddings": embeddings, "rejected": rejected}, header)
+def _write_manifest(_, output_dir: str, header: dict, counts: Counter, **files: list[str]) -> str:
+    body = manifest(counts, files, header)
     path = FileSystems.join(output_dir, MANIFEST)
     temp = path + ".tmp"
     with FileSystems.create(temp) as f:
@@ -179,14 +202,14 @@ def _write_manifest(_, output_dir: str, header: dict, counts: Counter, embedding
 
 
 class WriteManifest(beam.PTransform):
-    """Stats Counters in; writes DIR/manifest.json after both file writes have finished."""
+    """Stats Counters in; writes DIR/manifest.json after every file write has finished. `files`:
+    the written paths of each kind (embeddings, rejected, and with a change set upserts, deletes)."""
 
-    def __init__(self, output_dir: str, header: dict, embeddings: beam.PCollection, rejected: beam.PCollection):
+    def __init__(self, output_dir: str, header: dict, files: dict[str, beam.PCollection]):
         super().__init__()
         self._output_dir = output_dir
         self._header = header
-        self._embeddings = embeddings
-        self._rejected = rejected
+        self._files = files
 
     def expand(self, stats: beam.PCollection) -> beam.PCollection:
         counts = stats | "Total" >> beam.CombineGlobally(SumCounts())
@@ -199,7 +222,6 @@ class WriteManifest(beam.PTransform):
                 self._output_dir,
                 self._header,
                 beam.pvalue.AsSingleton(counts),
-                beam.pvalue.AsList(self._embeddings),
-                beam.pvalue.AsList(self._rejected),
+                **{kind: beam.pvalue.AsList(paths) for kind, paths in self._files.items()},
             )
         )

@@ -1,0 +1,48 @@
+"""Hashes of Arrow values (ids' buckets, carried values' digests): equal values hash alike however
+the arrays are sliced; a changed value changes its row's digest."""
+
+from __future__ import annotations
+
+import decimal
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from transforms.value_hashes import row_digests, value_hashes
+
+ARRAYS = [
+    pa.array(["a", "bb", None, "", "a"]),
+    pa.array([b"a", b"bb", None, b"", b"a"], pa.large_binary()),
+    pa.array([1, 2, None, 0, 1], pa.int64()),
+    pa.array([True, False, None, True, True]),
+    pa.array([1_000, 2_000, None, 3_000, 1_000], pa.timestamp("ns", "UTC")),
+    pa.array([decimal.Decimal("1.50"), decimal.Decimal("2"), None, decimal.Decimal("0"), decimal.Decimal("1.5")]),
+    pa.array([[1, 2], [3], None, [], [1, 2]], pa.list_(pa.int64())),
+    pa.array([[1.0, 2.0], [2.0, 1.0], None, [0.0, 0.0], [1.0, 2.0]], pa.list_(pa.float32(), 2)),
+    pa.array([{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, None, {"a": None, "b": None}, {"a": 1, "b": "x"}]),
+    pa.array([[("k", 1)], [("k", 2)], None, [], [("k", 1)]], pa.map_(pa.string(), pa.int64())),
+    pa.array([[["a"]], [["a"], None], None, [], [["a"]]]),
+    pa.array(["a", "bb", None, "", "a"]).dictionary_encode(),
+]
+
+
+@pytest.mark.parametrize("values", ARRAYS, ids=[str(a.type) for a in ARRAYS])
+def test_equal_values_hash_alike_however_sliced_and_different_ones_differ(values):
+    hashes = value_hashes(values)
+    for start in range(len(values)):
+        for length in range(len(values) - start + 1):
+            assert (value_hashes(values.slice(start, length)) == hashes[start : start + length]).all()
+    assert hashes[0] == hashes[4]  # equal values
+    distinct = {repr(v) for v in values.slice(0, 4).to_pylist()}  # a value, another, a null, an empty one
+    assert len({int(h) for h in hashes[:4]}) == len(distinct)
+    assert (value_hashes(pa.chunked_array([values.slice(0, 2), values.slice(2)])) == hashes).all()
+
+
+def test_a_row_digest_changes_with_any_value_of_its_columns_and_with_their_order():
+    table = pa.table({"title": ["a", "a", "a", "b"], "rank": pa.array([1, 1, 2, 1], pa.int32()), "other": [9, 8, 7, 6]})
+    digests = row_digests(table, ["title", "rank"])
+    assert digests[0] == digests[1] and len(set(digests[1:].tolist())) == 3
+    assert (row_digests(table, ["rank", "title"]) != digests).all()
+    assert (row_digests(table.slice(1), ["title", "rank"]) == digests[1:]).all()
+    assert (row_digests(table, []) == np.zeros(4, np.uint64)).all()
