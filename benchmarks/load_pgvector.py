@@ -57,7 +57,13 @@ def write_run(folder: Path, tables: dict[str, list[pa.Table]], run_id: str, prev
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, folder / name, compression="zstd")
     checks = file_checks({kind: [str(folder / name) for name in files] for kind, files in names.items()})
-    manifest = {"run_id": run_id, "columns": {"id": "id"}, "files": names, "file_checks": checks}
+    manifest = {
+        "run_id": run_id,
+        "model": {"dim": DIM},
+        "columns": {"id": "id"},
+        "files": names,
+        "file_checks": checks,
+    }
     if previous:
         manifest["changes"] = {"previous_run_id": previous}
     (folder / MANIFEST).write_text(json.dumps(manifest))

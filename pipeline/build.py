@@ -46,7 +46,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     """`spill_dir`: a folder on this machine for the join's shuffled values (local runs; see transforms.spill)."""
     passages = plan.chunking is not None
     rejected_schema = rejects_schema(plan.columns)
-    output_schema = embeddings_schema(plan.columns, plan.model_block["dim"], plan.model_block, passages)
+    output_schema = embeddings_schema(plan.columns, plan.model_block, passages)
     rows = (
         pipeline
         | "Read"

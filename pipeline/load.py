@@ -15,7 +15,8 @@ and a load that fails or is killed midway leaves the table as it was.
   takes the old one's name.
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
-the carried columns, `content_hash` and `embedding vector(dim)`. The run id of the last load of
+the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
+vectors: see PgVectors), with its HNSW index. The run id of the last load of
 each table is kept in `embedding_job_loads`; loading the same run again changes nothing.
 """
 
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from encoder.quantize import CALIBRATED, Quantizer
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
 from transforms.write import MANIFEST
 
@@ -183,7 +185,7 @@ class PgvectorLoader:
                 ).fetchone()
                 if loaded and loaded[0] == run.run_id:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
-                if loaded and loaded[0] == run.previous_run_id and self._same_columns(connection, schema):
+                if loaded and loaded[0] == run.previous_run_id and self._same_columns(connection, schema, run):
                     done = self._apply_changes(connection, schema, run)
                 else:
                     done = self._replace(connection, schema, run)
@@ -203,7 +205,7 @@ class PgvectorLoader:
         connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
         connection.execute(self._create(staging, schema, run))
         started = time.monotonic()
-        rows = self._copy(connection, staging, schema, run.files["embeddings"])
+        rows = self._copy(connection, staging, schema, run, "embeddings")
         _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
         started = time.monotonic()
         index = sql.Identifier(f"{self._table.split('.')[-1]}_embedding_hnsw")
@@ -214,22 +216,22 @@ class PgvectorLoader:
         )
         connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
         connection.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops)").format(
-                index, self._name, sql.Identifier(EMBEDDING_COLUMN)
+            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
+                index, self._name, sql.Identifier(EMBEDDING_COLUMN), sql.SQL(PgVectors.of(run).operator_class)
             )
         )
         _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
         return f"{rows} rows of run {run.run_id} loaded"
 
-    def _same_columns(self, connection, schema: pa.Schema) -> bool:
-        """Whether the table has the run's columns, in order, and its vectors' dimension."""
+    def _same_columns(self, connection, schema: pa.Schema, run: Run) -> bool:
+        """Whether the table has the run's columns, in order, and its vectors' type."""
         found = connection.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             [self._table],
         ).fetchall()
-        vector = f"vector({schema.field(EMBEDDING_COLUMN).type.list_size})"
-        return [name for name, _ in found] == schema.names and dict(found).get(EMBEDDING_COLUMN) == vector
+        vectors = PgVectors.of(run).column_type
+        return [name for name, _ in found] == schema.names and dict(found).get(EMBEDDING_COLUMN) == vectors
 
     def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
         """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
@@ -244,8 +246,8 @@ class PgvectorLoader:
             )
         )
         started = time.monotonic()
-        self._copy(connection, upserts, schema, run.files["upserts"])
-        self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), run.files["deletes"])
+        self._copy(connection, upserts, schema, run, "upserts")
+        self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), run, "deletes")
         _LOG.info("copied the change set in %.1fs", time.monotonic() - started)
         started = time.monotonic()
         matches = sql.SQL(" AND ").join(
@@ -270,11 +272,11 @@ class PgvectorLoader:
 
     def _create(self, name, schema: pa.Schema, run: Run):
         sql = self._sql
-        dim = schema.field(EMBEDDING_COLUMN).type.list_size
+        vectors = PgVectors.of(run)
         columns = [
-            sql.SQL("{} {} NOT NULL").format(sql.Identifier(f.name), sql.SQL(postgres_type(f)))
-            if f.name != EMBEDDING_COLUMN
-            else sql.SQL("{} vector({}) NOT NULL").format(sql.Identifier(f.name), sql.Literal(dim))
+            sql.SQL("{} {} NOT NULL").format(
+                sql.Identifier(f.name), sql.SQL(vectors.column_type if f.name == EMBEDDING_COLUMN else postgres_type(f))
+            )
             for f in schema
         ]
         key = _key(run, schema)
@@ -289,9 +291,11 @@ class PgvectorLoader:
         ]
         return sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns))
 
-    def _copy(self, connection, name, schema: pa.Schema, files: list[str]) -> int:
+    def _copy(self, connection, name, schema: pa.Schema, run: Run, kind: str) -> int:
+        """The run's files of `kind` into table `name` (columns `schema`), with COPY in binary format."""
         sql = self._sql
-        vector_oid = connection.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
+        vectors = PgVectors.of(run)
+        vector_oid = connection.execute("SELECT %s::regtype::oid", [vectors.type_name]).fetchone()[0]
         _register_vector(self._psycopg, connection, vector_oid)
         types = [vector_oid if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -300,17 +304,17 @@ class PgvectorLoader:
         rows = 0
         with connection.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types(types)
-            for path in files:
+            for path in run.files[kind]:
                 with _open(path) as f:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
-                        for row in _rows(batch, schema, self._psycopg):
+                        for row in _rows(batch, schema, vectors, self._psycopg):
                             copy.write_row(row)
                         rows += batch.num_rows
         return rows
 
 
 class _VectorBytes(bytes):
-    """A vector already in pgvector's binary form (dim, 0, big-endian float4s)."""
+    """A vector already in its PostgreSQL type's binary form (`PgVectors.encode`)."""
 
 
 def _register_vector(psycopg, connection, oid: int) -> None:
@@ -326,19 +330,51 @@ def _register_vector(psycopg, connection, oid: int) -> None:
     connection.adapters.register_dumper(_VectorBytes, VectorDumper)
 
 
-def _vector_column(column: pa.FixedSizeListArray) -> list[bytes]:
-    dim = column.type.list_size
-    values = column.flatten().to_numpy().astype(">f4").reshape(len(column), dim)
-    header = struct.pack(">HH", dim, 0)
-    return [header + row.tobytes() for row in values]
+@dataclass(frozen=True)
+class PgVectors:
+    """How a run's vectors are held in PostgreSQL: float32 as pgvector's `vector`, float16 as
+    `halfvec`, int8 and uint8 dequantized (their calibrated levels' midpoints) as `halfvec`,
+    binary as `bit` (HNSW by Hamming distance)."""
+
+    quantizer: Quantizer
+    dim: int
+
+    @classmethod
+    def of(cls, run: Run) -> PgVectors:
+        block = run.manifest["model"]
+        return cls(Quantizer.from_block(block), block["dim"])
+
+    @property
+    def type_name(self) -> str:
+        return {"float32": "vector", "binary": "bit"}.get(self.quantizer.dtype, "halfvec")
+
+    @property
+    def column_type(self) -> str:
+        return f"{self.type_name}({self.dim})"
+
+    @property
+    def operator_class(self) -> str:
+        return "bit_hamming_ops" if self.type_name == "bit" else f"{self.type_name}_cosine_ops"
+
+    def encode(self, column: pa.FixedSizeListArray) -> list[bytes]:
+        """Each vector in its type's binary form: pgvector's (dim, 0, big-endian floats) or a bit
+        string's (length in bits, then the bytes)."""
+        values = column.flatten().to_numpy().reshape(len(column), -1)
+        if self.type_name == "bit":
+            header = struct.pack(">i", self.dim)
+            return [header + row.tobytes() for row in values]
+        if self.quantizer.dtype in CALIBRATED:
+            values = self.quantizer.dequantize(values, self.dim)
+        header = struct.pack(">HH", self.dim, 0)
+        return [header + row.tobytes() for row in values.astype(">f4" if self.type_name == "vector" else ">f2")]
 
 
-def _rows(batch: pa.RecordBatch, schema: pa.Schema, psycopg) -> Iterator[tuple]:
+def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg) -> Iterator[tuple]:
     columns = []
     for field in schema:
         column = batch.column(field.name)
         if field.name == EMBEDDING_COLUMN:
-            columns.append([_VectorBytes(v) for v in _vector_column(column)])
+            columns.append([_VectorBytes(v) for v in vectors.encode(column)])
         elif postgres_type(field) == "jsonb":
             columns.append([None if v is None else psycopg.types.json.Jsonb(v) for v in column.to_pylist()])
         elif pa.types.is_timestamp(field.type) and field.type.unit == "ns":

@@ -8,6 +8,8 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from encoder.quantize import VECTOR_DTYPES
+
 DESCRIPTION = (
     "Embed the text of Parquet shards with a sentence-transformers model and write L2-normalised "
     "vectors to Parquet, ready for a vector database. Runs locally by default (Beam's FnApiRunner, "
@@ -102,16 +104,30 @@ class EmbedOptions(PipelineOptions):
             "--cpu_kernels",
             default="auto",
             choices=["auto", "onednn", "torch"],
-            help="Linear-layer kernels on CPU: auto measures oneDNN against plain torch on the model's own "
-            "layer when each worker loads it and takes oneDNN only where it is at least 5%% faster; onednn "
-            "or torch force one (default: auto).",
+            help="Linear-layer kernels on CPU: auto takes oneDNN on AMD CPUs with AVX-512, where it measured "
+            "faster, and plain torch elsewhere; onednn or torch force one (default: auto).",
         )
         group.add_argument(
             "--dtype",
             default="auto",
             choices=["auto", "float32", "float16", "bfloat16"],
             help="Model precision. auto: bfloat16 on CUDA, float32 on CPU. float16 needs CUDA; float32 on CUDA "
-            "uses TF32 tensor cores. Vectors are always written as float32 (default: auto).",
+            "uses TF32 tensor cores. Vectors are computed in float32 whatever the model's precision; "
+            "--vector_dtype says how they are stored (default: auto).",
+        )
+        group.add_argument(
+            "--vector_dtype",
+            default="float32",
+            choices=list(VECTOR_DTYPES),
+            help="How vectors are stored: float32, float16, int8 or uint8 (each dimension's calibrated range "
+            "in 256 levels; needs --calibration), or binary (the sign bits, 8 to a byte, as "
+            "sentence-transformers' ubinary). Applied after --truncate_dim (default: float32).",
+        )
+        group.add_argument(
+            "--calibration",
+            default=None,
+            help="Calibration file for int8 and uint8 vectors, made once per model by "
+            "`python -m pipeline.calibrate` (local or gs://).",
         )
         group.add_argument(
             "--max_seq_length",

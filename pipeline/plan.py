@@ -26,6 +26,7 @@ from encoder import ModelFolder, ModelFolderError
 from encoder.folder_digest import folder_sha256
 from encoder.passages import MIN_CONTENT_TOKENS
 from encoder.pooled_encoder import resolve_dtype
+from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
@@ -62,6 +63,9 @@ FINGERPRINT_KEYS = (
 # With passages, also how texts are split; they stay out of the fingerprint of runs without passages,
 # so that those keep reusing earlier outputs.
 CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
+# How vectors are stored; float32, the default, stays out of the fingerprint, so that runs made
+# before --vector_dtype existed keep being reused.
+VECTOR_KEYS = ("vector_dtype", "calibration")
 SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
 
 
@@ -194,7 +198,16 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
 
 
 def _fingerprinted(model_block: dict) -> dict:
-    return {key: model_block[key] for key in (*FINGERPRINT_KEYS, *CHUNKING_KEYS) if key in model_block}
+    stored = VECTOR_KEYS if model_block.get("vector_dtype", "float32") != "float32" else ()
+    return {key: model_block[key] for key in (*FINGERPRINT_KEYS, *CHUNKING_KEYS, *stored) if key in model_block}
+
+
+def _setting_names(model_block: dict) -> dict:
+    """The fingerprinted settings as a log line names them: a calibration by its sha256, not its ranges."""
+    settings = _fingerprinted(model_block)
+    if "calibration" in settings:
+        settings["calibration"] = f"sha256 {settings['calibration']['sha256'][:12]}"
+    return settings
 
 
 def model_fingerprint(model_block: dict) -> str:
@@ -245,7 +258,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         raise InputError(f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}")
     reuse = manifest["model"].get("fingerprint") == model_block["fingerprint"]
     if not reuse:
-        theirs, ours = _fingerprinted(manifest["model"]), _fingerprinted(model_block)
+        theirs, ours = _setting_names(manifest["model"]), _setting_names(model_block)
         changed = ", ".join(
             f"{key} {theirs.get(key)!r} -> {ours.get(key)!r}"
             for key in sorted(theirs.keys() | ours.keys())
@@ -297,6 +310,33 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
 
 
+def vector_quantizer(opts: EmbedOptions, dim: int) -> Quantizer:
+    """How vectors are stored, with the calibration int8 and uint8 need; refused when it does not fit."""
+    dtype, path = opts.vector_dtype, opts.calibration
+    if path and dtype not in CALIBRATED:
+        raise UsageError(f"--calibration is for int8 and uint8 vectors, and --vector_dtype is {dtype}")
+    if dtype in CALIBRATED and not path:
+        raise UsageError(
+            f"--vector_dtype {dtype} needs --calibration FILE, each dimension's range for this model: "
+            "make one with `python -m pipeline.calibrate --output FILE --model ...` and keep it"
+        )
+    calibration = None
+    if path:
+        if not FileSystems.exists(path):
+            raise InputError(f"--calibration {path}: no such file")
+        with FileSystems.open(path) as f:
+            try:
+                calibration = Calibration.from_json(f.read(), path)
+            except CalibrationError as e:
+                raise InputError(f"--calibration {e}") from e
+    quantizer = Quantizer(dtype, calibration)
+    try:
+        quantizer.check(dim)
+    except CalibrationError as e:
+        raise UsageError(f"--calibration {path}: {e} (made for another model or --truncate_dim?)") from e
+    return quantizer
+
+
 def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
@@ -332,6 +372,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "folder_sha256": digest,
         "modules": folder.describe(),
         "dim": folder.output_dim(opts.truncate_dim),
+        **vector_quantizer(opts, folder.output_dim(opts.truncate_dim)).describe(),
         "truncate_dim": opts.truncate_dim if opts.truncate_dim is not None else folder.truncate_dim,
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,

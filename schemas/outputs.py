@@ -3,7 +3,8 @@
 Loaders rely on this contract: the id column keeps its input name and type;
 with passages (--chunk_tokens), `chunk`, `char_start` and `char_end` follow it;
 then the carried columns, `content_hash` (sha256 hex of the text as embedded,
-prompt included) and `embedding`, fixed_size_list<float32>[dim].
+prompt included) and `embedding`, fixed_size_list<float32>[dim] (with --vector_dtype,
+float16, int8 or uint8 values, or the sign bits packed into uint8, dim / 8 of them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from encoder.quantize import Quantizer
 from schemas.inputs import InputColumns, InputError
 
 EMBEDDING_COLUMN = "embedding"
@@ -60,10 +62,25 @@ def units_schema(columns: InputColumns, passages: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def embeddings_schema(columns: InputColumns, dim: int, model_block: dict, passages: bool) -> pa.Schema:
+# The Arrow type of the vector's values for each --vector_dtype; binary packs 8 dimensions a byte.
+VALUE_TYPES = {
+    "float32": pa.float32(),
+    "float16": pa.float16(),
+    "int8": pa.int8(),
+    "uint8": pa.uint8(),
+    "binary": pa.uint8(),
+}
+
+
+def vector_type(model_block: dict) -> pa.DataType:
+    quantizer = Quantizer.from_block(model_block)
+    return pa.list_(VALUE_TYPES[quantizer.dtype], quantizer.width(model_block["dim"]))
+
+
+def embeddings_schema(columns: InputColumns, model_block: dict, passages: bool) -> pa.Schema:
     fields = [
         *_key_and_carried(columns, passages),
-        pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim), nullable=False),
+        pa.field(EMBEDDING_COLUMN, vector_type(model_block), nullable=False),
     ]
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(model_block).encode()})
 

@@ -24,8 +24,9 @@ from apache_beam.utils import shared
 
 from encoder import Encoded, PooledEncoder
 from encoder.pooled_encoder import replica_devices, resolve_device
+from encoder.quantize import Quantizer
 from encoder.tokens import TextTokenizer, Tokenized
-from schemas.outputs import EMBEDDING_COLUMN
+from schemas.outputs import EMBEDDING_COLUMN, read_model_block
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
 from transforms.validate import STATS
@@ -145,6 +146,7 @@ class _Embed(beam.DoFn):
         self._handler = handler
         self._text = text
         self._schema = schema
+        self._quantizer = Quantizer.from_block(read_model_block(schema))  # float32 -> the stored values
         self._chunk_rows = chunk_rows
         self._log_every = log_every
         self._overlap = overlap  # None: on CUDA only (on CPU both would compete for the same cores)
@@ -206,7 +208,8 @@ class _Embed(beam.DoFn):
         rows = units.num_rows
         encoded = self._handler.run_inference(self._encoder, tokenized)
         vectors = pa.FixedSizeListArray.from_arrays(
-            pa.array(encoded.embeddings.reshape(-1)), self._schema.field(EMBEDDING_COLUMN).type.list_size
+            pa.array(self._quantizer.quantize(encoded.embeddings).reshape(-1)),
+            self._schema.field(EMBEDDING_COLUMN).type.list_size,
         )
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)

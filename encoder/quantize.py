@@ -1,0 +1,128 @@
+"""Compact vectors: float16, int8/uint8 over fixed calibrated ranges, or packed sign bits.
+
+As sentence-transformers' `quantize_embeddings` does: int8/uint8 map each dimension's calibrated
+[min, max] onto 256 levels (values outside are clipped), `binary` packs the sign bits eight to a
+byte, most significant first (its `ubinary`). The ranges come from a calibration file made once
+per model (`python -m pipeline.calibrate`) and are never computed per batch, so every night's
+vectors are comparable and vectors reused from a previous run stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+VECTOR_DTYPES = ("float32", "float16", "int8", "uint8", "binary")
+CALIBRATED = ("int8", "uint8")
+LEVELS = 255  # steps between a dimension's calibrated min and max
+
+
+class CalibrationError(ValueError):
+    """A calibration file that is missing, malformed or made for other vectors."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-dimension ranges of a model's vectors on a calibration set."""
+
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
+    texts: int  # how many texts they were measured on
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> Calibration:
+        return cls(tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str) -> Calibration:
+        """Parse a calibration file's content; `source` names it in errors."""
+        try:
+            body = json.loads(text)
+            calibration = cls(tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CalibrationError(f"{source}: not a calibration file ({e!r})") from e
+        if len(calibration.minimum) != len(calibration.maximum) or not calibration.minimum:
+            raise CalibrationError(f"{source}: min and max must be lists of the same length")
+        return calibration
+
+    def to_json(self) -> str:
+        return json.dumps({"texts": self.texts, "min": list(self.minimum), "max": list(self.maximum)})
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Turns float32 vectors (normalised, truncated) into `dtype`, and back for search and tests."""
+
+    dtype: str = "float32"
+    calibration: Calibration | None = None  # int8 and uint8 only
+
+    def __post_init__(self) -> None:
+        if self.dtype not in VECTOR_DTYPES:
+            raise CalibrationError(f"vector dtype {self.dtype!r}: choose one of {', '.join(VECTOR_DTYPES)}")
+        if (self.dtype in CALIBRATED) != (self.calibration is not None):
+            raise CalibrationError(f"vector dtype {self.dtype}: a calibration file is needed for int8 and uint8 only")
+
+    @classmethod
+    def from_block(cls, block: dict) -> Quantizer:
+        """The quantizer a run's model block describes (see `describe`); float32 when it names none."""
+        ranges = block.get("calibration")
+        calibration = Calibration(tuple(ranges["min"]), tuple(ranges["max"]), ranges["texts"]) if ranges else None
+        return cls(block.get("vector_dtype", "float32"), calibration)
+
+    def width(self, dim: int) -> int:
+        """Values stored per vector."""
+        return (dim + 7) // 8 if self.dtype == "binary" else dim
+
+    def check(self, dim: int) -> None:
+        if self.calibration and len(self.calibration.minimum) != dim:
+            raise CalibrationError(
+                f"the calibration file holds ranges for {len(self.calibration.minimum)} dimensions; "
+                f"the vectors have {dim}"
+            )
+
+    def _levels(self) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.array(self.calibration.minimum, np.float32)
+        steps = (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS)
+        return starts, np.where(steps > 0, steps, np.float32(1))
+
+    def quantize(self, vectors: np.ndarray) -> np.ndarray:
+        """float32 (rows, dim) -> (rows, width) of numpy's `dtype` (uint8 for binary)."""
+        if self.dtype == "float32":
+            return vectors
+        if self.dtype == "float16":
+            return vectors.astype(np.float16)
+        if self.dtype == "binary":
+            return np.packbits(vectors > 0, axis=1)
+        starts, steps = self._levels()
+        levels = np.clip(np.floor((vectors - starts) / steps), 0, LEVELS)
+        return (levels - 128).astype(np.int8) if self.dtype == "int8" else levels.astype(np.uint8)
+
+    def dequantize(self, values: np.ndarray, dim: int) -> np.ndarray:
+        """Stored values -> float32 (rows, dim): each level's midpoint, or +-1 per sign bit."""
+        if self.dtype in ("float32", "float16"):
+            return values.astype(np.float32)
+        if self.dtype == "binary":
+            return np.unpackbits(values, axis=1)[:, :dim].astype(np.float32) * 2 - 1
+        starts, steps = self._levels()
+        levels = values.astype(np.float32) + (128 if self.dtype == "int8" else 0)
+        return starts + (levels + np.float32(0.5)) * steps
+
+    def describe(self) -> dict:
+        """For the manifest and the files' metadata: enough to dequantize."""
+        block = {"vector_dtype": self.dtype}
+        if self.calibration:
+            block["calibration"] = {
+                "sha256": self.calibration.sha256,
+                "texts": self.calibration.texts,
+                "min": list(self.calibration.minimum),
+                "max": list(self.calibration.maximum),
+                "levels": LEVELS,
+            }
+        return block

@@ -1,0 +1,82 @@
+"""Make the calibration file that int8 and uint8 vectors need: each dimension's range on a set of texts.
+
+    python -m pipeline.calibrate --output calibration.json [--model M] [--truncate_dim D]
+        [--input 'kb/*.parquet' --text_column text] [--rows 10000]
+
+Run it once per model (and truncation and prompt), keep the file, and pass it to every night's
+run as `--calibration`: the ranges never change between runs, so int8 vectors of different
+nights are comparable and reused ones stay valid. The texts are the first `--rows` non-empty
+texts of `--input`, or by default the project's synthetic knowledge base (`samples/`): use
+your own corpus where you can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+
+from encoder import PooledEncoder
+from encoder.quantize import Calibration
+from pipeline.plan import match_inputs
+from samples.knowledge_base import make_rows
+from schemas.inputs import InputError
+from transforms.model_store import model_folder
+from transforms.read import open_parquet
+
+DEFAULT_ROWS = 10_000
+SAMPLE_SEED = 20_261_202  # the built-in calibration texts, the same on every machine
+
+
+def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Array:
+    """The first `rows` non-empty string texts of the inputs, or the built-in sample's."""
+    if not patterns:
+        return make_rows(rows, seed=SAMPLE_SEED).column("text").combine_chunks()
+    texts = []
+    for metadata in match_inputs(patterns):
+        for batch in open_parquet(metadata.path).iter_batches(columns=[text_column]):
+            column = batch.column(0)
+            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+                raise InputError(f"{metadata.path}: column {text_column!r} is {column.type}, not text")
+            texts.append(column.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)))
+            if sum(map(len, texts)) >= rows:
+                return pa.concat_arrays(texts)[:rows]
+    return pa.concat_arrays(texts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="where to write the calibration file (local or gs://)")
+    parser.add_argument("--model", default=None, help="model folder, local or gs:// (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--truncate_dim", type=int, default=None, help="as the job's --truncate_dim")
+    parser.add_argument("--prompt_name", default=None, help="as the job's --prompt_name")
+    parser.add_argument("--prompt", default=None, help="as the job's --prompt")
+    parser.add_argument("--input", default="", help="Parquet files (comma-separated globs) to take texts from")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"texts to embed (default {DEFAULT_ROWS})")
+    args = parser.parse_args(argv)
+    patterns = [p.strip() for p in args.input.split(",") if p.strip()]
+    try:
+        texts = calibration_texts(patterns, args.text_column, args.rows)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    encoder = PooledEncoder(
+        model_folder(args.model),
+        "auto",
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        truncate_dim=args.truncate_dim,
+    )
+    calibration = Calibration.of(encoder.encode(texts).embeddings)
+    with FileSystems.create(args.output) as f:
+        f.write(calibration.to_json().encode())
+    print(f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} texts")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

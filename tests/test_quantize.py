@@ -1,0 +1,79 @@
+"""Compact vectors: each dtype round-trips within its stated error; uint8 and binary are what
+sentence-transformers' `quantize_embeddings` makes from the same ranges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers.util.quantization import quantize_embeddings
+
+from encoder import PooledEncoder, read_model_folder
+from encoder.quantize import LEVELS, Calibration, CalibrationError, Quantizer
+from pipeline.calibrate import main as calibrate
+from samples.knowledge_base import make_rows
+
+
+@pytest.fixture(scope="module")
+def vectors(model_path) -> tuple[np.ndarray, np.ndarray]:
+    """The default model's vectors of 200 calibration texts and of 100 others."""
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
+    return (
+        encoder.encode(make_rows(200, seed=1).column("text").to_pylist()).embeddings,
+        encoder.encode(make_rows(100, seed=2).column("text").to_pylist()).embeddings,
+    )
+
+
+def test_float16_round_trips_within_half_a_unit_in_the_last_place(vectors):
+    _, x = vectors
+    quantizer = Quantizer("float16")
+    stored = quantizer.quantize(x)
+    assert stored.dtype == np.float16 and stored.shape == x.shape
+    assert (np.abs(quantizer.dequantize(stored, 384) - x) <= np.abs(x) * 2.0**-11 + 2.0**-25).all()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_int8_and_uint8_round_trip_within_half_a_step_of_the_calibrated_range(vectors, dtype):
+    calibration_vectors, x = vectors
+    calibration = Calibration.of(calibration_vectors)
+    quantizer = Quantizer(dtype, calibration)
+    stored = quantizer.quantize(x)
+    assert stored.dtype == np.dtype(dtype) and stored.shape == x.shape
+    low, high = np.array(calibration.minimum, np.float32), np.array(calibration.maximum, np.float32)
+    step = (high - low) / LEVELS
+    inside = (x >= low) & (x <= high)
+    error = np.abs(quantizer.dequantize(stored, 384) - x)
+    assert (error[inside] <= (step / 2 + 1e-6)[np.nonzero(inside)[1]]).all()
+    assert inside.mean() > 0.95  # texts outside the calibration set mostly fall in its ranges
+    clipped = np.clip(x, low, high)  # values outside are clipped to the range's ends
+    assert (np.abs(quantizer.dequantize(stored, 384) - clipped) <= step / 2 + 1e-6).all()
+    # uint8 levels are sentence-transformers' own from the same ranges; int8 are the same levels minus 128.
+    # (Within the range; at its top end sentence-transformers' 255.0 would wrap to 0.)
+    within = (x >= low) & (x < high - step / 2)
+    reference = quantize_embeddings(x, "uint8", ranges=np.vstack([low, high]))[within]
+    levels = stored.astype(np.int16)[within] + (128 if dtype == "int8" else 0)
+    assert (levels == reference).mean() > 0.9999 and np.abs(levels - reference).max() <= 1
+
+
+def test_binary_packs_the_sign_bits_as_sentence_transformers_ubinary(vectors):
+    _, x = vectors
+    quantizer = Quantizer("binary")
+    stored = quantizer.quantize(x)
+    assert stored.dtype == np.uint8 and stored.shape == (100, 48) and quantizer.width(384) == 48
+    assert np.array_equal(stored, quantize_embeddings(x, "ubinary"))
+    assert np.array_equal(quantizer.dequantize(stored, 384), np.where(x > 0, 1.0, -1.0).astype(np.float32))
+    assert Quantizer("binary").quantize(x[:, :12]).shape == (100, 2)  # padded to whole bytes
+
+
+def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_path):
+    path = tmp_path / "calibration.json"
+    assert calibrate(["--output", str(path), "--model", model_path, "--rows", "64", "--truncate_dim", "128"]) == 0
+    calibration = Calibration.from_json(path.read_text(), str(path))
+    assert calibration.texts == 64 and len(calibration.minimum) == 128
+    assert all(lo < hi for lo, hi in zip(calibration.minimum, calibration.maximum, strict=True))
+    assert Calibration.from_json(calibration.to_json(), "again") == calibration
+    with pytest.raises(CalibrationError, match="the vectors have 384"):
+        Quantizer("int8", calibration).check(384)
+    with pytest.raises(CalibrationError, match=r"broken\.json: not a calibration file"):
+        Calibration.from_json("{}", "broken.json")
+    with pytest.raises(CalibrationError, match="a calibration file is needed for int8 and uint8 only"):
+        Quantizer("int8")
