@@ -9,6 +9,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoder.quantize import VECTOR_DTYPES
+from schemas.outputs import VECTOR_LAYOUTS
 
 DESCRIPTION = (
     "Embed the text of Parquet shards with a sentence-transformers model and write L2-normalised "
@@ -122,6 +123,13 @@ class EmbedOptions(PipelineOptions):
             help="How vectors are stored: float32, float16, int8 or uint8 (each dimension's calibrated range "
             "in 256 levels; needs --calibration), or binary (the sign bits, 8 to a byte, as "
             "sentence-transformers' ubinary). Applied after --truncate_dim (default: float32).",
+        )
+        group.add_argument(
+            "--vector_layout",
+            default="fixed",
+            choices=list(VECTOR_LAYOUTS),
+            help="fixed: vectors as fixed_size_list (LanceDB, DuckDB, Polars, pandas, pgvector); list: as "
+            "list, for importers that refuse fixed-size lists, such as older Milvus (default: fixed).",
         )
         group.add_argument(
             "--calibration",

@@ -373,6 +373,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "modules": folder.describe(),
         "dim": folder.output_dim(opts.truncate_dim),
         **vector_quantizer(opts, folder.output_dim(opts.truncate_dim)).describe(),
+        "vector_layout": opts.vector_layout,  # not fingerprinted: either layout holds the same vectors
         "truncate_dim": opts.truncate_dim if opts.truncate_dim is not None else folder.truncate_dim,
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,

@@ -72,9 +72,22 @@ VALUE_TYPES = {
 }
 
 
+VECTOR_LAYOUTS = ("fixed", "list")  # fixed_size_list<value>[width], or list<value> for importers that refuse it
+
+
 def vector_type(model_block: dict) -> pa.DataType:
     quantizer = Quantizer.from_block(model_block)
+    if model_block.get("vector_layout", "fixed") == "list":
+        return pa.list_(VALUE_TYPES[quantizer.dtype])
     return pa.list_(VALUE_TYPES[quantizer.dtype], quantizer.width(model_block["dim"]))
+
+
+def vector_array(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """Vectors (rows x width, already of the values' type) as an Arrow array of `vector_type`."""
+    flat = pa.array(values.reshape(-1), kind.value_type)
+    if pa.types.is_fixed_size_list(kind):
+        return pa.FixedSizeListArray.from_arrays(flat, kind.list_size)
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int32) * values.shape[1]), flat)
 
 
 def embeddings_schema(columns: InputColumns, model_block: dict, passages: bool) -> pa.Schema:
@@ -117,15 +130,23 @@ def content_hashes(prompt: str, texts: pa.Array) -> pa.Array:
     return pa.array(digests, pa.string())
 
 
+def _same_values(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Vectors of either layout with the same values' type (the join casts one to the other)."""
+    lists = (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) for kind in (found, expected))
+    return all(lists) and found.value_type == expected.value_type
+
+
 def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names: list[str]) -> None:
-    """The columns `names` of a previous run's embeddings file must have the types this run writes."""
+    """The columns `names` of a previous run's embeddings file must have the types this run writes
+    (vectors: the same values, in either layout)."""
     for name in names:
         if schema.get_field_index(name) < 0:
             raise InputError(f"{path}: column {name!r} not found; is this an output of this job?")
-        if schema.field(name).type != expected.field(name).type:
-            raise InputError(
-                f"{path}: column {name!r} is {schema.field(name).type}, but this run writes {expected.field(name).type}"
-            )
+        found, wanted = schema.field(name).type, expected.field(name).type
+        if name == EMBEDDING_COLUMN and _same_values(found, wanted):
+            continue
+        if found != wanted:
+            raise InputError(f"{path}: column {name!r} is {found}, but this run writes {wanted}")
 
 
 def rejects_schema(columns: InputColumns) -> pa.Schema:

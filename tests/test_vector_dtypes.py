@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -148,3 +149,22 @@ def test_compact_vectors_load_into_pgvector_and_search_as_numpy_does(runs, postg
     assert [d for _, d in nearest] == pytest.approx(sorted(distances)[:5], abs=1e-3)
     if dtype != "binary":  # Hamming distances tie; cosine ones here do not
         assert [i for i, _ in nearest] == [ids[i] for i in np.argsort(distances, kind="stable")[:5]]
+
+
+def test_the_list_layout_holds_the_same_vectors_and_reuses_either_layout(runs, postgres):
+    root, outputs = runs
+    listed = root / "float16-list"
+    result = run_cli(
+        "--input", str(root / "kb.parquet"), "--output", str(listed), "--vector_dtype", "float16",
+        "--vector_layout", "list", "--previous", str(outputs["float16"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(sorted(listed.glob("embeddings-*.parquet")))
+    assert table.schema.field("embedding").type == pa.list_(pa.float16())
+    assert read_manifest(listed)["rows_reused"] == 40  # the fixed layout's vectors, carried over
+    ids, values, block = stored(listed)
+    assert block["vector_layout"] == "list" and block["fingerprint"] == stored(outputs["float16"])[2]["fingerprint"]
+    assert ids == stored(outputs["float16"])[0] and np.array_equal(values, stored(outputs["float16"])[1])
+    assert load(postgres, listed, "kb_float16_list").returncode == 0
+    with psycopg.connect(postgres) as connection:
+        assert connection.execute("SELECT count(*) FROM kb_float16_list").fetchone()[0] == 40

@@ -26,7 +26,7 @@ from encoder import Encoded, PooledEncoder
 from encoder.pooled_encoder import replica_devices, resolve_device
 from encoder.quantize import Quantizer
 from encoder.tokens import TextTokenizer, Tokenized
-from schemas.outputs import EMBEDDING_COLUMN, read_model_block
+from schemas.outputs import EMBEDDING_COLUMN, read_model_block, vector_array
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
 from transforms.validate import STATS
@@ -207,10 +207,7 @@ class _Embed(beam.DoFn):
     def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
         rows = units.num_rows
         encoded = self._handler.run_inference(self._encoder, tokenized)
-        vectors = pa.FixedSizeListArray.from_arrays(
-            pa.array(self._quantizer.quantize(encoded.embeddings).reshape(-1)),
-            self._schema.field(EMBEDDING_COLUMN).type.list_size,
-        )
+        vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
         truncated = int(encoded.truncated.sum())

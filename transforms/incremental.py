@@ -309,7 +309,7 @@ class _Settle(beam.DoFn):
         exact = joined.column("same_key").combine_chunks()
         rows = pc.coalesce(exact, joined.column("same_text").combine_chunks())
         joined = joined.drop_columns(["same_key", "same_text"])
-        vectors = previous.column(VECTOR).combine_chunks().take(rows)
+        vectors = previous.column(VECTOR).combine_chunks().cast(self._vector_type).take(rows)  # either layout
         if self._deletes is not None:
             unchanged = pc.equal(joined.column(DIGEST), previous.column(DIGEST).combine_chunks().take(exact))
             restated = pc.and_(pc.is_valid(vectors), pc.invert(pc.fill_null(unchanged, False)))
