@@ -1,6 +1,7 @@
 """Load a finished run into a vector database, checking every file against the manifest first.
 
     python -m pipeline.load pgvector --dsn DSN --table NAME RUN_DIR
+    python -m pipeline.load pinecone --output DIR [--changes --deletes FILE] RUN_DIR
 
 PostgreSQL + pgvector: a directory without `manifest.json` is refused and nothing changes;
 every file the manifest lists for loading is checked (bytes, sha256, rows) before the database
@@ -38,6 +39,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
+from pipeline.pinecone_files import write_deleted_ids, write_import_files
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
 from transforms.write import MANIFEST
 
@@ -408,7 +410,31 @@ def command_line() -> argparse.ArgumentParser:
         help=f"maintenance_work_mem while the HNSW index is built (default: {INDEX_BUILD_MEMORY})",
     )
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
+    pinecone = targets.add_parser("pinecone", help="files for Pinecone's bulk import from object storage")
+    pinecone.add_argument("--output", required=True, help="folder for the import files (one per namespace)")
+    pinecone.add_argument(
+        "--changes",
+        action="store_true",
+        help="convert the run's change set (upserts) instead of its snapshot; needs --deletes",
+    )
+    pinecone.add_argument("--deletes", help="with --changes: Parquet file for the ids to delete (Pinecone's API)")
+    pinecone.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     return parser
+
+
+def export_pinecone(run: Run, output: str, changes: bool, deletes: str | None) -> str:
+    """The run's snapshot, or its change set, as Pinecone import files; returns what was written."""
+    id_column = run.manifest["columns"]["id"]
+    if not changes:
+        rows = write_import_files(run.files["embeddings"], output, id_column, run.manifest["model"])
+        return f"{output}: {rows} vectors of run {run.run_id} to import"
+    if run.previous_run_id is None:
+        raise LoadError(f"{run.path}: the run has no change set (it was made without --previous)")
+    if not deletes:
+        raise LoadError("--changes needs --deletes FILE for the ids to delete")
+    rows = write_import_files(run.files["upserts"], output, id_column, run.manifest["model"])
+    gone = write_deleted_ids(run.files["deletes"], deletes, id_column)
+    return f"{output}: {rows} vectors to upsert; {deletes}: {gone} ids to delete (run {run.run_id})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run = read_run(args.run_dir)
-        print(PgvectorLoader(args.dsn, args.table, args.index_memory).load(run))
-    except LoadError as e:
+        if args.target == "pgvector":
+            print(PgvectorLoader(args.dsn, args.table, args.index_memory).load(run))
+        else:
+            print(export_pinecone(run, args.output, args.changes, args.deletes))
+    except (LoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

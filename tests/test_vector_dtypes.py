@@ -3,6 +3,9 @@ night after night, and the pgvector loader stores it as halfvec or bit (real Pos
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -13,7 +16,7 @@ from encoder.quantize import Calibration, Quantizer
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
 from schemas.outputs import read_model_block
-from tests.conftest import read_manifest, run_cli, write_parquet
+from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
 from tests.test_load_pgvector import load
 
 DTYPES = ("float32", "float16", "int8", "uint8", "binary")
@@ -168,3 +171,18 @@ def test_the_list_layout_holds_the_same_vectors_and_reuses_either_layout(runs, p
     assert load(postgres, listed, "kb_float16_list").returncode == 0
     with psycopg.connect(postgres) as connection:
         assert connection.execute("SELECT count(*) FROM kb_float16_list").fetchone()[0] == 40
+
+
+def test_pinecone_files_hold_int8_vectors_read_back_and_refuse_binary(runs, tmp_path):
+    _, outputs = runs
+    command = [sys.executable, "-m", "pipeline.load", "pinecone", "--output"]
+    result = subprocess.run([*command, str(tmp_path / "int8"), str(outputs["int8"])], cwd=ROOT, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    ids, values, block = stored(outputs["int8"])
+    exported = pq.read_table(sorted((tmp_path / "int8").glob("*.parquet")))
+    restored = dict(zip(ids, Quantizer.from_block(block).dequantize(values, 384), strict=True))
+    assert all(np.array_equal(np.array(r["values"], np.float32), restored[r["id"]]) for r in exported.to_pylist())
+    refused = subprocess.run(
+        [*command, str(tmp_path / "binary"), str(outputs["binary"])], cwd=ROOT, capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "binary vectors have no Pinecone form" in refused.stderr

@@ -1,0 +1,140 @@
+"""A run's vectors as Pinecone bulk-import files, converted file by file in Arrow.
+
+Pinecone imports Parquet files with `id` (string), `values` (list of float32) and `metadata`
+(a JSON object per row). Each vector's Pinecone id is its id as text, with passages
+`<id>#<chunk>`; its metadata holds every other column the job wrote (the id, passage
+offsets, carried columns, content hash), nulls left out (Pinecone takes no null values).
+Compact vectors are read back as float32 (int8 and uint8 as their levels' midpoints);
+binary vectors have no Pinecone form and are refused. Import only adds and updates records:
+for a change set, the ids to delete are written apart, for Pinecone's delete API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from encoder.quantize import Quantizer
+from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
+
+READ_ROWS = 8192
+IMPORT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("values", pa.list_(pa.float32()), nullable=False),
+        pa.field("metadata", pa.string()),
+    ]
+)
+# JSON escapes for the characters a JSON string may not hold as they are.
+_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")] + [
+    (chr(code), f"\\u{code:04x}") for code in range(32) if chr(code) not in "\n\r\t"
+]
+
+
+def _quoted(texts: pa.Array) -> pa.Array:
+    for raw, escaped in _ESCAPES:
+        if pc.any(pc.match_substring(texts, raw)).as_py():
+            texts = pc.replace_substring(texts, raw, escaped)
+    return pc.binary_join_element_wise('"', texts, '"', "")
+
+
+def json_values(column: pa.Array) -> pa.Array:
+    """Each value as JSON text, null where the value is null (or a float that JSON cannot hold)."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        return json_values(column.dictionary_decode())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _quoted(column.cast(pa.string()))
+    if pa.types.is_boolean(kind):
+        return pc.if_else(column, "true", "false")
+    if pa.types.is_integer(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.string())
+    if pa.types.is_floating(kind):
+        return pc.if_else(pc.is_finite(column), column.cast(pa.string()), pa.scalar(None, pa.string()))
+    if pa.types.is_temporal(kind):
+        return _quoted(column.cast(pa.string()))
+    # Binary and nested values: rare as metadata; Python's JSON, one value at a time.
+    texts = [None if value is None else json.dumps(value, default=str) for value in column.to_pylist()]
+    return pa.array(texts, pa.string())
+
+
+def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
+    """A JSON object per row of the columns `names`, without the keys whose value is null."""
+    members = [
+        pc.binary_join_element_wise(
+            _quoted(pa.array([name])).to_pylist()[0], json_values(table.column(name).combine_chunks()), ":"
+        )
+        for name in names
+    ]
+    joined = (
+        pc.binary_join_element_wise(*members, ",", null_handling="skip") if members else pa.array([""] * table.num_rows)
+    )
+    return pc.binary_join_element_wise("{", joined, "}", "")
+
+
+def pinecone_ids(table: pa.Table, id_column: str) -> pa.Array:
+    ids = table.column(id_column).combine_chunks()
+    ids = (ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids).cast(pa.string())
+    if CHUNK_COLUMN not in table.column_names:
+        return ids
+    return pc.binary_join_element_wise(ids, table.column(CHUNK_COLUMN).combine_chunks().cast(pa.string()), "#")
+
+
+def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int) -> pa.Table:
+    """Rows of an embeddings file in Pinecone's import layout."""
+    stored = table.column(EMBEDDING_COLUMN).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = quantizer.dequantize(stored.reshape(table.num_rows, -1), dim).astype(np.float32)
+    offsets = pa.array(np.arange(table.num_rows + 1, dtype=np.int32) * dim)
+    values = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
+    names = [name for name in table.column_names if name != EMBEDDING_COLUMN]
+    return pa.Table.from_arrays(
+        [pinecone_ids(table, id_column), values, metadata_json(table, names)], schema=IMPORT_SCHEMA
+    )
+
+
+def _batches(path: str) -> Iterator[pa.Table]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+            yield pa.Table.from_batches([batch])
+
+
+def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
+    rows = 0
+    with FileSystems.create(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table)
+            rows += table.num_rows
+    return rows
+
+
+def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> int:
+    """Each embeddings file as `output/part-NNNNN.parquet` in the import layout; returns the rows."""
+    quantizer = Quantizer.from_block(model_block)
+    if quantizer.dtype == "binary":
+        raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
+    return sum(
+        _write(
+            (import_table(table, id_column, quantizer, model_block["dim"]) for table in _batches(path)),
+            IMPORT_SCHEMA,
+            FileSystems.join(output, f"part-{number:05d}.parquet"),
+        )
+        for number, path in enumerate(files)
+    )
+
+
+def write_deleted_ids(files: list[str], path: str, id_column: str) -> int:
+    """The change set's deleted keys as Pinecone ids, one Parquet file with the column `id`."""
+    schema = pa.schema([pa.field("id", pa.string(), nullable=False)])
+    tables = (
+        pa.Table.from_arrays([pinecone_ids(table, id_column)], schema=schema)
+        for path_ in files
+        for table in _batches(path_)
+    )
+    return _write(tables, schema, path)

@@ -1,0 +1,73 @@
+"""`python -m pipeline.load pinecone`: a run (or its change set) as Pinecone import files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json
+from tests.conftest import ROOT, read_manifest
+from tests.test_load_pgvector import GONE, day_one, day_two, parquet_rows  # noqa: F401 (fixtures)
+
+
+def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline.load", "pinecone", "--output", str(output), *options, str(run_dir)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_snapshot_becomes_id_values_and_json_metadata(day_one, tmp_path):  # noqa: F811
+    result = export(day_one, tmp_path / "ns")
+    assert result.returncode == 0, result.stderr
+    assert "30 vectors of run" in result.stdout
+    files = sorted((tmp_path / "ns").glob("part-*.parquet"))
+    assert len(files) == len(read_manifest(day_one)["files"]["embeddings"])
+    table = pq.read_table(files)
+    assert table.schema == IMPORT_SCHEMA
+    expected = parquet_rows(day_one)
+    assert sorted(table["id"].to_pylist()) == sorted(expected)
+    for row in table.to_pylist():
+        title, digest, vector = expected[row["id"]]
+        assert np.array_equal(np.array(row["values"], np.float32), vector)
+        assert json.loads(row["metadata"]) == {"id": row["id"], "title": title, "content_hash": digest}
+
+
+def test_a_change_set_becomes_upserts_and_ids_to_delete(day_two, tmp_path):  # noqa: F811
+    result = export(day_two, tmp_path / "ns", "--changes", "--deletes", str(tmp_path / "deletes.parquet"))
+    assert result.returncode == 0, result.stderr
+    upserts = pq.read_table(sorted((tmp_path / "ns").glob("part-*.parquet")))
+    assert sorted(upserts["id"].to_pylist()) == sorted(parquet_rows(day_two, "upserts"))
+    assert sorted(pq.read_table(tmp_path / "deletes.parquet")["id"].to_pylist()) == sorted(GONE)
+    refused = export(day_two, tmp_path / "other", "--changes")
+    assert refused.returncode == 1 and "--changes needs --deletes FILE" in refused.stderr
+
+
+def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
+    table = pa.table(
+        {
+            "text": ['say "hi"\\n', "tab\tnew\nline \x01 ü 🚀", None],
+            "score": [1.5, float("nan"), -2.0],
+            "ok": [True, False, None],
+            "at": pa.array([datetime.datetime(2026, 12, 2, 7, 30), None, datetime.datetime(1999, 1, 1)]),
+            "tags": [["a", "b"], [], None],
+            "n": pa.array([1, None, 3], pa.int64()),
+        }
+    )
+    rows = [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()]
+    assert rows == [
+        {
+            "text": 'say "hi"\\n',
+            "score": 1.5,
+            "ok": True,
+            "at": "2026-12-02 07:30:00.000000",
+            "tags": ["a", "b"],
+            "n": 1,
+        },
+        {"text": "tab\tnew\nline \x01 ü 🚀", "ok": False, "tags": []},
+        {"score": -2.0, "at": "1999-01-01 00:00:00.000000", "n": 3},
+    ]
