@@ -231,3 +231,33 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
     assert result.returncode == 0, result.stderr
     assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout
     assert_table_is(postgres, day_two)
+
+
+def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):
+    """A reader's open transaction holds the load at the swap, after its COPY; the loader is then
+    killed (SIGKILL). Until then the reader saw the old rows; after it, the table is as it was."""
+    before, again = loaded_and_copied(postgres, day_one, tmp_path / "again")
+    manifest = read_manifest(again)
+    (again / "manifest.json").write_text(json.dumps({**manifest, "run_id": "killed-run"}))
+    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", TABLE, str(again)]
+    with psycopg.connect(postgres) as reader, psycopg.connect(postgres, autocommit=True) as watcher:
+        assert reader.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 30  # holds its lock until rollback
+        loader = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        waiting = None
+        for _ in range(600):  # bounded: 60 s
+            waiting = watcher.execute(
+                "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP %'"
+            ).fetchone()
+            if waiting or loader.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert waiting, loader.communicate()
+        staging = watcher.execute("SELECT to_regclass(%s)", [f"{TABLE}__loading"]).fetchone()[0]
+        loader.kill()
+        loader.communicate(timeout=30)
+        assert loader.returncode == -9
+        assert staging is None  # the loader's new table, copied already, was never visible to others
+        reader.rollback()
+    assert table_state(postgres) == before
+    with psycopg.connect(postgres) as connection:
+        assert connection.execute("SELECT to_regclass(%s)", [f"{TABLE}__loading"]).fetchone()[0] is None

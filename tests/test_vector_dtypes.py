@@ -186,3 +186,18 @@ def test_pinecone_files_hold_int8_vectors_read_back_and_refuse_binary(runs, tmp_
         [*command, str(tmp_path / "binary"), str(outputs["binary"])], cwd=ROOT, capture_output=True, text=True
     )
     assert refused.returncode == 1 and "binary vectors have no Pinecone form" in refused.stderr
+
+
+def test_compact_vectors_compose_with_truncate_dim(runs):
+    """Truncation first, then the dtype: binary keeps the signs of the first 128 dimensions."""
+    root, outputs = runs
+    output = root / "binary-128"
+    result = run_cli(
+        "--input", str(root / "kb.parquet"), "--output", str(output), "--vector_dtype", "binary",
+        "--truncate_dim", "128",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, values, block = stored(output)
+    assert values.shape == (40, 16) and block["dim"] == 128
+    reference = stored(outputs["float32"])[1][:, :128]  # renormalising scales each row: signs stay
+    assert np.array_equal(Quantizer.from_block(block).dequantize(values, 128), np.where(reference > 0, 1.0, -1.0))
