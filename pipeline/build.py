@@ -74,25 +74,27 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     embedded = joined["to_embed"] | "Embed" >> EmbedRows(
         plan.handler, plan.columns.text, output_schema, plan.rows_per_batch, plan.progress_interval
     )
+
+    def write(name: str, schema: pa.Schema, dictionary: list[str]) -> WriteBatches:
+        return WriteBatches(plan.output, name, schema, dictionary, plan.max_file_bytes)
+
     carried = [f.name for f in plan.columns.carry]  # ids, hashes and vectors rarely repeat: no dictionary
     # Two writes rather than one after a Flatten: the local runner would hold every vector of a
     # Flatten's inputs in the launcher's memory (measured: 126 MB more for 12,000 rows).
     files = {
         "embeddings": (
-            embedded.embeddings | "WriteEmbedded" >> WriteBatches(plan.output, "embeddings", output_schema, carried),
-            joined[REUSED] | "WriteReused" >> WriteBatches(plan.output, "embeddings-reused", output_schema, carried),
+            embedded.embeddings | "WriteEmbedded" >> write("embeddings", output_schema, carried),
+            joined[REUSED] | "WriteReused" >> write("embeddings-reused", output_schema, carried),
         )
         | "AllEmbeddingFiles" >> beam.Flatten(),
         "rejected": (rows[REJECTED], units[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
-        | "WriteRejected" >> WriteBatches(plan.output, "rejected", rejected_schema, ["source_file", "reason"]),
+        | "WriteRejected" >> write("rejected", rejected_schema, ["source_file", "reason"]),
     }
     if change_set:  # the same rows written again, apart: a loader applies these alone
         files["upserts"] = (
-            embedded.embeddings
-            | "WriteUpserts" >> WriteBatches(plan.output, f"{CHANGES_DIR}/upserts", output_schema, carried),
-            joined[RESTATED]
-            | "WriteRestated" >> WriteBatches(plan.output, f"{CHANGES_DIR}/upserts-restated", output_schema, carried),
+            embedded.embeddings | "WriteUpserts" >> write(f"{CHANGES_DIR}/upserts", output_schema, carried),
+            joined[RESTATED] | "WriteRestated" >> write(f"{CHANGES_DIR}/upserts-restated", output_schema, carried),
         ) | "AllUpsertFiles" >> beam.Flatten()
         files["deletes"] = joined[DELETES] | "WriteDeletes" >> WriteBatches(
             plan.output, f"{CHANGES_DIR}/deletes", change_set[1], []

@@ -186,6 +186,13 @@ class EmbedOptions(PipelineOptions):
             "(default: 2048 on CPU, the fastest measured; on CUDA, sized to the card's free memory).",
         )
         group.add_argument(
+            "--target_file_mb",
+            type=float,
+            default=256,
+            help="Size of each output file: a file is closed once it holds this many MiB (plus at most one "
+            "batch) and the next begun; smaller bundles still give smaller files (default: 256).",
+        )
+        group.add_argument(
             "--rows_per_batch",
             type=int,
             default=4096,

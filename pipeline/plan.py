@@ -86,6 +86,7 @@ class JobPlan:
     columns: InputColumns
     handler: EncoderHandler
     rows_per_batch: int
+    max_file_bytes: int  # each output file is closed once it holds this much
     join_buckets: int  # groups of ids the join settles apart, each in one process
     progress_interval: float
     progress_total: int | None  # rows that will go through the model, when known before the run
@@ -337,6 +338,12 @@ def vector_quantizer(opts: EmbedOptions, dim: int) -> Quantizer:
     return quantizer
 
 
+def max_file_bytes(target_file_mb: float) -> int:
+    if not target_file_mb > 0:
+        raise UsageError(f"--target_file_mb {target_file_mb} must be more than 0")
+    return max(1, int(target_file_mb * 2**20))
+
+
 def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
@@ -409,6 +416,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         columns=columns,
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
+        max_file_bytes=max_file_bytes(opts.target_file_mb),
         join_buckets=join_buckets(first_file.metadata.num_rows * len(files)),
         progress_interval=opts.progress_interval,
         # Rows, not passages, go through the model only without passages and without reuse.

@@ -220,3 +220,23 @@ def test_beam_metrics_count_rows_and_tokens(tmp_path):
         "rows_truncated": 0,
         "tokens": 7,
     }
+
+
+def test_output_files_are_cut_at_the_target_size(tmp_path):
+    """A file is closed once it holds --target_file_mb and the next begun: every row lands once."""
+    rows = make_rows(600, seed=4)
+    shard = write_parquet(tmp_path / "kb.parquet", id=rows["id"].to_pylist(), text=rows["text"].to_pylist())
+    output = tmp_path / "out"
+    result = run_cli(
+        "--input", str(shard), "--output", str(output), "--target_file_mb", "0.25", "--rows_per_batch", "100",
+        "--direct_num_workers", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    names = manifest["files"]["embeddings"]
+    assert len(names) >= 3
+    sizes = [manifest["file_checks"][name]["bytes"] for name in names]
+    batch_bytes = 100 * 1600  # a batch of 100 rows: vectors and ids, before compression
+    assert all(size <= 0.25 * 2**20 + batch_bytes for size in sizes)
+    table = pq.read_table([output / name for name in names])
+    assert sorted(table["id"].to_pylist()) == sorted(rows["id"].to_pylist())

@@ -43,24 +43,49 @@ def column_encodings(schema: pa.Schema, dictionary: list[str]) -> dict[str, str]
     }
 
 
-class _ParquetSink(filebasedsink.FileBasedSink):
-    """Arrow tables into zstd Parquet files, with dictionary encoding only on the columns whose values
-    repeat: pyarrow otherwise tries a dictionary on every column, vectors and hashes included,
-    before falling back to plain values."""
+class _CountedFile:
+    """A file that counts the bytes written to it: Beam's sink starts the next file once a file
+    holds `max_bytes_per_shard` (FileBasedSinkWriter.at_capacity reads `sink.byte_counter`)."""
 
-    def __init__(self, prefix: str, schema: pa.Schema, dictionary: list[str]) -> None:
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.bytes_written = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def write(self, data) -> int:
+        self.bytes_written += len(data)
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _ParquetSink(filebasedsink.FileBasedSink):
+    """Arrow tables into zstd Parquet files of about `max_file_bytes` each (a file is closed once
+    it holds that much, so it exceeds it by less than one batch), with dictionary encoding only on
+    the columns whose values repeat: pyarrow otherwise tries a dictionary on every column, vectors
+    and hashes included, before falling back to plain values."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int) -> None:
         super().__init__(
             prefix,
             coder=None,
             file_name_suffix=".parquet",
             mime_type="application/x-parquet",
             compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its pages itself
+            max_bytes_per_shard=max_file_bytes,
         )
         self._schema = schema
         self._dictionary = dictionary
 
     def open(self, temp_path: str) -> tuple:
-        handle = super().open(temp_path)
+        self.byte_counter = handle = _CountedFile(FileSystems.create(temp_path, self.mime_type, self.compression_type))
         writer = pq.ParquetWriter(
             handle,
             self._schema,
@@ -82,11 +107,14 @@ class _ParquetSink(filebasedsink.FileBasedSink):
 
 class WriteBatches(beam.PTransform):
     """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out; returns the written paths.
-    `dictionary`: the columns whose values repeat enough for dictionary encoding."""
+    `dictionary`: the columns whose values repeat enough for dictionary encoding; `max_file_bytes`:
+    when a file is closed and the next begun (else one file per bundle)."""
 
-    def __init__(self, output_dir: str, name: str, schema: pa.Schema, dictionary: list[str]) -> None:
+    def __init__(
+        self, output_dir: str, name: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int
+    ) -> None:
         super().__init__()
-        self._sink = _ParquetSink(FileSystems.join(output_dir, name), schema, dictionary)
+        self._sink = _ParquetSink(FileSystems.join(output_dir, name), schema, dictionary, max_file_bytes)
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
