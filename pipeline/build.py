@@ -21,16 +21,16 @@ from schemas.outputs import (
     restated_columns,
 )
 from transforms.embed import EmbedRows
-from transforms.incremental import DELETES, RESTATED, REUSED, JoinPrevious
+from transforms.incremental import DELETES, RESTATED, REUSED, ChangeSet, JoinPrevious
 from transforms.passages import MakeUnits
 from transforms.read import ReadShards
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import CHANGES_DIR, WriteBatches, WriteManifest
 
 
-def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, restated: list[str]) -> beam.PCollection:
+def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: list[str]) -> beam.PCollection:
     """The previous output's ids, chunks and content hashes, with its vectors when they can be reused,
-    and the `restated` columns when it wrote them all (else every reused row is restated)."""
+    and the `compared` columns."""
     if not plan.previous or not plan.previous.files:
         return pipeline | "NoPrevious" >> beam.Create([])
     names = [plan.columns.id.name, CONTENT_HASH_COLUMN]
@@ -38,7 +38,6 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, restated: lis
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
-    compared = restated if set(restated) <= set(plan.previous.columns) else []
     return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, [*names, *compared], check, plan.rows_per_batch)
 
 
@@ -58,9 +57,18 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     units = rows.valid | "MakeUnits" >> MakeUnits(
         plan.columns, plan.model_block["prompt"], rejected_schema, plan.rows_per_batch, plan.handler, plan.chunking
     )
-    restated = restated_columns(plan.columns, passages)
-    previous = _read_previous(pipeline, plan, output_schema, restated)
-    change_set = (restated, deletes_schema(plan.columns, passages)) if plan.previous else None
+    change_set = None
+    if plan.previous and plan.previous.passages == passages:
+        # (With rows one night and passages the next, the keys differ in kind: loaders replace the
+        # table then.) A column added or dropped since the previous run restates every reused row.
+        offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
+        written = sorted([*offsets, *(f.name for f in plan.columns.carry)])
+        restated = restated_columns(plan.columns, passages)
+        change_set = ChangeSet(
+            restated, deletes_schema(plan.columns, passages), written == sorted(plan.previous.columns)
+        )
+    compared = change_set.restated if change_set and change_set.comparable else []
+    previous = _read_previous(pipeline, plan, output_schema, compared)
     joined = (units.units, previous) | "JoinPrevious" >> JoinPrevious(
         plan.columns.id.name,
         output_schema,
@@ -96,9 +104,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
             embedded.embeddings | "WriteUpserts" >> write(f"{CHANGES_DIR}/upserts", output_schema, carried),
             joined[RESTATED] | "WriteRestated" >> write(f"{CHANGES_DIR}/upserts-restated", output_schema, carried),
         ) | "AllUpsertFiles" >> beam.Flatten()
-        files["deletes"] = joined[DELETES] | "WriteDeletes" >> WriteBatches(
-            plan.output, f"{CHANGES_DIR}/deletes", change_set[1], []
-        )
+        files["deletes"] = joined[DELETES] | "WriteDeletes" >> write(f"{CHANGES_DIR}/deletes", change_set.deletes, [])
     (
         (rows[STATS], units[STATS], joined[STATS], embedded[STATS])
         | "MergeStats" >> beam.Flatten()

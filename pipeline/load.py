@@ -1,7 +1,7 @@
 """Load a finished run into a vector database, checking every file against the manifest first.
 
     python -m pipeline.load pgvector --dsn DSN --table NAME RUN_DIR
-    python -m pipeline.load pinecone --output DIR [--changes --deletes FILE] RUN_DIR
+    python -m pipeline.load pinecone --output DIR RUN_DIR
 
 PostgreSQL + pgvector: a directory without `manifest.json` is refused and nothing changes;
 every file the manifest lists for loading is checked (bytes, sha256, rows) before the database
@@ -39,7 +39,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
-from pipeline.pinecone_files import write_deleted_ids, write_import_files
+from pipeline.pinecone_files import write_import_files
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
 from transforms.write import MANIFEST
 
@@ -226,14 +226,21 @@ class PgvectorLoader:
         return f"{rows} rows of run {run.run_id} loaded"
 
     def _same_columns(self, connection, schema: pa.Schema, run: Run) -> bool:
-        """Whether the table has the run's columns, in order, and its vectors' type."""
+        """Whether the table has the run's columns, in order, of the types the loader gives them."""
         found = connection.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, NULL), format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            [self._table],
+            [self._name.as_string(connection)],
         ).fetchall()
         vectors = PgVectors.of(run).column_type
-        return [name for name, _ in found] == schema.names and dict(found).get(EMBEDDING_COLUMN) == vectors
+        wanted = [vectors if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
+        expected = connection.execute(
+            "SELECT format_type(t::regtype, NULL) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            [wanted],
+        ).fetchall()
+        columns = [(name, kind) for name, kind, _ in found]
+        embedding = {name: full for name, _, full in found}.get(EMBEDDING_COLUMN)
+        return columns == list(zip(schema.names, (kind for (kind,) in expected), strict=True)) and embedding == vectors
 
     def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
         """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
@@ -411,30 +418,15 @@ def command_line() -> argparse.ArgumentParser:
     )
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     pinecone = targets.add_parser("pinecone", help="files for Pinecone's bulk import from object storage")
-    pinecone.add_argument("--output", required=True, help="folder for the import files (one per namespace)")
-    pinecone.add_argument(
-        "--changes",
-        action="store_true",
-        help="convert the run's change set (upserts) instead of its snapshot; needs --deletes",
-    )
-    pinecone.add_argument("--deletes", help="with --changes: Parquet file for the ids to delete (Pinecone's API)")
+    pinecone.add_argument("--output", required=True, help="folder for the import files (one per new namespace)")
     pinecone.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     return parser
 
 
-def export_pinecone(run: Run, output: str, changes: bool, deletes: str | None) -> str:
-    """The run's snapshot, or its change set, as Pinecone import files; returns what was written."""
-    id_column = run.manifest["columns"]["id"]
-    if not changes:
-        rows = write_import_files(run.files["embeddings"], output, id_column, run.manifest["model"])
-        return f"{output}: {rows} vectors of run {run.run_id} to import"
-    if run.previous_run_id is None:
-        raise LoadError(f"{run.path}: the run has no change set (it was made without --previous)")
-    if not deletes:
-        raise LoadError("--changes needs --deletes FILE for the ids to delete")
-    rows = write_import_files(run.files["upserts"], output, id_column, run.manifest["model"])
-    gone = write_deleted_ids(run.files["deletes"], deletes, id_column)
-    return f"{output}: {rows} vectors to upsert; {deletes}: {gone} ids to delete (run {run.run_id})"
+def export_pinecone(run: Run, output: str) -> str:
+    """The run's snapshot as Pinecone import files; returns what was written."""
+    rows = write_import_files(run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"])
+    return f"{output}: {rows} vectors of run {run.run_id} to import"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.target == "pgvector":
             print(PgvectorLoader(args.dsn, args.table, args.index_memory).load(run))
         else:
-            print(export_pinecone(run, args.output, args.changes, args.deletes))
+            print(export_pinecone(run, args.output))
     except (LoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

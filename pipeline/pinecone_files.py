@@ -5,13 +5,15 @@ Pinecone imports Parquet files with `id` (string), `values` (list of float32) an
 `<id>#<chunk>`; its metadata holds every other column the job wrote (the id, passage
 offsets, carried columns, content hash), nulls left out (Pinecone takes no null values).
 Compact vectors are read back as float32 (int8 and uint8 as their levels' midpoints);
-binary vectors have no Pinecone form and are refused. Import only adds and updates records:
-for a change set, the ids to delete are written apart, for Pinecone's delete API.
+binary vectors have no Pinecone form and are refused. Pinecone imports into new namespaces
+only, so these files hold a whole snapshot; a change set goes through its upsert and delete
+APIs instead (from the run's `changes/` files).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -61,8 +63,22 @@ def json_values(column: pa.Array) -> pa.Array:
     if pa.types.is_temporal(kind):
         return _quoted(column.cast(pa.string()))
     # Binary and nested values: rare as metadata; Python's JSON, one value at a time.
-    texts = [None if value is None else json.dumps(value, default=str) for value in column.to_pylist()]
+    texts = [
+        None if value is None else json.dumps(_finite(value), default=str, allow_nan=False)
+        for value in column.to_pylist()
+    ]
     return pa.array(texts, pa.string())
+
+
+def _finite(value):
+    """A nested value with NaN and infinities as None: JSON has no form for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
@@ -127,14 +143,3 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
         )
         for number, path in enumerate(files)
     )
-
-
-def write_deleted_ids(files: list[str], path: str, id_column: str) -> int:
-    """The change set's deleted keys as Pinecone ids, one Parquet file with the column `id`."""
-    schema = pa.schema([pa.field("id", pa.string(), nullable=False)])
-    tables = (
-        pa.Table.from_arrays([pinecone_ids(table, id_column)], schema=schema)
-        for path_ in files
-        for table in _batches(path_)
-    )
-    return _write(tables, schema, path)

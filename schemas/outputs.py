@@ -133,7 +133,10 @@ def content_hashes(prompt: str, texts: pa.Array) -> pa.Array:
 def _same_values(found: pa.DataType, expected: pa.DataType) -> bool:
     """Vectors of either layout with the same values' type (the join casts one to the other)."""
     lists = (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) for kind in (found, expected))
-    return all(lists) and found.value_type == expected.value_type
+    if not all(lists) or found.value_type != expected.value_type:
+        return False
+    sizes = [kind.list_size for kind in (found, expected) if pa.types.is_fixed_size_list(kind)]
+    return len(set(sizes)) <= 1
 
 
 def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names: list[str]) -> None:

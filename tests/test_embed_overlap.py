@@ -3,6 +3,7 @@ embed step writes exactly what it writes without."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pyarrow as pa
@@ -10,10 +11,14 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from samples.knowledge_base import make_rows
+from schemas.outputs import METADATA_KEY
 from transforms.embed import EncoderHandler, _Embed
 from transforms.validate import STATS
 
-SCHEMA = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), 384))])
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("embedding", pa.list_(pa.float32(), 384))],
+    metadata={METADATA_KEY: json.dumps({"dim": 384, "vector_dtype": "float32"}).encode()},
+)
 
 
 def _unwindowed(output):

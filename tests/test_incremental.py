@@ -139,3 +139,21 @@ def test_output_may_not_be_the_previous_output(day_one):
     assert result.returncode == 1
     assert f"error: --output and --previous are both {out1}" in result.stderr
     assert (out1 / "manifest.json").exists()
+
+
+def test_a_dropped_carried_column_restates_every_row_and_passages_after_rows_make_no_change_set(day_one):
+    day1 = str(day_one / "day1" / "kb.parquet")
+    dropped = day_one / "out-no-title"
+    result = run_cli("--input", day1, "--output", str(dropped), "--previous", str(day_one / "out1"))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(dropped)
+    assert (manifest["rows_reused"], manifest["rows_embedded"]) == (40, 0)
+    assert manifest["changes"] == {**manifest["changes"], "upserts": 40, "deletes": 0, "restated": 40}
+    passages = day_one / "out-passages"
+    result = run_cli(
+        "--input", day1, "--output", str(passages), "--previous", str(day_one / "out1"), "--chunk_tokens", "128"
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(passages)
+    assert "changes" not in manifest and set(manifest["files"]) == {"embeddings", "rejected"}
+    assert not (passages / "changes").exists()

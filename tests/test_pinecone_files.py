@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json
 from tests.conftest import ROOT, read_manifest
-from tests.test_load_pgvector import GONE, day_one, day_two, parquet_rows  # noqa: F401 (fixtures)
+from tests.test_load_pgvector import day_one, parquet_rows  # noqa: F401 (fixtures)
 
 
 def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
@@ -37,16 +38,6 @@ def test_a_snapshot_becomes_id_values_and_json_metadata(day_one, tmp_path):  # n
         assert json.loads(row["metadata"]) == {"id": row["id"], "title": title, "content_hash": digest}
 
 
-def test_a_change_set_becomes_upserts_and_ids_to_delete(day_two, tmp_path):  # noqa: F811
-    result = export(day_two, tmp_path / "ns", "--changes", "--deletes", str(tmp_path / "deletes.parquet"))
-    assert result.returncode == 0, result.stderr
-    upserts = pq.read_table(sorted((tmp_path / "ns").glob("part-*.parquet")))
-    assert sorted(upserts["id"].to_pylist()) == sorted(parquet_rows(day_two, "upserts"))
-    assert sorted(pq.read_table(tmp_path / "deletes.parquet")["id"].to_pylist()) == sorted(GONE)
-    refused = export(day_two, tmp_path / "other", "--changes")
-    assert refused.returncode == 1 and "--changes needs --deletes FILE" in refused.stderr
-
-
 def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
     table = pa.table(
         {
@@ -55,10 +46,12 @@ def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
             "ok": [True, False, None],
             "at": pa.array([datetime.datetime(2026, 12, 2, 7, 30), None, datetime.datetime(1999, 1, 1)]),
             "tags": [["a", "b"], [], None],
+            "weights": [[0.5, float("nan")], None, [float("inf")]],
             "n": pa.array([1, None, 3], pa.int64()),
         }
     )
-    rows = [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()]
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} is not JSON")}
+    rows = [json.loads(text, **strict) for text in metadata_json(table, table.column_names).to_pylist()]
     assert rows == [
         {
             "text": 'say "hi"\\n',
@@ -66,8 +59,9 @@ def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
             "ok": True,
             "at": "2026-12-02 07:30:00.000000",
             "tags": ["a", "b"],
+            "weights": [0.5, None],
             "n": 1,
         },
         {"text": "tab\tnew\nline \x01 ü 🚀", "ok": False, "tags": []},
-        {"score": -2.0, "at": "1999-01-01 00:00:00.000000", "n": 3},
+        {"score": -2.0, "at": "1999-01-01 00:00:00.000000", "weights": [None], "n": 3},
     ]

@@ -59,6 +59,15 @@ DELETES = "deletes"  # tag of the change set's deleted keys
 
 
 @dataclass(frozen=True)
+class ChangeSet:
+    """What the join needs to make the change set."""
+
+    restated: list[str]  # the written columns compared with the previous row of the same key
+    deletes: pa.Schema  # of the deleted keys
+    comparable: bool  # the previous run wrote the same columns; else every reused row is restated
+
+
+@dataclass(frozen=True)
 class Claims:
     """One unit batch's units whose ids fall in one bucket."""
 
@@ -167,10 +176,10 @@ def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
 
 
 def _previous_claims(
-    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None, restated: list[str] | None = None
+    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None, change_set: ChangeSet | None = None
 ) -> Iterator[tuple[int, pa.Table]]:
     """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR;
-    with a change set DIGEST, null when the previous run did not write the `restated` columns)."""
+    with a change set DIGEST, null when the previous run wrote other columns than this one)."""
     batch = shard.batch
     names = batch.schema.names
     columns = {
@@ -178,9 +187,12 @@ def _previous_claims(
         CHUNK: batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in names else np.zeros(batch.num_rows, np.int32),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
-    if restated is not None:
-        written = set(restated) <= set(names)
-        columns[DIGEST] = pa.array(row_digests(batch, restated)) if written else pa.nulls(batch.num_rows, pa.uint64())
+    if change_set is not None:
+        columns[DIGEST] = (
+            pa.array(row_digests(batch, change_set.restated))
+            if change_set.comparable
+            else pa.nulls(batch.num_rows, pa.uint64())
+        )
     if EMBEDDING_COLUMN in names:
         columns[VECTOR] = batch.column(EMBEDDING_COLUMN)
     for bucket, table in _by_bucket(pa.table(columns), buckets):
@@ -368,8 +380,8 @@ class JoinPrevious(beam.PTransform):
     """UnitBatches and the previous output's ShardBatches in; outputs unit record batches `to_embed`,
     `reused` (embeddings schema), `rejected` and `stats`, and with a change set `restated`
     (embeddings schema) and `deletes`. `buckets`: how many groups of ids are settled apart (each in
-    one process); `change_set`: the columns compared for `restated` and the deletes' schema, None
-    without --previous; `spill_dir`: where a local run's shuffled values go (transforms.spill),
+    one process); `change_set`: None without one (no --previous, or rows one night and passages
+    the next); `spill_dir`: where a local run's shuffled values go (transforms.spill),
     None on a distributed runner."""
 
     def __init__(
@@ -380,7 +392,7 @@ class JoinPrevious(beam.PTransform):
         reuse: bool,
         passages: bool,
         buckets: int,
-        change_set: tuple[list[str], pa.Schema] | None = None,
+        change_set: ChangeSet | None = None,
         spill_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -388,15 +400,16 @@ class JoinPrevious(beam.PTransform):
         self._schema = schema
         self._buckets = buckets
         self._spill_dir = spill_dir
-        self._restated, deletes = change_set if change_set else (None, None)
-        self._claim = _Claim(id_column, rejects, buckets, spill_dir, self._restated)
+        self._change_set = change_set
+        restated, deletes = (change_set.restated, change_set.deletes) if change_set else (None, None)
+        self._claim = _Claim(id_column, rejects, buckets, spill_dir, restated)
         self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir, deletes)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
         claimed = units | "Claim" >> beam.ParDo(self._claim).with_outputs(REJECTED, STATS, main="claims")
         earlier = previous | "ClaimPrevious" >> beam.FlatMap(
-            _previous_claims, self._id_column, self._buckets, self._spill_dir, self._restated
+            _previous_claims, self._id_column, self._buckets, self._spill_dir, self._change_set
         )
         settled = (
             {CURRENT: claimed.claims, PREVIOUS: earlier}

@@ -2,7 +2,9 @@
 
 Equal values of one type hash equally on every worker and every night, however the arrays are
 sliced or chunked. Used to spread ids over buckets and to tell whether a row's carried values
-changed since the previous run (a 64-bit digest: two different rows collide with probability 2**-64).
+changed since the previous run. The hash is polynomial modulo 2**64: ordinary different values
+collide about once in 2**64, but inputs built for it can collide (long Thue-Morse-like strings),
+so it detects changes in data, not tampering.
 """
 
 from __future__ import annotations
