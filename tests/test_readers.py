@@ -1,4 +1,4 @@
-"""The default output files, as they are, in DuckDB and LanceDB."""
+"""The default output files, as they are, in DuckDB, LanceDB, pandas and Polars."""
 
 from __future__ import annotations
 
@@ -66,3 +66,17 @@ def test_vectors_and_hashes_are_written_without_dictionary_encoding(run_dir):
     }
     assert set(encodings) == {"id", "content_hash", "embedding.list.item"}
     assert not any("DICTIONARY" in encoding for codes in encodings.values() for encoding in codes)
+
+
+def test_pandas_and_polars_read_the_vectors_as_they_are(run_dir):
+    pandas = pytest.importorskip("pandas")
+    polars = pytest.importorskip("polars")
+    query, expected = _expected_top(run_dir, 5)
+    files = [run_dir / name for name in read_manifest(run_dir)["files"]["embeddings"]]
+    frame = pandas.concat([pandas.read_parquet(path) for path in files], ignore_index=True)
+    scores = np.stack(frame["embedding"].to_numpy()) @ query
+    assert frame["id"].to_numpy()[np.argsort(-scores, kind="stable")[:5]].tolist() == expected
+    table = polars.read_parquet(files)
+    assert table.schema["embedding"] == polars.Array(polars.Float32, 384)  # fixed-size, as written
+    scores = table["embedding"].to_numpy() @ query
+    assert table["id"].to_numpy()[np.argsort(-scores, kind="stable")[:5]].tolist() == expected
