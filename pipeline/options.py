@@ -190,7 +190,7 @@ class EmbedOptions(PipelineOptions):
             type=float,
             default=256,
             help="Size of each output file: a file is closed once it holds this many MiB (plus at most one "
-            "batch) and the next begun; smaller bundles still give smaller files (default: 256).",
+            "batch) and the next begun; the files under half of it are then merged (default: 256).",
         )
         group.add_argument(
             "--rows_per_batch",

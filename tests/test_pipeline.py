@@ -222,21 +222,28 @@ def test_beam_metrics_count_rows_and_tokens(tmp_path):
     }
 
 
-def test_output_files_are_cut_at_the_target_size(tmp_path):
-    """A file is closed once it holds --target_file_mb and the next begun: every row lands once."""
-    rows = make_rows(600, seed=4)
-    shard = write_parquet(tmp_path / "kb.parquet", id=rows["id"].to_pylist(), text=rows["text"].to_pylist())
+def test_output_files_are_cut_at_the_target_size_and_small_ones_merged(tmp_path):
+    """A file is closed once it holds --target_file_mb and the next begun; the small files each
+    bundle leaves last are then merged: at most one file under half the target, every row once."""
+    rows = make_rows(1300, seed=4)
+    shards = [
+        write_parquet(
+            tmp_path / f"kb-{i}.parquet", id=rows["id"][i::4].to_pylist(), text=rows["text"][i::4].to_pylist()
+        )
+        for i in range(4)
+    ]
     output = tmp_path / "out"
     result = run_cli(
-        "--input", str(shard), "--output", str(output), "--target_file_mb", "0.25", "--rows_per_batch", "100",
-        "--direct_num_workers", "1",
+        "--input", ",".join(map(str, shards)), "--output", str(output), "--target_file_mb", "0.4",
+        "--rows_per_batch", "100", "--direct_num_workers", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
-    names = manifest["files"]["embeddings"]
-    assert len(names) >= 3
+    names = [name for name in manifest["files"]["embeddings"] if "-reused-" not in name]
     sizes = [manifest["file_checks"][name]["bytes"] for name in names]
     batch_bytes = 100 * 1600  # a batch of 100 rows: vectors and ids, before compression
-    assert all(size <= 0.25 * 2**20 + batch_bytes for size in sizes)
+    assert len(names) >= 3 and all(size <= 0.4 * 2**20 + batch_bytes for size in sizes)
+    assert sum(size < 0.2 * 2**20 for size in sizes) <= 1, sizes
+    assert sorted(p.name for p in output.glob("embeddings-*.parquet")) == sorted(manifest["files"]["embeddings"])
     table = pq.read_table([output / name for name in names])
     assert sorted(table["id"].to_pylist()) == sorted(rows["id"].to_pylist())

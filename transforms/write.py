@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from functools import partial
 
 import apache_beam as beam
 import numpy as np
@@ -22,6 +23,8 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
+
+from transforms.compact import CompactFiles
 
 MANIFEST = "manifest.json"
 CHANGES_DIR = "changes"  # the change set's files, beside the snapshot
@@ -66,6 +69,18 @@ class _CountedFile:
         self._handle.close()
 
 
+def parquet_writer(handle, schema: pa.Schema, dictionary: list[str]) -> pq.ParquetWriter:
+    """zstd pages, dictionary encoding only for the `dictionary` columns, integer vectors delta-encoded."""
+    return pq.ParquetWriter(
+        handle,
+        schema,
+        compression="zstd",
+        use_dictionary=dictionary,
+        column_encoding=column_encodings(schema, dictionary) or None,
+        use_compliant_nested_type=False,
+    )
+
+
 class _ParquetSink(filebasedsink.FileBasedSink):
     """Arrow tables into zstd Parquet files of about `max_file_bytes` each (a file is closed once
     it holds that much, so it exceeds it by less than one batch), with dictionary encoding only on
@@ -86,15 +101,7 @@ class _ParquetSink(filebasedsink.FileBasedSink):
 
     def open(self, temp_path: str) -> tuple:
         self.byte_counter = handle = _CountedFile(FileSystems.create(temp_path, self.mime_type, self.compression_type))
-        writer = pq.ParquetWriter(
-            handle,
-            self._schema,
-            compression="zstd",
-            use_dictionary=self._dictionary,
-            column_encoding=column_encodings(self._schema, self._dictionary) or None,
-            use_compliant_nested_type=False,
-        )
-        return handle, writer
+        return handle, parquet_writer(handle, self._schema, self._dictionary)
 
     def write_record(self, opened: tuple, table: pa.Table) -> None:
         opened[1].write_table(table)
@@ -106,21 +113,26 @@ class _ParquetSink(filebasedsink.FileBasedSink):
 
 
 class WriteBatches(beam.PTransform):
-    """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out; returns the written paths.
+    """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out, the small ones then merged into
+    `DIR/<name>-merged-SSSSS-of-NNNNN.parquet` (transforms.compact); returns the paths.
     `dictionary`: the columns whose values repeat enough for dictionary encoding; `max_file_bytes`:
-    when a file is closed and the next begun (else one file per bundle)."""
+    the target size: a file is closed and the next begun once it holds that much."""
 
     def __init__(
         self, output_dir: str, name: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int
     ) -> None:
         super().__init__()
-        self._sink = _ParquetSink(FileSystems.join(output_dir, name), schema, dictionary, max_file_bytes)
+        prefix = FileSystems.join(output_dir, name)
+        self._sink = _ParquetSink(prefix, schema, dictionary, max_file_bytes)
+        open_writer = partial(parquet_writer, schema=schema, dictionary=dictionary)
+        self._compact = CompactFiles(prefix, open_writer, max_file_bytes)
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
             | "ToTables" >> beam.Map(lambda batch: pa.Table.from_batches([batch]))
             | "WriteParquet" >> Write(self._sink)
+            | "Compact" >> self._compact
         )
 
 
