@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -174,9 +175,10 @@ def test_missing_gcs_model_is_a_clear_error(day1):
 
 
 def _flaky_proxy(target: int, every: int) -> tuple[ThreadingHTTPServer, list]:
-    """Forwards to the emulator on loopback, answering every `every`-th request 503 or 429 instead."""
+    """Forwards to the emulator on loopback, answering every `every`-th request 503 or 429 instead,
+    uploads and other requests counted apart so that writes are hit whatever else the job asks."""
     faults: list[tuple[int, str, str]] = []
-    seen = [0]
+    seen = Counter()
     lock = threading.Lock()
 
     class Flaky(BaseHTTPRequestHandler):
@@ -186,8 +188,9 @@ def _flaky_proxy(target: int, every: int) -> tuple[ThreadingHTTPServer, list]:
         def forward(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with lock:
-                seen[0] += 1
-                fail = 503 if seen[0] % (2 * every) == 0 else 429 if seen[0] % every == 0 else None
+                kind = self.path.startswith("/upload/")
+                seen[kind] += 1
+                fail = 503 if seen[kind] % (2 * every) == 0 else 429 if seen[kind] % every == 0 else None
                 if fail:
                     faults.append((fail, self.command, self.path.split("?")[0]))
             if fail:
