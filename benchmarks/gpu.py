@@ -27,7 +27,6 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from benchmarks.flops import Shape, matmul_rate, model_flops, sync
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import make_rows
 
@@ -46,15 +46,6 @@ except ImportError:  # pragma: no cover - older releases
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 ST_BATCH_SIZES = (32, 256)
-
-
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    max_seq_length: int
 
 
 SHAPES = {
@@ -86,32 +77,6 @@ def build_model(tokenizer_dir: Path, shape: Shape, folder: Path) -> Path:
     return folder
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matrix product on `device`: the card's own ceiling."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    started, repeats = time.perf_counter(), 20 if device.type == "cuda" else 3
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - started)
-
-
-def model_flops(lengths: np.ndarray, shape: Shape) -> float:
-    """Multiply-adds x 2 of the transformer on real tokens: projections and feed-forward, and attention."""
-    per_token = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.intermediate)
-    attention = 4 * shape.hidden * lengths.astype(np.float64)  # QK^T and AV, per token, per layer
-    return float(shape.layers * (lengths * (per_token + attention)).sum())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _least_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
@@ -120,7 +85,7 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
     cuda = device.type == "cuda"
     encoder = PooledEncoder(read_model_folder(folder), str(device), "bfloat16" if cuda else "float32")
     encoder.encode(texts[:256])
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     encoded = encoder.encode(pa.array(texts, pa.string()))
     job_seconds = time.perf_counter() - started
@@ -133,10 +98,10 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
     st_seconds, st_vectors = float("inf"), None
     for batch_size in ST_BATCH_SIZES:
         reference.encode(texts[:256], batch_size=batch_size)
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         vectors = reference.encode(texts, batch_size=batch_size, convert_to_numpy=True)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - started
         if seconds < st_seconds:
             st_seconds, st_vectors, st_batch = seconds, vectors, batch_size

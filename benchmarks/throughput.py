@@ -4,7 +4,9 @@
   (b) sentence-transformers encode(texts, batch_size=32, normalize_embeddings=True), encode only
   (c) Beam's MLTransform + SentenceTransformerEmbeddings, Parquet to Parquet
 
-and the job's memory: its peak RSS on the corpus against a tenth of it.
+and the job's memory: its peak RSS on the corpus against a tenth of it; then the model's FLOPs
+on the corpus' real tokens per second of (a), end to end, and of (b), against this host's own
+float32 matrix-product rate measured in the same run, all its threads (benchmarks.flops).
 
     python -m benchmarks.throughput --rows 12000 [--workdir DIR] [--device cuda --dtype float16]
 
@@ -21,9 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
+from benchmarks.flops import folder_shape, matmul_rate, model_flops
 from benchmarks.measure import Measured, run_measured
+from benchmarks.passages import host
+from encoder import read_model_folder
+from encoder.tokens import TextTokenizer
 from samples.knowledge_base import write_shards
+from transforms.model_store import default_model_path
 
 SHARDS = 8
 
@@ -42,6 +50,16 @@ def _min_cosine(job_output: Path, reference: Path) -> float:
     expected = np.load(f"{reference}.npy")
     got = np.stack([ours[i] for i in ids])
     return float((got * expected).sum(axis=1).min())
+
+
+def _corpus_flops(corpus: Path, tokens: int) -> float:
+    """The default model's FLOPs on the corpus' real tokens, as the job counts them."""
+    folder = Path(default_model_path())
+    texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"])["text"]
+    lengths = TextTokenizer(read_model_folder(folder)).encode(texts.combine_chunks()).lengths
+    if int(lengths.sum()) != tokens:
+        raise RuntimeError(f"counted {int(lengths.sum())} tokens, the job's manifest says {tokens}")
+    return model_flops(np.asarray(lengths), folder_shape(folder))
 
 
 def _row(name: str, rows: int, seconds: float, tokens: int, padded: int | None, rss: int | None) -> str:
@@ -86,6 +104,9 @@ def main() -> None:
         ml = run_measured([sys.executable, "-m", "benchmarks.mltransform_job", f"{corpus}/*.parquet", str(work / "c")])
 
     rows = manifest["rows_in"]
+    flops = _corpus_flops(corpus, tokens)
+    matmul = matmul_rate(torch.device("cpu"), torch.float32)
+    print(host())
     print(f"corpus: {rows} rows in {SHARDS} shards, {tokens} real tokens ({tokens / rows:.1f} per row), {work}")
     print(f"{'':<44} {'rows/s':>9} {'tokens/s':>11} {'padding':>8} {'peak MiB':>9} {'seconds':>8}")
     print(_row("(a) this job, end to end", rows, job.seconds, tokens, manifest["padded_tokens"], job.peak_rss))
@@ -108,6 +129,12 @@ def main() -> None:
     print(
         f"memory: peak RSS {job.peak_rss / 2**20:.0f} MiB for {rows} rows, {tenth.peak_rss / 2**20:.0f} MiB "
         f"for {rows // 10}: {job.peak_rss / tenth.peak_rss:.2f}x for 10x the rows"
+    )
+    print(
+        f"FLOP rate on real tokens: (a) end to end {flops / job.seconds / 1e9:.1f} GFLOP/s = "
+        f"{flops / job.seconds / matmul:.0%} of this host's float32 matrix product ({matmul / 1e9:.1f} GFLOP/s, "
+        f"{torch.get_num_threads()} threads); (b) encode only {flops / st_result['seconds'] / 1e9:.1f} GFLOP/s = "
+        f"{flops / st_result['seconds'] / matmul:.0%}"
     )
 
 

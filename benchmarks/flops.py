@@ -1,0 +1,64 @@
+"""FLOPs of a BERT-shaped encoder on real tokens, and the machine's own matrix-product rate to
+hold them against (torch and numpy only: the GPU benchmark runs where Beam is not installed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_seq_length: int
+
+
+def folder_shape(folder: Path) -> Shape:
+    """The shape of a sentence-transformers folder's BERT-style transformer (config.json)."""
+    config = json.loads((folder / "config.json").read_text())
+    window = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+    return Shape(
+        config["hidden_size"],
+        config["num_hidden_layers"],
+        config["num_attention_heads"],
+        config["intermediate_size"],
+        window,
+    )
+
+
+def model_flops(lengths: np.ndarray, shape: Shape) -> float:
+    """Multiply-adds x 2 of the transformer on real tokens: projections and feed-forward, and attention."""
+    per_token = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.intermediate)
+    attention = 4 * shape.hidden * lengths.astype(np.float64)  # QK^T and AV, per token, per layer
+    return float(shape.layers * (lengths * (per_token + attention)).sum())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matrix product on `device` with all its threads, best of three
+    timings: the machine's own ceiling."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    repeats, best = (20 if device.type == "cuda" else 5), float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 * repeats / best
