@@ -2,7 +2,7 @@
 
 One encoder per choice encodes the same knowledge-base texts in turn, best of `--repeats`;
 printed: rows/s of each, their ratio to plain torch, and oneDNN's speedup on the model's
-probe layer, to check the auto rule (oneDNN on AMD with AVX-512) against this host. The
+probe layer, to check the auto rule (oneDNN with AVX-512) against this host. The
 target is that auto is never slower than plain torch on any host.
 
     python -m benchmarks.cpu_kernels --rows 256 --repeats 3 [--threads 1]

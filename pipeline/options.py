@@ -105,7 +105,7 @@ class EmbedOptions(PipelineOptions):
             "--cpu_kernels",
             default="auto",
             choices=["auto", "onednn", "torch"],
-            help="Linear-layer kernels on CPU: auto takes oneDNN on AMD CPUs with AVX-512, where it measured "
+            help="Linear-layer kernels on CPU: auto takes oneDNN on x86 CPUs with AVX-512, where it measured "
             "faster, and plain torch elsewhere; onednn or torch force one (default: auto).",
         )
         group.add_argument(

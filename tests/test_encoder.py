@@ -256,10 +256,11 @@ def test_bfloat16_on_a_cpu_without_onednn_bf16_kernels_runs_on_plain_torch(monke
     [
         ("AuthenticAMD", "fpu avx2 avx512f avx512bw avx512vl avx512dq", "onednn"),
         ("AuthenticAMD", "fpu avx2 fma", "torch"),
-        ("GenuineIntel", "fpu avx2 avx512f avx512bw avx512vl avx512dq", "torch"),
+        ("GenuineIntel", "fpu avx2 avx512f avx512bw avx512vl avx512dq", "onednn"),
+        ("GenuineIntel", "fpu avx2 fma", "torch"),
     ],
 )
-def test_auto_cpu_kernels_take_onednn_only_on_amd_with_avx512(monkeypatch, tmp_path, model_path, vendor, flags, chosen):
+def test_auto_cpu_kernels_take_onednn_only_with_avx512(monkeypatch, tmp_path, model_path, vendor, flags, chosen):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert onednn.cpu_features(cpuinfo) == (vendor, set(flags.split()))
