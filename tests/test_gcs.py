@@ -17,13 +17,16 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from google.cloud import storage
 
 from encoder import ModelFolderError, read_model_folder
@@ -31,7 +34,9 @@ from encoder.folder_digest import folder_sha256
 from pipeline.run import main
 from samples.knowledge_base import write_shards
 from tests.conftest import free_port, record, wait_for_port
+from transforms.compact import CompactFiles
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
+from transforms.write import parquet_writer
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 MODEL = "gs://kb/models/minilm"
@@ -246,3 +251,21 @@ def test_transient_503_and_429_from_storage_are_retried_without_duplicate_rows(d
     )
     assert all(np.array_equal(vector, day1_vectors[key]) for key, vector in _vectors(table).items())
     record("fault", f"{len(faults)} storage requests answered 503/429", "retried; no duplicate, none lost")
+
+
+def test_small_files_in_a_bucket_are_merged_and_their_sources_deleted(bucket):
+    bucket, root = bucket
+    local = write_shards(root / "small", rows=30, shards=3)
+    for path in local:
+        bucket.blob(f"small/{path.name}").upload_from_filename(str(path))
+    paths = [f"gs://kb/small/{path.name}" for path in local]
+    schema = pq.read_schema(local[0])
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        _ = (
+            pipeline
+            | beam.Create(paths)
+            | CompactFiles("gs://kb/small/part", partial(parquet_writer, schema=schema, dictionary=[]), 2**20)
+        )
+    assert [blob.name for blob in bucket.list_blobs(prefix="small/")] == ["small/part-merged-00000-of-00001.parquet"]
+    merged = pq.read_table(io.BytesIO(bucket.blob("small/part-merged-00000-of-00001.parquet").download_as_bytes()))
+    assert merged.equals(pq.read_table(local, schema=schema))
