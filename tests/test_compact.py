@@ -9,10 +9,11 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms.compact import CompactFiles, merge_files, merge_groups
-from transforms.write import parquet_writer
+from transforms.write import _ParquetSink, parquet_writer
 
 SCHEMA = pa.schema(
     [("id", pa.int64()), ("title", pa.string()), ("embedding", pa.list_(pa.int8(), 8))],
@@ -103,3 +104,24 @@ def test_a_retried_merge_finishes_or_redoes_the_work_and_never_loses_rows(tmp_pa
     assert Path(target).read_bytes() == before
     # A kept file is its own source and is left alone.
     assert merge_files(target, [target], open_writer) == target and Path(target).read_bytes() == before
+    # A source gone and no merged file: rows would be lost, so the merge fails, naming them.
+    (tmp_path / "others").mkdir()
+    others = _small_files(tmp_path / "others", [10, 10])
+    Path(others[0]).unlink()
+    with pytest.raises(RuntimeError, match="00000-of-00002.parquet'] are gone"):
+        merge_files(str(tmp_path / "others" / "merged.parquet"), others, open_writer)
+
+
+def test_a_write_finishing_leaves_the_other_writes_files_in_its_folder_alone(tmp_path):
+    """Beam's sink deletes `<prefix>-*-of-<N>.parquet` before renaming its own files: for the
+    embedded rows' write that pattern also matches the reused rows' and the merged files."""
+    others = [
+        "embeddings-reused-00000-of-00001.parquet",
+        "embeddings-merged-00000-of-00001.parquet",
+        "embeddings-reused-merged-00000-of-00001.parquet",
+    ]
+    for name in others:
+        (tmp_path / name).write_bytes(b"another write's file")
+    sink = _ParquetSink(str(tmp_path / "embeddings"), SCHEMA, DICTIONARY, 2**20)
+    sink.pre_finalize(None, [str(tmp_path / "beam-temp" / "one")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)

@@ -46,7 +46,7 @@ def merge_groups(sizes: list[tuple[str, int]], max_file_bytes: int) -> list[list
 
 
 def _size(path: str) -> tuple[str, int]:
-    return path, FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return path, FileSystems.get_filesystem(path).size(path)  # the path as it is: not a pattern
 
 
 def _plan(sizes: list[tuple[str, int]], prefix: str, max_file_bytes: int) -> Iterator[tuple[str, list[str]]]:
@@ -62,11 +62,14 @@ def _plan(sizes: list[tuple[str, int]], prefix: str, max_file_bytes: int) -> Ite
 
 def merge_files(target: str, sources: list[str], open_writer: WriterFactory) -> str:
     """Write `sources` into `target`, then delete them; returns `target`. Done already when a
-    source is gone (sources are deleted only once `target` is complete)."""
+    source is gone and `target` is there (sources are deleted only once `target` is complete)."""
     if sources == [target]:
         return target
-    if not all(FileSystems.exists(path) for path in sources):
+    missing = [path for path in sources if not FileSystems.exists(path)]
+    if missing and FileSystems.exists(target):
         return target
+    if missing:
+        raise RuntimeError(f"{target}: cannot be merged, its sources {missing} are gone; no manifest will be written")
     rows = 0
     with FileSystems.create(target, "application/x-parquet", CompressionTypes.UNCOMPRESSED) as handle:
         writer = open_writer(handle)

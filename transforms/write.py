@@ -103,6 +103,12 @@ class _ParquetSink(filebasedsink.FileBasedSink):
         self.byte_counter = handle = _CountedFile(FileSystems.create(temp_path, self.mime_type, self.compression_type))
         return handle, parquet_writer(handle, self._schema, self._dictionary)
 
+    def pre_finalize(self, init_result, writer_results) -> None:
+        """Beam deletes here every file matching `<prefix>-*-of-<N>.parquet`, which also matches the
+        files of the other writes in the same folder (`embeddings-reused-…`, `…-merged-…`) when
+        their count is the same. The folder holds no earlier run's files (pipeline.plan.prepare_output
+        cleared them before the run), so there is nothing to delete."""
+
     def write_record(self, opened: tuple, table: pa.Table) -> None:
         opened[1].write_table(table)
 
