@@ -10,9 +10,10 @@ The arithmetic stays float32; only the summation order differs.
 On another host, an AMD EPYC with AVX2 only, oneDNN ran at 0.91-0.96x of plain
 torch; on an AVX-512 EPYC at 1.16x, and on an AVX-512 Intel Xeon at 1.14x (MKL uses
 AVX-512 there, but oneDNN still fuses GELU and pre-packs weights); ARM has no oneDNN
-path here. So oneDNN is chosen for x86 CPUs with AVX-512, from the CPU's flags. Not from a timing at load: on a busy host a timing flips between runs, and
-with it the last bits of every vector, so that two runs of the same rows would not
-agree bit for bit. `measured_speedup` times both on a model's own layer, for benchmarks.
+path here. So oneDNN is chosen for x86 CPUs with AVX-512, from the CPU's flags.
+Not from a timing at load: on a busy host a timing flips between runs, and with it
+the last bits of every vector, so that two runs of the same rows would not agree
+bit for bit. `measured_speedup` times both on a model's own layer, for benchmarks.
 """
 
 from __future__ import annotations
