@@ -1,15 +1,19 @@
 """FLOPs of a BERT-shaped encoder on real tokens, and the machine's own matrix-product rate to
-hold them against (torch and numpy only: the GPU benchmark runs where Beam is not installed)."""
+hold them against (torch, numpy and the encoder only: the GPU benchmark runs where Beam is not installed)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from encoder import onednn
 
 
 @dataclass(frozen=True)
@@ -48,17 +52,28 @@ def sync(device: torch.device) -> None:
 
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a large square matrix product on `device` with all its threads, best of three
-    timings: the machine's own ceiling."""
+    timings: the machine's own ceiling. On an x86 CPU, the faster of torch's own product (MKL)
+    and oneDNN's: on AMD, MKL runs at half the speed oneDNN reaches (encoder.onednn)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    products = [lambda: a @ b]
+    if device.type == "cpu" and onednn.available(dtype):
+        linear = torch.nn.Linear(n, n, bias=False, dtype=dtype)
+        linear.weight.data = b.t().contiguous()  # x @ weight.T == a @ b
+        products.append(partial(onednn.OneDnnLinear(linear), a))
+    return max(_rate(product, 2 * n**3, device) for product in products)
+
+
+@torch.inference_mode()
+def _rate(product: Callable[[], torch.Tensor], flops: float, device: torch.device) -> float:
     for _ in range(3):
-        a @ b
+        product()
     sync(device)
     repeats, best = (20 if device.type == "cuda" else 5), float("inf")
     for _ in range(3):
         started = time.perf_counter()
         for _ in range(repeats):
-            a @ b
+            product()
         sync(device)
         best = min(best, time.perf_counter() - started)
-    return 2 * n**3 * repeats / best
+    return flops * repeats / best
