@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from functools import partial
 
 import apache_beam as beam
@@ -38,7 +39,8 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
-    return pipeline | "ReadPrevious" >> ReadShards(plan.previous.files, [*names, *compared], check, plan.rows_per_batch)
+    files = [glob.escape(path) for path in plan.previous.files]  # paths, which ReadShards takes as patterns
+    return pipeline | "ReadPrevious" >> ReadShards(files, [*names, *compared], check, plan.rows_per_batch)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:

@@ -56,7 +56,8 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--output",
-            help="(required) Output directory: embeddings-*.parquet, rejected-*.parquet and, last, manifest.json.",
+            help="(required) Output directory: embeddings-*.parquet, rejected-*.parquet and, last, manifest.json; "
+            "its name without * ? or [ (Beam's file sink reads it as a pattern).",
         )
         group.add_argument(
             "--previous",

@@ -174,6 +174,13 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
     """
     if not output:
         raise InputError("--output is required: the directory to write embeddings into")
+    if any(c in output for c in "*?["):
+        # Beam's file sink matches its own output names as glob patterns: its rename would fail at
+        # the end, and clearing an earlier run here would match other directories.
+        raise InputError(
+            f"--output {output!r} holds a glob character (* ? or [): Beam's file sink reads its output path "
+            "as a pattern; choose a directory name without them"
+        )
     if previous and _same_place(output, previous):
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
     earlier = [

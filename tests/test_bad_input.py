@@ -127,6 +127,22 @@ def test_earlier_run_is_not_mixed_with_a_new_one(tmp_path):
     assert read_manifest(output)["rows_embedded"] == 2
 
 
+def test_output_with_glob_characters_is_refused_before_anything_is_deleted(tmp_path):
+    path = good_shard(tmp_path / "a.parquet")
+    other = tmp_path / "run1"
+    assert run_cli("--input", str(path), "--output", str(other)).returncode == 0
+    before = sorted(p.name for p in other.iterdir())
+    for output in (tmp_path / "run[1]", tmp_path / "run?", tmp_path / "run*"):
+        result = run_cli("--input", str(path), "--output", str(output), "--overwrite")
+        assert result.returncode == 1
+        assert (
+            f"error: --output {str(output)!r} holds a glob character (* ? or [): Beam's file sink reads its "
+            "output path as a pattern; choose a directory name without them" in result.stderr
+        )
+        assert not output.exists()
+    assert sorted(p.name for p in other.iterdir()) == before
+
+
 def test_pickle_only_model_is_refused(tmp_path, model_path):
     model = tmp_path / "model"
     shutil.copytree(model_path, model)

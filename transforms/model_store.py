@@ -9,6 +9,7 @@ checks that the folder it loads is the one the launcher recorded in the manifest
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -36,7 +37,7 @@ def cache_root() -> Path:
 
 def _copy_folder(uri: str, into: Path) -> None:
     prefix = uri.rstrip("/") + "/"
-    found = FileSystems.match([prefix + "**"])[0].metadata_list
+    found = FileSystems.match([glob.escape(prefix) + "**"])[0].metadata_list  # the folder's name is no pattern
     if not found:
         raise ModelFolderError(f"{uri}: no files found; --model must be a sentence-transformers model folder")
     for metadata in found:
