@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from transforms.embed import PROGRESS_TAG
@@ -34,14 +35,21 @@ def _unescape(text: str) -> str:
 class ProgressLine:
     """Sums cumulative per-process counts into one line; `total` is None when it cannot be known."""
 
-    def __init__(self, total: int | None, unit: str, stream: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        unit: str,
+        stream: TextIO = sys.stderr,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._total = total
         self._unit = unit
         self._stream = stream
         self._live = stream.isatty()
         self._lock = threading.Lock()
         self._counts: dict[int, int] = {}
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
         self._drawn = False
 
     def report(self, process: int, count: int) -> None:
@@ -51,7 +59,7 @@ class ProgressLine:
 
     def text(self) -> str:
         done = sum(self._counts.values())
-        rate = done / max(time.monotonic() - self._started, 1e-9)
+        rate = done / max(self._clock() - self._started, 1e-9)
         if self._total:
             left = max(self._total - done, 0)
             eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
