@@ -4,8 +4,10 @@ Beam's local runner forwards every worker process's log records to the launcher 
 protobuf text (`severity: INFO timestamp { seconds: ... } message: "..." ...`). Here
 the launcher keeps the job's own messages as single lines, drops Beam's noise, and
 sums the workers' progress reports (`transforms.embed` logs `PROGRESS_TAG pid count`)
-into one line: rows embedded of the total known from the Parquet footers, rows/s,
-and an estimate of the time left. On a terminal the line is redrawn in place;
+into one line: rows embedded of the total known from the Parquet footers, rows/s
+since the encoder began, and an estimate of the time left. The first report (made as
+the first worker's encoder begins) ends start-up: the time from the command to it is
+stated at the end of the run. On a terminal the line is redrawn in place;
 otherwise (a log file, CI) each report is a line of its own.
 """
 
@@ -41,7 +43,9 @@ class ProgressLine:
         unit: str,
         stream: TextIO = sys.stderr,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
+        """`started`: when the command began, on `clock` (default: now)."""
         self._total = total
         self._unit = unit
         self._stream = stream
@@ -49,17 +53,26 @@ class ProgressLine:
         self._lock = threading.Lock()
         self._counts: dict[int, int] = {}
         self._clock = clock
-        self._started = clock()
+        self._started = clock() if started is None else started
+        self._first: float | None = None  # when the first report came: the encoder had begun
         self._drawn = False
 
     def report(self, process: int, count: int) -> None:
         with self._lock:
+            if self._first is None:
+                self._first = self._clock()
             self._counts[process] = max(count, self._counts.get(process, 0))
             self._draw(self.text())
 
+    @property
+    def startup(self) -> float | None:
+        """Seconds from the command to the first report; None before it."""
+        return None if self._first is None else self._first - self._started
+
     def text(self) -> str:
         done = sum(self._counts.values())
-        rate = done / max(self._clock() - self._started, 1e-9)
+        elapsed = 0.0 if self._first is None else self._clock() - self._first
+        rate = done / elapsed if elapsed > 0 else 0.0
         if self._total:
             left = max(self._total - done, 0)
             eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""

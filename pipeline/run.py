@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 import apache_beam as beam
 import torch
@@ -19,6 +20,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from encoder import ModelFolderError
 from encoder.pooled_encoder import replica_devices, resolve_device
+from pipeline import COMMAND_STARTED
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, plan_job, remove_temp_files
@@ -92,8 +94,11 @@ def _log_device(options: PipelineOptions) -> None:
         _LOG.info("device: cpu%s", " (no CUDA device available)" if device == "auto" else "")
 
 
-def run(argv: list[str]) -> dict | None:
-    """Run the job to the end and return its manifest; with --plan_only, print the plan and return None."""
+def run(argv: list[str], started: float | None = None) -> dict | None:
+    """Run the job to the end and return its manifest; with --plan_only, print the plan and return None.
+
+    `started`: when the command began (time.monotonic), for the start-up it reports; default now."""
+    started = time.monotonic() if started is None else started
     options = make_options(argv)
     plan = plan_job(options)
     if options.view_as(EmbedOptions).plan_only:
@@ -103,7 +108,7 @@ def run(argv: list[str]) -> dict | None:
         return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
     _log_device(options)
-    line = ProgressLine(plan.progress_total, "passages" if plan.chunking else "rows")
+    line = ProgressLine(plan.progress_total, "passages" if plan.chunking else "rows", started=started)
     worker_logs = WorkerLogs(line, _JOB_FOLDERS)
     for name in _WORKER_LOGGERS:
         logging.getLogger(name).addFilter(worker_logs)
@@ -119,6 +124,8 @@ def run(argv: list[str]) -> dict | None:
         line.finish()
         for name in _WORKER_LOGGERS:
             logging.getLogger(name).removeFilter(worker_logs)
+    if line.startup is not None:
+        _LOG.info("start-up: %.1fs from the command to the encoder's first batch", line.startup)
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
         return json.load(f)
 
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
     try:
-        result = run(argv)
+        result = run(argv, COMMAND_STARTED)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -196,6 +196,8 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     assert done == sorted(done) and 0 < done[-1] <= total  # the workers' counts, summed
     assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
     assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
+    startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the encoder's first batch"
+    assert re.search(startup, result.stderr)
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
 
 

@@ -1,4 +1,4 @@
-"""The local progress line: per-process counts summed, share of the total, rate and time left."""
+"""The local progress line: per-process counts summed, share of the total, rate and time left, start-up."""
 
 from __future__ import annotations
 
@@ -17,29 +17,40 @@ class Clock:
 
 def test_counts_of_every_process_are_summed_into_share_rate_and_time_left():
     clock, stream = Clock(), io.StringIO()
-    line = ProgressLine(1000, "rows", stream, clock)
+    line = ProgressLine(1000, "rows", stream, clock, started=90.0)
+    assert line.startup is None
     clock.now = 105.0
+    line.report(11, 0)  # the first encoder begins: start-up ends, the rate counts from here
+    assert line.startup == 15.0
+    clock.now = 110.0
     line.report(11, 100)
     line.report(22, 150)
     line.report(11, 90)  # a late, older report of process 11 does not lower its count
-    clock.now = 110.0
+    clock.now = 115.0
     line.report(22, 400)
     assert stream.getvalue().splitlines() == [
+        "embedded 0 of 1000 rows (0%), 0.0 rows/s",
         "embedded 100 of 1000 rows (10%), 20.0 rows/s, about 45s left",
         "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",
         "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",
         "embedded 500 of 1000 rows (50%), 50.0 rows/s, about 10s left",
     ]
+    assert line.startup == 15.0
 
 
 def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
     clock, stream = Clock(), io.StringIO()
     line = ProgressLine(300, "passages", stream, clock)
+    line.report(1, 0)
     clock.now = 104.0
     line.report(1, 300)
-    assert stream.getvalue() == "embedded 300 of 300 passages (100%), 75.0 passages/s\n"
-    unknown = ProgressLine(None, "rows", io.StringIO(), clock)  # started at 104
+    assert stream.getvalue().splitlines()[-1] == "embedded 300 of 300 passages (100%), 75.0 passages/s"
+    assert line.startup == 0.0
+    unknown = ProgressLine(None, "rows", io.StringIO(), clock)
     clock.now = 112.0
     unknown.report(1, 40)
+    assert unknown.text() == "embedded 40 rows, 0.0 rows/s"
+    clock.now = 116.0
     unknown.report(2, 40)
-    assert unknown.text() == "embedded 80 rows, 10.0 rows/s"
+    assert unknown.text() == "embedded 80 rows, 20.0 rows/s"
+    assert unknown.startup == 8.0

@@ -111,13 +111,15 @@ class EncoderReplicas:
 class _Progress:
     """Reports this process's embedded count every `interval` seconds, from any thread, as
     `PROGRESS_TAG pid count`: the launcher sums the reports of every process into one line
-    (pipeline.progress); on a remote runner they are plain log lines beside Beam's counters."""
+    (pipeline.progress); on a remote runner they are plain log lines beside Beam's counters.
+    The first report goes out at once, as the encoder begins (a count of 0): the launcher
+    takes it as the end of start-up."""
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._lock = threading.Lock()
         self._count = 0
-        self._last = time.monotonic()
+        self._last = -float("inf")
 
     def add(self, count: int) -> None:
         with self._lock:
@@ -206,6 +208,7 @@ class _Embed(beam.DoFn):
 
     def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
         rows = units.num_rows
+        self._progress.add(0)
         encoded = self._handler.run_inference(self._encoder, tokenized)
         vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
