@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 from functools import partial
 
 import apache_beam as beam
@@ -24,7 +23,7 @@ from schemas.outputs import (
 from transforms.embed import EmbedRows
 from transforms.incremental import DELETES, RESTATED, REUSED, ChangeSet, JoinPrevious
 from transforms.passages import MakeUnits
-from transforms.read import ReadShards
+from transforms.read import ReadParquetFiles, ReadShards
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import CHANGES_DIR, WriteBatches, WriteManifest
 
@@ -39,8 +38,11 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
-    files = [glob.escape(path) for path in plan.previous.files]  # paths, which ReadShards takes as patterns
-    return pipeline | "ReadPrevious" >> ReadShards(files, [*names, *compared], check, plan.rows_per_batch)
+    return (
+        pipeline
+        | "PreviousFiles" >> beam.Create(plan.previous.files)  # the manifest's paths: no patterns
+        | "ReadPrevious" >> ReadParquetFiles([*names, *compared], check, plan.rows_per_batch)
+    )
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:

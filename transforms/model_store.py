@@ -9,8 +9,8 @@ checks that the folder it loads is the one the launcher recorded in the manifest
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,7 +37,10 @@ def cache_root() -> Path:
 
 def _copy_folder(uri: str, into: Path) -> None:
     prefix = uri.rstrip("/") + "/"
-    found = FileSystems.match([glob.escape(prefix) + "**"])[0].metadata_list  # the folder's name is no pattern
+    # The folder's name is no pattern: its glob characters match any character, then only the
+    # folder's own files are kept.
+    wildcard = re.sub(r"[*?[]", "?", prefix)
+    found = [m for m in FileSystems.match([wildcard + "**"])[0].metadata_list if m.path.startswith(prefix)]
     if not found:
         raise ModelFolderError(f"{uri}: no files found; --model must be a sentence-transformers model folder")
     for metadata in found:

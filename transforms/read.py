@@ -79,6 +79,25 @@ class _ReadRowGroup(beam.DoFn):
             raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e
 
 
+class ReadParquetFiles(beam.PTransform):
+    """Paths in (each a file, taken as it is written: no pattern), ShardBatches of the columns
+    `names` out; a file that cannot be read, or that `check` refuses, fails the job."""
+
+    def __init__(self, names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
+        super().__init__()
+        self._names = names
+        self._check = check
+        self._rows_per_batch = rows_per_batch
+
+    def expand(self, paths: beam.PCollection) -> beam.PCollection:
+        return (
+            paths
+            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
+        )
+
+
 class ReadShards(beam.PTransform):
     """File patterns in, ShardBatches of the columns `names` out; a pattern that matches nothing
     fails the job, as does a file that `check` refuses."""
@@ -86,9 +105,7 @@ class ReadShards(beam.PTransform):
     def __init__(self, patterns: list[str], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
         super().__init__()
         self._patterns = patterns
-        self._names = names
-        self._check = check
-        self._rows_per_batch = rows_per_batch
+        self._read = ReadParquetFiles(names, check, rows_per_batch)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
@@ -97,7 +114,5 @@ class ReadShards(beam.PTransform):
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "Paths" >> beam.Map(lambda match: match.path)
             | "Dedupe" >> beam.Distinct()
-            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
+            | "Files" >> self._read
         )
