@@ -5,9 +5,9 @@ protobuf text (`severity: INFO timestamp { seconds: ... } message: "..." ...`). 
 the launcher keeps the job's own messages as single lines, drops Beam's noise, and
 sums the workers' progress reports (`transforms.embed` logs `PROGRESS_TAG pid count`)
 into one line: rows embedded of the total known from the Parquet footers, rows/s
-since the encoder began, and an estimate of the time left. The first report (made as
-the first worker's encoder begins) ends start-up: the time from the command to it is
-stated at the end of the run. On a terminal the line is redrawn in place;
+since the first rows reached a loaded model, and an estimate of the time left. That
+first report (a count of 0) ends start-up: the time from the command to it is stated at
+the end of the run. On a terminal the line is redrawn in place;
 otherwise (a log file, CI) each report is a line of its own.
 """
 
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from transforms.embed import PROGRESS_TAG
@@ -32,6 +34,17 @@ _NOISE = ("No semi_persistent_directory found",)
 def _unescape(text: str) -> str:
     """Protobuf text escapes quotes, newlines and every non-ASCII byte (as octal)."""
     return codecs.escape_decode(text.encode("utf-8"))[0].decode("utf-8", "replace")
+
+
+def process_started(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/proc/uptime")) -> float | None:
+    """When this process began, on time.monotonic's clock (imports included); None where Linux's
+    /proc does not say."""
+    try:
+        start_ticks = int(stat.read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        up = float(uptime.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.monotonic() - (up - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 class ProgressLine:
@@ -54,7 +67,7 @@ class ProgressLine:
         self._counts: dict[int, int] = {}
         self._clock = clock
         self._started = clock() if started is None else started
-        self._first: float | None = None  # when the first report came: the encoder had begun
+        self._first: float | None = None  # when the first report came: start-up was over
         self._drawn = False
 
     def report(self, process: int, count: int) -> None:

@@ -20,11 +20,10 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from encoder import ModelFolderError
 from encoder.pooled_encoder import replica_devices, resolve_device
-from pipeline import COMMAND_STARTED
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, plan_job, remove_temp_files
-from pipeline.progress import ProgressLine, WorkerLogs
+from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
 
@@ -97,7 +96,8 @@ def _log_device(options: PipelineOptions) -> None:
 def run(argv: list[str], started: float | None = None) -> dict | None:
     """Run the job to the end and return its manifest; with --plan_only, print the plan and return None.
 
-    `started`: when the command began (time.monotonic), for the start-up it reports; default now."""
+    `started`: when the command began (on time.monotonic's clock), for the start-up it reports;
+    default now."""
     started = time.monotonic() if started is None else started
     options = make_options(argv)
     plan = plan_job(options)
@@ -125,18 +125,19 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         for name in _WORKER_LOGGERS:
             logging.getLogger(name).removeFilter(worker_logs)
     if line.startup is not None:
-        _LOG.info("start-up: %.1fs from the command to the encoder's first batch", line.startup)
+        _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
         return json.load(f)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """`started`: as for `run`; the command line passes when this process began."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
     try:
-        result = run(argv, COMMAND_STARTED)
+        result = run(argv, started)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -174,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=process_started()))

@@ -193,10 +193,11 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     reports = re.findall(r"embedded (\d+) of (\d+) rows \(\d+%\), [\d.]+ rows/s", result.stderr)
     assert reports and {int(of) for _, of in reports} == {total}  # the total, from the footers
     done = [int(count) for count, _ in reports]
+    assert done[0] == 0  # the first rows reached a loaded model: start-up is over
     assert done == sorted(done) and 0 < done[-1] <= total  # the workers' counts, summed
     assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
     assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
-    startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the encoder's first batch"
+    startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"
     assert re.search(startup, result.stderr)
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
 

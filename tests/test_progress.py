@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import time
 
-from pipeline.progress import ProgressLine
+from pipeline.progress import ProgressLine, process_started
 
 
 class Clock:
@@ -54,3 +58,25 @@ def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
     unknown.report(2, 40)
     assert unknown.text() == "embedded 80 rows, 20.0 rows/s"
     assert unknown.startup == 8.0
+
+
+def test_process_start_is_read_from_proc_past_a_command_name_with_spaces_and_parentheses(tmp_path):
+    hz = os.sysconf("SC_CLK_TCK")
+    fields = ["S", *["0"] * 18, str(40 * hz), "0", "0"]  # state is field 3, starttime field 22
+    stat = tmp_path / "stat"
+    stat.write_text(f"4242 (odd) name) {' '.join(fields)}\n")
+    uptime = tmp_path / "uptime"
+    uptime.write_text("100.00 150.00\n")
+    before = time.monotonic()
+    started = process_started(stat, uptime)
+    assert before - 60 - 0.5 <= started <= time.monotonic() - 60  # began 100 - 40 = 60 s ago
+    assert process_started(tmp_path / "missing", uptime) is None
+
+
+def test_a_new_process_knows_when_it_began():
+    code = (
+        "import time; time.sleep(1); from pipeline.progress import process_started; "
+        "print(time.monotonic() - process_started())"
+    )
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 <= age < 60

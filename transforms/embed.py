@@ -112,8 +112,8 @@ class _Progress:
     """Reports this process's embedded count every `interval` seconds, from any thread, as
     `PROGRESS_TAG pid count`: the launcher sums the reports of every process into one line
     (pipeline.progress); on a remote runner they are plain log lines beside Beam's counters.
-    The first report goes out at once, as the encoder begins (a count of 0): the launcher
-    takes it as the end of start-up."""
+    The first report goes out at once, when the first rows reach a loaded model (a count of 0):
+    the launcher takes it as the end of start-up."""
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
@@ -193,6 +193,7 @@ class _Embed(beam.DoFn):
         if self._encoder is None:
             replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
             self._encoder = replicas.take()
+            self._progress.add(0)  # rows have reached a loaded model: start-up ends here
         texts = units.column(self._text).chunk(0)
         if self._tokenizing is None:
             yield from self._embed(units, self._encoder.tokenizer.encode(texts))
@@ -208,7 +209,6 @@ class _Embed(beam.DoFn):
 
     def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
         rows = units.num_rows
-        self._progress.add(0)
         encoded = self._handler.run_inference(self._encoder, tokenized)
         vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
