@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
@@ -40,30 +41,29 @@ TOKENIZER_BATCH = 4096
 ROWS_PER_BATCH = 4096  # the job's default --rows_per_batch
 
 
-def _tokenizer_alone(model: Path, corpus: Path) -> dict[str, float]:
+def _tokenizer_alone(model: Path, texts: pa.Array) -> dict[str, float]:
     """Rows/s of the model's tokenizer alone (the `tokenizers` library, truncating at the model's
-    window, all cores), batched, on the corpus' texts already in Python: with offsets (the
-    library's usual call) and without (`encode_batch_fast`, what the job uses)."""
+    window, all cores), batched, on the texts already in Python: with offsets (the library's
+    usual call) and without (`encode_batch_fast`, what the job uses)."""
     folder = read_model_folder(model)
     tokenizer = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(folder.seq_length(None))
-    texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").to_pylist()
+    strings = texts.to_pylist()
     rates = {}
     for name in ("encode_batch", "encode_batch_fast"):
         encode = getattr(tokenizer, name)
         started = time.perf_counter()
-        for start in range(0, len(texts), TOKENIZER_BATCH):
-            encode(texts[start : start + TOKENIZER_BATCH])
-        rates[name] = len(texts) / (time.perf_counter() - started)
+        for start in range(0, len(strings), TOKENIZER_BATCH):
+            encode(strings[start : start + TOKENIZER_BATCH])
+        rates[name] = len(strings) / (time.perf_counter() - started)
     return rates
 
 
-def _encoder_alone(model: Path, corpus: Path) -> float:
-    """Rows/s of the pooled encoder alone (tokenizer, then the model) on the corpus' texts already in
-    Arrow, in chunks of the job's default --rows_per_batch, with torch's default threads (all cores)."""
+def _encoder_alone(model: Path, texts: pa.Array) -> float:
+    """Rows/s of the pooled encoder alone (tokenizer, then the model) on the texts already in Arrow,
+    in chunks of the job's default --rows_per_batch, with torch's default threads (all cores)."""
     encoder = PooledEncoder(read_model_folder(model), "cpu", "float32")
-    texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
     started = time.perf_counter()
     for start in range(0, len(texts), ROWS_PER_BATCH):
         encoder.encode(texts[start : start + ROWS_PER_BATCH])
@@ -91,9 +91,10 @@ def main() -> None:
         measured = run_measured([*command, "--model", str(model), "--overwrite"])
         manifest = json.loads((output / "manifest.json").read_text())
         job = manifest["rows_in"] / measured.seconds
-        alone = _tokenizer_alone(model, corpus)
+        texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
+        alone = _tokenizer_alone(model, texts)
         usual, fast = alone["encode_batch"], alone["encode_batch_fast"]
-        encoder = _encoder_alone(model, corpus)
+        encoder = _encoder_alone(model, texts)
         print(
             f"{rows:>9} {job:11.0f} {usual:17.0f} {job / usual:13.2f}x {fast:15.0f} {job / fast:8.2f}x "
             f"{encoder:8.0f} {job / encoder:11.2f}x "
