@@ -59,14 +59,14 @@ class Run:
 
 
 def host() -> str:
-    """CPU model, cores and its AVX2/AVX-512 flags, from /proc/cpuinfo."""
+    """CPU model, cores and its AVX2/AVX-512/AMX flags, from /proc/cpuinfo."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return f"host: {os.cpu_count()} cores, CPU flags unknown (no /proc/cpuinfo)"
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith("avx512"))
+    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx")))
     return (
         f"host: {fields.get('model name', 'unknown CPU')}, {os.cpu_count()} cores; flags: {' '.join(flags) or 'none'}"
     )

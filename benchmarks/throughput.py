@@ -6,9 +6,9 @@
 
 and the job's memory: its peak RSS on the corpus against a tenth of it; then the model's FLOPs
 on the corpus' real tokens per second of (a), end to end, and of (b), against this host's own
-float32 matrix-product rate measured in the same run, all its threads (benchmarks.flops).
+matrix-product rate in the same precision, measured in the same run, all its threads (benchmarks.flops).
 
-    python -m benchmarks.throughput --rows 12000 [--workdir DIR] [--device cuda --dtype float16]
+    python -m benchmarks.throughput --rows 12000 [--workdir DIR] [--dtype bfloat16] [--device cuda --dtype float16]
 
 Each run is a fresh process; (a) and (c) are timed from start to exit, start-up included.
 """
@@ -80,7 +80,8 @@ def main() -> None:
     corpus, small = work / "corpus", work / "corpus-tenth"
     write_shards(corpus, args.rows, SHARDS)
     write_shards(small, args.rows // 10, SHARDS)
-    extra = ["--overwrite"] + ([] if args.device == "cpu" else ["--device", args.device, "--dtype", args.dtype])
+    defaults = (args.device, args.dtype) == ("cpu", "float32")
+    extra = ["--overwrite"] + ([] if defaults else ["--device", args.device, "--dtype", args.dtype])
 
     job, manifest = _job(corpus, work / "a", extra)
     tenth, _ = _job(small, work / "a-tenth", extra)
@@ -105,7 +106,7 @@ def main() -> None:
 
     rows = manifest["rows_in"]
     flops = _corpus_flops(corpus, tokens)
-    matmul = matmul_rate(torch.device("cpu"), torch.float32)
+    matmul = matmul_rate(torch.device("cpu"), getattr(torch, args.dtype))
     print(host())
     print(f"corpus: {rows} rows in {SHARDS} shards, {tokens} real tokens ({tokens / rows:.1f} per row), {work}")
     print(f"{'':<44} {'rows/s':>9} {'tokens/s':>11} {'padding':>8} {'peak MiB':>9} {'seconds':>8}")
@@ -132,7 +133,7 @@ def main() -> None:
     )
     print(
         f"FLOP rate on real tokens: (a) end to end {flops / job.seconds / 1e9:.1f} GFLOP/s = "
-        f"{flops / job.seconds / matmul:.0%} of this host's float32 matrix product ({matmul / 1e9:.1f} GFLOP/s, "
+        f"{flops / job.seconds / matmul:.0%} of this host's {args.dtype} matrix product ({matmul / 1e9:.1f} GFLOP/s, "
         f"{torch.get_num_threads()} threads); (b) encode only {flops / st_result['seconds'] / 1e9:.1f} GFLOP/s = "
         f"{flops / st_result['seconds'] / matmul:.0%}"
     )
