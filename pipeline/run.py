@@ -18,7 +18,7 @@ import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from encoder import ModelFolderError
+from encoder import ModelFolderError, onednn
 from encoder.pooled_encoder import replica_devices, resolve_device
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
@@ -91,6 +91,11 @@ def _log_device(options: PipelineOptions) -> None:
         )
     else:
         _LOG.info("device: cpu%s", " (no CUDA device available)" if device == "auto" else "")
+        if options.view_as(EmbedOptions).dtype == "auto" and onednn.amx_bf16():
+            _LOG.info(
+                "this CPU has AMX bfloat16 units: --dtype bfloat16 runs on them, about 2.6x faster than "
+                "float32 end to end on one such host, vectors within cosine 0.999 of float32 (README, Precision)"
+            )
 
 
 def run(argv: list[str], started: float | None = None) -> dict | None:

@@ -250,6 +250,17 @@ def test_bfloat16_on_a_cpu_without_onednn_bf16_kernels_runs_on_plain_torch(monke
     assert (ours * reference).sum(axis=1).min() >= 0.99
 
 
+def test_bfloat16_on_cpu_stays_within_the_stated_fidelity_of_sentence_transformers_float32(model_path):
+    """The fidelity the README states for --dtype bfloat16 on CPU: cosine ≥ 0.999 to the float32
+    reference, with the kernels auto picks on this host (oneDNN, on AMX where the CPU has it)."""
+    encoder = PooledEncoder(read_model_folder(model_path), device="cpu", dtype="bfloat16")
+    assert encoder.input_module.model.dtype == torch.bfloat16
+    ours = encoder.encode(MIXED_TEXTS).embeddings
+    reference = SentenceTransformer(model_path, device="cpu").encode(MIXED_TEXTS, normalize_embeddings=True)
+    assert ours.dtype == np.float32
+    assert min_cosine(ours, reference) >= 0.999
+
+
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
 @pytest.mark.parametrize(
     ("vendor", "flags", "chosen"),

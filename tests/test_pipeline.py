@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from encoder import PooledEncoder, read_model_folder
+from encoder import PooledEncoder, onednn, read_model_folder
 from pipeline.build import build_pipeline
 from pipeline.plan import plan_job
-from pipeline.run import make_options
+from pipeline.run import _log_device, make_options
 from samples.knowledge_base import make_rows, write_shards
 from schemas.outputs import read_model_block
 from tests.conftest import count_rows, read_manifest, run_cli, write_parquet
@@ -200,6 +200,32 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"
     assert re.search(startup, result.stderr)
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
+@pytest.mark.parametrize(
+    ("flags", "dtype", "hinted"),
+    [
+        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "auto", True),
+        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "float32", False),  # asked for: no advice
+        ("avx2 avx512f avx512bw avx512vl avx512_bf16", "auto", False),  # no AMX
+    ],
+)
+def test_a_cpu_with_amx_is_pointed_to_bfloat16(monkeypatch, caplog, tmp_path, flags, dtype, hinted):
+    monkeypatch.setattr(onednn, "cpu_features", lambda: ("GenuineIntel", set(flags.split())))
+    monkeypatch.setattr(onednn, "bf16_kernels", lambda: True)
+    options = make_options(["--input", "x.parquet", "--output", str(tmp_path), "--device", "cpu", "--dtype", dtype])
+    with caplog.at_level("INFO", logger="pipeline.run"):
+        _log_device(options)
+    hints = [r.getMessage() for r in caplog.records if "AMX" in r.getMessage()]
+    assert hints == (
+        [
+            "this CPU has AMX bfloat16 units: --dtype bfloat16 runs on them, about 2.6x faster than "
+            "float32 end to end on one such host, vectors within cosine 0.999 of float32 (README, Precision)"
+        ]
+        if hinted
+        else []
+    )
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):
