@@ -5,7 +5,7 @@ printed: rows/s of each, their ratio to plain torch, and oneDNN's speedup on the
 probe layer, to check the auto rule (oneDNN with AVX-512) against this host. The
 target is that auto is never slower than plain torch on any host.
 
-    python -m benchmarks.cpu_kernels --rows 256 --repeats 3 [--threads 1]
+    python -m benchmarks.cpu_kernels --rows 256 --repeats 3 [--threads 1] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -27,15 +27,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model precision")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(host(), f"torch threads {torch.get_num_threads()}")
     folder = read_model_folder(args.model or default_model_path())
     texts = make_rows(args.rows).column("text").to_pylist()
-    encoders = {kernels: PooledEncoder(folder, device="cpu", cpu_kernels=kernels) for kernels in ("torch", "auto")}
-    if onednn.available():
-        encoders["onednn"] = PooledEncoder(folder, device="cpu", cpu_kernels="onednn")
+    encoders = {
+        kernels: PooledEncoder(folder, device="cpu", dtype=args.dtype, cpu_kernels=kernels)
+        for kernels in ("torch", "auto")
+    }
+    if onednn.available(getattr(torch, args.dtype)):
+        encoders["onednn"] = PooledEncoder(folder, device="cpu", dtype=args.dtype, cpu_kernels="onednn")
     speedup = onednn.measured_speedup(encoders["torch"].input_module) if onednn.available() else None
     seconds: dict[str, float] = {}
     for encoder in encoders.values():
@@ -45,7 +49,7 @@ def main() -> None:
             started = time.perf_counter()
             encoder.encode(texts)
             seconds[kernels] = min(seconds.get(kernels, float("inf")), time.perf_counter() - started)
-    print(f"{len(texts)} texts, best of {args.repeats}; auto chose {encoders['auto'].cpu_kernels}")
+    print(f"{len(texts)} texts in {args.dtype}, best of {args.repeats}; auto chose {encoders['auto'].cpu_kernels}")
     print(f"oneDNN / plain torch on the probe layer, measured now: {speedup:.2f}x" if speedup else "no oneDNN")
     for kernels, s in seconds.items():
         print(f"  {kernels:<7} {len(texts) / s:8.1f} rows/s  {seconds['torch'] / s:.2f}x plain torch")
