@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import apache_beam as beam
@@ -19,7 +21,7 @@ from pipeline.plan import plan_job
 from pipeline.run import _log_device, make_options
 from samples.knowledge_base import make_rows, write_shards
 from schemas.outputs import read_model_block
-from tests.conftest import count_rows, read_manifest, run_cli, write_parquet
+from tests.conftest import ROOT, count_rows, read_manifest, run_cli, write_parquet
 from transforms import METRICS_NAMESPACE
 
 
@@ -226,6 +228,20 @@ def test_a_cpu_with_amx_is_pointed_to_bfloat16(monkeypatch, caplog, tmp_path, fl
         if hinted
         else []
     )
+
+
+def test_a_process_of_the_job_skips_the_last_garbage_collection_at_exit():
+    """Worker processes and the launcher import `transforms`; by the time exit handlers registered
+    before it run (they run last), every object is frozen, out of the final collection's way."""
+    probe = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+        "import transforms\n"
+        "print('frozen before exit:', gc.get_freeze_count() > 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"]
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):
