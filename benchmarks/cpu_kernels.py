@@ -38,9 +38,10 @@ def main() -> None:
         kernels: PooledEncoder(folder, device="cpu", dtype=args.dtype, cpu_kernels=kernels)
         for kernels in ("torch", "auto")
     }
-    if onednn.available(getattr(torch, args.dtype)):
+    has_onednn = onednn.available(getattr(torch, args.dtype))
+    if has_onednn:
         encoders["onednn"] = PooledEncoder(folder, device="cpu", dtype=args.dtype, cpu_kernels="onednn")
-    speedup = onednn.measured_speedup(encoders["torch"].input_module) if onednn.available() else None
+    speedup = onednn.measured_speedup(encoders["torch"].input_module) if has_onednn else None
     seconds: dict[str, float] = {}
     for encoder in encoders.values():
         encoder.encode(texts[:32])  # warm-up

@@ -112,13 +112,19 @@ def main() -> None:
     parser.add_argument("--small_docs", type=int, default=20, help="documents of the small run of (d) (default: 20)")
     parser.add_argument("--workdir", type=Path, help="keep corpora and outputs here (default: a temporary folder)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--dtype", default="float32", help="model precision (default: float32)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="model precision (default: float32)",
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - set(PARTS):
         parser.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="passages-"))
-    device = [] if args.device == "cpu" else ["--device", args.device, "--dtype", args.dtype]
+    defaults = (args.device, args.dtype) == ("cpu", "float32")
+    device = [] if defaults else ["--device", args.device, "--dtype", args.dtype]
     chunked = [*device, "--chunk_tokens", str(CHUNK_TOKENS)]
     print(host())
     corpus = long_documents()

@@ -73,7 +73,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12000, help="corpus size (default: 12000)")
     parser.add_argument("--workdir", type=Path, help="keep corpus and outputs here (default: a temporary folder)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for (a) and (b) (default: cpu)")
-    parser.add_argument("--dtype", default="float32", help="model precision for (a) and (b) (default: float32)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="model precision for (a) and (b), and of the reference matrix product (default: float32)",
+    )
     parser.add_argument("--skip_mltransform", action="store_true", help="leave out (c), the slowest")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="throughput-"))
@@ -106,7 +111,9 @@ def main() -> None:
 
     rows = manifest["rows_in"]
     flops = _corpus_flops(corpus, tokens)
-    matmul = matmul_rate(torch.device("cpu"), getattr(torch, args.dtype))
+    device = torch.device(args.device)
+    matmul = matmul_rate(device, getattr(torch, args.dtype))
+    workers = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(host())
     print(f"corpus: {rows} rows in {SHARDS} shards, {tokens} real tokens ({tokens / rows:.1f} per row), {work}")
     print(f"{'':<44} {'rows/s':>9} {'tokens/s':>11} {'padding':>8} {'peak MiB':>9} {'seconds':>8}")
@@ -134,7 +141,7 @@ def main() -> None:
     print(
         f"FLOP rate on real tokens: (a) end to end {flops / job.seconds / 1e9:.1f} GFLOP/s = "
         f"{flops / job.seconds / matmul:.0%} of this host's {args.dtype} matrix product ({matmul / 1e9:.1f} GFLOP/s, "
-        f"{torch.get_num_threads()} threads); (b) encode only {flops / st_result['seconds'] / 1e9:.1f} GFLOP/s = "
+        f"{workers}); (b) encode only {flops / st_result['seconds'] / 1e9:.1f} GFLOP/s = "
         f"{flops / st_result['seconds'] / matmul:.0%}"
     )
 
