@@ -65,7 +65,7 @@ def faster_here() -> bool:
 def amx_bf16() -> bool:
     """Whether this CPU has AMX bfloat16 matrix units (Intel Xeon since Sapphire Rapids), which oneDNN
     runs bfloat16 products on: on a 2-core Xeon the job ran 2.6-2.9x faster end to end in bfloat16
-    than in float32 (README, Precision). Not used unless asked: float32 stays the CPU default."""
+    than in float32 (README, Precision). It only prompts a hint at start: float32 stays the CPU default."""
     return "amx_bf16" in cpu_features()[1] and available(torch.bfloat16)
 
 
