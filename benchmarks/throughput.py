@@ -29,6 +29,7 @@ from benchmarks.flops import folder_shape, matmul_rate, model_flops
 from benchmarks.measure import Measured, run_measured
 from benchmarks.passages import host
 from encoder import read_model_folder
+from encoder.pooled_encoder import DTYPES
 from encoder.tokens import TextTokenizer
 from samples.knowledge_base import write_shards
 from transforms.model_store import default_model_path
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        choices=list(DTYPES),
         help="model precision for (a) and (b), and of the reference matrix product (default: float32)",
     )
     parser.add_argument("--skip_mltransform", action="store_true", help="leave out (c), the slowest")
@@ -112,7 +113,7 @@ def main() -> None:
     rows = manifest["rows_in"]
     flops = _corpus_flops(corpus, tokens)
     device = torch.device(args.device)
-    matmul = matmul_rate(device, getattr(torch, args.dtype))
+    matmul = matmul_rate(device, DTYPES[args.dtype])
     workers = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(host())
     print(f"corpus: {rows} rows in {SHARDS} shards, {tokens} real tokens ({tokens / rows:.1f} per row), {work}")
