@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,8 +168,17 @@ class PooledEncoder:
         """
         return self.encode_tokenized(self.tokenizer.encode(texts), token_budget)
 
-    def encode_tokenized(self, tokenized: Tokenized, token_budget: int | None = None) -> Encoded:
-        """`encode` after tokenising: a caller may tokenise the next texts while this runs."""
+    def encode_tokenized(
+        self,
+        tokenized: Tokenized,
+        token_budget: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Encoded:
+        """`encode` after tokenising: a caller may tokenise the next texts while this runs.
+
+        `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
+        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute.
+        """
         token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
         ids, lengths = tokenized.ids, tokenized.lengths
         widths = padded_widths(lengths, self.max_seq_length)
@@ -180,6 +190,8 @@ class PooledEncoder:
             try:
                 features = self.input_module.collate(ids, rows, int(widths[rows[-1]]), self.tokenizer.pad_id)
                 done.append((rows, self._forward(features)))
+                if on_batch is not None:
+                    on_batch(len(rows))
                 self.heap_trimmer.maybe_trim()
             except torch.OutOfMemoryError:
                 if len(rows) == 1:

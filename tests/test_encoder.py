@@ -205,8 +205,10 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
         return forward(input_ids=input_ids, attention_mask=attention_mask)
 
     monkeypatch.setattr(encoder.input_module.model, "forward", small_card)
-    result = encoder.encode(MIXED_TEXTS, token_budget=2048)
+    reported = []  # rows of each batch, once it has run: a split batch counts once, after its split
+    result = encoder.encode_tokenized(encoder.tokenizer.encode(MIXED_TEXTS), 2048, reported.append)
     assert refused and max(ran) <= 300
+    assert len(reported) == len(ran) and sum(reported) == len(MIXED_TEXTS)
     split = len(refused)
     refused.clear()
     encoder.encode(MIXED_TEXTS, token_budget=2048)

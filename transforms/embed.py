@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
@@ -86,8 +86,10 @@ class EncoderHandler:
         folder = model_folder(self.model, self.folder_sha256)
         return TextTokenizer(folder, self.max_seq_length, self.prompt_name, self.prompt)
 
-    def run_inference(self, encoder: PooledEncoder, tokenized: Tokenized) -> Encoded:
-        return encoder.encode_tokenized(tokenized, self.token_budget)
+    def run_inference(
+        self, encoder: PooledEncoder, tokenized: Tokenized, on_batch: Callable[[int], None] | None = None
+    ) -> Encoded:
+        return encoder.encode_tokenized(tokenized, self.token_budget, on_batch)
 
 
 class EncoderReplicas:
@@ -209,7 +211,7 @@ class _Embed(beam.DoFn):
 
     def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
         rows = units.num_rows
-        encoded = self._handler.run_inference(self._encoder, tokenized)
+        encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add)
         vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
@@ -217,7 +219,6 @@ class _Embed(beam.DoFn):
         self._embedded.inc(rows)
         self._truncated.inc(truncated)
         self._tokens.inc(encoded.tokens)
-        self._progress.add(rows)
         yield beam.pvalue.TaggedOutput(
             STATS,
             Counter(
