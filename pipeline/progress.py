@@ -7,8 +7,8 @@ sums the workers' progress reports (`transforms.embed` logs `PROGRESS_TAG pid co
 into one line: rows embedded of the total known from the Parquet footers, rows/s
 since the first rows reached a loaded model, and an estimate of the time left. That
 first report (a count of 0) ends start-up: the time from the command to it is stated at
-the end of the run. On a terminal the line is redrawn in place;
-otherwise (a log file, CI) each report is a line of its own.
+the end of the run. On a terminal the line is redrawn in place; otherwise (a log file, CI)
+it is written as a line of its own once the count has moved, at most once per interval.
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def process_started(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/
 
 
 class ProgressLine:
-    """Sums cumulative per-process counts into one line; `total` is None when it cannot be known."""
+    """Sums cumulative per-process counts into one line; `total` is None when it cannot be known.
+
+    Off a terminal (a log file) a line is written only when the count has moved, and at most
+    once per `interval` for the whole job: every worker reports that often.
+    """
 
     def __init__(
         self,
@@ -57,18 +61,21 @@ class ProgressLine:
         stream: TextIO = sys.stderr,
         clock: Callable[[], float] = time.monotonic,
         started: float | None = None,
+        interval: float = 0.0,
     ) -> None:
         """`started`: when the command began, on `clock` (default: now)."""
         self._total = total
         self._unit = unit
         self._stream = stream
         self._live = stream.isatty()
+        self._interval = interval
         self._lock = threading.Lock()
         self._counts: dict[int, int] = {}
         self._clock = clock
         self._started = clock() if started is None else started
         self._first: float | None = None  # when the first report came: start-up was over
         self._drawn = False
+        self._written: tuple[float, int] | None = None  # off a terminal: when the last line was, and its count
 
     def report(self, process: int, count: int) -> None:
         with self._lock:
@@ -98,6 +105,10 @@ class ProgressLine:
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
+            now, done = self._clock(), sum(self._counts.values())
+            if self._written is not None and (done == self._written[1] or now - self._written[0] < self._interval):
+                return
+            self._written = (now, done)
             self._stream.write(f"{text}\n")
         self._stream.flush()
 

@@ -114,7 +114,9 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         return None
     _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
     _log_device(options)
-    line = ProgressLine(plan.progress_total, "passages" if plan.chunking else "rows", started=started)
+    line = ProgressLine(
+        plan.progress_total, "passages" if plan.chunking else "rows", started=started, interval=plan.progress_interval
+    )
     worker_logs = WorkerLogs(line, _JOB_FOLDERS)
     for name in _WORKER_LOGGERS:
         logging.getLogger(name).addFilter(worker_logs)

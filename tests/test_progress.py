@@ -35,11 +35,26 @@ def test_counts_of_every_process_are_summed_into_share_rate_and_time_left():
     assert stream.getvalue().splitlines() == [
         "embedded 0 of 1000 rows (0%), 0.0 rows/s",
         "embedded 100 of 1000 rows (10%), 20.0 rows/s, about 45s left",
-        "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",
-        "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",
+        "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",  # the late report moved nothing: no line
         "embedded 500 of 1000 rows (50%), 50.0 rows/s, about 10s left",
     ]
     assert line.startup == 15.0
+
+
+def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_when_the_count_moved():
+    clock, stream = Clock(), io.StringIO()
+    line = ProgressLine(1000, "rows", stream, clock, started=100.0, interval=5.0)
+    reports = [(100, 1, 0), (100, 2, 0), (101, 1, 50), (104, 2, 50), (105, 1, 150), (109, 2, 150), (115, 1, 150)]
+    reports += [(121, 2, 150), (122, 1, 200)]  # at 121, an interval on, nothing has moved since the last line
+    for now, process, count in reports:
+        clock.now = float(now)
+        line.report(process, count)
+    assert stream.getvalue().splitlines() == [
+        "embedded 0 of 1000 rows (0%), 0.0 rows/s",
+        "embedded 200 of 1000 rows (20%), 40.0 rows/s, about 20s left",
+        "embedded 300 of 1000 rows (30%), 20.0 rows/s, about 35s left",
+        "embedded 350 of 1000 rows (35%), 15.9 rows/s, about 41s left",
+    ]
 
 
 def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
