@@ -187,6 +187,12 @@ def _leading(mask: np.ndarray) -> int:
     return int(false[0]) if len(false) else len(mask)
 
 
+def overlap_limit(content_tokens: int) -> int:
+    """Overlap tokens must be fewer than this: under half of the text tokens a passage holds, so
+    that each passage moves on by more than it repeats."""
+    return -(-content_tokens // 2)
+
+
 class PassageSplitter:
     """Cuts documents into passages of at most `chunk_tokens` tokens as `count_tokens` counts them,
     consecutive passages sharing up to `overlap` tokens."""
@@ -202,7 +208,7 @@ class PassageSplitter:
         self._overlap = overlap
         self._count_tokens = count_tokens
         self._content_tokens = chunk_tokens - int(count_tokens([""])[0])
-        if self._content_tokens < MIN_CONTENT_TOKENS or not 0 <= overlap < self._content_tokens / 2:
+        if self._content_tokens < MIN_CONTENT_TOKENS or not 0 <= overlap < overlap_limit(self._content_tokens):
             raise ValueError(
                 f"chunk_tokens={chunk_tokens} leaves {self._content_tokens} tokens of text per passage "
                 f"(at least {MIN_CONTENT_TOKENS}), with overlap={overlap} (0 or more, under half of that)"

@@ -176,8 +176,8 @@ class EmbedOptions(PipelineOptions):
             type=int,
             default=None,
             help=f"With --chunk_tokens: tokens of each passage's end repeated at the start of the next; "
-            f"less than half of --chunk_tokens (default: {DEFAULT_CHUNK_OVERLAP}, or less when half of "
-            "--chunk_tokens is not more).",
+            "less than half of the text tokens a passage holds (--chunk_tokens less the special tokens and "
+            f"prompt; default: {DEFAULT_CHUNK_OVERLAP}, or just under that half when it is not more).",
         )
         group.add_argument(
             "--token_budget",

@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from encoder import ModelFolder, ModelFolderError
 from encoder.folder_digest import folder_sha256
-from encoder.passages import MIN_CONTENT_TOKENS
+from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.pooled_encoder import resolve_dtype
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
@@ -239,14 +239,15 @@ def chunking(options: EmbedOptions, folder: ModelFolder) -> Chunking | None:
             f"--chunk_tokens {tokens} is too small: special tokens and prompt take {overhead} tokens of every "
             f"passage; the least is {overhead + MIN_CONTENT_TOKENS}"
         )
-    limit = min(-(-tokens // 2), tokens - overhead)  # progress needs fewer overlap tokens than a passage holds
+    content = tokens - overhead
+    limit = overlap_limit(content)
     if options.chunk_overlap is None:
         return Chunking(tokens, min(DEFAULT_CHUNK_OVERLAP, limit - 1))
     overlap = options.chunk_overlap
     if not 0 <= overlap < limit:
         raise UsageError(
-            f"--chunk_overlap {overlap} must be at least 0 and less than {limit} (half of --chunk_tokens {tokens}, "
-            f"and less than the {tokens - overhead} tokens of text a passage holds)"
+            f"--chunk_overlap {overlap} must be at least 0 and less than {limit}: under half of the {content} "
+            f"tokens of text a passage holds (--chunk_tokens {tokens} less {overhead} for special tokens and prompt)"
         )
     return Chunking(tokens, overlap)
 

@@ -18,8 +18,15 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
+from encoder import read_model_folder
+from encoder.passages import PassageSplitter
+from encoder.tokens import TextTokenizer
+from pipeline.options import EmbedOptions, UsageError
+from pipeline.plan import chunking
+from pipeline.run import make_options
 from samples.long_documents import long_documents
 from tests.conftest import ROOT, assert_same_output, read_manifest, record, run_cli, write_parquet
+from transforms.passages import Chunking
 
 N, M = 128, 16
 CHUNKING = ("--chunk_tokens", str(N), "--chunk_overlap", str(M))
@@ -240,7 +247,7 @@ def test_a_nightly_run_embeds_only_the_passages_around_an_edit(tmp_path, tokeniz
     [
         (("--chunk_tokens", "300"), "--chunk_tokens 300 is more than the model's limit of 256 tokens"),
         (("--chunk_tokens", "9"), "--chunk_tokens 9 is too small: special tokens and prompt take 2 tokens"),
-        (("--chunk_tokens", "64", "--chunk_overlap", "32"), "--chunk_overlap 32 must be at least 0 and less than 32"),
+        (("--chunk_tokens", "64", "--chunk_overlap", "31"), "--chunk_overlap 31 must be at least 0 and less than 31"),
         (("--chunk_overlap", "8"), "--chunk_overlap needs --chunk_tokens"),
     ],
 )
@@ -251,6 +258,25 @@ def test_impossible_chunk_settings_exit_2_naming_the_limit(tmp_path, options, me
     assert f"error: {message}" in result.stderr
     assert not (tmp_path / "out").exists()
     record("input", f"{' '.join(options)}", "exit 2, names the limit")
+
+
+@pytest.mark.parametrize("tokens", [10, 11, 34, 64, 65, 66, 67, 128, 256])
+def test_every_chunk_setting_the_plan_accepts_is_one_the_splitter_takes(model_path, tokens):
+    folder = read_model_folder(model_path)
+    splitter_for = TextTokenizer(folder)
+
+    def plan(*overlap: str) -> Chunking:
+        argv = ["--input", "in.parquet", "--output", "out", "--chunk_tokens", str(tokens), *overlap]
+        return chunking(make_options(argv).view_as(EmbedOptions), folder)
+
+    default = plan()
+    largest = -(-(tokens - 2) // 2) - 1  # under half of the tokens left by [CLS] and [SEP]
+    assert default.overlap == min(32, largest)
+    assert plan("--chunk_overlap", str(largest)).overlap == largest
+    with pytest.raises(UsageError, match=f"--chunk_overlap {largest + 1} must be at least 0 and less than"):
+        plan("--chunk_overlap", str(largest + 1))
+    for overlap in (default.overlap, largest):
+        PassageSplitter(splitter_for.raw, tokens, overlap, splitter_for.count)  # raises on what it cannot honour
 
 
 @pytest.mark.parametrize("name", ["content_hash", "embedding", "chunk", "char_end"])
