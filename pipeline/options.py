@@ -34,6 +34,17 @@ def sha256_hex(value: str) -> str:
     return value.lower()
 
 
+def positive_int(value: str) -> int:
+    """A count of rows or tokens: a whole number above 0 (0 would stall the job, not fail it early)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return number
+
+
 DEFAULT_CHUNK_OVERLAP = 32
 
 
@@ -181,7 +192,7 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--token_budget",
-            type=int,
+            type=positive_int,
             default=None,
             help="Padded tokens per forward pass; rows are sorted by length and batched up to this "
             "(default: 2048 on CPU, the fastest measured; on CUDA, sized to the card's free memory).",
@@ -195,7 +206,7 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--rows_per_batch",
-            type=int,
+            type=positive_int,
             default=4096,
             help="Rows read from Parquet and handed to the encoder at a time (default: 4096).",
         )

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -106,15 +107,31 @@ def _split_patterns(value: str | None) -> list[str]:
     return patterns
 
 
+def _place(path: str) -> str:
+    """One spelling per file: `in/a.parquet` and `./in/a.parquet` are the same local file."""
+    return path if "://" in path else os.path.realpath(path)
+
+
 def match_inputs(patterns: list[str]) -> list[FileMetadata]:
-    """All files the patterns match, in order, without repeats; each pattern must match one."""
+    """All files the patterns match, in order, without repeats (however spelt); each pattern must match one."""
     matched: dict[str, FileMetadata] = {}
     for pattern in patterns:
         found = FileSystems.match([pattern])[0].metadata_list
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
-        matched.update((m.path, m) for m in sorted(found, key=lambda m: m.path))
+        for m in sorted(found, key=lambda m: m.path):
+            matched.setdefault(_place(m.path), m)
     return list(matched.values())
+
+
+def schema_shard(files: list[str]) -> tuple[str, pq.ParquetFile]:
+    """The shard whose schema gives the columns' types: the first that holds rows. An empty shard
+    may carry no types at all (pandas writes an empty text column as null)."""
+    for path in files:
+        shard = open_parquet(path)
+        if shard.metadata.num_rows:
+            return path, shard
+    return files[0], open_parquet(files[0])
 
 
 def describe_inputs(matched: list[FileMetadata]) -> list[dict]:
@@ -183,6 +200,8 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
         )
     if previous and _same_place(output, previous):
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
+    if "://" not in output and os.path.isfile(output):
+        raise InputError(f"--output {output} is a file; give a directory (it is made when it does not exist)")
     earlier = [
         m.path
         for pattern in OUTPUT_PATTERNS
@@ -261,7 +280,13 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             "(a run that was killed or failed leaves none); pass the last finished output, or leave --previous out"
         )
     with FileSystems.open(manifest_path) as f:
-        manifest = json.load(f)
+        try:
+            manifest = json.load(f)
+        except ValueError as e:
+            raise InputError(f"--previous {manifest_path}: not a readable manifest ({e})") from e
+    missing_keys = [key for key in ("model", "files", "columns") if not isinstance(manifest.get(key), dict)]
+    if missing_keys:
+        raise InputError(f"--previous {manifest_path}: not a manifest of this job (no {', '.join(missing_keys)})")
     id_column = manifest.get("columns", {}).get("id")
     if id_column != columns.id.name:
         raise InputError(f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}")
@@ -278,7 +303,15 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             path,
             changed or "fingerprint",
         )
-    files = [FileSystems.join(path, name) for name in manifest["files"]["embeddings"]]
+    files = [FileSystems.join(path, name) for name in manifest["files"].get("embeddings", [])]
+    present = {_place(m.path) for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
+    lost = [f for f in files if _place(f) not in present]
+    if lost:
+        raise InputError(
+            f"--previous {path}: {len(lost)} of the {len(files)} embeddings files its manifest lists are gone "
+            f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
+            "pass a complete earlier run, or leave --previous out"
+        )
     passages = "chunk_tokens" in manifest["model"]
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     return PreviousRun(
@@ -314,6 +347,7 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
         raise UsageError("--prompt and --prompt_name both given: pass one")
     try:
         folder.output_dim(opts.truncate_dim)
+        folder.seq_length(opts.max_seq_length)
     except ModelFolderError as e:  # an option the model cannot honour: a usage error, exit 2
         raise UsageError(f"--{e}") from e
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
@@ -358,14 +392,17 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     patterns = _split_patterns(opts.input)
     matched = match_inputs(patterns)
     files = [m.path for m in matched]
-    first = files[0]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
-    first_file = open_parquet(first)
+    if opts.text_column == opts.id_column:
+        raise UsageError(
+            f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
+        )
+    first, first_file = schema_shard(files)
     columns = input_columns(first_file.schema_arrow, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         raise InputError(
             f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "
-            "numbers, dates or times"
+            "numbers (not float16), dates or times"
         )
     folder, weights_sha256, digest = checked_model(opts)
     handler = EncoderHandler(

@@ -160,5 +160,6 @@ def test_an_id_column_of_lists_is_refused_before_workers_start(tmp_path):
     assert_failed_without_output(
         result,
         tmp_path / "out",
-        f"{path}: id column 'id' is list<element: int64>; ids must be strings, binaries, numbers, dates or times",
+        f"{path}: id column 'id' is list<element: int64>; "
+        "ids must be strings, binaries, numbers (not float16), dates or times",
     )

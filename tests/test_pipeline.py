@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -186,6 +187,67 @@ def test_missing_output_is_an_error():
     result = run_cli("--input", "x.parquet")
     assert result.returncode == 2
     assert "--output is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--text_column", "id"), "error: --text_column and --id_column are both 'id'"),
+        (("--rows_per_batch", "0"), "argument --rows_per_batch: expected a whole number above 0, got '0'"),
+        (("--token_budget", "-1"), "argument --token_budget: expected a whole number above 0, got '-1'"),
+        (("--max_seq_length", "600"), "error: --max_seq_length must be between 1 and 512 for "),
+    ],
+)
+def test_options_the_job_cannot_honour_exit_2_before_workers_start(tmp_path, options, message):
+    shard = write_parquet(tmp_path / "in.parquet", id=["a"], text=["some text"])
+    result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), *options)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Worker" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def _previous_without_files(folder):
+    folder.mkdir()
+    manifest = {"model": {}, "files": {"embeddings": ["embeddings-a.parquet", "embeddings-b.parquet"]}}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "columns": {"id": "id", "carried": []}}))
+    (folder / "embeddings-a.parquet").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("float16 ids", "id column 'id' is halffloat; ids must be strings, binaries, numbers (not float16)"),
+        ("output is a file", "is a file; give a directory (it is made when it does not exist)"),
+        ("previous manifest damaged", "manifest.json: not a readable manifest (Expecting"),
+        ("previous manifest of something else", "manifest.json: not a manifest of this job (no model, files)"),
+        ("previous files gone", "1 of the 2 embeddings files its manifest lists are gone ("),
+    ],
+)
+def test_inputs_the_job_cannot_use_fail_before_workers_start_naming_them(tmp_path, case, message):
+    ids = pa.array([1.0, 2.0], pa.float16()) if case == "float16 ids" else pa.array(["a", "b"])
+    shard = write_parquet(tmp_path / "in.parquet", id=ids, text=["one", "two"])
+    output, options = tmp_path / "out", []
+    if case == "output is a file":
+        output.write_text("not a directory")
+    elif case == "previous files gone":
+        options = ["--previous", str(_previous_without_files(tmp_path / "previous"))]
+    elif case.startswith("previous"):
+        (tmp_path / "previous").mkdir()
+        (tmp_path / "previous" / "manifest.json").write_text("{" if case.endswith("damaged") else '{"columns": {}}')
+        options = ["--previous", str(tmp_path / "previous")]
+    result = run_cli("--input", str(shard), "--output", str(output), *options)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert "Worker" not in result.stderr
+
+
+def test_one_file_matched_under_two_spellings_is_planned_once(tmp_path):
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
+    inputs = f"{shard},{tmp_path}/./in.parquet,{tmp_path}/*.parquet"
+    result = run_cli("--input", inputs, "--output", str(tmp_path / "out"), "--plan_only")
+    assert result.returncode == 0, result.stderr
+    assert [f["path"] for f in json.loads(result.stdout)["input_files"]] == [str(shard)]
 
 
 def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):

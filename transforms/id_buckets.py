@@ -11,10 +11,17 @@ from transforms.value_hashes import is_fixed_width, is_variable_width, mixed, va
 
 
 def bucketable(kind: pa.DataType) -> bool:
-    """Whether ids of this type can be bucketed (and sorted): strings, binaries and fixed-width scalars."""
+    """Whether ids of this type can be bucketed and sorted: strings, binaries and fixed-width scalars
+    that Arrow can sort (not float16 or month-day-nano intervals)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return is_variable_width(kind) or pa.types.is_boolean(kind) or is_fixed_width(kind)
+    if not (is_variable_width(kind) or pa.types.is_boolean(kind) or is_fixed_width(kind)):
+        return False
+    try:
+        pc.sort_indices(pa.array([], kind))
+    except pa.ArrowNotImplementedError:
+        return False
+    return True
 
 
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
