@@ -4,11 +4,13 @@ the arrays are sliced; a changed value changes its row's digest."""
 from __future__ import annotations
 
 import decimal
+import tracemalloc
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from transforms import value_hashes as value_hashes_module
 from transforms.value_hashes import row_digests, value_hashes
 
 ARRAYS = [
@@ -46,3 +48,26 @@ def test_a_row_digest_changes_with_any_value_of_its_columns_and_with_their_order
     assert (row_digests(table, ["rank", "title"]) != digests).all()
     assert (row_digests(table.slice(1), ["title", "rank"]) == digests[1:]).all()
     assert (row_digests(table, []) == np.zeros(4, np.uint64)).all()
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_values_longer_than_a_block_hash_as_in_one_block(monkeypatch, block):
+    rng = np.random.default_rng(0)
+    values = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (0, 1, 200, 5, 0, 97)]
+    arrays = [pa.array([*values, None], pa.binary()), pa.array([[1, 2, 3] * 40, [], None, [7]])]
+    whole = [value_hashes(a) for a in arrays]
+    monkeypatch.setattr(value_hashes_module, "SEGMENT_BLOCK", block)
+    for array, expected in zip(arrays, whole, strict=True):
+        assert (value_hashes(array) == expected).all()
+        assert (value_hashes(array.slice(2)) == expected[2:]).all()
+
+
+def test_a_huge_value_hashes_in_bounded_memory():
+    huge = pa.array([b"x" * 30_000_000, b"y"], pa.large_binary())  # a 30 MB cell
+    tracemalloc.start()
+    try:
+        value_hashes(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20  # it took 905 MiB when every byte had its own uint64 terms and powers

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 _MULTIPLIER = np.uint64(0x100000001B3)  # FNV-1's 64-bit prime, as a polynomial base
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _NULL = np.uint64(0x6A09E667F3BCC908)  # the hash of every null
+SEGMENT_BLOCK = 1 << 20  # terms of variable-width values hashed at a time
 
 
 def _powers(count: int) -> np.ndarray:
@@ -28,16 +29,30 @@ def mixed(hashes: np.ndarray) -> np.ndarray:
 
 
 def _segments(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Polynomial hash of each segment flat[offsets[i]:offsets[i + 1]] (uint64 terms), plus its length."""
+    """Polynomial hash of each segment flat[offsets[i]:offsets[i + 1]] (terms widened to uint64), plus its
+    length.
+
+    Taken SEGMENT_BLOCK terms at a time, so that the temporaries stay a few tens of MiB however long
+    one value is (a 100 MB cell would otherwise take 40 bytes per byte): a segment begun in an earlier
+    block has its sum over this one scaled by the multiplier's power of the terms already taken.
+    """
     flat = flat[offsets[0] : offsets[-1]]
     offsets = offsets.astype(np.int64) - offsets[0]
-    lengths = np.diff(offsets)
-    position = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths)
-    terms = flat * _powers(int(lengths.max(initial=0)))[position]
-    hashes = lengths.astype(np.uint64)
-    filled = lengths > 0
-    if filled.any():
-        hashes[filled] += np.add.reduceat(terms, offsets[:-1][filled])
+    hashes = np.diff(offsets).astype(np.uint64)
+    powers = _powers(min(len(flat), SEGMENT_BLOCK))
+    for start in range(0, len(flat), SEGMENT_BLOCK):
+        stop = min(start + SEGMENT_BLOCK, len(flat))
+        first = int(np.searchsorted(offsets, start, side="right")) - 1  # the segment holding flat[start]
+        last = int(np.searchsorted(offsets, stop, side="left"))  # segments [first, last) meet this block
+        bounds = np.clip(offsets[first : last + 1], start, stop) - start
+        lengths = np.diff(bounds)
+        position = np.arange(stop - start) - np.repeat(bounds[:-1], lengths)
+        terms = flat[start:stop].astype(np.uint64) * powers[position]
+        filled = lengths > 0
+        sums = np.add.reduceat(terms, bounds[:-1][filled])
+        if offsets[first] < start:  # its first terms were in earlier blocks
+            sums[:1] *= np.uint64(pow(int(_MULTIPLIER), int(start - offsets[first]), 1 << 64))
+        hashes[first:last][filled] += sums
     return hashes
 
 
@@ -46,7 +61,7 @@ def _variable_width(values: pa.Array) -> np.ndarray:
     _, offsets, data = values.buffers()
     offsets = np.frombuffer(offsets, np.int64 if large else np.int32)[values.offset : values.offset + len(values) + 1]
     data = np.frombuffer(data if data is not None else b"", np.uint8)[offsets[0] : offsets[-1]]
-    return _segments(data.astype(np.uint64), offsets - offsets[0])
+    return _segments(data, offsets - offsets[0])
 
 
 def _fixed_width(values: pa.Array, width: int) -> np.ndarray:
