@@ -163,3 +163,31 @@ def test_an_id_column_of_lists_is_refused_before_workers_start(tmp_path):
         f"{path}: id column 'id' is list<element: int64>; "
         "ids must be strings, binaries, numbers (not float16), dates or times",
     )
+
+
+def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
+    """duplicate_id and no_tokens are found after validation has dropped rows: they must still name
+    the row's place in the file, not its place among the rows left."""
+    path = write_parquet(
+        tmp_path / "a.parquet",
+        id=["z", "a", "a", "n", "c-1", "g", "c-2"],
+        text=["", "first", "second", None, "\x01\x02", "good", "\x03"],
+    )
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output), "--chunk_tokens", "128", "--carry_columns", "text")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (7, 2, 5)
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
+        (0, "z", "empty_text"),
+        (2, "a", "duplicate_id"),
+        (3, "n", "null_text"),
+        (4, "c-1", "no_tokens"),
+        (6, "c-2", "no_tokens"),
+    ]
+    embedded = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert sorted(zip(embedded["id"].to_pylist(), embedded["text"].to_pylist(), strict=True)) == [
+        ("a", "first"),
+        ("g", "good"),
+    ]

@@ -83,7 +83,9 @@ def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int, sp
     for unit_batch in units:
         for item in claim.process(unit_batch):
             route(item, grouped, CURRENT)
-    for item in _previous_claims(ShardBatch("mem://previous", 0, previous), "id", buckets, spill_dir):
+    for item in _previous_claims(
+        ShardBatch("mem://previous", np.arange(previous.num_rows), previous), "id", buckets, spill_dir
+    ):
         route(item, grouped, PREVIOUS)
     for bucket in grouped.items():
         for item in settle.process(bucket):

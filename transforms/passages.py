@@ -104,9 +104,9 @@ class _ToUnits(beam.DoFn):
             if len(parts) > 1:  # its own buffers: a pickled slice would carry the whole array's
                 piece = piece.take(pa.array(np.arange(len(piece))))
             yield UnitBatch(
-                f"{shard.path}#{shard.first_row}#{part}",
+                f"{shard.path}#{shard.row_numbers[0]}#{part}",
                 shard.path,
-                shard.first_row + documents[start:end],
+                shard.row_numbers[documents[start:end]],
                 self._unit_batch(batch, documents[start:end], piece, [a[start:end] for a in located]),
             )
         yield beam.pvalue.TaggedOutput(STATS, counts)
@@ -135,7 +135,7 @@ class _ToUnits(beam.DoFn):
                 [
                     shard.batch.column(self._columns.id.name).take(pa.array(rows)),
                     pa.array([shard.path] * len(rows), pa.string()),
-                    pa.array(shard.first_row + rows),
+                    pa.array(shard.row_numbers[rows]),
                     pa.array(["no_tokens"] * len(rows), pa.string()),
                 ],
                 schema=self._rejects,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
@@ -27,12 +28,16 @@ class RowGroup:
     first_row: int  # row number of its first row within the file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShardBatch:
-    """Rows read from one file, with where they came from (for rejects)."""
+    """Rows read from one file, with where they came from (for rejects).
+
+    Each row keeps its own row number, not an offset: validation drops rows, and the rows
+    after a dropped one must still report their place in the file.
+    """
 
     path: str
-    first_row: int
+    row_numbers: np.ndarray  # int64, one per row of `batch`: its 0-based row within `path`
     batch: pa.RecordBatch
 
 
@@ -73,7 +78,7 @@ class _ReadRowGroup(beam.DoFn):
                 batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._names
             )
             for batch in batches:
-                yield ShardBatch(group.path, first_row, batch)
+                yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e

@@ -84,14 +84,13 @@ class _Validate(beam.DoFn):
         rejected_count = pc.sum(rejected).as_py() or 0
         if rejected_count:
             why = reasons.filter(rejected)
-            rows = pa.array(np.arange(shard.first_row, shard.first_row + batch.num_rows))
             yield beam.pvalue.TaggedOutput(
                 REJECTED,
                 pa.RecordBatch.from_arrays(
                     [
                         batch.column(self._columns.id.name).filter(rejected),
                         pa.array([shard.path] * rejected_count, pa.string()),
-                        rows.filter(rejected),
+                        pa.array(shard.row_numbers).filter(rejected),
                         why,
                     ],
                     schema=self._rejects_schema,
@@ -100,10 +99,14 @@ class _Validate(beam.DoFn):
             for item in pc.value_counts(why).to_pylist():
                 counts[f"rejected:{item['values']}"] = item["counts"]
             self._rejected.inc(rejected_count)
-            batch = batch.filter(pc.invert(rejected))
+            kept = pc.invert(rejected)
+            # The row numbers go with the rows kept, so later rejects (duplicate_id, no_tokens) name the right row.
+            shard = ShardBatch(shard.path, shard.row_numbers[kept.to_numpy(zero_copy_only=False)], batch.filter(kept))
+        else:
+            shard = ShardBatch(shard.path, shard.row_numbers, batch)
         yield beam.pvalue.TaggedOutput(STATS, counts)
-        if batch.num_rows:
-            yield ShardBatch(shard.path, shard.first_row, batch)
+        if shard.batch.num_rows:
+            yield shard
 
 
 class ValidateRows(beam.PTransform):
