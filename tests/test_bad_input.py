@@ -191,3 +191,32 @@ def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
         ("a", "first"),
         ("g", "good"),
     ]
+
+
+def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):
+    """NaN equals nothing, so it cannot be an id: each NaN row is rejected with its own reason
+    (two of them used to fail the run at the end, naming no file). Row 4 also checks that a
+    duplicate after earlier rejects names its own row."""
+    path = write_parquet(
+        tmp_path / "a.parquet",
+        id=pa.array([float("nan"), 1.0, float("nan"), None, 1.0, 2.0], pa.float64()),
+        text=["t0", "t1", "t2", "t3", "t4", "t5"],
+    )
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", "text")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (6, 2, 4)
+    assert manifest["rejected_by_reason"] == {"nan_id": 2, "null_id": 1, "duplicate_id": 1}
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["source_file"], r["row_number"], r["reason"]) for r in rejected) == [
+        (str(path), 0, "nan_id"),
+        (str(path), 2, "nan_id"),
+        (str(path), 3, "null_id"),
+        (str(path), 4, "duplicate_id"),
+    ]
+    embedded = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert sorted(zip(embedded["id"].to_pylist(), embedded["text"].to_pylist(), strict=True)) == [
+        (1.0, "t1"),
+        (2.0, "t5"),
+    ]

@@ -18,7 +18,7 @@ from transforms import METRICS_NAMESPACE
 from transforms.read import ShardBatch
 
 # In order of precedence: a row gets the first reason that applies.
-REASONS = ("null_id", "invalid_utf8", "null_text", "text_not_string", "empty_text")
+REASONS = ("null_id", "nan_id", "invalid_utf8", "null_text", "text_not_string", "empty_text")
 STATS = "stats"
 REJECTED = "rejected"
 
@@ -57,12 +57,26 @@ def reject_reasons(batch: pa.RecordBatch, columns: InputColumns, invalid_utf8: p
     is_string = pa.types.is_string(text.type) or pa.types.is_large_string(text.type)
     conditions = [
         pc.is_null(ids),
+        _nan_ids(ids),
         false if invalid_utf8 is None else invalid_utf8,
         pc.is_null(text),
         false if is_string else pc.is_valid(text),
         pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False) if is_string else false,
     ]
     return pc.case_when(pc.make_struct(*conditions, field_names=REASONS), *REASONS)
+
+
+def _nan_ids(ids: pa.Array) -> pa.Array:
+    """Which ids are NaN (only float ids can be).
+
+    NaN equals nothing, itself included, so a NaN id can neither be joined with the previous
+    run nor found as a duplicate: such rows are rejected rather than lost between the steps.
+    """
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if not pa.types.is_floating(ids.type):
+        return pa.array(np.zeros(len(ids), dtype=bool))
+    return pc.fill_null(pc.is_nan(ids), False)
 
 
 class _Validate(beam.DoFn):
