@@ -33,23 +33,67 @@ class InputColumns:
 
 
 def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tuple[str, ...]) -> InputColumns:
-    """Take the job's columns from the first shard's schema, or say which are missing."""
+    """Take the job's columns from the first shard's schema, or say which are missing.
+
+    View types become their large counterparts: Arrow's take and filter have no kernels for them.
+    """
     _require(schema, path, [id_, text, *carry])
-    carried = (pa.field(text, pa.string()) if name == text else schema.field(name) for name in dict.fromkeys(carry))
-    return InputColumns(text=text, id=schema.field(id_), carry=tuple(f for f in carried if f.name != id_))
+
+    def field(name: str) -> pa.Field:
+        found = schema.field(name)
+        return found.with_type(without_views(found.type))
+
+    carried = (pa.field(text, pa.string()) if name == text else field(name) for name in dict.fromkeys(carry))
+    return InputColumns(text=text, id=field(id_), carry=tuple(f for f in carried if f.name != id_))
 
 
-def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> None:
-    """Every shard must have the columns, and id/carried columns of the first shard's types.
+def without_views(kind: pa.DataType) -> pa.DataType:
+    """string_view and binary_view (also as dictionary values) as large_string and large_binary."""
+    if pa.types.is_dictionary(kind):
+        values = without_views(kind.value_type)
+        return kind if values == kind.value_type else pa.dictionary(kind.index_type, values, kind.ordered)
+    if pa.types.is_string_view(kind):
+        return pa.large_string()
+    if pa.types.is_binary_view(kind):
+        return pa.large_binary()
+    return kind
 
-    The text column's type is not checked here: rows whose text is not a
+
+def _family(kind: pa.DataType) -> pa.DataType | str:
+    """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
+    pyarrow string), so shards that differ only so are one input."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "string"
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        return "binary"
+    return kind
+
+
+def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:
+    """Every shard must have the columns, and id/carried columns of the first shard's type family.
+
+    Returns the columns to cast as they are read, to the types every later step and the outputs
+    carry: those whose type differs from the first shard's within its family (string,
+    large_string, string_view, dictionaries of them; the same for binaries), those of type null
+    (a zero-row pandas shard, a column all null), and a text column of a view type.
+    The text column's type is not checked otherwise: rows whose text is not a
     string are rejected one by one, not the whole job.
     """
     _require(schema, path, columns.names)
+    casts = {}
     for expected in columns.typed:
         found = schema.field(expected.name).type
-        if found != expected.type:
+        if found == expected.type:
+            continue
+        if not (pa.types.is_null(found) or _family(found) == _family(expected.type)):
             raise InputError(f"{path}: column {expected.name!r} is {found}, but other shards have {expected.type}")
+        casts[expected.name] = expected.type
+    text = schema.field(columns.text).type
+    if without_views(text) != text:
+        casts[columns.text] = without_views(text)
+    return casts
 
 
 def _require(schema: pa.Schema, path: str, names: list[str]) -> None:

@@ -7,7 +7,7 @@ so a few large shards still parallelise and only tiny descriptors are shuffled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -26,6 +26,7 @@ class RowGroup:
     path: str
     index: int
     first_row: int  # row number of its first row within the file
+    casts: tuple[tuple[str, pa.DataType], ...] = ()  # (column, type) to cast to as read; see SchemaCheck
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,8 +50,18 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from e
 
 
-# Raises InputError when a file's schema (arrow schema, path) is not what the job needs.
-SchemaCheck = Callable[[pa.Schema, str], None]
+# Raises InputError when a file's schema (arrow schema, path) is not what the job needs; may return
+# {column: type} for columns to cast as they are read, so that every shard's batches have one type.
+SchemaCheck = Callable[[pa.Schema, str], Mapping[str, pa.DataType] | None]
+
+
+def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...]) -> pa.RecordBatch:
+    """`batch` with the columns named in `casts` cast, in Arrow, where their type differs."""
+    for name, kind in casts:
+        index = batch.schema.get_field_index(name)
+        if batch.schema.field(index).type != kind:
+            batch = batch.set_column(index, batch.schema.field(index).with_type(kind), batch.column(index).cast(kind))
+    return batch
 
 
 class _ListRowGroups(beam.DoFn):
@@ -59,10 +70,10 @@ class _ListRowGroups(beam.DoFn):
 
     def process(self, path: str) -> Iterator[RowGroup]:
         metadata = open_parquet(path).metadata
-        self._check(metadata.schema.to_arrow_schema(), path)
+        casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
-            yield RowGroup(path, index, first_row)
+            yield RowGroup(path, index, first_row, casts)
             first_row += metadata.row_group(index).num_rows
 
 
@@ -78,6 +89,7 @@ class _ReadRowGroup(beam.DoFn):
                 batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._names
             )
             for batch in batches:
+                batch = cast_columns(batch, group.casts)
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
