@@ -63,7 +63,7 @@ def test_shards_of_one_type_family_are_read_as_the_first_shards_types(tmp_path):
     ]
 
 
-def test_view_typed_first_shard_is_read_as_large_types(tmp_path):
+def test_view_typed_first_shard_is_read_as_large_types_and_once_under_three_spellings(tmp_path):
     path = write_parquet(
         tmp_path / "v.parquet",
         id=pa.array(["v1", "v2"], pa.string_view()),
@@ -71,8 +71,10 @@ def test_view_typed_first_shard_is_read_as_large_types(tmp_path):
         note=pa.array([b"\x00x", None], pa.binary_view()),
         label=pa.array(["one", "two"], pa.string_view()),
     )
+    (tmp_path / "sub").mkdir()
+    spellings = f"{path},{tmp_path}/./v.parquet,{tmp_path}/sub/../v.parquet"  # one file: read once
     output = tmp_path / "out"
-    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", "note,label,text")
+    result = run_cli("--input", spellings, "--output", str(output), "--carry_columns", "note,label,text")
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (2, 2, 0)

@@ -7,6 +7,7 @@ so a few large shards still parallelise and only tiny descriptors are shuffled.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -115,9 +116,16 @@ class ReadParquetFiles(beam.PTransform):
         )
 
 
+def same_spelling(path: str) -> str:
+    """A local path made absolute and normal, so that a file matched under two spellings
+    (`in/a.parquet`, `./in/a.parquet`) is read once; URLs (gs://...) are left as they are."""
+    return path if FileSystems.get_scheme(path) else os.path.abspath(path)
+
+
 class ReadShards(beam.PTransform):
     """File patterns in, ShardBatches of the columns `names` out; a pattern that matches nothing
-    fails the job, as does a file that `check` refuses."""
+    fails the job, as does a file that `check` refuses. Each file is read once, under its absolute
+    path when local, however many patterns match it."""
 
     def __init__(self, patterns: list[str], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
         super().__init__()
@@ -129,7 +137,7 @@ class ReadShards(beam.PTransform):
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-            | "Paths" >> beam.Map(lambda match: match.path)
+            | "Paths" >> beam.Map(lambda match: same_spelling(match.path))
             | "Dedupe" >> beam.Distinct()
             | "Files" >> self._read
         )
