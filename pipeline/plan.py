@@ -36,7 +36,7 @@ from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.passages import Chunking
-from transforms.read import open_parquet
+from transforms.read import open_parquet, same_spelling
 from transforms.write import CHANGES_DIR, MANIFEST
 
 _LOG = logging.getLogger(__name__)
@@ -107,20 +107,17 @@ def _split_patterns(value: str | None) -> list[str]:
     return patterns
 
 
-def _place(path: str) -> str:
-    """One spelling per file: `in/a.parquet` and `./in/a.parquet` are the same local file."""
-    return path if "://" in path else os.path.realpath(path)
-
-
 def match_inputs(patterns: list[str]) -> list[FileMetadata]:
-    """All files the patterns match, in order, without repeats (however spelt); each pattern must match one."""
+    """All files the patterns match, in order, each once under the path the rejects name it by
+    (`transforms.read.same_spelling`); each pattern must match one."""
     matched: dict[str, FileMetadata] = {}
     for pattern in patterns:
         found = FileSystems.match([pattern])[0].metadata_list
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         for m in sorted(found, key=lambda m: m.path):
-            matched.setdefault(_place(m.path), m)
+            path = same_spelling(m.path)
+            matched.setdefault(path, FileMetadata(path, m.size_in_bytes, m.last_updated_in_seconds))
     return list(matched.values())
 
 
@@ -304,8 +301,8 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             changed or "fingerprint",
         )
     files = [FileSystems.join(path, name) for name in manifest["files"].get("embeddings", [])]
-    present = {_place(m.path) for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
-    lost = [f for f in files if _place(f) not in present]
+    present = {same_spelling(m.path) for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
+    lost = [f for f in files if same_spelling(f) not in present]
     if lost:
         raise InputError(
             f"--previous {path}: {len(lost)} of the {len(files)} embeddings files its manifest lists are gone "
