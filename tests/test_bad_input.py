@@ -178,6 +178,8 @@ def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (7, 2, 5)
+    outcome = "rows rejected, each naming its own row"
+    assert record("input", "duplicate id / no tokens after rejected rows", outcome, [path], output) == 0
     rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
     assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
         (0, "z", "empty_text"),
@@ -208,6 +210,7 @@ def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (6, 2, 4)
     assert manifest["rejected_by_reason"] == {"nan_id": 2, "null_id": 1, "duplicate_id": 1}
+    assert record("input", "float ids, two of them NaN", "rows rejected: nan_id", [path], output) == 0
     rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
     assert sorted((r["source_file"], r["row_number"], r["reason"]) for r in rejected) == [
         (str(path), 0, "nan_id"),

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import read_manifest, run_cli, write_parquet
+from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
 def _outputs(output, kind: str) -> pa.Table:
@@ -45,6 +45,9 @@ def test_shards_of_one_type_family_are_read_as_the_first_shards_types(tmp_path):
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (8, 6, 2)
     assert manifest["rejected_by_reason"] == {"null_id": 2}
+    case = "shards: string, large_string, null, view"
+    outcome = "success: one type; null ids rejected"
+    assert record("input", case, outcome, sorted(folder.glob("*.parquet")), output) == 0
     rejected = _outputs(output, "rejected")
     assert rejected.schema.field("id").type == pa.string()
     assert sorted((r["source_file"], r["row_number"], r["reason"]) for r in rejected.to_pylist()) == [
@@ -78,6 +81,8 @@ def test_view_typed_first_shard_is_read_as_large_types_and_once_under_three_spel
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (2, 2, 0)
+    outcome = "success: large types; the file read once"
+    assert record("input", "view types; one file under three spellings", outcome, [path], output) == 0
     embedded = _outputs(output, "embeddings")
     assert [embedded.schema.field(name).type for name in ("id", "note", "label", "text")] == [
         pa.large_string(),
