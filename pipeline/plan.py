@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
@@ -121,14 +122,24 @@ def match_inputs(patterns: list[str]) -> list[FileMetadata]:
     return list(matched.values())
 
 
-def schema_shard(files: list[str]) -> tuple[str, pq.ParquetFile]:
-    """The shard whose schema gives the columns' types: the first that holds rows. An empty shard
-    may carry no types at all (pandas writes an empty text column as null)."""
-    for path in files:
-        shard = open_parquet(path)
-        if shard.metadata.num_rows:
-            return path, shard
-    return files[0], open_parquet(files[0])
+def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema]:
+    """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
+    carry no types, as pandas writes an empty text column as null), with its file and that schema.
+    A column of type null there (all its values null) takes its type from the next shard that has one."""
+    path = next((p for p in files if open_parquet(p).metadata.num_rows), files[0])
+    shard = open_parquet(path)
+    schema = shard.schema_arrow
+    untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
+    for other in files[files.index(path) + 1 :]:
+        if not untyped:
+            break
+        theirs = open_parquet(other).schema_arrow
+        for name in [n for n in untyped if theirs.get_field_index(n) >= 0]:
+            if not pa.types.is_null(theirs.field(name).type):
+                index = schema.get_field_index(name)
+                schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+                untyped.remove(name)
+    return path, shard, schema
 
 
 def describe_inputs(matched: list[FileMetadata]) -> list[dict]:
@@ -281,7 +292,11 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             manifest = json.load(f)
         except ValueError as e:
             raise InputError(f"--previous {manifest_path}: not a readable manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        manifest = {}
     missing_keys = [key for key in ("model", "files", "columns") if not isinstance(manifest.get(key), dict)]
+    if "columns" not in missing_keys and not isinstance(manifest["columns"].get("carried"), list):
+        missing_keys.append("columns.carried")
     if missing_keys:
         raise InputError(f"--previous {manifest_path}: not a manifest of this job (no {', '.join(missing_keys)})")
     id_column = manifest.get("columns", {}).get("id")
@@ -394,8 +409,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         raise UsageError(
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
         )
-    first, first_file = schema_shard(files)
-    columns = input_columns(first_file.schema_arrow, first, opts.text_column, opts.id_column, carry)
+    first, first_file, schema = typed_schema(files, [opts.id_column, opts.text_column, *carry])
+    columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         raise InputError(
             f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "

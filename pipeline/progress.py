@@ -100,25 +100,33 @@ class ProgressLine:
             return f"embedded {done} of {self._total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}"
         return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s"
 
-    def _draw(self, text: str) -> None:
+    def _draw(self, text: str, held: bool = False) -> None:
+        """`held`: off a terminal, write the count an interval held back, whenever it has moved."""
         if self._live:
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
             now, done = self._clock(), sum(self._counts.values())
-            if self._written is not None and (done == self._written[1] or now - self._written[0] < self._interval):
+            if self._written is None and held:
+                return
+            if self._written is not None and (
+                done == self._written[1] or (not held and now - self._written[0] < self._interval)
+            ):
                 return
             self._written = (now, done)
             self._stream.write(f"{text}\n")
         self._stream.flush()
 
     def finish(self) -> None:
-        """End the live line, so what follows starts on a line of its own."""
+        """End the live line, so what follows starts on a line of its own; off a terminal, write the
+        count last held back, so that a log never ends short of it."""
         with self._lock:
             if self._drawn:
                 self._stream.write("\n")
                 self._stream.flush()
                 self._drawn = False
+            elif not self._live:
+                self._draw(self.text(), held=True)
 
 
 class WorkerLogs(logging.Filter):

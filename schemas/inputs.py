@@ -48,18 +48,27 @@ def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tupl
 
 
 def without_views(kind: pa.DataType) -> pa.DataType:
-    """string_view and binary_view (also as dictionary values) as large_string and large_binary."""
-    if pa.types.is_dictionary(kind):
-        values = without_views(kind.value_type)
-        return kind if values == kind.value_type else pa.dictionary(kind.index_type, values, kind.ordered)
+    """string_view and binary_view, at any depth (dictionary values, list items, struct fields, map
+    keys and items), as large_string and large_binary."""
     if pa.types.is_string_view(kind):
         return pa.large_string()
     if pa.types.is_binary_view(kind):
         return pa.large_binary()
+    if pa.types.is_dictionary(kind):
+        return pa.dictionary(kind.index_type, without_views(kind.value_type), kind.ordered)
+    if pa.types.is_map(kind):
+        return pa.map_(without_views(kind.key_type), kind.item_field.with_type(without_views(kind.item_type)))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(without_views(kind.value_type))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(item, kind.list_size)
+        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(without_views(field.type)) for field in kind])
     return kind
 
 
-def _family(kind: pa.DataType) -> pa.DataType | str:
+def type_family(kind: pa.DataType) -> pa.DataType | str:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
     pyarrow string), so shards that differ only so are one input."""
     if pa.types.is_dictionary(kind):
@@ -87,8 +96,15 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
         found = schema.field(expected.name).type
         if found == expected.type:
             continue
-        if not (pa.types.is_null(found) or _family(found) == _family(expected.type)):
+        if not (pa.types.is_null(found) or type_family(without_views(found)) == type_family(expected.type)):
             raise InputError(f"{path}: column {expected.name!r} is {found}, but other shards have {expected.type}")
+        try:
+            pa.array([], found).cast(expected.type)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as e:
+            raise InputError(
+                f"{path}: column {expected.name!r} is {found}, which Arrow cannot read as {expected.type}, "
+                f"its type in the other shards ({e})"
+            ) from e
         casts[expected.name] = expected.type
     text = schema.field(columns.text).type
     if without_views(text) != text:

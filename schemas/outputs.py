@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from encoder.quantize import Quantizer
-from schemas.inputs import InputColumns, InputError
+from schemas.inputs import InputColumns, InputError, type_family
 
 EMBEDDING_COLUMN = "embedding"
 CONTENT_HASH_COLUMN = "content_hash"
@@ -139,17 +139,21 @@ def _same_values(found: pa.DataType, expected: pa.DataType) -> bool:
     return len(set(sizes)) <= 1
 
 
-def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names: list[str]) -> None:
-    """The columns `names` of a previous run's embeddings file must have the types this run writes
-    (vectors: the same values, in either layout)."""
+def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names: list[str]) -> dict[str, pa.DataType]:
+    """The columns `names` of a previous run's embeddings file must have the types this run writes,
+    or types of their family (yesterday's shards were read as string, today's as large_string),
+    which are returned to be cast as read; vectors: the same values, in either layout."""
+    casts = {}
     for name in names:
         if schema.get_field_index(name) < 0:
             raise InputError(f"{path}: column {name!r} not found; is this an output of this job?")
         found, wanted = schema.field(name).type, expected.field(name).type
-        if name == EMBEDDING_COLUMN and _same_values(found, wanted):
+        if found == wanted or name == EMBEDDING_COLUMN and _same_values(found, wanted):
             continue
-        if found != wanted:
+        if name == EMBEDDING_COLUMN or not (pa.types.is_null(found) or type_family(found) == type_family(wanted)):
             raise InputError(f"{path}: column {name!r} is {found}, but this run writes {wanted}")
+        casts[name] = wanted
+    return casts
 
 
 def rejects_schema(columns: InputColumns) -> pa.Schema:

@@ -220,7 +220,7 @@ def _previous_without_files(folder):
         ("float16 ids", "id column 'id' is halffloat; ids must be strings, binaries, numbers (not float16)"),
         ("output is a file", "is a file; give a directory (it is made when it does not exist)"),
         ("previous manifest damaged", "manifest.json: not a readable manifest (Expecting"),
-        ("previous manifest of something else", "manifest.json: not a manifest of this job (no model, files)"),
+        ("previous manifest of something else", "not a manifest of this job (no model, files, columns.carried)"),
         ("previous files gone", "1 of the 2 embeddings files its manifest lists are gone ("),
     ],
 )

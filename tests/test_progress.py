@@ -55,6 +55,11 @@ def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_whe
         "embedded 300 of 1000 rows (30%), 20.0 rows/s, about 35s left",
         "embedded 350 of 1000 rows (35%), 15.9 rows/s, about 41s left",
     ]
+    clock.now = 124.0
+    line.report(2, 250)  # held back: within the interval
+    line.finish()  # the run ends (or a log line follows): the held count is written
+    line.finish()  # and only once
+    assert stream.getvalue().splitlines()[4:] == ["embedded 450 of 1000 rows (45%), 18.8 rows/s, about 29s left"]
 
 
 def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():

@@ -94,3 +94,50 @@ def test_view_typed_first_shard_is_read_as_large_types_and_once_under_three_spel
         {"id": "v1", "note": b"\x00x", "label": "one", "text": "hello world"},
         {"id": "v2", "note": None, "label": "two", "text": "foo"},
     ]
+
+
+def test_null_typed_columns_take_a_later_shards_type_and_yesterdays_string_ids_join_todays_large_ones(tmp_path):
+    day1 = tmp_path / "day1"
+    tags = pa.list_(pa.string_view())  # views nested in a list: read as list<large_string>
+    write_parquet(day1 / "a.parquet", id=["a", "b"], text=["text a", "text b"], title=pa.nulls(2),
+                  tags=pa.array([["x"], None], tags))  # fmt: skip
+    write_parquet(day1 / "b.parquet", id=["c"], text=["text c"], title=["C"], tags=pa.array([["y", "z"]], tags))
+    first = tmp_path / "out1"
+    result = run_cli("--input", f"{day1}/*.parquet", "--output", str(first), "--carry_columns", "title,tags")
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(first, "embeddings")
+    assert [embedded.schema.field(name).type for name in ("id", "title", "tags")] == [
+        pa.string(),
+        pa.string(),
+        pa.list_(pa.large_string()),
+    ]
+    assert sorted(embedded.select(["id", "title", "tags"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "title": None, "tags": ["x"]},
+        {"id": "b", "title": None, "tags": None},
+        {"id": "c", "title": "C", "tags": ["y", "z"]},
+    ]
+    day2 = tmp_path / "day2"  # the same rows, written by pandas 3: ids are large_string today
+    day2.mkdir()
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["text a", "text b", "text c"]}).to_parquet(
+        day2 / "kb.parquet", index=False
+    )
+    second = tmp_path / "out2"
+    result = run_cli("--input", f"{day2}/*.parquet", "--output", str(second), "--previous", str(first))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (3, 0, 3)
+    assert _outputs(second, "embeddings-reused").schema.field("id").type == pa.large_string()
+
+
+def test_a_shard_arrow_cannot_cast_to_the_first_shards_type_fails_naming_file_and_column(tmp_path):
+    folder = tmp_path / "in"
+    write_parquet(folder / "a.parquet", id=["a"], text=["text a"], n=pa.array(["x"]).dictionary_encode())
+    plain = write_parquet(folder / "b.parquet", id=["b"], text=["text b"], n=pa.array(["y"], pa.string_view()))
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "n")
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"error: {plain}: column 'n' is string_view, which Arrow cannot read as "
+        "dictionary<values=string, indices=int32, ordered=0>, its type in the other shards" in result.stderr
+    )
+    assert (sorted(output.iterdir()) if output.exists() else []) == []

@@ -56,12 +56,18 @@ def open_parquet(path: str) -> pq.ParquetFile:
 SchemaCheck = Callable[[pa.Schema, str], Mapping[str, pa.DataType] | None]
 
 
-def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...]) -> pa.RecordBatch:
-    """`batch` with the columns named in `casts` cast, in Arrow, where their type differs."""
+def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...], path: str) -> pa.RecordBatch:
+    """`batch` with the columns named in `casts` cast, in Arrow, where their type differs; a value
+    the type cannot hold (more distinct values than a dictionary's int8 indices) fails naming the column."""
     for name, kind in casts:
         index = batch.schema.get_field_index(name)
         if batch.schema.field(index).type != kind:
-            batch = batch.set_column(index, batch.schema.field(index).with_type(kind), batch.column(index).cast(kind))
+            try:
+                column = batch.column(index).cast(kind)
+            except pa.ArrowException as e:
+                message = f"{path}: column {name!r} cannot be read as {kind}, its type in other shards ({e})"
+                raise InputError(message) from e
+            batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
     return batch
 
 
@@ -90,7 +96,7 @@ class _ReadRowGroup(beam.DoFn):
                 batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._names
             )
             for batch in batches:
-                batch = cast_columns(batch, group.casts)
+                batch = cast_columns(batch, group.casts, group.path)
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
