@@ -23,9 +23,10 @@ from encoder import PooledEncoder
 from encoder.quantize import Calibration
 from pipeline.plan import match_inputs
 from samples.knowledge_base import make_rows
-from schemas.inputs import InputError
+from schemas.inputs import InputError, without_views
 from transforms.model_store import model_folder
 from transforms.read import open_parquet
+from transforms.validate import text_as_strings
 
 DEFAULT_ROWS = 10_000
 SAMPLE_SEED = 20_261_202  # the built-in calibration texts, the same on every machine
@@ -38,10 +39,11 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
     texts = []
     for metadata in match_inputs(patterns):
         for batch in open_parquet(metadata.path).iter_batches(columns=[text_column]):
-            column = batch.column(0)
+            column, _ = text_as_strings(batch.column(0).cast(without_views(batch.column(0).type)))
             if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
                 raise InputError(f"{metadata.path}: column {text_column!r} is {column.type}, not text")
-            texts.append(column.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)))
+            kept = column.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+            texts.append(kept.cast(pa.large_string()))  # shards may hold string or large_string
             if sum(map(len, texts)) >= rows:
                 return pa.concat_arrays(texts)[:rows]
     return pa.concat_arrays(texts)

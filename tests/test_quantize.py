@@ -4,13 +4,16 @@ sentence-transformers' `quantize_embeddings` makes from the same ranges."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sentence_transformers.util.quantization import quantize_embeddings
 
 from encoder import PooledEncoder, read_model_folder
 from encoder.quantize import LEVELS, Calibration, CalibrationError, Quantizer
+from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
+from tests.conftest import write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +80,12 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
         Calibration.from_json("{}", "broken.json")
     with pytest.raises(CalibrationError, match="a calibration file is needed for int8 and uint8 only"):
         Quantizer("int8")
+
+
+def test_calibration_takes_texts_from_shards_of_any_text_type(tmp_path):
+    write_parquet(tmp_path / "a.parquet", text=["one", "  ", "two"])
+    write_parquet(tmp_path / "b.parquet", text=pa.array(["three", None], pa.large_string()))  # pandas 3
+    write_parquet(tmp_path / "c.parquet", text=pa.array(["four"]).dictionary_encode())
+    write_parquet(tmp_path / "d.parquet", text=pa.array(["five"], pa.string_view()))
+    texts = calibration_texts([f"{tmp_path}/*.parquet"], "text", rows=10)
+    assert texts.to_pylist() == ["one", "two", "three", "four", "five"]
