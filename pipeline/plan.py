@@ -126,8 +126,8 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
     carry no types, as pandas writes an empty text column as null), with its file and that schema.
     A column of type null there (all its values null) takes its type from the next shard that has one."""
-    path = next((p for p in files if open_parquet(p).metadata.num_rows), files[0])
-    shard = open_parquet(path)
+    opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
+    path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = shard.schema_arrow
     untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
     for other in files[files.index(path) + 1 :]:
