@@ -32,7 +32,7 @@ from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantize
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
-from schemas.outputs import PASSAGE_FIELDS, check_column_names
+from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
@@ -324,6 +324,8 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
             "pass a complete earlier run, or leave --previous out"
         )
+    if files:  # one footer: ids of another family fail here, before workers start, not in them
+        check_previous_file(open_parquet(files[0]).schema_arrow, files[0], pa.schema([columns.id]), [columns.id.name])
     passages = "chunk_tokens" in manifest["model"]
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     return PreviousRun(

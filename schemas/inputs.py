@@ -68,15 +68,23 @@ def without_views(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def type_family(kind: pa.DataType) -> pa.DataType | str:
+def type_family(kind: pa.DataType) -> pa.DataType | str | tuple[str, str | None]:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
-    pyarrow string), so shards that differ only so are one input."""
+    pyarrow string; pandas int64 and nanoseconds, Spark int32 and microseconds), so shards that
+    differ only so are one input. Casts within a family are checked value by value (a value the
+    other type cannot hold fails, naming the file and column), so none changes a value; float32 and
+    float64 are not one family, since Arrow narrows floats without a check."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return "string"
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
         return "binary"
+    if pa.types.is_timestamp(kind):
+        return ("timestamp", kind.tz)  # one instant means another wall-clock time in another zone
+    for name in ("integer", "date", "time", "duration", "decimal"):
+        if getattr(pa.types, f"is_{name}")(kind):
+            return name
     return kind
 
 

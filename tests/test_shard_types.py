@@ -4,6 +4,8 @@ one input: their columns are read as the first shard's types, view types as larg
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,4 +142,51 @@ def test_a_shard_arrow_cannot_cast_to_the_first_shards_type_fails_naming_file_an
         f"error: {plain}: column 'n' is string_view, which Arrow cannot read as "
         "dictionary<values=string, indices=int32, ordered=0>, its type in the other shards" in result.stderr
     )
+    assert (sorted(output.iterdir()) if output.exists() else []) == []
+
+
+def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids_refuse_yesterdays_ints(tmp_path):
+    day1 = tmp_path / "day1"
+    spark = write_parquet(day1 / "a.parquet", id=pa.array([1, 2], pa.int32()), text=["text a", "text b"],
+                          at=pa.array([1_000_000, None], pa.timestamp("us")))  # fmt: skip
+    pandas = write_parquet(day1 / "b.parquet", id=pa.array([3], pa.int64()), text=["text c"],
+                           at=pa.array([2_000_000_000], pa.timestamp("ns")))  # fmt: skip
+    write_parquet(day1 / "c.parquet", id=pa.array([4], pa.uint8()), text=["text d"], at=pa.nulls(1))
+    first = tmp_path / "out1"
+    result = run_cli("--input", f"{day1}/*.parquet", "--output", str(first), "--carry_columns", "at")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(first)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (4, 4, 0)
+    case = "ids int32/int64/uint8; timestamps us/ns"
+    assert record("input", case, "success: the first shard's types", [spark, pandas, day1 / "c.parquet"], first) == 0
+    embedded = _outputs(first, "embeddings")
+    assert [embedded.schema.field(name).type for name in ("id", "at")] == [pa.int32(), pa.timestamp("us")]
+    assert sorted(embedded.select(["id", "at"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": 1, "at": datetime(1970, 1, 1, 0, 0, 1)},
+        {"id": 2, "at": None},
+        {"id": 3, "at": datetime(1970, 1, 1, 0, 0, 2)},
+        {"id": 4, "at": None},
+    ]
+    day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=["1", "2"], text=["text a", "text b"])
+    second = tmp_path / "out2"
+    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
+    assert result.returncode == 1, result.stderr
+    previous_file = first / manifest["files"]["embeddings"][0]
+    assert f"error: {previous_file}: column 'id' is int32, but this run writes string" in result.stderr
+    assert not second.exists()  # refused by the plan: no worker started, no folder made
+
+
+def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(tmp_path):
+    folder = tmp_path / "in"
+    write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"],
+                  at=pa.array([1_000_000], pa.timestamp("us")))  # fmt: skip
+    wide = write_parquet(folder / "b.parquet", id=pa.array([3_000_000_000], pa.int64()), text=["text b"],
+                         at=pa.array([2_000_000_000], pa.timestamp("ns")))  # fmt: skip
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
+    assert result.returncode == 1, result.stderr
+    assert f"error: {wide}: column 'id' cannot be read as int32, its type in other shards" in result.stderr
+    assert "Integer value 3000000000 not in range" in result.stderr
+    outcome = "job fails naming the file; nothing published"
+    assert record("input", "int64 id past the first shard's int32", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
