@@ -37,7 +37,8 @@ from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.passages import Chunking
-from transforms.read import open_parquet, same_spelling
+from transforms.paths import is_url, same_place, same_spelling
+from transforms.read import open_parquet
 from transforms.write import CHANGES_DIR, MANIFEST
 
 _LOG = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _split_patterns(value: str | None) -> list[str]:
 
 def match_inputs(patterns: list[str]) -> list[FileMetadata]:
     """All files the patterns match, in order, each once under the path the rejects name it by
-    (`transforms.read.same_spelling`); each pattern must match one."""
+    (`transforms.paths.same_spelling`); each pattern must match one."""
     matched: dict[str, FileMetadata] = {}
     for pattern in patterns:
         found = FileSystems.match([pattern])[0].metadata_list
@@ -177,18 +178,12 @@ def remove_temp_files(output: str) -> None:
     """A failed run leaves Beam's temporary write folders behind (beside each kind of file); they are not outputs."""
     folders = set()
     for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
-        if "://" in output:  # object stores: the folders are prefixes of the objects in them
+        if is_url(output):  # object stores: the folders are prefixes of the objects in them
             folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
         else:  # local folders may be empty, which file matching does not list
             folders |= set(glob.glob(pattern))
     if folders:
         FileSystems.delete(sorted(folders))
-
-
-def _same_place(a: str, b: str) -> bool:
-    if "://" in a or "://" in b:
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def prepare_output(output: str | None, overwrite: bool, previous: str | None, plan_only: bool = False) -> str:
@@ -206,9 +201,9 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
             f"--output {output!r} holds a glob character (* ? or [): Beam's file sink reads its output path "
             "as a pattern; choose a directory name without them"
         )
-    if previous and _same_place(output, previous):
+    if previous and same_place(output, previous):
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
-    if "://" not in output and os.path.isfile(output):
+    if not is_url(output) and os.path.isfile(output):
         raise InputError(f"--output {output} is a file; give a directory (it is made when it does not exist)")
     earlier = [
         m.path

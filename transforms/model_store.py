@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoder import ModelFolder, ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256
+from transforms.paths import is_url
 
 CACHE_ENV = "EMBED_MODEL_CACHE"
 
@@ -81,7 +82,7 @@ def fetch_model(uri: str, expected_sha256: str | None = None) -> Path:
 def model_folder(model: str | None, expected_sha256: str | None = None) -> ModelFolder:
     """The model to load (None: the packaged default); with `expected_sha256`, its folder digest must be that."""
     path = model or default_model_path()
-    if "://" in path:
+    if is_url(path):
         path = fetch_model(path, expected_sha256)
     folder = read_model_folder(path)
     if expected_sha256 and (found := folder_sha256(path)) != expected_sha256:

@@ -7,7 +7,6 @@ so a few large shards still parallelise and only tiny descriptors are shuffled.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.inputs import InputError
+from transforms.paths import same_spelling
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,6 @@ class ReadParquetFiles(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
         )
-
-
-def same_spelling(path: str) -> str:
-    """A local path made absolute and normal, so that a file matched under two spellings
-    (`in/a.parquet`, `./in/a.parquet`) is read once; URLs (gs://...) are left as they are."""
-    return path if FileSystems.get_scheme(path) else os.path.abspath(path)
 
 
 class ReadShards(beam.PTransform):

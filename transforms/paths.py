@@ -1,0 +1,25 @@
+"""Where a path points: one test of local against object-store paths, and one spelling per local file."""
+
+from __future__ import annotations
+
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+
+def is_url(path: str) -> bool:
+    """gs://, s3://, hdfs:// and the like: Beam's filesystems, where folders are prefixes of objects."""
+    return FileSystems.get_scheme(path) is not None
+
+
+def same_spelling(path: str) -> str:
+    """A local path made absolute and normal, so that a file matched under two spellings
+    (`in/a.parquet`, `./in/a.parquet`) is read once; URLs are left as they are."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def same_place(a: str, b: str) -> bool:
+    """Whether two folders are one: URLs as written, local paths through their links."""
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
