@@ -11,7 +11,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from encoder.model_folder import ModelFolder, ModelFolderError, read_model_folder  # noqa: E402
-from encoder.pooled_encoder import Encoded, PooledEncoder  # noqa: E402
+
+
+def __getattr__(name: str) -> object:
+    """The encoder itself, imported on first use: torch and transformers take about 1.5 s to
+    import, and the launcher, which plans and builds the pipeline, needs neither."""
+    if name in ("Encoded", "PooledEncoder"):
+        from encoder import pooled_encoder
+
+        return getattr(pooled_encoder, name)
+    raise AttributeError(f"module 'encoder' has no attribute {name!r}")
+
 
 __all__ = [
     "Encoded",

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import platform
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl"}  # what oneDNN's AVX-512 float32 kernels use
+from encoder import cpu_flags
+
 _PROBE_TOKENS = 1024
 _PROBE_REPEATS = 5
 
@@ -44,29 +44,11 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return supported and dtype == torch.float32
 
 
-def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """The CPU's vendor and flags, as Linux reports them for its first core; empty elsewhere."""
-    try:
-        first = cpuinfo.read_text().split("\n\n", 1)[0]
-    except OSError:
-        return "", set()
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    return fields.get("vendor_id", ""), set(fields.get("flags", "").split())
-
-
 def faster_here() -> bool:
     """Whether oneDNN's kernels beat plain torch's on this CPU, as measured (benchmarks.cpu_kernels):
     with AVX-512, on AMD (1.16x-2x) and on Intel (1.14x); not on an AVX2-only AMD EPYC (0.91-0.96x)."""
-    _, flags = cpu_features()
-    return AVX512_FLAGS <= flags
-
-
-def amx_bf16() -> bool:
-    """Whether this CPU has AMX bfloat16 matrix units (Intel Xeon since Sapphire Rapids), which oneDNN
-    runs bfloat16 products on: on a 2-core Xeon the job ran 2.6-2.9x faster end to end in bfloat16
-    than in float32 (README, Precision). It only prompts a hint at start: float32 stays the CPU default."""
-    return "amx_bf16" in cpu_features()[1] and available(torch.bfloat16)
+    _, flags = cpu_flags.cpu_features()
+    return cpu_flags.AVX512_FLAGS <= flags
 
 
 def bf16_kernels() -> bool:

@@ -12,8 +12,9 @@ import pyarrow as pa
 import torch
 from transformers.utils import logging as transformers_logging
 
-from encoder import onednn
+from encoder import cpu_flags, onednn
 from encoder.batching import padded_widths, token_budget_batches
+from encoder.devices import device_type, resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
 from encoder.modules import Features, build_input, build_module
@@ -44,26 +45,10 @@ class Encoded:
     truncated: np.ndarray  # (rows,) bool: the text was cut at max_seq_length
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """`auto`: bfloat16 on CUDA (float32 with TF32 only when asked), float32 on CPU.
-
-    `device` is the --device given; "auto" counts as CUDA only where this process sees a
-    GPU, so a launcher without one plans float32 for it.
-    """
-    if dtype != "auto":
-        return dtype
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return "bfloat16"
-    return "float32"
-
-
 def resolve_device(device: str) -> torch.device:
-    """'auto' means CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device={device} asked for, but no CUDA device is available")
-    return torch.device(device)
+    """'auto' means CUDA when present, else CPU (encoder.devices.device_type)."""
+    kind = device_type(device)
+    return torch.device(kind if device == "auto" else device)
 
 
 def replica_devices(device: str) -> list[torch.device]:
@@ -132,8 +117,8 @@ class PooledEncoder:
         if asked == "onednn":
             return "onednn"
         chosen = "onednn" if onednn.faster_here() else "torch"
-        vendor, flags = onednn.cpu_features()
-        avx512 = "with" if onednn.AVX512_FLAGS <= flags else "without"
+        vendor, flags = cpu_flags.cpu_features()
+        avx512 = "with" if cpu_flags.AVX512_FLAGS <= flags else "without"
         _LOG.info("CPU linear kernels: %s (%s CPU %s AVX-512)", chosen, vendor or "unknown", avx512)
         return chosen
 

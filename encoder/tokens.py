@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Encoding, Tokenizer
-from transformers import AutoTokenizer
 
 from encoder.model_folder import ModelFolder, ModelFolderError, TransformerSpec
 
@@ -63,6 +62,8 @@ class TextTokenizer:
         self.lower_case = folder.do_lower_case
         self.special_tokens = isinstance(folder.input, TransformerSpec)
         if self.special_tokens:
+            from transformers import AutoTokenizer  # here: a launcher planning rows needs no transformers
+
             tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer_path, trust_remote_code=False)
             if not tokenizer.is_fast:
                 raise ModelFolderError(f"{folder.tokenizer_path}: needs a fast tokenizer (tokenizer.json)")

@@ -25,9 +25,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from encoder import ModelFolder, ModelFolderError
+from encoder.devices import resolve_dtype
 from encoder.folder_digest import folder_sha256
 from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
-from encoder.pooled_encoder import resolve_dtype
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError

@@ -14,12 +14,11 @@ import tempfile
 import time
 
 import apache_beam as beam
-import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from encoder import ModelFolderError, onednn
-from encoder.pooled_encoder import replica_devices, resolve_device
+from encoder import ModelFolderError, cpu_flags
+from encoder.devices import device_type
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, plan_job, remove_temp_files
@@ -62,13 +61,20 @@ def _use_worker_processes(options: PipelineOptions) -> None:
     cores = min(os.cpu_count() or 1, _MAX_LOCAL_WORKERS)
     device = options.view_as(EmbedOptions).device
     direct = options.view_as(DirectOptions)
-    gpus = len(replica_devices(device)) if resolve_device(device).type == "cuda" else 0
+    gpus = _gpu_count(device) if device_type(device) == "cuda" else 0
     if gpus > 1:
         direct.direct_running_mode = "multi_threading"
         direct.direct_num_workers = 2 * gpus
     elif cores > 1 and device in ("cpu", "auto") and not gpus:
         direct.direct_running_mode = "multi_processing"
         direct.direct_num_workers = cores
+
+
+def _gpu_count(device: str) -> int:
+    """GPUs one worker process would use; torch is imported only here, where a GPU is present."""
+    from encoder.pooled_encoder import replica_devices
+
+    return len(replica_devices(device))
 
 
 def _log_device(options: PipelineOptions) -> None:
@@ -81,8 +87,10 @@ def _log_device(options: PipelineOptions) -> None:
                 "pass --device cuda for GPU workers so that one without a working GPU fails instead"
             )
         return
-    chosen = resolve_device(device)
-    if chosen.type == "cuda":
+    if device_type(device) == "cuda":
+        import torch  # a GPU is here, so torch is imported to name it
+
+        chosen = torch.device("cuda" if device == "auto" else device)
         _LOG.info(
             "device: %s (%s, %d CUDA device(s) here)",
             chosen,
@@ -91,7 +99,7 @@ def _log_device(options: PipelineOptions) -> None:
         )
     else:
         _LOG.info("device: cpu%s", " (no CUDA device available)" if device == "auto" else "")
-        if options.view_as(EmbedOptions).dtype == "auto" and onednn.amx_bf16():
+        if options.view_as(EmbedOptions).dtype == "auto" and cpu_flags.amx_bf16():
             _LOG.info(
                 "this CPU has AMX bfloat16 units: --dtype bfloat16 runs on them, 2.6-2.9x faster than "
                 "float32 end to end on one such host with all-MiniLM-L6-v2, vectors within cosine 0.999 of "

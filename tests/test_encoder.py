@@ -12,11 +12,12 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from encoder import ModelFolderError, PooledEncoder, onednn, read_model_folder
+from encoder import ModelFolderError, PooledEncoder, cpu_flags, onednn, read_model_folder
 from encoder.batching import padded_widths, token_budget_batches
+from encoder.devices import resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.onednn import OneDnnLinear
-from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET, resolve_dtype
+from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, record, save_tiny_model
 from transforms.embed import CUDA_CHUNK_ROWS
@@ -279,8 +280,8 @@ def test_bfloat16_on_cpu_stays_within_the_stated_fidelity_of_sentence_transforme
 def test_auto_cpu_kernels_take_onednn_only_with_avx512(monkeypatch, tmp_path, model_path, vendor, flags, chosen):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert onednn.cpu_features(cpuinfo) == (vendor, set(flags.split()))
-    monkeypatch.setattr(onednn, "cpu_features", lambda: (vendor, set(flags.split())))
+    assert cpu_flags.cpu_features(cpuinfo) == (vendor, set(flags.split()))
+    monkeypatch.setattr(cpu_flags, "cpu_features", lambda: (vendor, set(flags.split())))
     encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
     assert encoder.cpu_kernels == chosen
     swapped = any(isinstance(m, OneDnnLinear) for m in encoder.input_module.modules())

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from encoder import PooledEncoder, onednn, read_model_folder
+from encoder import PooledEncoder, cpu_flags, read_model_folder
 from pipeline.build import build_pipeline
 from pipeline.plan import plan_job
 from pipeline.run import _log_device, make_options
@@ -266,7 +266,6 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
 
 
-@pytest.mark.skipif(not onednn.available(), reason="oneDNN kernels are used on x86-64 CPUs only")
 @pytest.mark.parametrize(
     ("flags", "dtype", "hinted"),
     [
@@ -276,8 +275,7 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     ],
 )
 def test_a_cpu_with_amx_is_pointed_to_bfloat16(monkeypatch, caplog, tmp_path, flags, dtype, hinted):
-    monkeypatch.setattr(onednn, "cpu_features", lambda: ("GenuineIntel", set(flags.split())))
-    monkeypatch.setattr(onednn, "bf16_kernels", lambda: True)
+    monkeypatch.setattr(cpu_flags, "cpu_features", lambda: ("GenuineIntel", set(flags.split())))
     options = make_options(["--input", "x.parquet", "--output", str(tmp_path), "--device", "cpu", "--dtype", dtype])
     with caplog.at_level("INFO", logger="pipeline.run"):
         _log_device(options)
@@ -305,6 +303,26 @@ def test_a_process_of_the_job_skips_the_last_garbage_collection_at_exit():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"]
+
+
+def test_the_launcher_plans_and_builds_a_cpu_job_without_torch_or_transformers(tmp_path):
+    """Their imports took 1.5 s of every run's start-up in the launcher, which only plans and builds;
+    the workers import them to load the model."""
+    shard = write_parquet(tmp_path / "in.parquet", id=["a"], text=["one"], title=["t"])
+    probe = (
+        "import sys\n"
+        "import apache_beam as beam\n"
+        "from pipeline.build import build_pipeline\n"
+        "from pipeline.plan import plan_job\n"
+        "from pipeline.run import make_options\n"
+        f"options = make_options(['--input', {str(shard)!r}, '--output', {str(tmp_path / 'out')!r}, "
+        "'--carry_columns', 'title'])\n"
+        "build_pipeline(beam.Pipeline(options=options), plan_job(options))\n"
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]"]
 
 
 def test_beam_metrics_count_rows_and_tokens(tmp_path):

@@ -17,19 +17,22 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from encoder import Encoded, PooledEncoder
-from encoder.pooled_encoder import replica_devices, resolve_device
+from encoder.devices import device_type
 from encoder.quantize import Quantizer
 from encoder.tokens import TextTokenizer, Tokenized
 from schemas.outputs import EMBEDDING_COLUMN, read_model_block, vector_array
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
 from transforms.validate import STATS
+
+if TYPE_CHECKING:
+    from encoder import Encoded, PooledEncoder
 
 _LOG = logging.getLogger(__name__)
 PROGRESS_TAG = "progress-report"
@@ -61,6 +64,8 @@ class EncoderHandler:
     threads: int | None = None  # torch CPU threads in each worker process; None: torch's default
 
     def load_model(self, device: str | None = None) -> PooledEncoder:
+        from encoder import PooledEncoder  # torch and transformers: in workers, not in the launcher
+
         folder = model_folder(self.model, self.folder_sha256)
         started = time.monotonic()
         encoder = PooledEncoder(
@@ -79,6 +84,8 @@ class EncoderHandler:
 
     def load_replicas(self) -> EncoderReplicas:
         """One encoder per device of this machine that `device` names (each GPU, or the CPU)."""
+        from encoder.pooled_encoder import replica_devices
+
         return EncoderReplicas([self.load_model(str(device)) for device in replica_devices(self.device)])
 
     def load_tokenizer(self) -> TextTokenizer:
@@ -161,7 +168,7 @@ class _Embed(beam.DoFn):
 
     def setup(self) -> None:
         self._encoder: PooledEncoder | None = None  # loaded on the first rows: a worker may get none
-        cuda = resolve_device(self._handler.device).type == "cuda"
+        cuda = device_type(self._handler.device) == "cuda"
         if cuda:
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
         overlap = cuda if self._overlap is None else self._overlap
