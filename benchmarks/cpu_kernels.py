@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benchmarks.passages import host
+from benchmarks.measure import host
 from encoder import PooledEncoder, onednn, read_model_folder
 from samples.knowledge_base import make_rows
 from transforms.model_store import default_model_path

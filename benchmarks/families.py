@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchmarks.passages import host
+from benchmarks.measure import host
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import make_rows
 from samples.model_families import STATIC, save_family

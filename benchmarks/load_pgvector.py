@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.passages import host
+from benchmarks.measure import host
 from pipeline.load import PgvectorLoader, read_run
 from schemas.outputs import CONTENT_HASH_COLUMN, EMBEDDING_COLUMN
 from transforms.write import CHANGES_DIR, MANIFEST, file_checks

@@ -30,8 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from benchmarks.measure import run_measured
-from benchmarks.passages import host
+from benchmarks.measure import host, run_measured
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import write_shards
 from samples.model_families import save_family

@@ -1,4 +1,5 @@
-"""Run a command and measure its wall time and the peak memory of its whole process tree.
+"""Run a command and measure its wall time and the peak memory of its whole process tree; name
+the host it ran on.
 
 Peak RSS is sampled from /proc every 50 ms over the command and all its
 descendants (local Beam workers are child processes): summed, and per process.
@@ -12,6 +13,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from encoder.cpu_flags import first_core
+
+
+def host() -> str:
+    """CPU model, cores and its AVX2/AVX-512/AMX flags: every speed figure is quoted with them."""
+    fields = first_core()
+    if not fields:
+        return f"host: {os.cpu_count()} cores, CPU flags unknown (no /proc/cpuinfo)"
+    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx")))
+    return (
+        f"host: {fields.get('model name', 'unknown CPU')}, {os.cpu_count()} cores; flags: {' '.join(flags) or 'none'}"
+    )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.measure import Measured, run_measured
+from benchmarks.measure import Measured, host, run_measured
 from samples.knowledge_base import make_rows, write_shards
 from samples.long_documents import long_documents, text_of_size, write_documents
 
@@ -56,20 +55,6 @@ class Run:
     @property
     def mib(self) -> float:
         return self.measured.peak_rss / 2**20
-
-
-def host() -> str:
-    """CPU model, cores and its AVX2/AVX-512/AMX flags, from /proc/cpuinfo."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"host: {os.cpu_count()} cores, CPU flags unknown (no /proc/cpuinfo)"
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx")))
-    return (
-        f"host: {fields.get('model name', 'unknown CPU')}, {os.cpu_count()} cores; flags: {' '.join(flags) or 'none'}"
-    )
 
 
 def _job(label: str, corpus: Path, output: Path, extra: list[str]) -> Run:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.passages import host
+from benchmarks.measure import host
 from encoder import PooledEncoder, read_model_folder
 from encoder.quantize import VECTOR_DTYPES, Calibration, Quantizer
 from pipeline.calibrate import calibration_texts

@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.flops import folder_shape, matmul_rate, model_flops
-from benchmarks.measure import Measured, run_measured
-from benchmarks.passages import host
+from benchmarks.measure import Measured, host, run_measured
 from encoder import read_model_folder
 from encoder.pooled_encoder import DTYPES
 from encoder.tokens import TextTokenizer

@@ -8,14 +8,22 @@ from pathlib import Path
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl"}  # what oneDNN's AVX-512 float32 kernels use
 
 
-def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """The CPU's vendor and flags, as Linux reports them for its first core; empty elsewhere."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def first_core(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """What Linux reports for the CPU's first core (vendor_id, model name, flags ...); empty elsewhere."""
     try:
         first = cpuinfo.read_text().split("\n\n", 1)[0]
     except OSError:
-        return "", set()
+        return {}
     fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    return {key.strip(): value.strip() for key, value in fields.items()}
+
+
+def cpu_features(cpuinfo: Path = CPUINFO) -> tuple[str, set[str]]:
+    """The CPU's vendor and flags; empty elsewhere."""
+    fields = first_core(cpuinfo)
     return fields.get("vendor_id", ""), set(fields.get("flags", "").split())
 
 
