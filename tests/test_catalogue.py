@@ -148,6 +148,23 @@ def test_binary_text_column_decodes_utf8_and_rejects_what_is_not(tmp_path):
     assert sorted(_vectors(tmp_path)) == ["u-1", "u-2", "v-1"]
 
 
+def test_string_text_column_holding_invalid_utf8_rejects_those_rows(tmp_path):
+    """Arrow does not check a string column's bytes as it reads Parquet: a writer that did not check
+    either leaves bytes no string may hold."""
+    values = [b"plain text", b"\xff\xfe not utf-8", b"\xed\xa0\x80 surrogate", "caf\u00e9".encode()]
+    offsets = pa.py_buffer(np.cumsum([0, *map(len, values)]).astype(np.int32).tobytes())
+    text = pa.Array.from_buffers(pa.string(), 4, [None, offsets, pa.py_buffer(b"".join(values))])
+    with pytest.raises(pa.ArrowInvalid, match="Invalid UTF8"):
+        text.validate(full=True)
+    write_parquet(tmp_path / "in" / "a.parquet", id=["ok", "bad", "sur", "cafe"], text=text)
+    manifest = _succeeded(
+        tmp_path, _run(tmp_path), "string text column, invalid UTF-8", "valid embedded; rest rejected: invalid_utf8"
+    )
+    assert manifest["rejected_by_reason"] == {"invalid_utf8": 2}
+    assert _rejects(tmp_path) == [("bad", "invalid_utf8"), ("sur", "invalid_utf8")]
+    assert sorted(_vectors(tmp_path)) == ["cafe", "ok"]
+
+
 def test_duplicate_and_null_ids(tmp_path):
     write_parquet(
         tmp_path / "in" / "a.parquet", id=["dup", "dup", None, "one"], text=["first", "second", "no id", "one"]

@@ -32,6 +32,11 @@ def text_as_strings(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     """
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:  # Parquet readers do not check that string columns hold UTF-8; a writer may not have either
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            column = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
     if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
         return column, None
     try:
