@@ -30,6 +30,21 @@ _LEGACY_POOLING_KEYS = {
 # How configs name the width of a transformer's hidden states (DistilBERT: dim, T5: d_model).
 _HIDDEN_SIZE_KEYS = ("hidden_size", "dim", "d_model", "n_embd")
 _POSITION_KEYS = ("max_position_embeddings", "n_positions")
+# Models whose position ids start after the padding id (RoBERTa's scheme): of 514 positions,
+# 512 hold tokens.
+_PADDING_OFFSET_POSITIONS = {
+    "camembert",
+    "data2vec-text",
+    "ibert",
+    "longformer",
+    "luke",
+    "markuplm",
+    "mpnet",
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+}
 _SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _ST_PREFIX = "sentence_transformers."
@@ -49,7 +64,7 @@ class TransformerSpec:
     path: Path
     model_type: str
     hidden_size: int
-    max_position_embeddings: int
+    token_positions: int  # positions that hold tokens: the longest input the model takes
     tokenizer_max_length: int
     max_seq_length: int | None
     do_lower_case: bool
@@ -157,14 +172,14 @@ class ModelFolder:
         """Tokens per text the model sees (longer texts are truncated); None: no limit (a static model
         whose tokenizer.json does not truncate)."""
         spec = self.input
-        limit = spec.max_position_embeddings if isinstance(spec, TransformerSpec) else 1 << 30
+        limit = spec.token_positions if isinstance(spec, TransformerSpec) else 1 << 30
         if override is not None:
             if not 0 < override <= limit:
                 raise ModelFolderError(f"max_seq_length must be between 1 and {limit} for {self.path}, got {override}")
             return override
         if isinstance(spec, StaticEmbeddingSpec):
             return spec.max_seq_length
-        return spec.max_seq_length or min(spec.max_position_embeddings, spec.tokenizer_max_length)
+        return spec.max_seq_length or min(spec.token_positions, spec.tokenizer_max_length)
 
     @property
     def weights_files(self) -> list[Path]:
@@ -277,12 +292,21 @@ def _transformer(path: Path) -> TransformerSpec:
         path=path,
         model_type=config.get("model_type", "unknown"),
         hidden_size=int(hidden),
-        max_position_embeddings=int(next((config[k] for k in _POSITION_KEYS if k in config), 1 << 30)),
+        token_positions=_token_positions(config),
         tokenizer_max_length=int(tokenizer_config.get("model_max_length", 1 << 30)),
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=st_config.get("do_lower_case", False),
         padding_left=tokenizer_config.get("padding_side") == "left",
     )
+
+
+def _token_positions(config: dict) -> int:
+    positions = int(next((config[k] for k in _POSITION_KEYS if k in config), 1 << 30))
+    if config.get("model_type") in _PADDING_OFFSET_POSITIONS:
+        pad = config.get("pad_token_id")
+        # MPNet's embeddings take padding id 1 whatever its config says.
+        positions -= (1 if pad is None or config["model_type"] == "mpnet" else int(pad)) + 1
+    return positions
 
 
 def _static(path: Path) -> StaticEmbeddingSpec:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from encoder import PooledEncoder, read_model_folder
+from encoder import ModelFolderError, PooledEncoder, read_model_folder
 from samples.model_families import NAMES, save_family
 from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
 
@@ -165,3 +165,18 @@ def test_cli_refuses_options_the_model_cannot_honour(folders, tmp_path, options,
     args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(folders["gemma3-text"])]
     result = run_cli(*args, "--plan_only", *options)
     assert (result.returncode, result.stderr.strip()) == (2, f"error: {message}")
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "mpnet"])
+def test_position_limit_leaves_out_the_positions_before_the_padding_id(folders, family):
+    """RoBERTa-style models number positions from the padding id + 1: --max_seq_length may go up
+    to the positions left, and the plan refuses one more rather than the workers crashing."""
+    config = json.loads((folders[family] / "config.json").read_text())
+    padding_id = 1 if family == "mpnet" else config["pad_token_id"]  # MPNet's is always 1
+    limit = config["max_position_embeddings"] - padding_id - 1
+    folder = read_model_folder(folders[family])
+    assert folder.seq_length(limit) == limit
+    with pytest.raises(ModelFolderError, match=f"max_seq_length must be between 1 and {limit} for"):
+        folder.seq_length(limit + 1)
+    encoded = PooledEncoder(folder, device="cpu", max_seq_length=limit).encode([" ".join(["word"] * 4 * limit)])
+    assert encoded.tokens == limit and encoded.truncated.tolist() == [True]
