@@ -45,6 +45,18 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     )
 
 
+def _same_digests(ours: pa.DataType, theirs: pa.DataType) -> bool:
+    """Whether equal digests of a column's values under these types mean equal values. Digests hash
+    the values' bytes: a struct's field names, a number's sign, width or scale and a time's unit are
+    not in them, so a column whose type changed restates every reused row; the text types differ in
+    offsets only (pandas 3 writes large_string, pyarrow string)."""
+    if ours == theirs:
+        return True
+    text = (pa.types.is_string, pa.types.is_large_string)
+    binary = (pa.types.is_binary, pa.types.is_large_binary)
+    return any(any(t(ours) for t in kinds) and any(t(theirs) for t in kinds) for kinds in (text, binary))
+
+
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:
     """`spill_dir`: a folder on this machine for the join's shuffled values (local runs; see transforms.spill)."""
     passages = plan.chunking is not None
@@ -64,12 +76,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     change_set = None
     if plan.previous and plan.previous.passages == passages:
         # (With rows one night and passages the next, the keys differ in kind: loaders replace the
-        # table then.) A column added or dropped since the previous run restates every reused row.
+        # table then.) A column added or dropped since the previous run restates every reused row,
+        # as does one whose type changed (_same_digests).
         offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
-        written = sorted([*offsets, *(f.name for f in plan.columns.carry)])
+        written = {name: output_schema.field(name).type for name in [*offsets, *(f.name for f in plan.columns.carry)]}
+        theirs = {f.name: f.type for f in plan.previous.columns}
         restated = restated_columns(plan.columns, passages)
         change_set = ChangeSet(
-            restated, deletes_schema(plan.columns, passages), written == sorted(plan.previous.columns)
+            restated,
+            deletes_schema(plan.columns, passages),
+            written.keys() == theirs.keys() and all(_same_digests(written[n], theirs[n]) for n in written),
         )
     compared = change_set.restated if change_set and change_set.comparable else []
     previous = _read_previous(pipeline, plan, output_schema, compared)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from encoder import ModelFolder, ModelFolderError
-from encoder.devices import resolve_dtype
+from encoder.devices import cuda_available, resolve_dtype
 from encoder.folder_digest import folder_sha256
+from encoder.model_folder import TransformerSpec
 from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
@@ -77,7 +79,9 @@ class PreviousRun:
     path: str
     run_id: str | None  # None for runs of versions that wrote none
     files: list[str]  # its embeddings files, as its manifest lists them
-    columns: list[str]  # the columns it wrote besides id, chunk, content hash and vector
+    # The columns it wrote besides id, chunk, content hash and vector, typed as in its first
+    # embeddings file (null where it wrote none: it reused or embedded no row).
+    columns: tuple[pa.Field, ...]
     reuse: bool  # same model fingerprint: its vectors can be carried over
     passages: bool  # its rows are passages, with a chunk column
 
@@ -310,8 +314,9 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             path,
             changed or "fingerprint",
         )
-    files = [FileSystems.join(path, name) for name in manifest["files"].get("embeddings", [])]
-    present = {same_spelling(m.path) for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
+    names = manifest["files"].get("embeddings", [])
+    files = [FileSystems.join(path, name) for name in names]
+    present = {same_spelling(m.path): m for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
     lost = [f for f in files if same_spelling(f) not in present]
     if lost:
         raise InputError(
@@ -319,15 +324,37 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
             "pass a complete earlier run, or leave --previous out"
         )
+    # A file replaced since (its manifest records every file's bytes) would make a wrong change set.
+    checks = manifest.get("file_checks") if isinstance(manifest.get("file_checks"), dict) else {}
+    recorded = {name: (checks.get(name) or {}).get("bytes") for name in names}
+    changed = [
+        f
+        for name, f in zip(names, files, strict=True)
+        if recorded[name] is not None and recorded[name] != present[same_spelling(f)].size_in_bytes
+    ]
+    if changed:
+        raise InputError(
+            f"--previous {path}: {len(changed)} embeddings file(s) differ in size from what its manifest recorded "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); it was changed after it was written: "
+            "pass an untouched earlier run, or leave --previous out"
+        )
+    schema = None
     if files:  # one footer: ids of another family fail here, before workers start, not in them
-        check_previous_file(open_parquet(files[0]).schema_arrow, files[0], pa.schema([columns.id]), [columns.id.name])
+        schema = open_parquet(files[0]).schema_arrow
+        check_previous_file(schema, files[0], pa.schema([columns.id]), [columns.id.name])
     passages = "chunk_tokens" in manifest["model"]
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
+    written = [*offsets, *manifest["columns"]["carried"]]
     return PreviousRun(
         path=path,
         run_id=manifest.get("run_id"),
         files=files,
-        columns=[*offsets, *manifest["columns"]["carried"]],
+        columns=tuple(
+            schema.field(name)
+            if schema is not None and schema.get_field_index(name) >= 0
+            else pa.field(name, pa.null())
+            for name in written
+        ),
         reuse=reuse,
         passages=passages,
     )
@@ -340,6 +367,16 @@ def threads_per_worker(options: PipelineOptions) -> int | None:
     direct = options.view_as(DirectOptions)
     workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
     return max(1, (os.cpu_count() or 1) // max(workers or 1, 1))
+
+
+def check_device(device: str, dtype: str, local: bool) -> None:
+    """--device names a device torch knows, and --dtype one it can run there (as far as this
+    machine can tell: a remote job's workers may have the GPU the launcher lacks)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    on_cpu = device == "cpu" or (device == "auto" and local and not cuda_available())
+    if dtype == "float16" and on_cpu:
+        raise UsageError("--dtype float16 runs on CUDA only, and this job runs on CPU: use float32 or bfloat16")
 
 
 def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
@@ -359,6 +396,18 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
         folder.seq_length(opts.max_seq_length)
     except ModelFolderError as e:  # an option the model cannot honour: a usage error, exit 2
         raise UsageError(f"--{e}") from e
+    try:
+        folder.prompt(opts.prompt_name)
+    except ModelFolderError as e:
+        raise UsageError(f"--prompt_name: {e}") from e
+    if opts.max_seq_length is not None and isinstance(folder.input, TransformerSpec):
+        # Only when asked for: the tokenizer costs the launcher transformers' import.
+        overhead = int(TextTokenizer(folder, None, opts.prompt_name, opts.prompt).count([""])[0])
+        if opts.max_seq_length <= overhead:
+            raise UsageError(
+                f"--max_seq_length {opts.max_seq_length} leaves no token for text: special tokens and prompt "
+                f"take {overhead}; the least is {overhead + 1}"
+            )
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
 
 
@@ -390,8 +439,8 @@ def vector_quantizer(opts: EmbedOptions, dim: int) -> Quantizer:
 
 
 def max_file_bytes(target_file_mb: float) -> int:
-    if not target_file_mb > 0:
-        raise UsageError(f"--target_file_mb {target_file_mb} must be more than 0")
+    if not 0 < target_file_mb < math.inf:
+        raise UsageError(f"--target_file_mb {target_file_mb} must be a number more than 0")
     return max(1, int(target_file_mb * 2**20))
 
 
@@ -413,6 +462,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
             f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "
             "numbers (not float16), dates or times"
         )
+    check_device(opts.device, opts.dtype, options.view_as(StandardOptions).runner in LOCAL_RUNNERS)
     folder, weights_sha256, digest = checked_model(opts)
     handler = EncoderHandler(
         model=opts.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -157,3 +158,46 @@ def test_a_dropped_carried_column_restates_every_row_and_passages_after_rows_mak
     manifest = read_manifest(passages)
     assert "changes" not in manifest and set(manifest["files"]) == {"embeddings", "rejected"}
     assert not (passages / "changes").exists()
+
+
+def test_a_carried_column_whose_type_changed_restates_every_row_but_large_string_for_string_does_not(day_one):
+    """Digests hash bytes: int8 -1 and uint8 255 are one byte, {author: a} and {owner: a} the same
+    bytes; the change set must still carry tonight's values. string and large_string hold the same."""
+    text = pq.read_table(day_one / "day1" / "kb.parquet").column("text")
+
+    def night(number: int, n: pa.Array, title: pa.DataType) -> dict:
+        shard = write_parquet(day_one / f"typed{number}" / "kb.parquet", id=IDS, text=text, n=n,
+                              title=pa.array(["t"] * 40, title))  # fmt: skip
+        out = day_one / f"out-typed{number}"
+        extra = ["--previous", str(day_one / f"out-typed{number - 1}")] if number > 1 else []
+        result = run_cli("--input", str(shard), "--output", str(out), "--carry_columns", "n,title", *extra)
+        assert result.returncode == 0, result.stderr
+        return read_manifest(out)
+
+    night(1, pa.array([-1] * 40, pa.int8()), pa.string())
+    same = night(2, pa.array([-1] * 40, pa.int8()), pa.large_string())
+    assert same["changes"] == {**same["changes"], "upserts": 0, "deletes": 0, "restated": 0}
+    retyped = night(3, pa.array([255] * 40, pa.uint8()), pa.large_string())
+    assert (retyped["rows_reused"], retyped["rows_embedded"]) == (40, 0)
+    assert retyped["changes"] == {**retyped["changes"], "upserts": 40, "deletes": 0, "restated": 40}
+    upserts = pq.read_table(sorted((day_one / "out-typed3" / "changes").glob("upserts-*.parquet")))
+    assert upserts.column("n").to_pylist() == [255] * 40
+
+
+def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
+    """Its manifest records each file's bytes: a file replaced since would make a wrong change set."""
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for path in (day_one / "out1").iterdir():
+        if path.is_file():
+            (copied / path.name).write_bytes(path.read_bytes())
+    name = read_manifest(copied)["files"]["embeddings"][0]
+    pq.write_table(pq.read_table(copied / name).slice(0, 0), copied / name)  # valid Parquet, no rows
+    result = run_cli("--input", str(day_one / "day1" / "kb.parquet"), "--output", str(tmp_path / "out"),
+                     "--previous", str(copied))  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        f"error: --previous {copied}: 1 embeddings file(s) differ in size from what its manifest recorded "
+        f"({copied / name}); it was changed after it was written" in result.stderr
+    )
+    assert not (tmp_path / "out").exists()

@@ -196,6 +196,15 @@ def test_missing_output_is_an_error():
         (("--rows_per_batch", "0"), "argument --rows_per_batch: expected a whole number above 0, got '0'"),
         (("--token_budget", "-1"), "argument --token_budget: expected a whole number above 0, got '-1'"),
         (("--max_seq_length", "600"), "error: --max_seq_length must be between 1 and 512 for "),
+        (("--max_seq_length", "2"), "error: --max_seq_length 2 leaves no token for text: special tokens and prompt"),
+        (
+            ("--prompt", "query: ", "--max_seq_length", "4"),
+            "error: --max_seq_length 4 leaves no token for text: special tokens and prompt take 4; the least is 5",
+        ),
+        (("--prompt_name", "nope"), "no prompt named 'nope'; prompts defined: none"),
+        (("--device", "gpu"), "error: --device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+        (("--device", "cpu", "--dtype", "float16"), "error: --dtype float16 runs on CUDA only"),
+        (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a number more than 0"),
     ],
 )
 def test_options_the_job_cannot_honour_exit_2_before_workers_start(tmp_path, options, message):
