@@ -147,6 +147,24 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     return path, shard, schema
 
 
+def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.Schema:
+    """`schema` with the columns `names` typed as the previous run wrote them: no input shard holds a
+    row, so its types are a writer's guess (pandas types an empty column double), and tonight
+    deletes what the previous run held. Left as it is where that run cannot tell (read_previous
+    then says what is wrong with it)."""
+    try:
+        with FileSystems.open(FileSystems.join(previous, MANIFEST)) as f:
+            written = json.load(f)["files"]["embeddings"]
+        theirs = open_parquet(FileSystems.join(previous, written[0])).schema_arrow
+    except (OSError, ValueError, KeyError, IndexError, TypeError, InputError):
+        return schema
+    for name in names:
+        index = schema.get_field_index(name)
+        if index >= 0 and theirs.get_field_index(name) >= 0:
+            schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+    return schema
+
+
 def describe_inputs(matched: list[FileMetadata]) -> list[dict]:
     """Each input file's path, size and modification time (UTC), for the manifest."""
     return [
@@ -340,8 +358,10 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         )
     schema = None
     if files:  # one footer: ids of another family fail here, before workers start, not in them
-        schema = open_parquet(files[0]).schema_arrow
-        check_previous_file(schema, files[0], pa.schema([columns.id]), [columns.id.name])
+        first = open_parquet(files[0])
+        schema = first.schema_arrow
+        if first.metadata.num_rows:  # (a file without rows is not read: its types decide nothing)
+            check_previous_file(schema, files[0], pa.schema([columns.id]), [columns.id.name])
     passages = "chunk_tokens" in manifest["model"]
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
@@ -456,6 +476,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
         )
     first, first_file, schema = typed_schema(files, [opts.id_column, opts.text_column, *carry])
+    if opts.previous and not first_file.metadata.num_rows:
+        schema = typed_as_previous(
+            schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]
+        )
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         raise InputError(

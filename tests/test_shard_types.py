@@ -190,3 +190,35 @@ def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(
     outcome = "job fails naming the file; nothing published"
     assert record("input", "int64 id past the first shard's int32", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
+
+
+def test_shards_without_rows_decide_no_types_even_when_a_whole_night_is_empty(tmp_path):
+    """pandas types the columns of an empty DataFrame double: such a shard beside string ids is
+    no conflict, and an empty night after a night of int ids deletes every row."""
+    day1 = tmp_path / "day1"
+    write_parquet(day1 / "a.parquet", id=pa.array([1, 2], pa.int32()), text=["text a", "text b"], title=["A", "B"])
+    empty = pd.DataFrame({"id": [], "text": [], "title": []})
+    empty.to_parquet(day1 / "b.parquet", index=False)
+    assert pq.read_schema(day1 / "b.parquet").types == [pa.float64()] * 3
+    first = tmp_path / "out1"
+    result = run_cli("--input", f"{day1}/*.parquet", "--output", str(first), "--carry_columns", "title")
+    assert result.returncode == 0, result.stderr
+    assert (read_manifest(first)["rows_in"], read_manifest(first)["rows_embedded"]) == (2, 2)
+    day2 = tmp_path / "day2"
+    day2.mkdir()
+    empty.to_parquet(day2 / "kb.parquet", index=False)
+    second = tmp_path / "out2"
+    result = run_cli("--input", f"{day2}/*.parquet", "--output", str(second), "--carry_columns", "title",
+                     "--previous", str(first))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    assert (manifest["rows_in"], manifest["rows_deleted"]) == (0, 2)
+    assert manifest["changes"] == {**manifest["changes"], "upserts": 0, "deletes": 2}
+    deletes = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
+    assert deletes.schema.field("id").type == pa.int32() and sorted(deletes.column("id").to_pylist()) == [1, 2]
+    write_parquet(tmp_path / "day3" / "kb.parquet", id=pa.array([1], pa.int32()), text=["text a"], title=["A"])
+    third = tmp_path / "out3"
+    result = run_cli("--input", str(tmp_path / "day3" / "kb.parquet"), "--output", str(third),
+                     "--carry_columns", "title", "--previous", str(second))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (read_manifest(third)["rows_embedded"], read_manifest(third)["changes"]["upserts"]) == (1, 1)

@@ -77,6 +77,8 @@ class _ListRowGroups(beam.DoFn):
 
     def process(self, path: str) -> Iterator[RowGroup]:
         metadata = open_parquet(path).metadata
+        if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
+            return
         casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
