@@ -18,6 +18,10 @@ from encoder.model_folder import ModelFolder, ModelFolderError, TransformerSpec
 # Characters of a text first tokenised per token of the window; the bound grows when a text
 # holds fewer tokens than that (long runs of whitespace, characters the tokenizer drops).
 CHARS_PER_TOKEN = 16
+# Yet never fewer: WordPiece makes one [UNK] of a word over 100 characters (its
+# max_input_chars_per_word), so a prefix cutting such a word must keep over 100 of its characters
+# in the half it trusts, or the piece it keeps would tokenise differently from the whole word.
+MIN_PREFIX_CHARS = 1024
 _WHITESPACE = " \n\t\r"
 
 
@@ -90,7 +94,7 @@ class TextTokenizer:
     def encode(self, texts: list[str] | pa.Array) -> Tokenized:
         """Token ids of each text as embedded, cut at `max_seq_length` tokens.
 
-        A text longer than CHARS_PER_TOKEN x max_seq_length characters is first cut
+        A text longer than CHARS_PER_TOKEN x max_seq_length characters (MIN_PREFIX_CHARS at least) is first cut
         to a prefix that ends before whitespace; when that prefix still overflows
         the window, its first max_seq_length tokens are those of the whole text.
         Otherwise the bound grows fourfold until it holds, or the text is taken whole.
@@ -101,7 +105,7 @@ class TextTokenizer:
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         if self.max_seq_length is None:
             return _tokenized(self._encode_batch([self.as_embedded(t) for t in texts.to_pylist()]))
-        limit = CHARS_PER_TOKEN * self.max_seq_length
+        limit = max(CHARS_PER_TOKEN * self.max_seq_length, MIN_PREFIX_CHARS)
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
         heads = pc.utf8_slice_codeunits(texts, 0, limit).to_pylist()
         cut = {i: _prefix(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}

@@ -53,3 +53,14 @@ def test_the_prompt_and_lower_casing_are_applied_before_cutting(tmp_path):
     assert tokenizer.encode([text]).ids[0] == whole(tokenizer, text).ids
     assert tokenizer.count(["", "query"]).tolist() == [4, 5]  # [CLS] query : [SEP], and one more word
     assert tokenizer.count([text]).tolist() == [65]  # longer than the window: max_seq_length + 1
+
+
+@pytest.mark.parametrize("max_seq_length", [3, 8, 10])
+@pytest.mark.parametrize(
+    "text", ["x" * 50_000, "ab" * 30_000, "\u00e9" * 1000, "e\u0301" * 1000, ("w" * 90 + " ") * 50]
+)
+def test_a_short_window_still_sees_the_whole_texts_tokens(model_path, max_seq_length, text):
+    """16 characters a token would cut a 50,000-character word to 48: WordPiece makes pieces of
+    those where the whole word is one [UNK]."""
+    tokenizer = TextTokenizer(read_model_folder(model_path), max_seq_length)
+    assert tokenizer.encode([text]).ids[0] == whole(tokenizer, text).ids
