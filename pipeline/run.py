@@ -90,7 +90,9 @@ def _log_device(options: PipelineOptions) -> None:
     if device_type(device) == "cuda":
         import torch  # a GPU is here, so torch is imported to name it
 
-        chosen = torch.device("cuda" if device == "auto" else device)
+        from encoder.pooled_encoder import resolve_device
+
+        chosen = resolve_device(device)
         _LOG.info(
             "device: %s (%s, %d CUDA device(s) here)",
             chosen,
