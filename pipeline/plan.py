@@ -501,15 +501,16 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         token_budget=opts.token_budget,
         threads=threads_per_worker(options),
     )
+    dim = folder.output_dim(opts.truncate_dim)
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
         "weights_sha256": weights_sha256,
         "folder_sha256": digest,
         "modules": folder.describe(),
-        "dim": folder.output_dim(opts.truncate_dim),
-        **vector_quantizer(opts, folder.output_dim(opts.truncate_dim)).describe(),
+        "dim": dim,
+        **vector_quantizer(opts, dim).describe(),
         "vector_layout": opts.vector_layout,  # not fingerprinted: either layout holds the same vectors
-        "truncate_dim": opts.truncate_dim if opts.truncate_dim is not None else folder.truncate_dim,
+        "truncate_dim": dim if dim < folder.dim else None,  # the whole vector is one setting, however spelled
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,
         "max_seq_length": handler.max_seq_length,

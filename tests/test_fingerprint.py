@@ -33,9 +33,9 @@ def runs(tmp_path_factory) -> dict:
     inputs = write_parquet(root / "in" / "a.parquet", **ROWS)
     digests, stderr = {}, {}
 
-    def job(day: str, previous: str | None) -> None:
+    def job(day: str, previous: str | None, *extra: str) -> None:
         digests[day] = folder_sha256(model)
-        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model), *IN_PROCESS]
+        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model), *IN_PROCESS, *extra]
         result = run_cli(*args, *(["--previous", str(root / previous)] if previous else []))
         assert result.returncode == 0, result.stderr
         stderr[day] = result.stderr
@@ -48,6 +48,7 @@ def runs(tmp_path_factory) -> dict:
     job("day2", "day1")
     (model / "README.md").write_text("# A model card edited by hand\n")
     job("day3", "day2")
+    job("day4", "day3", "--truncate_dim", str(json.loads((model / "config.json").read_text())["hidden_size"]))
     return {"root": root, "inputs": inputs, "digests": digests, "stderr": stderr}
 
 
@@ -78,6 +79,14 @@ def test_documentation_in_the_model_folder_does_not_change_the_fingerprint(runs)
     assert day3["model"]["fingerprint"] == day2["model"]["fingerprint"]
     assert (day3["rows_in"], day3["rows_embedded"], day3["rows_reused"]) == (3, 0, 3)
     assert day3["previous"]["vectors_reused"] is True
+
+
+def test_truncating_to_the_whole_vector_is_no_change(runs):
+    """`--truncate_dim` equal to the model's width writes the same vectors as none: reused, not re-embedded."""
+    day3, day4 = (read_manifest(runs["root"] / day) for day in ("day3", "day4"))
+    assert day4["model"]["truncate_dim"] is None and day4["model"]["dim"] == day3["model"]["dim"]
+    assert day4["model"]["fingerprint"] == day3["model"]["fingerprint"]
+    assert (day4["rows_in"], day4["rows_embedded"], day4["rows_reused"]) == (3, 0, 3)
 
 
 def _digest_after(model, edit) -> str:
