@@ -21,8 +21,9 @@ def pool(
     """Concatenate the pooled vectors of each mode, in the order given.
 
     `attention_mask` is 1 for real tokens and 0 for padding, on either side; the
-    first `prompt_length` real tokens are left out. Sums are taken in float32 so
-    half-precision models pool as accurately as float32 ones.
+    first `prompt_length` real tokens are left out. The pooled vectors are float32, their sums
+    taken in float32, so that half-precision models pool as accurately as float32 ones (and
+    mean_sqrt_len_tokens cannot overflow float16).
     """
     rows, width, _ = token_embeddings.shape
     first_real = attention_mask.to(torch.int32).argmax(dim=1, keepdim=True)
@@ -31,25 +32,25 @@ def pool(
     for mode in modes:
         if mode == "cls":
             first = mask.to(torch.int32).argmax(dim=1)
-            vectors.append(token_embeddings[torch.arange(rows, device=first.device), first])
+            vectors.append(token_embeddings[torch.arange(rows, device=first.device), first].float())
         elif mode == "lasttoken":
             seen, from_end = mask.flip(1).max(dim=1)
             last = torch.where(seen == 0, width - 1, width - 1 - from_end)
-            vectors.append(token_embeddings[torch.arange(rows, device=last.device), last] * seen.unsqueeze(-1))
+            vectors.append(token_embeddings[torch.arange(rows, device=last.device), last].float() * seen.unsqueeze(-1))
         elif mode == "max":
             padded = token_embeddings.masked_fill(mask.unsqueeze(-1) == 0, float("-inf"))
-            vectors.append(padded.max(dim=1).values)
+            vectors.append(padded.max(dim=1).values.float())
         elif mode == "weightedmean":  # weights 1, 2, 3 ... from the first real token on
             positions = torch.arange(1, width + 1, device=mask.device, dtype=torch.float32).unsqueeze(0)
             weights = (positions - first_real) * mask
             total = (token_embeddings * weights.unsqueeze(-1)).sum(dim=1, dtype=torch.float32)
-            vectors.append((total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)).to(token_embeddings.dtype))
+            vectors.append(total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9))
         else:
             weights = mask.unsqueeze(-1).to(token_embeddings.dtype)
             total = (token_embeddings * weights).sum(dim=1, dtype=torch.float32)
             count = mask.sum(dim=1, keepdim=True, dtype=torch.float32).clamp(min=1e-9)
             denominator = count if mode == "mean" else count.sqrt()
-            vectors.append((total / denominator).to(token_embeddings.dtype))
+            vectors.append(total / denominator)
     return torch.cat(vectors, dim=-1)
 
 
@@ -62,5 +63,5 @@ class Pooling(torch.nn.Module):
     def forward(self, features: Features) -> Features:
         prompt_length = 0 if self.include_prompt else features.prompt_length
         vectors = pool(features.token_embeddings, features.attention_mask, self.modes, prompt_length)
-        features.sentence_embedding = vectors.float()
+        features.sentence_embedding = vectors
         return features
