@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,24 @@ CUDA_MAX_PADDING = 1.05
 _LOG = logging.getLogger(__name__)
 CPU_KERNELS = ("auto", "onednn", "torch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class NonFiniteVectors(ValueError):
+    """The model gave infinite or NaN values for some texts (float16 overflows models trained in
+    bfloat16): no such vector is written. `positions`: those texts' places in the encoded list."""
+
+    def __init__(self, positions: np.ndarray, dtype: torch.dtype, which: str | None = None) -> None:
+        self.positions, self.dtype = positions, dtype
+        which = which or f"texts {positions[:5].tolist()}"
+        advice = "; pass --dtype bfloat16 or float32" if dtype == torch.float16 else ""
+        super().__init__(
+            f"{len(positions)} vectors are not finite ({which} first): the model overflowed in "
+            f"{str(dtype).removeprefix('torch.')}{advice}"
+        )
+
+    def named(self, ids: list) -> NonFiniteVectors:
+        """The same error naming the first texts by their ids."""
+        return NonFiniteVectors(self.positions, self.dtype, f"ids {ids}")
 
 
 @dataclass(frozen=True)
@@ -89,18 +108,21 @@ class PooledEncoder:
         if dtype == "float16" and self.device.type == "cpu":
             raise ValueError("float16 runs on CUDA only; use float32 or bfloat16 on CPU")
         if self.device.type == "cuda":
-            if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            # Ampere (8.0) and later have bfloat16 tensor cores; torch.cuda.is_bf16_supported() also says
+            # yes to older cards, which emulate it slowly.
+            if dtype == "bfloat16" and torch.cuda.get_device_capability(self.device) < (8, 0):
                 raise ValueError(
                     f"{torch.cuda.get_device_name(self.device)} has no bfloat16; pass --dtype float16 (or float32)"
                 )
-            # float32 on CUDA: tensor cores through TF32 (10-bit mantissa products, float32 sums)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            if dtype == "float32":  # tensor cores through TF32 (10-bit mantissa products, float32 sums)
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dim = folder.output_dim(truncate_dim)
+        self.dtype = DTYPES[dtype]  # the input module's; the modules after it run in float32
         transformers_logging.disable_progress_bar()
-        self.input_module = build_input(folder.input, DTYPES[dtype]).to(self.device)
+        self.input_module = build_input(folder.input, self.dtype).to(self.device)
         # Modules after the input one run in float32 whatever the transformer's precision.
         self.modules = torch.nn.ModuleList(build_module(spec) for spec in folder.modules[1:]).to(self.device).eval()
-        self.cpu_kernels = self._cpu_kernels(cpu_kernels, DTYPES[dtype]) if self.device.type == "cpu" else None
+        self.cpu_kernels = self._cpu_kernels(cpu_kernels, self.dtype) if self.device.type == "cpu" else None
         if self.cpu_kernels == "onednn":
             onednn.use_onednn(self.input_module)
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
@@ -122,14 +144,17 @@ class PooledEncoder:
         _LOG.info("CPU linear kernels: %s (%s CPU %s AVX-512)", chosen, vendor or "unknown", avx512)
         return chosen
 
-    @property
+    @functools.cached_property
     def default_token_budget(self) -> int:
-        """CPU: the fastest measured. CUDA: as much of the card's free memory as activations can safely take."""
+        """CPU: the fastest measured. CUDA: as much of the card's free memory as activations can safely
+        take, counted once (what this process's allocator already holds counts as free to it); the
+        threads that share this encoder lower it together after an out-of-memory error."""
         if isinstance(self.input_module, StaticEmbedding):
             return STATIC_TOKEN_BUDGET
         if self.device.type != "cuda":
             return CPU_TOKEN_BUDGET
         free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         model = self.input_module.model
         hidden = self.folder.input.hidden_size
         feed_forward = next(
@@ -170,6 +195,7 @@ class PooledEncoder:
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None
         done: list[tuple[np.ndarray, torch.Tensor]] = []
         queue = deque(token_budget_batches(widths, token_budget, lengths, max_padding))
+        retried: set[int] = set()  # single rows that ran out of memory once
         while queue:
             rows = queue.popleft()
             try:
@@ -178,10 +204,16 @@ class PooledEncoder:
                 if on_batch is not None:
                     on_batch(len(rows))
                 self.heap_trimmer.maybe_trim()
+                continue
             except torch.OutOfMemoryError:
-                if len(rows) == 1:
+                if len(rows) == 1 and int(rows[0]) in retried:
                     raise
-                torch.cuda.empty_cache()
+            # Out of the handler: its traceback held the failed batch's activations, which are free now.
+            torch.cuda.empty_cache()
+            if len(rows) == 1:  # once more, with the cache emptied
+                retried.add(int(rows[0]))
+                queue.appendleft(rows)
+            else:
                 token_budget = max(1, token_budget // 2)
                 self._budget_cap = min(token_budget, self._budget_cap or token_budget)
                 remaining = np.concatenate([rows, *queue])
@@ -193,6 +225,9 @@ class PooledEncoder:
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         for rows, vectors in done:
             out[rows] = vectors.numpy()
+        not_finite = ~np.isfinite(out).all(axis=1)
+        if not_finite.any():
+            raise NonFiniteVectors(np.flatnonzero(not_finite), self.dtype)
         padded = sum(len(rows) * int(widths[rows[-1]]) for rows, _ in done)
         return Encoded(out, int(lengths.sum()), padded, tokenized.truncated)
 

@@ -21,7 +21,7 @@ from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
-from pipeline.plan import LOCAL_RUNNERS, plan_job, remove_temp_files
+from pipeline.plan import LOCAL_RUNNERS, check_device, plan_job, remove_temp_files
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.write import MANIFEST
@@ -38,7 +38,7 @@ _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (abo
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
-_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError): (.+)")
+_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors): (.+)")
 # Local worker processes' log records arrive through this logger; the embed module's own
 # records stay in this process when workers run in memory.
 _WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")
@@ -49,6 +49,8 @@ def make_options(argv: list[str]) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = _LOCAL_RUNNER
+        embed = options.view_as(EmbedOptions)
+        check_device(embed.device, embed.dtype, local=True)  # before the workers are chosen for it
         if not any(arg.startswith(("--direct_running_mode", "--direct_num_workers")) for arg in argv):
             _use_worker_processes(options)
     return options

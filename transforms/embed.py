@@ -167,7 +167,11 @@ class _Embed(beam.DoFn):
         self._tokens = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tokens")
 
     def setup(self) -> None:
-        self._encoder: PooledEncoder | None = None  # loaded on the first rows: a worker may get none
+        self._tokenizing: ThreadPoolExecutor | None = None
+        # Loaded on the first rows (a worker may get none). The replicas are held here: Beam's
+        # shared map keeps only the object last acquired in the process alive.
+        self._replicas: EncoderReplicas | None = None
+        self._encoder: PooledEncoder | None = None
         cuda = device_type(self._handler.device) == "cuda"
         if cuda:
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
@@ -200,15 +204,16 @@ class _Embed(beam.DoFn):
         units = pa.Table.from_batches(self._pending).combine_chunks()
         self._pending, self._pending_rows = [], 0
         if self._encoder is None:
-            replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
-            self._encoder = replicas.take()
+            self._replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
+            self._encoder = self._replicas.take()
             self._progress.add(0)  # rows have reached a loaded model: start-up ends here
         texts = units.column(self._text).chunk(0)
         if self._tokenizing is None:
             yield from self._embed(units, self._encoder.tokenizer.encode(texts))
             return
+        tokenizing = self._tokenizing.submit(self._encoder.tokenizer.encode, texts)  # while the last chunk runs
         yield from self._embed_in_flight()
-        self._in_flight = (units, self._tokenizing.submit(self._encoder.tokenizer.encode, texts))
+        self._in_flight = (units, tokenizing)
 
     def _embed_in_flight(self) -> Iterator:
         if self._in_flight is not None:
@@ -217,8 +222,13 @@ class _Embed(beam.DoFn):
             yield from self._embed(units, tokenized.result())
 
     def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
+        from encoder.pooled_encoder import NonFiniteVectors
+
         rows = units.num_rows
-        encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add)
+        try:
+            encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add)
+        except NonFiniteVectors as e:  # the units' first column is the id
+            raise e.named(units.column(0).take(pa.array(e.positions[:5])).to_pylist()) from None
         vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
