@@ -394,6 +394,13 @@ def check_device(device: str, dtype: str, local: bool) -> None:
     machine can tell: a remote job's workers may have the GPU the launcher lacks)."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if local and device.startswith("cuda"):  # a local run embeds on this machine
+        if not cuda_available():
+            raise UsageError(f"--device {device}: this machine has no working CUDA device (pass cpu or auto)")
+        import torch  # a driver is here
+
+        if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     on_cpu = device == "cpu" or (device == "auto" and local and not cuda_available())
     if dtype == "float16" and on_cpu:
         raise UsageError("--dtype float16 runs on CUDA only, and this job runs on CPU: use float32 or bfloat16")

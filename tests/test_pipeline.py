@@ -17,6 +17,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from encoder import PooledEncoder, cpu_flags, read_model_folder
+from encoder.devices import cuda_available
 from pipeline.build import build_pipeline
 from pipeline.plan import plan_job
 from pipeline.run import _log_device, make_options
@@ -204,6 +205,14 @@ def test_missing_output_is_an_error():
         (("--prompt_name", "nope"), "no prompt named 'nope'; prompts defined: none"),
         (("--device", "gpu"), "error: --device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
         (("--device", "cpu", "--dtype", "float16"), "error: --dtype float16 runs on CUDA only"),
+        *(
+            pytest.param(
+                ("--device", device),
+                f"error: --device {device}: this machine has no working CUDA device",
+                marks=pytest.mark.skipif(cuda_available(), reason="this machine has a GPU"),
+            )
+            for device in ("cuda", "cuda:1")
+        ),
         (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a number more than 0"),
     ],
 )
