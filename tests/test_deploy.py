@@ -231,6 +231,7 @@ def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
     )
     first = {k: _render(v, prev_data_interval_start_success=None, **night) for k, v in parameters.items()}
     assert first["previous"] == ""
+    assert parameters["device"] == "cuda"  # as launch.sh: a GPU job never falls back to CPU silently
     for rendered in (after_success, first):
         options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])
         assert options.get_all_options()["input"] == "gs://b/kb/*.parquet"

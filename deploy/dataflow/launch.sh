@@ -16,7 +16,7 @@
 # HARNESS_THREADS threads share that process's model, so Parquet reads and
 # tokenisation overlap the GPU's work without oversubscribing it. With
 # GPU_COUNT > 1 the process loads one model copy per GPU and hands them to its
-# threads evenly (two threads per GPU by default), so every GPU is used.
+# threads evenly (HARNESS_THREADS: four, or two per GPU beyond two GPUs), so every GPU is used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

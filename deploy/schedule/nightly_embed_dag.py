@@ -37,6 +37,9 @@ PARAMETERS = {
     "output": OUTPUT,
     "previous": PREVIOUS,
     "carry_columns": "title,kind",
+    # A worker whose GPU driver failed fails instead of embedding on its CPU; and the launcher, which
+    # has no GPU, plans bfloat16 as launch.sh does, so both give the same fingerprint.
+    "device": "cuda",
 }
 # One NVIDIA L4 per g2-standard-8 worker, one SDK process per worker (see the README).
 ENVIRONMENT = {
