@@ -83,6 +83,8 @@ def _least_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, matmul: float) -> None:
     cuda = device.type == "cuda"
+    reference = SentenceTransformer(str(folder), device=str(device))
+    exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)  # float32, before any TF32
     encoder = PooledEncoder(read_model_folder(folder), str(device), "bfloat16" if cuda else "float32")
     encoder.encode(texts[:256])
     sync(device)
@@ -91,8 +93,6 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
     job_seconds = time.perf_counter() - started
     lengths = np.asarray(encoder.tokenizer.encode(pa.array(texts, pa.string())).lengths)
 
-    reference = SentenceTransformer(str(folder), device=str(device))
-    exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)
     if cuda:
         reference.half()
     st_seconds, st_vectors = float("inf"), None
