@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Encoding, Tokenizer
+from tokenizers.normalizers import Lowercase, Normalizer, Sequence
 
 from encoder.model_folder import ModelFolder, ModelFolderError, TransformerSpec
 
@@ -63,7 +64,6 @@ class TextTokenizer:
             raise ModelFolderError("give a prompt text or a prompt name, not both")
         self.max_seq_length = folder.seq_length(max_seq_length)
         self.prompt = prompt if prompt is not None else folder.prompt(prompt_name)
-        self.lower_case = folder.do_lower_case
         self.special_tokens = isinstance(folder.input, TransformerSpec)
         if self.special_tokens:
             from transformers import AutoTokenizer  # here: a launcher planning rows needs no transformers
@@ -81,6 +81,8 @@ class TextTokenizer:
             special_ids = set()
         self.raw.no_padding()
         self.raw.no_truncation()
+        if folder.do_lower_case:
+            self.raw.normalizer = _lower_cased(self.raw.normalizer)
         self._window = Tokenizer.from_str(self.raw.to_str())
         if self.max_seq_length is not None:
             self._window.enable_truncation(self.max_seq_length)
@@ -89,7 +91,7 @@ class TextTokenizer:
         self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in special_ids)
 
     def as_embedded(self, text: str) -> str:
-        return self.prompt + (text.lower() if self.lower_case else text)
+        return self.prompt + text
 
     def encode(self, texts: list[str] | pa.Array) -> Tokenized:
         """Token ids of each text as embedded, cut at `max_seq_length` tokens.
@@ -131,6 +133,16 @@ class TextTokenizer:
         """Tokens the model sees per text; max_seq_length + 1 for any text longer than the window."""
         tokenized = self.encode(texts)
         return tokenized.lengths + tokenized.truncated
+
+
+def _lower_cased(normalizer: Normalizer | None) -> Normalizer:
+    """`normalizer` after the tokenizers library's Lowercase, as sentence-transformers lower-cases for a
+    model with do_lower_case: prompt and text together, by the library's rules (Python's str.lower
+    differs: a final Greek capital sigma becomes ς there, σ here)."""
+    steps = list(normalizer) if isinstance(normalizer, Sequence) else [normalizer] if normalizer else []
+    if any(isinstance(step, Lowercase) for step in steps):
+        return normalizer
+    return Sequence([Lowercase(), *steps])
 
 
 def _tokenized(encodings: list[Encoding]) -> Tokenized:

@@ -524,7 +524,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "dtype": handler.dtype,
         "prompt": opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name),
         "include_prompt": folder.include_prompt,
-        "lower_case": folder.do_lower_case,
+        # "normalizer": lower-cased by the tokenizer, prompt included (vectors of runs that said true differ)
+        "lower_case": "normalizer" if folder.do_lower_case else False,
         "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
     }
     passages = chunking(opts, folder)

@@ -16,7 +16,7 @@ from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
 from samples.model_families import NAMES, save_family
-from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, run_cli, save_tiny_model, write_parquet
 
 TEXTS = [
     "How do I rotate the API keys of a service account?",
@@ -180,3 +180,24 @@ def test_position_limit_leaves_out_the_positions_before_the_padding_id(folders, 
         folder.seq_length(limit + 1)
     encoded = PooledEncoder(folder, device="cpu", max_seq_length=limit).encode([" ".join(["word"] * 4 * limit)])
     assert encoded.tokens == limit and encoded.truncated.tolist() == [True]
+
+
+def test_a_cased_tokenizer_lower_cased_by_the_folder_equals_sentence_transformers(tmp_path):
+    """do_lower_case over a cased tokenizer: the prompt is lower-cased with the text, by the tokenizers
+    library's rules (a final Greek capital sigma becomes σ, where Python's str.lower gives ς)."""
+    path = save_tiny_model(tmp_path / "cased", {}, prompts={"prompts": {"query": "Query: "}})
+    tokenizer = json.loads((path / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False  # its vocabulary stays lower case: capitals become pieces
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    for name, changes in (
+        ("tokenizer_config.json", {"do_lower_case": False}),
+        ("sentence_bert_config.json", {"do_lower_case": True}),
+    ):
+        config = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**config, **changes}))
+    texts = [*TEXTS, "ΟΔΟΣ ΚΑΛΟΣ ΝΟΜΟΣ", "Reset The VPN Token"]
+    reference = SentenceTransformer(str(path), device="cpu")
+    for prompt_name in (None, "query"):
+        ours = PooledEncoder(read_model_folder(path), device="cpu", prompt_name=prompt_name).encode(texts).embeddings
+        theirs = reference.encode(texts, prompt_name=prompt_name, normalize_embeddings=True)
+        assert _cosines(ours, theirs).min() >= 0.99999, prompt_name
