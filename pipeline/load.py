@@ -11,14 +11,17 @@ and a load that fails or is killed midway leaves the table as it was.
 - When the table holds the run's --previous run (and the same columns), the run's change set is
   applied: its deletes and upserts are copied (COPY in binary format) into temporary tables, then
   deleted from and upserted into the table, touching only those rows; the HNSW index follows.
-- Otherwise the run's snapshot replaces the table's content: it is copied into a new table, the
-  HNSW cosine index is built after the rows are in (as pgvector advises), and the new table
-  takes the old one's name.
+- Otherwise the run's snapshot replaces the table's content. A table with the run's columns is
+  kept (its privileges, views, triggers and other indexes stay): it is emptied and refilled. One
+  with other columns (or none yet) is built anew beside it, takes its name, and is granted the old
+  one's privileges. Either way the HNSW cosine index is built after the rows are in (as pgvector
+  advises).
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
-vectors: see PgVectors), with its HNSW index. The run id of the last load of
-each table is kept in `embedding_job_loads`; loading the same run again changes nothing.
+vectors: see PgVectors), with its HNSW index. The run id and start time of the last load of
+each table are kept in `embedding_job_loads`; loading the same run again changes nothing, and a
+run that started before the table's is refused unless the load is a deliberate rollback.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -49,6 +53,13 @@ READ_BLOCK = 8 << 20
 COPY_ROWS = 8192  # rows converted to Python values at a time
 # Memory for building the HNSW index: pgvector builds far faster when the graph fits (its advice).
 INDEX_BUILD_MEMORY = "1GB"
+# PostgreSQL keeps 63 bytes of a name; the staging table (`__loading`) and the index
+# (`_embedding_hnsw`), cut there, stay distinct from the table and each other up to 61.
+TABLE_NAME_BYTES = 61
+# A btree entry holds at most 2704 bytes; ids are kept under it with room for the chunk and headers
+# (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
+ID_BYTES = 2600
+STAGING_KEY = "embedding_job_staging_pkey"  # the new table's primary key, until it takes the table's name
 
 
 class LoadError(Exception):
@@ -67,6 +78,11 @@ class Run:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    @property
+    def started_at(self) -> str | None:
+        """When the run started (ISO 8601, UTC); None in manifests of versions that kept no timings."""
+        return (self.manifest.get("timings") or {}).get("started_at")
 
     @property
     def previous_run_id(self) -> str | None:
@@ -153,77 +169,144 @@ def postgres_type(field: pa.Field) -> str:
 class PgvectorLoader:
     """Loads runs into one table of a PostgreSQL database that has (or may create) pgvector."""
 
-    def __init__(self, dsn: str, table: str, index_memory: str = INDEX_BUILD_MEMORY) -> None:
+    def __init__(self, dsn: str, table: str, index_memory: str = INDEX_BUILD_MEMORY, rollback: bool = False) -> None:
         import psycopg  # the loader's own dependency; the job does not need it
         import psycopg.adapt
         import psycopg.sql
         import psycopg.types.json
 
+        *schema, name = table.split(".")
+        if len(name.encode()) > TABLE_NAME_BYTES:
+            raise LoadError(
+                f"--table {table}: a name of {len(name.encode())} bytes; at most {TABLE_NAME_BYTES}, so that the "
+                f"loader's staging table {name}__loading and index {name}_embedding_hnsw keep names of their own"
+            )
         self._psycopg = psycopg
         self._sql = psycopg.sql
         self._dsn = dsn
         self._table = table
         self._index_memory = index_memory
-        self._name = self._sql.Identifier(*table.split("."))
+        self._rollback = rollback
+        self._name = self._sql.Identifier(*schema, name)
+        self._staging = self._sql.Identifier(*schema, f"{name}__loading")
+        self._index = f"{name}_embedding_hnsw"  # created in the table's schema
+        self._qualified_index = self._sql.Identifier(*schema, self._index)
 
     def load(self, run: Run) -> str:
-        """Apply the run's change set, or replace the table's content with its snapshot; returns what was done."""
+        """Apply the run's change set, or replace the table's content with its snapshot; returns what was done.
+        PostgreSQL's refusals become a LoadError naming the table: the transaction rolled back."""
+        try:
+            return self._load(run)
+        except self._psycopg.Error as e:
+            primary, detail = e.diag.message_primary, e.diag.message_detail  # None when no server answered
+            message = " ".join((primary or str(e)).split()) + (f" ({detail})" if detail else "")
+            raise LoadError(f"{self._table}: PostgreSQL refused the load, the table is as it was: {message}") from e
+
+    def _load(self, run: Run) -> str:
         sql = self._sql
         schema = _file_schema(run)
+        loads = sql.Identifier(LOADS_TABLE)
         with self._psycopg.connect(self._dsn) as connection:
             connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
             connection.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, run_id text NOT NULL, ").format(
-                    sql.Identifier(LOADS_TABLE)
+                    loads
                 )
                 + sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now())")
+            )
+            connection.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS run_started_at timestamptz").format(loads)
             )
             connection.commit()
             with connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._table])
                 loaded = connection.execute(
-                    sql.SQL("SELECT run_id FROM {} WHERE table_name = %s").format(sql.Identifier(LOADS_TABLE)),
-                    [self._table],
+                    sql.SQL("SELECT run_id, run_started_at > %s::timestamptz FROM {} WHERE table_name = %s").format(
+                        loads
+                    ),
+                    [run.started_at, self._table],
                 ).fetchone()
                 if loaded and loaded[0] == run.run_id:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
+                if loaded and loaded[1] and not self._rollback:
+                    raise LoadError(
+                        f"{self._table} holds run {loaded[0]}, which started after run {run.run_id} "
+                        f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
+                    )
                 if loaded and loaded[0] == run.previous_run_id and self._same_columns(connection, schema, run):
                     done = self._apply_changes(connection, schema, run)
                 else:
                     done = self._replace(connection, schema, run)
                 connection.execute(
                     sql.SQL(
-                        "INSERT INTO {} (table_name, run_id) VALUES (%s, %s) "
-                        "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, loaded_at = now()"
-                    ).format(sql.Identifier(LOADS_TABLE)),
-                    [self._table, run.run_id],
+                        "INSERT INTO {} (table_name, run_id, run_started_at) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, "
+                        "run_started_at = excluded.run_started_at, loaded_at = now()"
+                    ).format(loads),
+                    [self._table, run.run_id, run.started_at],
                 )
         return f"{self._table}: {done}"
 
     def _replace(self, connection, schema: pa.Schema, run: Run) -> str:
-        """The snapshot into a new table, indexed, which then takes the table's name."""
+        """The snapshot in place of the table's rows: refilled when it has the run's columns, else
+        built anew beside it, given its privileges and its name; indexed once the rows are in."""
         sql = self._sql
-        staging = sql.Identifier(*self._table.split(".")[:-1], f"{self._table.split('.')[-1]}__loading")
-        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
-        connection.execute(self._create(staging, schema, run))
         started = time.monotonic()
-        rows = self._copy(connection, staging, schema, run, "embeddings")
+        if self._same_columns(connection, schema, run):
+            how = "table refilled"
+            connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._qualified_index))
+            connection.execute(sql.SQL("TRUNCATE {}").format(self._name))
+            rows = self._copy(connection, self._name, schema, run, "embeddings")
+        else:
+            how = "table created"
+            connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._staging))
+            connection.execute(self._create(self._staging, schema, run))
+            rows = self._copy(connection, self._staging, schema, run, "embeddings")
+            grants = self._grants(connection)
+            if connection.execute("SELECT to_regclass(%s)", [self._name.as_string(connection)]).fetchone()[0]:
+                how = "table replaced: its columns differed"
+                connection.execute(sql.SQL("DROP TABLE {}").format(self._name))
+            name = self._table.split(".")[-1]
+            connection.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self._staging, sql.Identifier(name)))
+            connection.execute(
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    self._name, sql.Identifier(STAGING_KEY), sql.Identifier(f"{name}_pkey")
+                )
+            )
+            for grant in grants:
+                connection.execute(grant)
         _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
         started = time.monotonic()
-        index = sql.Identifier(f"{self._table.split('.')[-1]}_embedding_hnsw")
-        connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
-        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._name))
-        connection.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(staging, sql.Identifier(self._table.split(".")[-1]))
-        )
         connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
         connection.execute(
             sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
-                index, self._name, sql.Identifier(EMBEDDING_COLUMN), sql.SQL(PgVectors.of(run).operator_class)
+                sql.Identifier(self._index),
+                self._name,
+                sql.Identifier(EMBEDDING_COLUMN),
+                sql.SQL(PgVectors.of(run).operator_class),
             )
         )
         _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
-        return f"{rows} rows of run {run.run_id} loaded"
+        return f"{rows} rows of run {run.run_id} loaded ({how})"
+
+    def _grants(self, connection) -> list:
+        """GRANT statements giving the table's privileges, as they stand, to the table that takes its name."""
+        found = connection.execute(
+            "SELECT CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grantee)) END, "
+            "privilege_type, is_grantable "
+            "FROM pg_class, aclexplode(relacl) WHERE oid = to_regclass(%s) AND grantee <> relowner",
+            [self._name.as_string(connection)],
+        ).fetchall()
+        sql = self._sql
+        return [
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),
+                self._name,
+                sql.SQL(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+            for grantee, privilege, grantable in found
+        ]
 
     def _same_columns(self, connection, schema: pa.Schema, run: Run) -> bool:
         """Whether the table has the run's columns, in order, of the types the loader gives them."""
@@ -280,6 +363,7 @@ class PgvectorLoader:
         return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
 
     def _create(self, name, schema: pa.Schema, run: Run):
+        """CREATE TABLE `name` for the run's columns, its primary key named STAGING_KEY."""
         sql = self._sql
         vectors = PgVectors.of(run)
         columns = [
@@ -289,7 +373,11 @@ class PgvectorLoader:
             for f in schema
         ]
         key = _key(run, schema)
-        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        columns.append(
+            sql.SQL("CONSTRAINT {} PRIMARY KEY ({})").format(
+                sql.Identifier(STAGING_KEY), sql.SQL(", ").join(map(sql.Identifier, key))
+            )
+        )
         # Carried columns may be null: only the key columns and the job's own are NOT NULL.
         written = {*key, EMBEDDING_COLUMN, "content_hash", "char_start", "char_end"}
         columns = [
@@ -316,6 +404,7 @@ class PgvectorLoader:
             for path in run.files[kind]:
                 with _open(path) as f:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
+                        _check_id_bytes(batch, run.manifest["columns"]["id"], path)
                         for row in _rows(batch, schema, vectors, self._psycopg):
                             copy.write_row(row)
                         rows += batch.num_rows
@@ -393,6 +482,21 @@ def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg)
     return zip(*columns, strict=True)
 
 
+def _check_id_bytes(batch: pa.RecordBatch, id_name: str, path: str) -> None:
+    """Refuse an id longer than ID_BYTES, naming it, before PostgreSQL refuses its key anonymously."""
+    ids = batch.column(id_name)
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_binary(ids.type)):
+        return
+    lengths = pc.binary_length(ids)
+    longest = pc.max(lengths).as_py()
+    if longest is not None and longest > ID_BYTES:
+        value = ids[pc.index(lengths, longest).as_py()].as_py()
+        raise LoadError(
+            f"{path}: id {value[:40]!r}... in column {id_name} is {longest} bytes; a PostgreSQL primary key "
+            f"takes ids of at most {ID_BYTES} bytes"
+        )
+
+
 def _file_schema(run: Run) -> pa.Schema:
     if not run.files["embeddings"]:
         raise LoadError(f"{run.path}: the run has no embeddings files")
@@ -416,6 +520,12 @@ def command_line() -> argparse.ArgumentParser:
         default=INDEX_BUILD_MEMORY,
         help=f"maintenance_work_mem while the HNSW index is built (default: {INDEX_BUILD_MEMORY})",
     )
+    pgvector.add_argument(
+        "--rollback",
+        action="store_true",
+        help="load a run that started before the one the table holds (otherwise refused: a late retry "
+        "of an older night would take the table back)",
+    )
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     pinecone = targets.add_parser("pinecone", help="files for Pinecone's bulk import from object storage")
     pinecone.add_argument("--output", required=True, help="folder for the import files (one per new namespace)")
@@ -435,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = read_run(args.run_dir)
         if args.target == "pgvector":
-            print(PgvectorLoader(args.dsn, args.table, args.index_memory).load(run))
+            print(PgvectorLoader(args.dsn, args.table, args.index_memory, args.rollback).load(run))
         else:
             print(export_pinecone(run, args.output))
     except (LoadError, ValueError) as e:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -57,8 +59,9 @@ def day_two(day_one):
     return embed_night(day_one.parent, "kb2", rows, "--previous", str(day_one))
 
 
-def load(postgres: str, run_dir, table: str = TABLE) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", table, str(run_dir)]
+def load(postgres: str, run_dir, table: str = TABLE, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", table, *options]
+    command.append(str(run_dir))
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -126,8 +129,9 @@ def test_loading_the_same_run_again_changes_nothing(postgres, day_one):
 
 
 def loaded_and_copied(postgres: str, day_one, copy) -> tuple:
-    """Day one loaded: the table's state, and a copy of the run to spoil."""
-    assert load(postgres, day_one).returncode == 0
+    """Day one loaded (taking the table back if it held day two): the table's state, and a copy of the
+    run to spoil."""
+    assert load(postgres, day_one, TABLE, "--rollback").returncode == 0
     shutil.copytree(day_one, copy)
     return table_state(postgres), copy
 
@@ -189,8 +193,8 @@ def settled_stats(postgres: str, expected: tuple[int, int, int] | None = None) -
     return found[-1]
 
 
-def assert_table_is(postgres: str, run_dir) -> None:
-    _, loaded, run_id = table_state(postgres)
+def assert_table_is(postgres: str, run_dir, table: str = TABLE) -> None:
+    _, loaded, run_id = table_state(postgres, table)
     expected = parquet_rows(run_dir)
     assert sorted(loaded) == sorted(expected)
     for id_, (title, digest, vector) in expected.items():
@@ -224,7 +228,7 @@ def test_day_two_is_applied_as_its_change_set_touching_only_those_rows(postgres,
 
 def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(postgres, day_one, day_two):
     assert load(postgres, day_two).returncode == 0  # the table now holds day two, or day two over day one
-    assert load(postgres, day_one).returncode == 0  # back to day one: a full load
+    assert load(postgres, day_one, TABLE, "--rollback").returncode == 0  # back to day one: a full load
     with psycopg.connect(postgres) as connection:
         connection.execute("UPDATE embedding_job_loads SET run_id = 'some other run' WHERE table_name = %s", [TABLE])
     result = load(postgres, day_two)
@@ -234,9 +238,12 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
 
 
 def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):
-    """A reader's open transaction holds the load at the swap, after its COPY; the loader is then
-    killed (SIGKILL). Until then the reader saw the old rows; after it, the table is as it was."""
+    """A table whose columns are not the run's is replaced by a new one. A reader's open transaction
+    holds the load at the swap, after its COPY; the loader is then killed (SIGKILL). Until then the
+    reader saw the old rows; after it, the table is as it was."""
     before, again = loaded_and_copied(postgres, day_one, tmp_path / "again")
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN note text")
     manifest = read_manifest(again)
     (again / "manifest.json").write_text(json.dumps({**manifest, "run_id": "killed-run"}))
     command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", TABLE, str(again)]
@@ -261,3 +268,139 @@ def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_
     assert table_state(postgres) == before
     with psycopg.connect(postgres) as connection:
         assert connection.execute("SELECT to_regclass(%s)", [f"{TABLE}__loading"]).fetchone()[0] is None
+
+
+def copied_run(run_dir, copy, run_id: str, seconds_later: int = 1):
+    """A copy of the run under another run id, started `seconds_later` than it."""
+    shutil.copytree(run_dir, copy)
+    manifest = read_manifest(copy)
+    started = datetime.fromisoformat(manifest["timings"]["started_at"]) + timedelta(seconds=seconds_later)
+    manifest.update(run_id=run_id, timings={**manifest["timings"], "started_at": started.isoformat()})
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def query(postgres: str, statement: str, *params) -> list[tuple]:
+    with psycopg.connect(postgres) as connection:
+        return connection.execute(statement, params).fetchall()
+
+
+def hnsw_indexes(postgres: str, schema: str, table: str) -> list[str]:
+    return [
+        name
+        for (name,) in query(
+            postgres,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s AND indexdef LIKE '%%hnsw%%'",
+            schema,
+            table,
+        )
+    ]
+
+
+def test_a_snapshot_keeps_a_table_with_the_runs_columns_and_replaces_one_without(postgres, day_one, tmp_path):
+    """Refilled in place, the table keeps its privileges, views and indexes; with other columns it is
+    replaced, given the old one's privileges, and a view that depends on it stops the load, named."""
+    table = "kb_kept"
+    assert load(postgres, day_one, table).returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute("DROP ROLE IF EXISTS kb_reader")
+        connection.execute("CREATE ROLE kb_reader")
+        connection.execute(f"GRANT SELECT ON {table} TO kb_reader")
+        connection.execute(f"CREATE VIEW kb_titles AS SELECT id, title FROM {table}")
+        connection.execute(f"CREATE INDEX kb_kept_title ON {table} (title)")
+    oid = table_state(postgres, table)[0]
+
+    again = load(postgres, copied_run(day_one, tmp_path / "again", "day-one-again"), table)
+    assert again.returncode == 0, again.stderr
+    assert "30 rows of run day-one-again loaded (table refilled)" in again.stdout
+    assert table_state(postgres, table)[0] == oid
+    assert query(postgres, "SELECT count(*) FROM kb_titles") == [(30,)]
+    assert query(postgres, "SELECT has_table_privilege('kb_reader', %s, 'SELECT')", table) == [(True,)]
+    indexes = [name for (name,) in query(postgres, "SELECT indexname FROM pg_indexes WHERE tablename = %s", table)]
+    assert sorted(indexes) == ["kb_kept_embedding_hnsw", "kb_kept_pkey", "kb_kept_title"]
+
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+    before = table_state(postgres, table)
+    blocked = load(postgres, copied_run(day_one, tmp_path / "blocked", "day-one-blocked", 2), table)
+    assert blocked.returncode == 1
+    assert blocked.stderr.strip().splitlines()[-1] == (
+        f"error: {table}: PostgreSQL refused the load, the table is as it was: cannot drop table {table} because "
+        f"other objects depend on it (view kb_titles depends on table {table})"
+    )
+    assert table_state(postgres, table) == before
+
+    with psycopg.connect(postgres) as connection:
+        connection.execute("DROP VIEW kb_titles")
+    replaced = load(postgres, copied_run(day_one, tmp_path / "replaced", "day-one-replaced", 3), table)
+    assert replaced.returncode == 0, replaced.stderr
+    assert "(table replaced: its columns differed)" in replaced.stdout
+    assert table_state(postgres, table)[0] != oid
+    assert_table_is(postgres, tmp_path / "replaced", table)
+    columns = query(postgres, "SELECT column_name FROM information_schema.columns WHERE table_name = %s", table)
+    assert sorted(columns) == [("content_hash",), ("embedding",), ("id",), ("title",)]  # no note
+    assert query(postgres, "SELECT has_table_privilege('kb_reader', %s, 'SELECT')", table) == [(True,)]
+    assert hnsw_indexes(postgres, "public", table) == ["kb_kept_embedding_hnsw"]
+
+
+def test_a_table_in_another_schema_leaves_the_same_name_in_public_alone(postgres, day_one, tmp_path):
+    table = "kb_tenant"
+    with psycopg.connect(postgres) as connection:
+        connection.execute("CREATE SCHEMA IF NOT EXISTS tenant2")
+    assert load(postgres, day_one, table).returncode == 0
+    assert load(postgres, day_one, f"tenant2.{table}").returncode == 0
+    again = load(postgres, copied_run(day_one, tmp_path / "again", "tenant-again"), f"tenant2.{table}")
+    assert again.returncode == 0, again.stderr
+    assert hnsw_indexes(postgres, "public", table) == ["kb_tenant_embedding_hnsw"]
+    assert hnsw_indexes(postgres, "tenant2", table) == ["kb_tenant_embedding_hnsw"]
+
+
+def test_a_run_older_than_the_tables_is_refused_unless_it_is_a_rollback(postgres, day_one, day_two):
+    table = "kb_order"
+    assert load(postgres, day_two, table).returncode == 0
+    before = table_state(postgres, table)
+    late = load(postgres, day_one, table)
+    assert late.returncode == 1
+    old, new = read_manifest(day_one), read_manifest(day_two)
+    assert late.stderr.strip().splitlines()[-1] == (
+        f"error: {table} holds run {new['run_id']}, which started after run {old['run_id']} "
+        f"({old['timings']['started_at']}): loading it would take the table back; pass --rollback if that is meant"
+    )
+    assert table_state(postgres, table) == before
+    rollback = load(postgres, day_one, table, "--rollback")
+    assert rollback.returncode == 0, rollback.stderr
+    assert_table_is(postgres, day_one, table)
+
+
+def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, day_one):
+    table = "k" * 62
+    result = load(postgres, day_one, table)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: --table {table}: a name of 62 bytes; at most 61, so that the loader's staging table "
+        f"{table}__loading and index {table}_embedding_hnsw keep names of their own"
+    )
+    assert query(postgres, "SELECT count(*) FROM pg_class WHERE relname LIKE 'kkkk%%'") == [(0,)]
+
+
+def test_an_id_too_long_for_a_primary_key_is_refused_naming_it(postgres, day_one, tmp_path):
+    """One id of 3,000 bytes, its file's checks updated: the load stops naming the id and the file."""
+    table = "kb_long_id"
+    run = copied_run(day_one, tmp_path / "long", "long-id")
+    manifest = read_manifest(run)
+    name = next(name for name in manifest["files"]["embeddings"] if manifest["file_checks"][name]["rows"])
+    rows = pq.read_table(run / name)
+    long_id = "x" * 2990 + "-0123456789"
+    ids = rows["id"].to_pylist()
+    ids[-1] = long_id
+    pq.write_table(rows.set_column(rows.schema.get_field_index("id"), rows.schema.field("id"), [ids]), run / name)
+    data = (run / name).read_bytes()
+    manifest["file_checks"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": len(ids)}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    result = load(postgres, run, table)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / name}: id {'x' * 40!r}... in column id is 3001 bytes; a PostgreSQL primary key takes "
+        "ids of at most 2600 bytes"
+    )
+    assert table_state(postgres, table) == (None, {}, None)
