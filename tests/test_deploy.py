@@ -235,6 +235,7 @@ def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
     for rendered in (after_success, first):
         options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])
         assert options.get_all_options()["input"] == "gs://b/kb/*.parquet"
+        assert options.get_all_options()["overwrite"] is True  # a night run again replaces its own output
 
 
 def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():

@@ -40,6 +40,10 @@ PARAMETERS = {
     # A worker whose GPU driver failed fails instead of embedding on its CPU; and the launcher, which
     # has no GPU, plans bfloat16 as launch.sh does, so both give the same fingerprint.
     "device": "cuda",
+    # A night run again (its task cleared, or retried after Dataflow finished but the operator lost
+    # track) replaces that night's finished output instead of failing on it; with --previous it embeds
+    # only what changed, and it reads today's input, so loading it never takes the table back.
+    "overwrite": "true",
 }
 # One NVIDIA L4 per g2-standard-8 worker, one SDK process per worker (see the README).
 ENVIRONMENT = {
