@@ -8,10 +8,10 @@ every file the manifest lists for loading is checked (bytes, sha256, rows) befor
 is touched. Everything happens in one transaction, so a load that fails or is killed midway
 leaves the table as it was.
 
-- When the table holds the run's --previous run (and has its columns and key), the run's change
-  set is applied: its deletes and upserts are copied (COPY in binary format) into temporary
-  tables, then deleted from and upserted into the table, touching only those rows (readers see
-  the old rows until the commit); the HNSW index follows.
+- When the table holds the run's --previous run (has its columns and key, and was last loaded
+  with the same columns), the run's change set is applied: its deletes and upserts are copied
+  (COPY in binary format) into temporary tables, then deleted from and upserted into the table,
+  touching only those rows (readers see the old rows until the commit); the HNSW index follows.
 - Otherwise the run's snapshot replaces the table's content. The table is kept (its owner,
   privileges, policies, views, triggers and other indexes stay): emptied, altered where its
   columns or key differ from the run's, refilled, and the HNSW cosine index built after the
@@ -19,9 +19,9 @@ leaves the table as it was.
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
-vectors: see PgVectors), with its HNSW index. The run id and start time of the last load of
-each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the same
-run again changes nothing, and a run that started before the table's is refused unless the load
+vectors: see PgVectors), with its HNSW index. The run id, start time and columns of the last
+load of each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the
+same run again changes nothing, and a run that started before the table's is refused unless the load
 is a deliberate rollback.
 """
 
@@ -60,6 +60,8 @@ TABLE_NAME_BYTES = 62
 # A btree entry holds at most 2704 bytes; ids are kept under it with room for the chunk and headers
 # (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
 ID_BYTES = 2600
+# Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
+LOADS_ADDED = ("run_started_at timestamptz", "columns text[]")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too).
 LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, CHUNK_COLUMN, *(f.name for f in PASSAGE_FIELDS[1:]))
 
@@ -178,6 +180,8 @@ class PgvectorLoader:
         import psycopg.types.json
 
         *self._schema, self._relname = table.split(".")
+        if len(self._schema) > 1:
+            raise LoadError(f"--table {table}: give a table, or a schema and a table (schema.table)")
         if len(self._relname.encode()) > TABLE_NAME_BYTES:
             raise LoadError(
                 f"--table {table}: a name of {len(self._relname.encode())} bytes; at most {TABLE_NAME_BYTES}, so "
@@ -208,54 +212,77 @@ class PgvectorLoader:
         with self._psycopg.connect(self._dsn) as connection:
             with connection.transaction():  # one loader at a time sets up: two first loads would race
                 connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [LOADS_TABLE])
-                loads = sql.Identifier(_schema_of(connection, sql, None, LOADS_TABLE), LOADS_TABLE)
-                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                connection.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, run_id text NOT NULL, "
-                        "loaded_at timestamptz NOT NULL DEFAULT now(), run_started_at timestamptz)"
-                    ).format(loads)
-                )
-                if not connection.execute(
-                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'run_started_at'",
-                    [loads.as_string(connection)],
-                ).fetchone():  # kept by versions before 2026-12-03; altered once, by its owner
-                    connection.execute(sql.SQL("ALTER TABLE {} ADD COLUMN run_started_at timestamptz").format(loads))
+                loads = self._bookkeeping(connection)
             with connection.transaction():
                 table = self._resolve(connection)
                 connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
+                spellings = [table, self._table]  # older versions recorded the name as given
+                if connection.execute(
+                    "SELECT to_regclass(%s) = to_regclass(%s)",
+                    [sql.Identifier(self._relname).as_string(connection), self._name.as_string(connection)],
+                ).fetchone()[0]:
+                    spellings.append(self._relname)
                 loaded = connection.execute(
                     sql.SQL(
-                        "SELECT run_id, run_started_at > %s::timestamptz FROM {} WHERE table_name IN (%s, %s) "
-                        "ORDER BY table_name = %s DESC LIMIT 1"
+                        "SELECT table_name, run_id, run_started_at > %s::timestamptz, columns FROM {} "
+                        "WHERE table_name = ANY(%s) ORDER BY table_name = %s DESC LIMIT 1"
                     ).format(loads),
-                    [run.started_at, table, self._table, table],
+                    [run.started_at, spellings, table],
                 ).fetchone()
-                if loaded and loaded[0] == run.run_id:
+                found = self._columns(connection)
+                if loaded and loaded[1] == run.run_id and found:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
-                if loaded and loaded[1] and not self._rollback:
+                if loaded and loaded[2] and not self._rollback:
                     raise LoadError(
-                        f"{self._table} holds run {loaded[0]}, which started after run {run.run_id} "
+                        f"{self._table} holds run {loaded[1]}, which started after run {run.run_id} "
                         f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
                     )
-                shape = self._shape(connection, schema, run)
-                if loaded and loaded[0] == run.previous_run_id and shape == []:
+                written = (loaded[3] if loaded else None) or []  # the columns the loader wrote last time
+                shape = self._shape(connection, schema, run, found, written) if found else None
+                # A change set sets the run's columns: any other the last run wrote would keep stale values.
+                # (Versions before 2026-12-03 kept no columns: then the table must have only the run's.)
+                last = loaded[3] if loaded and loaded[3] is not None else list(found)
+                if loaded and loaded[1] == run.previous_run_id and shape == [] and sorted(last) == sorted(schema.names):
                     done = self._apply_changes(connection, schema, run)
                 else:
                     done = self._replace(connection, schema, run, shape)
-                connection.execute(  # under the table's resolved name; an older version kept it as given
-                    sql.SQL("DELETE FROM {} WHERE table_name = %s AND table_name <> %s").format(loads),
-                    [self._table, table],
-                )
+                if loaded and loaded[0] != table:
+                    connection.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(loads), [loaded[0]])
                 connection.execute(
                     sql.SQL(
-                        "INSERT INTO {} (table_name, run_id, run_started_at) VALUES (%s, %s, %s) "
+                        "INSERT INTO {} (table_name, run_id, run_started_at, columns) VALUES (%s, %s, %s, %s) "
                         "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, "
-                        "run_started_at = excluded.run_started_at, loaded_at = now()"
+                        "run_started_at = excluded.run_started_at, columns = excluded.columns, loaded_at = now()"
                     ).format(loads),
-                    [table, run.run_id, run.started_at],
+                    [table, run.run_id, run.started_at, schema.names],
                 )
         return f"{self._table}: {done}"
+
+    def _bookkeeping(self, connection):
+        """`embedding_job_loads` (found through search_path), created or given its newer columns only
+        where it lacks them: a loader that does not own it needs SELECT, INSERT, UPDATE and DELETE."""
+        sql = self._sql
+        schema = _schema_of(connection, sql, None, LOADS_TABLE)
+        if schema is None:
+            raise LoadError(f"no schema in the search_path to keep {LOADS_TABLE} in")
+        loads = sql.Identifier(schema, LOADS_TABLE)
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        present = {
+            name
+            for (name,) in connection.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
+                [loads.as_string(connection)],
+            )
+        }
+        added = [sql.SQL(column) for column in LOADS_ADDED if column.split()[0] not in present]
+        if not present:
+            columns = [sql.SQL("table_name text PRIMARY KEY, run_id text NOT NULL"), *added]
+            columns.append(sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now()"))
+            connection.execute(sql.SQL("CREATE TABLE {} ({})").format(loads, sql.SQL(", ").join(columns)))
+        elif added:  # once, by the table's owner
+            additions = sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + column for column in added)
+            connection.execute(sql.SQL("ALTER TABLE {} ").format(loads) + additions)
+        return loads
 
     def _resolve(self, connection) -> str:
         """Set `_name` to the table's schema-qualified name and return it as recorded (`schema.table`)."""
@@ -266,38 +293,43 @@ class PgvectorLoader:
         self._qualified_index = self._sql.Identifier(schema, self._index)
         return f"{schema}.{self._relname}"
 
-    def _shape(self, connection, schema: pa.Schema, run: Run) -> list | None:
-        """How the table must change to take the run's rows: None when there is no table, no change when it
-        has the run's columns (and perhaps others) of the loader's types and the run's primary key.
-        Changes: missing columns added, types changed, the loader's own columns that the run lacks (the
-        passage columns, a former key) dropped, the key replaced."""
-        sql = self._sql
-        name = self._name.as_string(connection)
-        found = dict(
+    def _columns(self, connection) -> dict[str, str]:
+        """The table's columns and their types, modifiers included; empty when there is no table."""
+        return dict(
             connection.execute(
-                "SELECT attname, format_type(atttypid, CASE WHEN attname = %s THEN atttypmod END) "
-                "FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-                [EMBEDDING_COLUMN, name],
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+                [self._name.as_string(connection)],
             ).fetchall()
         )
-        if not found:
-            return None
-        primary = connection.execute(
-            "SELECT c.conname, array_agg(a.attname::text ORDER BY k.n) FROM pg_constraint c, "
-            "unnest(c.conkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a WHERE c.conrelid = to_regclass(%s) "
-            "AND c.contype = 'p' AND a.attrelid = c.conrelid AND a.attnum = k.attnum GROUP BY c.conname",
-            [name],
+
+    def _shape(self, connection, schema: pa.Schema, run: Run, found: dict[str, str], written: list[str]) -> list:
+        """How the table must change to take the run's rows; none when it has the run's columns (and
+        perhaps others) of the loader's types and the run's primary key. Missing columns are added, types
+        changed; columns the loader wrote (`written`, and its own) that the run lacks are dropped; a
+        former key column that stays loses its NOT NULL; the key is replaced."""
+        sql = self._sql
+        primary = connection.execute(  # its name, its columns, and those COPY would leave null
+            "SELECT c.conname, array_agg(a.attname::text ORDER BY k.n), coalesce(array_agg(a.attname::text) "
+            "FILTER (WHERE NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''), '{}') "
+            "FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a "
+            "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p' AND a.attrelid = c.conrelid "
+            "AND a.attnum = k.attnum GROUP BY c.conname",
+            [self._name.as_string(connection)],
         ).fetchone()
-        key, old_key = _key(run, schema), primary[1] if primary else []
+        key, (name, old_key, unfilled) = _key(run, schema), primary or (None, [], [])
         wanted = self._types(connection, schema, run)
+        dropped = [column for column in found if column not in wanted and column in {*written, *LOADER_COLUMNS}]
         changes = []
-        if old_key != key and primary:
-            changes.append(sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(primary[0])))
-        changes += [
-            sql.SQL("DROP COLUMN {}").format(sql.Identifier(column))
-            for column in found
-            if column not in wanted and column in {*old_key, *LOADER_COLUMNS}
-        ]
+        if old_key != key:
+            if name:
+                changes.append(sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(name)))
+            changes += [
+                sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(column))
+                for column in unfilled
+                if column not in {*key, *LOADER_COLUMNS, *dropped}
+            ]
+        changes += [sql.SQL("DROP COLUMN {}").format(sql.Identifier(column)) for column in dropped]
         for column, kind in wanted.items():
             if column not in found:
                 null = " NOT NULL" if column in {*key, *LOADER_COLUMNS} else ""

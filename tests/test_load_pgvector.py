@@ -32,13 +32,11 @@ DAY_ONE = make_rows(30, seed=11).to_pydict()
 GONE, EDITED, RETITLED = DAY_ONE["id"][:2], DAY_ONE["id"][2:5], DAY_ONE["id"][5]
 
 
-def embed_night(root, name: str, rows: dict, *options: str):
+def embed_night(root, name: str, rows: dict, *options: str, carried: tuple = ("--carry_columns", "title")):
     for part in range(2):
         write_parquet(root / name / f"part-{part}.parquet", **{k: v[part::2] for k, v in rows.items() if k != "kind"})
     output = root / f"{name}-out"
-    result = run_cli(
-        "--input", f"{root}/{name}/*.parquet", "--output", str(output), "--carry_columns", "title", *options
-    )
+    result = run_cli("--input", f"{root}/{name}/*.parquet", "--output", str(output), *carried, *options)
     assert result.returncode == 0, result.stderr
     return output
 
@@ -462,3 +460,68 @@ def test_a_table_follows_a_run_from_rows_to_passages_and_back(postgres, day_one,
     assert shape() == (["content_hash", "embedding", "id", "title"], ["id"], 30)
     assert table_state(postgres, table)[0] == oid
     assert_table_is(postgres, tmp_path / "rows", table)
+
+
+def test_columns_and_keys_the_loader_did_not_make_are_kept(postgres, day_one, tmp_path):
+    """A key of the user's own: its columns stay (one the run carries loses the key's NOT NULL), a column
+    with a default is filled by it, and a table dropped by hand is created again."""
+    table = "kb_own"
+    assert load(postgres, day_one, table).returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"ALTER TABLE {table} DROP CONSTRAINT kb_own_pkey, ADD PRIMARY KEY (id, title)")
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN added_by text NOT NULL DEFAULT 'etl'")
+    again = load(postgres, copied_run(day_one, tmp_path / "again", "again"), table)
+    assert again.stdout.strip() == (
+        f'{table}: 30 rows of run again loaded (table refilled; DROP CONSTRAINT "kb_own_pkey", '
+        'ALTER COLUMN "title" DROP NOT NULL, ADD PRIMARY KEY ("id"))'
+    ), again.stderr
+    nullable = "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attnotnull"
+    assert query(postgres, nullable, table) == [("title",)]
+
+    with psycopg.connect(postgres) as connection:
+        connection.execute("DELETE FROM embedding_job_loads WHERE table_name = %s", [f"public.{table}"])
+        connection.execute(f"ALTER TABLE {table} DROP CONSTRAINT kb_own_pkey")
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN pk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    owned = load(postgres, copied_run(day_one, tmp_path / "owned", "owned", 2), table)
+    assert owned.stdout.strip() == (
+        f'{table}: 30 rows of run owned loaded (table refilled; DROP CONSTRAINT "kb_own_pkey", ADD PRIMARY KEY ("id"))'
+    ), owned.stderr
+    assert query(postgres, f"SELECT count(DISTINCT pk), min(added_by), max(added_by) FROM {table}") == [
+        (30, "etl", "etl")
+    ]
+    assert_table_is(postgres, tmp_path / "owned", table)
+
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"DROP TABLE {table}")
+    recreated = load(postgres, tmp_path / "owned", table)
+    assert recreated.stdout.strip() == f"{table}: 30 rows of run owned loaded (table created)", recreated.stderr
+
+
+def test_a_carried_column_no_longer_carried_is_dropped_not_left_stale(postgres, day_one, tmp_path):
+    """The night after, `title` is no longer carried: its change set would leave every old title in
+    place, so the snapshot is loaded and the column the loader made goes."""
+    table = "kb_carry"
+    assert load(postgres, day_one, table).returncode == 0
+    untitled = embed_night(tmp_path, "kb", DAY_ONE, "--previous", str(day_one), carried=())
+    assert read_manifest(untitled)["changes"]["upserts"] == 30  # every row restated
+    result = load(postgres, untitled, table)
+    assert result.stdout.strip().endswith('loaded (table refilled; DROP COLUMN "title")'), result.stderr
+    columns = query(postgres, "SELECT column_name FROM information_schema.columns WHERE table_name = %s", table)
+    assert sorted(columns) == [("content_hash",), ("embedding",), ("id",)]
+
+
+def test_a_table_recorded_by_an_older_version_under_its_bare_name_keeps_its_history(postgres, day_one, day_two):
+    table = "kb_legacy"
+    assert load(postgres, day_two, table).returncode == 0
+    with psycopg.connect(postgres) as connection:  # as versions before 2026-12-03 recorded it
+        connection.execute(
+            "UPDATE embedding_job_loads SET table_name = %s, columns = NULL WHERE table_name = %s",
+            [table, f"public.{table}"],
+        )
+    late = load(postgres, day_one, f"public.{table}")
+    assert late.returncode == 1 and "pass --rollback if that is meant" in late.stderr
+    same = load(postgres, day_two, f"public.{table}")
+    assert same.stdout.strip() == f"public.{table} already holds run {read_manifest(day_two)['run_id']}: nothing to do"
+    assert load(postgres, day_one, f"public.{table}", "--rollback").returncode == 0
+    recorded = query(postgres, "SELECT table_name, run_id FROM embedding_job_loads WHERE table_name LIKE %s", "%legacy")
+    assert recorded == [(f"public.{table}", read_manifest(day_one)["run_id"])]
