@@ -61,7 +61,7 @@ TABLE_NAME_BYTES = 62
 # (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
 ID_BYTES = 2600
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
-LOADS_ADDED = ("run_started_at timestamptz", "columns text[]")
+LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too).
 LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, CHUNK_COLUMN, *(f.name for f in PASSAGE_FIELDS[1:]))
 
@@ -222,21 +222,25 @@ class PgvectorLoader:
                     [sql.Identifier(self._relname).as_string(connection), self._name.as_string(connection)],
                 ).fetchone()[0]:
                     spellings.append(self._relname)
-                loaded = connection.execute(
+                row = connection.execute(
                     sql.SQL(
-                        "SELECT table_name, run_id, run_started_at > %s::timestamptz, columns FROM {} "
+                        "SELECT table_name, run_id, run_started_at > %s::timestamptz, columns, relid FROM {} "
                         "WHERE table_name = ANY(%s) ORDER BY table_name = %s DESC LIMIT 1"
                     ).format(loads),
                     [run.started_at, spellings, table],
                 ).fetchone()
-                found = self._columns(connection)
-                if loaded and loaded[1] == run.run_id and found:
+                name = self._name.as_string(connection)
+                relid = connection.execute("SELECT to_regclass(%s)::oid", [name]).fetchone()[0]
+                # What was recorded of a table since dropped (and perhaps created again) says nothing of this one.
+                loaded = row if row and relid is not None and row[4] in (None, relid) else None
+                if loaded and loaded[1] == run.run_id:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
                 if loaded and loaded[2] and not self._rollback:
                     raise LoadError(
                         f"{self._table} holds run {loaded[1]}, which started after run {run.run_id} "
                         f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
                     )
+                found = self._columns(connection)
                 written = (loaded[3] if loaded else None) or []  # the columns the loader wrote last time
                 shape = self._shape(connection, schema, run, found, written) if found else None
                 # A change set sets the run's columns: any other the last run wrote would keep stale values.
@@ -246,15 +250,17 @@ class PgvectorLoader:
                     done = self._apply_changes(connection, schema, run)
                 else:
                     done = self._replace(connection, schema, run, shape)
-                if loaded and loaded[0] != table:
-                    connection.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(loads), [loaded[0]])
+                if row and row[0] != table:
+                    connection.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(loads), [row[0]])
                 connection.execute(
                     sql.SQL(
-                        "INSERT INTO {} (table_name, run_id, run_started_at, columns) VALUES (%s, %s, %s, %s) "
+                        "INSERT INTO {} (table_name, run_id, run_started_at, columns, relid) "
+                        "VALUES (%s, %s, %s, %s, to_regclass(%s)::oid) "
                         "ON CONFLICT (table_name) DO UPDATE SET run_id = excluded.run_id, "
-                        "run_started_at = excluded.run_started_at, columns = excluded.columns, loaded_at = now()"
+                        "run_started_at = excluded.run_started_at, columns = excluded.columns, "
+                        "relid = excluded.relid, loaded_at = now()"
                     ).format(loads),
-                    [table, run.run_id, run.started_at, schema.names],
+                    [table, run.run_id, run.started_at, schema.names, name],
                 )
         return f"{self._table}: {done}"
 

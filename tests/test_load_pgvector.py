@@ -491,6 +491,15 @@ def test_columns_and_keys_the_loader_did_not_make_are_kept(postgres, day_one, tm
     ]
     assert_table_is(postgres, tmp_path / "owned", table)
 
+    with psycopg.connect(postgres) as connection:  # replaced by hand, as a migration tool might: empty, unkeyed
+        connection.execute(f"CREATE TABLE {table}_new AS SELECT * FROM {table} WITH NO DATA")
+        connection.execute(f"DROP TABLE {table}")
+        connection.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+    replaced = load(postgres, tmp_path / "owned", table)
+    assert replaced.stdout.strip() == (
+        f'{table}: 30 rows of run owned loaded (table refilled; ADD PRIMARY KEY ("id"))'
+    ), replaced.stderr
+
     with psycopg.connect(postgres) as connection:
         connection.execute(f"DROP TABLE {table}")
     recreated = load(postgres, tmp_path / "owned", table)
