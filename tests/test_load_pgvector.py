@@ -534,3 +534,19 @@ def test_a_table_recorded_by_an_older_version_under_its_bare_name_keeps_its_hist
     assert load(postgres, day_one, f"public.{table}", "--rollback").returncode == 0
     recorded = query(postgres, "SELECT table_name, run_id FROM embedding_job_loads WHERE table_name LIKE %s", "%legacy")
     assert recorded == [(f"public.{table}", read_manifest(day_one)["run_id"])]
+
+
+def test_a_loader_that_does_not_own_the_bookkeeping_table_loads_with_the_stated_privileges(postgres, day_one):
+    """README: a loader that does not own embedding_job_loads needs SELECT, INSERT, UPDATE and DELETE on it."""
+    assert load(postgres, day_one, "kb_admin").returncode == 0  # the bookkeeping table exists, owned by postgres
+    with psycopg.connect(postgres) as connection:
+        connection.execute("DROP ROLE IF EXISTS kb_loader")
+        connection.execute("CREATE ROLE kb_loader LOGIN")
+        connection.execute("GRANT CREATE ON SCHEMA public TO kb_loader")
+        connection.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON embedding_job_loads TO kb_loader")
+    as_loader = postgres.replace("postgres:@", "kb_loader:@", 1)
+    result = load(as_loader, day_one, "kb_etl")
+    assert result.stdout.strip().endswith("loaded (table created)"), result.stderr
+    again = load(as_loader, day_one, "kb_etl")
+    assert again.stdout.strip() == f"kb_etl already holds run {read_manifest(day_one)['run_id']}: nothing to do"
+    assert query(postgres, "SELECT tableowner FROM pg_tables WHERE tablename = 'kb_etl'") == [("kb_loader",)]
