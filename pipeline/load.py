@@ -325,6 +325,7 @@ class PgvectorLoader:
         ).fetchone()
         key, (name, old_key, unfilled) = _key(run, schema), primary or (None, [], [])
         wanted = self._types(connection, schema, run)
+        required = {*key, *LOADER_COLUMNS}  # NOT NULL: the key and the loader's own
         dropped = [column for column in found if column not in wanted and column in {*written, *LOADER_COLUMNS}]
         changes = []
         if old_key != key:
@@ -333,12 +334,12 @@ class PgvectorLoader:
             changes += [
                 sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(column))
                 for column in unfilled
-                if column not in {*key, *LOADER_COLUMNS, *dropped}
+                if column not in required and column not in dropped
             ]
         changes += [sql.SQL("DROP COLUMN {}").format(sql.Identifier(column)) for column in dropped]
         for column, kind in wanted.items():
             if column not in found:
-                null = " NOT NULL" if column in {*key, *LOADER_COLUMNS} else ""
+                null = " NOT NULL" if column in required else ""
                 changes.append(sql.SQL("ADD COLUMN {} {}").format(sql.Identifier(column), sql.SQL(kind + null)))
             elif found[column] != kind:  # the table is empty by then
                 changes.append(
