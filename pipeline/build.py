@@ -104,7 +104,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     )
 
     def write(name: str, schema: pa.Schema, dictionary: list[str]) -> WriteBatches:
-        return WriteBatches(plan.output, name, schema, dictionary, plan.max_file_bytes)
+        return WriteBatches(plan.owner, name, schema, dictionary, plan.max_file_bytes)
 
     carried = [f.name for f in plan.columns.carry]  # ids, hashes and vectors rarely repeat: no dictionary
     # Two writes rather than one after a Flatten: the local runner would hold every vector of a
@@ -128,5 +128,5 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     (
         (rows[STATS], units[STATS], joined[STATS], embedded[STATS])
         | "MergeStats" >> beam.Flatten()
-        | "Manifest" >> WriteManifest(plan.output, plan.header, files)
+        | "Manifest" >> WriteManifest(plan.owner, plan.header, files)
     )

@@ -38,10 +38,11 @@ from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_f
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
+from transforms.output_owner import OutputOwner
 from transforms.passages import Chunking
 from transforms.paths import is_url, same_place, same_spelling
 from transforms.read import open_parquet
-from transforms.write import CHANGES_DIR, MANIFEST
+from transforms.write import CHANGES_DIR, MANIFEST, OUTPUT_PATTERNS
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -49,7 +50,6 @@ ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
-OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", f"{CHANGES_DIR}/*.parquet", MANIFEST)
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # What makes two runs' vectors for the same text interchangeable.
 FINGERPRINT_KEYS = (
@@ -89,7 +89,6 @@ class PreviousRun:
 @dataclass(frozen=True)
 class JobPlan:
     patterns: list[str]
-    output: str
     columns: InputColumns
     handler: EncoderHandler
     rows_per_batch: int
@@ -100,6 +99,11 @@ class JobPlan:
     previous: PreviousRun | None
     chunking: Chunking | None  # None: one vector per row, truncated
     header: dict  # the manifest's fixed part: model block, inputs, options, start time
+    owner: OutputOwner  # on the output directory; taken unless the plan is all that was asked for
+
+    @property
+    def output(self) -> str:
+        return self.owner.output
 
     @property
     def model_block(self) -> dict:
@@ -208,11 +212,16 @@ def remove_temp_files(output: str) -> None:
         FileSystems.delete(sorted(folders))
 
 
-def prepare_output(output: str | None, overwrite: bool, previous: str | None, plan_only: bool = False) -> str:
-    """Refuse to replace a finished run unless asked; clear what an unfinished one left behind.
+def prepare_output(
+    output: str | None, overwrite: bool, previous: str | None, run_id: str, started_at: str, plan_only: bool = False
+) -> OutputOwner:
+    """Refuse to replace a finished run unless asked; take the directory over for run `run_id`, then
+    clear what an unfinished run left behind.
 
     A run killed at any moment leaves no manifest, so running the same command
-    again replaces its partial files and finishes the job. With `plan_only` it only checks.
+    again replaces its partial files and finishes the job; one still running
+    stops, having lost the directory (transforms.output_owner). With `plan_only`
+    it only checks and takes nothing.
     """
     if not output:
         raise InputError("--output is required: the directory to write embeddings into")
@@ -239,14 +248,16 @@ def prepare_output(output: str | None, overwrite: bool, previous: str | None, pl
         )
     if earlier and not finished:
         _LOG.warning("%s: replacing %d files of a run that did not finish", output, len(earlier))
+    owner = OutputOwner(output, run_id)
     if plan_only:
-        return output
+        return owner
+    owner.take(started_at)
     # The manifest goes first: a directory without one is never taken as a finished run.
     earlier.sort(key=lambda path: not path.endswith(MANIFEST))
     if earlier:
         FileSystems.delete(earlier)
     remove_temp_files(output)
-    return output
+    return owner
 
 
 def _fingerprinted(model_block: dict) -> dict:
@@ -534,10 +545,12 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
-    output = prepare_output(opts.output, opts.overwrite, opts.previous, opts.plan_only)
+    owner = prepare_output(
+        opts.output, opts.overwrite, opts.previous, uuid.uuid4().hex, model_block["created_at"], opts.plan_only
+    )
     header = {
-        "run_id": uuid.uuid4().hex,
-        "output": output,
+        "run_id": owner.run_id,
+        "output": owner.output,
         "model": model_block,
         "inputs": patterns,
         "input_files": describe_inputs(matched),
@@ -549,7 +562,6 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     return JobPlan(
         patterns=patterns,
-        output=output,
         columns=columns,
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
@@ -563,4 +575,5 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         previous=previous,
         chunking=passages,
         header=header,
+        owner=owner,
     )

@@ -24,6 +24,7 @@ from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, check_device, plan_job, remove_temp_files
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
+from transforms.output_owner import OutputTakenOver
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger("pipeline.run")
@@ -38,7 +39,7 @@ _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (abo
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
-_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors): (.+)")
+_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|OutputTakenOver): (.+)")
 # Local worker processes' log records arrive through this logger; the embed module's own
 # records stay in this process when workers run in memory.
 _WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")
@@ -137,8 +138,13 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
             with beam.Pipeline(options=options) as pipeline:
                 build_pipeline(pipeline, plan, spill_dir if local else None)
-    except Exception:
+    except Exception as failure:
+        try:
+            plan.owner.check()  # however the failure showed, a run that took the directory over caused it
+        except OutputTakenOver as taken:
+            raise taken from failure
         remove_temp_files(plan.output)
+        plan.owner.release()
         raise
     finally:
         line.finish()
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (InputError, ModelFolderError) as e:
+    except (InputError, ModelFolderError, OutputTakenOver) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one

@@ -4,6 +4,7 @@ run again then produces the complete output an uninterrupted run produces."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from samples.knowledge_base import write_shards
 from tests.conftest import ROOT, assert_same_output, read_manifest, record
+from transforms.output_owner import OWNER_FILE
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,53 @@ def test_the_whole_job_killed_at_random_moments_then_rerun_gives_the_same_output
         _same_output(output, reference_output)
         case = f"whole job SIGKILLed at {moment:.1f}s of {seconds:.1f}s"
         record("fault", case, outcome, sorted((corpus / "kb").glob("*.parquet")), output)
+
+
+def _owner_run_id(output) -> str | None:
+    try:
+        return json.loads((output / OWNER_FILE).read_text())["run_id"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _wait_for_owner(output, other_than: str | None = None) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run_id = _owner_run_id(output)
+        if run_id and run_id != other_than:
+            return run_id
+        time.sleep(0.05)
+    pytest.fail(f"no run took {output} over within 120 s")
+
+
+def test_a_second_run_on_the_same_output_takes_it_over_and_the_first_stops_naming_it(corpus, reference):
+    """An orchestrator retrying a task it lost track of starts the same job again while the first
+    still runs: the later run publishes the complete output, the earlier stops without touching it."""
+    output = corpus / "two-runs"
+    first = _start(corpus, output)
+    first_id = _wait_for_owner(output)
+    second = subprocess.Popen(
+        _command(corpus, output), cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    second_id = _wait_for_owner(output, other_than=first_id)
+    time.sleep(1)  # the second run has cleared the folder; what the first renamed into place since is unlisted
+    stray = output / "embeddings-00007-of-00009.parquet"
+    shutil.copy(sorted((reference[0]).glob("embeddings-*.parquet"))[0], stray)
+    _, first_err = first.communicate(timeout=300)
+    _, second_err = second.communicate(timeout=300)
+    assert second.returncode == 0, second_err
+    assert first.returncode == 1
+    assert first_err.splitlines()[-1].startswith(f"error: {output} was taken over by run {second_id} (started ")
+    assert first_err.splitlines()[-1].endswith(
+        f"while run {first_id} wrote to it; this run stops without publishing and leaves that run's files alone"
+    )
+    assert read_manifest(output)["run_id"] == second_id
+    assert not stray.exists()
+    _same_output(output, reference[0])  # only the second run's files: no owner file, no temporary folder
+    record(
+        "fault",
+        "a second run started on the same --output",
+        "the first stops naming it; the second publishes",
+        sorted((corpus / "kb").glob("*.parquet")),
+        output,
+    )

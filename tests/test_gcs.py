@@ -36,6 +36,7 @@ from samples.knowledge_base import write_shards
 from tests.conftest import free_port, record, wait_for_port
 from transforms.compact import CompactFiles
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
+from transforms.output_owner import OutputOwner
 from transforms.write import parquet_writer
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
@@ -260,12 +261,16 @@ def test_small_files_in_a_bucket_are_merged_and_their_sources_deleted(bucket):
         bucket.blob(f"small/{path.name}").upload_from_filename(str(path))
     paths = [f"gs://kb/small/{path.name}" for path in local]
     schema = pq.read_schema(local[0])
+    owner = OutputOwner("gs://kb/small", "run-a")
+    owner.take("2026-12-03T10:00:00+00:00")
+    assert bucket.blob("small/_owner.json").exists()
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         _ = (
             pipeline
             | beam.Create(paths)
-            | CompactFiles("gs://kb/small/part", partial(parquet_writer, schema=schema, dictionary=[]), 2**20)
+            | CompactFiles("gs://kb/small/part", partial(parquet_writer, schema=schema, dictionary=[]), 2**20, owner)
         )
+    owner.release()
     assert [blob.name for blob in bucket.list_blobs(prefix="small/")] == ["small/part-merged-00000-of-00001.parquet"]
     merged = pq.read_table(io.BytesIO(bucket.blob("small/part-merged-00000-of-00001.parquet").download_as_bytes()))
     assert merged.equals(pq.read_table(local, schema=schema))

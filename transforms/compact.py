@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.output_owner import OutputOwner
+
 MERGED = "merged"  # in a merged file's name: `<prefix>-merged-SSSSS-of-NNNNN.parquet`
 
 # Opens a Parquet writer on a file handle: the same settings as the write that made the sources.
@@ -60,11 +62,13 @@ def _plan(sizes: list[tuple[str, int]], prefix: str, max_file_bytes: int) -> Ite
         yield f"{prefix}-{MERGED}-{index:05d}-of-{len(groups):05d}.parquet", group
 
 
-def merge_files(target: str, sources: list[str], open_writer: WriterFactory) -> str:
+def merge_files(target: str, sources: list[str], open_writer: WriterFactory, owner: OutputOwner) -> str:
     """Write `sources` into `target`, then delete them; returns `target`. Done already when a
-    source is gone and `target` is there (sources are deleted only once `target` is complete)."""
+    source is gone and `target` is there (sources are deleted only once `target` is complete).
+    Nothing is written once another run has taken the directory over: `target` may be its file."""
     if sources == [target]:
         return target
+    owner.check()
     missing = [path for path in sources if not FileSystems.exists(path)]
     if missing and FileSystems.exists(target):
         return target
@@ -90,13 +94,15 @@ def merge_files(target: str, sources: list[str], open_writer: WriterFactory) -> 
 
 class CompactFiles(beam.PTransform):
     """Written file paths in, the paths of the files kept or merged out (see the module's doc).
-    `prefix`: the merged files' path before `-merged-SSSSS-of-NNNNN.parquet`."""
+    `prefix`: the merged files' path before `-merged-SSSSS-of-NNNNN.parquet`; `owner`: this run's
+    ownership of the directory."""
 
-    def __init__(self, prefix: str, open_writer: WriterFactory, max_file_bytes: int) -> None:
+    def __init__(self, prefix: str, open_writer: WriterFactory, max_file_bytes: int, owner: OutputOwner) -> None:
         super().__init__()
         self._prefix = prefix
         self._open_writer = open_writer
         self._max_file_bytes = max_file_bytes
+        self._owner = owner
 
     def expand(self, paths: beam.PCollection) -> beam.PCollection:
         return (
@@ -105,5 +111,10 @@ class CompactFiles(beam.PTransform):
             | "AllSizes" >> beam.combiners.ToList()
             | "Plan" >> beam.FlatMap(_plan, self._prefix, self._max_file_bytes)
             | "Spread" >> beam.Reshuffle()
-            | "Merge" >> beam.Map(lambda planned, open_writer: merge_files(*planned, open_writer), self._open_writer)
+            | "Merge"
+            >> beam.Map(
+                lambda planned, open_writer, owner: merge_files(*planned, open_writer, owner),
+                self._open_writer,
+                self._owner,
+            )
         )

@@ -2,7 +2,9 @@
 
 Beam's file sink writes to temporary files and renames them only when the
 whole write succeeded; the manifest waits for both writes, so a manifest
-next to the files means the run finished and its counts add up.
+next to the files means the run finished and its counts add up. Every step
+that puts a file in the output directory first checks that this run still
+holds it (transforms.output_owner).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 from transforms.compact import CompactFiles
+from transforms.output_owner import OutputOwner
 
 MANIFEST = "manifest.json"
 CHANGES_DIR = "changes"  # the change set's files, beside the snapshot
+# Every file a run publishes; an earlier run's are cleared before a run and any left unlisted before its manifest.
+OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", f"{CHANGES_DIR}/*.parquet", MANIFEST)
 CHANGE_KINDS = ("upserts", "deletes")
 PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
 READ_BLOCK = 8 << 20
@@ -85,9 +90,12 @@ class _ParquetSink(filebasedsink.FileBasedSink):
     """Arrow tables into zstd Parquet files of about `max_file_bytes` each (a file is closed once
     it holds that much, so it exceeds it by less than one batch), with dictionary encoding only on
     the columns whose values repeat: pyarrow otherwise tries a dictionary on every column, vectors
-    and hashes included, before falling back to plain values."""
+    and hashes included, before falling back to plain values. Opens no file and renames none
+    into place once another run has taken the directory over."""
 
-    def __init__(self, prefix: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int) -> None:
+    def __init__(
+        self, prefix: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int, owner: OutputOwner
+    ) -> None:
         super().__init__(
             prefix,
             coder=None,
@@ -98,8 +106,14 @@ class _ParquetSink(filebasedsink.FileBasedSink):
         )
         self._schema = schema
         self._dictionary = dictionary
+        self._owner = owner
+
+    def initialize_write(self) -> str:
+        self._owner.check()  # before making its temporary folder in a directory that is no longer this run's
+        return super().initialize_write()
 
     def open(self, temp_path: str) -> tuple:
+        self._owner.check()
         self.byte_counter = handle = _CountedFile(FileSystems.create(temp_path, self.mime_type, self.compression_type))
         return handle, parquet_writer(handle, self._schema, self._dictionary)
 
@@ -107,7 +121,9 @@ class _ParquetSink(filebasedsink.FileBasedSink):
         """Beam deletes here every file matching `<prefix>-*-of-<N>.parquet`, which also matches the
         files of the other writes in the same folder (`embeddings-reused-…`, `…-merged-…`) when
         their count is the same. The folder holds no earlier run's files (pipeline.plan.prepare_output
-        cleared them before the run), so there is nothing to delete."""
+        cleared them before the run), so there is nothing to delete. What is checked here is that
+        the directory is still this run's: renaming would replace a later run's files."""
+        self._owner.check()
 
     def write_record(self, opened: tuple, table: pa.Table) -> None:
         opened[1].write_table(table)
@@ -122,16 +138,17 @@ class WriteBatches(beam.PTransform):
     """Record batches in, `DIR/<name>-SSSSS-of-NNNNN.parquet` out, the small ones then merged into
     `DIR/<name>-merged-SSSSS-of-NNNNN.parquet` (transforms.compact); returns the paths.
     `dictionary`: the columns whose values repeat enough for dictionary encoding; `max_file_bytes`:
-    the target size: a file is closed and the next begun once it holds that much."""
+    the target size: a file is closed and the next begun once it holds that much; `owner`: this
+    run's hold on `owner.output`, the directory written into."""
 
     def __init__(
-        self, output_dir: str, name: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int
+        self, owner: OutputOwner, name: str, schema: pa.Schema, dictionary: list[str], max_file_bytes: int
     ) -> None:
         super().__init__()
-        prefix = FileSystems.join(output_dir, name)
-        self._sink = _ParquetSink(prefix, schema, dictionary, max_file_bytes)
+        prefix = FileSystems.join(owner.output, name)
+        self._sink = _ParquetSink(prefix, schema, dictionary, max_file_bytes, owner)
         open_writer = partial(parquet_writer, schema=schema, dictionary=dictionary)
-        self._compact = CompactFiles(prefix, open_writer, max_file_bytes)
+        self._compact = CompactFiles(prefix, open_writer, max_file_bytes, owner)
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
@@ -254,23 +271,42 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     return body
 
 
-def _write_manifest(_, output_dir: str, header: dict, counts: Counter, **files: list[str]) -> str:
+def remove_unlisted(output_dir: str, listed: dict[str, list[str]]) -> None:
+    """Delete the output files that `listed` (a manifest's `files`) does not name: what a run that
+    overlapped this one renamed into place in the moment before it saw it had lost the directory."""
+    names = {name for names in listed.values() for name in names}
+    unlisted = []
+    for pattern in OUTPUT_PATTERNS:
+        folder = CHANGES_DIR + "/" if pattern.startswith(CHANGES_DIR) else ""
+        for found in FileSystems.match([FileSystems.join(output_dir, pattern)])[0].metadata_list:
+            if folder + found.path.rsplit("/", 1)[-1] not in names:
+                unlisted.append(found.path)
+    if unlisted:
+        FileSystems.delete(sorted(unlisted))
+
+
+def _write_manifest(_, owner: OutputOwner, header: dict, counts: Counter, **files: list[str]) -> str:
+    owner.check()
     body = manifest(counts, files, header)
-    path = FileSystems.join(output_dir, MANIFEST)
+    path = FileSystems.join(owner.output, MANIFEST)
+    remove_unlisted(owner.output, body["files"])
     temp = path + ".tmp"
     with FileSystems.create(temp) as f:
         f.write(json.dumps(body, indent=2).encode())
+    owner.check()
     FileSystems.rename([temp], [path])
+    owner.release()
     return path
 
 
 class WriteManifest(beam.PTransform):
-    """Stats Counters in; writes DIR/manifest.json after every file write has finished. `files`:
-    the written paths of each kind (embeddings, rejected, and with a change set upserts, deletes)."""
+    """Stats Counters in; writes DIR/manifest.json after every file write has finished, then lets
+    go of DIR (`owner.output`). `files`: the written paths of each kind
+    (embeddings, rejected, and with a change set upserts, deletes)."""
 
-    def __init__(self, output_dir: str, header: dict, files: dict[str, beam.PCollection]):
+    def __init__(self, owner: OutputOwner, header: dict, files: dict[str, beam.PCollection]):
         super().__init__()
-        self._output_dir = output_dir
+        self._owner = owner
         self._header = header
         self._files = files
 
@@ -282,7 +318,7 @@ class WriteManifest(beam.PTransform):
             | "WriteManifest"
             >> beam.Map(
                 _write_manifest,
-                self._output_dir,
+                self._owner,
                 self._header,
                 beam.pvalue.AsSingleton(counts),
                 **{kind: beam.pvalue.AsList(paths) for kind, paths in self._files.items()},
