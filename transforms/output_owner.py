@@ -40,16 +40,14 @@ class OutputOwner:
         return FileSystems.join(self.output, OWNER_FILE)
 
     def current(self) -> dict | None:
-        """What `_owner.json` says now, or None when there is none."""
-        if not FileSystems.exists(self.path):
-            return None
+        """What `_owner.json` says now, or None when there is none (one read while there is one)."""
         try:
             with FileSystems.open(self.path) as f:
                 return json.load(f)
-        except OSError:
+        except Exception:  # the file systems differ in what they raise for a missing file
             if FileSystems.exists(self.path):
                 raise
-            return None  # removed between the two calls: its run published or failed
+            return None
 
     def take(self, started_at: str) -> None:
         """Make this run the owner, replacing any earlier run (the file written whole, then renamed)."""
