@@ -7,7 +7,6 @@ fail here, in seconds, before any worker starts.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -42,7 +41,7 @@ from transforms.output_owner import OutputOwner
 from transforms.passages import Chunking
 from transforms.paths import is_url, same_place, same_spelling
 from transforms.read import open_parquet
-from transforms.write import CHANGES_DIR, MANIFEST, OUTPUT_PATTERNS
+from transforms.write import MANIFEST, OUTPUT_PATTERNS, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -200,18 +199,6 @@ def join_buckets(rows: int) -> int:
     return min(max(math.ceil(rows / ROWS_PER_JOIN_BUCKET), MIN_JOIN_BUCKETS), MAX_JOIN_BUCKETS)
 
 
-def remove_temp_files(output: str) -> None:
-    """A failed run leaves Beam's temporary write folders behind (beside each kind of file); they are not outputs."""
-    folders = set()
-    for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
-        if is_url(output):  # object stores: the folders are prefixes of the objects in them
-            folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
-        else:  # local folders may be empty, which file matching does not list
-            folders |= set(glob.glob(pattern))
-    if folders:
-        FileSystems.delete(sorted(folders))
-
-
 def prepare_output(
     output: str | None, overwrite: bool, previous: str | None, run_id: str, started_at: str, plan_only: bool = False
 ) -> OutputOwner:
@@ -252,6 +239,7 @@ def prepare_output(
     if plan_only:
         return owner
     owner.take(started_at)
+    owner.check()  # of two runs started at one moment, the one that lost deletes nothing
     # The manifest goes first: a directory without one is never taken as a finished run.
     earlier.sort(key=lambda path: not path.endswith(MANIFEST))
     if earlier:

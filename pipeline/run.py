@@ -21,11 +21,11 @@ from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
-from pipeline.plan import LOCAL_RUNNERS, check_device, plan_job, remove_temp_files
+from pipeline.plan import LOCAL_RUNNERS, check_device, plan_job
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
-from transforms.write import MANIFEST
+from transforms.write import MANIFEST, remove_temp_files
 
 _LOG = logging.getLogger("pipeline.run")
 # Local runs default to Beam's in-process FnApiRunner: Beam 2.77's DirectRunner
@@ -143,8 +143,11 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             plan.owner.check()  # however the failure showed, a run that took the directory over caused it
         except OutputTakenOver as taken:
             raise taken from failure
-        remove_temp_files(plan.output)
-        plan.owner.release()
+        except Exception:  # the owner file unreadable too: the run's own failure is the one to report
+            _LOG.warning("could not read %s's owner file after the run failed", plan.output, exc_info=True)
+        else:
+            remove_temp_files(plan.output)
+            plan.owner.release()
         raise
     finally:
         line.finish()

@@ -51,7 +51,11 @@ class OutputOwner:
 
     def take(self, started_at: str) -> None:
         """Make this run the owner, replacing any earlier run (the file written whole, then renamed)."""
-        earlier = self.current()
+        try:
+            earlier = self.current()
+        except Exception as e:  # unreadable (a file system's fault, or someone's hand): replaced all the same
+            _LOG.warning("%s: replacing an unreadable %s (%s)", self.output, OWNER_FILE, e)
+            earlier = None
         if earlier and earlier.get("run_id") != self.run_id:
             _LOG.warning(
                 "%s: taken over from run %s (%s); that run, if it is still going, stops without publishing",

@@ -9,6 +9,7 @@ holds it (transforms.output_owner).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from collections import Counter
@@ -28,6 +29,7 @@ from apache_beam.io.iobase import Write
 
 from transforms.compact import CompactFiles
 from transforms.output_owner import OutputOwner
+from transforms.paths import is_url
 
 MANIFEST = "manifest.json"
 CHANGES_DIR = "changes"  # the change set's files, beside the snapshot
@@ -271,6 +273,19 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     return body
 
 
+def remove_temp_files(output: str) -> None:
+    """A failed run leaves Beam's temporary write folders behind (beside each kind of file), as does
+    one whose directory was taken over, after it; they are not outputs."""
+    folders = set()
+    for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
+        if is_url(output):  # object stores: the folders are prefixes of the objects in them
+            folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
+        else:  # local folders may be empty, which file matching does not list
+            folders |= set(glob.glob(pattern))
+    if folders:
+        FileSystems.delete(sorted(folders))
+
+
 def remove_unlisted(output_dir: str, listed: dict[str, list[str]]) -> None:
     """Delete the output files that `listed` (a manifest's `files`) does not name: what a run that
     overlapped this one renamed into place in the moment before it saw it had lost the directory."""
@@ -285,11 +300,25 @@ def remove_unlisted(output_dir: str, listed: dict[str, list[str]]) -> None:
         FileSystems.delete(sorted(unlisted))
 
 
+def _published_by(path: str, run_id: str) -> bool:
+    if not FileSystems.exists(path):
+        return False
+    with FileSystems.open(path) as f:
+        return json.load(f).get("run_id") == run_id
+
+
 def _write_manifest(_, owner: OutputOwner, header: dict, counts: Counter, **files: list[str]) -> str:
+    """Publish, once: a retry of this step after the manifest was written (its worker lost
+    before the runner recorded the step done) finds it and only lets go of the directory."""
+    path = FileSystems.join(owner.output, MANIFEST)
+    if _published_by(path, owner.run_id):
+        owner.release()
+        return path
     owner.check()
     body = manifest(counts, files, header)
-    path = FileSystems.join(owner.output, MANIFEST)
+    owner.check()  # again after reading every file for its checks, which takes a while
     remove_unlisted(owner.output, body["files"])
+    remove_temp_files(owner.output)  # this run's own went when its writes finished: these are a taken-over run's
     temp = path + ".tmp"
     with FileSystems.create(temp) as f:
         f.write(json.dumps(body, indent=2).encode())

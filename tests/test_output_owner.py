@@ -1,0 +1,41 @@
+"""The output directory's owner file (transforms.output_owner) on a real local folder: what a
+run finds when it starts, and the manifest step retried after it published."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from transforms.output_owner import OWNER_FILE, OutputOwner
+from transforms.write import MANIFEST, _write_manifest
+
+STARTED = "2026-12-03T10:00:00+00:00"
+
+
+def test_a_run_replaces_an_unreadable_owner_file_instead_of_refusing_to_start(tmp_path, caplog):
+    (tmp_path / OWNER_FILE).write_text('{"run_id": "half a fi')  # written by hand, or cut short
+    owner = OutputOwner(str(tmp_path), "run-b")
+    owner.take(STARTED)
+    assert json.loads((tmp_path / OWNER_FILE).read_text())["run_id"] == "run-b" and owner.holds()
+    assert f"replacing an unreadable {OWNER_FILE}" in caplog.text
+
+
+def test_a_run_replacing_another_names_it_in_a_warning(tmp_path, caplog):
+    OutputOwner(str(tmp_path), "run-a").take(STARTED)
+    OutputOwner(str(tmp_path), "run-b").take(STARTED)
+    assert f"taken over from run run-a (started {STARTED} on " in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == [OWNER_FILE]  # no temporary file left
+
+
+def test_the_manifest_step_retried_after_it_published_changes_nothing(tmp_path):
+    """A worker lost after the manifest was renamed into place, before the runner recorded the
+    step done: the retry finds this run's manifest and only lets go of the directory (before,
+    it would have found no owner file and failed the finished run as taken over)."""
+    owner = OutputOwner(str(tmp_path), "run-a")
+    owner.take(STARTED)
+    published = json.dumps({"run_id": "run-a", "rows_in": 3})
+    (tmp_path / MANIFEST).write_text(published)
+    assert _write_manifest(None, owner, {}, Counter()) == str(tmp_path / MANIFEST)
+    assert (tmp_path / MANIFEST).read_text() == published
+    assert not (tmp_path / OWNER_FILE).exists()
+    assert _write_manifest(None, owner, {}, Counter()) == str(tmp_path / MANIFEST)  # and again, with none
