@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from datetime import datetime, timezone
+from functools import partial
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from schemas.inputs import InputError
 from tests.conftest import read_manifest, record, run_cli, write_parquet
+from transforms.read import ReadShards
 
 
 def good_shard(path, ids=("a", "b")):
@@ -223,3 +231,34 @@ def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):
         (1.0, "t1"),
         (2.0, "t5"),
     ]
+
+
+def _replace_after_listing(schema, path, marker) -> None:
+    """A schema check that, the first time it runs, replaces the file it checks, as an upstream job
+    writing late would: after its size and time and footer were read, before a row group is."""
+    if not marker.exists():
+        marker.touch()
+        table = pq.read_table(path)
+        pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path, row_group_size=3)
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_shard_replaced_while_the_job_reads_it_fails_naming_the_file(tmp_path):
+    """Row group 1 of another version of the file would repeat or drop rows without a word."""
+    path = tmp_path / "in" / "kb.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["w", "x", "y", "z"]}), path, row_group_size=2)
+    listed = os.stat(path)
+    check = partial(_replace_after_listing, marker=tmp_path / "replaced")
+    with pytest.raises(InputError, match="changed while the job read it") as failure:
+        with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+            _ = pipeline | ReadShards([str(path)], ["id", "text"], check, rows_per_batch=10)
+    listed_at = datetime.fromtimestamp(listed.st_mtime, timezone.utc).isoformat()
+    replaced = os.stat(path)
+    replaced_at = datetime.fromtimestamp(replaced.st_mtime, timezone.utc).isoformat()
+    assert (
+        f"{path}: changed while the job read it ({listed.st_size} bytes, modified {listed_at} when its "
+        f"row groups were listed; {replaced.st_size} bytes, modified {replaced_at} after row group "
+    ) in str(failure.value)
+    assert "another process replaced it; run the job again once that writer has finished" in str(failure.value)

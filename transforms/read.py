@@ -3,12 +3,16 @@
 Files are matched in the pipeline (any Beam filesystem), each file's footer is
 checked, and its row groups are spread over workers before any row is read,
 so a few large shards still parallelise and only tiny descriptors are shuffled.
+A file replaced between the listing of its row groups and the reading of one
+(an upstream job writing late) fails the job: row group N of another version
+of the file would drop or repeat rows without a word.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import apache_beam as beam
 import numpy as np
@@ -21,12 +25,32 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.inputs import InputError
 from transforms.paths import same_spelling
 
+# A file's size in bytes and modification time, as its file system reports them; None when it is gone.
+FileVersion = tuple[int, float | None] | None
+
+
+def file_version(path: str) -> FileVersion:
+    try:
+        metadata = FileSystems.get_filesystem(path).metadata(path)
+    except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
+        return None
+    return metadata.size_in_bytes, metadata.last_updated_in_seconds
+
+
+def _described(version: FileVersion) -> str:
+    if version is None:
+        return "gone"
+    size, modified = version
+    when = datetime.fromtimestamp(modified, timezone.utc).isoformat() if modified is not None else "at an unknown time"
+    return f"{size} bytes, modified {when}"
+
 
 @dataclass(frozen=True)
 class RowGroup:
     path: str
     index: int
     first_row: int  # row number of its first row within the file
+    version: FileVersion  # the file's when its row groups were listed
     casts: tuple[tuple[str, pa.DataType], ...] = ()  # (column, type) to cast to as read; see SchemaCheck
 
 
@@ -76,13 +100,14 @@ class _ListRowGroups(beam.DoFn):
         self._check = check
 
     def process(self, path: str) -> Iterator[RowGroup]:
+        version = file_version(path)
         metadata = open_parquet(path).metadata
         if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
             return
         casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
-            yield RowGroup(path, index, first_row, casts)
+            yield RowGroup(path, index, first_row, version, casts)
             first_row += metadata.row_group(index).num_rows
 
 
@@ -103,6 +128,13 @@ class _ReadRowGroup(beam.DoFn):
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e
+        now = file_version(group.path)
+        if now != group.version:
+            raise InputError(
+                f"{group.path}: changed while the job read it ({_described(group.version)} when its row groups "
+                f"were listed; {_described(now)} after row group {group.index} was read): another process "
+                "replaced it; run the job again once that writer has finished"
+            )
 
 
 class ReadParquetFiles(beam.PTransform):
