@@ -23,7 +23,7 @@ from schemas.outputs import (
 from transforms.embed import EmbedRows
 from transforms.incremental import DELETES, RESTATED, REUSED, ChangeSet, JoinPrevious
 from transforms.passages import MakeUnits
-from transforms.read import ReadParquetFiles, ReadShards
+from transforms.read import ReadParquetFiles
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import CHANGES_DIR, WriteBatches, WriteManifest
 
@@ -38,10 +38,8 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
-    return (
-        pipeline
-        | "PreviousFiles" >> beam.Create(plan.previous.files)  # the manifest's paths: no patterns
-        | "ReadPrevious" >> ReadParquetFiles([*names, *compared], check, plan.rows_per_batch)
+    return pipeline | "ReadPrevious" >> ReadParquetFiles(
+        plan.previous.files, [*names, *compared], check, plan.rows_per_batch
     )
 
 
@@ -65,8 +63,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
     rows = (
         pipeline
         | "Read"
-        >> ReadShards(
-            plan.patterns, plan.columns.names, partial(check_shard, columns=plan.columns), plan.rows_per_batch
+        >> ReadParquetFiles(
+            plan.input_files, plan.columns.names, partial(check_shard, columns=plan.columns), plan.rows_per_batch
         )
         | "Validate" >> ValidateRows(plan.columns, rejected_schema)
     )

@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -40,7 +39,7 @@ from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner
 from transforms.passages import Chunking
 from transforms.paths import is_url, same_place, same_spelling
-from transforms.read import open_parquet
+from transforms.read import PlannedFile, open_parquet
 from transforms.write import MANIFEST, OUTPUT_PATTERNS, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would spli
 class PreviousRun:
     path: str
     run_id: str | None  # None for runs of versions that wrote none
-    files: list[str]  # its embeddings files, as its manifest lists them
+    files: list[PlannedFile]  # its embeddings files, as its manifest lists them
     # The columns it wrote besides id, chunk, content hash and vector, typed as in its first
     # embeddings file (null where it wrote none: it reused or embedded no row).
     columns: tuple[pa.Field, ...]
@@ -88,6 +87,7 @@ class PreviousRun:
 @dataclass(frozen=True)
 class JobPlan:
     patterns: list[str]
+    input_files: list[PlannedFile]  # what the patterns matched, each file once
     columns: InputColumns
     handler: EncoderHandler
     rows_per_batch: int
@@ -116,17 +116,17 @@ def _split_patterns(value: str | None) -> list[str]:
     return patterns
 
 
-def match_inputs(patterns: list[str]) -> list[FileMetadata]:
+def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     """All files the patterns match, in order, each once under the path the rejects name it by
     (`transforms.paths.same_spelling`); each pattern must match one."""
-    matched: dict[str, FileMetadata] = {}
+    matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
         found = FileSystems.match([pattern])[0].metadata_list
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         for m in sorted(found, key=lambda m: m.path):
             path = same_spelling(m.path)
-            matched.setdefault(path, FileMetadata(path, m.size_in_bytes, m.last_updated_in_seconds))
+            matched.setdefault(path, PlannedFile(path, m.size_in_bytes, m.last_updated_in_seconds))
     return list(matched.values())
 
 
@@ -168,17 +168,15 @@ def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.
     return schema
 
 
-def describe_inputs(matched: list[FileMetadata]) -> list[dict]:
+def describe_inputs(files: list[PlannedFile]) -> list[dict]:
     """Each input file's path, size and modification time (UTC), for the manifest."""
     return [
         {
-            "path": m.path,
-            "bytes": m.size_in_bytes,
-            "modified": datetime.fromtimestamp(m.last_updated_in_seconds, timezone.utc).isoformat()
-            if m.last_updated_in_seconds
-            else None,
+            "path": f.path,
+            "bytes": f.size,
+            "modified": datetime.fromtimestamp(f.modified, timezone.utc).isoformat() if f.modified else None,
         }
-        for m in matched
+        for f in files
     ]
 
 
@@ -341,13 +339,16 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
             "pass a complete earlier run, or leave --previous out"
         )
+    planned = [
+        PlannedFile(f, m.size_in_bytes, m.last_updated_in_seconds) for f in files for m in [present[same_spelling(f)]]
+    ]
     # A file replaced since (its manifest records every file's bytes) would make a wrong change set.
     checks = manifest.get("file_checks") if isinstance(manifest.get("file_checks"), dict) else {}
     recorded = {name: (checks.get(name) or {}).get("bytes") for name in names}
     changed = [
-        f
-        for name, f in zip(names, files, strict=True)
-        if recorded[name] is not None and recorded[name] != present[same_spelling(f)].size_in_bytes
+        file.path
+        for name, file in zip(names, planned, strict=True)
+        if recorded[name] is not None and recorded[name] != file.size
     ]
     if changed:
         raise InputError(
@@ -367,7 +368,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
     return PreviousRun(
         path=path,
         run_id=manifest.get("run_id"),
-        files=files,
+        files=planned,
         columns=tuple(
             schema.field(name)
             if schema is not None and schema.get_field_index(name) >= 0
@@ -474,8 +475,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
     patterns = _split_patterns(opts.input)
-    matched = match_inputs(patterns)
-    files = [m.path for m in matched]
+    input_files = match_inputs(patterns)
+    files = [f.path for f in input_files]
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     if opts.text_column == opts.id_column:
         raise UsageError(
@@ -541,7 +542,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "output": owner.output,
         "model": model_block,
         "inputs": patterns,
-        "input_files": describe_inputs(matched),
+        "input_files": describe_inputs(input_files),
         "previous": {"path": previous.path, "run_id": previous.run_id, "vectors_reused": previous.reuse}
         if previous
         else None,
@@ -550,6 +551,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     return JobPlan(
         patterns=patterns,
+        input_files=input_files,
         columns=columns,
         handler=handler,
         rows_per_batch=opts.rows_per_batch,

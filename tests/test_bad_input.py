@@ -15,7 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from schemas.inputs import InputError
 from tests.conftest import read_manifest, record, run_cli, write_parquet
-from transforms.read import ReadShards
+from transforms.read import PlannedFile, ReadParquetFiles
 
 
 def good_shard(path, ids=("a", "b")):
@@ -233,32 +233,48 @@ def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):
     ]
 
 
+def _replace(path) -> None:
+    """Rewrite a shard as an upstream job writing late would: another row group layout, a later time."""
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path, row_group_size=3)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
 def _replace_after_listing(schema, path, marker) -> None:
-    """A schema check that, the first time it runs, replaces the file it checks, as an upstream job
-    writing late would: after its size and time and footer were read, before a row group is."""
+    """A schema check that, the first time it runs, replaces the file it checks: after its row
+    groups were listed from the footer, before one is read."""
     if not marker.exists():
         marker.touch()
-        table = pq.read_table(path)
-        pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path, row_group_size=3)
-        stat = os.stat(path)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        _replace(path)
 
 
-def test_a_shard_replaced_while_the_job_reads_it_fails_naming_the_file(tmp_path):
-    """Row group 1 of another version of the file would repeat or drop rows without a word."""
+def _planned(path) -> PlannedFile:
+    stat = os.stat(path)
+    return PlannedFile(str(path), stat.st_size, stat.st_mtime)
+
+
+def _version(stat) -> str:
+    return f"{stat.st_size} bytes, modified {datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}"
+
+
+@pytest.mark.parametrize("moment", ["when its row groups were listed", "after row group"])
+def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_versions(tmp_path, moment):
+    """Row group 1 of another version of the file would repeat or drop rows without a word, and
+    the manifest would record a version that was not read."""
     path = tmp_path / "in" / "kb.parquet"
     path.parent.mkdir()
     pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["w", "x", "y", "z"]}), path, row_group_size=2)
-    listed = os.stat(path)
-    check = partial(_replace_after_listing, marker=tmp_path / "replaced")
-    with pytest.raises(InputError, match="changed while the job read it") as failure:
+    planned, before = _planned(path), os.stat(path)
+    if moment.startswith("when"):  # between the plan and the pipeline
+        _replace(path)
+        check = None
+    else:
+        check = partial(_replace_after_listing, marker=tmp_path / "replaced")
+    with pytest.raises(InputError) as failure:
         with beam.Pipeline(runner=FnApiRunner()) as pipeline:
-            _ = pipeline | ReadShards([str(path)], ["id", "text"], check, rows_per_batch=10)
-    listed_at = datetime.fromtimestamp(listed.st_mtime, timezone.utc).isoformat()
-    replaced = os.stat(path)
-    replaced_at = datetime.fromtimestamp(replaced.st_mtime, timezone.utc).isoformat()
-    assert (
-        f"{path}: changed while the job read it ({listed.st_size} bytes, modified {listed_at} when its "
-        f"row groups were listed; {replaced.st_size} bytes, modified {replaced_at} after row group "
-    ) in str(failure.value)
+            _ = pipeline | ReadParquetFiles([planned], ["id", "text"], check or (lambda schema, path: None), 10)
+    assert str(failure.value).startswith(
+        f"{path}: changed since the job was planned ({_version(before)} then; {_version(os.stat(path))} {moment}"
+    )
     assert "another process replaced it; run the job again once that writer has finished" in str(failure.value)

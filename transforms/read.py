@@ -1,11 +1,13 @@
 """Read Parquet shards as Arrow record batches, one row group per work item.
 
-Files are matched in the pipeline (any Beam filesystem), each file's footer is
-checked, and its row groups are spread over workers before any row is read,
-so a few large shards still parallelise and only tiny descriptors are shuffled.
-A file replaced between the listing of its row groups and the reading of one
-(an upstream job writing late) fails the job: row group N of another version
-of the file would drop or repeat rows without a word.
+The files are those the plan matched (any Beam filesystem), each with its size
+and modification time then. Each file's footer is checked, and its row groups
+are spread over workers before any row is read, so a few large shards still
+parallelise and only tiny descriptors are shuffled. A file found changed since
+the plan, when its row groups are listed or after one is read (an upstream job
+writing late), fails the job: row group N of another version of the file would
+drop or repeat rows without a word, and the manifest would name a version that
+was not read.
 """
 
 from __future__ import annotations
@@ -18,40 +20,50 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.inputs import InputError
-from transforms.paths import same_spelling
-
-# A file's size in bytes and modification time, as its file system reports them; None when it is gone.
-FileVersion = tuple[int, float | None] | None
 
 
-def file_version(path: str) -> FileVersion:
-    try:
-        metadata = FileSystems.get_filesystem(path).metadata(path)
-    except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
-        return None
-    return metadata.size_in_bytes, metadata.last_updated_in_seconds
+@dataclass(frozen=True)
+class PlannedFile:
+    """A file to read, with its size in bytes and modification time (UTC seconds; None where its
+    file system keeps none) when the plan matched it."""
 
+    path: str
+    size: int
+    modified: float | None
 
-def _described(version: FileVersion) -> str:
-    if version is None:
-        return "gone"
-    size, modified = version
-    when = datetime.fromtimestamp(modified, timezone.utc).isoformat() if modified is not None else "at an unknown time"
-    return f"{size} bytes, modified {when}"
+    def check_unchanged(self, when: str) -> None:
+        """Raise InputError, naming both versions, unless the file is as the plan found it."""
+        try:
+            metadata = FileSystems.get_filesystem(self.path).metadata(self.path)
+        except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
+            metadata = None
+        now = PlannedFile(self.path, metadata.size_in_bytes, metadata.last_updated_in_seconds) if metadata else None
+        if now is None or now.size != self.size or None not in (now.modified, self.modified) and now != self:
+            raise InputError(
+                f"{self.path}: changed since the job was planned ({self.described()} then; "
+                f"{now.described() if now else 'gone'} {when}): another process replaced it; run the job "
+                "again once that writer has finished"
+            )
+
+    def described(self) -> str:
+        when = datetime.fromtimestamp(self.modified, timezone.utc).isoformat() if self.modified is not None else "?"
+        return f"{self.size} bytes, modified {when}"
 
 
 @dataclass(frozen=True)
 class RowGroup:
-    path: str
+    file: PlannedFile
     index: int
     first_row: int  # row number of its first row within the file
-    version: FileVersion  # the file's when its row groups were listed
     casts: tuple[tuple[str, pa.DataType], ...] = ()  # (column, type) to cast to as read; see SchemaCheck
+
+    @property
+    def path(self) -> str:
+        return self.file.path
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,15 +111,16 @@ class _ListRowGroups(beam.DoFn):
     def __init__(self, check: SchemaCheck) -> None:
         self._check = check
 
-    def process(self, path: str) -> Iterator[RowGroup]:
-        version = file_version(path)
+    def process(self, file: PlannedFile) -> Iterator[RowGroup]:
+        path = file.path
         metadata = open_parquet(path).metadata
+        file.check_unchanged("when its row groups were listed")  # after the footer: it is the plan's version
         if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
             return
         casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
-            yield RowGroup(path, index, first_row, version, casts)
+            yield RowGroup(file, index, first_row, casts)
             first_row += metadata.row_group(index).num_rows
 
 
@@ -128,50 +141,26 @@ class _ReadRowGroup(beam.DoFn):
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e
-        now = file_version(group.path)
-        if now != group.version:
-            raise InputError(
-                f"{group.path}: changed while the job read it ({_described(group.version)} when its row groups "
-                f"were listed; {_described(now)} after row group {group.index} was read): another process "
-                "replaced it; run the job again once that writer has finished"
-            )
+        group.file.check_unchanged(f"after row group {group.index} was read")
 
 
 class ReadParquetFiles(beam.PTransform):
-    """Paths in (each a file, taken as it is written: no pattern), ShardBatches of the columns
-    `names` out; a file that cannot be read, or that `check` refuses, fails the job."""
+    """PlannedFiles (each path a file, taken as it is written: no pattern) to ShardBatches of the
+    columns `names`; a file that cannot be read, that `check` refuses, or that changed since the
+    plan fails the job."""
 
-    def __init__(self, names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
+    def __init__(self, files: list[PlannedFile], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
         super().__init__()
+        self._files = files
         self._names = names
         self._check = check
         self._rows_per_batch = rows_per_batch
 
-    def expand(self, paths: beam.PCollection) -> beam.PCollection:
-        return (
-            paths
-            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
-        )
-
-
-class ReadShards(beam.PTransform):
-    """File patterns in, ShardBatches of the columns `names` out; a pattern that matches nothing
-    fails the job, as does a file that `check` refuses. Each file is read once, under its absolute
-    path when local, however many patterns match it."""
-
-    def __init__(self, patterns: list[str], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
-        super().__init__()
-        self._patterns = patterns
-        self._read = ReadParquetFiles(names, check, rows_per_batch)
-
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-            | "Paths" >> beam.Map(lambda match: same_spelling(match.path))
-            | "Dedupe" >> beam.Distinct()
-            | "Files" >> self._read
+            | "Files" >> beam.Create(self._files)
+            | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._names, self._rows_per_batch))
         )
