@@ -37,11 +37,11 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
     if not patterns:
         return make_rows(rows, seed=SAMPLE_SEED).column("text").combine_chunks()
     texts = []
-    for metadata in match_inputs(patterns):
-        for batch in open_parquet(metadata.path).iter_batches(columns=[text_column]):
+    for file in match_inputs(patterns):
+        for batch in open_parquet(file.path).iter_batches(columns=[text_column]):
             column, _ = text_as_strings(batch.column(0).cast(without_views(batch.column(0).type)))
             if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-                raise InputError(f"{metadata.path}: column {text_column!r} is {column.type}, not text")
+                raise InputError(f"{file.path}: column {text_column!r} is {column.type}, not text")
             kept = column.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
             texts.append(kept.cast(pa.large_string()))  # shards may hold string or large_string
             if sum(map(len, texts)) >= rows:
