@@ -534,6 +534,11 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
+    file_bytes = max_file_bytes(opts.target_file_mb)
+    # Rows, not passages, go through the model only without passages and without reuse.
+    local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+    progress_total = rows_in_footers(files) if local and not passages and not previous else None
+    # Last: nothing after this may fail, since it clears the output and takes it over.
     owner = prepare_output(
         opts.output, opts.overwrite, opts.previous, uuid.uuid4().hex, model_block["created_at"], opts.plan_only
     )
@@ -555,13 +560,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         columns=columns,
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
-        max_file_bytes=max_file_bytes(opts.target_file_mb),
+        max_file_bytes=file_bytes,
         join_buckets=join_buckets(first_file.metadata.num_rows * len(files)),
         progress_interval=opts.progress_interval,
-        # Rows, not passages, go through the model only without passages and without reuse.
-        progress_total=None
-        if passages or previous or options.view_as(StandardOptions).runner not in LOCAL_RUNNERS
-        else rows_in_footers(files),
+        progress_total=progress_total,
         previous=previous,
         chunking=passages,
         header=header,
