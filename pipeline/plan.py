@@ -40,7 +40,7 @@ from transforms.output_owner import OutputOwner
 from transforms.passages import Chunking
 from transforms.paths import is_url, same_place, same_spelling
 from transforms.read import PlannedFile, open_parquet
-from transforms.write import MANIFEST, OUTPUT_PATTERNS, remove_temp_files
+from transforms.write import MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -221,12 +221,8 @@ def prepare_output(
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
     if not is_url(output) and os.path.isfile(output):
         raise InputError(f"--output {output} is a file; give a directory (it is made when it does not exist)")
-    earlier = [
-        m.path
-        for pattern in OUTPUT_PATTERNS
-        for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list
-    ]
-    finished = any(path.endswith(MANIFEST) for path in earlier)
+    earlier = output_files(output)
+    finished = MANIFEST in earlier
     if finished and not overwrite:
         raise InputError(
             f"{output} already holds a finished run's outputs ({len(earlier)} files); pass --overwrite to replace them"
@@ -238,10 +234,9 @@ def prepare_output(
         return owner
     owner.take(started_at)
     owner.check()  # of two runs started at one moment, the one that lost deletes nothing
-    # The manifest goes first: a directory without one is never taken as a finished run.
-    earlier.sort(key=lambda path: not path.endswith(MANIFEST))
+    earlier = output_files(output)  # again: a run still going may have renamed files in since
     if earlier:
-        FileSystems.delete(earlier)
+        FileSystems.delete(list(earlier.values()))  # the manifest first: never one without its files
     remove_temp_files(output)
     return owner
 

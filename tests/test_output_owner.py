@@ -7,7 +7,7 @@ import json
 from collections import Counter
 
 from transforms.output_owner import OWNER_FILE, OutputOwner
-from transforms.write import MANIFEST, _write_manifest
+from transforms.write import MANIFEST, _write_manifest, output_files, remove_unlisted
 
 STARTED = "2026-12-03T10:00:00+00:00"
 
@@ -39,3 +39,22 @@ def test_the_manifest_step_retried_after_it_published_changes_nothing(tmp_path):
     assert (tmp_path / MANIFEST).read_text() == published
     assert not (tmp_path / OWNER_FILE).exists()
     assert _write_manifest(None, owner, {}, Counter()) == str(tmp_path / MANIFEST)  # and again, with none
+
+
+def test_only_files_a_manifest_does_not_list_are_removed_before_it_is_published(tmp_path):
+    """What an overlapping run renamed into place goes; this run's files stay, in a folder named
+    like the change set's too."""
+    output = tmp_path / "changes"
+    (output / "changes").mkdir(parents=True)
+    ours = [
+        "embeddings-00000-of-00001.parquet",
+        "rejected-00000-of-00001.parquet",
+        "changes/upserts-00000-of-00001.parquet",
+    ]
+    theirs = ["embeddings-00000-of-00002.parquet", "changes/deletes-00001-of-00002.parquet", MANIFEST]
+    for name in [*ours, *theirs, "notes.txt"]:
+        (output / name).write_text(name)
+    assert list(output_files(str(output)))[0] == MANIFEST  # deleted first: never a manifest without its files
+    remove_unlisted(str(output), {"embeddings": ours[:1], "rejected": ours[1:2], "upserts": ours[2:]})
+    left = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
+    assert left == sorted([*ours, "notes.txt"])

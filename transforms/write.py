@@ -33,8 +33,9 @@ from transforms.paths import is_url
 
 MANIFEST = "manifest.json"
 CHANGES_DIR = "changes"  # the change set's files, beside the snapshot
-# Every file a run publishes; an earlier run's are cleared before a run and any left unlisted before its manifest.
-OUTPUT_PATTERNS = ("embeddings-*.parquet", "rejected-*.parquet", f"{CHANGES_DIR}/*.parquet", MANIFEST)
+# Every file a run publishes, the manifest first; an earlier run's are cleared before a run and any
+# its manifest does not list before that.
+OUTPUT_PATTERNS = (MANIFEST, "embeddings-*.parquet", "rejected-*.parquet", f"{CHANGES_DIR}/*.parquet")
 CHANGE_KINDS = ("upserts", "deletes")
 PER_DOCUMENT = "passages_per_document:"  # Counter keys of the passages-per-document histogram
 READ_BLOCK = 8 << 20
@@ -286,18 +287,24 @@ def remove_temp_files(output: str) -> None:
         FileSystems.delete(sorted(folders))
 
 
+def output_files(output_dir: str) -> dict[str, str]:
+    """The published files in `output_dir`, by their name in a manifest (`changes/…` for the change
+    set's), the manifest first: deleted in this order they never leave a manifest without its files."""
+    files = {}
+    for pattern in OUTPUT_PATTERNS:
+        folder = CHANGES_DIR + "/" if pattern.startswith(CHANGES_DIR) else ""
+        for found in FileSystems.match([FileSystems.join(output_dir, pattern)])[0].metadata_list:
+            files[folder + found.path.rsplit("/", 1)[-1]] = found.path
+    return files
+
+
 def remove_unlisted(output_dir: str, listed: dict[str, list[str]]) -> None:
     """Delete the output files that `listed` (a manifest's `files`) does not name: what a run that
     overlapped this one renamed into place in the moment before it saw it had lost the directory."""
     names = {name for names in listed.values() for name in names}
-    unlisted = []
-    for pattern in OUTPUT_PATTERNS:
-        folder = CHANGES_DIR + "/" if pattern.startswith(CHANGES_DIR) else ""
-        for found in FileSystems.match([FileSystems.join(output_dir, pattern)])[0].metadata_list:
-            if folder + found.path.rsplit("/", 1)[-1] not in names:
-                unlisted.append(found.path)
+    unlisted = [path for name, path in output_files(output_dir).items() if name not in names]
     if unlisted:
-        FileSystems.delete(sorted(unlisted))
+        FileSystems.delete(unlisted)
 
 
 def _published_by(path: str, run_id: str) -> bool:
