@@ -42,7 +42,9 @@ PARAMETERS = {
     "device": "cuda",
     # A night run again (its task cleared, or retried after Dataflow finished but the operator lost
     # track) replaces that night's finished output instead of failing on it; with --previous it embeds
-    # only what changed, and it reads today's input, so loading it never takes the table back.
+    # only what changed, and it reads today's input, so loading it never takes the table back. A retry
+    # launched while the first Dataflow job still runs takes the directory over: that job stops
+    # without publishing (README, Reliability).
     "overwrite": "true",
 }
 # One NVIDIA L4 per g2-standard-8 worker, one SDK process per worker (see the README).
