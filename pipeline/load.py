@@ -46,6 +46,7 @@ from apache_beam.io.filesystems import FileSystems
 from encoder.quantize import CALIBRATED, Quantizer
 from pipeline.pinecone_files import write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS
+from transforms.output_owner import unfinished_run
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger("pipeline.load")
@@ -102,7 +103,11 @@ def read_run(run_dir: str) -> Run:
     """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
     manifest_path = FileSystems.join(run_dir, MANIFEST)
     if not FileSystems.exists(manifest_path):
-        raise LoadError(f"{run_dir}: no {MANIFEST}; the run did not finish, or this is not a run's output")
+        going = unfinished_run(run_dir)
+        raise LoadError(
+            f"{run_dir}: no {MANIFEST}; the run did not finish{f' ({going})' if going else ''}, "
+            "or this is not a run's output"
+        )
     with _open(manifest_path) as f:
         manifest = json.load(f)
     checks = manifest.get("file_checks")

@@ -36,7 +36,7 @@ from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_f
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
-from transforms.output_owner import OutputOwner
+from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
 from transforms.paths import is_url, same_place, same_spelling
 from transforms.read import PlannedFile, open_parquet
@@ -292,9 +292,11 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
     """The previous run, trusted only through its manifest, which is written last."""
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
+        going = unfinished_run(path)
         raise InputError(
-            f"--previous {path}: no {MANIFEST}, so it is not a finished run's output "
-            "(a run that was killed or failed leaves none); pass the last finished output, or leave --previous out"
+            f"--previous {path}: no {MANIFEST}, so it is not a finished run's output (a run that was killed or "
+            f"failed leaves none{f'; {going}' if going else ''}); pass the last finished output, or leave "
+            "--previous out"
         )
     with FileSystems.open(manifest_path) as f:
         try:

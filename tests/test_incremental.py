@@ -10,6 +10,7 @@ import pytest
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import make_rows
 from tests.conftest import read_manifest, run_cli, write_parquet
+from transforms.output_owner import OutputOwner
 
 DAY_ONE = make_rows(40, seed=3)
 IDS = DAY_ONE["id"].to_pylist()
@@ -121,6 +122,7 @@ def test_previous_without_a_manifest_is_refused(day_one, tmp_path):
     unfinished.mkdir()
     for path in (day_one / "out1").glob("*.parquet"):
         (unfinished / path.name).write_bytes(path.read_bytes())
+    OutputOwner(str(unfinished), "night-1").take("2026-12-03T02:00:00+00:00")  # as a run still going leaves it
     result = run_cli(
         "--input",
         str(day_one / "day1" / "kb.parquet"),
@@ -130,7 +132,11 @@ def test_previous_without_a_manifest_is_refused(day_one, tmp_path):
         str(unfinished),
     )
     assert result.returncode == 1
-    assert f"error: --previous {unfinished}: no manifest.json, so it is not a finished run's output" in result.stderr
+    assert (
+        f"error: --previous {unfinished}: no manifest.json, so it is not a finished run's output (a run that was "
+        "killed or failed leaves none; _owner.json names run night-1, started 2026-12-03T02:00:00+00:00 on "
+    ) in result.stderr
+    assert ": still going, or killed); pass the last finished output, or leave --previous out" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

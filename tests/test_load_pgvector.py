@@ -17,6 +17,7 @@ import pytest
 
 from samples.knowledge_base import make_rows
 from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
+from transforms.output_owner import OutputOwner
 
 TABLE = "kb_vectors"
 
@@ -140,7 +141,15 @@ def test_a_run_without_manifest_is_refused_and_the_table_is_unchanged(postgres, 
     (unfinished / "manifest.json").unlink()
     result = load(postgres, unfinished)
     assert result.returncode == 1
-    assert f"{unfinished}: no manifest.json" in result.stderr
+    assert f"{unfinished}: no manifest.json; the run did not finish, or this is not a run's output" in result.stderr
+    OutputOwner(str(unfinished), "night-2").take("2026-12-03T02:00:00+00:00")  # as a run still going leaves it
+    result = load(postgres, unfinished)
+    assert result.returncode == 1
+    assert (
+        f"{unfinished}: no manifest.json; the run did not finish (_owner.json names run night-2, started "
+        "2026-12-03T02:00:00+00:00 on "
+    ) in result.stderr
+    assert ": still going, or killed), or this is not a run's output" in result.stderr
     assert table_state(postgres) == before
 
 

@@ -40,14 +40,8 @@ class OutputOwner:
         return FileSystems.join(self.output, OWNER_FILE)
 
     def current(self) -> dict | None:
-        """What `_owner.json` says now, or None when there is none (one read while there is one)."""
-        try:
-            with FileSystems.open(self.path) as f:
-                return json.load(f)
-        except Exception:  # the file systems differ in what they raise for a missing file
-            if FileSystems.exists(self.path):
-                raise
-            return None
+        """What `_owner.json` says now, or None when there is none."""
+        return current_owner(self.output)
 
     def take(self, started_at: str) -> None:
         """Make this run the owner, replacing any earlier run (the file written whole, then renamed)."""
@@ -91,6 +85,29 @@ class OutputOwner:
         """Remove `_owner.json` if this run still owns the directory: after publishing, or after failing."""
         if self.holds():
             FileSystems.delete([self.path])
+
+
+def current_owner(output: str) -> dict | None:
+    """What `output`'s `_owner.json` says now, or None when there is none (one read while there is one)."""
+    path = FileSystems.join(output, OWNER_FILE)
+    try:
+        with FileSystems.open(path) as f:
+            return json.load(f)
+    except Exception:  # the file systems differ in what they raise for a missing file
+        if FileSystems.exists(path):
+            raise
+        return None
+
+
+def unfinished_run(output: str) -> str | None:
+    """For a message about `output` having no manifest: the run `_owner.json` names, if any."""
+    try:
+        current = current_owner(output)
+    except Exception:  # unreadable: says nothing either way
+        current = None
+    if not current:
+        return None
+    return f"{OWNER_FILE} names run {current.get('run_id')}, {_described(current)}: still going, or killed"
 
 
 def _described(owner: dict) -> str:
