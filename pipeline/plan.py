@@ -232,7 +232,10 @@ def prepare_output(
     owner = OutputOwner(output, run_id)
     if plan_only:
         return owner
-    owner.take(started_at)
+    try:
+        owner.take(started_at)
+    except Exception as e:  # whatever the file system raises: permissions, a file in the path, a missing bucket
+        raise InputError(f"--output {output}: cannot write there ({type(e).__name__}: {e})") from e
     owner.check()  # of two runs started at one moment, the one that lost deletes nothing
     earlier = output_files(output)  # again: a run still going may have renamed files in since
     if earlier:

@@ -278,3 +278,13 @@ def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_
         f"{path}: changed since the job was planned ({_version(before)} then; {_version(os.stat(path))} {moment}"
     )
     assert "another process replaced it; run the job again once that writer has finished" in str(failure.value)
+
+
+def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):
+    good_shard(tmp_path / "in" / "a.parquet")
+    (tmp_path / "a-file").write_text("not a folder")
+    output = tmp_path / "a-file" / "out"
+    result = run_cli("--input", str(tmp_path / "in" / "a.parquet"), "--output", str(output))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(f"error: --output {output}: cannot write there (")
+    assert "Traceback" not in result.stderr and "Worker" not in result.stderr
