@@ -197,6 +197,12 @@ def join_buckets(rows: int) -> int:
     return min(max(math.ceil(rows / ROWS_PER_JOIN_BUCKET), MIN_JOIN_BUCKETS), MAX_JOIN_BUCKETS)
 
 
+def _finished(output: str, files: dict[str, str]) -> InputError:
+    return InputError(
+        f"{output} already holds a finished run's outputs ({len(files)} files); pass --overwrite to replace them"
+    )
+
+
 def prepare_output(
     output: str | None, overwrite: bool, previous: str | None, run_id: str, started_at: str, plan_only: bool = False
 ) -> OutputOwner:
@@ -224,9 +230,7 @@ def prepare_output(
     earlier = output_files(output)
     finished = MANIFEST in earlier
     if finished and not overwrite:
-        raise InputError(
-            f"{output} already holds a finished run's outputs ({len(earlier)} files); pass --overwrite to replace them"
-        )
+        raise _finished(output, earlier)
     if earlier and not finished:
         _LOG.warning("%s: replacing %d files of a run that did not finish", output, len(earlier))
     owner = OutputOwner(output, run_id)
@@ -237,7 +241,10 @@ def prepare_output(
     except Exception as e:  # whatever the file system raises: permissions, a file in the path, a missing bucket
         raise InputError(f"--output {output}: cannot write there ({type(e).__name__}: {e})") from e
     owner.check()  # of two runs started at one moment, the one that lost deletes nothing
-    earlier = output_files(output)  # again: a run still going may have renamed files in since
+    earlier = output_files(output)  # again: a run still going may have published since
+    if MANIFEST in earlier and not overwrite:
+        owner.release()
+        raise _finished(output, earlier)
     if earlier:
         FileSystems.delete(list(earlier.values()))  # the manifest first: never one without its files
     remove_temp_files(output)

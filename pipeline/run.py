@@ -125,19 +125,27 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         plan_view = {"plan_only": True, "runner": runner, **plan.header}  # input_files: each matched file
         print(json.dumps(plan_view, indent=2))
         return None
-    _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
-    _log_device(options)
-    line = ProgressLine(
-        plan.progress_total, "passages" if plan.chunking else "rows", started=started, interval=plan.progress_interval
-    )
-    worker_logs = WorkerLogs(line, _JOB_FOLDERS)
-    for name in _WORKER_LOGGERS:
-        logging.getLogger(name).addFilter(worker_logs)
-    local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
-    try:
-        with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
-            with beam.Pipeline(options=options) as pipeline:
-                build_pipeline(pipeline, plan, spill_dir if local else None)
+    try:  # from here on the output is this run's: a failure gives it up
+        _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
+        _log_device(options)
+        line = ProgressLine(
+            plan.progress_total,
+            "passages" if plan.chunking else "rows",
+            started=started,
+            interval=plan.progress_interval,
+        )
+        worker_logs = WorkerLogs(line, _JOB_FOLDERS)
+        for name in _WORKER_LOGGERS:
+            logging.getLogger(name).addFilter(worker_logs)
+        local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
+        try:
+            with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
+                with beam.Pipeline(options=options) as pipeline:
+                    build_pipeline(pipeline, plan, spill_dir if local else None)
+        finally:
+            line.finish()
+            for name in _WORKER_LOGGERS:
+                logging.getLogger(name).removeFilter(worker_logs)
     except Exception as failure:
         try:
             plan.owner.check()  # however the failure showed, a run that took the directory over caused it
@@ -149,10 +157,6 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             remove_temp_files(plan.output)
             plan.owner.release()
         raise
-    finally:
-        line.finish()
-        for name in _WORKER_LOGGERS:
-            logging.getLogger(name).removeFilter(worker_logs)
     if line.startup is not None:
         _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:

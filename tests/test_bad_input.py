@@ -233,51 +233,59 @@ def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):
     ]
 
 
-def _replace(path) -> None:
-    """Rewrite a shard as an upstream job writing late would: another row group layout, a later time."""
-    table = pq.read_table(path)
-    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path, row_group_size=3)
+def _later(path) -> None:
     stat = os.stat(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
-def _replace_after_listing(schema, path, marker) -> None:
-    """A schema check that, the first time it runs, replaces the file it checks: after its row
+def _rewrite(path) -> None:
+    """Rewrite a shard as an upstream job writing late would: another row group layout, a later time."""
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path, row_group_size=3)
+    _later(path)
+
+
+def _after_listing(schema, path, marker, change) -> None:
+    """A schema check that, the first time it runs, changes the file it checks: after its row
     groups were listed from the footer, before one is read."""
     if not marker.exists():
         marker.touch()
-        _replace(path)
-
-
-def _planned(path) -> PlannedFile:
-    stat = os.stat(path)
-    return PlannedFile(str(path), stat.st_size, stat.st_mtime)
+        change(path)
 
 
 def _version(stat) -> str:
     return f"{stat.st_size} bytes, modified {datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}"
 
 
-@pytest.mark.parametrize("moment", ["when its row groups were listed", "after row group"])
-def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_versions(tmp_path, moment):
-    """Row group 1 of another version of the file would repeat or drop rows without a word, and
-    the manifest would record a version that was not read."""
+@pytest.mark.parametrize(
+    "change, seen, moment",
+    [
+        (_rewrite, "when the job was planned", "when its row groups were listed"),
+        (_rewrite, "when its row groups were listed", "after row group 0 was read"),
+        (_later, "when its row groups were listed", "after row group 0 was read"),  # same size, rewritten
+    ],
+)
+def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_versions(
+    tmp_path, change, seen, moment
+):
+    """Row group 1 of another version of the file would repeat or drop rows without a word."""
     path = tmp_path / "in" / "kb.parquet"
     path.parent.mkdir()
     pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["w", "x", "y", "z"]}), path, row_group_size=2)
-    planned, before = _planned(path), os.stat(path)
-    if moment.startswith("when"):  # between the plan and the pipeline
-        _replace(path)
+    before = os.stat(path)
+    planned = PlannedFile(str(path), before.st_size, before.st_mtime)
+    if seen.endswith("planned"):  # between the plan and the pipeline
+        change(path)
         check = None
     else:
-        check = partial(_replace_after_listing, marker=tmp_path / "replaced")
+        check = partial(_after_listing, marker=tmp_path / "changed", change=change)
     with pytest.raises(InputError) as failure:
         with beam.Pipeline(runner=FnApiRunner()) as pipeline:
             _ = pipeline | ReadParquetFiles([planned], ["id", "text"], check or (lambda schema, path: None), 10)
     assert str(failure.value).startswith(
-        f"{path}: changed since the job was planned ({_version(before)} then; {_version(os.stat(path))} {moment}"
+        f"{path}: replaced by another process while the job read it ({_version(before)} {seen}; "
+        f"{_version(os.stat(path))} {moment}); run the job again once that writer has finished"
     )
-    assert "another process replaced it; run the job again once that writer has finished" in str(failure.value)
 
 
 def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):

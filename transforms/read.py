@@ -3,11 +3,11 @@
 The files are those the plan matched (any Beam filesystem), each with its size
 and modification time then. Each file's footer is checked, and its row groups
 are spread over workers before any row is read, so a few large shards still
-parallelise and only tiny descriptors are shuffled. A file found changed since
-the plan, when its row groups are listed or after one is read (an upstream job
-writing late), fails the job: row group N of another version of the file would
-drop or repeat rows without a word, and the manifest would name a version that
-was not read.
+parallelise and only tiny descriptors are shuffled. A file replaced meanwhile
+(an upstream job writing late) fails the job: of another size than the plan
+found when its row groups are listed, or of another size or time than then
+after one is read. Row group N of another version of the file would drop or
+repeat rows without a word.
 """
 
 from __future__ import annotations
@@ -35,19 +35,19 @@ class PlannedFile:
     size: int
     modified: float | None
 
-    def check_unchanged(self, when: str) -> None:
-        """Raise InputError, naming both versions, unless the file is as the plan found it."""
+    def now(self) -> PlannedFile | None:
+        """The file as its file system reports it now; None when it is gone."""
         try:
             metadata = FileSystems.get_filesystem(self.path).metadata(self.path)
         except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
-            metadata = None
-        now = PlannedFile(self.path, metadata.size_in_bytes, metadata.last_updated_in_seconds) if metadata else None
-        if now is None or now.size != self.size or None not in (now.modified, self.modified) and now != self:
-            raise InputError(
-                f"{self.path}: changed since the job was planned ({self.described()} then; "
-                f"{now.described() if now else 'gone'} {when}): another process replaced it; run the job "
-                "again once that writer has finished"
-            )
+            return None
+        return PlannedFile(self.path, metadata.size_in_bytes, metadata.last_updated_in_seconds)
+
+    def replaced(self, seen: str, now: PlannedFile | None, when: str) -> InputError:
+        return InputError(
+            f"{self.path}: replaced by another process while the job read it ({self.described()} {seen}; "
+            f"{now.described() if now else 'gone'} {when}); run the job again once that writer has finished"
+        )
 
     def described(self) -> str:
         when = datetime.fromtimestamp(self.modified, timezone.utc).isoformat() if self.modified is not None else "?"
@@ -56,7 +56,7 @@ class PlannedFile:
 
 @dataclass(frozen=True)
 class RowGroup:
-    file: PlannedFile
+    file: PlannedFile  # as it was when its row groups were listed
     index: int
     first_row: int  # row number of its first row within the file
     casts: tuple[tuple[str, pa.DataType], ...] = ()  # (column, type) to cast to as read; see SchemaCheck
@@ -107,20 +107,41 @@ def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ..
     return batch
 
 
+LISTED = "when its row groups were listed"
+
+
+def _unreadable(file: PlannedFile, error: InputError, when: str) -> InputError:
+    """`error`, or the file's replacement when that is what made it unreadable."""
+    now = file.now()
+    return error if now == file else file.replaced(LISTED, now, when)
+
+
 class _ListRowGroups(beam.DoFn):
+    """A file's row groups, each with the file's size and time as listed. Against the plan only
+    sizes are compared: Beam converts some object stores' times (gs://, s3://) through the local
+    time zone, so a launcher in summer time and workers in UTC disagree by an hour."""
+
     def __init__(self, check: SchemaCheck) -> None:
         self._check = check
 
     def process(self, file: PlannedFile) -> Iterator[RowGroup]:
         path = file.path
-        metadata = open_parquet(path).metadata
-        file.check_unchanged("when its row groups were listed")  # after the footer: it is the plan's version
+        listed = file.now()
+        if listed is None or listed.size != file.size:
+            raise file.replaced("when the job was planned", listed, LISTED)
+        try:
+            metadata = open_parquet(path).metadata
+        except InputError as e:
+            raise _unreadable(listed, e, "when its footer could not be read") from e
+        now = listed.now()
+        if now != listed:  # replaced while the footer was read: which version it is is unknown
+            raise listed.replaced(LISTED, now, "after its footer was read")
         if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
             return
         casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
-            yield RowGroup(file, index, first_row, casts)
+            yield RowGroup(listed, index, first_row, casts)
             first_row += metadata.row_group(index).num_rows
 
 
@@ -140,8 +161,11 @@ class _ReadRowGroup(beam.DoFn):
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
-            raise InputError(f"{group.path}: row group {group.index} cannot be read ({e})") from e
-        group.file.check_unchanged(f"after row group {group.index} was read")
+            error = InputError(f"{group.path}: row group {group.index} cannot be read ({e})")
+            raise _unreadable(group.file, error, f"when row group {group.index} could not be read") from e
+        now = group.file.now()
+        if now != group.file:
+            raise group.file.replaced(LISTED, now, f"after row group {group.index} was read")
 
 
 class ReadParquetFiles(beam.PTransform):
