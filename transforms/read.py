@@ -118,7 +118,7 @@ def _unreadable(file: PlannedFile, error: InputError, when: str) -> InputError:
 
 class _ListRowGroups(beam.DoFn):
     """A file's row groups, each with the file's size and time as listed. Against the plan only
-    sizes are compared: Beam converts some object stores' times (gs://, s3://) through the local
+    sizes are compared: Beam converts object stores' times (gs://, s3://, azfs://) through the local
     time zone, so a launcher in summer time and workers in UTC disagree by an hour."""
 
     def __init__(self, check: SchemaCheck) -> None:
