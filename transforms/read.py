@@ -28,8 +28,9 @@ from schemas.inputs import InputError
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """A file to read, with its size in bytes and modification time (UTC seconds; None where its
-    file system keeps none) when the plan matched it."""
+    """A file to read, with its size in bytes and modification time (in seconds, as its Beam file
+    system reports it; None where it keeps none) at one moment: when the plan matched it, or when
+    its row groups were listed."""
 
     path: str
     size: int
