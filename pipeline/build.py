@@ -93,6 +93,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
         rejected_schema,
         reuse=bool(plan.previous and plan.previous.reuse),
         passages=passages,
+        previous_passages=bool(plan.previous and plan.previous.passages),
         buckets=plan.join_buckets,
         change_set=change_set,
         spill_dir=spill_dir,

@@ -45,7 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
 from pipeline.pinecone_files import write_import_files
-from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS
+from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
 from transforms.write import MANIFEST
 
@@ -63,8 +63,9 @@ TABLE_NAME_BYTES = 62
 ID_BYTES = 2600
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
 LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
-# Columns the loader writes whatever the run carries (with passages the chunk, in the key, too).
-LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, CHUNK_COLUMN, *(f.name for f in PASSAGE_FIELDS[1:]))
+# Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
+# NOT NULL, and dropped once a run lacks them.
+LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, *(f.name for f in PASSAGE_FIELDS))
 
 
 class LoadError(Exception):
@@ -328,9 +329,9 @@ class PgvectorLoader:
             "AND a.attnum = k.attnum GROUP BY c.conname",
             [self._name.as_string(connection)],
         ).fetchone()
-        key, (name, old_key, unfilled) = _key(run, schema), primary or (None, [], [])
+        key, (name, old_key, unfilled) = _key(run), primary or (None, [], [])
         wanted = self._types(connection, schema, run)
-        required = {*key, *LOADER_COLUMNS}  # NOT NULL: the key and the loader's own
+        required = {*key, *_own_columns(run)}  # NOT NULL: the key and the loader's own
         dropped = [column for column in found if column not in wanted and column in {*written, *LOADER_COLUMNS}]
         changes = []
         if old_key != key:
@@ -401,7 +402,7 @@ class PgvectorLoader:
     def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
         """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
         sql = self._sql
-        key = _key(run, schema)
+        key = _key(run)
         upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
         keys = sql.SQL(", ").join(map(sql.Identifier, key))
         columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
@@ -438,10 +439,10 @@ class PgvectorLoader:
     def _create(self, connection, schema: pa.Schema, run: Run):
         """CREATE TABLE for the run's columns: NOT NULL the key and the loader's own, carried ones nullable."""
         sql = self._sql
-        key = _key(run, schema)
+        key = _key(run)
         columns = [
             sql.SQL("{} {}").format(
-                sql.Identifier(name), sql.SQL(kind + (" NOT NULL" if name in {*key, *LOADER_COLUMNS} else ""))
+                sql.Identifier(name), sql.SQL(kind + (" NOT NULL" if name in {*key, *_own_columns(run)} else ""))
             )
             for name, kind in self._types(connection, schema, run).items()
         ]
@@ -575,9 +576,16 @@ def _file_schema(run: Run) -> pa.Schema:
         return pq.ParquetFile(f).schema_arrow
 
 
-def _key(run: Run, schema: pa.Schema) -> list[str]:
-    """The table's primary key: the id column, and with passages the chunk."""
-    return [run.manifest["columns"]["id"], *([CHUNK_COLUMN] if CHUNK_COLUMN in schema.names else [])]
+def _key(run: Run) -> list[str]:
+    """The table's primary key: the id column, and with passages the chunk (without passages a
+    `chunk` column is a carried one)."""
+    return [run.manifest["columns"]["id"], *([CHUNK_COLUMN] if has_passages(run.manifest["model"]) else [])]
+
+
+def _own_columns(run: Run) -> tuple[str, ...]:
+    """The loader's columns that the run writes itself (without passages, columns named as the
+    passage ones are carried, and may hold nulls)."""
+    return LOADER_COLUMNS if has_passages(run.manifest["model"]) else (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN)
 
 
 def command_line() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import Quantizer
-from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN
+from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
 IMPORT_SCHEMA = pa.schema(
@@ -95,15 +95,16 @@ def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
     return pc.binary_join_element_wise("{", joined, "}", "")
 
 
-def pinecone_ids(table: pa.Table, id_column: str) -> pa.Array:
+def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
+    """The id as text, and with passages `id#chunk` (without passages a `chunk` column is carried metadata)."""
     ids = table.column(id_column).combine_chunks()
     ids = (ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids).cast(pa.string())
-    if CHUNK_COLUMN not in table.column_names:
+    if not passages:
         return ids
     return pc.binary_join_element_wise(ids, table.column(CHUNK_COLUMN).combine_chunks().cast(pa.string()), "#")
 
 
-def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int) -> pa.Table:
+def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool) -> pa.Table:
     """Rows of an embeddings file in Pinecone's import layout."""
     stored = table.column(EMBEDDING_COLUMN).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = quantizer.dequantize(stored.reshape(table.num_rows, -1), dim).astype(np.float32)
@@ -111,7 +112,7 @@ def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int
     values = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
     names = [name for name in table.column_names if name != EMBEDDING_COLUMN]
     return pa.Table.from_arrays(
-        [pinecone_ids(table, id_column), values, metadata_json(table, names)], schema=IMPORT_SCHEMA
+        [pinecone_ids(table, id_column, passages), values, metadata_json(table, names)], schema=IMPORT_SCHEMA
     )
 
 
@@ -132,12 +133,12 @@ def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
 
 def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> int:
     """Each embeddings file as `output/part-NNNNN.parquet` in the import layout; returns the rows."""
-    quantizer = Quantizer.from_block(model_block)
+    quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
     return sum(
         _write(
-            (import_table(table, id_column, quantizer, model_block["dim"]) for table in _batches(path)),
+            (import_table(table, id_column, quantizer, model_block["dim"], passages) for table in _batches(path)),
             IMPORT_SCHEMA,
             FileSystems.join(output, f"part-{number:05d}.parquet"),
         )

@@ -32,7 +32,7 @@ from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantize
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import InputColumns, InputError, input_columns
-from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file
+from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
@@ -369,7 +369,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         schema = first.schema_arrow
         if first.metadata.num_rows:  # (a file without rows is not read: its types decide nothing)
             check_previous_file(schema, files[0], pa.schema([columns.id]), [columns.id.name])
-    passages = "chunk_tokens" in manifest["model"]
+    passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
     return PreviousRun(

@@ -32,6 +32,13 @@ PASSAGE_FIELDS = (
 )
 
 
+def has_passages(model_block: dict) -> bool:
+    """Whether a run's rows are passages: its model block then records how texts were split. Only
+    then is `chunk` the job's column and part of each row's key; without passages an input column
+    of that name is carried like any other."""
+    return "chunk_tokens" in model_block
+
+
 def _key_and_carried(columns: InputColumns, passages: bool) -> list[pa.Field]:
     return [
         columns.id,

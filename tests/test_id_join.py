@@ -69,8 +69,9 @@ def _previous(rng: np.random.Generator) -> pa.RecordBatch:
 def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int, spill_dir: str | None) -> tuple:
     """The join's DoFns in the order Beam runs them, grouping by key as CoGroupByKey does.
     Returns counts, rejects, {batch key: units to embed} and the reused rows."""
-    claim = _Claim("id", REJECTS, buckets, spill_dir)
-    settle = _Settle(REJECTS, True, False, SCHEMA.field(EMBEDDING_COLUMN).type, spill_dir)
+    passages = "chunk" in units[0].batch.schema.names
+    claim = _Claim("id", REJECTS, buckets, spill_dir, passages)
+    settle = _Settle(REJECTS, True, passages, SCHEMA.field(EMBEDDING_COLUMN).type, spill_dir)
     counts, rejects, grouped, decisions = Counter(), [], {}, {}
 
     def route(item, keyed: dict, side: str) -> None:
@@ -84,7 +85,7 @@ def _run_join(units: list[UnitBatch], previous: pa.RecordBatch, buckets: int, sp
         for item in claim.process(unit_batch):
             route(item, grouped, CURRENT)
     for item in _previous_claims(
-        ShardBatch("mem://previous", np.arange(previous.num_rows), previous), "id", buckets, spill_dir
+        ShardBatch("mem://previous", np.arange(previous.num_rows), previous), "id", buckets, spill_dir, False
     ):
         route(item, grouped, PREVIOUS)
     for bucket in grouped.items():
@@ -164,7 +165,7 @@ def test_arrow_join_gives_what_the_rules_say(buckets, spilled, tmp_path):
 def test_an_id_repeated_in_a_batch_sends_its_first_and_edge_documents():
     rows = 4096
     batch = pa.RecordBatch.from_pydict({"id": ["same"] * rows, CONTENT_HASH_COLUMN: [_digest("x")] * rows})
-    outputs = list(_Claim("id", REJECTS, 16, None).process(UnitBatch("k", "mem://f", np.arange(rows), batch)))
+    outputs = list(_Claim("id", REJECTS, 16, None, False).process(UnitBatch("k", "mem://f", np.arange(rows), batch)))
     claims = [item for item in outputs if not isinstance(item, TaggedOutput)]
     rejects = [item.value for item in outputs if isinstance(item, TaggedOutput) and item.tag == REJECTED]
     assert [(bucket, part.table.num_rows) for bucket, part in claims] == [(id_buckets(pa.array(["same"]), 16)[0], 2)]
@@ -196,7 +197,7 @@ def test_dictionary_encoded_ids_are_joined_by_their_values():
     batch = pa.RecordBatch.from_pydict(
         {"id": pa.array(["b", "a", "b", "c"]).dictionary_encode(), CONTENT_HASH_COLUMN: [_digest("t")] * 4}
     )
-    claim = _Claim("id", REJECTS, 4, None)
+    claim = _Claim("id", REJECTS, 4, None, False)
     outputs = list(claim.process(UnitBatch("k", "mem://f", np.arange(4), batch)))
     claims = [part for _, part in (item for item in outputs if not isinstance(item, TaggedOutput))]
     assert sorted(i for part in claims for i in part.table.column("id").to_pylist()) == ["a", "b", "c"]

@@ -190,6 +190,35 @@ def test_a_carried_column_whose_type_changed_restates_every_row_but_large_string
     assert upserts.column("n").to_pylist() == [255] * 40
 
 
+def test_a_carried_column_named_chunk_is_a_value_not_a_passage_key(day_one):
+    """Without --chunk_tokens an input column named `chunk` (a pre-split knowledge base's) is carried
+    like any other: it neither keys the join nor turns a changed value into a delete."""
+    text = pq.read_table(day_one / "day1" / "kb.parquet").column("text")
+
+    def night(number: int, chunks: list[int], previous: str) -> dict:
+        shard = write_parquet(day_one / f"chunked{number}" / "kb.parquet", id=IDS, text=text, chunk=chunks)
+        out = day_one / f"out-chunked{number}"
+        result = run_cli(
+            "--input", str(shard), "--output", str(out), "--carry_columns", "chunk", "--previous", previous
+        )
+        assert result.returncode == 0, result.stderr
+        return read_manifest(out)
+
+    # The previous run did not carry it: every row is restated, none deleted.
+    first = night(1, list(range(40)), str(day_one / "out1"))
+    assert (first["rows_reused"], first["rows_embedded"], first["rows_deleted"]) == (40, 0, 0)
+    assert first["changes"] == {**first["changes"], "upserts": 40, "deletes": 0, "restated": 40}
+    # It carried it: the one row whose value changed is restated with it, and nothing is deleted.
+    second = night(2, [7 if i == 3 else i for i in range(40)], str(day_one / "out-chunked1"))
+    assert (second["rows_reused"], second["rows_deleted"]) == (40, 0)
+    assert second["changes"] == {**second["changes"], "upserts": 1, "deletes": 0, "restated": 1}
+    files = {
+        kind: [day_one / "out-chunked2" / name for name in second["files"][kind]] for kind in ("upserts", "deletes")
+    }
+    assert pq.read_table(files["upserts"]).select(["id", "chunk"]).to_pylist() == [{"id": IDS[3], "chunk": 7}]
+    assert sum(pq.read_metadata(path).num_rows for path in files["deletes"]) == 0
+
+
 def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
     """Its manifest records each file's bytes: a file replaced since would make a wrong change set."""
     copied = tmp_path / "copied"

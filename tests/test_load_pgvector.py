@@ -471,6 +471,32 @@ def test_a_table_follows_a_run_from_rows_to_passages_and_back(postgres, day_one,
     assert_table_is(postgres, tmp_path / "rows", table)
 
 
+def test_a_carried_column_named_chunk_without_passages_is_an_ordinary_nullable_column(postgres, tmp_path):
+    """A pre-split knowledge base's own `chunk`: not in the key, nulls allowed, changes applied."""
+    table = "kb_own_chunk"
+    first = {**DAY_ONE, "chunk": [None if n == 4 else n for n in range(30)]}
+    night1 = embed_night(tmp_path, "kb", first, carried=("--carry_columns", "title,chunk"))
+    second = {k: v[1:] for k, v in first.items()}
+    second["chunk"] = [70 if i == DAY_ONE["id"][7] else c for i, c in zip(second["id"], second["chunk"], strict=True)]
+    night2 = embed_night(tmp_path, "kb2", second, "--previous", str(night1), carried=("--carry_columns", "title,chunk"))
+    assert load(postgres, night1, table).returncode == 0
+    result = load(postgres, night2, table)
+    assert result.returncode == 0, result.stderr
+    assert "change set of run" in result.stdout and "1 rows upserted, 1 deleted" in result.stdout
+    key = query(
+        postgres,
+        "SELECT a.attname, a.attnotnull FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
+        table,
+    )
+    assert key == [("id", True)]
+    assert query(postgres, "SELECT is_nullable FROM information_schema.columns WHERE table_name = %s "
+                 "AND column_name = 'chunk'", table) == [("YES",)]  # fmt: skip
+    stored = dict(query(postgres, f"SELECT id, chunk FROM {table}"))
+    assert stored == dict(zip(second["id"], second["chunk"], strict=True))
+    assert_table_is(postgres, night2, table)
+
+
 def test_columns_and_keys_the_loader_did_not_make_are_kept(postgres, day_one, tmp_path):
     """A key of the user's own: its columns stay (one the run carries loses the key's NOT NULL), a column
     with a default is filled by it, and a table dropped by hand is created again."""

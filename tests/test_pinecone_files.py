@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json
+from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
 from tests.test_load_pgvector import day_one, parquet_rows  # noqa: F401 (fixtures)
 
@@ -65,3 +65,10 @@ def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
         {"text": "tab\tnew\nline \x01 ü 🚀", "ok": False, "tags": []},
         {"score": -2.0, "at": "1999-01-01 00:00:00.000000", "weights": [None], "n": 3},
     ]
+
+
+def test_ids_join_the_chunk_only_for_passages():
+    """Without passages a `chunk` column is carried metadata: two rows must not become `a#1` and `a#2`."""
+    table = pa.table({"id": ["a", "b"], "chunk": pa.array([1, 2], pa.int32())})
+    assert pinecone_ids(table, "id", passages=True).to_pylist() == ["a#1", "b#2"]
+    assert pinecone_ids(table, "id", passages=False).to_pylist() == ["a", "b"]

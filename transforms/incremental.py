@@ -128,11 +128,13 @@ class _Claim(beam.DoFn):
         rejects: pa.Schema,
         buckets: int,
         spill_dir: str | None,
+        passages: bool,
         restated: list[str] | None = None,
     ) -> None:
         self._id_column = id_column
         self._rejects = rejects
         self._buckets = buckets
+        self._passages = passages
         self._restated = restated
         self._spill_dir = spill_dir
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
@@ -140,13 +142,12 @@ class _Claim(beam.DoFn):
     def process(self, units: UnitBatch) -> Iterator:
         batch = units.batch
         rows = batch.num_rows
-        chunks = batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in batch.schema.names else np.zeros(rows, np.int32)
         claims = pa.table(
             {
                 ID: _decoded(batch.column(self._id_column)),
                 SOURCE: np.zeros(rows, np.int32),
                 ROW: units.row_numbers,
-                CHUNK: chunks,
+                CHUNK: _chunks(batch, self._passages),
                 INDEX: np.arange(rows, dtype=np.int32),
                 HASH: batch.column(CONTENT_HASH_COLUMN),
             }
@@ -175,16 +176,28 @@ def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
         yield bucket, table.take(pa.array(indices)).combine_chunks()
 
 
+def _chunks(batch: pa.RecordBatch, passages: bool) -> pa.Array | np.ndarray:
+    """Each unit's chunk: the job's `chunk` column with passages; 0 without, where a column of that
+    name is a carried one, not part of the key."""
+    return batch.column(CHUNK_COLUMN) if passages else np.zeros(batch.num_rows, np.int32)
+
+
 def _previous_claims(
-    shard: ShardBatch, id_column: str, buckets: int, spill_dir: str | None, change_set: ChangeSet | None = None
+    shard: ShardBatch,
+    id_column: str,
+    buckets: int,
+    spill_dir: str | None,
+    passages: bool,
+    change_set: ChangeSet | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
-    """Previous output rows -> (bucket, table of ID, CHUNK, HASH and, when vectors are reused, VECTOR;
-    with a change set DIGEST, null when the previous run wrote other columns than this one)."""
+    """Previous output rows (`passages`: the previous run's were) -> (bucket, table of ID, CHUNK, HASH
+    and, when vectors are reused, VECTOR; with a change set DIGEST, null when the previous run wrote
+    other columns than this one)."""
     batch = shard.batch
     names = batch.schema.names
     columns = {
         ID: _decoded(batch.column(id_column)),
-        CHUNK: batch.column(CHUNK_COLUMN) if CHUNK_COLUMN in names else np.zeros(batch.num_rows, np.int32),
+        CHUNK: _chunks(batch, passages),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
     if change_set is not None:
@@ -379,10 +392,11 @@ class _Apply(beam.DoFn):
 class JoinPrevious(beam.PTransform):
     """UnitBatches and the previous output's ShardBatches in; outputs unit record batches `to_embed`,
     `reused` (embeddings schema), `rejected` and `stats`, and with a change set `restated`
-    (embeddings schema) and `deletes`. `buckets`: how many groups of ids are settled apart (each in
-    one process); `change_set`: None without one (no --previous, or rows one night and passages
-    the next); `spill_dir`: where a local run's shuffled values go (transforms.spill),
-    None on a distributed runner."""
+    (embeddings schema) and `deletes`. `passages`, `previous_passages`: whether tonight's units and
+    the previous run's rows are passages, keyed by (id, chunk). `buckets`: how many groups of ids
+    are settled apart (each in one process); `change_set`: None without one (no --previous, or rows
+    one night and passages the next); `spill_dir`: where a local run's shuffled values go
+    (transforms.spill), None on a distributed runner."""
 
     def __init__(
         self,
@@ -391,6 +405,7 @@ class JoinPrevious(beam.PTransform):
         rejects: pa.Schema,
         reuse: bool,
         passages: bool,
+        previous_passages: bool,
         buckets: int,
         change_set: ChangeSet | None = None,
         spill_dir: str | None = None,
@@ -400,16 +415,17 @@ class JoinPrevious(beam.PTransform):
         self._schema = schema
         self._buckets = buckets
         self._spill_dir = spill_dir
+        self._previous_passages = previous_passages
         self._change_set = change_set
         restated, deletes = (change_set.restated, change_set.deletes) if change_set else (None, None)
-        self._claim = _Claim(id_column, rejects, buckets, spill_dir, restated)
+        self._claim = _Claim(id_column, rejects, buckets, spill_dir, passages, restated)
         self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir, deletes)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
         claimed = units | "Claim" >> beam.ParDo(self._claim).with_outputs(REJECTED, STATS, main="claims")
         earlier = previous | "ClaimPrevious" >> beam.FlatMap(
-            _previous_claims, self._id_column, self._buckets, self._spill_dir, self._change_set
+            _previous_claims, self._id_column, self._buckets, self._spill_dir, self._previous_passages, self._change_set
         )
         settled = (
             {CURRENT: claimed.claims, PREVIOUS: earlier}
