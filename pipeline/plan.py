@@ -367,8 +367,12 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
     if files:  # one footer: ids of another family fail here, before workers start, not in them
         first = open_parquet(files[0])
         schema = first.schema_arrow
-        if first.metadata.num_rows:  # (a file without rows is not read: its types decide nothing)
-            check_previous_file(schema, files[0], pa.schema([columns.id]), [columns.id.name])
+        # A file with rows (after a night that reused every row, the first holds none), as the manifest
+        # counts them (older ones did not): a run whose input had no rows typed its ids by a writer's guess.
+        rows = {name: (checks.get(name) or {}).get("rows", first.metadata.num_rows) for name in names}
+        holding = next((f for name, f in zip(names, files, strict=True) if rows[name]), None)
+        if holding is not None:
+            check_previous_file(open_parquet(holding).schema_arrow, holding, pa.schema([columns.id]), [columns.id.name])
     passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]

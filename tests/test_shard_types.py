@@ -174,6 +174,15 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
     previous_file = first / manifest["files"]["embeddings"][0]
     assert f"error: {previous_file}: column 'id' is int32, but this run writes string" in result.stderr
     assert not second.exists()  # refused by the plan: no worker started, no folder made
+    # The same after a night that reused every row, whose first embeddings file holds none.
+    reused = tmp_path / "out-reused"
+    again = ["--input", f"{day1}/*.parquet", "--output", str(reused), "--carry_columns", "at", "--previous", str(first)]
+    assert run_cli(*again).returncode == 0
+    manifest = read_manifest(reused)
+    assert manifest["rows_reused"] == 4 and manifest["file_checks"][manifest["files"]["embeddings"][0]]["rows"] == 0
+    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(reused))
+    assert result.returncode == 1, result.stderr
+    assert "column 'id' is int32, but this run writes string" in result.stderr and not second.exists()
 
 
 def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(tmp_path):
