@@ -44,7 +44,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
-from pipeline.pinecone_files import write_import_files
+from pipeline.pinecone_files import json_values, write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
 from transforms.write import MANIFEST
@@ -55,8 +55,8 @@ READ_BLOCK = 8 << 20
 COPY_ROWS = 8192  # rows converted to Python values at a time
 # Memory for building the HNSW index: pgvector builds far faster when the graph fits (its advice).
 INDEX_BUILD_MEMORY = "1GB"
-# PostgreSQL keeps 63 bytes of a name; the index (`<name>_embedding_hnsw`), cut there, differs from
-# the table's name up to 62.
+NAME_BYTES = 63  # of a PostgreSQL identifier (NAMEDATALEN - 1); a longer one is cut
+# The index (`<name>_embedding_hnsw`), cut at NAME_BYTES, differs from the table's name up to 62.
 TABLE_NAME_BYTES = 62
 # A btree entry holds at most 2704 bytes; ids are kept under it with room for the chunk and headers
 # (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
@@ -66,6 +66,10 @@ LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
 # NOT NULL, and dropped once a run lacks them.
 LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, *(f.name for f in PASSAGE_FIELDS))
+
+
+# The most dimensions pgvector 0.8's HNSW index takes, by column type.
+HNSW_DIMENSIONS = {"vector": 2000, "halfvec": 4000, "bit": 64000}
 
 
 class LoadError(Exception):
@@ -110,7 +114,15 @@ def read_run(run_dir: str) -> Run:
             "or this is not a run's output"
         )
     with _open(manifest_path) as f:
-        manifest = json.load(f)
+        try:
+            manifest = json.load(f)
+        except ValueError as e:
+            raise LoadError(f"{manifest_path}: not a readable manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        raise LoadError(f"{manifest_path}: not a manifest of this job (a JSON {type(manifest).__name__})")
+    missing = [key for key in ("model", "files", "columns") if not isinstance(manifest.get(key), dict)]
+    if missing:
+        raise LoadError(f"{manifest_path}: not a manifest of this job (no {', '.join(missing)})")
     checks = manifest.get("file_checks")
     if not checks or "run_id" not in manifest:
         raise LoadError(f"{manifest_path}: no file checks or run id (written by an older version of the job)")
@@ -154,17 +166,22 @@ _PG_TYPES = [
     (pa.types.is_uint16, "integer"),
     (pa.types.is_uint32, "bigint"),
     (pa.types.is_int64, "bigint"),
+    (pa.types.is_uint64, "numeric"),
+    (pa.types.is_float16, "real"),
     (pa.types.is_float32, "real"),
     (pa.types.is_float64, "double precision"),
     (pa.types.is_decimal, "numeric"),
     (pa.types.is_date, "date"),
+    (pa.types.is_time, "time"),
+    (pa.types.is_duration, "interval"),
     (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "text"),
     (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t), "bytea"),
 ]
 
 
 def postgres_type(field: pa.Field) -> str:
-    """The column type a carried Arrow field gets; nested values go in as JSON."""
+    """The column type a carried Arrow field gets; nested values go in as JSON. Times keep
+    PostgreSQL's microseconds (see _rows)."""
     kind = field.type
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
@@ -205,16 +222,24 @@ class PgvectorLoader:
     def load(self, run: Run) -> str:
         """Apply the run's change set, or replace the table's content with its snapshot; returns what was done.
         PostgreSQL's refusals become a LoadError naming the table: the transaction rolled back."""
+        PgVectors.of(run)  # vectors the index cannot take are refused before connecting
         try:
             return self._load(run)
         except self._psycopg.Error as e:
-            primary, detail = e.diag.message_primary, e.diag.message_detail  # None when no server answered
-            message = " ".join((primary or str(e)).split()) + (f" ({' '.join(detail.split())})" if detail else "")
+            diag = e.diag  # its fields are None when no server answered
+            told = [" ".join(part.split()) for part in (diag.message_detail, diag.context) if part]
+            message = " ".join((diag.message_primary or str(e)).split()) + "".join(f" ({part})" for part in told)
             raise LoadError(f"{self._table}: PostgreSQL refused the load, the table is as it was: {message}") from e
 
     def _load(self, run: Run) -> str:
         sql = self._sql
         schema = _file_schema(run)
+        long = [name for name in schema.names if len(name.encode()) > NAME_BYTES]
+        if long:  # PostgreSQL would cut it, and the next load would not find the column it made
+            raise LoadError(
+                f"{run.path}: column {long[0]!r} has a name of {len(long[0].encode())} bytes; PostgreSQL keeps "
+                f"at most {NAME_BYTES}: rename it in the input, or leave it out of --carry_columns"
+            )
         with self._psycopg.connect(self._dsn) as connection:
             with connection.transaction():  # one loader at a time sets up: two first loads would race
                 connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [LOADS_TABLE])
@@ -465,8 +490,10 @@ class PgvectorLoader:
             for path in run.files[kind]:
                 with _open(path) as f:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
-                        _check_id_bytes(batch, run.manifest["columns"]["id"], path)
-                        for row in _rows(batch, schema, vectors, self._psycopg):
+                        id_name = run.manifest["columns"]["id"]
+                        _check_id_bytes(batch, id_name, path)
+                        _check_text(batch, id_name, path)
+                        for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
                             copy.write_row(row)
                         rows += batch.num_rows
         return rows
@@ -511,8 +538,19 @@ class PgVectors:
 
     @classmethod
     def of(cls, run: Run) -> PgVectors:
+        """The run's vectors, refused when pgvector's HNSW index cannot take their dimension."""
         block = run.manifest["model"]
-        return cls(Quantizer.from_block(block), block["dim"])
+        vectors = cls(Quantizer.from_block(block), block["dim"])
+        limit = HNSW_DIMENSIONS[vectors.type_name]
+        if vectors.dim > limit:
+            most = HNSW_DIMENSIONS
+            raise LoadError(
+                f"{run.path}: {vectors.dim}-dimensional {vectors.quantizer.dtype} vectors, stored as "
+                f"{vectors.type_name}, of which pgvector's HNSW index takes up to {limit} dimensions; run the job "
+                f"with --truncate_dim (at most {most['vector']} in float32, {most['halfvec']} with --vector_dtype "
+                f"float16), or with --vector_dtype binary (up to {most['bit']})"
+            )
+        return vectors
 
     @property
     def type_name(self) -> str:
@@ -539,19 +577,53 @@ class PgVectors:
         return [header + row.tobytes() for row in values.astype(">f4" if self.type_name == "vector" else ">f2")]
 
 
-def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg) -> Iterator[tuple]:
+def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg, id_name: str, path: str) -> Iterator:
     columns = []
     for field in schema:
         column = batch.column(field.name)
         if field.name == EMBEDDING_COLUMN:
             columns.append([_VectorBytes(v) for v in vectors.encode(column)])
-        elif postgres_type(field) == "jsonb":
-            columns.append([None if v is None else psycopg.types.json.Jsonb(v) for v in column.to_pylist()])
-        elif pa.types.is_timestamp(field.type) and field.type.unit == "ns":
-            columns.append(column.cast(pa.timestamp("us", field.type.tz), safe=False).to_pylist())
+        elif postgres_type(field) == "jsonb":  # JSON text made in Arrow: NaN as null, times and decimals as text
+            texts = json_values(column).to_pylist()
+            columns.append([None if v is None else psycopg.types.json.Jsonb(v, dumps=str) for v in texts])
         else:
-            columns.append(column.to_pylist())
+            columns.append(
+                _in_microseconds(column, field.name == id_name, f"{path}: column {field.name!r}").to_pylist()
+            )
     return zip(*columns, strict=True)
+
+
+def _in_microseconds(column: pa.Array, exact: bool, where: str) -> pa.Array:
+    """Nanosecond times (pandas' timestamps) in PostgreSQL's microseconds: carried values are cut to
+    them; ids must not be, since two would become one key."""
+    kind = column.type
+    if getattr(kind, "unit", None) != "ns":
+        return column
+    if pa.types.is_timestamp(kind):
+        target = pa.timestamp("us", kind.tz)
+    else:
+        target = pa.time64("us") if pa.types.is_time(kind) else pa.duration("us")
+    try:
+        return column.cast(target, safe=exact)
+    except pa.ArrowInvalid as e:
+        raise LoadError(f"{where}: an id with nanoseconds, which PostgreSQL's microseconds cannot keep ({e})") from e
+
+
+def _check_text(batch: pa.RecordBatch, id_name: str, path: str) -> None:
+    """Refuse a NUL character in a text column, naming the column and id: PostgreSQL's text cannot hold one."""
+    for field in batch.schema:
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            continue
+        column = batch.column(field.name)
+        column = column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+        found = pc.match_substring(column, "\x00")
+        if pc.any(found).as_py():
+            at = pc.index(found, True).as_py()
+            raise LoadError(
+                f"{path}: column {field.name!r} of id {batch.column(id_name)[at].as_py()!r} holds a NUL character, "
+                "which PostgreSQL's text cannot store; remove it upstream"
+            )
 
 
 def _check_id_bytes(batch: pa.RecordBatch, id_name: str, path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import shutil
@@ -9,12 +10,15 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from datetime import time as time_of_day
 
 import numpy as np
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.load import LoadError, PgVectors, Run
 from samples.knowledge_base import make_rows
 from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
 from transforms.output_owner import OutputOwner
@@ -585,3 +589,87 @@ def test_a_loader_that_does_not_own_the_bookkeeping_table_loads_with_the_stated_
     again = load(as_loader, day_one, "kb_etl")
     assert again.stdout.strip() == f"kb_etl already holds run {read_manifest(day_one)['run_id']}: nothing to do"
     assert query(postgres, "SELECT tableowner FROM pg_tables WHERE tablename = 'kb_etl'") == [("kb_loader",)]
+
+
+def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, tmp_path):
+    """Nested values holding times and decimals, NaN in lists, times, durations, uint64, float16 and
+    nanosecond timestamps (cut to PostgreSQL's microseconds) all load; a NUL is refused, named."""
+    n = 4
+    rows = {
+        "id": DAY_ONE["id"][:n],
+        "text": DAY_ONE["text"][:n],
+        "meta": pa.array(
+            [{"at": datetime(2024, 1, 1, 0, 0, i), "price": decimal.Decimal(f"{i}.50")} for i in range(n)],
+            pa.struct([("at", pa.timestamp("us")), ("price", pa.decimal128(6, 2))]),
+        ),
+        "scores": pa.array([[0.5, float("nan") if i == 1 else 0.25] for i in range(n)], pa.list_(pa.float64())),
+        "opens": pa.array([time_of_day(9, i) for i in range(n)], pa.time64("us")),
+        "took": pa.array([1_500_000_000 * (i + 1) for i in range(n)], pa.duration("ns")),
+        "big": pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()),
+        "half": pa.array(np.array([0.5, 1.5, -2, 3], np.float16)),
+        "seen": pa.array([1_700_000_000_123_456_789 + i for i in range(n)], pa.timestamp("ns")),
+    }
+    carried = ("--carry_columns", "meta,scores,opens,took,big,half,seen")
+    run = embed_night(tmp_path, "odd", rows, carried=carried)
+    result = load(postgres, run, "kb_odd")
+    assert result.returncode == 0, result.stderr
+    types = dict(query(postgres, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+                       "kb_odd"))  # fmt: skip
+    assert [types[c] for c in carried[1].split(",")] == [
+        "jsonb", "jsonb", "time without time zone", "interval", "numeric", "real", "timestamp without time zone"
+    ]  # fmt: skip
+    stored = query(postgres, "SELECT id, meta, scores, opens, took, big, half, seen FROM kb_odd ORDER BY id")
+    assert stored == [
+        (
+            DAY_ONE["id"][i],
+            {"at": f"2024-01-01 00:00:0{i}", "price": f"{i}.50"},
+            [0.5, None if i == 1 else 0.25],
+            time_of_day(9, i),
+            timedelta(seconds=1.5 * (i + 1)),
+            decimal.Decimal(2**64 - 1 - i),
+            [0.5, 1.5, -2.0, 3.0][i],
+            datetime(2023, 11, 14, 22, 13, 20, 123456),
+        )
+        for i in range(n)
+    ]
+    nul = embed_night(
+        tmp_path, "nul", {**rows, "text": ["a\x00b", *rows["text"][1:]]}, carried=("--carry_columns", "text")
+    )
+    result = load(postgres, nul, "kb_odd")
+    assert result.returncode == 1
+    name = read_manifest(nul)["files"]["embeddings"][0]
+    assert f"error: {nul / name}: column 'text' of id {DAY_ONE['id'][0]!r} holds a NUL character" in result.stderr
+    assert query(postgres, "SELECT count(*) FROM kb_odd") == [(n,)]  # the table as it was
+
+
+def test_nanosecond_ids_that_microseconds_would_merge_are_refused(postgres, tmp_path):
+    stamps = pa.array([1_700_000_000_000_000_001, 1_700_000_000_000_000_002], pa.timestamp("ns"))
+    run = embed_night(tmp_path, "ns", {"id": stamps, "text": ["first page", "second page"]}, carried=())
+    result = load(postgres, run, "kb_ns")
+    assert result.returncode == 1
+    assert "column 'id': an id with nanoseconds, which PostgreSQL's microseconds cannot keep" in result.stderr
+    assert query(postgres, "SELECT to_regclass('kb_ns')") == [(None,)]
+
+
+def test_what_postgresql_cannot_hold_is_refused_before_the_database_is_touched(postgres, day_one, tmp_path):
+    """A column name PostgreSQL would cut, vectors wider than its HNSW index takes, an unreadable manifest."""
+    long = "resolution_notes_written_by_the_support_engineer_when_closing_it"
+    assert len(long) == 64
+    run = embed_night(tmp_path, "long", {**DAY_ONE, long: DAY_ONE["title"]}, carried=("--carry_columns", long))
+    result = load(postgres, run, "kb_long")
+    assert result.returncode == 1
+    assert f"error: {run}: column {long!r} has a name of 64 bytes; PostgreSQL keeps at most 63" in result.stderr
+    assert query(postgres, "SELECT to_regclass('kb_long')") == [(None,)]
+
+    wide = {"model": {"dim": 2048}, "run_id": "r", "files": {}, "columns": {"id": "id"}}
+    with pytest.raises(LoadError, match="2048-dimensional float32 vectors, stored as vector, of which pgvector's"):
+        PgVectors.of(Run("gs://b/run", wide, {}))
+    assert PgVectors.of(Run("r", {**wide, "model": {"dim": 2048, "vector_dtype": "float16"}}, {})).column_type == (
+        "halfvec(2048)"
+    )
+
+    broken = copied_run(day_one, tmp_path / "broken", "broken")
+    (broken / "manifest.json").write_text((broken / "manifest.json").read_text()[:100])
+    result = load(postgres, broken, "kb_broken")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {broken / 'manifest.json'}: not a readable manifest (")
