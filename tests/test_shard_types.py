@@ -194,7 +194,7 @@ def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(
     output = tmp_path / "out"
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
     assert result.returncode == 1, result.stderr
-    assert f"error: {wide}: column 'id' cannot be read as int32, its type in other shards" in result.stderr
+    assert f"error: {wide}: column 'id' cannot be read as int32, the type this run gives it" in result.stderr
     assert "Integer value 3000000000 not in range" in result.stderr
     outcome = "job fails naming the file; nothing published"
     assert record("input", "int64 id past the first shard's int32", outcome) is None

@@ -102,7 +102,10 @@ def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ..
             try:
                 column = batch.column(index).cast(kind)
             except pa.ArrowException as e:
-                message = f"{path}: column {name!r} cannot be read as {kind}, its type in other shards ({e})"
+                message = (
+                    f"{path}: column {name!r} cannot be read as {kind}, the type this run gives it "
+                    f"(the first input shard's that holds rows) ({e})"
+                )
                 raise InputError(message) from e
             batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
     return batch
