@@ -24,12 +24,19 @@ def bucketable(kind: pa.DataType) -> bool:
     return True
 
 
+def id_values(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Ids as the join compares them, by their bytes too: a dictionary's values, and -0.0 as 0.0
+    (equal to it, with other bytes), so that yesterday's 0.0 is tonight's -0.0."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if pa.types.is_float32(ids.type) or pa.types.is_float64(ids.type):
+        ids = pc.add(ids, pa.scalar(0.0, ids.type))
+    return ids
+
+
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
     """Bucket number in [0, buckets) of each (non-null) id, as int64."""
     if buckets == 1 or len(ids) == 0:
         return np.zeros(len(ids), dtype=np.int64)
-    if pa.types.is_dictionary(ids.type):
-        ids = ids.dictionary_decode()
-    if pa.types.is_float32(ids.type) or pa.types.is_float64(ids.type):  # -0.0 equals 0.0: give both 0.0's bytes
-        ids = pc.add(ids, pa.scalar(0.0, ids.type))
+    ids = id_values(ids)
     return ((mixed(value_hashes(ids)) >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64)

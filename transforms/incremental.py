@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from schemas.inputs import InputError
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN
 from transforms import METRICS_NAMESPACE
-from transforms.id_buckets import id_buckets
+from transforms.id_buckets import id_buckets, id_values
 from transforms.passages import UnitBatch
 from transforms.read import ShardBatch
 from transforms.spill import spill, unspill
@@ -113,11 +113,6 @@ def _duplicates(claims: pa.Table, which: np.ndarray, paths: list[str], rejects: 
     )
 
 
-def _decoded(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Ids as values: a dictionary-encoded id column sorts and joins by its values."""
-    return ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
-
-
 class _Claim(beam.DoFn):
     """UnitBatch in; (bucket, Claims) per bucket its ids fall in, and rejects for documents that
     are not their id's first within the batch nor at its edges."""
@@ -144,7 +139,7 @@ class _Claim(beam.DoFn):
         rows = batch.num_rows
         claims = pa.table(
             {
-                ID: _decoded(batch.column(self._id_column)),
+                ID: id_values(batch.column(self._id_column)),
                 SOURCE: np.zeros(rows, np.int32),
                 ROW: units.row_numbers,
                 CHUNK: _chunks(batch, self._passages),
@@ -196,7 +191,7 @@ def _previous_claims(
     batch = shard.batch
     names = batch.schema.names
     columns = {
-        ID: _decoded(batch.column(id_column)),
+        ID: id_values(batch.column(id_column)),
         CHUNK: _chunks(batch, passages),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
