@@ -189,14 +189,14 @@ def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(
     folder = tmp_path / "in"
     write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"],
                   at=pa.array([1_000_000], pa.timestamp("us")))  # fmt: skip
-    wide = write_parquet(folder / "b.parquet", id=pa.array([3_000_000_000], pa.int64()), text=["text b"],
-                         at=pa.array([2_000_000_000], pa.timestamp("ns")))  # fmt: skip
+    wide = write_parquet(folder / "b.parquet", id=pa.array([3, 4, 3_000_000_000], pa.int64()), text=["b", "c", "d"],
+                         at=pa.array([2_000_000_000] * 3, pa.timestamp("ns")))  # fmt: skip
     output = tmp_path / "out"
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
     assert result.returncode == 1, result.stderr
-    assert f"error: {wide}: column 'id' cannot be read as int32, the type this run gives it" in result.stderr
+    assert f"error: {wide}: column 'id' at row 2 cannot be read as int32, the type this run gives it" in result.stderr
     assert "Integer value 3000000000 not in range" in result.stderr
-    outcome = "job fails naming the file; nothing published"
+    outcome = "job fails naming the file and row; nothing published"
     assert record("input", "int64 id past the first shard's int32", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
 

@@ -93,22 +93,40 @@ def open_parquet(path: str) -> pq.ParquetFile:
 SchemaCheck = Callable[[pa.Schema, str], Mapping[str, pa.DataType] | None]
 
 
-def cast_columns(batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...], path: str) -> pa.RecordBatch:
-    """`batch` with the columns named in `casts` cast, in Arrow, where their type differs; a value
-    the type cannot hold (more distinct values than a dictionary's int8 indices) fails naming the column."""
+def cast_columns(
+    batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...], path: str, first_row: int
+) -> pa.RecordBatch:
+    """`batch` (the file's rows from `first_row` on) with the columns named in `casts` cast, in Arrow,
+    where their type differs; a value the type cannot hold (or more distinct values than a
+    dictionary's int8 indices) fails naming the column and the row."""
     for name, kind in casts:
         index = batch.schema.get_field_index(name)
         if batch.schema.field(index).type != kind:
             try:
                 column = batch.column(index).cast(kind)
             except pa.ArrowException as e:
+                row = first_row + _first_uncastable(batch.column(index), kind)
                 message = (
-                    f"{path}: column {name!r} cannot be read as {kind}, the type this run gives it "
+                    f"{path}: column {name!r} at row {row} cannot be read as {kind}, the type this run gives it "
                     f"(the first input shard's that holds rows) ({e})"
                 )
                 raise InputError(message) from e
             batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
     return batch
+
+
+def _first_uncastable(column: pa.Array, kind: pa.DataType) -> int:
+    """The position of the first value of `column` (which fails to cast) whose prefix fails: found by
+    halving, only once a batch has failed."""
+    low, high = 0, len(column)  # column[:low] casts, column[:high] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            column.slice(0, middle).cast(kind)
+            low = middle
+        except pa.ArrowException:
+            high = middle
+    return high - 1
 
 
 LISTED = "when its row groups were listed"
@@ -161,7 +179,7 @@ class _ReadRowGroup(beam.DoFn):
                 batch_size=self._rows_per_batch, row_groups=[group.index], columns=self._names
             )
             for batch in batches:
-                batch = cast_columns(batch, group.casts, group.path)
+                batch = cast_columns(batch, group.casts, group.path, first_row)
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
