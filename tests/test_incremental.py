@@ -240,17 +240,11 @@ def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
 
 def test_float_ids_0_and_minus_0_are_one_id_across_nights(tmp_path):
     """-0.0 equals 0.0: within a night they are one id (a duplicate), so across nights too."""
-    write_parquet(tmp_path / "d1" / "kb.parquet", id=pa.array([0.0, 1.0]), text=["alpha page", "beta page"])
-    assert run_cli("--input", str(tmp_path / "d1" / "kb.parquet"), "--output", str(tmp_path / "o1")).returncode == 0
-    write_parquet(tmp_path / "d2" / "kb.parquet", id=pa.array([-0.0, 1.0]), text=["alpha page", "beta page"])
-    result = run_cli(
-        "--input",
-        str(tmp_path / "d2" / "kb.parquet"),
-        "--output",
-        str(tmp_path / "o2"),
-        "--previous",
-        str(tmp_path / "o1"),
-    )
+    night1, night2, out1 = tmp_path / "d1" / "kb.parquet", tmp_path / "d2" / "kb.parquet", tmp_path / "o1"
+    write_parquet(night1, id=pa.array([0.0, 1.0]), text=["alpha page", "beta page"])
+    assert run_cli("--input", str(night1), "--output", str(out1)).returncode == 0
+    write_parquet(night2, id=pa.array([-0.0, 1.0]), text=["alpha page", "beta page"])
+    result = run_cli("--input", str(night2), "--output", str(tmp_path / "o2"), "--previous", str(out1))
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(tmp_path / "o2")
     assert (manifest["rows_reused"], manifest["rows_embedded"], manifest["rows_deleted"]) == (2, 0, 0)
