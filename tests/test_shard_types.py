@@ -196,7 +196,7 @@ def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(
     assert result.returncode == 1, result.stderr
     assert f"error: {wide}: column 'id' at row 2 cannot be read as int32, the type this run gives it" in result.stderr
     assert "Integer value 3000000000 not in range" in result.stderr
-    outcome = "job fails naming the file and row; nothing published"
+    outcome = "job fails naming file and row; nothing published"
     assert record("input", "int64 id past the first shard's int32", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
 
