@@ -372,7 +372,8 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         rows = {name: (checks.get(name) or {}).get("rows", first.metadata.num_rows) for name in names}
         holding = next((f for name, f in zip(names, files, strict=True) if rows[name]), None)
         if holding is not None:
-            check_previous_file(open_parquet(holding).schema_arrow, holding, pa.schema([columns.id]), [columns.id.name])
+            found = schema if holding == files[0] else open_parquet(holding).schema_arrow
+            check_previous_file(found, holding, pa.schema([columns.id]), [columns.id.name])
     passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
