@@ -484,13 +484,12 @@ class PgvectorLoader:
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             name, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
         )
-        rows = 0
+        rows, id_name = 0, run.manifest["columns"]["id"]
         with connection.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types(types)
             for path in run.files[kind]:
                 with _open(path) as f:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
-                        id_name = run.manifest["columns"]["id"]
                         _check_id_bytes(batch, id_name, path)
                         _check_text(batch, id_name, path)
                         for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
