@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -31,7 +31,7 @@ from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
-from schemas.inputs import InputColumns, InputError, input_columns
+from schemas.inputs import InputColumns, InputError, input_columns, integer_holding_both
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
@@ -82,6 +82,7 @@ class PreviousRun:
     columns: tuple[pa.Field, ...]
     reuse: bool  # same model fingerprint: its vectors can be carried over
     passages: bool  # its rows are passages, with a chunk column
+    id_type: pa.DataType | None  # its ids' type, in a file that holds rows; None where none does
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); it was changed after it was written: "
             "pass an untouched earlier run, or leave --previous out"
         )
-    schema = None
+    schema = id_type = None
     if files:  # one footer: ids of another family fail here, before workers start, not in them
         first = open_parquet(files[0])
         schema = first.schema_arrow
@@ -374,6 +375,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         if holding is not None:
             found = schema if holding == files[0] else open_parquet(holding).schema_arrow
             check_previous_file(found, holding, pa.schema([columns.id]), [columns.id.name])
+            id_type = found.field(columns.id.name).type
     passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
@@ -389,6 +391,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         ),
         reuse=reuse,
         passages=passages,
+        id_type=id_type,
     )
 
 
@@ -546,6 +549,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
+    wider = integer_holding_both(columns.id.type, previous.id_type) if previous and previous.id_type else None
+    if wider is not None:  # ids yesterday held past tonight's width join as they are; the output keeps them
+        columns = replace(columns, id=columns.id.with_type(wider))
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS

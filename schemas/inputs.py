@@ -88,6 +88,20 @@ def type_family(kind: pa.DataType) -> pa.DataType | str | tuple[str, str | None]
     return kind
 
 
+def integer_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType | None:
+    """The narrowest integer type that holds every value of both (int32 and int64: int64; uint32
+    and int32: int64), or None where the two are not both integers or no type does (uint64 and a
+    signed type)."""
+    if not (pa.types.is_integer(ours) and pa.types.is_integer(theirs)):
+        return None
+    signed = [t for t in (ours, theirs) if pa.types.is_signed_integer(t)]
+    if len(signed) != 1:  # one signedness: the wider of the two
+        return max(ours, theirs, key=lambda t: t.bit_width)
+    unsigned = theirs if signed[0] == ours else ours
+    bits = max(signed[0].bit_width, 2 * unsigned.bit_width)
+    return {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}.get(bits)
+
+
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:
     """Every shard must have the columns, and id/carried columns of the first shard's type family.
 

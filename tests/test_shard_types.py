@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.inputs import integer_holding_both
 from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
@@ -199,6 +200,37 @@ def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(
     outcome = "job fails naming file and row; nothing published"
     assert record("input", "int64 id past the first shard's int32", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
+
+
+def test_the_narrowest_integer_type_holding_both_nights_ids():
+    pairs = [(pa.int32(), pa.int64()), (pa.int64(), pa.int32()), (pa.int32(), pa.uint32()),
+             (pa.uint8(), pa.int8()), (pa.uint16(), pa.uint64()), (pa.int16(), pa.uint8()),
+             (pa.int64(), pa.uint64()), (pa.string(), pa.int32())]  # fmt: skip
+    assert [integer_holding_both(ours, theirs) for ours, theirs in pairs] == [
+        pa.int64(), pa.int64(), pa.int64(), pa.int16(), pa.uint64(), pa.int16(), None, None
+    ]  # fmt: skip
+
+
+def test_ids_yesterday_held_past_tonights_integer_width_widen_tonights_ids(tmp_path):
+    """pandas wrote yesterday's ids int64, Spark writes tonight's int32: the run takes the type
+    holding both, so yesterday's id past int32's range is deleted and the output keeps int64."""
+    day1 = write_parquet(tmp_path / "day1" / "kb.parquet", id=pa.array([1, 2, 3_000_000_000], pa.int64()),
+                         text=["text a", "text b", "text c"])  # fmt: skip
+    first = tmp_path / "out1"
+    assert run_cli("--input", str(day1), "--output", str(first)).returncode == 0
+    day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=pa.array([2, 1], pa.int32()),
+                         text=["text b, edited", "text a"])  # fmt: skip
+    second = tmp_path / "out2"
+    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    counts = ("rows_in", "rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")
+    assert [manifest[key] for key in counts] == [2, 1, 1, 1, 0]
+    assert manifest["changes"] == {**manifest["changes"], "upserts": 1, "deletes": 1}
+    embedded = _outputs(second, "embeddings")
+    assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [1, 2]
+    deletes = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
+    assert deletes.schema.field("id").type == pa.int64() and deletes.column("id").to_pylist() == [3_000_000_000]
 
 
 def test_shards_without_rows_decide_no_types_even_when_a_whole_night_is_empty(tmp_path):
