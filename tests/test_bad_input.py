@@ -261,6 +261,7 @@ def _version(stat) -> str:
     "change, seen, moment",
     [
         (_rewrite, "when the job was planned", "when its row groups were listed"),
+        (_later, "when the job was planned", "when its row groups were listed"),  # same size, rewritten
         (_rewrite, "when its row groups were listed", "after row group 0 was read"),
         (_later, "when its row groups were listed", "after row group 0 was read"),  # same size, rewritten
     ],
@@ -286,6 +287,15 @@ def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_
         f"{path}: replaced by another process while the job read it ({_version(before)} {seen}; "
         f"{_version(os.stat(path))} {moment}); run the job again once that writer has finished"
     )
+
+
+def test_a_daylight_saving_shift_between_launcher_and_worker_is_the_same_version():
+    """Beam reads object stores' times through the local time zone: a launcher in summer time sees
+    them an hour off a worker in UTC. Any other difference is another version."""
+    planned = PlannedFile("gs://kb/a.parquet", 100, 1_790_000_000.25)
+    versions = [(100, 0), (100, 3600), (100, -3600), (100, 1800), (100, 1), (100, 3600.5), (99, 0)]
+    listed = [PlannedFile(planned.path, size, planned.modified + shift) for size, shift in versions]
+    assert [planned.listed_as_planned(file) for file in [*listed, None]] == [True, True, True, True] + [False] * 4
 
 
 def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):

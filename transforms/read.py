@@ -4,10 +4,9 @@ The files are those the plan matched (any Beam filesystem), each with its size
 and modification time then. Each file's footer is checked, and its row groups
 are spread over workers before any row is read, so a few large shards still
 parallelise and only tiny descriptors are shuffled. A file replaced meanwhile
-(an upstream job writing late) fails the job: of another size than the plan
-found when its row groups are listed, or of another size or time than then
-after one is read. Row group N of another version of the file would drop or
-repeat rows without a word.
+(an upstream job writing late) fails the job: of another size or time than the
+plan found when its row groups are listed, or than then after one is read. Row
+group N of another version of the file would drop or repeat rows without a word.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.inputs import InputError
+
+DAYLIGHT_SHIFTS = (0, 1800, -1800, 3600, -3600)  # seconds
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,18 @@ class PlannedFile:
         except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
             return None
         return PlannedFile(self.path, metadata.size_in_bytes, metadata.last_updated_in_seconds)
+
+    def listed_as_planned(self, listed: PlannedFile | None) -> bool:
+        """Whether `listed`, read in a worker, is the version the launcher planned. Beam converts object
+        stores' times (gs://, s3://, azfs://) through the local time zone (time.mktime), so a launcher in
+        summer time reads them a daylight-saving shift (an hour; half an hour on Lord Howe Island) off
+        workers in UTC: times exactly that far apart are taken as one. A rewrite that lands that many
+        seconds later to the microsecond, at the same size, goes unseen."""
+        if listed is None or listed.size != self.size:
+            return False
+        if listed.modified is None or self.modified is None:
+            return listed.modified == self.modified
+        return any(abs(listed.modified - self.modified - shift) < 1e-3 for shift in DAYLIGHT_SHIFTS)
 
     def replaced(self, seen: str, now: PlannedFile | None, when: str) -> InputError:
         return InputError(
@@ -139,9 +152,8 @@ def _unreadable(file: PlannedFile, error: InputError, when: str) -> InputError:
 
 
 class _ListRowGroups(beam.DoFn):
-    """A file's row groups, each with the file's size and time as listed. Against the plan only
-    sizes are compared: Beam converts object stores' times (gs://, s3://, azfs://) through the local
-    time zone, so a launcher in summer time and workers in UTC disagree by an hour."""
+    """A file's row groups, each with the file's size and time as listed, which must be those the
+    plan found (PlannedFile.listed_as_planned)."""
 
     def __init__(self, check: SchemaCheck) -> None:
         self._check = check
@@ -149,7 +161,7 @@ class _ListRowGroups(beam.DoFn):
     def process(self, file: PlannedFile) -> Iterator[RowGroup]:
         path = file.path
         listed = file.now()
-        if listed is None or listed.size != file.size:
+        if not file.listed_as_planned(listed):
             raise file.replaced("when the job was planned", listed, LISTED)
         try:
             metadata = open_parquet(path).metadata
