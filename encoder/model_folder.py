@@ -45,11 +45,44 @@ _PADDING_OFFSET_POSITIONS = {
     "xlm-roberta",
     "xlm-roberta-xl",
 }
+# Encoder-decoder families whose encoder alone embeds (sentence-t5, GTR), by the transformers class
+# that loads only the encoder: AutoModel would load the decoder too, and want decoder inputs.
+ENCODER_ONLY_CLASSES = {
+    "t5": "T5EncoderModel",
+    "mt5": "MT5EncoderModel",
+    "umt5": "UMT5EncoderModel",
+    "longt5": "LongT5EncoderModel",
+    "switch_transformers": "SwitchTransformersEncoderModel",
+}
 _SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _ST_PREFIX = "sentence_transformers."
 # Dense activations are named by class path; only torch's own parameterless ones are built.
-ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "SiLU", "Sigmoid", "Softplus", "LeakyReLU", "ELU", "Mish")
+ACTIVATIONS = (
+    "Identity", "Tanh", "ReLU", "GELU", "SiLU", "Sigmoid", "Softplus", "LeakyReLU", "ELU", "Mish",
+    "Hardtanh", "ReLU6", "SELU", "Hardswish",
+)  # fmt: skip
+# The names sentence-transformers gives a Transformer's own config, newest first; it reads the first found.
+_ST_CONFIG_FILES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+# Loading arguments a Transformer's config may hold that leave its vectors as they are (where to
+# find files, how to load them; trust_remote_code is dropped by sentence-transformers too). dtype
+# is the computing precision, which --dtype decides here.
+_LOADING_KEYS = {
+    "cache_dir", "local_files_only", "revision", "subfolder", "token", "trust_remote_code", "use_fast",
+    "use_safetensors", "low_cpu_mem_usage", "device_map", "attn_implementation", "add_pooling_layer",
+    "dtype", "torch_dtype",
+}  # fmt: skip
+# The only modality sentence-transformers' Transformer may have here: plain text through forward.
+# A "message" entry would put every text through the tokenizer's chat template first.
+_TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "LayerNorm", "Normalize")
 
 
@@ -179,7 +212,14 @@ class ModelFolder:
             return override
         if isinstance(spec, StaticEmbeddingSpec):
             return spec.max_seq_length
-        return spec.max_seq_length or min(spec.token_positions, spec.tokenizer_max_length)
+        if spec.max_seq_length is None:
+            return min(spec.token_positions, spec.tokenizer_max_length)
+        if not 0 < spec.max_seq_length <= limit:
+            raise ModelFolderError(
+                f"{spec.path}: its sentence-transformers config sets a window of {spec.max_seq_length} tokens, but "
+                f"the model has positions for {limit}; pass --max_seq_length {limit} or less"
+            )
+        return spec.max_seq_length
 
     @property
     def weights_files(self) -> list[Path]:
@@ -287,17 +327,60 @@ def _transformer(path: Path) -> TransformerSpec:
     hidden = next((config[k] for k in _HIDDEN_SIZE_KEYS if k in config), None)
     if hidden is None:
         raise ModelFolderError(f"{config_file}: no hidden size (looked for {', '.join(_HIDDEN_SIZE_KEYS)})")
-    st_config = _optional_json(path / "sentence_bert_config.json")
+    model_type = config.get("model_type", "unknown")
+    if config.get("is_encoder_decoder") and model_type not in ENCODER_ONLY_CLASSES:
+        raise ModelFolderError(
+            f"{config_file}: {model_type!r} is an encoder-decoder model; of those only the encoders of "
+            f"{', '.join(ENCODER_ONLY_CLASSES)} are supported"
+        )
+    st_file = next((path / name for name in _ST_CONFIG_FILES if (path / name).exists()), path / _ST_CONFIG_FILES[0])
+    st_config = _optional_json(st_file)
     return TransformerSpec(
         path=path,
-        model_type=config.get("model_type", "unknown"),
+        model_type=model_type,
         hidden_size=int(hidden),
         token_positions=_token_positions(config),
         tokenizer_max_length=int(tokenizer_config.get("model_max_length", 1 << 30)),
-        max_seq_length=st_config.get("max_seq_length"),
+        max_seq_length=_window(st_config, st_file),
         do_lower_case=st_config.get("do_lower_case", False),
         padding_left=tokenizer_config.get("padding_side") == "left",
     )
+
+
+def _window(st_config: dict, st_file: Path) -> int | None:
+    """The window the Transformer's config sets, as sentence-transformers reads it: a tokenizer
+    argument `model_max_length` over `max_seq_length`, a call-time `max_length` over both. Settings
+    that would change its tokens or outputs otherwise are refused, not ignored."""
+    modalities = st_config.get("modality_config")
+    if modalities is not None and modalities != _TEXT_ONLY:
+        how = "through the tokenizer's chat template" if "message" in modalities else "other than as plain text"
+        raise ModelFolderError(
+            f"{st_file}: modality_config {json.dumps(modalities)} has sentence-transformers embed texts {how}; "
+            f"this job embeds plain text only (modality_config {json.dumps(_TEXT_ONLY)})"
+        )
+    for key, plain in (("transformer_task", "feature-extraction"), ("module_output_name", "token_embeddings")):
+        if st_config.get(key, plain) != plain:
+            raise ModelFolderError(f"{st_file}: {key} {st_config[key]!r} is not supported; only {plain!r}")
+    window = st_config.get("max_seq_length")
+    for key in ("tokenizer_args", "processor_kwargs", "model_args", "model_kwargs", "config_args", "config_kwargs"):
+        arguments = st_config.get(key) or {}
+        if key in ("tokenizer_args", "processor_kwargs") and "model_max_length" in arguments:
+            window = arguments["model_max_length"]
+        unknown = sorted(set(arguments) - _LOADING_KEYS - {"model_max_length"})
+        if unknown or key.startswith("config") and "model_max_length" in arguments:
+            raise ModelFolderError(
+                f"{st_file}: {key} {', '.join(unknown or ['model_max_length'])} would change the model or its "
+                "tokens and is not supported"
+            )
+    for modality, arguments in (st_config.get("processing_kwargs") or {}).items():
+        unknown = sorted(set(arguments) - {"max_length"}) if modality in ("text", "common") else sorted(arguments)
+        if unknown:
+            raise ModelFolderError(
+                f"{st_file}: processing_kwargs {modality} {', '.join(unknown)} is not supported (only a text "
+                "max_length is)"
+            )
+        window = arguments.get("max_length", window)
+    return None if window is None else int(window)
 
 
 def _token_positions(config: dict) -> int:
@@ -353,6 +436,9 @@ def _dense(path: Path) -> DenseSpec:
             f"{config_file}: activation_function {activation!r} is not supported; "
             f"supported: torch.nn {', '.join(ACTIVATIONS)}"
         )
+    for key in ("module_input_name", "module_output_name"):  # another name would leave the vector as it is
+        if config.get(key) not in (None, "sentence_embedding"):
+            raise ModelFolderError(f"{config_file}: {key} {config[key]!r} is not supported; only 'sentence_embedding'")
     return DenseSpec(
         path=path,
         in_features=int(config["in_features"]),
@@ -427,4 +513,10 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     )
     if folder.truncate_dim is not None:
         folder.output_dim()  # the folder's own default must fit too
+    if folder.default_prompt_name and folder.default_prompt_name not in folder.prompts:  # as sentence-transformers
+        known = ", ".join(sorted(folder.prompts)) or "none"
+        raise ModelFolderError(
+            f"{root / 'config_sentence_transformers.json'}: default_prompt_name {folder.default_prompt_name!r} "
+            f"names no prompt; prompts defined: {known}"
+        )
     return folder

@@ -29,6 +29,7 @@ from sentence_transformers.sentence_transformer import modules as models
 from tokenizers import Tokenizer, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from encoder.model_folder import ENCODER_ONLY_CLASSES
 from transforms.model_store import default_model_path
 
 
@@ -108,6 +109,20 @@ def _t5(s: Size, vocab: int) -> transformers.PretrainedConfig:
     )
 
 
+def _longt5(s: Size, vocab: int) -> transformers.PretrainedConfig:
+    return transformers.LongT5Config(
+        vocab_size=vocab,
+        d_model=s.hidden,
+        d_kv=s.hidden // s.heads,
+        d_ff=s.intermediate,
+        num_layers=s.layers,
+        num_heads=s.heads,
+        local_radius=8,  # a window shorter than the texts, so local attention is exercised
+        pad_token_id=0,
+        decoder_start_token_id=0,
+    )
+
+
 def _electra(s: Size, vocab: int) -> transformers.PretrainedConfig:
     config = _encoder(transformers.ElectraConfig)(s, vocab)
     config.embedding_size = s.hidden
@@ -150,6 +165,10 @@ def _labse(dim: int) -> list[torch.nn.Module]:
     return [models.Dense(dim, dim, bias=True, activation_function=torch.nn.Tanh())]
 
 
+def _hardswish(dim: int) -> list[torch.nn.Module]:
+    return [models.Dense(dim, dim, bias=True, activation_function=torch.nn.Hardswish())]
+
+
 def _layer_norm(dim: int) -> list[torch.nn.Module]:
     norm = models.LayerNorm(dim)
     torch.nn.init.normal_(norm.norm.weight, 1.0, 0.1)  # a learned scale and shift, not the identity
@@ -167,6 +186,7 @@ FAMILIES: dict[str, Family] = {
     "deberta-v2": Family(_encoder(transformers.DebertaV2Config)),
     "electra": Family(_electra, pooling="cls"),
     "t5-encoder": Family(_t5, special_tokens="t5", sentence_modules=_gtr),
+    "longt5-encoder": Family(_longt5, special_tokens="t5", sentence_modules=_gtr),
     "gemma3-text": Family(
         _decoder(transformers.Gemma3TextConfig, use_bidirectional_attention=True, sliding_window=16),
         sentence_modules=_embeddinggemma,
@@ -180,6 +200,7 @@ FAMILIES: dict[str, Family] = {
     "bert-mean-sqrt-len": Family(_bert, pooling="mean_sqrt_len_tokens"),
     "bert-concat": Family(_bert, pooling=("cls", "mean", "max")),
     "bert-dense-tanh": Family(_bert, pooling="cls", sentence_modules=_labse),
+    "bert-dense-hardswish": Family(_bert, sentence_modules=_hardswish),
     "bert-layernorm": Family(_bert, sentence_modules=_layer_norm),
     "bert-unnormalized": Family(_bert, normalize=False),
     "bert-matryoshka": Family(_bert, truncate_dim=16),
@@ -229,8 +250,9 @@ def save_family(name: str, folder: Path, size: str = "tiny", seed: int = 0) -> P
     if hasattr(config, "initializer_range"):
         config.initializer_range = 0.2
     with tempfile.TemporaryDirectory() as hf:
-        if isinstance(config, transformers.T5Config):  # sentence-t5 and GTR keep the encoder only
-            model = transformers.T5EncoderModel(config)
+        encoder_only = ENCODER_ONLY_CLASSES.get(config.model_type)  # sentence-t5 and GTR keep the encoder only
+        if encoder_only:
+            model = getattr(transformers, encoder_only)(config)
         else:
             model = transformers.AutoModel.from_config(config)
         model.save_pretrained(hf, safe_serialization=True)

@@ -201,3 +201,78 @@ def test_a_cased_tokenizer_lower_cased_by_the_folder_equals_sentence_transformer
         ours = PooledEncoder(read_model_folder(path), device="cpu", prompt_name=prompt_name).encode(texts).embeddings
         theirs = reference.encode(texts, prompt_name=prompt_name, normalize_embeddings=True)
         assert _cosines(ours, theirs).min() >= 0.99999, prompt_name
+
+
+def _edit_json(path, **changes) -> None:
+    path.write_text(json.dumps({**(json.loads(path.read_text()) if path.exists() else {}), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("config_file", "changes", "window", "truncated"),
+    [
+        ("sentence_bert_config.json", {"processing_kwargs": {"text": {"max_length": 16}}}, 16, [1, 4, 5]),
+        ("sentence_bert_config.json", {"tokenizer_args": {"model_max_length": 20}}, 20, [1, 4, 5]),
+        ("sentence_roberta_config.json", {"max_seq_length": 24}, 24, [4, 5]),  # an older name, read as ST reads it
+    ],
+)
+def test_the_window_a_folders_config_sets_is_sentence_transformers_window(
+    folders, tmp_path, config_file, changes, window, truncated
+):
+    path = shutil.copytree(folders["bert"], tmp_path / "bert")
+    if config_file != "sentence_bert_config.json":
+        (path / "sentence_bert_config.json").rename(path / config_file)
+    _edit_json(path / config_file, **changes)
+    folder = read_model_folder(path)
+    assert folder.seq_length() == window
+    encoded = PooledEncoder(folder, device="cpu").encode(TEXTS)
+    assert np.flatnonzero(encoded.truncated).tolist() == truncated
+    theirs = _reference(path)  # a window other than ST's would give cosines near 0.95 on the truncated texts
+    assert _cosines(encoded.embeddings, theirs).min() >= 0.9999
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "message"),
+    [
+        ("sentence_bert_config.json",
+         {"modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"},
+                              "message": {"method": "forward", "method_output_name": "last_hidden_state"}}},
+         "has sentence-transformers embed texts through the tokenizer's chat template; this job embeds plain "
+         "text only"),
+        ("sentence_bert_config.json", {"processing_kwargs": {"text": {"padding_side": "left"}}},
+         "processing_kwargs text padding_side is not supported (only a text max_length is)"),
+        ("sentence_bert_config.json", {"config_kwargs": {"rope_theta": 10.0}},
+         "config_kwargs rope_theta would change the model or its tokens and is not supported"),
+        ("sentence_bert_config.json", {"transformer_task": "fill-mask"},
+         "transformer_task 'fill-mask' is not supported; only 'feature-extraction'"),
+        ("config_sentence_transformers.json", {"default_prompt_name": "passage"},
+         "default_prompt_name 'passage' names no prompt; prompts defined: document, query"),
+        ("config.json", {"model_type": "bart", "is_encoder_decoder": True},
+         "'bart' is an encoder-decoder model; of those only the encoders of t5, mt5, umt5, longt5, "
+         "switch_transformers are supported"),
+        ("2_Dense/config.json", {"module_output_name": "projected"},
+         "module_output_name 'projected' is not supported; only 'sentence_embedding'"),
+    ],
+)  # fmt: skip
+def test_folder_settings_the_encoder_cannot_honour_are_refused_naming_the_file(
+    folders, tmp_path, file, changes, message
+):
+    """sentence-transformers would embed differently under each of these; ignoring them would give other vectors."""
+    path = shutil.copytree(folders["bert-dense-tanh"], tmp_path / "model")
+    _edit_json(path / file, **changes)
+    with pytest.raises(ModelFolderError) as refused:
+        read_model_folder(path)
+    assert str(refused.value).startswith(f"{path / file}: ") and message in str(refused.value)
+
+
+def test_a_window_past_the_models_positions_is_refused_unless_max_seq_length_fits(folders, tmp_path):
+    path = shutil.copytree(folders["bert"], tmp_path / "bert")
+    positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    _edit_json(path / "sentence_bert_config.json", max_seq_length=positions + 1)
+    folder = read_model_folder(path)
+    with pytest.raises(ModelFolderError) as refused:
+        folder.seq_length()
+    assert str(refused.value) == (
+        f"{path}: its sentence-transformers config sets a window of {positions + 1} tokens, but the model has "
+        f"positions for {positions}; pass --max_seq_length {positions} or less"
+    )
+    assert folder.seq_length(positions) == positions

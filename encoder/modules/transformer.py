@@ -9,18 +9,14 @@ import torch
 import transformers
 from transformers import AutoModel
 
-from encoder.model_folder import TransformerSpec
+from encoder.model_folder import ENCODER_ONLY_CLASSES, TransformerSpec
 from encoder.modules.features import Features
-
-# Encoder-decoder families whose encoder alone embeds (sentence-t5, GTR): AutoModel would load
-# the decoder too, and want decoder inputs.
-_ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 
 
 class Transformer(torch.nn.Module):
     def __init__(self, spec: TransformerSpec, dtype: torch.dtype) -> None:
         super().__init__()
-        encoder_only = _ENCODER_ONLY.get(spec.model_type)
+        encoder_only = ENCODER_ONLY_CLASSES.get(spec.model_type)
         model_class = getattr(transformers, encoder_only) if encoder_only else AutoModel
         self.model = model_class.from_pretrained(
             spec.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
