@@ -685,8 +685,11 @@ def command_line() -> argparse.ArgumentParser:
 
 def export_pinecone(run: Run, output: str) -> str:
     """The run's snapshot as Pinecone import files; returns what was written."""
-    rows = write_import_files(run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"])
-    return f"{output}: {rows} vectors of run {run.run_id} to import"
+    rows, removed = write_import_files(
+        run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
+    )
+    earlier = f" (replacing an earlier export; {removed} of its files removed)" if removed else ""
+    return f"{output}: {rows} vectors of run {run.run_id} to import{earlier}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +28,7 @@ from encoder.quantize import Quantizer
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
+PART_NAME = re.compile(r"part-\d{5,}\.parquet")  # the files this module writes
 IMPORT_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -131,16 +133,37 @@ def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
     return rows
 
 
-def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> int:
-    """Each embeddings file as `output/part-NNNNN.parquet` in the import layout; returns the rows."""
+def _part(output: str, number: int) -> str:
+    return FileSystems.join(output, f"part-{number:05d}.parquet")
+
+
+def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> tuple[int, int]:
+    """Each embeddings file as `output/part-NNNNN.parquet` in the import layout. A folder an earlier
+    export wrote is reused: its part files this one does not write are removed, since Pinecone imports
+    every file of the folder. Returns the rows written and the earlier files removed."""
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
-    return sum(
+    found = {
+        m.path.rsplit("/", 1)[-1]: m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
+    }
+    others = sorted(path for name, path in found.items() if not PART_NAME.fullmatch(name))
+    if others:
+        raise ValueError(
+            f"--output {output}: holds {len(others)} file(s) no earlier export of this command wrote "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); Pinecone would import them too: "
+            "pass an empty folder, or one only this command wrote"
+        )
+    rows = sum(
         _write(
             (import_table(table, id_column, quantizer, model_block["dim"], passages) for table in _batches(path)),
             IMPORT_SCHEMA,
-            FileSystems.join(output, f"part-{number:05d}.parquet"),
+            _part(output, number),
         )
         for number, path in enumerate(files)
     )
+    written = {_part(output, number).rsplit("/", 1)[-1] for number in range(len(files))}
+    earlier = sorted(path for name, path in found.items() if name not in written)
+    if earlier:
+        FileSystems.delete(earlier)
+    return rows, len(earlier)

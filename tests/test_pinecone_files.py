@@ -72,3 +72,24 @@ def test_ids_join_the_chunk_only_for_passages():
     table = pa.table({"id": ["a", "b"], "chunk": pa.array([1, 2], pa.int32())})
     assert pinecone_ids(table, "id", passages=True).to_pylist() == ["a#1", "b#2"]
     assert pinecone_ids(table, "id", passages=False).to_pylist() == ["a", "b"]
+
+
+def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, tmp_path):  # noqa: F811
+    """Pinecone imports every file of the folder: an earlier export's extra part files would add stale vectors."""
+    folder = tmp_path / "ns"
+    assert export(day_one, folder).returncode == 0
+    parts = sorted(path.name for path in folder.iterdir())
+    (folder / "part-00009.parquet").write_bytes((folder / parts[0]).read_bytes())  # a bigger export's last file
+    result = export(day_one, folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("to import (replacing an earlier export; 1 of its files removed)")
+    assert sorted(path.name for path in folder.iterdir()) == parts
+    assert pq.read_table(sorted(folder.iterdir())).num_rows == 30
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("kept")
+    for other in (day_one, tmp_path / "other"):  # the run's own folder; a folder holding another file
+        result = export(day_one, other)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith(f"error: --output {other}: holds ")
+        assert "Pinecone would import them too: pass an empty folder, or one only this command wrote" in result.stderr
+    assert not list(day_one.glob("part-*")) and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
