@@ -75,17 +75,21 @@ class TextTokenizer:
             # Private copy: the transformers wrapper resets truncation on its backend at every call.
             self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             special_ids = set(tokenizer.all_special_ids)
+            side = tokenizer.truncation_side  # tokenizer_config.json's, as transformers reads it
         else:
             self.pad_id = 0
             self.raw = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
             special_ids = set()
+            side = (self.raw.truncation or {}).get("direction", "right")
+        # A window that keeps a long text's end, as sentence-transformers does for such a tokenizer.
+        self.keeps_end = str(side).lower() == "left"
         self.raw.no_padding()
         self.raw.no_truncation()
         if folder.do_lower_case:
             self.raw.normalizer = _lower_cased(self.raw.normalizer)
         self._window = Tokenizer.from_str(self.raw.to_str())
         if self.max_seq_length is not None:
-            self._window.enable_truncation(self.max_seq_length)
+            self._window.enable_truncation(self.max_seq_length, direction="left" if self.keeps_end else "right")
         prompt_ids = self.raw.encode(self.prompt, add_special_tokens=self.special_tokens).ids if self.prompt else []
         # The prompt's tokens with the leading special token, as sentence-transformers counts them.
         self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in special_ids)
@@ -101,29 +105,49 @@ class TextTokenizer:
         the window, its first max_seq_length tokens are those of the whole text.
         Otherwise the bound grows fourfold until it holds, or the text is taken whole.
         A prefix with no whitespace to end at (one huge word, text without spaces)
-        is taken when the window's tokens end in its first half. Given an Arrow
-        array, only those prefixes ever become Python strings.
+        is taken when the window's tokens end in its first half. A window that keeps
+        a text's end takes a suffix instead, when the window's tokens start in its
+        second half. Given an Arrow array, only those pieces ever become Python strings.
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         if self.max_seq_length is None:
             return _tokenized(self._encode_batch([self.as_embedded(t) for t in texts.to_pylist()]))
         limit = max(CHARS_PER_TOKEN * self.max_seq_length, MIN_PREFIX_CHARS)
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
-        heads = pc.utf8_slice_codeunits(texts, 0, limit).to_pylist()
-        cut = {i: _prefix(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
+        heads = self._piece_of(texts, limit).to_pylist()
+        cut = {i: self._cut(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
         views = [self.as_embedded(cut[i][0] if i in cut else head) for i, head in enumerate(heads)]
         # Offsets are only read for cut texts: the others skip computing them (about 1.3x faster).
         encodings = self._encode_batch(views)
         for i in cut:
             encodings[i] = self._window.encode(views[i], add_special_tokens=self.special_tokens)
-        for i, (prefix, safe) in cut.items():
+        for i, (piece, safe) in cut.items():
             bound = limit
-            while len(prefix) < lengths[i] and not _holds_window(encodings[i], len(self.as_embedded(prefix)), safe):
+            while len(piece) < lengths[i] and not self._holds_window(encodings[i], self.as_embedded(piece), safe):
                 bound *= 4
-                head = pc.utf8_slice_codeunits(texts.slice(i, 1), 0, bound)[0].as_py()
-                prefix, safe = _prefix(head, bound) if bound < lengths[i] else (head, True)
-                encodings[i] = self._window.encode(self.as_embedded(prefix), add_special_tokens=self.special_tokens)
+                head = self._piece_of(texts.slice(i, 1), bound)[0].as_py()
+                piece, safe = self._cut(head, bound) if bound < lengths[i] else (head, True)
+                encodings[i] = self._window.encode(self.as_embedded(piece), add_special_tokens=self.special_tokens)
         return _tokenized(encodings)
+
+    def _piece_of(self, texts: pa.Array, chars: int) -> pa.Array:
+        """Each text's first `chars` characters, or its last where the window keeps a text's end."""
+        return pc.utf8_slice_codeunits(texts, -chars) if self.keeps_end else pc.utf8_slice_codeunits(texts, 0, chars)
+
+    def _cut(self, piece: str, limit: int) -> tuple[str, bool]:
+        return (piece, False) if self.keeps_end else _prefix(piece, limit)
+
+    def _holds_window(self, encoding: Encoding, view: str, safe: bool) -> bool:
+        """Whether a piece's tokens in the window are the whole text's: it overflows the window, and
+        either ends before whitespace or the window's tokens end in its first half (start in its
+        second half, where the window keeps the end: the piece's first word may be cut)."""
+        if not encoding.overflowing:
+            return False
+        if self.keeps_end:
+            marks = zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+            starts = [start for (start, _), special in marks if not special]
+            return min(starts) >= len(view) // 2
+        return safe or max(end for _, end in encoding.offsets) <= len(view) // 2
 
     def _encode_batch(self, views: list[str]) -> list[Encoding]:
         encode = getattr(self._window, "encode_batch_fast", self._window.encode_batch)  # tokenizers >= 0.20
@@ -150,11 +174,3 @@ def _tokenized(encodings: list[Encoding]) -> Tokenized:
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
     return Tokenized(ids, lengths, truncated)
-
-
-def _holds_window(encoding: Encoding, chars: int, safe: bool) -> bool:
-    """Whether a prefix's tokens are the whole text's: it overflows the window, and either
-    ends before whitespace or the window's tokens end in its first half."""
-    if not encoding.overflowing:
-        return False
-    return safe or max(end for _, end in encoding.offsets) <= chars // 2

@@ -276,3 +276,24 @@ def test_a_window_past_the_models_positions_is_refused_unless_max_seq_length_fit
         f"positions for {positions}; pass --max_seq_length {positions} or less"
     )
     assert folder.seq_length(positions) == positions
+
+
+@pytest.mark.parametrize("family", ["qwen3", "bert", "static"])
+def test_a_tokenizer_that_truncates_on_the_left_keeps_each_long_texts_end(folders, tmp_path, family):
+    """tokenizer_config.json's truncation_side (tokenizer.json's direction for a static model): the
+    window holds a long text's last tokens, huge texts included, as in sentence-transformers."""
+    path = shutil.copytree(folders[family], tmp_path / family)
+    if family == "static":
+        tokenizer = json.loads((path / "tokenizer.json").read_text())
+        tokenizer["truncation"] = {"max_length": 16, "direction": "Left", "strategy": "LongestFirst", "stride": 0}
+        (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    else:
+        _edit_json(path / "tokenizer_config.json", truncation_side="left")
+    huge = " ".join(f"word{i} ends here." for i in range(3_000))  # past the characters first tokenised
+    texts = [*TEXTS, huge, huge.replace(" ", "\n")]
+    encoded = PooledEncoder(read_model_folder(path), device="cpu").encode(texts)
+    assert np.flatnonzero(encoded.truncated).tolist() == ([4, 6, 7] if family != "static" else [1, 4, 5, 6, 7])
+    theirs = _reference(path, texts)
+    assert _cosines(encoded.embeddings, theirs).min() >= 0.9999
+    right = PooledEncoder(read_model_folder(folders[family]), device="cpu").encode(texts[-2:]).embeddings
+    assert _cosines(encoded.embeddings[-2:], right).max() < 0.99  # the ends, not the starts
