@@ -43,7 +43,8 @@ class Calibration:
             body = json.loads(text)
             calibration = cls(tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]))
         except (ValueError, KeyError, TypeError) as e:
-            raise CalibrationError(f"{source}: not a calibration file ({e!r})") from e
+            why = f"{type(e).__name__}: {e}"  # str, not repr: a binary file's repr holds its bytes
+            raise CalibrationError(f"{source}: not a calibration file ({why[:200]})") from e
         if len(calibration.minimum) != len(calibration.maximum) or not calibration.minimum:
             raise CalibrationError(f"{source}: min and max must be lists of the same length")
         return calibration

@@ -424,7 +424,7 @@ def check_device(device: str, dtype: str, local: bool) -> None:
 def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
     """The model folder, its weights' sha256 and its folder digest, refused when it is not the one
     expected or the options don't fit it."""
-    folder = model_folder(opts.model, opts.model_folder_sha256)  # checks the digest when one is expected
+    folder = model_folder(opts.model, opts.model_folder_sha256, "the digest --model_folder_sha256 pins")
     weights = folder.weights_sha256()
     expected_weights = opts.model_sha256 or weights
     if weights != expected_weights:

@@ -76,8 +76,14 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
     assert Calibration.from_json(calibration.to_json(), "again") == calibration
     with pytest.raises(CalibrationError, match="the vectors have 384"):
         Quantizer("int8", calibration).check(384)
-    with pytest.raises(CalibrationError, match=r"broken\.json: not a calibration file"):
+    with pytest.raises(CalibrationError, match=r"broken\.json: not a calibration file \(KeyError: 'min'\)"):
         Calibration.from_json("{}", "broken.json")
+    with pytest.raises(CalibrationError) as binary:  # a Parquet file passed by mistake: no bytes in the message
+        Calibration.from_json(b"PAR1" + bytes(range(128, 256)) * 100, "kb.parquet")
+    assert str(binary.value) == (
+        "kb.parquet: not a calibration file (UnicodeDecodeError: 'utf-8' codec can't decode byte 0x80 in "
+        "position 4: invalid start byte)"
+    )
     with pytest.raises(CalibrationError, match="a calibration file is needed for int8 and uint8 only"):
         Quantizer("int8")
 

@@ -117,7 +117,8 @@ def test_expected_folder_digest_is_enforced(tmp_path, model_path, capsys):
     digest = folder_sha256(model_path)
     wrong = run_cli(*args, "--model_folder_sha256", "0" * 64)
     assert wrong.returncode == 1
-    assert f"error: {model_path}: its files have folder sha256 {digest}, not the expected {'0' * 64}" in wrong.stderr
+    expected = f"{'0' * 64} (the digest --model_folder_sha256 pins)"
+    assert f"error: {model_path}: its files have folder sha256 {digest}, not the expected {expected}" in wrong.stderr
     assert not (tmp_path / "out").exists()  # refused while planning: no worker started, nothing written
     right = run_cli(*args, "--plan_only", "--model_folder_sha256", digest.upper())
     assert right.returncode == 0, right.stderr

@@ -79,15 +79,19 @@ def fetch_model(uri: str, expected_sha256: str | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def model_folder(model: str | None, expected_sha256: str | None = None) -> ModelFolder:
-    """The model to load (None: the packaged default); with `expected_sha256`, its folder digest must be that."""
+def model_folder(
+    model: str | None,
+    expected_sha256: str | None = None,
+    expected_by: str = "the model folder changed since the job was planned",
+) -> ModelFolder:
+    """The model to load (None: the packaged default); with `expected_sha256`, its folder digest must be
+    that, else the error says `expected_by` (what expected it)."""
     path = model or default_model_path()
     if is_url(path):
         path = fetch_model(path, expected_sha256)
     folder = read_model_folder(path)
     if expected_sha256 and (found := folder_sha256(path)) != expected_sha256:
         raise ModelFolderError(
-            f"{model or path}: its files have folder sha256 {found}, not the expected {expected_sha256} "
-            "(the model folder changed since the job was planned)"
+            f"{model or path}: its files have folder sha256 {found}, not the expected {expected_sha256} ({expected_by})"
         )
     return folder
