@@ -47,6 +47,7 @@ from encoder.quantize import CALIBRATED, Quantizer
 from pipeline.pinecone_files import json_values, write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
+from transforms.paths import not_a_folder
 from transforms.write import MANIFEST
 
 _LOG = logging.getLogger("pipeline.load")
@@ -108,6 +109,8 @@ def read_run(run_dir: str) -> Run:
     """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
     manifest_path = FileSystems.join(run_dir, MANIFEST)
     if not FileSystems.exists(manifest_path):
+        if wrong := not_a_folder(run_dir):
+            raise LoadError(f"{run_dir}: {wrong}")
         going = unfinished_run(run_dir)
         raise LoadError(
             f"{run_dir}: no {MANIFEST}; the run did not finish{f' ({going})' if going else ''}, "

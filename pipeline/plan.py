@@ -38,7 +38,7 @@ from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
-from transforms.paths import is_url, same_place, same_spelling
+from transforms.paths import is_url, not_a_folder, same_place, same_spelling
 from transforms.read import PlannedFile, open_parquet
 from transforms.write import MANIFEST, output_files, remove_temp_files
 
@@ -303,6 +303,8 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
     """The previous run, trusted only through its manifest, which is written last."""
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
+        if wrong := not_a_folder(path):
+            raise InputError(f"--previous {path}: {wrong}, or leave --previous out")
         going = unfinished_run(path)
         raise InputError(
             f"--previous {path}: no {MANIFEST}, so it is not a finished run's output (a run that was killed or "

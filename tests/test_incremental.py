@@ -138,6 +138,15 @@ def test_previous_without_a_manifest_is_refused(day_one, tmp_path):
     ) in result.stderr
     assert ": still going, or killed); pass the last finished output, or leave --previous out" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    mistakes = {  # a path with nothing there; the manifest passed instead of its folder
+        tmp_path / "no-such-run": "nothing is there: check the path, or leave --previous out",
+        day_one / "out1" / "manifest.json": "it is a file, not a folder: pass the folder holding the run's files, "
+        "or leave --previous out",
+    }
+    for previous, why in mistakes.items():
+        args = ["--input", str(day_one / "day1" / "kb.parquet"), "--output", str(tmp_path / "out")]
+        result = run_cli(*args, "--previous", str(previous))
+        assert result.returncode == 1 and result.stderr.splitlines()[-1] == f"error: --previous {previous}: {why}"
 
 
 def test_output_may_not_be_the_previous_output(day_one):

@@ -154,6 +154,13 @@ def test_a_run_without_manifest_is_refused_and_the_table_is_unchanged(postgres, 
         "2026-12-03T02:00:00+00:00 on "
     ) in result.stderr
     assert ": still going, or killed), or this is not a run's output" in result.stderr
+    mistakes = {
+        tmp_path / "no-such-run": "nothing is there: check the path",
+        day_one / "manifest.json": "it is a file, not a folder: pass the folder holding the run's files",
+    }
+    for path, why in mistakes.items():
+        result = load(postgres, path)
+        assert result.returncode == 1 and result.stderr.splitlines()[-1] == f"error: {path}: {why}"
     assert table_state(postgres) == before
 
 

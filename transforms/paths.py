@@ -23,3 +23,13 @@ def same_place(a: str, b: str) -> bool:
     if is_url(a) or is_url(b):
         return a.rstrip("/") == b.rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def not_a_folder(path: str) -> str | None:
+    """Why `path` cannot be a run's output folder, when that is the reason it holds no manifest:
+    it is a file (a run's manifest.json, say), or nothing is there."""
+    if FileSystems.exists(path) and (is_url(path) or not os.path.isdir(path)):
+        return "it is a file, not a folder: pass the folder holding the run's files"
+    if not FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list:
+        return "nothing is there: check the path"
+    return None
