@@ -134,10 +134,13 @@ class WorkerLogs(logging.Filter):
     to `line` instead of the log. Installed on the local job service's logger and the embed module's
     (whose records stay in this process when workers run in memory)."""
 
-    def __init__(self, line: ProgressLine, job_folders: tuple[str, ...]) -> None:
+    def __init__(self, line: ProgressLine, job_folders: tuple[str, ...], reported: re.Pattern[str]) -> None:
+        """`reported`: the job's own errors, which the command reports itself in one line once the
+        run fails; a worker's record of one (a traceback, repeated per retry) is left out."""
         super().__init__()
         self._line = line
         self._job_folders = job_folders
+        self._reported = reported
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -145,6 +148,8 @@ class WorkerLogs(logging.Filter):
         if forwarded:
             text = _unescape(forwarded.group(1))
             if any(noise in text for noise in _NOISE):
+                return False
+            if record.levelno >= logging.ERROR and self._reported.search(text):
                 return False
             if not self._report(text) and (
                 record.levelno >= logging.WARNING or any(f in message for f in self._job_folders)

@@ -134,7 +134,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             started=started,
             interval=plan.progress_interval,
         )
-        worker_logs = WorkerLogs(line, _JOB_FOLDERS)
+        worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR)
         for name in _WORKER_LOGGERS:
             logging.getLogger(name).addFilter(worker_logs)
         local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
