@@ -204,6 +204,17 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         )
         + f"in {result['timings']['seconds']:.1f}s into {result['output']}"
     )
+    if result["rows_rejected"] * 2 > result["rows_in"]:  # a wrong --id_column or --text_column, most likely
+        reasons = sorted(result["rejected_by_reason"].items(), key=lambda item: -item[1])
+        _LOG.warning(
+            "%d of %d rows were rejected (%s): check --id_column %s and --text_column %s; the rejects files "
+            "name each row and its reason",
+            result["rows_rejected"],
+            result["rows_in"],
+            ", ".join(f"{reason} {count}" for reason, count in reasons),
+            result["columns"]["id"],
+            result["columns"]["text"],
+        )
     return 0
 
 

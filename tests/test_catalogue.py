@@ -170,9 +170,23 @@ def test_duplicate_and_null_ids(tmp_path):
     write_parquet(
         tmp_path / "in" / "a.parquet", id=["dup", "dup", None, "one"], text=["first", "second", "no id", "one"]
     )
-    manifest = _succeeded(tmp_path, _run(tmp_path), "duplicate and null ids", "first kept; rest rejected with a reason")
+    result = _run(tmp_path)
+    manifest = _succeeded(tmp_path, result, "duplicate and null ids", "first kept; rest rejected with a reason")
     assert manifest["rejected_by_reason"] == {"duplicate_id": 1, "null_id": 1}
     assert sorted(_vectors(tmp_path)) == ["dup", "one"]
+    assert "rows were rejected" not in result.stderr  # half the rows: no warning
+
+
+def test_a_run_that_rejects_most_rows_warns_naming_the_columns(tmp_path):
+    """A wrong --id_column (a category, say) makes most rows duplicates: the run succeeds, and says so."""
+    write_parquet(tmp_path / "in" / "a.parquet", id=["a", "b", "c", "d", "e"], kind=["doc", "doc", "faq", "doc", "faq"],
+                  text=["one", "two", "three", "four", "five"])  # fmt: skip
+    result = _run(tmp_path, "--id_column", "kind")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        " WARNING pipeline.run: 3 of 5 rows were rejected (duplicate_id 3): check --id_column kind and --text_column "
+        "text; the rejects files name each row and its reason"
+    )
 
 
 def test_a_glob_matching_thousands_of_small_files(tmp_path):
