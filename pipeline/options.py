@@ -254,11 +254,13 @@ def parse_command_line(argv: list[str]) -> PipelineOptions:
     if unknown:
         flags = [a for action in parser._actions for a in action.option_strings]
         hints = [difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1) for arg in unknown]
+        expanded = any(not arg.startswith("-") for arg in unknown)  # the shell's expansion of an unquoted glob
         parser.error(
             "unrecognised arguments: "
             + ", ".join(
                 f"{arg} (did you mean {hint[0]}?)" if hint else arg for arg, hint in zip(unknown, hints, strict=True)
             )
+            + ("; quote a pattern (--input 'kb/*.parquet') so that the shell does not expand it" if expanded else "")
         )
     for required in ("input", "output"):
         if not getattr(known, required):

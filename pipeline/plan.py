@@ -125,6 +125,8 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
         found = FileSystems.match([pattern])[0].metadata_list
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
+        if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
+            raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
         for m in sorted(found, key=lambda m: m.path):
             path = same_spelling(m.path)
             matched.setdefault(path, PlannedFile(path, m.size_in_bytes, m.last_updated_in_seconds))
@@ -378,6 +380,15 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             found = schema if holding == files[0] else open_parquet(holding).schema_arrow
             check_previous_file(found, holding, pa.schema([columns.id]), [columns.id.name])
             id_type = found.field(columns.id.name).type
+    carried = [f.name for f in columns.carry]
+    if forgotten := [name for name in manifest["columns"]["carried"] if name not in carried]:
+        _LOG.warning(
+            "--previous %s carried %s, this run does not: its rows are written without them (restated in the "
+            "change set) and a loader drops those columns; pass --carry_columns %s to keep them",
+            path,
+            ", ".join(forgotten),
+            ",".join(dict.fromkeys([*carried, *manifest["columns"]["carried"]])),
+        )
     passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
@@ -494,6 +505,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     patterns = _split_patterns(opts.input)
     input_files = match_inputs(patterns)
     files = [f.path for f in input_files]
+    inside = next((path for path in files if opts.output and same_place(path.rsplit("/", 1)[0], opts.output)), None)
+    if inside:  # the next night's pattern over that folder would read this night's outputs as input
+        raise InputError(f"--output {opts.output} holds input files ({inside}); write the outputs to another folder")
     carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
     if opts.text_column == opts.id_column:
         raise UsageError(

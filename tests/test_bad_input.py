@@ -35,6 +35,26 @@ def test_no_file_matches(tmp_path):
     assert_failed_without_output(result, tmp_path / "out", f"no file matches --input pattern '{pattern}'")
 
 
+def test_the_mistakes_a_newcomer_makes_with_input_and_output_are_named(tmp_path):
+    """A folder for --input, an unquoted glob the shell expanded, outputs written among the inputs."""
+    good_shard(tmp_path / "kb" / "a.parquet")
+    good_shard(tmp_path / "kb" / "b.parquet")
+    kb, output = tmp_path / "kb", tmp_path / "out"
+    result = run_cli("--input", str(kb), "--output", str(output))
+    assert_failed_without_output(result, output, f"--input {kb}: a folder; pass its files, as in '{kb}/*.parquet'")
+    result = run_cli("--input", str(kb / "a.parquet"), str(kb / "b.parquet"), "--output", str(output))
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        f"unrecognised arguments: {kb / 'b.parquet'}; quote a pattern (--input 'kb/*.parquet') so that the shell "
+        "does not expand it"
+    )
+    result = run_cli("--input", f"{kb}/*.parquet", "--output", str(kb))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --output {kb} holds input files ({kb / 'a.parquet'}); write the outputs to another folder"
+    )
+    assert sorted(path.name for path in kb.iterdir()) == ["a.parquet", "b.parquet"]
+
+
 def test_missing_text_column_names_it_and_the_columns_found(tmp_path):
     path = good_shard(tmp_path / "a.parquet")
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--text_column", "body")
