@@ -96,31 +96,23 @@ def _distilbert(s: Size, vocab: int) -> transformers.PretrainedConfig:
     )
 
 
-def _t5(s: Size, vocab: int) -> transformers.PretrainedConfig:
-    return transformers.T5Config(
-        vocab_size=vocab,
-        d_model=s.hidden,
-        d_kv=s.hidden // s.heads,
-        d_ff=s.intermediate,
-        num_layers=s.layers,
-        num_heads=s.heads,
-        pad_token_id=0,
-        decoder_start_token_id=0,
-    )
+def _t5(config_class: type, **extra) -> Callable[[Size, int], transformers.PretrainedConfig]:
+    """A T5-style config (T5, LongT5): widths named d_model, d_kv, d_ff."""
 
+    def config(s: Size, vocab: int) -> transformers.PretrainedConfig:
+        return config_class(
+            vocab_size=vocab,
+            d_model=s.hidden,
+            d_kv=s.hidden // s.heads,
+            d_ff=s.intermediate,
+            num_layers=s.layers,
+            num_heads=s.heads,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+            **extra,
+        )
 
-def _longt5(s: Size, vocab: int) -> transformers.PretrainedConfig:
-    return transformers.LongT5Config(
-        vocab_size=vocab,
-        d_model=s.hidden,
-        d_kv=s.hidden // s.heads,
-        d_ff=s.intermediate,
-        num_layers=s.layers,
-        num_heads=s.heads,
-        local_radius=8,  # a window shorter than the texts, so local attention is exercised
-        pad_token_id=0,
-        decoder_start_token_id=0,
-    )
+    return config
 
 
 def _electra(s: Size, vocab: int) -> transformers.PretrainedConfig:
@@ -185,8 +177,11 @@ FAMILIES: dict[str, Family] = {
     "modernbert": Family(_modernbert),
     "deberta-v2": Family(_encoder(transformers.DebertaV2Config)),
     "electra": Family(_electra, pooling="cls"),
-    "t5-encoder": Family(_t5, special_tokens="t5", sentence_modules=_gtr),
-    "longt5-encoder": Family(_longt5, special_tokens="t5", sentence_modules=_gtr),
+    "t5-encoder": Family(_t5(transformers.T5Config), special_tokens="t5", sentence_modules=_gtr),
+    # A local-attention window shorter than the texts, so that it is exercised.
+    "longt5-encoder": Family(
+        _t5(transformers.LongT5Config, local_radius=8), special_tokens="t5", sentence_modules=_gtr
+    ),
     "gemma3-text": Family(
         _decoder(transformers.Gemma3TextConfig, use_bidirectional_attention=True, sliding_window=16),
         sentence_modules=_embeddinggemma,
