@@ -364,14 +364,13 @@ def _window(st_config: dict, st_file: Path) -> int | None:
     window = st_config.get("max_seq_length")
     for key in ("tokenizer_args", "processor_kwargs", "model_args", "model_kwargs", "config_args", "config_kwargs"):
         arguments = st_config.get(key) or {}
-        if key in ("tokenizer_args", "processor_kwargs") and "model_max_length" in arguments:
-            window = arguments["model_max_length"]
-        unknown = sorted(set(arguments) - _LOADING_KEYS - {"model_max_length"})
-        if unknown or key.startswith("config") and "model_max_length" in arguments:
+        tokenizer = key in ("tokenizer_args", "processor_kwargs")
+        unknown = sorted(set(arguments) - _LOADING_KEYS - ({"model_max_length"} if tokenizer else set()))
+        if unknown:
             raise ModelFolderError(
-                f"{st_file}: {key} {', '.join(unknown or ['model_max_length'])} would change the model or its "
-                "tokens and is not supported"
+                f"{st_file}: {key} {', '.join(unknown)} would change the model or its tokens and is not supported"
             )
+        window = arguments.get("model_max_length", window) if tokenizer else window
     for modality, arguments in (st_config.get("processing_kwargs") or {}).items():
         unknown = sorted(set(arguments) - {"max_length"}) if modality in ("text", "common") else sorted(arguments)
         if unknown:
