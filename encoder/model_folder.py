@@ -83,7 +83,10 @@ _LOADING_KEYS = {
 # The only modality sentence-transformers' Transformer may have here: plain text through forward.
 # A "message" entry would put every text through the tokenizer's chat template first.
 _TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
-SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "LayerNorm", "Normalize")
+SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "LayerNorm", "Normalize", "Dropout")
+# How the model's vectors are compared (config_sentence_transformers.json's similarity_fn_name);
+# sentence-transformers takes cosine when the folder names none or one of its multi-vector kinds.
+SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
 
 
 class ModelFolderError(ValueError):
@@ -141,7 +144,16 @@ class NormalizeSpec:
     path: Path
 
 
-ModuleSpec = TransformerSpec | StaticEmbeddingSpec | PoolingSpec | DenseSpec | LayerNormSpec | NormalizeSpec
+@dataclass(frozen=True)
+class DropoutSpec:
+    """Dropout on the sentence vector: it only acts in training, so encoding passes the vector through."""
+
+    path: Path
+
+
+ModuleSpec = (
+    TransformerSpec | StaticEmbeddingSpec | PoolingSpec | DenseSpec | LayerNormSpec | NormalizeSpec | DropoutSpec
+)
 InputSpec = TransformerSpec | StaticEmbeddingSpec
 
 
@@ -154,6 +166,7 @@ class ModelFolder:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     truncate_dim: int | None = None  # the folder's own Matryoshka default
+    similarity: str = "cosine"  # one of SIMILARITIES
 
     @property
     def input(self) -> InputSpec:
@@ -178,7 +191,9 @@ class ModelFolder:
 
     @property
     def normalize(self) -> bool:
-        return isinstance(self.modules[-1], NormalizeSpec)
+        """Whether the vectors come out normalised: Normalize is the last module that acts."""
+        acting = [m for m in self.modules if not isinstance(m, DropoutSpec)]
+        return isinstance(acting[-1], NormalizeSpec)
 
     @property
     def do_lower_case(self) -> bool:
@@ -460,6 +475,7 @@ _READERS = {
     "Dense": _dense,
     "LayerNorm": _layer_norm,
     "Normalize": NormalizeSpec,
+    "Dropout": DropoutSpec,
 }
 
 
@@ -503,12 +519,14 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         modules.append(_READERS[kind](root / entry.get("path", "")))
     _check_order(modules, modules_file)
     st_config = _optional_json(root / "config_sentence_transformers.json")
+    similarity = st_config.get("similarity_fn_name")
     folder = ModelFolder(
         path=root,
         modules=tuple(modules),
         prompts=st_config.get("prompts") or {},
         default_prompt_name=st_config.get("default_prompt_name"),
         truncate_dim=st_config.get("truncate_dim"),
+        similarity=similarity if similarity in SIMILARITIES else "cosine",
     )
     if folder.truncate_dim is not None:
         folder.output_dim()  # the folder's own default must fit too

@@ -14,8 +14,11 @@ leaves the table as it was.
   touching only those rows (readers see the old rows until the commit); the HNSW index follows.
 - Otherwise the run's snapshot replaces the table's content. The table is kept (its owner,
   privileges, policies, views, triggers and other indexes stay): emptied, altered where its
-  columns or key differ from the run's, refilled, and the HNSW cosine index built after the
-  rows are in (as pgvector advises). Readers wait for the commit.
+  columns or key differ from the run's, refilled, and the HNSW index built after the rows are
+  in (as pgvector advises). Readers wait for the commit. A table whose index is gone, or of
+  another distance, is loaded this way too.
+
+The index measures the distance of the similarity the model was trained for (cosine for most).
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
@@ -71,6 +74,9 @@ LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, *(f.name for f in PASSA
 
 # The most dimensions pgvector 0.8's HNSW index takes, by column type.
 HNSW_DIMENSIONS = {"vector": 2000, "halfvec": 4000, "bit": 64000}
+# pgvector's distance for each similarity a model folder names (its operator classes end in
+# `_<ops>_ops`), and the operator a query orders by to use the index.
+DISTANCES = {"cosine": ("cosine", "<=>"), "dot": ("ip", "<#>"), "euclidean": ("l2", "<->"), "manhattan": ("l1", "<+>")}
 
 
 class LoadError(Exception):
@@ -280,7 +286,13 @@ class PgvectorLoader:
                 # A change set sets the run's columns: any other the last run wrote would keep stale values.
                 # (Versions before 2026-12-03 kept no columns: then the table must have only the run's.)
                 last = loaded[3] if loaded and loaded[3] is not None else list(found)
-                if loaded and loaded[1] == run.previous_run_id and shape == [] and sorted(last) == sorted(schema.names):
+                if (
+                    loaded
+                    and loaded[1] == run.previous_run_id
+                    and shape == []
+                    and sorted(last) == sorted(schema.names)
+                    and self._index_operator_class(connection) == PgVectors.of(run).operator_class
+                ):
                     done = self._apply_changes(connection, schema, run)
                 else:
                     done = self._replace(connection, schema, run, shape)
@@ -332,6 +344,16 @@ class PgvectorLoader:
         self._name = self._sql.Identifier(schema, self._relname)
         self._qualified_index = self._sql.Identifier(schema, self._index)
         return f"{schema}.{self._relname}"
+
+    def _index_operator_class(self, connection) -> str | None:
+        """The operator class of the table's HNSW index; None when it has none (dropped by hand).
+        A change set keeps the index, so one of another distance, or none, means a full load."""
+        row = connection.execute(
+            "SELECT c.opcname FROM pg_index i JOIN pg_opclass c ON c.oid = i.indclass[0] "
+            "WHERE i.indexrelid = to_regclass(%s)",
+            [self._qualified_index.as_string(connection)],
+        ).fetchone()
+        return row[0] if row else None
 
     def _columns(self, connection) -> dict[str, str]:
         """The table's columns and their types, modifiers included; empty when there is no table."""
@@ -416,15 +438,22 @@ class PgvectorLoader:
         _LOG.info("copied %d rows in %.1fs", rows, time.monotonic() - started)
         started = time.monotonic()
         connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
+        vectors = PgVectors.of(run)
         connection.execute(
             sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
                 sql.Identifier(self._index),
                 self._name,
                 sql.Identifier(EMBEDDING_COLUMN),
-                sql.SQL(PgVectors.of(run).operator_class),
+                sql.SQL(vectors.operator_class),
             )
         )
-        _LOG.info("built the HNSW index in %.1fs", time.monotonic() - started)
+        _LOG.info(
+            "built the HNSW index (%s: queries use it ordering by %s %s the query vector) in %.1fs",
+            vectors.operator_class,
+            EMBEDDING_COLUMN,
+            vectors.distance[1],
+            time.monotonic() - started,
+        )
         return f"{rows} rows of run {run.run_id} loaded ({how})"
 
     def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
@@ -533,16 +562,18 @@ def _register_vector(psycopg, connection, oid: int) -> None:
 class PgVectors:
     """How a run's vectors are held in PostgreSQL: float32 as pgvector's `vector`, float16 as
     `halfvec`, int8 and uint8 dequantized (their calibrated levels' midpoints) as `halfvec`,
-    binary as `bit` (HNSW by Hamming distance)."""
+    binary as `bit` (HNSW by Hamming distance); the others are indexed by the distance of the
+    similarity the model was trained for (runs before 2026-12-03 recorded none: cosine)."""
 
     quantizer: Quantizer
     dim: int
+    similarity: str = "cosine"
 
     @classmethod
     def of(cls, run: Run) -> PgVectors:
         """The run's vectors, refused when pgvector's HNSW index cannot take their dimension."""
         block = run.manifest["model"]
-        vectors = cls(Quantizer.from_block(block), block["dim"])
+        vectors = cls(Quantizer.from_block(block), block["dim"], block.get("similarity", "cosine"))
         limit = HNSW_DIMENSIONS[vectors.type_name]
         if vectors.dim > limit:
             most = HNSW_DIMENSIONS
@@ -564,7 +595,12 @@ class PgVectors:
 
     @property
     def operator_class(self) -> str:
-        return "bit_hamming_ops" if self.type_name == "bit" else f"{self.type_name}_cosine_ops"
+        return f"{self.type_name}_{self.distance[0]}_ops"
+
+    @property
+    def distance(self) -> tuple[str, str]:
+        """The index's distance and the operator a query orders by."""
+        return ("hamming", "<~>") if self.type_name == "bit" else DISTANCES[self.similarity]
 
     def encode(self, column: pa.FixedSizeListArray) -> list[bytes]:
         """Each vector in its type's binary form: pgvector's (dim, 0, big-endian floats) or a bit
@@ -686,13 +722,25 @@ def command_line() -> argparse.ArgumentParser:
     return parser
 
 
+# Pinecone's index metric for each similarity a model folder names; it has none for manhattan.
+PINECONE_METRICS = {"cosine": "cosine", "dot": "dotproduct", "euclidean": "euclidean"}
+
+
 def export_pinecone(run: Run, output: str) -> str:
-    """The run's snapshot as Pinecone import files; returns what was written."""
+    """The run's snapshot as Pinecone import files; returns what was written and the index metric to
+    import them into (the one the model was trained for)."""
+    similarity = run.manifest["model"].get("similarity", "cosine")
+    if similarity not in PINECONE_METRICS:
+        raise LoadError(
+            f"{run.path}: the model compares vectors by {similarity} distance, which no Pinecone index metric "
+            f"({', '.join(PINECONE_METRICS.values())}) computes"
+        )
     rows, removed = write_import_files(
         run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
     )
     earlier = f" (replacing an earlier export; {removed} of its files removed)" if removed else ""
-    return f"{output}: {rows} vectors of run {run.run_id} to import{earlier}"
+    metric = PINECONE_METRICS[similarity]
+    return f"{output}: {rows} vectors of run {run.run_id} to import into an index of metric {metric}{earlier}"
 
 
 def main(argv: list[str] | None = None) -> int:

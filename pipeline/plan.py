@@ -551,6 +551,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "truncate_dim": dim if dim < folder.dim else None,  # the whole vector is one setting, however spelled
         "pooling": list(folder.pooling_modes),
         "normalized": folder.normalize,
+        "similarity": folder.similarity,  # not fingerprinted: how vectors are compared, not what they are
         "max_seq_length": handler.max_seq_length,
         "dtype": handler.dtype,
         "prompt": opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name),

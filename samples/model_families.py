@@ -140,6 +140,7 @@ class Family:
     normalize: bool = True
     prompts: dict[str, str] = field(default_factory=dict)
     truncate_dim: int | None = None
+    similarity: str | None = None  # config_sentence_transformers.json's similarity_fn_name
 
 
 def _gtr(dim: int) -> list[torch.nn.Module]:
@@ -159,6 +160,10 @@ def _labse(dim: int) -> list[torch.nn.Module]:
 
 def _hardswish(dim: int) -> list[torch.nn.Module]:
     return [models.Dense(dim, dim, bias=True, activation_function=torch.nn.Hardswish())]
+
+
+def _dropout(dim: int) -> list[torch.nn.Module]:
+    return [models.Dense(dim, dim, bias=True, activation_function=torch.nn.Tanh()), models.Dropout(0.2)]
 
 
 def _layer_norm(dim: int) -> list[torch.nn.Module]:
@@ -198,6 +203,9 @@ FAMILIES: dict[str, Family] = {
     "bert-dense-hardswish": Family(_bert, sentence_modules=_hardswish),
     "bert-layernorm": Family(_bert, sentence_modules=_layer_norm),
     "bert-unnormalized": Family(_bert, normalize=False),
+    "bert-dropout": Family(_bert, sentence_modules=_dropout),
+    # Trained for the dot product (msmarco-bert-base-dot-v5, msmarco-distilbert-base-tas-b).
+    "bert-dot": Family(_bert, normalize=False, similarity="dot"),
     "bert-matryoshka": Family(_bert, truncate_dim=16),
 }
 STATIC = "static"  # model2vec-style: a StaticEmbedding module alone, then Normalize
@@ -257,7 +265,12 @@ def save_family(name: str, folder: Path, size: str = "tiny", seed: int = 0) -> P
         modules = [transformer, pooling, *family.sentence_modules(pooling.get_embedding_dimension())]
         if family.normalize:
             modules.append(models.Normalize())
-        st = SentenceTransformer(modules=modules, prompts=family.prompts or None, truncate_dim=family.truncate_dim)
+        st = SentenceTransformer(
+            modules=modules,
+            prompts=family.prompts or None,
+            truncate_dim=family.truncate_dim,
+            similarity_fn_name=family.similarity,
+        )
         st.save(str(folder), safe_serialization=True)
     return folder
 

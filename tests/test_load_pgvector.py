@@ -20,6 +20,7 @@ import pytest
 
 from pipeline.load import LoadError, PgVectors, Run
 from samples.knowledge_base import make_rows
+from samples.model_families import save_family
 from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
 from transforms.output_owner import OutputOwner
 
@@ -121,6 +122,44 @@ def test_top_k_by_cosine_in_sql_is_what_numpy_finds(postgres, day_one):
             f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s::vector LIMIT 5", [literal]
         ).fetchall()
     assert [row[0] for row in found] == top
+
+
+@pytest.fixture(scope="module")
+def dot_night(tmp_path_factory):
+    """A night embedded by a model trained for the dot product: unnormalised vectors, similarity_fn_name dot."""
+    root = tmp_path_factory.mktemp("dot")
+    folder = save_family("bert-dot", root / "model")
+    return embed_night(root, "kb", DAY_ONE, "--model", str(folder))
+
+
+def test_a_dot_product_model_is_indexed_and_ranked_by_inner_product(postgres, dot_night):
+    assert read_manifest(dot_night)["model"]["similarity"] == "dot"
+    table = "kb_dot"
+    result = load(postgres, dot_night, table)
+    assert result.returncode == 0, result.stderr
+    assert "(vector_ip_ops: queries use it ordering by embedding <#> the query vector)" in result.stderr
+    expected = parquet_rows(dot_night)
+    ids = list(expected)
+    vectors = np.stack([expected[i][2] for i in ids])
+    query = vectors[3] + 0.5 * vectors[7]
+    by_dot = [ids[i] for i in np.argsort(-(vectors @ query), kind="stable")[:5]]
+    by_cosine = [ids[i] for i in np.argsort(-(vectors @ query / np.linalg.norm(vectors, axis=1)), kind="stable")[:5]]
+    assert by_dot != by_cosine  # unnormalised vectors: a cosine index would answer otherwise
+    literal = "[" + ",".join(map(str, query.tolist())) + "]"
+    with psycopg.connect(postgres) as connection:
+        indexes = connection.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [table]).fetchall()
+        connection.execute("SET enable_seqscan = off")  # the index's order, not a sort of the table
+        plan = connection.execute(
+            f"EXPLAIN SELECT id FROM {table} ORDER BY embedding <#> %s::vector LIMIT 5", [literal]
+        ).fetchall()
+        found = connection.execute(
+            f"SELECT id FROM {table} ORDER BY embedding <#> %s::vector LIMIT 5", [literal]
+        ).fetchall()
+    assert [row[0] for row in indexes if "hnsw" in row[0]] == [
+        f"CREATE INDEX {table}_embedding_hnsw ON public.{table} USING hnsw (embedding vector_ip_ops)"
+    ]
+    assert any(f"Index Scan using {table}_embedding_hnsw" in row[0] for row in plan)
+    assert [row[0] for row in found] == by_dot
 
 
 def test_loading_the_same_run_again_changes_nothing(postgres, day_one):
@@ -256,6 +295,20 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
     assert result.returncode == 0, result.stderr
     assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout
     assert_table_is(postgres, day_two)
+
+
+def test_a_change_set_onto_a_table_whose_index_is_gone_reloads_it_whole(postgres, day_one, day_two):
+    """A change set keeps the table's HNSW index: when someone dropped it, the load rebuilds it instead."""
+    assert load(postgres, day_one, TABLE, "--rollback").returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"DROP INDEX {TABLE}_embedding_hnsw")
+    result = load(postgres, day_two)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout and "change set" not in result.stdout
+    assert_table_is(postgres, day_two)
+    with psycopg.connect(postgres) as connection:
+        indexes = connection.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [TABLE]).fetchall()
+    assert any("USING hnsw (embedding vector_cosine_ops)" in row[0] for row in indexes)
 
 
 def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):

@@ -52,6 +52,8 @@ def test_family_gives_sentence_transformers_vectors_in_float32(folders, family):
     theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
     assert ours.shape == theirs.shape
     assert _cosines(ours, theirs).min() >= 0.9999
+    # Lengths too: a model trained for the dot product ranks by them.
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(theirs, axis=1), rtol=1e-4)
     unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
     assert (unit @ unit.T)[~np.eye(len(TEXTS), dtype=bool)].max() < 0.999  # texts differ: a fault would show
     if folder.normalize:
@@ -65,6 +67,24 @@ def test_family_in_bfloat16_stays_within_cosine_0_99_of_float32(folders, family)
     theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
     assert ours.dtype == np.float32 and ours.shape == theirs.shape
     assert _cosines(ours, theirs).min() >= 0.99
+
+
+@pytest.mark.parametrize("family", ["bert", "bert-dot", "bert-dropout"])
+def test_the_similarity_is_the_one_sentence_transformers_reads(folders, family):
+    expected = SentenceTransformer(str(folders[family]), device="cpu").similarity_fn_name
+    assert read_model_folder(folders[family]).similarity == expected == ("dot" if family == "bert-dot" else "cosine")
+
+
+@pytest.mark.parametrize("saved", ["maxsim", None])
+def test_a_similarity_sentence_transformers_does_not_take_for_this_model_is_cosine(folders, tmp_path, saved):
+    folder = tmp_path / "model"
+    shutil.copytree(folders["bert"], folder)
+    config_file = folder / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text())
+    config["similarity_fn_name"] = saved
+    config_file.write_text(json.dumps(config))
+    assert SentenceTransformer(str(folder), device="cpu").similarity_fn_name == "cosine"
+    assert read_model_folder(folder).similarity == "cosine"
 
 
 def test_truncate_dim_keeps_the_first_dimensions_then_normalises(folders):

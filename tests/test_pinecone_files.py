@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.load import LoadError, Run, export_pinecone
 from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
-from tests.test_load_pgvector import day_one, parquet_rows  # noqa: F401 (fixtures)
+from tests.test_load_pgvector import day_one, dot_night, parquet_rows  # noqa: F401 (fixtures)
 
 
 def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
@@ -26,6 +27,7 @@ def test_a_snapshot_becomes_id_values_and_json_metadata(day_one, tmp_path):  # n
     result = export(day_one, tmp_path / "ns")
     assert result.returncode == 0, result.stderr
     assert "30 vectors of run" in result.stdout
+    assert result.stdout.strip().endswith("to import into an index of metric cosine")
     files = sorted((tmp_path / "ns").glob("part-*.parquet"))
     assert len(files) == len(read_manifest(day_one)["files"]["embeddings"])
     table = pq.read_table(files)
@@ -82,7 +84,7 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
     (folder / "part-00009.parquet").write_bytes((folder / parts[0]).read_bytes())  # a bigger export's last file
     result = export(day_one, folder)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("to import (replacing an earlier export; 1 of its files removed)")
+    assert result.stdout.strip().endswith("metric cosine (replacing an earlier export; 1 of its files removed)")
     assert sorted(path.name for path in folder.iterdir()) == parts
     assert pq.read_table(sorted(folder.iterdir())).num_rows == 30
     (tmp_path / "other").mkdir()
@@ -93,3 +95,22 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
         assert result.stderr.startswith(f"error: --output {other}: holds ")
         assert "Pinecone would import them too: pass an empty folder, or one only this command wrote" in result.stderr
     assert not list(day_one.glob("part-*")) and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+
+def test_a_dot_product_models_vectors_go_to_an_index_of_metric_dotproduct(dot_night, tmp_path):  # noqa: F811
+    result = export(dot_night, tmp_path / "ns")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(
+        "30 vectors of run " + read_manifest(dot_night)["run_id"] + " to import into an index of metric dotproduct"
+    )
+
+
+def test_a_model_compared_by_manhattan_distance_is_refused_naming_the_run(tmp_path):
+    run = Run(str(tmp_path / "run"), {"model": {"similarity": "manhattan"}}, {"embeddings": []})
+    with pytest.raises(LoadError) as refused:
+        export_pinecone(run, str(tmp_path / "ns"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'run'}: the model compares vectors by manhattan distance, which no Pinecone index metric "
+        "(cosine, dotproduct, euclidean) computes"
+    )
+    assert not (tmp_path / "ns").exists()

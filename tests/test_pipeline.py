@@ -110,7 +110,8 @@ def test_schema_metadata_and_norms(job, model_path):
     folder = read_model_folder(model_path)
     assert block["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert block["weights_sha256"] == folder.weights_sha256()
-    assert (block["dim"], block["pooling"], block["normalized"], block["max_seq_length"]) == (384, ["mean"], True, 256)
+    settings = ("dim", "pooling", "normalized", "similarity", "max_seq_length")
+    assert [block[key] for key in settings] == [384, ["mean"], True, "cosine", 256]
     assert read_manifest(output)["model"] == block
 
 

@@ -3,7 +3,7 @@
 Each module reads and extends `Features`, as sentence-transformers' modules pass a
 features dict along: the input module (Transformer or StaticEmbedding) turns
 token ids into vectors, Pooling makes one vector per text, and Dense, LayerNorm
-and Normalize transform that vector.
+and Normalize transform that vector (Dropout, which acts only in training, passes it on).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from encoder.model_folder import (
     DenseSpec,
+    DropoutSpec,
     LayerNormSpec,
     ModuleSpec,
     NormalizeSpec,
@@ -46,6 +47,8 @@ def build_module(spec: ModuleSpec) -> torch.nn.Module:
         return LayerNorm(spec)
     if isinstance(spec, NormalizeSpec):
         return Normalize()
+    if isinstance(spec, DropoutSpec):  # acts only in training
+        return torch.nn.Identity()
     raise TypeError(f"{type(spec).__name__} is an input module")
 
 
