@@ -160,7 +160,8 @@ def test_folder_without_modules_json_is_refused(tmp_path):
         (
             "sentence_transformers.models.CNN",
             "module type 'sentence_transformers.models.CNN' is not supported; "
-            "supported: Transformer, StaticEmbedding, Pooling, Dense, LayerNorm, Normalize, Dropout from sentence_transformers",
+            "supported: Transformer, StaticEmbedding, Pooling, Dense, LayerNorm, Normalize, Dropout "
+            "from sentence_transformers",
         ),
         ("custom_st.Transformer", "its code would come from custom_st.py in the folder"),
     ],
