@@ -15,6 +15,7 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -47,6 +48,7 @@ _LOG = logging.getLogger(__name__)
 ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
+FOOTER_THREADS = 16  # footers read at once: on object storage each is a round trip or two
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # What makes two runs' vectors for the same text interchangeable.
@@ -151,6 +153,40 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
                 schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
                 untyped.remove(name)
     return path, shard, schema
+
+
+def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> pa.Schema:
+    """`schema` with each integer column of `names` narrower than 64 bits typed to hold every shard's
+    integers: one night's shards from two writers (Spark's int32 beside pandas' int64) are read, not
+    refused midway at the first wide id. Footers are read in threads, for at most MAX_FOOTERS files;
+    past that, or where no integer type holds both (uint64 beside signed), a value the type cannot
+    hold still fails naming its file and row. A footer that cannot be read is left to the run to report."""
+    narrow = [
+        name
+        for name in names
+        if schema.get_field_index(name) >= 0
+        and pa.types.is_integer(kind := schema.field(name).type)
+        and kind.bit_width < 64
+    ]
+    if not narrow or len(files) > MAX_FOOTERS:
+        return schema
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        found = list(pool.map(_schema_or_none, files))
+    for name in narrow:
+        index = schema.get_field_index(name)
+        kind = schema.field(index).type
+        for theirs in found:
+            if theirs is not None and theirs.get_field_index(name) >= 0:
+                kind = integer_holding_both(kind, theirs.field(name).type) or kind
+        schema = schema.set(index, schema.field(index).with_type(kind))
+    return schema
+
+
+def _schema_or_none(path: str) -> pa.Schema | None:
+    try:
+        return open_parquet(path).schema_arrow
+    except InputError:
+        return None
 
 
 def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.Schema:
@@ -514,6 +550,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
         )
     first, first_file, schema = typed_schema(files, [opts.id_column, opts.text_column, *carry])
+    schema = widened_integers(files, schema, [opts.id_column, *(c for c in carry if c != opts.text_column)])
     if opts.previous and not first_file.metadata.num_rows:
         schema = typed_as_previous(
             schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]

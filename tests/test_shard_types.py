@@ -159,9 +159,10 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
     manifest = read_manifest(first)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (4, 4, 0)
     case = "ids int32/int64/uint8; timestamps us/ns"
-    assert record("input", case, "success: the first shard's types", [spark, pandas, day1 / "c.parquet"], first) == 0
+    outcome = "success: ids int64 (every shard's); times first's"
+    assert record("input", case, outcome, [spark, pandas, day1 / "c.parquet"], first) == 0
     embedded = _outputs(first, "embeddings")
-    assert [embedded.schema.field(name).type for name in ("id", "at")] == [pa.int32(), pa.timestamp("us")]
+    assert [embedded.schema.field(name).type for name in ("id", "at")] == [pa.int64(), pa.timestamp("us")]
     assert sorted(embedded.select(["id", "at"]).to_pylist(), key=lambda r: r["id"]) == [
         {"id": 1, "at": datetime(1970, 1, 1, 0, 0, 1)},
         {"id": 2, "at": None},
@@ -173,7 +174,7 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
     result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
     assert result.returncode == 1, result.stderr
     previous_file = first / manifest["files"]["embeddings"][0]
-    assert f"error: {previous_file}: column 'id' is int32, but this run writes string" in result.stderr
+    assert f"error: {previous_file}: column 'id' is int64, but this run writes string" in result.stderr
     assert not second.exists()  # refused by the plan: no worker started, no folder made
     # The same after a night that reused every row, whose first embeddings file holds none.
     reused = tmp_path / "out-reused"
@@ -183,22 +184,42 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
     assert manifest["rows_reused"] == 4 and manifest["file_checks"][manifest["files"]["embeddings"][0]]["rows"] == 0
     result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(reused))
     assert result.returncode == 1, result.stderr
-    assert "column 'id' is int32, but this run writes string" in result.stderr and not second.exists()
+    assert "column 'id' is int64, but this run writes string" in result.stderr and not second.exists()
 
 
-def test_a_value_the_first_shards_type_cannot_hold_fails_naming_file_and_column(tmp_path):
+def test_ids_wider_in_a_later_shard_are_read_as_the_integer_type_holding_every_shards(tmp_path):
+    """Spark wrote the first shard's ids int32, pandas a later one's int64: the run reads them all as
+    int64, planned from the footers, where it used to fail at the first wide id."""
     folder = tmp_path / "in"
     write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"],
                   at=pa.array([1_000_000], pa.timestamp("us")))  # fmt: skip
-    wide = write_parquet(folder / "b.parquet", id=pa.array([3, 4, 3_000_000_000], pa.int64()), text=["b", "c", "d"],
-                         at=pa.array([2_000_000_000] * 3, pa.timestamp("ns")))  # fmt: skip
+    write_parquet(folder / "b.parquet", id=pa.array([3, 4, 3_000_000_000], pa.int64()), text=["b", "c", "d"],
+                  at=pa.array([2_000_000_000] * 3, pa.timestamp("ns")))  # fmt: skip
+    write_parquet(folder / "c.parquet", id=pa.array([5], pa.uint32()), text=["e"],
+                  at=pa.array([3_000_000], pa.timestamp("us")))  # fmt: skip
     output = tmp_path / "out"
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert table.schema.field("id").type == pa.int64() and table.schema.field("at").type == pa.timestamp("us")
+    assert sorted(table["id"].to_pylist()) == [1, 3, 4, 5, 3_000_000_000]
+    outcome = "success: ids int64; every row embedded"
+    lost = record("input", "int64 id past the first shard's int32", outcome, sorted(folder.iterdir()), output)
+    assert lost == 0
+
+
+def test_a_value_no_integer_type_of_the_run_holds_fails_naming_file_and_row(tmp_path):
+    folder = tmp_path / "in"
+    write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"])
+    write_parquet(folder / "b.parquet", id=pa.array([2], pa.int64()), text=["b"])
+    wide = write_parquet(folder / "c.parquet", id=pa.array([3, 2**63], pa.uint64()), text=["c", "d"])
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output))
     assert result.returncode == 1, result.stderr
-    assert f"error: {wide}: column 'id' at row 2 cannot be read as int32, the type this run gives it" in result.stderr
-    assert "Integer value 3000000000 not in range" in result.stderr
+    assert f"error: {wide}: column 'id' at row 1 cannot be read as int64, the type this run gives it" in result.stderr
+    assert "integers widened to hold every shard's" in result.stderr
     outcome = "job fails naming file and row; nothing published"
-    assert record("input", "int64 id past the first shard's int32", outcome) is None
+    assert record("input", "uint64 id past int64 beside signed ids", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
 
 
