@@ -15,7 +15,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
@@ -113,7 +113,8 @@ def _log_device(options: PipelineOptions) -> None:
 
 
 def run(argv: list[str], started: float | None = None) -> dict | None:
-    """Run the job to the end and return its manifest; with --plan_only, print the plan and return None.
+    """Run the job to the end and return its manifest; None with --plan_only (the plan printed) and for a
+    flex template's launcher (--template_location: the job's graph written, for Dataflow to run).
 
     `started`: when the command began (on time.monotonic's clock), for the start-up it reports;
     default now."""
@@ -157,6 +158,10 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             remove_temp_files(plan.output)
             plan.owner.release()
         raise
+    template = options.view_as(GoogleCloudOptions).template_location
+    if template:  # a flex template's launcher: Beam only wrote the job's graph, which Dataflow runs after this exits
+        _LOG.info("wrote the job's graph to %s; Dataflow runs the job from it and writes the manifest", template)
+        return None
     if line.startup is not None:
         _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
     with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:

@@ -33,7 +33,7 @@ from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256
 from pipeline.run import main
 from samples.knowledge_base import write_shards
-from tests.conftest import free_port, record, wait_for_port
+from tests.conftest import ROOT, free_port, record, wait_for_port
 from transforms.compact import CompactFiles
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
 from transforms.output_owner import OutputOwner
@@ -110,6 +110,37 @@ def test_job_reads_writes_and_loads_its_model_through_gcs(day1, model_path):
     expected = _vectors(pq.read_table(sorted(local.glob("embeddings-*.parquet"))))
     assert gcs.keys() == expected.keys() and len(gcs) == 80
     assert all(np.array_equal(gcs[key], expected[key]) for key in gcs)
+
+
+def test_a_flex_template_launch_writes_the_job_graph_and_exits_0(bucket):
+    """Dataflow's flex template launcher runs the job's file with --template_location: Beam writes the
+    job's graph there and returns at once, and Dataflow runs it after the launcher exits 0."""
+    bucket, _ = bucket
+    template = "gs://kb/staging/template_launches/night/job_object"
+    launch = [
+        "--input=gs://kb/kb/*.parquet", "--output=gs://kb/out/template", "--device=cuda", "--overwrite=true",
+        "--runner=DataflowRunner", "--project=my-project", "--region=us-central1", "--job_name=embed-night",
+        "--temp_location=gs://kb/temp", "--staging_location=gs://kb/staging", f"--template_location={template}",
+        "--sdk_container_image=registry.example/embed/gpu-worker:latest", "--experiments=use_runner_v2",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "pipeline" / "run.py"), *launch],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote the job's graph to {template}; Dataflow runs the job from it" in result.stderr
+    graph = _json(bucket, template.removeprefix("gs://kb/"))
+    options = graph["environment"]["sdkPipelineOptions"]["options"]
+    assert (graph["name"], graph["type"]) == ("embed-night", "JOB_TYPE_BATCH")
+    assert (options["input"], options["output"], options["device"]) == (
+        "gs://kb/kb/*.parquet",
+        "gs://kb/out/template",
+        "cuda",
+    )
+    assert sorted(blob.name for blob in bucket.list_blobs(prefix="out/template/")) == ["out/template/_owner.json"]
 
 
 def test_nightly_run_with_previous_on_gcs_reuses_every_unchanged_vector(day1):
