@@ -188,6 +188,9 @@ def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():
     assert PipelineOptionsValidator(options, FlinkRunner()).validate() == []
     flink = options.view_as(FlinkRunnerOptions)
     assert flink.flink_master == "embed-flink-rest:8081"
+    # Staged files travel in the uploaded jar: a job server would keep them on this machine's disk,
+    # which the task managers do not reach.
+    assert flink.flink_submit_uber_jar
     assert flink.flink_version in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
     portable = options.view_as(PortableOptions)
     assert portable.environment_type == "EXTERNAL"
@@ -195,6 +198,7 @@ def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():
     deployment = yaml.safe_load((DEPLOY / "flink" / "flink-deployment.yaml").read_text())
     assert deployment["kind"] == "FlinkDeployment"
     assert deployment["spec"]["flinkVersion"] == "v" + flink.flink_version.replace(".", "_")
+    assert int(deployment["spec"]["flinkConfiguration"]["rest.server.max-content-length"]) >= 500 << 20
     (sidecar,) = deployment["spec"]["taskManager"]["podTemplate"]["spec"]["containers"]
     assert sidecar["args"] == ["--worker_pool"]
     assert portable.environment_config == f"localhost:{sidecar['ports'][0]['containerPort']}"

@@ -6,9 +6,12 @@
 #       --input='gs://BUCKET/kb/*.parquet' --output=gs://BUCKET/embeddings/2026-11-22 [job options]
 #
 # Paths must be on storage every task manager reaches (gs://...), not local disks.
-# Beam's FlinkRunner submits through its Flink job server, a Java jar that Beam
-# downloads from Maven Central on first use; set FLINK_JOB_SERVER_JAR to a local
-# copy where the launching machine has no internet. DRY_RUN=1 prints the command.
+# Beam's FlinkRunner builds one jar of its Flink job server (a jar it downloads
+# from Maven Central on first use; set FLINK_JOB_SERVER_JAR to a local copy where
+# the launching machine has no internet), the pipeline and the files it stages, and
+# uploads it through Flink's REST API (--flink_submit_uber_jar): task managers then
+# read nothing from the launching machine's disk, where a job server would leave
+# the staged files, and that machine needs no Java. DRY_RUN=1 prints the command.
 # The job runs with --device=cuda (task managers with GPUs; a worker without a working
 # GPU then fails instead of embedding on its CPU); DEVICE=cpu for a CPU-only cluster.
 set -euo pipefail
@@ -20,6 +23,7 @@ cmd=(
   --runner=FlinkRunner
   --flink_master="$FLINK_MASTER"
   --flink_version="${FLINK_VERSION:-1.20}"
+  --flink_submit_uber_jar
   --parallelism="${PARALLELISM:-2}"
   --environment_type=EXTERNAL
   --environment_config="${WORKER_POOL:-localhost:50000}"
