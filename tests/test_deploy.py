@@ -21,6 +21,7 @@ from pathlib import Path
 
 import apache_beam
 import jinja2
+import jinja2.sandbox
 import yaml
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -216,10 +217,11 @@ def _dag_constants() -> dict:
     return namespace
 
 
-def _render(template: str, **context) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+def _render(template: str, variables: dict | None = None, **context) -> str:
+    """`template` as Airflow renders it (sandboxed), with the Airflow variables `variables`."""
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
     env.filters["ds"] = lambda value: value.strftime("%Y-%m-%d")  # as Airflow's
-    return env.from_string(template).render(var={"value": {"embed_bucket": "gs://b"}}, **context)
+    return env.from_string(template).render(var={"value": variables or {"embed_bucket": "gs://b"}}, **context)
 
 
 def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
@@ -240,6 +242,17 @@ def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
         options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])
         assert options.get_all_options()["input"] == "gs://b/kb/*.parquet"
         assert options.get_all_options()["overwrite"] is True  # a night run again replaces its own output
+
+
+def test_nightly_dag_launches_the_template_built_with_its_worker_images_tag():
+    """The variable embed_worker_image names the worker image `launch.sh build` pushed; the DAG launches
+    the template that build wrote, not another build's."""
+    build = _dry_run("dataflow/launch.sh", "build", PROJECT="p", BUCKET="gs://b", TAG="v7")
+    image = "us-central1-docker.pkg.dev/p/embed/gpu-worker:v7"
+    assert f"docker push {image} " in build
+    template = _render(_dag_constants()["TEMPLATE"], {"embed_bucket": "gs://b", "embed_worker_image": image})
+    assert template == "gs://b/templates/embed-job-v7.json"
+    assert any(line.startswith(f"gcloud dataflow flex-template build {template} ") for line in build)
 
 
 def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():

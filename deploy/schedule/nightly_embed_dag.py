@@ -24,6 +24,8 @@ from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
 BUCKET = "{{ var.value.embed_bucket }}"
 OUTPUT = BUCKET + "/embeddings/{{ ds }}"
 MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
+# The flex template launch.sh built with the worker image's tag: a template and workers of one build.
+TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
 # The night's run into the table; the DSN comes from the `pgvector` connection, through the environment.
 LOAD_COMMAND = 'python -m pipeline.load pgvector --dsn "$PGVECTOR_DSN" --table {{ var.value.embed_table }} ' + OUTPUT
 PREVIOUS = (
@@ -67,6 +69,9 @@ with DAG(
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # a night's --previous is the night before: never two at once
+    # A launch that failed on a passing error is tried once more; a retry of a night replaces its own
+    # output (overwrite), and loading a run the table already holds changes nothing.
+    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=15)},
 ) as dag:
     embed = DataflowStartFlexTemplateOperator(
         task_id="embed",
@@ -75,7 +80,7 @@ with DAG(
         body={
             "launchParameter": {
                 "jobName": "embed-{{ ds_nodash }}",
-                "containerSpecGcsPath": BUCKET + "/templates/embed-job-latest.json",
+                "containerSpecGcsPath": TEMPLATE,
                 "parameters": PARAMETERS,
                 "environment": ENVIRONMENT,
             }
