@@ -6,7 +6,7 @@ setup(
     name="parquet-embedding-job",
     version="0.1.0",
     description="Apache Beam job: embed Parquet text with a pooled sentence encoder, write vectors to Parquet.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "transforms", "schemas", "encoder", "samples"]),
     install_requires=[
         "apache-beam[gcp]>=2.77,<3",

@@ -17,7 +17,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -213,7 +213,7 @@ def describe_inputs(files: list[PlannedFile]) -> list[dict]:
         {
             "path": f.path,
             "bytes": f.size,
-            "modified": datetime.fromtimestamp(f.modified, timezone.utc).isoformat() if f.modified else None,
+            "modified": datetime.fromtimestamp(f.modified, UTC).isoformat() if f.modified else None,
         }
         for f in files
     ]
@@ -595,7 +595,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "include_prompt": folder.include_prompt,
         # "normalizer": lower-cased by the tokenizer, prompt included (vectors of runs that said true differ)
         "lower_case": "normalizer" if folder.do_lower_case else False,
-        "created_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "created_at": datetime.fromtimestamp(started, UTC).isoformat(),
     }
     passages = chunking(opts, folder)
     check_column_names(columns, passages is not None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 import apache_beam as beam
@@ -274,7 +274,7 @@ def _after_listing(schema, path, marker, change) -> None:
 
 
 def _version(stat) -> str:
-    return f"{stat.st_size} bytes, modified {datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}"
+    return f"{stat.st_size} bytes, modified {datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()}"
 
 
 @pytest.mark.parametrize(

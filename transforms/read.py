@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import numpy as np
@@ -64,7 +64,7 @@ class PlannedFile:
         )
 
     def described(self) -> str:
-        when = datetime.fromtimestamp(self.modified, timezone.utc).isoformat() if self.modified is not None else "?"
+        when = datetime.fromtimestamp(self.modified, UTC).isoformat() if self.modified is not None else "?"
         return f"{self.size} bytes, modified {when}"
 
 

@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 import apache_beam as beam
@@ -263,7 +263,7 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     if "upserts" in files:
         body["changes"] = _change_set(counts, files, body["file_checks"], header)
     started = datetime.fromisoformat(header["timings"]["started_at"])
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     seconds = (finished - started).total_seconds()
     body["timings"] = {
         "started_at": started.isoformat(),
