@@ -7,17 +7,18 @@ The very first run, with no earlier success, embeds everything. The load into
 PostgreSQL + pgvector starts only once the night's manifest.json exists, and
 the loader checks every file against it before touching the table.
 
-Copy this file into the Composer environment's dags/ folder, install this
-project with its `load` extra in the environment (for the loader), set the
-Airflow variables embed_project, embed_region, embed_bucket, embed_worker_image
-and embed_table, and an Airflow connection `pgvector` to the database.
+Copy this file into the Composer environment's dags/ folder, set the Airflow
+variables embed_project, embed_region, embed_bucket, embed_worker_image and
+embed_table, and an Airflow connection `pgvector` to the database. The load runs
+in a pod of the worker image, which holds the loader: nothing of this project
+(torch, Beam) is installed into Composer, whose own packages it could clash with.
 """
 
 from __future__ import annotations
 
 import pendulum
 from airflow import DAG
-from airflow.operators.bash import BashOperator
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
 
@@ -26,7 +27,8 @@ OUTPUT = BUCKET + "/embeddings/{{ ds }}"
 MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
 # The flex template launch.sh built with the worker image's tag: a template and workers of one build.
 TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
-# The night's run into the table; the DSN comes from the `pgvector` connection, through the environment.
+# The night's run into the table, by bash in the worker image; the DSN comes from the `pgvector`
+# connection, through the pod's environment.
 LOAD_COMMAND = 'python -m pipeline.load pgvector --dsn "$PGVECTOR_DSN" --table {{ var.value.embed_table }} ' + OUTPUT
 PREVIOUS = (
     "{% if prev_data_interval_start_success %}"
@@ -94,10 +96,12 @@ with DAG(
         timeout=600,
         mode="reschedule",
     )
-    load = BashOperator(
+    load = KubernetesPodOperator(
         task_id="load",
-        bash_command=LOAD_COMMAND,
-        env={"PGVECTOR_DSN": "{{ conn.pgvector.get_uri() }}"},
-        append_env=True,
+        name="embed-load",
+        image="{{ var.value.embed_worker_image }}",
+        cmds=["bash", "-c"],  # the image's entrypoint is Beam's worker boot
+        arguments=[LOAD_COMMAND],
+        env_vars={"PGVECTOR_DSN": "{{ conn.pgvector.get_uri() }}"},
     )
     embed >> manifest >> load
