@@ -158,9 +158,10 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
 def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> pa.Schema:
     """`schema` with each integer column of `names` narrower than 64 bits typed to hold every shard's
     integers: one night's shards from two writers (Spark's int32 beside pandas' int64) are read, not
-    refused midway at the first wide id. Footers are read in threads, for at most MAX_FOOTERS files;
-    past that, or where no integer type holds both (uint64 beside signed), a value the type cannot
-    hold still fails naming its file and row. A footer that cannot be read is left to the run to report."""
+    refused midway at the first wide id. uint64 beside signed integers is read as int64, which holds
+    all but uint64's top half. Footers are read in threads, for at most MAX_FOOTERS files; past
+    that, a value the type cannot hold still fails naming its file and row, as does a footer that
+    cannot be read."""
     narrow = [
         name
         for name in names
@@ -176,8 +177,9 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
         index = schema.get_field_index(name)
         kind = schema.field(index).type
         for theirs in found:
-            if theirs is not None and theirs.get_field_index(name) >= 0:
-                kind = integer_holding_both(kind, theirs.field(name).type) or kind
+            other = theirs.field(name).type if theirs is not None and theirs.get_field_index(name) >= 0 else None
+            if other is not None and pa.types.is_integer(other):
+                kind = integer_holding_both(kind, other) or pa.int64()
         schema = schema.set(index, schema.field(index).with_type(kind))
     return schema
 

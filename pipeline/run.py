@@ -159,7 +159,8 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             plan.owner.release()
         raise
     template = options.view_as(GoogleCloudOptions).template_location
-    if template:  # a flex template's launcher: Beam only wrote the job's graph, which Dataflow runs after this exits
+    if template and options.view_as(StandardOptions).runner == "DataflowRunner":
+        # A flex template's launcher: Beam only wrote the job's graph, which Dataflow runs after this exits.
         _LOG.info("wrote the job's graph to %s; Dataflow runs the job from it and writes the manifest", template)
         return None
     if line.startup is not None:

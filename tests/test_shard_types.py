@@ -188,14 +188,15 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
 
 
 def test_ids_wider_in_a_later_shard_are_read_as_the_integer_type_holding_every_shards(tmp_path):
-    """Spark wrote the first shard's ids int32, pandas a later one's int64: the run reads them all as
-    int64, planned from the footers, where it used to fail at the first wide id."""
+    """Spark wrote the first shard's ids int32, another writer a later one's uint64 (no integer type
+    holds both: int64 holds its values below 2^63): the run reads them all as int64, planned from the
+    footers, where it used to fail at the first wide id."""
     folder = tmp_path / "in"
     write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"],
                   at=pa.array([1_000_000], pa.timestamp("us")))  # fmt: skip
-    write_parquet(folder / "b.parquet", id=pa.array([3, 4, 3_000_000_000], pa.int64()), text=["b", "c", "d"],
+    write_parquet(folder / "b.parquet", id=pa.array([3, 4, 3_000_000_000], pa.uint64()), text=["b", "c", "d"],
                   at=pa.array([2_000_000_000] * 3, pa.timestamp("ns")))  # fmt: skip
-    write_parquet(folder / "c.parquet", id=pa.array([5], pa.uint32()), text=["e"],
+    write_parquet(folder / "c.parquet", id=pa.array([5], pa.int16()), text=["e"],
                   at=pa.array([3_000_000], pa.timestamp("us")))  # fmt: skip
     output = tmp_path / "out"
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
@@ -204,7 +205,7 @@ def test_ids_wider_in_a_later_shard_are_read_as_the_integer_type_holding_every_s
     assert table.schema.field("id").type == pa.int64() and table.schema.field("at").type == pa.timestamp("us")
     assert sorted(table["id"].to_pylist()) == [1, 3, 4, 5, 3_000_000_000]
     outcome = "success: ids int64; every row embedded"
-    lost = record("input", "int64 id past the first shard's int32", outcome, sorted(folder.iterdir()), output)
+    lost = record("input", "uint64 id past the first shard's int32", outcome, sorted(folder.iterdir()), output)
     assert lost == 0
 
 
@@ -217,7 +218,7 @@ def test_a_value_no_integer_type_of_the_run_holds_fails_naming_file_and_row(tmp_
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output))
     assert result.returncode == 1, result.stderr
     assert f"error: {wide}: column 'id' at row 1 cannot be read as int64, the type this run gives it" in result.stderr
-    assert "integers widened to hold every shard's" in result.stderr
+    assert "integers as wide as the plan found every shard's" in result.stderr
     outcome = "job fails naming file and row; nothing published"
     assert record("input", "uint64 id past int64 beside signed ids", outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []

@@ -121,7 +121,7 @@ def cast_columns(
                 row = first_row + _first_uncastable(batch.column(index), kind)
                 message = (
                     f"{path}: column {name!r} at row {row} cannot be read as {kind}, the type this run gives it "
-                    f"(the first input shard's that holds rows, integers widened to hold every shard's) ({e})"
+                    f"(the first input shard's that holds rows; integers as wide as the plan found every shard's) ({e})"
                 )
                 raise InputError(message) from e
             batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)

@@ -96,6 +96,8 @@ with DAG(
         timeout=600,
         mode="reschedule",
     )
+    # Composer 3 runs the pod in its user-workloads namespace; on Composer 2 also pass
+    # namespace="composer-user-workloads" and config_file="/home/airflow/composer_kube_config".
     load = KubernetesPodOperator(
         task_id="load",
         name="embed-load",
