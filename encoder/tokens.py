@@ -16,14 +16,19 @@ from tokenizers.normalizers import Lowercase, Normalizer, Sequence
 
 from encoder.model_folder import ModelFolder, ModelFolderError, TransformerSpec
 
-# Characters of a text first tokenised per token of the window; the bound grows when a text
-# holds fewer tokens than that (long runs of whitespace, characters the tokenizer drops).
+# Characters of a text first tokenised per token of the window; the window's tokens must end in the
+# piece's first half, so the bound grows when a text holds fewer than one token per 8 characters
+# there (long runs of whitespace, characters the tokenizer drops).
 CHARS_PER_TOKEN = 16
 # Yet never fewer: WordPiece makes one [UNK] of a word over 100 characters (its
 # max_input_chars_per_word), so a prefix cutting such a word must keep over 100 of its characters
 # in the half it trusts, or the piece it keeps would tokenise differently from the whole word.
 MIN_PREFIX_CHARS = 1024
-_WHITESPACE = " \n\t\r"
+# A run at the cut (see _run) is waited out only while the piece is shorter than this; past it, a
+# window reaching into the run is taken as the piece tokenises it, which may differ from the whole
+# text in the run's tokens. Waited out whole, a 16 MB cell of '=' took 138 s and 12 GB (MiniLM).
+MAX_RUN_CHARS = 1 << 18
+_SPACES = "".join(filter(str.isspace, map(chr, range(0x3001))))  # Unicode's whitespace: U+3000 is the last
 
 
 @dataclass(frozen=True)
@@ -33,17 +38,20 @@ class Tokenized:
     truncated: np.ndarray  # (rows,) bool: the text held more tokens than max_seq_length
 
 
-def _prefix(text: str, limit: int) -> tuple[str, bool]:
-    """The start of `text`, about `limit` characters, and whether it ends just before whitespace.
+def _run(piece: str, at_end: bool) -> int:
+    """Characters of the run `piece` ends with (starts with, unless `at_end`): whitespace, mixed with
+    the one other character nearest that edge (newlines, a line of '=', '- - -').
 
-    Tokenizers split words at whitespace before anything else, so every token of
-    such a prefix is also a token of the whole text, at the same place.
+    Unigram and BPE tokenizers may segment a run by its whole length (a Unigram vocabulary of
+    single and paired newlines puts an odd one first; BPE merging pairs from the start leaves it
+    last), and not all split at whitespace (Metaspace splits at spaces only, Llama's and Gemma's
+    tokenizers nowhere), so a piece cut inside a run may tokenise all of it, and the word before
+    it, unlike the whole text.
     """
-    piece = text[:limit]
-    cut = max(map(piece.rfind, _WHITESPACE))
-    if cut > limit // 2:
-        return piece[:cut], True
-    return piece, False
+    strip = str.rstrip if at_end else str.lstrip
+    rest = strip(piece)
+    edge = rest[-1:] if at_end else rest[:1]
+    return len(piece) - len(strip(rest, edge + _SPACES))
 
 
 class TextTokenizer:
@@ -101,32 +109,30 @@ class TextTokenizer:
         """Token ids of each text as embedded, cut at `max_seq_length` tokens.
 
         A text longer than CHARS_PER_TOKEN x max_seq_length characters (MIN_PREFIX_CHARS at least) is first cut
-        to a prefix that ends before whitespace; when that prefix still overflows
-        the window, its first max_seq_length tokens are those of the whole text.
-        Otherwise the bound grows fourfold until it holds, or the text is taken whole.
-        A prefix with no whitespace to end at (one huge word, text without spaces)
-        is taken when the window's tokens end in its first half. A window that keeps
-        a text's end takes a suffix instead, when the window's tokens start in its
-        second half. Given an Arrow array, only those pieces ever become Python strings.
+        to that many; when the piece overflows the window and the window's tokens end in the first
+        half of what precedes the run the piece ends in, they are those of the whole text.
+        Otherwise the bound grows fourfold until they do, or the text is taken whole. A window
+        that keeps a text's end takes a suffix instead, when the window's tokens start in the
+        second half of what follows the run it starts with. Given an Arrow array, only those
+        pieces ever become Python strings.
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         if self.max_seq_length is None:
             return _tokenized(self._encode_batch([self.as_embedded(t) for t in texts.to_pylist()]))
         limit = max(CHARS_PER_TOKEN * self.max_seq_length, MIN_PREFIX_CHARS)
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
-        heads = self._piece_of(texts, limit).to_pylist()
-        cut = {i: self._cut(heads[i], limit) for i in np.flatnonzero(lengths > limit).tolist()}
-        views = [self.as_embedded(cut[i][0] if i in cut else head) for i, head in enumerate(heads)]
+        pieces = self._piece_of(texts, limit).to_pylist()
+        cut = np.flatnonzero(lengths > limit).tolist()
+        views = [self.as_embedded(piece) for piece in pieces]
         # Offsets are only read for cut texts: the others skip computing them (about 1.3x faster).
         encodings = self._encode_batch(views)
         for i in cut:
             encodings[i] = self._window.encode(views[i], add_special_tokens=self.special_tokens)
-        for i, (piece, safe) in cut.items():
-            bound = limit
-            while len(piece) < lengths[i] and not self._holds_window(encodings[i], self.as_embedded(piece), safe):
+        for i in cut:
+            bound, piece = limit, pieces[i]
+            while len(piece) < lengths[i] and not self._holds_window(encodings[i], piece):
                 bound *= 4
-                head = self._piece_of(texts.slice(i, 1), bound)[0].as_py()
-                piece, safe = self._cut(head, bound) if bound < lengths[i] else (head, True)
+                piece = self._piece_of(texts.slice(i, 1), bound)[0].as_py()
                 encodings[i] = self._window.encode(self.as_embedded(piece), add_special_tokens=self.special_tokens)
         return _tokenized(encodings)
 
@@ -134,20 +140,20 @@ class TextTokenizer:
         """Each text's first `chars` characters, or its last where the window keeps a text's end."""
         return pc.utf8_slice_codeunits(texts, -chars) if self.keeps_end else pc.utf8_slice_codeunits(texts, 0, chars)
 
-    def _cut(self, piece: str, limit: int) -> tuple[str, bool]:
-        return (piece, False) if self.keeps_end else _prefix(piece, limit)
-
-    def _holds_window(self, encoding: Encoding, view: str, safe: bool) -> bool:
-        """Whether a piece's tokens in the window are the whole text's: it overflows the window, and
-        either ends before whitespace or the window's tokens end in its first half (start in its
-        second half, where the window keeps the end: the piece's first word may be cut)."""
+    def _holds_window(self, encoding: Encoding, piece: str) -> bool:
+        """Whether a piece's tokens in the window are the whole text's: it overflows the window, and the
+        window's tokens lie in the half of the piece away from the cut, not counting a run at the cut
+        while the piece is under MAX_RUN_CHARS. Normalizers, pre-tokenizers and segmentations reach
+        a few characters across a cut, or along a run, not that far."""
         if not encoding.overflowing:
             return False
+        view = len(self.prompt) + len(piece)
+        run = _run(piece, at_end=not self.keeps_end) if len(piece) < MAX_RUN_CHARS else 0
         if self.keeps_end:
             marks = zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
             starts = [start for (start, _), special in marks if not special]
-            return min(starts) >= len(view) // 2
-        return safe or max(end for _, end in encoding.offsets) <= len(view) // 2
+            return min(starts) >= (len(self.prompt) + run + view) // 2
+        return max(end for _, end in encoding.offsets) <= (view - run) // 2
 
     def _encode_batch(self, views: list[str]) -> list[Encoding]:
         encode = getattr(self._window, "encode_batch_fast", self._window.encode_batch)  # tokenizers >= 0.20

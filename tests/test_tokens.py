@@ -3,11 +3,16 @@ tokens it would see if the whole text had been tokenised."""
 
 from __future__ import annotations
 
+import string
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from encoder import read_model_folder
-from encoder.tokens import CHARS_PER_TOKEN, TextTokenizer
+from encoder.tokens import CHARS_PER_TOKEN, MAX_RUN_CHARS, TextTokenizer
 from samples.long_documents import long_documents
 from tests.conftest import save_tiny_model
 
@@ -64,3 +69,81 @@ def test_a_short_window_still_sees_the_whole_texts_tokens(model_path, max_seq_le
     those where the whole word is one [UNK]."""
     tokenizer = TextTokenizer(read_model_folder(model_path), max_seq_length)
     assert tokenizer.encode([text]).ids[0] == whole(tokenizer, text).ids
+
+
+SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def unigram(split: bool) -> Tokenizer:
+    """XLM-R-style (Llama-style without `split`: Metaspace splits nowhere): newlines stay in words,
+    and a run of newlines, spaces, '=' or '= = =' is segmented in pairs with the odd one first."""
+    pieces = [*SPECIAL, "▁", "▁▁", "\n", "\n\n", "=", "==", "=▁", "▁=", *string.ascii_letters]
+    backend = Tokenizer(models.Unigram([(piece, -1.0) for piece in pieces], unk_id=3))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always" if split else "first", split=split)
+    return backend
+
+
+def bpe() -> Tokenizer:
+    """Gemma-style BPE without a pre-tokenizer: a run is merged into fours from its start, so its end
+    depends on its length."""
+    merges = [("▁", "▁"), ("▁▁", "▁▁"), ("\n", "\n"), ("\n\n", "\n\n")]
+    pieces = [*SPECIAL, "▁", "\n", *string.ascii_letters, *("".join(pair) for pair in merges)]
+    backend = Tokenizer(models.BPE({piece: i for i, piece in enumerate(pieces)}, merges, unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    return backend
+
+
+def folder_with(path: Path, backend: Tokenizer, truncation_side: str) -> Path:
+    """A tiny model folder whose tokenizer is `backend`."""
+    save_tiny_model(path, {})
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (path / name).unlink(missing_ok=True)
+    special = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    PreTrainedTokenizerFast(tokenizer_object=backend, truncation_side=truncation_side, **special).save_pretrained(path)
+    return path
+
+
+RUNS: dict[str, tuple[Callable[[], Tokenizer], str, str]] = {
+    "XLM-R-style Unigram, newlines": (lambda: unigram(split=True), "right", "\n"),
+    "XLM-R-style Unigram, a line of '='": (lambda: unigram(split=True), "right", "="),
+    "Llama-style Unigram, '= = ='": (lambda: unigram(split=False), "right", "= "),
+    "Llama-style Unigram, spaces": (lambda: unigram(split=False), "right", " "),
+    "Gemma-style BPE keeping the end, newlines": (bpe, "left", "\n"),
+    "Gemma-style BPE keeping the end, spaces": (bpe, "left", " "),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_cut_inside_a_run_keeps_every_token_the_model_sees(tmp_path, name):
+    """These tokenizers do not split at every whitespace, and tokenise a run by its whole length:
+    a piece cut inside a run its window reaches into is not trusted, whatever its run's parity."""
+    backend, side, run = RUNS[name]
+    path = folder_with(tmp_path / "model", backend(), side)
+    tokenizer = TextTokenizer(read_model_folder(path), 16)
+    texts = [f"Title{run * length}end" for length in range(2000, 2004)]
+    reference = AutoTokenizer.from_pretrained(path)(texts, truncation=True, max_length=16)["input_ids"]
+    assert tokenizer.encode(texts).ids == reference
+
+
+def pieces_cut(tokenizer: TextTokenizer, monkeypatch) -> list[int]:
+    """The character bounds `tokenizer` cuts texts at, as it cuts them."""
+    bounds, piece_of = [], tokenizer._piece_of
+    monkeypatch.setattr(tokenizer, "_piece_of", lambda texts, chars: bounds.append(chars) or piece_of(texts, chars))
+    return bounds
+
+
+def test_long_prose_is_tokenised_once(model_path, monkeypatch):
+    """Real documents: the window's tokens end early in the first piece, which no run ends, so none is cut again."""
+    tokenizer = TextTokenizer(read_model_folder(model_path))
+    documents = [text for _, text in long_documents(min_chars=2 * LIMIT)]
+    bounds = pieces_cut(tokenizer, monkeypatch)
+    assert tokenizer.encode(documents).truncated.all()
+    assert bounds == [LIMIT]
+
+
+def test_a_huge_run_is_waited_out_no_further_than_max_run_chars(model_path, monkeypatch):
+    """A 4 MB line of '=' is cut at MAX_RUN_CHARS, not tokenised whole: a run that long is not waited out."""
+    tokenizer = TextTokenizer(read_model_folder(model_path))
+    bounds = pieces_cut(tokenizer, monkeypatch)
+    assert tokenizer.encode(["=" * (16 * MAX_RUN_CHARS)]).ids[0] == whole(tokenizer, "=" * 1000).ids
+    assert max(bounds) == MAX_RUN_CHARS
