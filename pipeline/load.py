@@ -77,6 +77,8 @@ HNSW_DIMENSIONS = {"vector": 2000, "halfvec": 4000, "bit": 64000}
 # pgvector's distance for each similarity a model folder names (its operator classes end in
 # `_<ops>_ops`), and the operator a query orders by to use the index.
 DISTANCES = {"cosine": ("cosine", "<=>"), "dot": ("ip", "<#>"), "euclidean": ("l2", "<->"), "manhattan": ("l1", "<+>")}
+# Pinecone's index metric for each similarity a model folder names; it has none for manhattan.
+PINECONE_METRICS = {"cosine": "cosine", "dot": "dotproduct", "euclidean": "euclidean"}
 
 
 class LoadError(Exception):
@@ -720,10 +722,6 @@ def command_line() -> argparse.ArgumentParser:
     pinecone.add_argument("--output", required=True, help="folder for the import files (one per new namespace)")
     pinecone.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     return parser
-
-
-# Pinecone's index metric for each similarity a model folder names; it has none for manhattan.
-PINECONE_METRICS = {"cosine": "cosine", "dot": "dotproduct", "euclidean": "euclidean"}
 
 
 def export_pinecone(run: Run, output: str) -> str:
