@@ -38,26 +38,26 @@ def token_budget_batches(
     still gets a batch of one. With `max_padding`, a batch of at least
     MIN_BUDGET_SHARE of the budget is also cut where taking the next row would make
     its padded tokens more than `max_padding` times its real tokens (`lengths`).
+    Each batch is found by numpy over the rows that could join it, not row by row.
     """
     order = np.argsort(widths, kind="stable")
-    real = (widths if lengths is None else lengths)[order]
+    width = widths[order]
+    real = np.concatenate([[0], np.cumsum((widths if lengths is None else lengths)[order])])
     floor = token_budget * MIN_BUDGET_SHARE
     batches = []
-    start, tokens = 0, 0
-    for end in range(len(order) + 1):
-        if end < len(order):
-            padded = (end - start + 1) * widths[order[end]]
-            over_budget = end > start and padded > token_budget
-            too_padded = (
-                max_padding is not None
-                and end > start
-                and (end - start) * widths[order[end - 1]] >= floor
-                and padded > max_padding * (tokens + real[end])
-            )
-            if not (over_budget or too_padded):
-                tokens += int(real[end])
-                continue
-        if end > start:
-            batches.append(order[start:end])
-        start, tokens = end, int(real[end]) if end < len(order) else 0
+    start = 0
+    while start < len(order):
+        # No more than budget / width rows fit: the row past those is over budget whatever comes.
+        fit = token_budget // int(width[start]) if width[start] else len(order)
+        reach = min(len(order), start + fit + 1)
+        taken = np.arange(1, reach - start + 1)  # rows in the batch were it to end at each candidate
+        padded = taken * width[start:reach]
+        cut = padded > token_budget
+        if max_padding is not None:
+            held = (taken - 1) * np.concatenate([[0], width[start : reach - 1]])  # before that row joins
+            cut |= (held >= floor) & (padded > max_padding * (real[start + 1 : reach + 1] - real[start]))
+        cut[0] = False  # a row always makes a batch
+        end = start + (int(np.argmax(cut)) if cut.any() else reach - start)
+        batches.append(order[start:end])
+        start = end
     return batches

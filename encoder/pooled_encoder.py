@@ -190,7 +190,7 @@ class PooledEncoder:
         that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute.
         """
         token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
-        ids, lengths = tokenized.ids, tokenized.lengths
+        lengths = tokenized.lengths
         widths = padded_widths(lengths, self.max_seq_length)
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None
         done: list[tuple[np.ndarray, torch.Tensor]] = []
@@ -199,7 +199,7 @@ class PooledEncoder:
         while queue:
             rows = queue.popleft()
             try:
-                features = self.input_module.collate(ids, rows, int(widths[rows[-1]]), self.tokenizer.pad_id)
+                features = self.input_module.collate(tokenized, rows, int(widths[rows[-1]]), self.tokenizer.pad_id)
                 done.append((rows, self._forward(features)))
                 if on_batch is not None:
                     on_batch(len(rows))
@@ -222,7 +222,7 @@ class PooledEncoder:
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the copies back to the host were asynchronous
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        out = np.empty((len(lengths), self.dim), dtype=np.float32)
         for rows, vectors in done:
             out[rows] = vectors.numpy()
         not_finite = ~np.isfinite(out).all(axis=1)

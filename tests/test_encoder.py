@@ -114,6 +114,33 @@ def test_batches_cover_every_row_once_within_the_budget():
     assert [lengths[rows].tolist() for rows in batches] == [[1, 5, 7, 12, 12], [33, 64], [64], [90], [300]]
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("budget", "max_padding"), [(64, None), (2048, None), (4096, 1.05), (512, 1.2)])
+def test_batches_are_the_greedy_cut_of_the_rows_by_width(seed, budget, max_padding):
+    """Each batch takes rows in ascending width while they fit, and stops at the first that does
+    not: over the budget, or (with max_padding) too padded once the batch holds its floor."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 300, size=int(rng.integers(1, 3000)))
+    lengths[: 70 * (seed == 0)] = 0  # a static model's empty texts: no tokens at all
+    widths = padded_widths(lengths, 256)
+    batches = token_budget_batches(widths, budget, lengths, max_padding)
+    assert np.concatenate(batches).tolist() == np.argsort(widths, kind="stable").tolist()
+
+    def joins(batch: list[int], row: int) -> bool:
+        padded = (len(batch) + 1) * widths[row]
+        if padded > budget:
+            return False
+        held = len(batch) * widths[batch[-1]]
+        real = lengths[batch].sum() + lengths[row]
+        return max_padding is None or held < budget / 8 or padded <= max_padding * real
+
+    for number, batch in enumerate(batches):
+        rows = batch.tolist()
+        assert all(joins(rows[:k], rows[k]) for k in range(1, len(rows)))
+        if number + 1 < len(batches):
+            assert not joins(rows, int(batches[number + 1][0]))
+
+
 def test_gpu_budget_batches_keep_padding_within_five_percent_on_a_real_knowledge_base(model_path):
     """One chunk of the rows a CUDA worker gathers, cut at the largest GPU budget."""
     tokenizer = PooledEncoder(read_model_folder(model_path), device="cpu").tokenizer

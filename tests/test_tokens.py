@@ -7,6 +7,7 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -44,7 +45,7 @@ def test_bounded_tokenising_keeps_every_token_the_model_sees(model_path, name):
     text = HARD_TEXTS[name]
     tokenized = tokenizer.encode([text, "another text"])
     reference = whole(tokenizer, text)
-    assert tokenized.ids[0] == reference.ids
+    assert tokenized.of([0]).tolist() == reference.ids
     assert tokenized.truncated[0] == bool(reference.overflowing)
     assert tokenized.lengths[0] == len(reference.ids)
 
@@ -55,7 +56,7 @@ def test_the_prompt_and_lower_casing_are_applied_before_cutting(tmp_path):
     tokenizer = TextTokenizer(folder, prompt_name="query")
     assert tokenizer.max_seq_length == 64
     text = "Upper Case Words " * 2000
-    assert tokenizer.encode([text]).ids[0] == whole(tokenizer, text).ids
+    assert tokenizer.encode([text]).token_ids.tolist() == whole(tokenizer, text).ids
     assert tokenizer.count(["", "query"]).tolist() == [4, 5]  # [CLS] query : [SEP], and one more word
     assert tokenizer.count([text]).tolist() == [65]  # longer than the window: max_seq_length + 1
 
@@ -68,7 +69,7 @@ def test_a_short_window_still_sees_the_whole_texts_tokens(model_path, max_seq_le
     """16 characters a token would cut a 50,000-character word to 48: WordPiece makes pieces of
     those where the whole word is one [UNK]."""
     tokenizer = TextTokenizer(read_model_folder(model_path), max_seq_length)
-    assert tokenizer.encode([text]).ids[0] == whole(tokenizer, text).ids
+    assert tokenizer.encode([text]).token_ids.tolist() == whole(tokenizer, text).ids
 
 
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -122,7 +123,8 @@ def test_a_cut_inside_a_run_keeps_every_token_the_model_sees(tmp_path, name):
     tokenizer = TextTokenizer(read_model_folder(path), 16)
     texts = [f"Title{run * length}end" for length in range(2000, 2004)]
     reference = AutoTokenizer.from_pretrained(path)(texts, truncation=True, max_length=16)["input_ids"]
-    assert tokenizer.encode(texts).ids == reference
+    tokenized = tokenizer.encode(texts)
+    assert [tokenized.of([row]).tolist() for row in range(len(texts))] == reference
 
 
 def pieces_cut(tokenizer: TextTokenizer, monkeypatch) -> list[int]:
@@ -145,5 +147,15 @@ def test_a_huge_run_is_waited_out_no_further_than_max_run_chars(model_path, monk
     """A 4 MB line of '=' is cut at MAX_RUN_CHARS, not tokenised whole: a run that long is not waited out."""
     tokenizer = TextTokenizer(read_model_folder(model_path))
     bounds = pieces_cut(tokenizer, monkeypatch)
-    assert tokenizer.encode(["=" * (16 * MAX_RUN_CHARS)]).ids[0] == whole(tokenizer, "=" * 1000).ids
+    assert tokenizer.encode(["=" * (16 * MAX_RUN_CHARS)]).token_ids.tolist() == whole(tokenizer, "=" * 1000).ids
     assert max(bounds) == MAX_RUN_CHARS
+
+
+def test_the_ids_of_rows_come_end_to_end_in_the_order_asked(model_path):
+    tokenizer = TextTokenizer(read_model_folder(model_path))
+    texts = ["first text", "", "a third, longer text of several words", "x"]
+    tokenized = tokenizer.encode(texts)
+    each = [whole(tokenizer, text).ids for text in texts]
+    assert tokenized.of(np.array([2, 0, 3, 2])).tolist() == each[2] + each[0] + each[3] + each[2]
+    assert tokenized.of(np.array([], dtype=np.int64)).tolist() == []
+    assert tokenized.lengths.tolist() == [len(ids) for ids in each]

@@ -7,14 +7,13 @@ padding: every row's token ids go end to end, with offsets, into one EmbeddingBa
 
 from __future__ import annotations
 
-from itertools import chain
-
 import numpy as np
 import torch
 
 from encoder.model_folder import StaticEmbeddingSpec
 from encoder.modules.features import Features
 from encoder.modules.weights import load_weights
+from encoder.tokens import Tokenized
 
 
 def _table(weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -35,11 +34,10 @@ class StaticEmbedding(torch.nn.Module):
         table = _table(load_weights(spec.path)).float()
         self.embedding = torch.nn.EmbeddingBag.from_pretrained(table, mode="mean")
 
-    def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
-        lengths = np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
-        flat = np.fromiter(chain.from_iterable(ids[i] for i in rows), dtype=np.int64, count=int(lengths.sum()))
-        offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
-        return Features(torch.from_numpy(flat), offsets=torch.from_numpy(offsets))
+    def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
+        lengths = tokenized.lengths[rows]
+        offsets = np.cumsum(lengths) - lengths
+        return Features(torch.from_numpy(tokenized.of(rows)), offsets=torch.from_numpy(offsets))
 
     def forward(self, features: Features) -> Features:
         features.sentence_embedding = self.embedding(features.input_ids, features.offsets)

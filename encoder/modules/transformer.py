@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import chain
-
 import numpy as np
 import torch
 import transformers
@@ -11,6 +9,7 @@ from transformers import AutoModel
 
 from encoder.model_folder import ENCODER_ONLY_CLASSES, TransformerSpec
 from encoder.modules.features import Features
+from encoder.tokens import Tokenized
 
 
 class Transformer(torch.nn.Module):
@@ -25,16 +24,16 @@ class Transformer(torch.nn.Module):
             self.model.config.use_cache = False
         self.padding_left = spec.padding_left
 
-    def collate(self, ids: list[list[int]], rows: np.ndarray, width: int, pad_id: int) -> Features:
+    def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
         """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
 
         A boolean mask places every row's ids at once: numpy fills it in row order.
         """
-        lengths = np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
+        lengths = tokenized.lengths[rows]
         positions = np.arange(width)
         mask = positions >= width - lengths[:, None] if self.padding_left else positions < lengths[:, None]
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        input_ids[mask] = np.fromiter(chain.from_iterable(ids[i] for i in rows), dtype=np.int64, count=lengths.sum())
+        input_ids[mask] = tokenized.of(rows)
         return Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
 
     def forward(self, features: Features) -> Features:
