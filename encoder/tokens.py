@@ -30,6 +30,9 @@ MIN_PREFIX_CHARS = 1024
 # window reaching into the run is taken as the piece tokenises it, which may differ from the whole
 # text in the run's tokens. Waited out whole, a 16 MB cell of '=' took 138 s and 12 GB (MiniLM).
 MAX_RUN_CHARS = 1 << 18
+# Nor does the bound grow past this many characters: a 16 MB cell of zero-width spaces (which
+# BERT's normalizer drops, so the window never fills) was tokenised whole, in 17 s and 2.4 GB.
+MAX_TOKENIZED_CHARS = 1 << 22
 _SPACES = "".join(filter(str.isspace, map(chr, range(0x3001))))  # Unicode's whitespace: U+3000 is the last
 
 
@@ -40,7 +43,7 @@ class Tokenized:
 
     token_ids: np.ndarray  # (sum of lengths,) int64
     lengths: np.ndarray  # (rows,) int64
-    truncated: np.ndarray  # (rows,) bool: the text held more tokens than max_seq_length
+    truncated: np.ndarray  # (rows,) bool: held more tokens than max_seq_length, or was read in part
     starts: np.ndarray = field(init=False)  # (rows,) int64: where each text's ids begin in token_ids
 
     def __post_init__(self) -> None:
@@ -133,10 +136,11 @@ class TextTokenizer:
         A text longer than CHARS_PER_TOKEN x max_seq_length characters (MIN_PREFIX_CHARS at least) is first cut
         to that many; when the piece overflows the window and the window's tokens end in the first
         half of what precedes the run the piece ends in, they are those of the whole text.
-        Otherwise the bound grows fourfold until they do, or the text is taken whole. A window
-        that keeps a text's end takes a suffix instead, when the window's tokens start in the
-        second half of what follows the run it starts with. Given an Arrow array, only those
-        pieces ever become Python strings.
+        Otherwise the bound grows fourfold until they do, or the text is taken whole, or the bound
+        reaches MAX_TOKENIZED_CHARS: then the window's tokens are that piece's, and the text counts
+        as truncated. A window that keeps a text's end takes a suffix instead, when the window's
+        tokens start in the second half of what follows the run it starts with. Given an Arrow
+        array, only those pieces ever become Python strings.
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
         if self.max_seq_length is None:
@@ -150,13 +154,19 @@ class TextTokenizer:
         encodings = self._encode_batch(views)
         for i in cut:
             encodings[i] = self._window.encode(views[i], add_special_tokens=self.special_tokens)
+        read_in_part = []
         for i in cut:
             bound, piece = limit, pieces[i].as_py()
             while len(piece) < lengths[i] and not self._holds_window(encodings[i], piece):
-                bound *= 4
+                if bound == MAX_TOKENIZED_CHARS:
+                    read_in_part.append(i)
+                    break
+                bound = min(4 * bound, MAX_TOKENIZED_CHARS)
                 piece = self._piece_of(texts.slice(i, 1), bound)[0].as_py()
                 encodings[i] = self._window.encode(self.as_embedded(piece), add_special_tokens=self.special_tokens)
-        return _tokenized(encodings)
+        tokenized = _tokenized(encodings)
+        tokenized.truncated[read_in_part] = True
+        return tokenized
 
     def _piece_of(self, texts: pa.Array, chars: int) -> pa.Array:
         """Each text's first `chars` characters, or its last where the window keeps a text's end."""

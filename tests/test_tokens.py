@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from encoder import read_model_folder
-from encoder.tokens import CHARS_PER_TOKEN, MAX_RUN_CHARS, TextTokenizer
+from encoder.tokens import CHARS_PER_TOKEN, MAX_RUN_CHARS, MAX_TOKENIZED_CHARS, TextTokenizer
 from samples.long_documents import long_documents
 from tests.conftest import save_tiny_model
 
@@ -149,6 +149,19 @@ def test_a_huge_run_is_waited_out_no_further_than_max_run_chars(model_path, monk
     bounds = pieces_cut(tokenizer, monkeypatch)
     assert tokenizer.encode(["=" * (16 * MAX_RUN_CHARS)]).token_ids.tolist() == whole(tokenizer, "=" * 1000).ids
     assert max(bounds) == MAX_RUN_CHARS
+
+
+def test_a_text_whose_window_never_fills_is_read_no_further_than_max_tokenized_chars(model_path, monkeypatch):
+    """A huge cell of what BERT's tokenizer drops (whitespace, zero-width spaces) is not tokenised
+    whole: its first MAX_TOKENIZED_CHARS characters are, and it counts as truncated."""
+    tokenizer = TextTokenizer(read_model_folder(model_path))
+    bounds = pieces_cut(tokenizer, monkeypatch)
+    texts = [" " * MAX_TOKENIZED_CHARS + " beyond", "\u200b" * (MAX_TOKENIZED_CHARS // 2) + " within"]
+    tokenized = tokenizer.encode(texts)
+    assert tokenized.of([0]).tolist() == whole(tokenizer, "").ids
+    assert tokenized.of([1]).tolist() == whole(tokenizer, texts[1]).ids == whole(tokenizer, "within").ids
+    assert tokenized.truncated.tolist() == [True, False]
+    assert max(bounds) == MAX_TOKENIZED_CHARS
 
 
 def test_the_ids_of_rows_come_end_to_end_in_the_order_asked(model_path):
