@@ -8,8 +8,10 @@ PostgreSQL + pgvector starts only once the night's manifest.json exists, and
 the loader checks every file against it before touching the table.
 
 Copy this file into the Composer environment's dags/ folder, set the Airflow
-variables embed_project, embed_region, embed_bucket, embed_worker_image and
-embed_table, and an Airflow connection `pgvector` to the database. The load runs
+variables embed_project, embed_region, embed_bucket, embed_worker_image (the
+image launch.sh pushed, REPOSITORY/gpu-worker:TAG, by its tag and not a digest:
+the template's name is taken from the tag) and embed_table, and an Airflow
+connection `pgvector` to the database. The load runs
 in a pod of the worker image, which holds the loader: nothing of this project
 (torch, Beam) is installed into Composer, whose own packages it could clash with.
 """
