@@ -131,7 +131,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
         for m in sorted(found, key=lambda m: m.path):
             path = same_spelling(m.path)
-            matched.setdefault(path, PlannedFile(path, m.size_in_bytes, m.last_updated_in_seconds))
+            matched.setdefault(path, PlannedFile.found(path, m))
     return list(matched.values())
 
 
@@ -389,9 +389,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
             "pass a complete earlier run, or leave --previous out"
         )
-    planned = [
-        PlannedFile(f, m.size_in_bytes, m.last_updated_in_seconds) for f in files for m in [present[same_spelling(f)]]
-    ]
+    planned = [PlannedFile.found(f, present[same_spelling(f)]) for f in files]
     # A file replaced since (its manifest records every file's bytes) would make a wrong change set.
     checks = manifest.get("file_checks") if isinstance(manifest.get("file_checks"), dict) else {}
     recorded = {name: (checks.get(name) or {}).get("bytes") for name in names}

@@ -149,6 +149,25 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds}s")
 
 
+@pytest.fixture
+def local_zone():
+    """Sets this process's local time zone (TZ, then time.tzset) for a test; both are restored after."""
+    saved = os.environ.get("TZ")
+
+    def set_zone(name: str) -> None:
+        os.environ["TZ"] = name
+        time.tzset()
+
+    try:
+        yield set_zone
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
 # The reliability catalogue (issue: nothing lost, no one let in): every case tried, printed as a
 # table when the suite ends. rows_lost counts input rows found in neither the embeddings nor the
 # rejects files of a published run; a run that fails publishes nothing, and says why.

@@ -309,13 +309,17 @@ def test_a_shard_replaced_after_the_plan_fails_the_job_naming_the_file_and_both_
     )
 
 
-def test_a_daylight_saving_shift_between_launcher_and_worker_is_the_same_version():
-    """Beam reads object stores' times through the local time zone: a launcher in summer time sees
-    them an hour off a worker in UTC. Any other difference is another version."""
+def test_a_daylight_saving_shift_is_another_version_unless_the_time_read_fits_both():
+    """Launcher and workers hold UTC times (transforms.object_times), so a time an hour off is another
+    version; only a gs:// or azfs:// time read near a spring daylight-saving change fits two times a
+    shift apart, and then either is the file as planned, whichever side read it."""
     planned = PlannedFile("gs://kb/a.parquet", 100, 1_790_000_000.25)
     versions = [(100, 0), (100, 3600), (100, -3600), (100, 1800), (100, 1), (100, 3600.5), (99, 0)]
     listed = [PlannedFile(planned.path, size, planned.modified + shift) for size, shift in versions]
-    assert [planned.listed_as_planned(file) for file in [*listed, None]] == [True, True, True, True] + [False] * 4
+    assert [planned.listed_as_planned(file) for file in [*listed, None]] == [True] + [False] * 7
+    two = PlannedFile(planned.path, 100, planned.modified, planned.modified + 3600)
+    assert [two.listed_as_planned(file) for file in listed] == [True, True] + [False] * 5
+    assert [file.listed_as_planned(two) for file in listed] == [True, True] + [False] * 5
 
 
 def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):

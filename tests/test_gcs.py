@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from google.cloud import storage
 
 from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256
+from pipeline.plan import match_inputs
 from pipeline.run import main
 from samples.knowledge_base import write_shards
 from tests.conftest import ROOT, free_port, record, wait_for_port
@@ -305,3 +308,31 @@ def test_small_files_in_a_bucket_are_merged_and_their_sources_deleted(bucket):
     assert [blob.name for blob in bucket.list_blobs(prefix="small/")] == ["small/part-merged-00000-of-00001.parquet"]
     merged = pq.read_table(io.BytesIO(bucket.blob("small/part-merged-00000-of-00001.parquet").download_as_bytes()))
     assert merged.equals(pq.read_table(local, schema=schema))
+
+
+def test_a_launcher_in_summer_time_records_and_checks_the_objects_times_in_utc(bucket, local_zone):
+    """Beam reads gs:// times through the local zone: a launcher in summer time read them a shift
+    early, into its manifest, and an hour off workers in UTC. Run in a zone that is in summer time
+    when the shards were written (Berlin's or Sydney's), the job records each shard's `updated`,
+    and a worker in UTC finds each shard as the launcher planned it."""
+    bucket, _ = bucket
+    pattern = "gs://kb/kb/*.parquet"
+    updated = {f"gs://kb/{b.name}": b.updated for b in bucket.list_blobs(prefix="kb/") if b.name.endswith(".parquet")}
+    day = 86400
+    for zone in ("Europe/Berlin", "Australia/Sydney"):
+        local_zone(zone)  # in summer time for a day either side of every shard's time, away from a change
+        if all(time.localtime(t.timestamp() + k).tm_isdst for t in updated.values() for k in (-day, 0, day)):
+            break
+    else:
+        pytest.fail(f"neither zone is in summer time at {sorted(updated.values())}")
+    beam = {m.path: m.last_updated_in_seconds for m in FileSystems.match([pattern])[0].metadata_list}
+    assert all(beam[path] - t.timestamp() == -3600 for path, t in updated.items())  # Beam's error here
+    args = ["--input", pattern, "--output", "gs://kb/out/summer-time", *IN_PROCESS]
+    assert main(args) == 0
+    manifest = _json(bucket, "out/summer-time/manifest.json")
+    assert {f["path"]: f["modified"] for f in manifest["input_files"]} == {p: t.isoformat() for p, t in updated.items()}
+    planned = match_inputs([pattern])
+    local_zone("UTC")  # a Dataflow worker
+    listed = [file.now() for file in planned]
+    assert all(file.listed_as_planned(now) for file, now in zip(planned, listed, strict=True))
+    assert [now.times() for now in listed] == [(file.modified,) for file in planned]

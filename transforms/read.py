@@ -19,23 +19,31 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.inputs import InputError
-
-DAYLIGHT_SHIFTS = (0, 1800, -1800, 3600, -3600)  # seconds
+from transforms.object_times import utc_times
 
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """A file to read, with its size in bytes and modification time (in seconds, as its Beam file
-    system reports it; None where it keeps none) at one moment: when the plan matched it, or when
-    its row groups were listed."""
+    """A file to read, with its size in bytes and modification time (UTC epoch seconds; None where its
+    file system keeps none) at one moment: when the plan matched it, or when its row groups were
+    listed. `other_modified` is the second time Beam's seconds can stand for, for a `gs://` or
+    `azfs://` object written near a spring daylight-saving change in the local zone, else None
+    (transforms.object_times)."""
 
     path: str
     size: int
     modified: float | None
+    other_modified: float | None = None
+
+    @classmethod
+    def found(cls, path: str, metadata: FileMetadata) -> PlannedFile:
+        """`path` as Beam's `metadata` of it describes it, its time in UTC whatever the local zone."""
+        times = utc_times(path, metadata.last_updated_in_seconds)
+        return cls(path, metadata.size_in_bytes, times[0], times[1] if len(times) > 1 else None)
 
     def now(self) -> PlannedFile | None:
         """The file as its file system reports it now; None when it is gone."""
@@ -43,19 +51,23 @@ class PlannedFile:
             metadata = FileSystems.get_filesystem(self.path).metadata(self.path)
         except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
             return None
-        return PlannedFile(self.path, metadata.size_in_bytes, metadata.last_updated_in_seconds)
+        return PlannedFile.found(self.path, metadata)
 
     def listed_as_planned(self, listed: PlannedFile | None) -> bool:
-        """Whether `listed`, read in a worker, is the version the launcher planned. Beam converts object
-        stores' times (gs://, s3://, azfs://) through the local time zone (time.mktime), so a launcher in
-        summer time reads them a daylight-saving shift (an hour; half an hour on Lord Howe Island) off
-        workers in UTC: times exactly that far apart are taken as one. A rewrite that lands that many
-        seconds later to the microsecond, at the same size, goes unseen."""
+        """Whether `listed`, read in a worker, is the version the launcher planned: the same size and the
+        same UTC time, whatever zone each runs in. Where one read a `gs://` or `azfs://` time near a
+        spring daylight-saving change, it fits two times a shift apart and either counts: else launcher
+        and workers in different zones could not agree there. A rewrite landing exactly that far off,
+        at the same size, goes unseen."""
         if listed is None or listed.size != self.size:
             return False
         if listed.modified is None or self.modified is None:
             return listed.modified == self.modified
-        return any(abs(listed.modified - self.modified - shift) < 1e-3 for shift in DAYLIGHT_SHIFTS)
+        return any(abs(theirs - ours) < 1e-3 for theirs in listed.times() for ours in self.times())
+
+    def times(self) -> tuple[float, ...]:
+        """The UTC times its modification time can be (one, or two: see `other_modified`)."""
+        return tuple(t for t in (self.modified, self.other_modified) if t is not None)
 
     def replaced(self, seen: str, now: PlannedFile | None, when: str) -> InputError:
         return InputError(

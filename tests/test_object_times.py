@@ -1,0 +1,117 @@
+"""Object stores' times in UTC whatever the local zone: Beam's own conversions (GcsIO, BlobStorageIO,
+S3IO `_updated_to_seconds`, run as they are) fed the datetimes their storage clients give, in zones
+with and without daylight saving, undone by transforms.object_times."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from apache_beam.io.aws.s3io import S3IO
+from apache_beam.io.azure.blobstorageio import BlobStorageIO
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.gcp.gcsio import GcsIO
+from dateutil.parser import parse
+from dateutil.tz import tzutc
+
+from transforms.object_times import utc_times
+from transforms.read import PlannedFile
+
+SUMMER = datetime(2026, 7, 1, 12, 0, 0, 123456, tzinfo=UTC)
+WINTER = datetime(2026, 1, 15, 12, 0, 0, 654321, tzinfo=UTC)
+# How far Beam 2.77 reads a gs:// or azfs:// time off in each zone: the zone's summer-time shift.
+BEAM_SHIFTS = {
+    "Europe/Berlin": {SUMMER: -3600, WINTER: 0},
+    "America/New_York": {SUMMER: -3600, WINTER: 0},
+    "Australia/Lord_Howe": {SUMMER: 0, WINTER: -1800},  # its summer is January, half an hour
+    "UTC": {SUMMER: 0, WINTER: 0},
+    "Asia/Kolkata": {SUMMER: 0, WINTER: 0},  # +05:30 all year
+}
+
+
+def _seconds(moment: datetime) -> float:
+    return calendar.timegm(moment.utctimetuple()) + moment.microsecond / 1e6
+
+
+def _gcs(moment: datetime) -> float:
+    """Beam's seconds for a gs:// object: google-cloud-storage gives `updated` in datetime.timezone.utc
+    (datetime.UTC)."""
+    return GcsIO._updated_to_seconds(moment.astimezone(UTC))
+
+
+def _azure(moment: datetime) -> float:
+    """Beam's seconds for an azfs:// blob: azure-storage-blob reads Last-Modified (RFC 1123) into a
+    datetime in datetime.timezone(timedelta(0)) (its deserialize_rfc)."""
+    return BlobStorageIO._updated_to_seconds(moment.astimezone(timezone(timedelta(0))))
+
+
+@pytest.mark.parametrize("zone", BEAM_SHIFTS)
+@pytest.mark.parametrize("moment", [SUMMER, WINTER], ids=["july", "january"])
+@pytest.mark.parametrize("scheme, beam", [("gs", _gcs), ("azfs", _azure)])
+def test_object_store_times_come_back_in_utc_in_any_zone(local_zone, zone, moment, scheme, beam):
+    local_zone(zone)
+    seconds = beam(moment)
+    assert seconds - _seconds(moment) == BEAM_SHIFTS[zone][moment]  # Beam's error, as it is today
+    assert utc_times(f"{scheme}://kb/a.parquet", seconds) == (_seconds(moment),)
+
+
+@pytest.mark.parametrize("zone", BEAM_SHIFTS)
+def test_s3_and_local_times_are_taken_as_beam_reads_them(local_zone, zone):
+    """botocore parses S3's times with dateutil into tzutc(), which mktime takes as standard time."""
+    local_zone(zone)
+    for text in ("2026-07-01T12:00:00.123Z", "Wed, 01 Jul 2026 12:00:00 GMT"):
+        moment = parse(text, tzinfos={"GMT": tzutc()})  # as botocore.utils.parse_timestamp does
+        seconds = S3IO._updated_to_seconds(moment)
+        assert seconds == _seconds(moment)
+        assert utc_times("s3://kb/a.parquet", seconds) == (seconds,)
+    assert utc_times("/data/a.parquet", 1_790_000_000.25) == (1_790_000_000.25,)
+    assert utc_times("gs://kb/a.parquet", None) == (None,)
+
+
+def test_near_the_spring_change_a_time_fits_two_readings_and_the_true_one_is_among_them(local_zone):
+    """Berlin's clocks skip 02:00-03:00 on 29 March 2026: Beam's seconds for an object written
+    between 01:00 and 04:00 UTC fit two times an hour apart; outside those hours, one."""
+    local_zone("Europe/Berlin")
+    for hour, true_one in ((0, None), (1, 0), (2, 0), (3, 1), (4, None)):
+        moment = datetime(2026, 3, 29, hour, 30, 0, 250000, tzinfo=UTC)
+        times = utc_times("gs://kb/a.parquet", _gcs(moment))
+        if true_one is None:
+            assert times == (_seconds(moment),)
+        else:
+            assert len(times) == 2 and times[1] - times[0] == 3600 and times[true_one] == _seconds(moment)
+
+
+def test_in_the_hour_clocks_go_back_either_reading_beam_gives_is_undone(local_zone):
+    """Berlin's 02:00-03:00 repeats on 25 October 2026: mktime (glibc) reads that wall time as
+    summer or winter time after a call for a summer or a winter date. Either way one true time."""
+    local_zone("Europe/Berlin")
+    for hour in (1, 2, 3):
+        moment = datetime(2026, 10, 25, hour, 30, 0, 250000, tzinfo=UTC)
+        readings = set()
+        for before in (SUMMER, WINTER):
+            time.mktime(before.timetuple())
+            readings.add(_gcs(moment))
+        assert readings <= {_seconds(moment), _seconds(moment) - 3600}
+        assert {utc_times("gs://kb/a.parquet", seconds) for seconds in readings} == {(_seconds(moment),)}
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
+def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_time_of_a_year(local_zone, zone):
+    """Every 10 minutes of 2026 (a microsecond fraction too): the launcher's time is the true UTC
+    time but in the three hours around the spring change (where it also fits the truth), and
+    workers in UTC take the file as planned."""
+    path = "gs://kb/a.parquet"
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    moments = [start + timedelta(minutes=10 * i, microseconds=i % 1_000_000) for i in range(6 * 24 * 365)]
+    local_zone(zone)
+    launcher = [PlannedFile.found(path, FileMetadata(path, 100, _gcs(m))) for m in moments]
+    local_zone("UTC")
+    workers = [PlannedFile.found(path, FileMetadata(path, 100, _gcs(m))) for m in moments]
+    assert [w.times() for w in workers] == [(_seconds(m),) for m in moments]
+    assert all(planned.listed_as_planned(listed) for planned, listed in zip(launcher, workers, strict=True))
+    assert all(_seconds(m) in planned.times() for m, planned in zip(moments, launcher, strict=True))
+    two = [m for m, planned in zip(moments, launcher, strict=True) if planned.other_modified is not None]
+    assert len(two) == (0 if zone == "Asia/Kolkata" else 9 if zone == "Australia/Lord_Howe" else 18)
+    assert len({m.date() for m in two}) <= 1  # one spring change a year
