@@ -215,7 +215,7 @@ def describe_inputs(files: list[PlannedFile]) -> list[dict]:
         {
             "path": f.path,
             "bytes": f.size,
-            "modified": datetime.fromtimestamp(f.modified, UTC).isoformat() if f.modified else None,
+            "modified": datetime.fromtimestamp(f.modified, UTC).isoformat() if f.modified is not None else None,
         }
         for f in files
     ]

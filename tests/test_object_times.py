@@ -16,6 +16,7 @@ from apache_beam.io.gcp.gcsio import GcsIO
 from dateutil.parser import parse
 from dateutil.tz import tzutc
 
+from pipeline.plan import describe_inputs
 from transforms.object_times import utc_times
 from transforms.read import PlannedFile
 
@@ -115,3 +116,12 @@ def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_time_of_a_year
     two = [m for m, planned in zip(moments, launcher, strict=True) if planned.other_modified is not None]
     assert len(two) == (0 if zone == "Asia/Kolkata" else 9 if zone == "Australia/Lord_Howe" else 18)
     assert len({m.date() for m in two}) <= 1  # one spring change a year
+
+
+def test_the_manifest_records_every_time_the_file_system_gives_even_the_epoch():
+    files = [PlannedFile("a.parquet", 10, 0.0), PlannedFile("b.parquet", 10, None), PlannedFile("c.parquet", 10, 1.5)]
+    assert [f["modified"] for f in describe_inputs(files)] == [
+        "1970-01-01T00:00:00+00:00",
+        None,
+        "1970-01-01T00:00:01.500000+00:00",
+    ]
