@@ -59,6 +59,9 @@ READ_BLOCK = 8 << 20
 COPY_ROWS = 8192  # rows converted to Python values at a time
 # Memory for building the HNSW index: pgvector builds far faster when the graph fits (its advice).
 INDEX_BUILD_MEMORY = "1GB"
+# A load that would delete more than this share of a table's ids is refused unless allowed: a fault
+# upstream (shards written empty, a text column gone null) makes a run that deletes them all.
+MAX_DELETED_SHARE = 0.5
 NAME_BYTES = 63  # of a PostgreSQL identifier (NAMEDATALEN - 1); a longer one is cut
 # The index (`<name>_embedding_hnsw`), cut at NAME_BYTES, differs from the table's name up to 62.
 TABLE_NAME_BYTES = 62
@@ -207,7 +210,14 @@ def postgres_type(field: pa.Field) -> str:
 class PgvectorLoader:
     """Loads runs into one table of a PostgreSQL database that has (or may create) pgvector."""
 
-    def __init__(self, dsn: str, table: str, index_memory: str = INDEX_BUILD_MEMORY, rollback: bool = False) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        index_memory: str = INDEX_BUILD_MEMORY,
+        rollback: bool = False,
+        max_deleted_share: float = MAX_DELETED_SHARE,
+    ) -> None:
         import psycopg  # the loader's own dependency; the job does not need it
         import psycopg.adapt
         import psycopg.sql
@@ -228,6 +238,7 @@ class PgvectorLoader:
         self._table = table
         self._index_memory = index_memory
         self._rollback = rollback
+        self._max_deleted_share = max_deleted_share
         self._index = f"{self._relname}_embedding_hnsw"  # created in the table's schema
 
     def load(self, run: Run) -> str:
@@ -288,16 +299,17 @@ class PgvectorLoader:
                 # A change set sets the run's columns: any other the last run wrote would keep stale values.
                 # (Versions before 2026-12-03 kept no columns: then the table must have only the run's.)
                 last = loaded[3] if loaded and loaded[3] is not None else list(found)
-                if (
+                change_set = bool(
                     loaded
                     and loaded[1] == run.previous_run_id
                     and shape == []
                     and sorted(last) == sorted(schema.names)
                     and self._index_operator_class(connection) == PgVectors.of(run).operator_class
-                ):
-                    done = self._apply_changes(connection, schema, run)
+                )
+                if change_set:
+                    done = self._apply_changes(connection, schema, run, found)
                 else:
-                    done = self._replace(connection, schema, run, shape)
+                    done = self._replace(connection, schema, run, shape, found)
                 if row and row[0] != table:
                     connection.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(loads), [row[0]])
                 connection.execute(
@@ -311,6 +323,28 @@ class PgvectorLoader:
                     [table, run.run_id, run.started_at, schema.names, name],
                 )
         return f"{self._table}: {done}"
+
+    def _held_ids(self, connection, run: Run, found: dict[str, str]) -> int:
+        """The ids the table holds: its rows, or its distinct ids where it holds passages."""
+        id_name = run.manifest["columns"]["id"]
+        counted = "*"
+        if CHUNK_COLUMN in found and id_name in found:
+            counted = self._sql.SQL("DISTINCT {}").format(self._sql.Identifier(id_name))
+        return connection.execute(self._sql.SQL("SELECT count({}) FROM {}").format(counted, self._name)).fetchone()[0]
+
+    def _check_deletions(self, run: Run, deleted: int, held: int) -> None:
+        """Refuse a run that deletes more than max_deleted_share of the `held` ids (documents: passages
+        resized or cut do not count); raised inside the load's transaction, so nothing changes."""
+        if held and deleted > self._max_deleted_share * held:
+            rejected = run.manifest.get("rejected_by_reason") or {}
+            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(rejected.items()))
+            raise LoadError(
+                f"{self._table}: run {run.run_id} would delete {deleted} of the table's {held} ids "
+                f"({deleted / held:.0%}, more than --max_deleted_share {self._max_deleted_share:g}); the table is as "
+                f"it was. The run read {run.manifest['rows_in']} rows and rejected {run.manifest['rows_rejected']}"
+                f"{f' ({reasons})' if reasons else ''}: check its input, or load it with --max_deleted_share 1 if "
+                "those deletions are meant"
+            )
 
     def _bookkeeping(self, connection):
         """`embedding_job_loads` (found through search_path), created or given its newer columns only
@@ -419,16 +453,19 @@ class PgvectorLoader:
             f.name: vectors if f.name == EMBEDDING_COLUMN else kind for f, (kind,) in zip(schema, spelled, strict=True)
         }
 
-    def _replace(self, connection, schema: pa.Schema, run: Run, shape: list | None) -> str:
+    def _replace(self, connection, schema: pa.Schema, run: Run, shape: list | None, found: dict[str, str]) -> str:
         """The snapshot in place of the table's rows. A table that exists is kept (its owner, privileges,
         policies, views, triggers and other indexes stay), emptied, then altered where it must be; the
-        HNSW index is built once the rows are in."""
+        HNSW index is built once the rows are in. It deletes at least the ids the table holds more than
+        the run (each valid input row is one id)."""
         sql = self._sql
         started = time.monotonic()
         if shape is None:
             how = "table created"
             connection.execute(self._create(connection, schema, run))
         else:
+            held = self._held_ids(connection, run, found)
+            self._check_deletions(run, max(0, held - (run.manifest["rows_in"] - run.manifest["rows_rejected"])), held)
             how = "table refilled"
             connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._qualified_index))
             connection.execute(sql.SQL("TRUNCATE {}").format(self._name))
@@ -458,9 +495,11 @@ class PgvectorLoader:
         )
         return f"{rows} rows of run {run.run_id} loaded ({how})"
 
-    def _apply_changes(self, connection, schema: pa.Schema, run: Run) -> str:
-        """The change set's deletes and upserts, through temporary tables: only those rows are touched."""
+    def _apply_changes(self, connection, schema: pa.Schema, run: Run, found: dict[str, str]) -> str:
+        """The change set's deletes and upserts, through temporary tables: only those rows are touched.
+        The ids it deletes are those of its deletes that no row has once it is applied."""
         sql = self._sql
+        held = self._held_ids(connection, run, found) if run.manifest["changes"]["deletes"] else 0
         key = _key(run)
         upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
         keys = sql.SQL(", ").join(map(sql.Identifier, key))
@@ -492,6 +531,14 @@ class PgvectorLoader:
                 self._name, columns, columns, upserts, keys, updates
             )
         ).rowcount
+        if held:
+            id_column = sql.Identifier(run.manifest["columns"]["id"])
+            gone = connection.execute(
+                sql.SQL(
+                    "SELECT count(DISTINCT d.{}) FROM {} AS d WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})"
+                ).format(id_column, deletes, self._name, sql.SQL("t.{} = d.{}").format(id_column, id_column))
+            ).fetchone()[0]
+            self._check_deletions(run, gone, held)
         _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
         return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
 
@@ -700,6 +747,13 @@ def _own_columns(run: Run) -> tuple[str, ...]:
     return LOADER_COLUMNS if has_passages(run.manifest["model"]) else (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN)
 
 
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0 <= share <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{value}: a share from 0 to 1")
+    return share
+
+
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     targets = parser.add_subparsers(dest="target", required=True)
@@ -716,6 +770,14 @@ def command_line() -> argparse.ArgumentParser:
         action="store_true",
         help="load a run that started before the one the table holds (otherwise refused: a late retry "
         "of an older night would take the table back)",
+    )
+    pgvector.add_argument(
+        "--max_deleted_share",
+        type=_share,
+        default=MAX_DELETED_SHARE,
+        help="refuse a load that would delete more than this share of the ids the table holds, leaving it "
+        "unchanged (a fault upstream makes a run that deletes them all); 1 allows any "
+        f"(default: {MAX_DELETED_SHARE:g})",
     )
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     pinecone = targets.add_parser("pinecone", help="files for Pinecone's bulk import from object storage")
@@ -747,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = read_run(args.run_dir)
         if args.target == "pgvector":
-            print(PgvectorLoader(args.dsn, args.table, args.index_memory, args.rollback).load(run))
+            loader = PgvectorLoader(args.dsn, args.table, args.index_memory, args.rollback, args.max_deleted_share)
+            print(loader.load(run))
         else:
             print(export_pinecone(run, args.output))
     except (LoadError, ValueError) as e:

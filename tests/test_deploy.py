@@ -266,3 +266,8 @@ def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():
     arguments = shlex.split(rendered.replace('"$PGVECTOR_DSN"', "postgresql:///kb"))[3:]
     args = command_line().parse_args(arguments)
     assert (args.target, args.dsn, args.run_dir) == ("pgvector", "postgresql:///kb", "gs://b/embeddings/2026-11-22")
+    assert args.max_deleted_share == 0.5
+    # The night mass deletions are meant, the variable lets them through.
+    allowed = _render(template, {"embed_bucket": "gs://b", "embed_max_deleted_share": "1"}, ds="2026-11-22")
+    allowed_args = shlex.split(allowed.replace('"$PGVECTOR_DSN"', "postgresql:///kb"))[3:]
+    assert command_line().parse_args(allowed_args).max_deleted_share == 1.0

@@ -462,6 +462,33 @@ def test_a_run_older_than_the_tables_is_refused_unless_it_is_a_rollback(postgres
     assert_table_is(postgres, day_one, table)
 
 
+def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(postgres, day_one):
+    """Shards written with empty texts upstream: every row is rejected, and the change set deletes
+    them all. A snapshot of a few rows, as from shards written half, would delete most too."""
+    table = "kb_guard"
+    assert load(postgres, day_one, table).returncode == 0
+    before = table_state(postgres, table)
+    emptied = embed_night(day_one.parent, "kb-emptied", {**DAY_ONE, "text": [""] * 30}, "--previous", str(day_one))
+    few = embed_night(day_one.parent, "kb-few", {k: v[:5] for k, v in DAY_ONE.items()})
+    for run_dir, deleted in ((emptied, 30), (few, 25)):
+        refused = load(postgres, run_dir, table)
+        assert refused.returncode == 1
+        manifest = read_manifest(run_dir)
+        rejected = f" ({manifest['rows_rejected']} empty_text)" if manifest["rows_rejected"] else ""
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"error: {table}: run {manifest['run_id']} would delete {deleted} of the table's 30 ids "
+            f"({deleted / 30:.0%}, more than --max_deleted_share 0.5); the table is as it was. The run read "
+            f"{manifest['rows_in']} rows and rejected {manifest['rows_rejected']}{rejected}: check its input, or "
+            "load it with --max_deleted_share 1 if those deletions are meant"
+        )
+        assert table_state(postgres, table) == before
+    allowed = load(postgres, few, table, "--max_deleted_share", "1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert_table_is(postgres, few, table)
+    assert load(postgres, day_one, table, "--rollback", "--max_deleted_share", "0").returncode == 0  # deletes none
+    assert load(postgres, few, table, "--max_deleted_share", "2").returncode == 2
+
+
 def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, day_one):
     table = "k" * 63
     result = load(postgres, day_one, table)

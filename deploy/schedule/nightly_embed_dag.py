@@ -31,7 +31,12 @@ MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
 TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
 # The night's run into the table, by bash in the worker image; the DSN comes from the `pgvector`
 # connection, through the pod's environment.
-LOAD_COMMAND = 'python -m pipeline.load pgvector --dsn "$PGVECTOR_DSN" --table {{ var.value.embed_table }} ' + OUTPUT
+# A night that would delete more than half the table's ids fails here, the table unchanged (a fault
+# upstream): set the variable embed_max_deleted_share to 1 for the night those deletions are meant.
+LOAD_COMMAND = (
+    'python -m pipeline.load pgvector --dsn "$PGVECTOR_DSN" --table {{ var.value.embed_table }} '
+    "--max_deleted_share {{ var.value.get('embed_max_deleted_share', 0.5) }} " + OUTPUT
+)
 PREVIOUS = (
     "{% if prev_data_interval_start_success %}"
     + BUCKET
