@@ -125,9 +125,10 @@ class TextTokenizer:
         return self.prompt + text
 
     def _all_embedded(self, texts: pa.Array) -> list[str]:
-        """`as_embedded` of every text, joined in Arrow: only the results become Python strings."""
+        """`as_embedded` of every text, joined in Arrow (of the texts' string type): only the results
+        become Python strings."""
         if self.prompt:
-            texts = pc.binary_join_element_wise(self.prompt, texts, "")
+            texts = pc.binary_join_element_wise(pa.scalar(self.prompt, texts.type), texts, pa.scalar("", texts.type))
         return texts.to_pylist()
 
     def encode(self, texts: list[str] | pa.Array) -> Tokenized:
@@ -143,6 +144,8 @@ class TextTokenizer:
         array, only those pieces ever become Python strings.
         """
         texts = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+        if pa.types.is_string_view(texts.type):  # Arrow's string kernels take string and large_string
+            texts = texts.cast(pa.large_string())
         if self.max_seq_length is None:
             return _tokenized(self._encode_batch(self._all_embedded(texts)))
         limit = max(CHARS_PER_TOKEN * self.max_seq_length, MIN_PREFIX_CHARS)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -59,6 +60,22 @@ def test_the_prompt_and_lower_casing_are_applied_before_cutting(tmp_path):
     assert tokenizer.encode([text]).token_ids.tolist() == whole(tokenizer, text).ids
     assert tokenizer.count(["", "query"]).tolist() == [4, 5]  # [CLS] query : [SEP], and one more word
     assert tokenizer.count([text]).tolist() == [65]  # longer than the window: max_seq_length + 1
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
+@pytest.mark.parametrize("window", [True, False])
+def test_a_prompt_goes_before_texts_of_any_arrow_string_type(tmp_path, kind, window):
+    """pipeline.calibrate reads texts as large_string; Parquet readers may give string_view."""
+    path = save_tiny_model(tmp_path / "prompted", {}, prompts={"prompts": {"query": "query: "}})
+    tokenizer = TextTokenizer(read_model_folder(path), prompt_name="query")
+    if not window:
+        tokenizer.max_seq_length = None
+    texts = ["Upper Case Words " * 300, "short", ""]
+    tokenized = tokenizer.encode(pa.array(texts, kind))
+    expected = tokenizer.encode(texts)
+    assert tokenized.token_ids.tolist() == expected.token_ids.tolist()
+    assert tokenized.lengths.tolist() == expected.lengths.tolist()
+    assert tokenized.of([1]).tolist() == tokenizer.raw.encode("query: short").ids  # the prompt is there
 
 
 @pytest.mark.parametrize("max_seq_length", [3, 8, 10])
