@@ -157,14 +157,14 @@ class TextTokenizer:
         encodings = self._encode_batch(views)
         for i in cut:
             encodings[i] = self._window.encode(views[i], add_special_tokens=self.special_tokens)
-        read_in_part = []
+        read_in_part, most = [], max(limit, MAX_TOKENIZED_CHARS)  # a window of over 2^18 tokens starts past it
         for i in cut:
             bound, piece = limit, pieces[i].as_py()
             while len(piece) < lengths[i] and not self._holds_window(encodings[i], piece):
-                if bound == MAX_TOKENIZED_CHARS:
+                if bound == most:
                     read_in_part.append(i)
                     break
-                bound = min(4 * bound, MAX_TOKENIZED_CHARS)
+                bound = min(4 * bound, most)
                 piece = self._piece_of(texts.slice(i, 1), bound)[0].as_py()
                 encodings[i] = self._window.encode(self.as_embedded(piece), add_special_tokens=self.special_tokens)
         tokenized = _tokenized(encodings)
