@@ -21,7 +21,7 @@ import pytest
 from pipeline.load import LoadError, PgVectors, Run
 from samples.knowledge_base import make_rows
 from samples.model_families import save_family
-from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
+from tests.conftest import ROOT, read_manifest, record, run_cli, write_parquet
 from transforms.output_owner import OutputOwner
 
 TABLE = "kb_vectors"
@@ -470,7 +470,7 @@ def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(p
     before = table_state(postgres, table)
     emptied = embed_night(day_one.parent, "kb-emptied", {**DAY_ONE, "text": [""] * 30}, "--previous", str(day_one))
     few = embed_night(day_one.parent, "kb-few", {k: v[:5] for k, v in DAY_ONE.items()})
-    for run_dir, deleted in ((emptied, 30), (few, 25)):
+    for run_dir, deleted, case in ((emptied, 30, "every text empty"), (few, 25, "5 of 30 rows")):
         refused = load(postgres, run_dir, table)
         assert refused.returncode == 1
         manifest = read_manifest(run_dir)
@@ -482,6 +482,7 @@ def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(p
             "load it with --max_deleted_share 1 if those deletions are meant"
         )
         assert table_state(postgres, table) == before
+        record("input", f"load of a night with {case}", "loader refuses; table unchanged")
     allowed = load(postgres, few, table, "--max_deleted_share", "1")
     assert allowed.returncode == 0, allowed.stderr
     assert_table_is(postgres, few, table)
