@@ -58,17 +58,39 @@ def test_object_store_times_come_back_in_utc_in_any_zone(local_zone, zone, momen
     assert utc_times(f"{scheme}://kb/a.parquet", seconds) == (_seconds(moment),)
 
 
-@pytest.mark.parametrize("zone", BEAM_SHIFTS)
-def test_s3_and_local_times_are_taken_as_beam_reads_them(local_zone, zone):
-    """botocore parses S3's times with dateutil into tzutc(), which mktime takes as standard time."""
+# How far Beam 2.77 reads an s3:// time off: mktime takes the UTC wall clock at the zone's offset
+# flagged standard (tm_isdst 0), less Python's `time.timezone`; the two differ in some zones.
+S3_2012 = datetime(2012, 1, 15, 12, 0, 0, 123000, tzinfo=UTC)
+S3_SHIFTS = {
+    **{(zone, moment): 0 for zone in BEAM_SHIFTS for moment in (SUMMER, WINTER)},
+    ("Europe/Dublin", WINTER): -3600,  # tzdata flags Irish winter time as the daylight-saving one
+    ("Europe/Dublin", SUMMER): -3600,
+    ("Europe/Moscow", S3_2012): -3600,  # UTC+4 then, UTC+3 now (time.timezone)
+    ("Africa/Casablanca", S3_2012): 3600,  # UTC+0 then, UTC+1 now
+}
+
+
+def _s3(moment: datetime) -> float:
+    """Beam's seconds for an s3:// object: botocore parses its time with dateutil into tzutc()."""
+    return S3IO._updated_to_seconds(moment.astimezone(tzutc()))
+
+
+@pytest.mark.parametrize("zone, moment", S3_SHIFTS, ids=[f"{zone}-{moment:%Y-%m}" for zone, moment in S3_SHIFTS])
+def test_s3_times_come_back_in_utc_in_any_zone(local_zone, zone, moment):
     local_zone(zone)
-    for text in ("2026-07-01T12:00:00.123Z", "Wed, 01 Jul 2026 12:00:00 GMT"):
-        moment = parse(text, tzinfos={"GMT": tzutc()})  # as botocore.utils.parse_timestamp does
-        seconds = S3IO._updated_to_seconds(moment)
-        assert seconds == _seconds(moment)
-        assert utc_times("s3://kb/a.parquet", seconds) == (seconds,)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    for parsed in (parse(f"{text}Z"), parse(moment.strftime("%a, %d %b %Y %H:%M:%S GMT"), tzinfos={"GMT": tzutc()})):
+        # as botocore.utils.parse_timestamp does, for ListObjectsV2's ISO 8601 and HeadObject's RFC 1123
+        seconds = S3IO._updated_to_seconds(parsed)
+        assert seconds - _seconds(parsed) == S3_SHIFTS[zone, moment]  # Beam's error, as it is today
+        assert utc_times("s3://kb/a.parquet", seconds) == (_seconds(parsed),)
+
+
+def test_local_files_and_missing_times_are_taken_as_they_are(local_zone):
+    local_zone("Europe/Dublin")
     assert utc_times("/data/a.parquet", 1_790_000_000.25) == (1_790_000_000.25,)
     assert utc_times("gs://kb/a.parquet", None) == (None,)
+    assert utc_times("s3://kb/a.parquet", None) == (None,)
 
 
 def test_near_the_spring_change_a_time_fits_two_readings_and_the_true_one_is_among_them(local_zone):
@@ -98,6 +120,21 @@ def test_in_the_hour_clocks_go_back_either_reading_beam_gives_is_undone(local_zo
         assert {utc_times("gs://kb/a.parquet", seconds) for seconds in readings} == {(_seconds(moment),)}
 
 
+def test_in_the_hour_moscow_went_back_to_utc_plus_3_either_s3_reading_beam_gives_is_undone(local_zone):
+    """Moscow's 01:00-02:00 repeated on 26 October 2014, both times standard (UTC+4, then UTC+3):
+    mktime with tm_isdst 0 reads that wall time at either offset, by its previous call. Either way one true
+    time; Beam reads the hours before an hour early, as in all of 2012."""
+    local_zone("Europe/Moscow")
+    for hour, shifts in ((0, {-3600}), (1, {-3600, 0}), (2, {0})):
+        moment = datetime(2014, 10, 26, hour, 30, 0, 250000, tzinfo=UTC)
+        readings = set()
+        for before in (S3_2012, WINTER):
+            time.mktime(before.timetuple())
+            readings.add(_s3(moment))
+        assert {seconds - _seconds(moment) for seconds in readings} == shifts
+        assert {utc_times("s3://kb/a.parquet", seconds) for seconds in readings} == {(_seconds(moment),)}
+
+
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
 def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_time_of_a_year(local_zone, zone):
     """Every 10 minutes of 2026 (a microsecond fraction too): the launcher's time is the true UTC
@@ -125,3 +162,22 @@ def test_the_manifest_records_every_time_the_file_system_gives_even_the_epoch():
         None,
         "1970-01-01T00:00:01.500000+00:00",
     ]
+
+
+@pytest.mark.parametrize(
+    "zone, year",
+    [("Europe/Dublin", 2026), ("Europe/Moscow", 2012), ("Africa/Casablanca", 2012), ("Europe/Berlin", 2026)],
+)
+def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_s3_time_of_a_year(local_zone, zone, year):
+    """Every 30 minutes of a year (a microsecond fraction too): launcher and workers in UTC both take
+    an s3:// object's true UTC time, one time, whatever Beam's seconds were."""
+    path = "s3://kb/a.parquet"
+    start = datetime(year, 1, 1, tzinfo=UTC)
+    moments = [start + timedelta(minutes=30 * i, microseconds=i % 1_000_000) for i in range(2 * 24 * 365)]
+    local_zone(zone)
+    launcher = [PlannedFile.found(path, FileMetadata(path, 100, _s3(m))) for m in moments]
+    local_zone("UTC")
+    workers = [PlannedFile.found(path, FileMetadata(path, 100, _s3(m))) for m in moments]
+    assert [w.times() for w in workers] == [(_seconds(m),) for m in moments]
+    assert [p.times() for p in launcher] == [(_seconds(m),) for m in moments]
+    assert all(planned.listed_as_planned(listed) for planned, listed in zip(launcher, workers, strict=True))
