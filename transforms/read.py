@@ -30,9 +30,9 @@ from transforms.object_times import utc_times
 class PlannedFile:
     """A file to read, with its size in bytes and modification time (UTC epoch seconds; None where its
     file system keeps none) at one moment: when the plan matched it, or when its row groups were
-    listed. `other_modified` is the second time Beam's seconds can stand for, for a `gs://` or
-    `azfs://` object written near a spring daylight-saving change in the local zone, else None
-    (transforms.object_times)."""
+    listed. `other_modified` is the second time Beam's seconds can stand for, for an object store's
+    object written near a change of the local zone's offset (a spring daylight-saving change), else
+    None (transforms.object_times)."""
 
     path: str
     size: int
@@ -55,8 +55,8 @@ class PlannedFile:
 
     def listed_as_planned(self, listed: PlannedFile | None) -> bool:
         """Whether `listed`, read in a worker, is the version the launcher planned: the same size and the
-        same UTC time, whatever zone each runs in. Where one read a `gs://` or `azfs://` time near a
-        spring daylight-saving change, it fits two times a shift apart and either counts: else launcher
+        same UTC time, whatever zone each runs in. Where one read an object store's time near a change of
+        its zone's offset, it fits two times a shift apart and either counts: else launcher
         and workers in different zones could not agree there. A rewrite landing exactly that far off,
         at the same size, goes unseen."""
         if listed is None or listed.size != self.size:
