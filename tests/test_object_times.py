@@ -135,6 +135,15 @@ def test_in_the_hour_moscow_went_back_to_utc_plus_3_either_s3_reading_beam_gives
         assert {utc_times("s3://kb/a.parquet", seconds) for seconds in readings} == {(_seconds(moment),)}
 
 
+def _launcher_and_workers(local_zone, zone: str, path: str, seconds_of, moments: list) -> tuple[list, list]:
+    """The file at each moment as a launcher in `zone` and a worker in UTC find it."""
+    found = []
+    for where in (zone, "UTC"):
+        local_zone(where)
+        found.append([PlannedFile.found(path, FileMetadata(path, 100, seconds_of(m))) for m in moments])
+    return found[0], found[1]
+
+
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
 def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_time_of_a_year(local_zone, zone):
     """Every 10 minutes of 2026 (a microsecond fraction too): the launcher's time is the true UTC
@@ -143,10 +152,7 @@ def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_time_of_a_year
     path = "gs://kb/a.parquet"
     start = datetime(2026, 1, 1, tzinfo=UTC)
     moments = [start + timedelta(minutes=10 * i, microseconds=i % 1_000_000) for i in range(6 * 24 * 365)]
-    local_zone(zone)
-    launcher = [PlannedFile.found(path, FileMetadata(path, 100, _gcs(m))) for m in moments]
-    local_zone("UTC")
-    workers = [PlannedFile.found(path, FileMetadata(path, 100, _gcs(m))) for m in moments]
+    launcher, workers = _launcher_and_workers(local_zone, zone, path, _gcs, moments)
     assert [w.times() for w in workers] == [(_seconds(m),) for m in moments]
     assert all(planned.listed_as_planned(listed) for planned, listed in zip(launcher, workers, strict=True))
     assert all(_seconds(m) in planned.times() for m, planned in zip(moments, launcher, strict=True))
@@ -174,10 +180,7 @@ def test_a_launcher_in_any_zone_and_workers_in_utc_agree_on_every_s3_time_of_a_y
     path = "s3://kb/a.parquet"
     start = datetime(year, 1, 1, tzinfo=UTC)
     moments = [start + timedelta(minutes=30 * i, microseconds=i % 1_000_000) for i in range(2 * 24 * 365)]
-    local_zone(zone)
-    launcher = [PlannedFile.found(path, FileMetadata(path, 100, _s3(m))) for m in moments]
-    local_zone("UTC")
-    workers = [PlannedFile.found(path, FileMetadata(path, 100, _s3(m))) for m in moments]
+    launcher, workers = _launcher_and_workers(local_zone, zone, path, _s3, moments)
     assert [w.times() for w in workers] == [(_seconds(m),) for m in moments]
     assert [p.times() for p in launcher] == [(_seconds(m),) for m in moments]
     assert all(planned.listed_as_planned(listed) for planned, listed in zip(launcher, workers, strict=True))
