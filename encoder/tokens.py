@@ -33,6 +33,12 @@ MAX_RUN_CHARS = 1 << 18
 # Nor does the bound grow past this many characters: a 16 MB cell of zero-width spaces (which
 # BERT's normalizer drops, so the window never fills) was tokenised whole, in 17 s and 2.4 GB.
 MAX_TOKENIZED_CHARS = 1 << 22
+# A text a model takes whole (a static model has no window) is tokenised this many characters at a
+# time when longer, each piece reaching WHOLE_OVERLAP_CHARS into the next, WHOLE_GROUP pieces per
+# call: tokenised at once, a 16 MB cell took 10-16 s on one thread and 1.8 GB of memory.
+WHOLE_PIECE_CHARS = 1 << 18
+WHOLE_OVERLAP_CHARS = 1 << 15
+WHOLE_GROUP = 8
 _SPACES = "".join(filter(str.isspace, map(chr, range(0x3001))))  # Unicode's whitespace: U+3000 is the last
 
 
@@ -76,8 +82,9 @@ def _run(piece: str, at_end: bool) -> int:
 class TextTokenizer:
     """The model's fast tokenizer, applied as sentence-transformers applies it, with bounded work per text.
 
-    A static embedding model's tokenizer adds no special tokens and has no window:
-    its texts are tokenised whole, as sentence-transformers does.
+    A static embedding model's tokenizer adds no special tokens and may have no window: then
+    its texts are tokenised whole, as sentence-transformers does (a huge one in pieces, to
+    the same tokens).
     """
 
     def __init__(
@@ -147,7 +154,7 @@ class TextTokenizer:
         if pa.types.is_string_view(texts.type):  # Arrow's string kernels take string and large_string
             texts = texts.cast(pa.large_string())
         if self.max_seq_length is None:
-            return _tokenized(self._encode_batch(self._all_embedded(texts)))
+            return self._encode_whole(texts)
         limit = max(CHARS_PER_TOKEN * self.max_seq_length, MIN_PREFIX_CHARS)
         lengths = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
         pieces = self._piece_of(texts, limit)
@@ -170,6 +177,41 @@ class TextTokenizer:
         tokenized = _tokenized(encodings)
         tokenized.truncated[read_in_part] = True
         return tokenized
+
+    def _encode_whole(self, texts: pa.Array) -> Tokenized:
+        """Every token of each text, texts over WHOLE_PIECE_CHARS tokenised in overlapping pieces."""
+        views = self._all_embedded(texts)
+        huge = np.flatnonzero(pc.utf8_length(texts).to_numpy(zero_copy_only=False) > WHOLE_PIECE_CHARS).tolist()
+        stitched = {i: self._stitched(views[i]) for i in huge}
+        for i in huge:
+            views[i] = ""
+        return _tokenized(self._encode_batch(views), stitched)
+
+    def _stitched(self, view: str) -> np.ndarray:
+        """The ids of `view` tokenised whole, from pieces of WHOLE_PIECE_CHARS that overlap the next.
+
+        Only a static model takes texts whole, and it adds no special tokens, so pieces join end to
+        end: at a token both neighbours start, with the same id, where both are trusted (see `_join`).
+        """
+        starts = range(0, len(view) - WHOLE_OVERLAP_CHARS, WHOLE_PIECE_CHARS)  # the last reaches the end
+        kept: list[np.ndarray] = []
+        held: tuple[np.ndarray, np.ndarray] | None = None  # the last piece's ids and token starts in view
+        since = 0  # where the last piece's tokens are taken from
+        for group in (starts[i : i + WHOLE_GROUP] for i in range(0, len(starts), WHOLE_GROUP)):
+            pieces = [view[start : start + WHOLE_PIECE_CHARS + WHOLE_OVERLAP_CHARS] for start in group]
+            for start, encoding in zip(group, self._window.encode_batch(pieces, add_special_tokens=False), strict=True):
+                piece = (
+                    np.array(encoding.ids, dtype=np.int64),
+                    np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)[:, 0] + start,
+                )
+                if held is not None:
+                    join = _join(held, piece, start)
+                    kept.append(held[0][(held[1] >= since) & (held[1] < join)])
+                    since = join
+                held = piece
+        if held is not None:
+            kept.append(held[0][held[1] >= since])
+        return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
     def _piece_of(self, texts: pa.Array, chars: int) -> pa.Array:
         """Each text's first `chars` characters, or its last where the window keeps a text's end."""
@@ -200,6 +242,24 @@ class TextTokenizer:
         return tokenized.lengths + tokenized.truncated
 
 
+def _join(left: tuple[np.ndarray, np.ndarray], right: tuple[np.ndarray, np.ndarray], start: int) -> int:
+    """Where the tokens of `left` (ids, starts) give way to those of `right`, the piece from `start`.
+
+    Each piece is trusted a quarter of the overlap away from its edges, where both give a token the
+    same id at the same start, nearest the overlap's middle, after it first. A piece holding only
+    part of a run (see `_run`) may segment all of it otherwise, so there they disagree and join
+    before or past it. A run over the trusted span (8,192 characters) leaves none: they join at the
+    middle, where a token or two may differ from the whole text's.
+    """
+    quarter = WHOLE_OVERLAP_CHARS // 4
+    middle = start + 2 * quarter
+    (left_ids, left_starts), (right_ids, right_starts) = left, right
+    common, at_left, at_right = np.intersect1d(left_starts, right_starts, return_indices=True)
+    agreed = common[(left_ids[at_left] == right_ids[at_right]) & (abs(common - middle) <= quarter)]
+    after, before = agreed[agreed >= middle], agreed[agreed < middle]
+    return int(after[0]) if after.size else int(before[-1]) if before.size else middle
+
+
 def _lower_cased(normalizer: Normalizer | None) -> Normalizer:
     """`normalizer` after the tokenizers library's Lowercase, as sentence-transformers lower-cases for a
     model with do_lower_case: prompt and text together, by the library's rules (Python's str.lower
@@ -210,9 +270,12 @@ def _lower_cased(normalizer: Normalizer | None) -> Normalizer:
     return Sequence([Lowercase(), *steps])
 
 
-def _tokenized(encodings: list[Encoding]) -> Tokenized:
-    """The library gives a list of ids per text: read once, into flat arrays, by C-level iteration."""
+def _tokenized(encodings: list[Encoding], stitched: dict[int, np.ndarray] | None = None) -> Tokenized:
+    """The library gives a list of ids per text: read once, into flat arrays, by C-level iteration.
+    `stitched`: the ids of texts tokenised in pieces, in place of their (empty) encodings."""
     ids = list(map(attrgetter("ids"), encodings))
+    for row, row_ids in (stitched or {}).items():
+        ids[row] = row_ids
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     token_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     truncated = np.fromiter(map(bool, map(attrgetter("overflowing"), encodings)), dtype=bool, count=len(ids))

@@ -15,6 +15,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
+from encoder.tokens import WHOLE_PIECE_CHARS
 from samples.model_families import NAMES, save_family
 from tests.conftest import embedding_rows, read_manifest, run_cli, save_tiny_model, write_parquet
 
@@ -135,9 +136,13 @@ def test_static_model_without_truncation_embeds_the_whole_text(folders, tmp_path
     assert encoder.max_seq_length is None
     long = TEXTS[4]
     head = long[: len(long) // 4]
-    ours = encoder.encode([long, head]).embeddings
-    assert _cosines(ours, _reference(folder, [long, head])).min() >= 0.9999
-    assert _cosines(ours[:1], ours[1:])[0] < 0.999  # the tail of the text counts
+    # Past WHOLE_PIECE_CHARS, tokenised in pieces: still every token's vector in the mean.
+    huge = "\n".join([*TEXTS] * (WHOLE_PIECE_CHARS // len(long)))
+    texts = [long, head, huge]
+    ours = encoder.encode(texts).embeddings
+    assert len(huge) > WHOLE_PIECE_CHARS
+    assert _cosines(ours, _reference(folder, texts)).min() >= 0.9999
+    assert _cosines(ours[:1], ours[1:2])[0] < 0.999  # the tail of the text counts
 
 
 def _job_vectors(output) -> np.ndarray:

@@ -14,8 +14,16 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from encoder import read_model_folder
-from encoder.tokens import CHARS_PER_TOKEN, MAX_RUN_CHARS, MAX_TOKENIZED_CHARS, TextTokenizer
+from encoder.tokens import (
+    CHARS_PER_TOKEN,
+    MAX_RUN_CHARS,
+    MAX_TOKENIZED_CHARS,
+    WHOLE_OVERLAP_CHARS,
+    WHOLE_PIECE_CHARS,
+    TextTokenizer,
+)
 from samples.long_documents import long_documents
+from samples.model_families import STATIC, save_family
 from tests.conftest import save_tiny_model
 
 REAL = "\n\n".join(text for _, text in long_documents(min_chars=4000)[:4])
@@ -189,3 +197,75 @@ def test_the_ids_of_rows_come_end_to_end_in_the_order_asked(model_path):
     assert tokenized.of(np.array([2, 0, 3, 2])).tolist() == each[2] + each[0] + each[3] + each[2]
     assert tokenized.of(np.array([], dtype=np.int64)).tolist() == []
     assert tokenized.lengths.tolist() == [len(ids) for ids in each]
+
+
+def static_folder(path: Path, backend: Tokenizer | None = None) -> Path:
+    """A static model's folder whose tokenizer (the default model's, unless `backend`) has no window."""
+    save_family(STATIC, path)
+    tokenizer_file = next(path.rglob("tokenizer.json"))
+    backend = backend or Tokenizer.from_file(str(tokenizer_file))
+    backend.no_truncation()
+    backend.save(str(tokenizer_file))
+    return path
+
+
+@pytest.fixture(scope="module")
+def static_model(tmp_path_factory) -> Path:
+    return static_folder(tmp_path_factory.mktemp("static") / "model")
+
+
+def tokenised_whole(folder: Path, text: str) -> list[int]:
+    """The reference: the whole text tokenised at once, as sentence-transformers does for a static model."""
+    return Tokenizer.from_file(str(next(folder.rglob("tokenizer.json")))).encode(text, add_special_tokens=False).ids
+
+
+def stitched(tokenizer: TextTokenizer, monkeypatch) -> list[int]:
+    """Characters of each text `tokenizer` tokenises in pieces, as it does."""
+    sizes, of = [], tokenizer._stitched
+    monkeypatch.setattr(tokenizer, "_stitched", lambda view: sizes.append(len(view)) or of(view))
+    return sizes
+
+
+@pytest.mark.parametrize("name", list(HARD_TEXTS))
+def test_a_huge_text_a_static_model_takes_whole_is_tokenised_in_pieces_as_if_whole(static_model, name, monkeypatch):
+    """Past WHOLE_PIECE_CHARS a text is tokenised in overlapping pieces (a 100 MB cell at once took
+    13 GB): every token is still the whole text's."""
+    tokenizer = TextTokenizer(read_model_folder(static_model))
+    assert tokenizer.max_seq_length is None
+    text = HARD_TEXTS[name] * (2 * WHOLE_PIECE_CHARS // len(HARD_TEXTS[name]) + 2)
+    sizes = stitched(tokenizer, monkeypatch)
+    tokenized = tokenizer.encode(["before", text, "after"])
+    assert sizes == [len(text)]
+    assert tokenized.of([1]).tolist() == tokenised_whole(static_model, text)
+    assert [tokenized.of([row]).tolist() for row in (0, 2)] == [
+        tokenised_whole(static_model, t) for t in ("before", "after")
+    ]
+    assert not tokenized.truncated.any()
+
+
+RUN_PLACES = {
+    # From before the second piece's start to just past the overlap's middle: only the first holds it whole.
+    "into the second piece's start": (WHOLE_PIECE_CHARS - 999, WHOLE_PIECE_CHARS + WHOLE_OVERLAP_CHARS // 2 + 500),
+    # From just before the middle to past the first piece's end: only the second holds it whole.
+    "past the first piece's end": (
+        WHOLE_PIECE_CHARS + WHOLE_OVERLAP_CHARS // 2 - 500,
+        WHOLE_PIECE_CHARS + WHOLE_OVERLAP_CHARS + 1000,
+    ),
+}
+
+
+@pytest.mark.parametrize("place", list(RUN_PLACES))
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_run_across_a_join_of_pieces_keeps_every_token(tmp_path, name, place):
+    """A run of either parity lies across the middle of the first two pieces' overlap and one
+    piece's edge, where the tokenizers of RUNS segment it by the part they hold: the pieces are
+    joined where the one that holds it whole is trusted."""
+    backend, _, run = RUNS[name]
+    folder = static_folder(tmp_path / "static", backend())
+    tokenizer = TextTokenizer(read_model_folder(folder))
+    begin, end = RUN_PLACES[place]
+    prefix = ("word " * begin)[:begin]
+    units = (end - begin) // len(run)
+    texts = [f"{prefix}{run * length}end{' tail' * 60_000}" for length in (units, units + 1)]
+    tokenized = tokenizer.encode(texts)
+    assert [tokenized.of([row]).tolist() for row in range(len(texts))] == [tokenised_whole(folder, t) for t in texts]
