@@ -5,8 +5,9 @@
   (b) short knowledge-base rows (samples.knowledge_base), about as many as (a) made passages,
       no chunking: rows/s and tokens/s; target (a)/(b) tokens/s >= 0.9
   (c) a shard of short rows plus one row holding a huge real text (--huge_mb, default 64 MiB),
-      no chunking (truncated to the model's limit), against the same shard without that row:
-      targets <= 2x the time and <= 1.5x the peak memory
+      no chunking (truncated to the model's limit; a static model without one, as --model, takes
+      it whole), against the same shard without that row: targets <= 2x the time and <= 1.5x
+      the peak memory
   (d) one long document (--doc_mb, default 4 MiB) alone in a shard with --chunk_tokens 256,
       against 20 documents of (a)'s corpus: target <= 1.5x the peak memory
 
@@ -18,6 +19,7 @@ printed first: the encoder's oneDNN kernels use AVX-512 where there is one.
     python -m benchmarks.passages                       # all parts, default sizes
     python -m benchmarks.passages --parts a,b --docs 100
     python -m benchmarks.passages --docs 10 --huge_mb 4 --doc_mb 0.5 --huge_rows 200   # smoke run
+    python -m benchmarks.passages --parts c --huge_mb 100 --model DIR                   # another model
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--doc_mb", type=float, default=4, help="MiB of the one document of (d) (default: 4)")
     parser.add_argument("--small_docs", type=int, default=20, help="documents of the small run of (d) (default: 20)")
     parser.add_argument("--workdir", type=Path, help="keep corpora and outputs here (default: a temporary folder)")
+    parser.add_argument("--model", help="model folder for every part (default: the job's default model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
         "--dtype",
@@ -109,8 +112,10 @@ def main() -> None:
         parser.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="passages-"))
     defaults = (args.device, args.dtype) == ("cpu", "float32")
-    device = [] if defaults else ["--device", args.device, "--dtype", args.dtype]
-    chunked = [*device, "--chunk_tokens", str(CHUNK_TOKENS)]
+    job_options = [] if defaults else ["--device", args.device, "--dtype", args.dtype]
+    if args.model:
+        job_options += ["--model", args.model]
+    chunked = [*job_options, "--chunk_tokens", str(CHUNK_TOKENS)]
     print(host())
     corpus = long_documents()
     print(f"long documents: {len(corpus)} distinct, {sum(len(t) for _, t in corpus)} characters; {work}")
@@ -130,7 +135,7 @@ def main() -> None:
     if "b" in parts:
         rows = args.short_rows or (runs["a"].manifest["rows_out"] if "a" in runs else 2000)
         write_shards(work / "b", rows, SHARDS)
-        attempt("b", f"(b) {rows} short rows, not chunked", work / "b", device)
+        attempt("b", f"(b) {rows} short rows, not chunked", work / "b", job_options)
     if "c" in parts:
         shard = make_rows(args.huge_rows)
         text = text_of_size(int(args.huge_mb * 2**20))
@@ -138,8 +143,8 @@ def main() -> None:
         _shard_with(work / "c-base" / "part-00000.parquet", shard)
         _shard_with(work / "c-huge" / "part-00000.parquet", shard, one.cast(shard.schema))
         del text, one
-        attempt("c-base", f"(c) {args.huge_rows} short rows", work / "c-base", device)
-        attempt("c-huge", f"(c) the same + one {args.huge_mb:g} MiB text", work / "c-huge", device)
+        attempt("c-base", f"(c) {args.huge_rows} short rows", work / "c-base", job_options)
+        attempt("c-huge", f"(c) the same + one {args.huge_mb:g} MiB text", work / "c-huge", job_options)
     if "d" in parts:
         write_documents(work / "d-small", args.small_docs, 1)
         big = pa.table({"id": ["doc-big"], "title": ["long documents, repeated"]})

@@ -272,11 +272,17 @@ def _lower_cased(normalizer: Normalizer | None) -> Normalizer:
 
 def _tokenized(encodings: list[Encoding], stitched: dict[int, np.ndarray] | None = None) -> Tokenized:
     """The library gives a list of ids per text: read once, into flat arrays, by C-level iteration.
-    `stitched`: the ids of texts tokenised in pieces, in place of their (empty) encodings."""
+    `stitched`: the ids of texts tokenised in pieces, put where their empty encodings are."""
     ids = list(map(attrgetter("ids"), encodings))
-    for row, row_ids in (stitched or {}).items():
-        ids[row] = row_ids
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     token_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    if stitched:
+        rows = sorted(stitched)
+        segments, done = [], 0  # the other rows' ids up to each stitched row's, then its own
+        for row, at in zip(rows, (np.cumsum(lengths) - lengths)[rows].tolist(), strict=True):
+            segments += [token_ids[done:at], stitched[row]]
+            done = at
+        token_ids = np.concatenate([*segments, token_ids[done:]])
+        lengths[rows] = [len(stitched[row]) for row in rows]
     truncated = np.fromiter(map(bool, map(attrgetter("overflowing"), encodings)), dtype=bool, count=len(ids))
     return Tokenized(token_ids, lengths, truncated)

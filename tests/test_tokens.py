@@ -269,3 +269,14 @@ def test_a_run_across_a_join_of_pieces_keeps_every_token(tmp_path, name, place):
     texts = [f"{prefix}{run * length}end{' tail' * 60_000}" for length in (units, units + 1)]
     tokenized = tokenizer.encode(texts)
     assert [tokenized.of([row]).tolist() for row in range(len(texts))] == [tokenised_whole(folder, t) for t in texts]
+
+
+def test_texts_tokenised_in_pieces_keep_their_rows(static_model):
+    tokenizer = TextTokenizer(read_model_folder(static_model))
+    huge = REAL * (WHOLE_PIECE_CHARS // len(REAL) + 1)
+    texts = [huge, "before", "", huge[len(huge) // 3 :], "after", huge[: WHOLE_PIECE_CHARS + 1]]
+    tokenized = tokenizer.encode(texts)
+    assert [tokenized.of([row]).tolist() for row in range(len(texts))] == [
+        tokenised_whole(static_model, t) for t in texts
+    ]
+    assert tokenized.lengths.tolist() == [len(tokenised_whole(static_model, t)) for t in texts]
