@@ -9,9 +9,12 @@ is touched. Everything happens in one transaction, so a load that fails or is ki
 leaves the table as it was.
 
 - When the table holds the run's --previous run (has its columns and key, and was last loaded
-  with the same columns), the run's change set is applied: its deletes and upserts are copied
-  (COPY in binary format) into temporary tables, then deleted from and upserted into the table,
-  touching only those rows (readers see the old rows until the commit); the HNSW index follows.
+  with the same columns), the run's change set is applied; when it holds an earlier run of the
+  chain (the loads of up to MAX_SKIPPED_LOADS nights were skipped), the change sets of those
+  nights first, in order, each run found through its successor's manifest and checked. Its
+  deletes and upserts are copied (COPY in binary format) into temporary tables, then deleted
+  from and upserted into the table, touching only those rows (readers see the old rows until
+  the commit); the HNSW index follows.
 - Otherwise the run's snapshot replaces the table's content. The table is kept (its owner,
   privileges, policies, views, triggers and other indexes stay): emptied, altered where its
   columns or key differ from the run's, refilled, and the HNSW index built after the rows are
@@ -62,6 +65,9 @@ INDEX_BUILD_MEMORY = "1GB"
 # A load that would delete more than this share of a table's ids is refused unless allowed: a fault
 # upstream (shards written empty, a text column gone null) makes a run that deletes them all.
 MAX_DELETED_SHARE = 0.5
+# A table whose last loads were skipped, this many nights at most, gets their change sets before
+# the run's, in order; one further behind is refilled from the run's snapshot.
+MAX_SKIPPED_LOADS = 7
 NAME_BYTES = 63  # of a PostgreSQL identifier (NAMEDATALEN - 1); a longer one is cut
 # The index (`<name>_embedding_hnsw`), cut at NAME_BYTES, differs from the table's name up to 62.
 TABLE_NAME_BYTES = 62
@@ -118,6 +124,15 @@ def _open(path: str):
 
 def read_run(run_dir: str) -> Run:
     """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
+    manifest = _read_manifest(run_dir)
+    checks = manifest["file_checks"]
+    files = {
+        kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in LOADED_KINDS
+    }
+    return Run(run_dir, manifest, files)
+
+
+def _read_manifest(run_dir: str) -> dict:
     manifest_path = FileSystems.join(run_dir, MANIFEST)
     if not FileSystems.exists(manifest_path):
         if wrong := not_a_folder(run_dir):
@@ -137,13 +152,9 @@ def read_run(run_dir: str) -> Run:
     missing = [key for key in ("model", "files", "columns") if not isinstance(manifest.get(key), dict)]
     if missing:
         raise LoadError(f"{manifest_path}: not a manifest of this job (no {', '.join(missing)})")
-    checks = manifest.get("file_checks")
-    if not checks or "run_id" not in manifest:
+    if not manifest.get("file_checks") or "run_id" not in manifest:
         raise LoadError(f"{manifest_path}: no file checks or run id (written by an older version of the job)")
-    files = {
-        kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in LOADED_KINDS
-    }
-    return Run(run_dir, manifest, files)
+    return manifest
 
 
 def _checked(run_dir: str, name: str, checks: dict) -> str:
@@ -299,15 +310,16 @@ class PgvectorLoader:
                 # A change set sets the run's columns: any other the last run wrote would keep stale values.
                 # (Versions before 2026-12-03 kept no columns: then the table must have only the run's.)
                 last = loaded[3] if loaded and loaded[3] is not None else list(found)
-                change_set = bool(
-                    loaded
-                    and loaded[1] == run.previous_run_id
+                changes = (
+                    changes_since(run, loaded[1], schema)
+                    if loaded
                     and shape == []
                     and sorted(last) == sorted(schema.names)
                     and self._index_operator_class(connection) == PgVectors.of(run).operator_class
+                    else None
                 )
-                if change_set:
-                    done = self._apply_changes(connection, schema, run, found)
+                if changes:
+                    done = "; ".join(self._apply_changes(connection, schema, each, found) for each in changes)
                 else:
                     done = self._replace(connection, schema, run, shape, found)
                 if row and row[0] != table:
@@ -539,6 +551,7 @@ class PgvectorLoader:
                 ).format(id_column, deletes, self._name, sql.SQL("t.{} = d.{}").format(id_column, id_column))
             ).fetchone()[0]
             self._check_deletions(run, gone, held)
+        connection.execute(sql.SQL("DROP TABLE {}, {}").format(upserts, deletes))  # the next run's change set
         _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
         return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
 
@@ -726,6 +739,54 @@ def _check_id_bytes(batch: pa.RecordBatch, id_name: str, path: str) -> None:
             f"{path}: id {value[:40]!r}... in column {id_name} is {longest} bytes; a PostgreSQL primary key "
             f"takes ids of at most {ID_BYTES} bytes"
         )
+
+
+def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | None:
+    """The runs whose change sets take a table holding run `held_run_id` to `run`, oldest first: `run`
+    alone when its change set is against that run, else also those of the nights whose loads were
+    skipped, at most MAX_SKIPPED_LOADS, found through each manifest's `previous` path and checked as
+    `run` is. None when they do not lead there (no change set, a run gone or damaged, other columns):
+    then the snapshot is loaded."""
+    manifests, paths = [run.manifest], [run.path]
+    while (changes := manifests[0].get("changes")) and changes["previous_run_id"] != held_run_id:
+        path = (manifests[0].get("previous") or {}).get("path")
+        if not path:
+            return None
+        if len(manifests) > MAX_SKIPPED_LOADS:
+            _LOG.warning(
+                "loading the snapshot: the table holds run %s, over %d loads behind", held_run_id, len(manifests)
+            )
+            return None
+        try:
+            manifests.insert(0, _read_manifest(path))
+        except LoadError as e:
+            _LOG.warning("loading the snapshot: the table holds run %s, and a run between is gone: %s", held_run_id, e)
+            return None
+        paths.insert(0, path)
+        if manifests[0]["run_id"] != changes["previous_run_id"]:
+            _LOG.warning(
+                "loading the snapshot: %s now holds run %s, not %s",
+                path,
+                manifests[0]["run_id"],
+                changes["previous_run_id"],
+            )
+            return None
+    if not changes:
+        if len(manifests) > 1:
+            _LOG.info("loading the snapshot: run %s, whose load was skipped, has no change set", manifests[0]["run_id"])
+        return None
+    try:
+        skipped = [read_run(path) for path in paths[:-1]]
+    except LoadError as e:
+        _LOG.warning("loading the snapshot: a run whose load was skipped is damaged: %s", e)
+        return None
+    for each in skipped:
+        if not _file_schema(each).equals(schema) or _key(each) != _key(run):
+            _LOG.warning("loading the snapshot: run %s, whose load was skipped, has other columns", each.run_id)
+            return None
+    if skipped:
+        _LOG.info("the table holds run %s: first the change sets of %d skipped loads", held_run_id, len(skipped))
+    return [*skipped, run]
 
 
 def _file_schema(run: Run) -> pa.Schema:

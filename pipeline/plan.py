@@ -620,7 +620,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "model": model_block,
         "inputs": patterns,
         "input_files": describe_inputs(input_files),
-        "previous": {"path": previous.path, "run_id": previous.run_id, "vectors_reused": previous.reuse}
+        "previous": {"path": same_spelling(previous.path), "run_id": previous.run_id, "vectors_reused": previous.reuse}
         if previous
         else None,
         "columns": {"id": columns.id.name, "text": columns.text, "carried": [f.name for f in columns.carry]},

@@ -52,15 +52,19 @@ def day_one(tmp_path_factory):
     return embed_night(tmp_path_factory.mktemp("load"), "kb", DAY_ONE)
 
 
-@pytest.fixture(scope="module")
-def day_two(day_one):
+def day_two_rows() -> dict:
     """Two rows gone, three texts edited, one title changed, two new rows."""
     rows = {k: v[2:] + [f"{k}-new-{n}" for n in range(2)] for k, v in DAY_ONE.items()}
     rows["text"] = [
         f"Edited overnight. {t}" if i in EDITED else t for i, t in zip(rows["id"], rows["text"], strict=True)
     ]
     rows["title"] = ["Renamed" if i == RETITLED else t for i, t in zip(rows["id"], rows["title"], strict=True)]
-    return embed_night(day_one.parent, "kb2", rows, "--previous", str(day_one))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def day_two(day_one):
+    return embed_night(day_one.parent, "kb2", day_two_rows(), "--previous", str(day_one))
 
 
 def load(postgres: str, run_dir, table: str = TABLE, *options: str) -> subprocess.CompletedProcess:
@@ -239,15 +243,17 @@ def tuples_written(postgres: str, table: str = TABLE) -> tuple[int, int, int]:
         ).fetchone()
 
 
-def settled_stats(postgres: str, expected: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+def settled_stats(
+    postgres: str, expected: tuple[int, int, int] | None = None, table: str = TABLE
+) -> tuple[int, int, int]:
     """The counters once the loader's session has reported them (a session reports as it ends):
     `expected`, or else values unchanged for half a second; bounded to 5 s."""
-    found = [tuples_written(postgres)]
+    found = [tuples_written(postgres, table)]
     for _ in range(50):
         if found[-1] == expected or (expected is None and len(found) > 5 and len(set(found[-6:])) == 1):
             break
         time.sleep(0.1)
-        found.append(tuples_written(postgres))
+        found.append(tuples_written(postgres, table))
     return found[-1]
 
 
@@ -295,6 +301,65 @@ def test_a_change_set_for_another_run_than_the_tables_is_loaded_as_a_snapshot(po
     assert result.returncode == 0, result.stderr
     assert f"{len(parquet_rows(day_two))} rows of run" in result.stdout
     assert_table_is(postgres, day_two)
+
+
+@pytest.fixture(scope="module")
+def day_three(day_two):
+    """After day two: one row gone, one text edited again, one new row."""
+    rows = day_two_rows()
+    kept = [i for i, row_id in enumerate(rows["id"]) if row_id != EDITED[0]]
+    rows = {k: [v[i] for i in kept] + [f"{k}-third"] for k, v in rows.items()}
+    rows["text"] = [
+        f"Edited again. {t}" if i == EDITED[1] else t for i, t in zip(rows["id"], rows["text"], strict=True)
+    ]
+    return embed_night(day_two.parent, "kb3", rows, "--previous", str(day_two))
+
+
+def test_nights_whose_loads_were_skipped_are_applied_as_their_change_sets_in_order(
+    postgres, day_one, day_two, day_three
+):
+    """The table holds day one, day two's load never ran: day three's load applies day two's change
+    set, then its own, touching only those rows, in one transaction."""
+    table = "kb_skipped"
+    assert load(postgres, day_one, table).returncode == 0
+    oid, _, _ = table_state(postgres, table)
+    before = tuples_written(postgres, table)
+    assert read_manifest(day_three)["changes"] == {**read_manifest(day_three)["changes"], "upserts": 2, "deletes": 1}
+
+    result = load(postgres, day_three, table)
+    assert result.returncode == 0, result.stderr
+    two, three = read_manifest(day_two)["run_id"], read_manifest(day_three)["run_id"]
+    assert result.stdout.strip() == (
+        f"{table}: change set of run {two} applied: 6 rows upserted, 2 deleted; "
+        f"change set of run {three} applied: 2 rows upserted, 1 deleted"
+    )
+    assert "first the change sets of 1 skipped loads" in result.stderr
+    expected = (before[0] + 3, before[1] + 5, before[2] + 3)  # day two: 2 new, 4 updated, 2 deleted; three: 1, 1, 1
+    assert settled_stats(postgres, expected, table) == expected
+    assert table_state(postgres, table)[0] == oid
+    assert_table_is(postgres, day_three, table)
+    record("fault", "load of a night skipped, then the next night's", "both change sets applied in order")
+
+
+def test_a_skipped_night_whose_run_is_gone_or_another_loads_the_snapshot(
+    postgres, day_one, day_two, day_three, tmp_path
+):
+    table = "kb_skipped_gone"
+    third = tmp_path / "day-three"
+    shutil.copytree(day_three, third)
+    manifest = read_manifest(third)
+    other = f"now holds run {read_manifest(day_one)['run_id']}, not {read_manifest(day_two)['run_id']}"
+    for previous, said in ((tmp_path / "moved", "a run between is gone"), (day_one, other)):
+        assert load(postgres, day_one, table, "--rollback").returncode == 0
+        (third / "manifest.json").write_text(
+            json.dumps({**manifest, "previous": {**manifest["previous"], "path": str(previous)}})
+        )
+        result = load(postgres, third, table)
+        assert result.returncode == 0, result.stderr
+        assert f"{len(parquet_rows(day_three))} rows of run" in result.stdout and "change set" not in result.stdout
+        assert said in result.stderr
+        assert_table_is(postgres, third, table)
+    record("fault", "skipped night's run moved or overwritten", "next night's snapshot loaded; why logged")
 
 
 def test_a_change_set_onto_a_table_whose_index_is_gone_reloads_it_whole(postgres, day_one, day_two):
