@@ -344,6 +344,26 @@ class PgvectorLoader:
             counted = self._sql.SQL("DISTINCT {}").format(self._sql.Identifier(id_name))
         return connection.execute(self._sql.SQL("SELECT count({}) FROM {}").format(counted, self._name)).fetchone()[0]
 
+    def _ids_gone(self, connection, schema: pa.Schema, run: Run) -> int:
+        """The ids the table holds that the run's snapshot lacks, counted before it is emptied: the run's
+        ids go into a temporary table, compared as text (a run may retype the id column)."""
+        sql = self._sql
+        id_field = schema.field(run.manifest["columns"]["id"])
+        ids, id_column = sql.Identifier("embedding_job_ids"), sql.Identifier(id_field.name)
+        connection.execute(
+            sql.SQL("CREATE TEMP TABLE {} ({} {}) ON COMMIT DROP").format(
+                ids, id_column, sql.SQL(postgres_type(id_field))
+            )
+        )
+        self._copy(connection, ids, pa.schema([id_field]), run, "embeddings")
+        connection.execute(sql.SQL("ANALYZE {}").format(ids))
+        return connection.execute(
+            sql.SQL(
+                "SELECT count(DISTINCT t.{0}) FROM {1} AS t "
+                "WHERE NOT EXISTS (SELECT FROM {2} AS d WHERE d.{0}::text = t.{0}::text)"
+            ).format(id_column, self._name, ids)
+        ).fetchone()[0]
+
     def _check_deletions(self, run: Run, deleted: int, held: int) -> None:
         """Refuse a run that deletes more than max_deleted_share of the `held` ids (documents: passages
         resized or cut do not count); raised inside the load's transaction, so nothing changes."""
@@ -468,8 +488,7 @@ class PgvectorLoader:
     def _replace(self, connection, schema: pa.Schema, run: Run, shape: list | None, found: dict[str, str]) -> str:
         """The snapshot in place of the table's rows. A table that exists is kept (its owner, privileges,
         policies, views, triggers and other indexes stay), emptied, then altered where it must be; the
-        HNSW index is built once the rows are in. It deletes at least the ids the table holds more than
-        the run (each valid input row is one id)."""
+        HNSW index is built once the rows are in. It deletes the ids the table holds that the run lacks."""
         sql = self._sql
         started = time.monotonic()
         if shape is None:
@@ -477,7 +496,9 @@ class PgvectorLoader:
             connection.execute(self._create(connection, schema, run))
         else:
             held = self._held_ids(connection, run, found)
-            self._check_deletions(run, max(0, held - (run.manifest["rows_in"] - run.manifest["rows_rejected"])), held)
+            if held:  # a table without the run's id column loses all it holds
+                gone = self._ids_gone(connection, schema, run) if run.manifest["columns"]["id"] in found else held
+                self._check_deletions(run, gone, held)
             how = "table refilled"
             connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._qualified_index))
             connection.execute(sql.SQL("TRUNCATE {}").format(self._name))

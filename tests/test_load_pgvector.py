@@ -529,13 +529,22 @@ def test_a_run_older_than_the_tables_is_refused_unless_it_is_a_rollback(postgres
 
 def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(postgres, day_one):
     """Shards written with empty texts upstream: every row is rejected, and the change set deletes
-    them all. A snapshot of a few rows, as from shards written half, would delete most too."""
+    them all. A snapshot of a few rows, as from shards written half, would delete most too; so
+    would one of as many rows with other ids, as from another team's shards."""
     table = "kb_guard"
     assert load(postgres, day_one, table).returncode == 0
     before = table_state(postgres, table)
     emptied = embed_night(day_one.parent, "kb-emptied", {**DAY_ONE, "text": [""] * 30}, "--previous", str(day_one))
     few = embed_night(day_one.parent, "kb-few", {k: v[:5] for k, v in DAY_ONE.items()})
-    for run_dir, deleted, case in ((emptied, 30, "every text empty"), (few, 25, "5 of 30 rows")):
+    other = embed_night(
+        day_one.parent, "kb-other", {**DAY_ONE, "id": [f"other-{i}" for i in DAY_ONE["id"][:25]] + DAY_ONE["id"][25:]}
+    )
+    nights = (
+        (emptied, 30, "every text empty"),
+        (few, 25, "5 of 30 rows"),
+        (other, 25, "25 of 30 ids new"),
+    )
+    for run_dir, deleted, case in nights:
         refused = load(postgres, run_dir, table)
         assert refused.returncode == 1
         manifest = read_manifest(run_dir)
