@@ -248,8 +248,9 @@ def _join(left: tuple[np.ndarray, np.ndarray], right: tuple[np.ndarray, np.ndarr
     Each piece is trusted a quarter of the overlap away from its edges, where both give a token the
     same id at the same start, nearest the overlap's middle, after it first. A piece holding only
     part of a run (see `_run`) may segment all of it otherwise, so there they disagree and join
-    before or past it. A run over the trusted span (8,192 characters) leaves none: they join at the
-    middle, where a token or two may differ from the whole text's.
+    before or past it. A run over the trusted span (8,192 characters), or as many characters the
+    tokenizer drops inside a word, leaves none: they join at the middle, where a token or two may
+    differ from the whole text's.
     """
     quarter = WHOLE_OVERLAP_CHARS // 4
     middle = start + 2 * quarter

@@ -95,6 +95,7 @@ class LoadError(Exception):
 
 
 LOADED_KINDS = ("embeddings", "upserts", "deletes")  # the files a loader reads; rejects are not loaded
+CHANGE_KINDS = ("upserts", "deletes")  # those of a run whose load was skipped
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,12 @@ def _open(path: str):
 
 def read_run(run_dir: str) -> Run:
     """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
-    manifest = _read_manifest(run_dir)
+    return _checked_run(run_dir, _read_manifest(run_dir), LOADED_KINDS)
+
+
+def _checked_run(run_dir: str, manifest: dict, kinds: tuple[str, ...]) -> Run:
     checks = manifest["file_checks"]
-    files = {
-        kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in LOADED_KINDS
-    }
+    files = {kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in kinds}
     return Run(run_dir, manifest, files)
 
 
@@ -319,7 +321,7 @@ class PgvectorLoader:
                     else None
                 )
                 if changes:
-                    done = "; ".join(self._apply_changes(connection, schema, each, found) for each in changes)
+                    done = self._apply_changes(connection, schema, changes, found)
                 else:
                     done = self._replace(connection, schema, run, shape, found)
                 if row and row[0] != table:
@@ -528,53 +530,60 @@ class PgvectorLoader:
         )
         return f"{rows} rows of run {run.run_id} loaded ({how})"
 
-    def _apply_changes(self, connection, schema: pa.Schema, run: Run, found: dict[str, str]) -> str:
-        """The change set's deletes and upserts, through temporary tables: only those rows are touched.
-        The ids it deletes are those of its deletes that no row has once it is applied."""
+    def _apply_changes(self, connection, schema: pa.Schema, runs: list[Run], found: dict[str, str]) -> str:
+        """The change sets of `runs`, in order, each through temporary tables: only those rows are touched.
+        The ids they delete, checked once for all, are those of their deletes that no row has once they
+        are applied: a night refused alone may be undone by the next."""
         sql = self._sql
-        held = self._held_ids(connection, run, found) if run.manifest["changes"]["deletes"] else 0
+        run = runs[-1]
+        held = self._held_ids(connection, run, found) if any(r.manifest["changes"]["deletes"] for r in runs) else 0
         key = _key(run)
         upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
+        gone = sql.Identifier("embedding_job_gone")  # the deletes of every run
         keys = sql.SQL(", ").join(map(sql.Identifier, key))
         columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
-        for temporary, names in ((upserts, columns), (deletes, keys)):  # the run's columns: the table may have more
+        for temporary, names in ((upserts, columns), (deletes, keys), (gone, keys)):  # the table may have more
             connection.execute(
                 sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
                     temporary, names, self._name
                 )
             )
-        started = time.monotonic()
-        self._copy(connection, upserts, schema, run, "upserts")
-        self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), run, "deletes")
-        _LOG.info("copied the change set in %.1fs", time.monotonic() - started)
-        started = time.monotonic()
         matches = sql.SQL(" AND ").join(
             sql.SQL("{} = {}").format(sql.Identifier("t", name), sql.Identifier("d", name)) for name in key
         )
-        deleted = connection.execute(
-            sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
-        ).rowcount
         updates = sql.SQL(", ").join(
             sql.SQL("{} = excluded.{}").format(sql.Identifier(f.name), sql.Identifier(f.name))
             for f in schema
             if f.name not in key
         )
-        upserted = connection.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
-                self._name, columns, columns, upserts, keys, updates
-            )
-        ).rowcount
+        done = []
+        for each in runs:
+            started = time.monotonic()
+            connection.execute(sql.SQL("TRUNCATE {}, {}").format(upserts, deletes))
+            self._copy(connection, upserts, schema, each, "upserts")
+            self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), each, "deletes")
+            _LOG.info("copied the change set of run %s in %.1fs", each.run_id, time.monotonic() - started)
+            started = time.monotonic()
+            deleted = connection.execute(
+                sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
+            ).rowcount
+            upserted = connection.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+                    self._name, columns, columns, upserts, keys, updates
+                )
+            ).rowcount
+            connection.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(gone, deletes))
+            _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
+            done.append(f"change set of run {each.run_id} applied: {upserted} rows upserted, {deleted} deleted")
         if held:
             id_column = sql.Identifier(run.manifest["columns"]["id"])
-            gone = connection.execute(
+            lost = connection.execute(
                 sql.SQL(
                     "SELECT count(DISTINCT d.{}) FROM {} AS d WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})"
-                ).format(id_column, deletes, self._name, sql.SQL("t.{} = d.{}").format(id_column, id_column))
+                ).format(id_column, gone, self._name, sql.SQL("t.{} = d.{}").format(id_column, id_column))
             ).fetchone()[0]
-            self._check_deletions(run, gone, held)
-        connection.execute(sql.SQL("DROP TABLE {}, {}").format(upserts, deletes))  # the next run's change set
-        _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
-        return f"change set of run {run.run_id} applied: {upserted} rows upserted, {deleted} deleted"
+            self._check_deletions(run, lost, held)
+        return "; ".join(done)
 
     def _create(self, connection, schema: pa.Schema, run: Run):
         """CREATE TABLE for the run's columns: NOT NULL the key and the loader's own, carried ones nullable."""
@@ -765,55 +774,54 @@ def _check_id_bytes(batch: pa.RecordBatch, id_name: str, path: str) -> None:
 def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | None:
     """The runs whose change sets take a table holding run `held_run_id` to `run`, oldest first: `run`
     alone when its change set is against that run, else also those of the nights whose loads were
-    skipped, at most MAX_SKIPPED_LOADS, found through each manifest's `previous` path and checked as
-    `run` is. None when they do not lead there (no change set, a run gone or damaged, other columns):
-    then the snapshot is loaded."""
-    manifests, paths = [run.manifest], [run.path]
-    while (changes := manifests[0].get("changes")) and changes["previous_run_id"] != held_run_id:
-        path = (manifests[0].get("previous") or {}).get("path")
+    skipped, at most MAX_SKIPPED_LOADS, found through each manifest's `previous` path, their change
+    files checked. None when they do not lead there (no change set, a run gone, moved, damaged or
+    out of reach, other columns): then the snapshot is loaded."""
+    skipped: list[Run] = []
+    manifest = run.manifest
+    while (changes := manifest.get("changes")) and changes["previous_run_id"] != held_run_id:
+        path = (manifest.get("previous") or {}).get("path")
         if not path:
             return None
-        if len(manifests) > MAX_SKIPPED_LOADS:
+        if len(skipped) == MAX_SKIPPED_LOADS:
             _LOG.warning(
-                "loading the snapshot: the table holds run %s, over %d loads behind", held_run_id, len(manifests)
+                "loading the snapshot: the table holds run %s, over %d loads behind", held_run_id, len(skipped)
             )
             return None
-        try:
-            manifests.insert(0, _read_manifest(path))
-        except LoadError as e:
-            _LOG.warning("loading the snapshot: the table holds run %s, and a run between is gone: %s", held_run_id, e)
-            return None
-        paths.insert(0, path)
-        if manifests[0]["run_id"] != changes["previous_run_id"]:
+        try:  # any storage's error: a path out of the loader's reach is a reason for the snapshot, not a failure
+            manifest = _read_manifest(path)
+            if manifest["run_id"] != changes["previous_run_id"]:
+                _LOG.warning(
+                    "loading the snapshot: %s now holds run %s, not %s",
+                    path,
+                    manifest["run_id"],
+                    changes["previous_run_id"],
+                )
+                return None
+            if not manifest.get("changes"):
+                _LOG.info("loading the snapshot: run %s, whose load was skipped, has no change set", manifest["run_id"])
+                return None
+            skipped.insert(0, _checked_run(path, manifest, CHANGE_KINDS))
+            same = _file_schema(skipped[0], "upserts").equals(schema) and _key(skipped[0]) == _key(run)
+        except Exception as e:
             _LOG.warning(
-                "loading the snapshot: %s now holds run %s, not %s",
-                path,
-                manifests[0]["run_id"],
-                changes["previous_run_id"],
+                "loading the snapshot: the table holds run %s, and a run between cannot be read: %s", held_run_id, e
             )
             return None
-    if not changes:
-        if len(manifests) > 1:
-            _LOG.info("loading the snapshot: run %s, whose load was skipped, has no change set", manifests[0]["run_id"])
-        return None
-    try:
-        skipped = [read_run(path) for path in paths[:-1]]
-    except LoadError as e:
-        _LOG.warning("loading the snapshot: a run whose load was skipped is damaged: %s", e)
-        return None
-    for each in skipped:
-        if not _file_schema(each).equals(schema) or _key(each) != _key(run):
-            _LOG.warning("loading the snapshot: run %s, whose load was skipped, has other columns", each.run_id)
+        if not same:
+            _LOG.warning("loading the snapshot: run %s, whose load was skipped, has other columns", manifest["run_id"])
             return None
+    if not changes:  # the run's own
+        return None
     if skipped:
         _LOG.info("the table holds run %s: first the change sets of %d skipped loads", held_run_id, len(skipped))
     return [*skipped, run]
 
 
-def _file_schema(run: Run) -> pa.Schema:
-    if not run.files["embeddings"]:
-        raise LoadError(f"{run.path}: the run has no embeddings files")
-    with _open(run.files["embeddings"][0]) as f:
+def _file_schema(run: Run, kind: str = "embeddings") -> pa.Schema:
+    if not run.files[kind]:
+        raise LoadError(f"{run.path}: the run has no {kind} files")
+    with _open(run.files[kind][0]) as f:
         return pq.ParquetFile(f).schema_arrow
 
 

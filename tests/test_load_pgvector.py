@@ -341,7 +341,24 @@ def test_nights_whose_loads_were_skipped_are_applied_as_their_change_sets_in_ord
     record("fault", "load of a night skipped, then the next night's", "both change sets applied in order")
 
 
-def test_a_skipped_night_whose_run_is_gone_or_another_loads_the_snapshot(
+def test_a_night_refused_for_its_deletions_is_undone_by_the_next(postgres, day_one):
+    """Night two kept 10 of 30 rows and its load was refused; night three has all 30 again. Its load
+    applies both change sets and checks what they delete together: nothing."""
+    table = "kb_refused_night"
+    assert load(postgres, day_one, table).returncode == 0
+    before = table_state(postgres, table)
+    half = embed_night(day_one.parent, "kb-ten", {k: v[:10] for k, v in DAY_ONE.items()}, "--previous", str(day_one))
+    whole = embed_night(day_one.parent, "kb-whole", DAY_ONE, "--previous", str(half))
+    refused = load(postgres, half, table)
+    assert refused.returncode == 1 and "would delete 20 of the table's 30 ids" in refused.stderr
+    assert table_state(postgres, table) == before
+    result = load(postgres, whole, table)
+    assert result.returncode == 0, result.stderr
+    assert "0 rows upserted, 20 deleted; " in result.stdout and "20 rows upserted, 0 deleted" in result.stdout
+    assert_table_is(postgres, whole, table)
+
+
+def test_a_skipped_night_whose_run_is_gone_out_of_reach_or_another_loads_the_snapshot(
     postgres, day_one, day_two, day_three, tmp_path
 ):
     table = "kb_skipped_gone"
@@ -349,7 +366,9 @@ def test_a_skipped_night_whose_run_is_gone_or_another_loads_the_snapshot(
     shutil.copytree(day_three, third)
     manifest = read_manifest(third)
     other = f"now holds run {read_manifest(day_one)['run_id']}, not {read_manifest(day_two)['run_id']}"
-    for previous, said in ((tmp_path / "moved", "a run between is gone"), (day_one, other)):
+    unreadable = "a run between cannot be read"
+    places = ((tmp_path / "moved", unreadable), ("hdfs://kb-nowhere/kb2-out", unreadable), (day_one, other))
+    for previous, said in places:
         assert load(postgres, day_one, table, "--rollback").returncode == 0
         (third / "manifest.json").write_text(
             json.dumps({**manifest, "previous": {**manifest["previous"], "path": str(previous)}})
