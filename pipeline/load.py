@@ -349,7 +349,7 @@ class PgvectorLoader:
     def _ids_gone(self, connection, schema: pa.Schema, run: Run) -> int:
         """The ids the table holds that the run's snapshot lacks, counted before it is emptied: the run's
         ids go into a temporary table, compared as text (a run may retype the id column)."""
-        sql = self._sql
+        sql, started = self._sql, time.monotonic()
         id_field = schema.field(run.manifest["columns"]["id"])
         ids, id_column = sql.Identifier("embedding_job_ids"), sql.Identifier(id_field.name)
         connection.execute(
@@ -359,12 +359,14 @@ class PgvectorLoader:
         )
         self._copy(connection, ids, pa.schema([id_field]), run, "embeddings")
         connection.execute(sql.SQL("ANALYZE {}").format(ids))
-        return connection.execute(
+        gone = connection.execute(
             sql.SQL(
                 "SELECT count(DISTINCT t.{0}) FROM {1} AS t "
                 "WHERE NOT EXISTS (SELECT FROM {2} AS d WHERE d.{0}::text = t.{0}::text)"
             ).format(id_column, self._name, ids)
         ).fetchone()[0]
+        _LOG.info("counted the %d ids the snapshot deletes in %.1fs", gone, time.monotonic() - started)
+        return gone
 
     def _check_deletions(self, run: Run, deleted: int, held: int) -> None:
         """Refuse a run that deletes more than max_deleted_share of the `held` ids (documents: passages
