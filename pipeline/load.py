@@ -601,7 +601,8 @@ class PgvectorLoader:
         return sql.SQL("CREATE TABLE {} ({})").format(self._name, sql.SQL(", ").join(columns))
 
     def _copy(self, connection, name, schema: pa.Schema, run: Run, kind: str) -> int:
-        """The run's files of `kind` into table `name` (columns `schema`), with COPY in binary format."""
+        """The run's files of `kind` into table `name` (columns `schema`, the only ones read), with COPY in binary
+        format."""
         sql = self._sql
         vectors = PgVectors.of(run)
         vector_oid = connection.execute("SELECT %s::regtype::oid", [vectors.type_name]).fetchone()[0]
@@ -615,7 +616,7 @@ class PgvectorLoader:
             copy.set_types(types)
             for path in run.files[kind]:
                 with _open(path) as f:
-                    for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS):
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS, columns=schema.names):
                         _check_id_bytes(batch, id_name, path)
                         _check_text(batch, id_name, path)
                         for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
