@@ -6,6 +6,7 @@ tokenised whole (9.3 GB of memory in one worker) and then truncated to 256 token
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -193,25 +194,24 @@ class TextTokenizer:
         Only a static model takes texts whole, and it adds no special tokens, so pieces join end to
         end: at a token both neighbours start, with the same id, where both are trusted (see `_join`).
         """
+        pieces = self._pieces(view)
+        _, held = next(pieces)
+        kept, since = [], 0  # since: where the held piece's tokens are taken from
+        for start, piece in pieces:
+            join = _join(held, piece, start)
+            kept.append(held[0][(held[1] >= since) & (held[1] < join)])
+            held, since = piece, join
+        kept.append(held[0][held[1] >= since])
+        return np.concatenate(kept)
+
+    def _pieces(self, view: str) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+        """Where each piece of a text over WHOLE_PIECE_CHARS starts, and its token ids and starts in `view`."""
         starts = range(0, len(view) - WHOLE_OVERLAP_CHARS, WHOLE_PIECE_CHARS)  # the last reaches the end
-        kept: list[np.ndarray] = []
-        held: tuple[np.ndarray, np.ndarray] | None = None  # the last piece's ids and token starts in view
-        since = 0  # where the last piece's tokens are taken from
         for group in (starts[i : i + WHOLE_GROUP] for i in range(0, len(starts), WHOLE_GROUP)):
             pieces = [view[start : start + WHOLE_PIECE_CHARS + WHOLE_OVERLAP_CHARS] for start in group]
             for start, encoding in zip(group, self._window.encode_batch(pieces, add_special_tokens=False), strict=True):
-                piece = (
-                    np.array(encoding.ids, dtype=np.int64),
-                    np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)[:, 0] + start,
-                )
-                if held is not None:
-                    join = _join(held, piece, start)
-                    kept.append(held[0][(held[1] >= since) & (held[1] < join)])
-                    since = join
-                held = piece
-        if held is not None:
-            kept.append(held[0][held[1] >= since])
-        return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+                ids = np.array(encoding.ids, dtype=np.int64)
+                yield start, (ids, np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)[:, 0] + start)
 
     def _piece_of(self, texts: pa.Array, chars: int) -> pa.Array:
         """Each text's first `chars` characters, or its last where the window keeps a text's end."""
