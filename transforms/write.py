@@ -128,6 +128,14 @@ class _ParquetSink(filebasedsink.FileBasedSink):
         the directory is still this run's: renaming would replace a later run's files."""
         self._owner.check()
 
+    def finalize_write(self, init_result, writer_results, pre_finalize_results) -> list[str]:
+        """Every file of the write, by its final name. Beam's own yields only the files it renamed
+        this time: a retried finalize (its worker lost after the renames) would yield none, and the
+        manifest would list none of them and delete them as unlisted."""
+        for _ in super().finalize_write(init_result, writer_results, pre_finalize_results):
+            pass  # the renames
+        return [self._get_final_name(shard, len(writer_results)) for shard in range(len(writer_results))]
+
     def write_record(self, opened: tuple, table: pa.Table) -> None:
         opened[1].write_table(table)
 
