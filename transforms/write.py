@@ -268,6 +268,10 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
             f"{counts['passages_reused']} reused; no manifest written"
         )
     body["file_checks"] = file_checks(files)
+    for kind, decided in (("embeddings", body["rows_out"]), ("rejected", body["rows_rejected"])):
+        written = sum(body["file_checks"][name]["rows"] for name in body["files"].get(kind, []))
+        if written != decided:
+            raise RuntimeError(f"{kind} files hold {written} rows, but the run counted {decided}; no manifest written")
     if "upserts" in files:
         body["changes"] = _change_set(counts, files, body["file_checks"], header)
     started = datetime.fromisoformat(header["timings"]["started_at"])
