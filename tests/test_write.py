@@ -1,5 +1,5 @@
-"""Review findings on writing the output and its manifest: a retried finalize of a write, and a
-manifest whose files do not hold the rows it counts."""
+"""Writing the output and its manifest: a retried finalize of a write, and a manifest whose files
+do not hold the rows it counts."""
 
 from __future__ import annotations
 
