@@ -125,7 +125,9 @@ class TextTokenizer:
         self._window = Tokenizer.from_str(self.raw.to_str())
         if self.max_seq_length is not None:
             self._window.enable_truncation(self.max_seq_length, direction="left" if self.keeps_end else "right")
-        prompt_ids = self.raw.encode(self.prompt, add_special_tokens=self.special_tokens).ids if self.prompt else []
+        # The prompt tokenised alone as a text is, cut to the window: sentence-transformers measures it so,
+        # and a prompt filling the window leaves out all but the window's last token.
+        prompt_ids = self._window.encode(self.prompt, add_special_tokens=self.special_tokens).ids if self.prompt else []
         # The prompt's tokens with the leading special token, as sentence-transformers counts them.
         self.prompt_length = len(prompt_ids) - bool(prompt_ids and prompt_ids[-1] in special_ids)
 

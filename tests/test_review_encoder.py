@@ -1,0 +1,73 @@
+"""Folder configurations a review found the encoder running otherwise than sentence-transformers.
+
+Each builds a tiny random model offline, saves it as sentence-transformers saves it, and compares
+the job's encoder with `SentenceTransformer.encode` on the same texts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import modules as models
+
+from encoder import PooledEncoder, read_model_folder
+from samples.model_families import _tokenizer
+
+TEXTS = [
+    "How do I rotate the API keys of a service account?",
+    "数据库连接池在高并发下耗尽，如何排查？",
+    "short",
+    "",
+    "A long page. " + " ".join(f"Paragraph {i} explains step {i} of the migration." for i in range(60)),
+]
+
+
+def _save(
+    folder: Path,
+    config: transformers.PretrainedConfig,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    max_seq_length: int = 64,
+    **st_kwargs,
+) -> Path:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as hf:
+        transformers.AutoModel.from_config(config).save_pretrained(hf, safe_serialization=True)
+        tokenizer.save_pretrained(hf)
+        transformer = models.Transformer(hf, max_seq_length=max_seq_length)
+        pooling = models.Pooling(transformer.get_embedding_dimension(), include_prompt=False)
+        SentenceTransformer(modules=[transformer, pooling], **st_kwargs).save(str(folder), safe_serialization=True)
+    return folder
+
+
+def _bert(tokenizer: transformers.PreTrainedTokenizerBase) -> transformers.BertConfig:
+    return transformers.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        initializer_range=0.2,
+    )
+
+
+def _compare(folder: Path, **kwargs) -> None:
+    ours = PooledEncoder(read_model_folder(folder), "cpu", "float32", **kwargs).encode(TEXTS).embeddings
+    model = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
+    theirs = model.encode(TEXTS, normalize_embeddings=False, convert_to_numpy=True, **kwargs)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_prompt_filling_the_window_is_measured_within_it_as_sentence_transformers_does(tmp_path):
+    """sentence-transformers measures the prompt tokenised alone and cut to the window; measured whole,
+    the prompt left nothing to pool and every vector was zero (sentence-transformers pools the window's
+    last token)."""
+    tokenizer = _tokenizer("bert")
+    prompt = "Represent this sentence for searching relevant passages about the topic of " * 3
+    folder = _save(tmp_path / "model", _bert(tokenizer), tokenizer, max_seq_length=16, prompts={"query": prompt})
+    _compare(folder, prompt_name="query")
