@@ -20,6 +20,7 @@ from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
 from encoder.modules import Features, build_input, build_module
 from encoder.modules.static_embedding import StaticEmbedding
+from encoder.modules.transformer import Transformer
 from encoder.tokens import TextTokenizer, Tokenized
 
 # Padded tokens per forward pass. On CPU small batches of similar length are
@@ -126,6 +127,8 @@ class PooledEncoder:
         if self.cpu_kernels == "onednn":
             onednn.use_onednn(self.input_module)
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
+        if isinstance(self.input_module, Transformer):
+            self.input_module.token_types = self.tokenizer.token_types
         self.max_seq_length = self.tokenizer.max_seq_length
         self.heap_trimmer = HeapTrimmer()
         self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life
@@ -250,7 +253,7 @@ class PooledEncoder:
         """On CUDA, pinned memory lets the copies to the GPU run asynchronously."""
         if self.device.type != "cuda":
             return features
-        for name in ("input_ids", "attention_mask", "offsets"):
+        for name in ("input_ids", "attention_mask", "token_type_ids", "offsets"):
             tensor = getattr(features, name)
             if tensor is not None:
                 setattr(features, name, tensor.pin_memory().to(self.device, non_blocking=True))

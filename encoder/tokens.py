@@ -64,6 +64,43 @@ class Tokenized:
         return self.token_ids[np.arange(len(shift)) + shift]
 
 
+@dataclass(frozen=True)
+class TokenTypes:
+    """The token type ids the tokenizer gives a single text: those of the special tokens its
+    post-processor puts before and after the text's tokens, and the text's own. XLNet's gives its
+    final <cls> type 2, which its model reads; padding gets the tokenizer's pad type. Types all 0 are
+    left to the model, which takes none as all 0 (BERT and its kin), so those models run as before."""
+
+    before: np.ndarray  # (special tokens before the text,) int64
+    text: int
+    after: np.ndarray  # (special tokens after the text,) int64
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, pad: int) -> TokenTypes | None:
+        probe = tokenizer.encode("a", add_special_tokens=True)
+        marks = list(zip(probe.type_ids, probe.special_tokens_mask, strict=True))
+        text = [i for i, (_, special) in enumerate(marks) if not special]
+        first, last = (text[0], text[-1] + 1) if text else (len(marks), len(marks))
+        kinds = np.array([type_id for type_id, _ in marks], dtype=np.int64)
+        if not kinds.any() and not pad:
+            return None
+        return cls(kinds[:first], int(kinds[first]) if text else 0, kinds[last:], int(pad))
+
+    def ids(self, lengths: np.ndarray, width: int, padding_left: bool) -> np.ndarray:
+        """(rows, width) type ids of rows holding `lengths` tokens each, padded to `width`."""
+        lengths = lengths[:, None]
+        at = np.arange(width) - (width - lengths if padding_left else np.zeros_like(lengths))  # place in its row
+        kinds = np.full((len(lengths), width), self.text, dtype=np.int64)
+        before = (at >= 0) & (at < len(self.before))
+        kinds[before] = self.before[at[before]]
+        from_end = at - (lengths - len(self.after))
+        after = (from_end >= 0) & (at < lengths)
+        kinds[after] = self.after[from_end[after]]
+        kinds[(at < 0) | (at >= lengths)] = self.pad
+        return kinds
+
+
 def _run(piece: str, at_end: bool) -> int:
     """Characters of the run `piece` ends with (starts with, unless `at_end`): whitespace, mixed with
     the one other character nearest that edge (newlines, a line of '=', '- - -').
@@ -111,15 +148,18 @@ class TextTokenizer:
             self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             special_ids = set(tokenizer.all_special_ids)
             side = tokenizer.truncation_side  # tokenizer_config.json's, as transformers reads it
+            # sentence-transformers passes on the type ids where the tokenizer gives them
+            pad_type = tokenizer.pad_token_type_id if "token_type_ids" in tokenizer.model_input_names else None
         else:
             self.pad_id = 0
             self.raw = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
-            special_ids = set()
+            special_ids, pad_type = set(), None
             side = (self.raw.truncation or {}).get("direction", "right")
         # A window that keeps a long text's end, as sentence-transformers does for such a tokenizer.
         self.keeps_end = str(side).lower() == "left"
         self.raw.no_padding()
         self.raw.no_truncation()
+        self.token_types = None if pad_type is None else TokenTypes.of(self.raw, pad_type)
         if folder.do_lower_case:
             self.raw.normalizer = _lower_cased(self.raw.normalizer)
         self._window = Tokenizer.from_str(self.raw.to_str())

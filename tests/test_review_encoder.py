@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import tokenizers
+import tokenizers.processors
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
@@ -70,4 +72,29 @@ def test_a_prompt_filling_the_window_is_measured_within_it_as_sentence_transform
     tokenizer = _tokenizer("bert")
     prompt = "Represent this sentence for searching relevant passages about the topic of " * 3
     folder = _save(tmp_path / "model", _bert(tokenizer), tokenizer, max_seq_length=16, prompts={"query": prompt})
+    _compare(folder, prompt_name="query")
+
+
+def test_the_token_type_ids_the_tokenizer_gives_reach_the_model(tmp_path):
+    """XLNet's tokenizer gives its final <cls> type 2 (text <sep> <cls>, padded on the left), and its
+    model reads the types; sentence-transformers passes them, the encoder passed none (cosine 0.998)."""
+    base = _tokenizer("bert")
+    backend = tokenizers.Tokenizer.from_str(base.backend_tokenizer.to_str())
+    backend.post_processor = tokenizers.processors.TemplateProcessing(
+        single="$A:0 [SEP]:0 [CLS]:2",
+        pair="$A:0 [SEP]:0 $B:1 [SEP]:1 [CLS]:2",
+        special_tokens=[("[CLS]", base.cls_token_id), ("[SEP]", base.sep_token_id)],
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        **{f"{name}_token": f"[{name.upper()}]" for name in ("cls", "sep", "pad", "unk", "mask")},
+        padding_side="left",
+        model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    config = transformers.XLNetConfig(
+        vocab_size=len(tokenizer), d_model=32, n_layer=2, n_head=2, d_inner=64, initializer_range=0.2, pad_token_id=0
+    )
+    folder = _save(tmp_path / "xlnet", config, tokenizer, prompts={"query": "query: "})
+    _compare(folder)
     _compare(folder, prompt_name="query")

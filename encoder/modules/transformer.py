@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import transformers
@@ -9,7 +11,7 @@ from transformers import AutoModel
 
 from encoder.model_folder import ENCODER_ONLY_CLASSES, TransformerSpec
 from encoder.modules.features import Features
-from encoder.tokens import Tokenized
+from encoder.tokens import Tokenized, TokenTypes
 
 
 class Transformer(torch.nn.Module):
@@ -23,6 +25,10 @@ class Transformer(torch.nn.Module):
         if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
             self.model.config.use_cache = False
         self.padding_left = spec.padding_left
+        # The tokenizer's type ids, set by the encoder where the tokenizer gives them: passed on where
+        # the model's forward names them, as sentence-transformers passes what the tokenizer gives.
+        self.token_types: TokenTypes | None = None
+        self.reads_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
         """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
@@ -34,9 +40,13 @@ class Transformer(torch.nn.Module):
         mask = positions >= width - lengths[:, None] if self.padding_left else positions < lengths[:, None]
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         input_ids[mask] = tokenized.of(rows)
-        return Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
+        features = Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
+        if self.token_types is not None and self.reads_token_types:
+            features.token_type_ids = torch.from_numpy(self.token_types.ids(lengths, width, self.padding_left))
+        return features
 
     def forward(self, features: Features) -> Features:
-        output = self.model(input_ids=features.input_ids, attention_mask=features.attention_mask)
+        types = {} if features.token_type_ids is None else {"token_type_ids": features.token_type_ids}
+        output = self.model(input_ids=features.input_ids, attention_mask=features.attention_mask, **types)
         features.token_embeddings = output.last_hidden_state
         return features
