@@ -1,4 +1,5 @@
-"""Folder configurations a review found the encoder running otherwise than sentence-transformers.
+"""Folder configurations at the edges of what sentence-transformers does: a prompt filling the window,
+token type ids other than 0.
 
 Each builds a tiny random model offline, saves it as sentence-transformers saves it, and compares
 the job's encoder with `SentenceTransformer.encode` on the same texts.
