@@ -138,7 +138,8 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
 def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema]:
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
     carry no types, as pandas writes an empty text column as null), with its file and that schema.
-    A column of type null there (all its values null) takes its type from the next shard that has one."""
+    A column of type null there (all its values null) takes its type from the next shard holding rows
+    that has one."""
     opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = shard.schema_arrow
@@ -146,7 +147,10 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     for other in files[files.index(path) + 1 :]:
         if not untyped:
             break
-        theirs = open_parquet(other).schema_arrow
+        later = open_parquet(other)
+        if not later.metadata.num_rows:  # an empty shard's types are a writer's guess (pandas: double)
+            continue
+        theirs = later.schema_arrow
         for name in [n for n in untyped if theirs.get_field_index(n) >= 0]:
             if not pa.types.is_null(theirs.field(name).type):
                 index = schema.get_field_index(name)
