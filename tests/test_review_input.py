@@ -6,6 +6,7 @@ import pyarrow as pa
 
 from pipeline.plan import typed_schema
 from tests.conftest import write_parquet
+from transforms.validate import text_as_strings
 
 
 def test_a_null_column_takes_its_type_from_a_shard_holding_rows_not_an_empty_one(tmp_path):
@@ -25,3 +26,16 @@ def test_a_null_column_takes_its_type_from_a_shard_holding_rows_not_an_empty_one
     path, _, schema = typed_schema([str(f) for f in files], ["id", "text", "title"])
     assert path == str(files[0])
     assert schema.field("title").type == pa.string()
+
+
+def test_large_binary_text_stays_as_wide_as_its_bytes():
+    """large_binary text (or large_string holding bytes that are not UTF-8) decodes to large_string:
+    decoded to string, a batch past 2 GiB (string's 32-bit offsets) took Python's decoding path and
+    came back a ChunkedArray, which failed the job with a TypeError in CheckRows."""
+    text, invalid = text_as_strings(pa.array([b"caf\xc3\xa9", None], pa.large_binary()))
+    assert text.type == pa.large_string() and text.to_pylist() == ["caf\u00e9", None] and invalid is None
+    text, invalid = text_as_strings(pa.array([b"ok", b"\xff bad"], pa.large_binary()))
+    assert isinstance(text, pa.Array) and text.type == pa.large_string()
+    assert text.to_pylist() == ["ok", None] and invalid.to_pylist() == [False, True]
+    text, invalid = text_as_strings(pa.array([b"ok", b"\xff bad"], pa.binary()))
+    assert text.type == pa.string() and invalid.to_pylist() == [False, True]

@@ -39,13 +39,15 @@ def text_as_strings(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
             column = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
     if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
         return column, None
+    # As wide as the bytes: a large_binary batch past 2 GiB does not fit string's 32-bit offsets.
+    kind = pa.large_string() if pa.types.is_large_binary(column.type) else pa.string()
     try:
-        return column.cast(pa.string()), None
+        return column.cast(kind), None
     except pa.ArrowInvalid:  # some values are not UTF-8: find them one by one
         values = column.to_pylist()
         decoded = [_decode(value) for value in values]
         invalid = [value is not None and text is None for value, text in zip(values, decoded, strict=True)]
-        return pa.array(decoded, pa.string()), pa.array(invalid)
+        return pa.array(decoded, kind), pa.array(invalid)
 
 
 def _decode(value: bytes | None) -> str | None:
