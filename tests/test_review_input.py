@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.plan import typed_schema
-from tests.conftest import write_parquet
+from tests.conftest import run_cli, write_parquet
 from transforms.validate import text_as_strings
 
 
@@ -39,3 +39,16 @@ def test_large_binary_text_stays_as_wide_as_its_bytes():
     assert text.to_pylist() == ["ok", None] and invalid.to_pylist() == [False, True]
     text, invalid = text_as_strings(pa.array([b"ok", b"\xff bad"], pa.binary()))
     assert text.type == pa.string() and invalid.to_pylist() == [False, True]
+
+
+def test_a_corrupt_footer_is_named_on_the_last_line(tmp_path):
+    """Arrow's Thrift error ends in a newline: the message split over two lines and the last line
+    of stderr was ")", not the `error: ...` line."""
+    data = write_parquet(tmp_path / "b.parquet", id=["a"], text=["x"]).read_bytes()
+    corrupt = tmp_path / "in" / "a.parquet"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(data[:-40] + b"\x07" * 32 + data[-8:])
+    result = run_cli("--input", str(corrupt), "--output", str(tmp_path / "out"), "--plan_only")
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {corrupt}: not a readable Parquet file (") and last.endswith(")"), last

@@ -110,7 +110,13 @@ def open_parquet(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+        raise InputError(f"{path}: not a readable Parquet file ({one_line(e)})") from e
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line: Arrow's end in a newline (a Thrift footer's "No more data to read.\n"),
+    and the job's `error: ...` must be the last line of stderr."""
+    return " ".join(str(error).split())
 
 
 # Raises InputError when a file's schema (arrow schema, path) is not what the job needs; may return
@@ -207,7 +213,7 @@ class _ReadRowGroup(beam.DoFn):
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
-            error = InputError(f"{group.path}: row group {group.index} cannot be read ({e})")
+            error = InputError(f"{group.path}: row group {group.index} cannot be read ({one_line(e)})")
             raise _unreadable(group.file, error, f"when row group {group.index} could not be read") from e
         now = group.file.now()
         if now != group.file:
