@@ -32,7 +32,7 @@ from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
-from schemas.inputs import InputColumns, InputError, input_columns, integer_holding_both
+from schemas.inputs import InputColumns, InputError, check_shard, input_columns, integer_holding_both
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
@@ -225,15 +225,22 @@ def describe_inputs(files: list[PlannedFile]) -> list[dict]:
     ]
 
 
-def rows_in_footers(files: list[str]) -> int | None:
-    """Rows in all input files by their Parquet footers; None when one cannot be read (the run
-    then reports that file) or there are too many to read before a local run."""
+def checked_footers(files: list[str], columns: InputColumns) -> int | None:
+    """Rows in all input files by their Parquet footers, each footer read (in threads) and checked as
+    the workers check it: a file that is not readable Parquet, or that holds rows without the columns
+    or with an id or carried column of another type family, fails here, before any worker starts,
+    naming the first such file. None when there are too many to read before a local run."""
     if len(files) > MAX_FOOTERS:
         return None
-    try:
-        return sum(open_parquet(path).metadata.num_rows for path in files)
-    except InputError:
-        return None
+
+    def rows(path: str) -> int:
+        metadata = open_parquet(path).metadata
+        if metadata.num_rows:  # a shard without rows is not read, so not checked
+            check_shard(metadata.schema.to_arrow_schema(), path, columns)
+        return metadata.num_rows
+
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        return sum(pool.map(rows, files))
 
 
 def join_buckets(rows: int) -> int:
@@ -613,7 +620,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS
-    progress_total = rows_in_footers(files) if local and not passages and not previous else None
+    rows = checked_footers(files, columns) if local else None  # a remote run leaves them to its workers
+    progress_total = rows if not passages and not previous else None
     # Last: nothing after this may fail, since it clears the output and takes it over.
     owner = prepare_output(
         opts.output, opts.overwrite, opts.previous, uuid.uuid4().hex, model_block["created_at"], opts.plan_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from pipeline.plan import typed_schema
 from tests.conftest import run_cli, write_parquet
@@ -52,3 +53,27 @@ def test_a_corrupt_footer_is_named_on_the_last_line(tmp_path):
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"error: {corrupt}: not a readable Parquet file (") and last.endswith(")"), last
+
+
+@pytest.mark.parametrize("case", ["zero-byte file", "id of another type family", "column missing"])
+def test_a_later_shard_the_plan_reads_anyway_fails_before_any_worker_starts(tmp_path, case):
+    """A local run's plan reads every footer (for its progress total): a later shard that is not
+    Parquet, or whose columns the workers would refuse, is named then (--plan_only too), not after
+    the workers have started and loaded the model."""
+    write_parquet(tmp_path / "in" / "a.parquet", id=["a"], text=["hello"])
+    bad = tmp_path / "in" / "b.parquet"
+    if case == "zero-byte file":
+        bad.write_bytes(b"")
+        message = f"{bad}: not a readable Parquet file"
+    elif case == "id of another type family":
+        write_parquet(bad, id=[1], text=["hello"])
+        message = f"{bad}: column 'id' is int64, but other shards have string"
+    else:
+        write_parquet(bad, id=["b"], body=["hello"])
+        message = f"{bad}: column 'text' not found; columns found: id, body"
+    write_parquet(tmp_path / "in" / "c.parquet", id=pa.array([], pa.float64()), body=pa.array([], pa.float64()))
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(output), "--plan_only")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: {message}")
+    assert "Traceback" not in result.stderr and not output.exists()
