@@ -1,4 +1,5 @@
-"""Input planning, reading and validation: cases found in review."""
+"""Input planning, reading and validation: types from shards holding rows, wide binary text, errors on
+one line, every footer read by a local plan checked before any worker starts."""
 
 from __future__ import annotations
 
