@@ -425,7 +425,10 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         holding = next((f for name, f in zip(names, files, strict=True) if rows[name]), None)
         if holding is not None:
             found = schema if holding == files[0] else open_parquet(holding).schema_arrow
-            check_previous_file(found, holding, pa.schema([columns.id]), [columns.id.name])
+            try:
+                check_previous_file(found, holding, pa.schema([columns.id]), [columns.id.name])
+            except InputError as e:
+                raise InputError(f"--previous {path}: {e}; leave --previous out to embed every row afresh") from e
             id_type = found.field(columns.id.name).type
     carried = [f.name for f in columns.carry]
     if forgotten := [name for name in manifest["columns"]["carried"] if name not in carried]:

@@ -174,7 +174,10 @@ def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids
     result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
     assert result.returncode == 1, result.stderr
     previous_file = first / manifest["files"]["embeddings"][0]
-    assert f"error: {previous_file}: column 'id' is int64, but this run writes string" in result.stderr
+    assert (
+        f"error: --previous {first}: {previous_file}: column 'id' is int64, but this run writes string; "
+        "leave --previous out to embed every row afresh"
+    ) in result.stderr.splitlines()
     assert not second.exists()  # refused by the plan: no worker started, no folder made
     # The same after a night that reused every row, whose first embeddings file holds none.
     reused = tmp_path / "out-reused"
