@@ -135,6 +135,10 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
 
 
 def _require(schema: pa.Schema, path: str, names: list[str]) -> None:
+    """Each column once: a name standing twice is not one column to read."""
+    if twice := [n for n in names if len(schema.get_all_field_indices(n)) > 1]:
+        found = ", ".join(schema.names)
+        raise InputError(f"{path}: column {', '.join(map(repr, twice))} appears more than once; columns found: {found}")
     missing = [n for n in names if schema.get_field_index(n) < 0]
     if missing:
         raise InputError(

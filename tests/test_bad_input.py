@@ -69,6 +69,17 @@ def test_missing_id_column(tmp_path):
     )
 
 
+def test_a_column_named_twice_is_named_as_such(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(
+        pa.Table.from_arrays([pa.array(["a"]), pa.array(["x"]), pa.array(["y"])], ["id", "text", "text"]), path
+    )
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
+    assert_failed_without_output(
+        result, tmp_path / "out", f"{path}: column 'text' appears more than once; columns found: id, text, text"
+    )
+
+
 def test_later_shard_missing_a_column_fails_the_job(tmp_path):
     good_shard(tmp_path / "in" / "a.parquet")
     bad = write_parquet(tmp_path / "in" / "b.parquet", id=["c"], body=["hello"])
