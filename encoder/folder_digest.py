@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from encoder.model_folder import ModelFolderError
+from encoder.model_folder import module_folder
 
 _IGNORED_SUFFIXES = (".md", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth")
 _IGNORED_NAMES = (".gitattributes",)
@@ -30,10 +30,7 @@ def _module_dirs(root: Path) -> list[Path]:
         return [root]
     folders = {root}
     for module in modules if isinstance(modules, list) else []:
-        path = PurePosixPath(str(module.get("path", "")) if isinstance(module, dict) else "")
-        if path.is_absolute() or ".." in path.parts:
-            raise ModelFolderError(f"{modules_file}: module path {str(path)!r} leaves the model folder")
-        folders.add(root / path)
+        folders.add(module_folder(root, modules_file, module))
     return sorted(folders)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # Legacy boolean keys of a Pooling config, in sentence-transformers' concatenation order.
@@ -499,6 +499,15 @@ def _check_order(modules: list[ModuleSpec], modules_file: Path) -> None:
         width = _width_after(module, width)
 
 
+def module_folder(root: Path, modules_file: Path, entry: object) -> Path:
+    """The folder of one `modules.json` entry, refused when it leaves the model folder: its digest
+    could not cover what it loads (sentence-transformers refuses such a path too)."""
+    path = PurePosixPath(str(entry.get("path", "")) if isinstance(entry, dict) else "")
+    if path.is_absolute() or ".." in path.parts:
+        raise ModelFolderError(f"{modules_file}: module path {str(path)!r} leaves the model folder")
+    return root / path
+
+
 def read_model_folder(path: str | Path) -> ModelFolder:
     """Describe the sentence-transformers model saved at `path`, or explain why it can't be used."""
     root = Path(path)
@@ -516,7 +525,7 @@ def read_model_folder(path: str | Path) -> ModelFolder:
                 f"{'' if module_type.startswith(_ST_PREFIX) else shipped}; "
                 f"supported: {', '.join(SUPPORTED_MODULES)} from sentence_transformers"
             )
-        modules.append(_READERS[kind](root / entry.get("path", "")))
+        modules.append(_READERS[kind](module_folder(root, modules_file, entry)))
     _check_order(modules, modules_file)
     st_config = _optional_json(root / "config_sentence_transformers.json")
     similarity = st_config.get("similarity_fn_name")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from encoder import ModelFolderError
+from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256, shaping_files
 from tests.conftest import (
     TINY_POOLINGS,
@@ -144,3 +144,5 @@ def test_module_path_leaving_the_folder_is_refused(tmp_path, path):
     (model / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelFolderError, match=f"module path '{path}' leaves the model folder"):
         folder_sha256(model)
+    with pytest.raises(ModelFolderError, match=f"module path '{path}' leaves the model folder"):
+        read_model_folder(model)  # what a worker loads, whatever digest a command line pinned
