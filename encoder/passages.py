@@ -52,7 +52,12 @@ class Passages:
     chunk: np.ndarray  # int32, 0-based passage number within its document, in text order
     char_start: np.ndarray  # int64, offsets into the document's text in Unicode code points (Python slicing)
     char_end: np.ndarray  # int64; passage text = texts[document][char_start:char_end]
-    overlap_tokens: int  # document tokens repeated at the start of a passage from the end of the previous one, summed
+    overlaps: np.ndarray  # int64, document tokens each passage repeats at its start from the end of the previous one
+
+    @property
+    def overlap_tokens(self) -> int:
+        """Document tokens repeated at the start of a passage from the end of the previous one, summed."""
+        return int(self.overlaps.sum())
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class _Split:
 
     starts: list[int]
     ends: list[int]
-    overlap_tokens: int
+    overlaps: list[int]  # per passage, as Passages.overlaps
 
 
 def _window_chars(budget: int) -> int:
@@ -227,7 +232,7 @@ class PassageSplitter:
         passage over chunk_tokens is split again with its budget lowered by the excess.
         """
         budgets = np.full(len(texts), self._content_tokens, np.int64)
-        splits = [_Split([], [], 0)] * len(texts)
+        splits = [_Split([], [], [])] * len(texts)
         todo = np.arange(len(texts))
         while len(todo):
             found = self._split_documents([texts[d] for d in todo], budgets[todo])
@@ -249,7 +254,7 @@ class PassageSplitter:
             chunk=(np.arange(counts.sum()) - np.repeat(first, counts)).astype(np.int32),
             char_start=np.array([p for s in splits for p in s.starts], np.int64),
             char_end=np.array([p for s in splits for p in s.ends], np.int64),
-            overlap_tokens=sum(s.overlap_tokens for s in splits),
+            overlaps=np.array([n for s in splits for n in s.overlaps], np.int64),
         )
 
     def _count(self, units: list[str]) -> np.ndarray:
@@ -273,7 +278,8 @@ class PassageSplitter:
         base = _window_chars(budget)
         starts: list[int] = []
         ends: list[int] = []
-        repeated = 0
+        overlaps: list[int] = []
+        repeated = 0  # tokens the next passage repeats from the end of the last one
         pos, width = 0, base
         while True:
             window = text[pos : pos + width]
@@ -287,6 +293,7 @@ class PassageSplitter:
                 if span is not None:
                     starts.append(pos + span[0])
                     ends.append(pos + span[1])
+                    overlaps.append(repeated)
             else:
                 tokens = _Window(window, offsets)
                 i, stop = tokens.first, tokens.stop(final)
@@ -300,8 +307,9 @@ class PassageSplitter:
                     j = tokens.end_of(i, budget, overlap, stop, (ends[-1] if ends else 0) - pos)
                     starts.append(pos + int(tokens.start[i]))
                     ends.append(pos + int(tokens.end_with_dropped[j]))
+                    overlaps.append(repeated)
                     i = tokens.next_start(i, j, overlap)
-                    repeated += max(j + 1 - i, 0)
+                    repeated = max(j + 1 - i, 0)
                 if not (final or cut):  # the next window starts with the next passage
                     pos += tokens.resume_at(i, j)
                     width = base
@@ -309,7 +317,9 @@ class PassageSplitter:
                 if i < stop:  # else the window has no token but whitespace
                     starts.append(pos + int(tokens.start[i]))
                     ends.append(pos + int(tokens.end_with_dropped[stop - 1]))
+                    overlaps.append(repeated)
             if final:
                 break
             pos += width  # past a window grown to its limit; the next one starts that wide
-        return _Split(starts, ends, repeated)
+            repeated = 0
+        return _Split(starts, ends, overlaps)

@@ -49,12 +49,14 @@ from transforms.read import ShardBatch
 from transforms.spill import spill, unspill
 from transforms.validate import REJECTED, STATS
 from transforms.value_hashes import row_digests
+from transforms.write import PER_DOCUMENT
 
 CURRENT, PREVIOUS, REUSED = "current", "previous", "reused"
 BATCH, DECISIONS = "batch", "decisions"
 # Column names of claims and decisions (internal to the join).
 ID, ROW, CHUNK, INDEX, HASH, SOURCE, PART, VECTOR = "id", "row", "chunk", "index", "hash", "source", "part", "vector"
 DIGEST, RESTATED = "digest", "restated"
+OVERLAP = "overlap"  # with passages: document tokens a passage repeats from the one before
 DELETES = "deletes"  # tag of the change set's deleted keys
 
 
@@ -149,6 +151,8 @@ class _Claim(beam.DoFn):
         )
         if self._restated is not None:
             claims = claims.append_column(DIGEST, pa.array(row_digests(batch, self._restated)))
+        if units.overlaps is not None:
+            claims = claims.append_column(OVERLAP, pa.array(units.overlaps, pa.int32()))
         claims, first, document_starts = _first_documents(claims)
         numbers = claims.column(ROW).to_numpy()
         sent = first | (numbers == units.row_numbers.min()) | (numbers == units.row_numbers.max())
@@ -284,6 +288,11 @@ class _Settle(beam.DoFn):
         )
         if RESTATED in kept.column_names:
             counts["passages_restated"] = pc.sum(kept.column(RESTATED)).as_py() or 0
+        if OVERLAP in kept.column_names:  # of the documents written only, not of duplicate ids
+            counts["overlap_tokens"] = pc.sum(kept.column(OVERLAP)).as_py() or 0
+            per_document = kept.group_by(ID, use_threads=False).aggregate([([], "count_all")]).column("count_all")
+            values, times = np.unique(per_document.to_numpy(), return_counts=True)
+            counts.update({f"{PER_DOCUMENT}{n}": int(c) for n, c in zip(values.tolist(), times.tolist(), strict=True)})
         yield beam.pvalue.TaggedOutput(STATS, counts)
         kept = kept.sort_by([(PART, "ascending"), (INDEX, "ascending")])
         present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)

@@ -25,7 +25,6 @@ from transforms import METRICS_NAMESPACE
 from transforms.embed import EncoderHandler
 from transforms.read import ShardBatch
 from transforms.validate import REJECTED, STATS
-from transforms.write import PER_DOCUMENT
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,9 @@ class UnitBatch:
     path: str
     row_numbers: np.ndarray  # int64: each unit's document's row within `path`
     batch: pa.RecordBatch  # of `units_schema`
+    # With passages, int32: document tokens each passage repeats from the one before (counted once
+    # the join has settled which documents are kept: a duplicate id's passages are not written).
+    overlaps: np.ndarray | None = None
 
 
 class _ToUnits(beam.DoFn):
@@ -77,7 +79,7 @@ class _ToUnits(beam.DoFn):
         if self._chunking is None:  # the text stays in Arrow: a huge one is never copied into Python
             documents = np.arange(batch.num_rows)
             units = batch.column(self._columns.text).cast(pa.string())
-            located = []
+            located, overlaps = [], None
         else:
             if self._splitter is None:
                 self._splitter = self._load_splitter()
@@ -92,10 +94,8 @@ class _ToUnits(beam.DoFn):
                 pa.string(),
             )
             located = [passages.chunk, passages.char_start, passages.char_end]
+            overlaps = passages.overlaps.astype(np.int32)
             per_document = np.bincount(documents, minlength=batch.num_rows)
-            values, times = np.unique(per_document[per_document > 0], return_counts=True)
-            counts.update({f"{PER_DOCUMENT}{n}": int(c) for n, c in zip(values, times, strict=True)})
-            counts["overlap_tokens"] = passages.overlap_tokens
             yield from self._reject_without_tokens(shard, per_document == 0, counts)
         parts = range(0, len(units), self._units_per_batch)
         for part, start in enumerate(parts):
@@ -108,6 +108,7 @@ class _ToUnits(beam.DoFn):
                 shard.path,
                 shard.row_numbers[documents[start:end]],
                 self._unit_batch(batch, documents[start:end], piece, [a[start:end] for a in located]),
+                None if overlaps is None else overlaps[start:end],
             )
         yield beam.pvalue.TaggedOutput(STATS, counts)
 
