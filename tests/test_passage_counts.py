@@ -1,4 +1,4 @@
-"""Review findings on passages: cases the other passage tests do not reach."""
+"""The manifest's passage counts: per passage overlaps, and only the documents the join keeps."""
 
 from __future__ import annotations
 
