@@ -253,13 +253,22 @@ def parse_command_line(argv: list[str]) -> PipelineOptions:
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [a for action in parser._actions for a in action.option_strings]
-        hints = [difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1) for arg in unknown]
-        expanded = any(not arg.startswith("-") for arg in unknown)  # the shell's expansion of an unquoted glob
+        named: list[list[str]] = []  # [the option with its value, a hint], or a bare argument
+        expanded = valued = False  # valued: the last unknown option has no value yet
+        for arg in unknown:
+            if valued and not arg.startswith("-"):
+                named[-1][0] += f" {arg}"
+                valued = False
+            elif arg.startswith("-"):
+                hint = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1)
+                named.append([arg, f" (did you mean {hint[0]}?)" if hint else ""])
+                valued = "=" not in arg
+            else:  # the shell's expansion of an unquoted glob
+                named.append([arg, ""])
+                expanded = True
         parser.error(
             "unrecognised arguments: "
-            + ", ".join(
-                f"{arg} (did you mean {hint[0]}?)" if hint else arg for arg, hint in zip(unknown, hints, strict=True)
-            )
+            + ", ".join(arg + hint for arg, hint in named)
             + ("; quote a pattern (--input 'kb/*.parquet') so that the shell does not expand it" if expanded else "")
         )
     for required in ("input", "output"):

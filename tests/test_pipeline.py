@@ -182,7 +182,12 @@ def test_help_explains_every_option():
 def test_mistyped_option_is_an_error_not_a_silent_default(tmp_path):
     result = run_cli("--input", "x.parquet", "--output", str(tmp_path), "--text_colum", "body")
     assert result.returncode == 2
-    assert "unrecognised arguments: --text_colum (did you mean --text_column?)" in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        "error: unrecognised arguments: --text_colum body (did you mean --text_column?)"
+    )
+    result = run_cli("--input", "x.parquet", "--output", str(tmp_path), "--foo", "1", "--bar=2", "--baz")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith("error: unrecognised arguments: --foo 1, --bar=2, --baz")
 
 
 def test_missing_output_is_an_error():
