@@ -34,6 +34,8 @@ class Calibration:
 
     @classmethod
     def of(cls, vectors: np.ndarray) -> Calibration:
+        if not len(vectors):
+            raise CalibrationError("no vectors to calibrate on")
         return cls(tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors))
 
     @classmethod
@@ -47,6 +49,9 @@ class Calibration:
             raise CalibrationError(f"{source}: not a calibration file ({why[:200]})") from e
         if len(calibration.minimum) != len(calibration.maximum) or not calibration.minimum:
             raise CalibrationError(f"{source}: min and max must be lists of the same length")
+        ranges = np.array([calibration.minimum, calibration.maximum])
+        if not np.isfinite(ranges).all() or (ranges[0] > ranges[1]).any() or calibration.texts < 1:
+            raise CalibrationError(f"{source}: min and max must be finite numbers, min <= max, texts at least 1")
         return calibration
 
     def to_json(self) -> str:
@@ -91,7 +96,12 @@ class Quantizer:
     def _levels(self) -> tuple[np.ndarray, np.ndarray]:
         starts = np.array(self.calibration.minimum, np.float32)
         steps = (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS)
-        return starts, np.where(steps > 0, steps, np.float32(1))
+        return starts, np.where(steps > 0, steps, np.float32(1))  # as sentence-transformers: a step of 1 where none
+
+    def _widths(self) -> np.ndarray:
+        """Whether each dimension's levels have a width (a step of 1 stands in where they have none)."""
+        starts = np.array(self.calibration.minimum, np.float32)
+        return (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS) > 0
 
     def quantize(self, vectors: np.ndarray) -> np.ndarray:
         """float32 (rows, dim) -> (rows, width) of numpy's `dtype` (uint8 for binary)."""
@@ -106,14 +116,15 @@ class Quantizer:
         return (levels - 128).astype(np.int8) if self.dtype == "int8" else levels.astype(np.uint8)
 
     def dequantize(self, values: np.ndarray, dim: int) -> np.ndarray:
-        """Stored values -> float32 (rows, dim): each level's midpoint, or +-1 per sign bit."""
+        """Stored values -> float32 (rows, dim): each level's midpoint, or +-1 per sign bit. A dimension
+        whose calibrated range is one value reads back as that value."""
         if self.dtype in ("float32", "float16"):
             return values.astype(np.float32)
         if self.dtype == "binary":
             return np.unpackbits(values, axis=1)[:, :dim].astype(np.float32) * 2 - 1
         starts, steps = self._levels()
         levels = values.astype(np.float32) + (128 if self.dtype == "int8" else 0)
-        return starts + (levels + np.float32(0.5)) * steps
+        return starts + (levels + np.float32(0.5)) * np.where(self._widths(), steps, np.float32(0))
 
     def describe(self) -> dict:
         """For the manifest and the files' metadata: enough to dequantize."""

@@ -1,0 +1,43 @@
+"""Review of how vectors are stored and read back: calibrations that cannot be read back within
+the README's error are refused or read back exactly, and empty batches export to Pinecone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from encoder.quantize import Calibration, CalibrationError, Quantizer
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_a_dimension_of_one_calibrated_value_reads_back_as_that_value(dtype):
+    # One calibration text (or a dimension that never varies): min == max. Quantizing takes a step
+    # of 1 there, as sentence-transformers does; reading back must not add half of it.
+    calibration = Calibration((0.25, -0.5), (0.25, 0.5), 1)
+    quantizer = Quantizer(dtype, calibration)
+    vectors = np.array([[0.25, 0.1], [0.25, -0.5]], np.float32)
+    restored = quantizer.dequantize(quantizer.quantize(vectors), 2)
+    step = 1.0 / 255
+    assert restored[:, 0].tolist() == [0.25, 0.25]
+    assert (np.abs(restored[:, 1] - vectors[:, 1]) <= step / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"texts": 3, "min": [0.0, float("nan")], "max": [1.0, 1.0]},
+        {"texts": 3, "min": [0.0, 0.0], "max": [1.0, float("inf")]},
+        {"texts": 3, "min": [0.0, 0.5], "max": [1.0, 0.25]},
+        {"texts": 0, "min": [0.0], "max": [1.0]},
+    ],
+)
+def test_a_calibration_file_that_cannot_be_read_back_is_refused(body):
+    with pytest.raises(CalibrationError, match="bad.json: min and max must be finite numbers, min <= max"):
+        Calibration.from_json(json.dumps(body), "bad.json")
+
+
+def test_no_calibration_from_no_vectors():
+    with pytest.raises(CalibrationError, match="no vectors to calibrate on"):
+        Calibration.of(np.zeros((0, 4), np.float32))
