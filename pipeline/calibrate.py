@@ -46,7 +46,7 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
             texts.append(kept.cast(pa.large_string()))  # shards may hold string or large_string
             if sum(map(len, texts)) >= rows:
                 return pa.concat_arrays(texts)[:rows]
-    return pa.concat_arrays(texts)
+    return pa.concat_arrays(texts) if texts else pa.array([], pa.large_string())  # files without rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"texts to embed (default {DEFAULT_ROWS})")
     args = parser.parse_args(argv)
+    if args.rows < 2:  # one text gives every dimension a range of one value: no levels to read back
+        parser.error(f"--rows {args.rows}: calibrate on at least 2 texts (default {DEFAULT_ROWS})")
     patterns = [p.strip() for p in args.input.split(",") if p.strip()]
     try:
         texts = calibration_texts(patterns, args.text_column, args.rows)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if len(texts) < 2:
+        where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
+        print(f"error: {len(texts)} non-empty text(s) in {where}; calibration needs at least 2", file=sys.stderr)
         return 1
     encoder = PooledEncoder(
         model_folder(args.model),

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from encoder.quantize import Calibration, CalibrationError, Quantizer
+from pipeline.calibrate import calibration_texts
+from pipeline.calibrate import main as calibrate
+from tests.conftest import write_parquet
 
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
@@ -41,3 +45,16 @@ def test_a_calibration_file_that_cannot_be_read_back_is_refused(body):
 def test_no_calibration_from_no_vectors():
     with pytest.raises(CalibrationError, match="no vectors to calibrate on"):
         Calibration.of(np.zeros((0, 4), np.float32))
+
+
+def test_calibrate_refuses_too_few_texts_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        calibrate(["--output", str(tmp_path / "c.json"), "--rows", "0"])
+    assert exit_.value.code == 2 and "--rows 0: calibrate on at least 2 texts" in capsys.readouterr().err
+    write_parquet(tmp_path / "blank.parquet", text=["  ", "", None])
+    write_parquet(tmp_path / "none.parquet", text=pa.array([], pa.string()))
+    assert calibration_texts([str(tmp_path / "none.parquet")], "text", rows=10).to_pylist() == []
+    for name in ("blank", "none"):
+        code = calibrate(["--output", str(tmp_path / "c.json"), "--input", str(tmp_path / f"{name}.parquet")])
+        assert code == 1 and "0 non-empty text(s) in column 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
