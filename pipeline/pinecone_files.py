@@ -109,7 +109,7 @@ def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
 def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool) -> pa.Table:
     """Rows of an embeddings file in Pinecone's import layout."""
     stored = table.column(EMBEDDING_COLUMN).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = quantizer.dequantize(stored.reshape(table.num_rows, -1), dim).astype(np.float32)
+    vectors = quantizer.dequantize(stored.reshape(table.num_rows, quantizer.width(dim)), dim).astype(np.float32)
     offsets = pa.array(np.arange(table.num_rows + 1, dtype=np.int32) * dim)
     values = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
     names = [name for name in table.column_names if name != EMBEDDING_COLUMN]

@@ -12,6 +12,7 @@ import pytest
 from encoder.quantize import Calibration, CalibrationError, Quantizer
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
+from pipeline.pinecone_files import IMPORT_SCHEMA, import_table
 from tests.conftest import write_parquet
 
 
@@ -58,3 +59,18 @@ def test_calibrate_refuses_too_few_texts_with_a_message(tmp_path, capsys):
         code = calibrate(["--output", str(tmp_path / "c.json"), "--input", str(tmp_path / f"{name}.parquet")])
         assert code == 1 and "0 non-empty text(s) in column 'text'" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_an_empty_batch_exports_to_pinecone_as_an_empty_table(dtype):
+    calibration = Calibration((-1.0,) * 4, (1.0,) * 4, 2) if dtype == "int8" else None
+    quantizer = Quantizer(dtype, calibration)
+    table = pa.table(
+        {
+            "id": pa.array([], pa.string()),
+            "content_hash": pa.array([], pa.string()),
+            "embedding": pa.array([], pa.list_(pa.int8() if dtype == "int8" else pa.float32(), 4)),
+        }
+    )
+    exported = import_table(table, "id", quantizer, 4, passages=False)
+    assert exported.num_rows == 0 and exported.schema == IMPORT_SCHEMA
