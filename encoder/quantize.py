@@ -62,6 +62,22 @@ class Calibration:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
 
+class Float16Overflow(ValueError):
+    """Vectors with values past float16's largest, 65504 (a model without Normalize): none is written.
+    `positions`: those vectors' places in the quantized batch."""
+
+    def __init__(self, positions: np.ndarray, which: str | None = None) -> None:
+        self.positions = positions
+        which = which or f"texts {positions[:5].tolist()}"
+        super().__init__(
+            f"{len(positions)} vectors hold values past float16's range ({which} first); pass --vector_dtype float32"
+        )
+
+    def named(self, ids: list) -> Float16Overflow:
+        """The same error naming the first vectors by their rows' ids."""
+        return Float16Overflow(self.positions, f"ids {ids}")
+
+
 @dataclass(frozen=True)
 class Quantizer:
     """Turns float32 vectors (normalised, truncated) into `dtype`, and back for search and tests."""
@@ -94,25 +110,26 @@ class Quantizer:
             )
 
     def _levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each dimension's first level and the levels' width: 0 where the calibrated range is one value."""
         starts = np.array(self.calibration.minimum, np.float32)
-        steps = (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS)
-        return starts, np.where(steps > 0, steps, np.float32(1))  # as sentence-transformers: a step of 1 where none
-
-    def _widths(self) -> np.ndarray:
-        """Whether each dimension's levels have a width (a step of 1 stands in where they have none)."""
-        starts = np.array(self.calibration.minimum, np.float32)
-        return (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS) > 0
+        return starts, (np.array(self.calibration.maximum, np.float32) - starts) / np.float32(LEVELS)
 
     def quantize(self, vectors: np.ndarray) -> np.ndarray:
         """float32 (rows, dim) -> (rows, width) of numpy's `dtype` (uint8 for binary)."""
         if self.dtype == "float32":
             return vectors
         if self.dtype == "float16":
-            return vectors.astype(np.float16)
+            with np.errstate(over="ignore"):  # named below
+                stored = vectors.astype(np.float16)
+            past = np.flatnonzero(~np.isfinite(stored).all(axis=1))
+            if len(past):
+                raise Float16Overflow(past)
+            return stored
         if self.dtype == "binary":
             return np.packbits(vectors > 0, axis=1)
         starts, steps = self._levels()
-        levels = np.clip(np.floor((vectors - starts) / steps), 0, LEVELS)
+        # As sentence-transformers: levels one wide where the range has no width.
+        levels = np.clip(np.floor((vectors - starts) / np.where(steps > 0, steps, np.float32(1))), 0, LEVELS)
         return (levels - 128).astype(np.int8) if self.dtype == "int8" else levels.astype(np.uint8)
 
     def dequantize(self, values: np.ndarray, dim: int) -> np.ndarray:
@@ -124,7 +141,7 @@ class Quantizer:
             return np.unpackbits(values, axis=1)[:, :dim].astype(np.float32) * 2 - 1
         starts, steps = self._levels()
         levels = values.astype(np.float32) + (128 if self.dtype == "int8" else 0)
-        return starts + (levels + np.float32(0.5)) * np.where(self._widths(), steps, np.float32(0))
+        return starts + (levels + np.float32(0.5)) * steps
 
     def describe(self) -> dict:
         """For the manifest and the files' metadata: enough to dequantize."""

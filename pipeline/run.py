@@ -39,7 +39,7 @@ _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (abo
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
-_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|OutputTakenOver): (.+)")
+_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
 # Local worker processes' log records arrive through this logger; the embed module's own
 # records stay in this process when workers run in memory.
 _WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")

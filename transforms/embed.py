@@ -24,7 +24,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from encoder.devices import device_type
-from encoder.quantize import Quantizer
+from encoder.quantize import Float16Overflow, Quantizer
 from encoder.tokens import TextTokenizer, Tokenized
 from schemas.outputs import EMBEDDING_COLUMN, read_model_block, vector_array
 from transforms import METRICS_NAMESPACE, in_global_window
@@ -227,9 +227,10 @@ class _Embed(beam.DoFn):
         rows = units.num_rows
         try:
             encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add)
-        except NonFiniteVectors as e:  # the units' first column is the id
+            stored = self._quantizer.quantize(encoded.embeddings)
+        except (NonFiniteVectors, Float16Overflow) as e:  # the units' first column is the id
             raise e.named(units.column(0).take(pa.array(e.positions[:5])).to_pylist()) from None
-        vectors = vector_array(self._quantizer.quantize(encoded.embeddings), self._schema.field(EMBEDDING_COLUMN).type)
+        vectors = vector_array(stored, self._schema.field(EMBEDDING_COLUMN).type)
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
         truncated = int(encoded.truncated.sum())

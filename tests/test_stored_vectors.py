@@ -1,5 +1,6 @@
-"""Review of how vectors are stored and read back: calibrations that cannot be read back within
-the README's error are refused or read back exactly, and empty batches export to Pinecone."""
+"""How vectors are stored and read back: calibrations that cannot be read back within the README's
+error are refused or read back exactly, float16 never stores an infinity, empty batches export to
+Pinecone."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from safetensors.torch import load_file, save_file
 
-from encoder.quantize import Calibration, CalibrationError, Quantizer
+from encoder.quantize import Calibration, CalibrationError, Float16Overflow, Quantizer
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
 from pipeline.pinecone_files import IMPORT_SCHEMA, import_table
-from tests.conftest import write_parquet
+from tests.conftest import TINY_POOLINGS, run_cli, save_tiny_model, write_parquet
 
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
@@ -74,3 +76,22 @@ def test_an_empty_batch_exports_to_pinecone_as_an_empty_table(dtype):
     )
     exported = import_table(table, "id", quantizer, 4, passages=False)
     assert exported.num_rows == 0 and exported.schema == IMPORT_SCHEMA
+
+
+def test_float16_vectors_past_its_range_fail_the_job_naming_their_ids(tmp_path):
+    """A model without Normalize may give values past float16's largest (65504): stored, they would be
+    infinities, which the job never writes."""
+    with pytest.raises(Float16Overflow, match=r"^1 vectors hold values past float16's range \(texts \[0\] first\)"):
+        Quantizer("float16").quantize(np.array([[7e4, 1.0], [0.5, 0.5]], np.float32))
+    model = save_tiny_model(tmp_path / "model", TINY_POOLINGS["mean"], normalize=False)
+    weights = load_file(model / "model.safetensors")
+    weights["encoder.layer.1.output.LayerNorm.weight"] *= 1e6  # token vectors of about a million
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["Reset the VPN token", "Billing API"])
+    out = tmp_path / "out"
+    args = ["--input", str(shard), "--output", str(out), "--model", str(model)]
+    assert run_cli(*args, "--vector_dtype", "float16").stderr.splitlines()[-1] == (
+        "error: 2 vectors hold values past float16's range (ids ['a', 'b'] first); pass --vector_dtype float32"
+    )
+    assert not (out / "manifest.json").exists()
+    assert run_cli(*args, "--overwrite").returncode == 0  # float32 holds them
