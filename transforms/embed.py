@@ -129,6 +129,7 @@ class _Progress:
         self._lock = threading.Lock()
         self._count = 0
         self._last = -float("inf")
+        self._reported: int | None = None  # the count last reported
 
     def add(self, count: int) -> None:
         with self._lock:
@@ -136,7 +137,18 @@ class _Progress:
             now = time.monotonic()
             if now - self._last >= self._interval:
                 self._last = now
-                _LOG.info("%s %d %d", PROGRESS_TAG, os.getpid(), self._count)
+                self._report()
+
+    def flush(self) -> None:
+        """Report a count the interval held back (at the end of a bundle), so that the launcher's
+        line ends on every row embedded, not on the count of the last interval."""
+        with self._lock:
+            if self._reported is not None and self._reported != self._count:
+                self._report()
+
+    def _report(self) -> None:
+        self._reported = self._count
+        _LOG.info("%s %d %d", PROGRESS_TAG, os.getpid(), self._count)
 
 
 class _Embed(beam.DoFn):
@@ -197,6 +209,7 @@ class _Embed(beam.DoFn):
     def finish_bundle(self) -> Iterator:
         for output in chain(self._embed_pending(), self._embed_in_flight()):
             yield in_global_window(output)
+        self._progress.flush()
 
     def _embed_pending(self) -> Iterator:
         if not self._pending:
