@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import apache_beam as beam
@@ -43,6 +45,25 @@ _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Flo
 # Local worker processes' log records arrive through this logger; the embed module's own
 # records stay in this process when workers run in memory.
 _WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")
+# The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
+_STOPPED_BY: list[str] = []
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """The first SIGINT or SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so that it ends with
+    exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once."""
+    _STOPPED_BY.append(signal.Signals(signum).name)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(stop) is _stop:
+            signal.signal(stop, signal.SIG_DFL)
+    raise KeyboardInterrupt(_STOPPED_BY[0])
+
+
+def _catch_stops() -> None:
+    """On the main thread only (where Python allows handlers); a signal ignored (nohup) stays ignored."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(stop) is not signal.SIG_IGN:
+            signal.signal(stop, _stop)
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
@@ -147,7 +168,10 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             line.finish()
             for name in _WORKER_LOGGERS:
                 logging.getLogger(name).removeFilter(worker_logs)
-    except Exception as failure:
+    except BaseException as failure:  # KeyboardInterrupt too: a stopped run gives the output up as a failed one
+        if isinstance(failure, KeyboardInterrupt) and _published(plan):
+            _LOG.warning("stopped by %s after the manifest was written: the output is complete", failure)
+            return _read_manifest(plan.output)
         try:
             plan.owner.check()  # however the failure showed, a run that took the directory over caused it
         except OutputTakenOver as taken:
@@ -165,8 +189,20 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         return None
     if line.startup is not None:
         _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
-    with FileSystems.open(FileSystems.join(plan.output, MANIFEST)) as f:
+    return _read_manifest(plan.output)
+
+
+def _read_manifest(output: str) -> dict:
+    with FileSystems.open(FileSystems.join(output, MANIFEST)) as f:
         return json.load(f)
+
+
+def _published(plan) -> bool:
+    """Whether this run's own manifest is in place (a stop that came after it was written)."""
+    try:
+        return _read_manifest(plan.output).get("run_id") == plan.owner.run_id
+    except Exception:
+        return False
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -175,8 +211,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
+    if threading.current_thread() is threading.main_thread():
+        _catch_stops()
     try:
         result = run(argv, started)
+    except KeyboardInterrupt:
+        print(f"error: {_stopped()}", file=sys.stderr)
+        return 1
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -184,6 +225,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one
+        if _STOPPED_BY:  # the stop reached a worker running in this process, which Beam wrapped
+            print(f"error: {_stopped()}", file=sys.stderr)
+            return 1
         found = _WORKER_ERROR.search(str(e))
         if found:
             print(f"error: {found.group(1)}", file=sys.stderr)
@@ -222,6 +266,14 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             result["columns"]["text"],
         )
     return 0
+
+
+def _stopped() -> str:
+    by = _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
+    return (
+        f"stopped by {by}; no manifest.json was written, so nothing was published; running the same command "
+        "again replaces the partial files"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
+
+import pipeline.run as run_module
+from samples.knowledge_base import write_shards
+from tests.conftest import ROOT
 from transforms.embed import PROGRESS_TAG, _Progress
 
 
@@ -18,3 +28,47 @@ def test_a_bundles_end_reports_the_count_the_interval_held_back(caplog):
         progress.flush()  # nothing moved since: no second report
     counts = [int(r.getMessage().split()[-1]) for r in caplog.records if PROGRESS_TAG in r.getMessage()]
     assert counts == [0, 42]
+
+
+def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_publishes_nothing(tmp_path):
+    write_shards(tmp_path / "kb", rows=600, shards=2)
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "pipeline.run", "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output),
+        "--progress_interval", "0.1", "--rows_per_batch", "50",
+    ]  # fmt: skip
+    job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in job.stderr:  # the launcher only, as an orchestrator stops a task
+            seen.append(line)
+            if "rows/s, about" in line:
+                job.send_signal(signal.SIGTERM)
+                stopped = time.monotonic()
+                break
+        else:
+            pytest.fail("no progress before the job ended:\n" + "".join(seen))
+        rest = job.stderr.read()
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert time.monotonic() - stopped < 30
+    assert job.returncode == 1, rest
+    assert rest.splitlines()[-1] == (
+        "error: stopped by SIGTERM; no manifest.json was written, so nothing was published; running the same "
+        "command again replaces the partial files"
+    )
+    assert not (output / "manifest.json").exists()
+    assert list(output.iterdir()) == []  # the temporary folders and the owner file went with the failure
+
+
+def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
+    def interrupted(argv, started):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run", interrupted)
+    monkeypatch.setattr(run_module, "_STOPPED_BY", [])
+    monkeypatch.setattr(run_module, "_catch_stops", lambda: None)  # pytest keeps its own handlers
+    assert run_module.main(["--input", "x", "--output", "y"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: stopped by SIGINT; no manifest.json")
