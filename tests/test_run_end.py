@@ -1,4 +1,4 @@
-"""Review of running the job: the progress line's last count, and a run stopped by a signal."""
+"""The end of a run: the progress line's last count, and a run stopped by a signal."""
 
 from __future__ import annotations
 
