@@ -4,7 +4,7 @@ Loaders rely on this contract: the id column keeps its input name and type;
 with passages (--chunk_tokens), `chunk`, `char_start` and `char_end` follow it;
 then the carried columns, `content_hash` (sha256 hex of the text as embedded,
 prompt included) and `embedding`, fixed_size_list<float32>[dim] (with --vector_dtype,
-float16, int8 or uint8 values, or the sign bits packed into uint8, dim / 8 of them).
+float16, int8 or uint8 values, or the sign bits packed into uint8, dim / 8 of them, rounded up).
 """
 
 from __future__ import annotations
