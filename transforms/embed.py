@@ -108,6 +108,15 @@ class EncoderReplicas:
         self.encoders = encoders
         self._holders = [0] * len(encoders)
         self._lock = threading.Lock()
+        self._progress: _Progress | None = None
+
+    def progress(self, interval: float) -> _Progress:
+        """The process's one count of rows embedded, which all its threads add to: the launcher
+        keeps each process's latest report, so a count per thread would show one thread's rows."""
+        with self._lock:
+            if self._progress is None:
+                self._progress = _Progress(interval)
+            return self._progress
 
     def take(self) -> PooledEncoder:
         """The encoder fewest threads hold so far (the first such)."""
@@ -189,7 +198,7 @@ class _Embed(beam.DoFn):
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
         overlap = cuda if self._overlap is None else self._overlap
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize") if overlap else None
-        self._progress = _Progress(self._log_every)
+        self._progress: _Progress | None = None  # the process's, with its encoders
 
     def teardown(self) -> None:
         if self._tokenizing is not None:
@@ -209,7 +218,8 @@ class _Embed(beam.DoFn):
     def finish_bundle(self) -> Iterator:
         for output in chain(self._embed_pending(), self._embed_in_flight()):
             yield in_global_window(output)
-        self._progress.flush()
+        if self._progress is not None:
+            self._progress.flush()
 
     def _embed_pending(self) -> Iterator:
         if not self._pending:
@@ -219,6 +229,7 @@ class _Embed(beam.DoFn):
         if self._encoder is None:
             self._replicas = self._shared.acquire(self._handler.load_replicas, tag=repr(self._handler))
             self._encoder = self._replicas.take()
+            self._progress = self._replicas.progress(self._log_every)
             self._progress.add(0)  # rows have reached a loaded model: start-up ends here
         texts = units.column(self._text).chunk(0)
         if self._tokenizing is None:
