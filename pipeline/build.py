@@ -23,6 +23,7 @@ from schemas.outputs import (
 from transforms.embed import EmbedRows
 from transforms.incremental import DELETES, RESTATED, REUSED, ChangeSet, JoinPrevious
 from transforms.passages import MakeUnits
+from transforms.progress_report import ReportRejected
 from transforms.read import ReadParquetFiles
 from transforms.validate import REJECTED, STATS, ValidateRows
 from transforms.write import CHANGES_DIR, WriteBatches, WriteManifest
@@ -116,6 +117,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
         | "AllEmbeddingFiles" >> beam.Flatten(),
         "rejected": (rows[REJECTED], units[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
+        | "ReportRejected" >> beam.ParDo(ReportRejected(plan.progress_interval))
         | "WriteRejected" >> write("rejected", rejected_schema, ["source_file", "reason"]),
     }
     if change_set:  # the same rows written again, apart: a loader applies these alone

@@ -3,9 +3,10 @@
 Beam's local runner forwards every worker process's log records to the launcher as
 protobuf text (`severity: INFO timestamp { seconds: ... } message: "..." ...`). Here
 the launcher keeps the job's own messages as single lines, drops Beam's noise, and
-sums the workers' progress reports (`transforms.embed` logs `PROGRESS_TAG pid count`)
-into one line: rows embedded of the total known from the Parquet footers, rows/s
-since the first rows reached a loaded model, and an estimate of the time left. That
+sums the workers' progress reports (`transforms.progress_report`: `TAG pid count`) into
+one line: rows embedded of the total known from the Parquet footers less the rows
+rejected so far, rows/s since the first rows reached a loaded model, and an estimate
+of the time left. That
 first report (a count of 0) ends start-up: the time from the command to it is stated at
 the end of the run. On a terminal the line is redrawn in place; otherwise (a log file, CI)
 it is written as a line of its own once the count has moved, at most once per interval.
@@ -24,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from transforms.embed import PROGRESS_TAG
+from transforms.progress_report import EMBEDDED_TAG, REJECTED_TAG
 
 _FORWARDED = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
-_REPORT = re.compile(rf"{PROGRESS_TAG} (\d+) (\d+)")
+_REPORT = re.compile(rf"({EMBEDDED_TAG}|{REJECTED_TAG}) (\d+) (\d+)")
 _NOISE = ("No semi_persistent_directory found",)
 
 
@@ -70,12 +71,13 @@ class ProgressLine:
         self._live = stream.isatty()
         self._interval = interval
         self._lock = threading.Lock()
-        self._counts: dict[int, int] = {}
+        self._counts: dict[int, int] = {}  # rows embedded, by process
+        self._rejected: dict[int, int] = {}  # rows rejected, by process
         self._clock = clock
         self._started = clock() if started is None else started
         self._first: float | None = None  # when the first report came: start-up was over
         self._drawn = False
-        self._written: tuple[float, int] | None = None  # off a terminal: when the last line was, and its count
+        self._written: tuple[float, tuple[int, int]] | None = None  # off a terminal: when the last line was, its counts
 
     def report(self, process: int, count: int) -> None:
         with self._lock:
@@ -84,21 +86,30 @@ class ProgressLine:
             self._counts[process] = max(count, self._counts.get(process, 0))
             self._draw(self.text())
 
+    def report_rejected(self, process: int, count: int) -> None:
+        """Rows rejected so far by `process`: they will not be embedded, so they leave the total."""
+        with self._lock:
+            self._rejected[process] = max(count, self._rejected.get(process, 0))
+            if self._first is not None:  # before start-up ends, the first report draws them
+                self._draw(self.text())
+
     @property
     def startup(self) -> float | None:
         """Seconds from the command to the first report; None before it."""
         return None if self._first is None else self._first - self._started
 
     def text(self) -> str:
-        done = sum(self._counts.values())
+        done, rejected = sum(self._counts.values()), sum(self._rejected.values())
         elapsed = 0.0 if self._first is None else self._clock() - self._first
         rate = done / elapsed if elapsed > 0 else 0.0
+        also = f", {rejected} rows rejected" if rejected else ""
         if self._total:
-            left = max(self._total - done, 0)
+            total = max(self._total - rejected, done)
+            left = total - done
             eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
-            share = 100 * min(done / self._total, 1)
-            return f"embedded {done} of {self._total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}"
-        return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s"
+            share = 100 * done / total if total else 100
+            return f"embedded {done} of {total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}{also}"
+        return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s{also}"
 
     def _draw(self, text: str, held: bool = False) -> None:
         """`held`: off a terminal, write the count an interval held back, whenever it has moved."""
@@ -106,7 +117,7 @@ class ProgressLine:
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
-            now, done = self._clock(), sum(self._counts.values())
+            now, done = self._clock(), (sum(self._counts.values()), sum(self._rejected.values()))
             if self._written is None and held:
                 return
             if self._written is not None and (
@@ -166,5 +177,6 @@ class WorkerLogs(logging.Filter):
     def _report(self, text: str) -> bool:
         found = _REPORT.search(text)
         if found:
-            self._line.report(int(found.group(1)), int(found.group(2)))
+            report = self._line.report if found.group(1) == EMBEDDED_TAG else self._line.report_rejected
+            report(int(found.group(2)), int(found.group(3)))
         return bool(found)

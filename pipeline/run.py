@@ -43,8 +43,12 @@ _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline"
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
 # Local worker processes' log records arrive through this logger; the embed module's own
-# records stay in this process when workers run in memory.
-_WORKER_LOGGERS = ("apache_beam.runners.portability.local_job_service", "transforms.embed")
+# and progress reports' records stay in this process when workers run in memory.
+_WORKER_LOGGERS = (
+    "apache_beam.runners.portability.local_job_service",
+    "transforms.embed",
+    "transforms.progress_report",
+)
 # The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
 _STOPPED_BY: list[str] = []
 

@@ -275,14 +275,24 @@ def test_one_file_matched_under_two_spellings_is_planned_once(tmp_path):
 
 
 def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
-    _, result = job
+    output, result = job
     inputs = sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra" / "edge.parquet"]
     total = count_rows(inputs)
-    reports = re.findall(r"embedded (\d+) of (\d+) rows \(\d+%\), [\d.]+ rows/s", result.stderr)
-    assert reports and {int(of) for _, of in reports} == {total}  # the total, from the footers
-    done = [int(count) for count, _ in reports]
+    line = re.compile(
+        r"embedded (\d+) of (\d+) rows \(\d+%\), [\d.]+ rows/s(?:, about \d+s left)?(?:, (\d+) rows rejected)?"
+    )
+    reports = [
+        line.fullmatch(text)
+        for text in result.stderr.splitlines()
+        if re.match(r"embedded \d+ of \d+ rows \(\d+%", text)
+    ]
+    assert reports and all(reports)
+    done, of, rejected = ([int(r.group(n) or 0) for r in reports] for n in (1, 2, 3))
+    assert {t + r for t, r in zip(of, rejected, strict=True)} == {total}  # the footers' total, less the rows rejected
     assert done[0] == 0  # the first rows reached a loaded model: start-up is over
-    assert done == sorted(done) and 0 < done[-1] <= total  # the workers' counts, summed
+    assert done == sorted(done) and rejected == sorted(rejected)  # the workers' counts, summed
+    manifest = read_manifest(output)
+    assert rejected[-1] == manifest["rows_rejected"] > 0 and done[-1] == of[-1] == manifest["rows_embedded"]
     assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
     assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
     startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"

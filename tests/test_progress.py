@@ -100,3 +100,27 @@ def test_a_new_process_knows_when_it_began():
     )
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1 <= age < 60
+
+
+def test_rows_rejected_leave_the_total_and_are_named():
+    clock, stream = Clock(), io.StringIO()
+    line = ProgressLine(100, "rows", stream, clock, started=100.0)
+    line.report_rejected(7, 10)  # before start-up ends: kept for the first line, not drawn
+    clock.now = 102.0
+    line.report(11, 0)
+    clock.now = 104.0
+    line.report(11, 20)
+    line.report_rejected(7, 30)
+    line.report_rejected(7, 25)  # a late, older report does not lower the count
+    clock.now = 106.0
+    line.report(11, 70)
+    assert stream.getvalue().splitlines() == [
+        "embedded 0 of 90 rows (0%), 0.0 rows/s, 10 rows rejected",
+        "embedded 20 of 90 rows (22%), 10.0 rows/s, about 7s left, 10 rows rejected",
+        "embedded 20 of 70 rows (29%), 10.0 rows/s, about 5s left, 30 rows rejected",
+        "embedded 70 of 70 rows (100%), 17.5 rows/s, 30 rows rejected",
+    ]
+    unknown = ProgressLine(None, "passages", io.StringIO(), clock)
+    unknown.report(1, 5)
+    unknown.report_rejected(2, 3)
+    assert unknown.text() == "embedded 5 passages, 0.0 passages/s, 3 rows rejected"

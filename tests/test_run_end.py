@@ -13,20 +13,20 @@ import pytest
 
 import pipeline.run as run_module
 from samples.knowledge_base import write_shards
-from tests.conftest import ROOT, run_cli
-from transforms.embed import PROGRESS_TAG, _Progress
+from tests.conftest import ROOT, run_cli, write_parquet
+from transforms.progress_report import EMBEDDED_TAG, ProgressReport
 
 
 def test_a_bundles_end_reports_the_count_the_interval_held_back(caplog):
-    progress = _Progress(interval=3600.0)
-    with caplog.at_level(logging.INFO, logger="transforms.embed"):
+    progress = ProgressReport(interval=3600.0)
+    with caplog.at_level(logging.INFO, logger="transforms.progress_report"):
         progress.flush()  # nothing embedded nor reported yet: nothing to say
         progress.add(0)  # the model is loaded: reported at once
         progress.add(40)  # within the interval: held back
         progress.add(2)
         progress.flush()  # the bundle ends: the launcher's line must end on 42, not 0
         progress.flush()  # nothing moved since: no second report
-    counts = [int(r.getMessage().split()[-1]) for r in caplog.records if PROGRESS_TAG in r.getMessage()]
+    counts = [int(r.getMessage().split()[-1]) for r in caplog.records if EMBEDDED_TAG in r.getMessage()]
     assert counts == [0, 42]
 
 
@@ -85,3 +85,13 @@ def test_threads_of_one_process_add_to_one_count(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
     assert lines[-1].startswith("embedded 400 of 400 rows (100%), ")
+
+
+def test_rows_rejected_leave_the_lines_total(tmp_path):
+    """A wrong --id_column (a category) rejects most rows as duplicates: the line still ends at 100%."""
+    ids = [f"id{i}" for i in range(60)] + [f"id{i}" for i in range(40)]
+    shard = write_parquet(tmp_path / "kb.parquet", id=ids, text=[f"text {i} on VPN tokens" for i in range(100)])
+    result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--progress_interval", "0.2")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
+    assert lines[-1].startswith("embedded 60 of 60 rows (100%), ") and lines[-1].endswith(", 40 rows rejected")

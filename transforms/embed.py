@@ -9,7 +9,6 @@ moves Arrow batches and counts.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -29,13 +28,13 @@ from encoder.tokens import TextTokenizer, Tokenized
 from schemas.outputs import EMBEDDING_COLUMN, read_model_block, vector_array
 from transforms import METRICS_NAMESPACE, in_global_window
 from transforms.model_store import model_folder
+from transforms.progress_report import ProgressReport
 from transforms.validate import STATS
 
 if TYPE_CHECKING:
     from encoder import Encoded, PooledEncoder
 
 _LOG = logging.getLogger(__name__)
-PROGRESS_TAG = "progress-report"
 # Rows a CUDA worker gathers at least before encoding: the encoder sorts a chunk by length, and at
 # GPU budgets a chunk of 4,096 knowledge-base rows left 1.094x padding against 1.036x for 16,384
 # (131,072-token budget, tests/test_encoder.py).
@@ -108,14 +107,14 @@ class EncoderReplicas:
         self.encoders = encoders
         self._holders = [0] * len(encoders)
         self._lock = threading.Lock()
-        self._progress: _Progress | None = None
+        self._progress: ProgressReport | None = None
 
-    def progress(self, interval: float) -> _Progress:
+    def progress(self, interval: float) -> ProgressReport:
         """The process's one count of rows embedded, which all its threads add to: the launcher
         keeps each process's latest report, so a count per thread would show one thread's rows."""
         with self._lock:
             if self._progress is None:
-                self._progress = _Progress(interval)
+                self._progress = ProgressReport(interval)
             return self._progress
 
     def take(self) -> PooledEncoder:
@@ -124,40 +123,6 @@ class EncoderReplicas:
             chosen = self._holders.index(min(self._holders))
             self._holders[chosen] += 1
             return self.encoders[chosen]
-
-
-class _Progress:
-    """Reports this process's embedded count every `interval` seconds, from any thread, as
-    `PROGRESS_TAG pid count`: the launcher sums the reports of every process into one line
-    (pipeline.progress); on a remote runner they are plain log lines beside Beam's counters.
-    The first report goes out at once, when the first rows reach a loaded model (a count of 0):
-    the launcher takes it as the end of start-up."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._count = 0
-        self._last = -float("inf")
-        self._reported: int | None = None  # the count last reported
-
-    def add(self, count: int) -> None:
-        with self._lock:
-            self._count += count
-            now = time.monotonic()
-            if now - self._last >= self._interval:
-                self._last = now
-                self._report()
-
-    def flush(self) -> None:
-        """Report a count the interval held back (at the end of a bundle), so that the launcher's
-        line ends on every row embedded, not on the count of the last interval."""
-        with self._lock:
-            if self._reported is not None and self._reported != self._count:
-                self._report()
-
-    def _report(self) -> None:
-        self._reported = self._count
-        _LOG.info("%s %d %d", PROGRESS_TAG, os.getpid(), self._count)
 
 
 class _Embed(beam.DoFn):
@@ -198,7 +163,7 @@ class _Embed(beam.DoFn):
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
         overlap = cuda if self._overlap is None else self._overlap
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize") if overlap else None
-        self._progress: _Progress | None = None  # the process's, with its encoders
+        self._progress: ProgressReport | None = None  # the process's, with its encoders
 
     def teardown(self) -> None:
         if self._tokenizing is not None:
