@@ -20,14 +20,9 @@ from sentence_transformers.sentence_transformer import modules as models
 
 from encoder import PooledEncoder, read_model_folder
 from samples.model_families import _tokenizer
+from tests.test_model_families import TEXTS as FAMILY_TEXTS
 
-TEXTS = [
-    "How do I rotate the API keys of a service account?",
-    "数据库连接池在高并发下耗尽，如何排查？",
-    "short",
-    "",
-    "A long page. " + " ".join(f"Paragraph {i} explains step {i} of the migration." for i in range(60)),
-]
+TEXTS = [*FAMILY_TEXTS, ""]  # and an empty text
 
 
 def _save(
