@@ -23,7 +23,7 @@ from transforms.output_owner import OWNER_FILE
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    write_shards(root / "kb", rows=1500, shards=3)
+    write_shards(root / "kb", rows=1000, shards=3)
     return root
 
 

@@ -77,14 +77,14 @@ def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
 def test_threads_of_one_process_add_to_one_count(tmp_path):
     """Several threads in one worker process (two per GPU on a machine with GPUs; here Beam's
     multi_threading mode) each embed their share: the line counts every row, not one thread's."""
-    write_shards(tmp_path / "kb", rows=400, shards=4)
+    write_shards(tmp_path / "kb", rows=200, shards=4)
     result = run_cli(
         "--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "out"), "--rows_per_batch", "50",
         "--direct_running_mode", "multi_threading", "--direct_num_workers", "2", "--progress_interval", "0.5",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
-    assert lines[-1].startswith("embedded 400 of 400 rows (100%), ")
+    assert lines[-1].startswith("embedded 200 of 200 rows (100%), ")
 
 
 def test_rows_rejected_leave_the_lines_total(tmp_path):

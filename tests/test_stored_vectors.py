@@ -94,4 +94,3 @@ def test_float16_vectors_past_its_range_fail_the_job_naming_their_ids(tmp_path):
         "error: 2 vectors hold values past float16's range (ids ['a', 'b'] first); pass --vector_dtype float32"
     )
     assert not (out / "manifest.json").exists()
-    assert run_cli(*args, "--overwrite").returncode == 0  # float32 holds them
