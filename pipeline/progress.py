@@ -117,14 +117,14 @@ class ProgressLine:
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
-            now, done = self._clock(), (sum(self._counts.values()), sum(self._rejected.values()))
+            now, counts = self._clock(), (sum(self._counts.values()), sum(self._rejected.values()))
             if self._written is None and held:
                 return
             if self._written is not None and (
-                done == self._written[1] or (not held and now - self._written[0] < self._interval)
+                counts == self._written[1] or (not held and now - self._written[0] < self._interval)
             ):
                 return
-            self._written = (now, done)
+            self._written = (now, counts)
             self._stream.write(f"{text}\n")
         self._stream.flush()
 

@@ -23,7 +23,7 @@ from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
-from pipeline.plan import LOCAL_RUNNERS, check_device, plan_job
+from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
@@ -201,7 +201,7 @@ def _read_manifest(output: str) -> dict:
         return json.load(f)
 
 
-def _published(plan) -> bool:
+def _published(plan: JobPlan) -> bool:
     """Whether this run's own manifest is in place (a stop that came after it was written)."""
     try:
         return _read_manifest(plan.output).get("run_id") == plan.owner.run_id
