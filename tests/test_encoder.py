@@ -20,7 +20,13 @@ from encoder.devices import resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.modules.pooling import pool
 from encoder.onednn import OneDnnLinear
-from encoder.pooled_encoder import CUDA_MAX_PADDING, MAX_CUDA_TOKEN_BUDGET, NonFiniteVectors
+from encoder.pooled_encoder import (
+    CPU_TOKEN_BUDGET,
+    CUDA_MAX_PADDING,
+    MAX_CPU_TOKEN_BUDGET,
+    MAX_CUDA_TOKEN_BUDGET,
+    NonFiniteVectors,
+)
 from samples.knowledge_base import make_rows
 from tests.conftest import TINY_POOLINGS, record, run_cli, save_tiny_model, write_parquet
 from transforms.embed import CUDA_CHUNK_ROWS
@@ -102,6 +108,15 @@ def test_other_activations_stay_unfused_and_equal_sentence_transformers(tmp_path
     ours = encoder.encode(MIXED_TEXTS, token_budget=512)
     reference = SentenceTransformer(str(path), device="cpu").encode(MIXED_TEXTS)
     assert min_cosine(ours.embeddings, reference) >= 0.9999
+
+
+def test_cpu_budget_grows_for_models_smaller_than_minilm(model_path, tiny_models):
+    """MiniLM keeps the budget measured on it; a 2-layer model of hidden size 32 (17,408 linear
+    weights, 618 times fewer) gets the largest, with either kernels (oneDNN repacks the weights)."""
+    assert PooledEncoder(read_model_folder(model_path), device="cpu").default_token_budget == CPU_TOKEN_BUDGET == 2048
+    for kernels in ("torch", "onednn"):
+        tiny = PooledEncoder(read_model_folder(tiny_models["mean"]), device="cpu", cpu_kernels=kernels)
+        assert tiny.default_token_budget == MAX_CPU_TOKEN_BUDGET == 8192
 
 
 def test_batches_cover_every_row_once_within_the_budget():
