@@ -17,7 +17,9 @@ sentence-transformers' `encode` in float16 (`.half()`, at batch sizes 32 and 256
 faster one taken), their ratio, the encoder's padding (padded over real tokens), its
 FLOP rate on real tokens against the card's bfloat16 matrix-product rate measured in the
 same run, and the least cosine of its vectors to sentence-transformers' float32 and float16
-ones. `--device cpu` runs the same comparison in float32 as a smoke test.
+ones. Under each model's line, where its first pass's time went (tokenizer alone, model alone,
+the rest) and how long a second pass takes once every batch shape has been seen. `--device cpu`
+runs the same comparison in float32 as a smoke test.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from benchmarks.flops import Shape, matmul_rate, model_flops, sync
 from encoder import PooledEncoder, read_model_folder
+from encoder.batching import padded_widths, token_budget_batches
+from encoder.pooled_encoder import CUDA_MAX_PADDING
 from samples.knowledge_base import make_rows
 
 try:  # sentence-transformers >= 6
@@ -107,12 +111,40 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
             st_seconds, st_vectors, st_batch = seconds, vectors, batch_size
     flop_rate = model_flops(lengths, shape) / job_seconds
     rows = len(texts)
+    breakdown = _breakdown(encoder, pa.array(texts, pa.string()), job_seconds)
     print(
         f"{shape.hidden:>6} x {shape.layers:<2} {rows / job_seconds:10.0f} {encoded.tokens / job_seconds:11.0f} "
         f"{rows / st_seconds:10.0f} (batch {st_batch:>3}) {st_seconds / job_seconds:7.2f}x "
         f"{encoded.padded_tokens / encoded.tokens:8.3f} {flop_rate / 1e12:8.1f} {flop_rate / matmul:7.1%} "
         f"{_least_cosine(encoded.embeddings[:2000], exact):9.5f} {_least_cosine(encoded.embeddings, st_vectors):9.5f}",
         flush=True,
+    )
+    print(breakdown, flush=True)
+
+
+def _breakdown(encoder: PooledEncoder, texts: pa.Array, first_seconds: float) -> str:
+    """Where the first pass's time went: the tokenizer alone, the model alone on batch shapes it has
+    now seen, and the rest; then the whole again, with every batch shape seen (a cost paid once per
+    new shape, such as a kernel plan built for it, shows as the passes' difference)."""
+    started = time.perf_counter()
+    tokenized = encoder.tokenizer.encode(texts)
+    tokenizer_seconds = time.perf_counter() - started
+    sync(encoder.device)
+    started = time.perf_counter()
+    encoder.encode_tokenized(tokenized)
+    model_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    encoder.encode(texts)
+    second_seconds = time.perf_counter() - started
+    widths = padded_widths(tokenized.lengths, encoder.max_seq_length)
+    max_padding = CUDA_MAX_PADDING if encoder.device.type == "cuda" else None
+    batches = token_budget_batches(widths, encoder.default_token_budget, tokenized.lengths, max_padding)
+    shapes = {(len(rows), int(widths[rows[-1]])) for rows in batches}
+    other = first_seconds - tokenizer_seconds - model_seconds
+    return (
+        f"{'':>11} first pass {first_seconds:.2f} s: tokenizer alone {tokenizer_seconds:.2f} s, model alone "
+        f"(shapes seen) {model_seconds:.2f} s, other {other:.2f} s; second pass {second_seconds:.2f} s; "
+        f"{len(batches)} batches of {len(shapes)} shapes, budget {encoder.default_token_budget} tokens"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,8 +23,18 @@ def test_gpu_benchmark_runs_without_beam(tmp_path):
         [*command, "--rows", "300", "--shapes", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    header, row = result.stdout.strip().splitlines()[-2:]
+    header, row, breakdown = result.stdout.strip().splitlines()[-3:]
     assert header.split()[:3] == ["model", "job", "rows/s"]
     fields = row.split()
     assert fields[:3] == ["32", "x", "2"]
     assert float(fields[-2]) > 0.9999 and float(fields[-1]) > 0.9999  # float32 on CPU: the same vectors
+    parts = re.fullmatch(
+        r"first pass ([\d.]+) s: tokenizer alone ([\d.]+) s, model alone \(shapes seen\) ([\d.]+) s, "
+        r"other (-?[\d.]+) s; second pass ([\d.]+) s; (\d+) batches of (\d+) shapes, budget 8192 tokens",
+        breakdown.strip(),
+    )
+    assert parts, breakdown
+    first, tokenizer, model, other = (float(parts[i]) for i in range(1, 5))
+    assert abs(first - tokenizer - model - other) <= 0.015  # each printed to 0.01 s
+    batches, shapes = int(parts[6]), int(parts[7])
+    assert 0 < shapes <= batches
