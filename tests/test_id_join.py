@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections import Counter
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.outputs import CONTENT_HASH_COLUMN, EMBEDDING_COLUMN
 from tests.conftest import read_manifest, run_cli, write_parquet
@@ -231,3 +234,37 @@ def test_one_id_a_hundred_thousand_times_keeps_the_first(tmp_path, model_path):
     assert kept.num_rows == 1 and rejected.num_rows == 99_999
     first = (str(tmp_path / "in" / "0.parquet"), 0)
     assert first not in set(zip(rejected["source_file"].to_pylist(), rejected["row_number"].to_pylist(), strict=True))
+
+
+def test_each_decision_pickles_only_its_own_rows():
+    """A bucket's decisions are slices of one table: pickled as slices, each would carry the whole
+    bucket's vectors, and a night would shuffle (or spill) them once per unit batch."""
+    dim, rows, per = 64, 2000, 100
+    ids = [f"doc-{n}" for n in range(rows)]
+    hashes = [_digest(i) for i in ids]
+    units = [
+        UnitBatch(f"f#{s}#0", "mem://f", np.arange(s, s + per), pa.RecordBatch.from_pydict(
+            {"id": ids[s : s + per], CONTENT_HASH_COLUMN: hashes[s : s + per]}))
+        for s in range(0, rows, per)
+    ]  # fmt: skip
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(rows * dim, np.float32)), dim)
+    previous = pa.RecordBatch.from_pydict({"id": ids, CONTENT_HASH_COLUMN: hashes, EMBEDDING_COLUMN: vectors})
+    claim = _Claim("id", REJECTS, 4, None, False)
+    settle = _Settle(REJECTS, True, False, pa.list_(pa.float32(), dim), None)
+    row_bytes = 4 + dim * 4  # its place and its vector
+    with beam.Pipeline() as pipeline:
+        claims = pipeline | "Units" >> beam.Create(units) | beam.ParDo(claim).with_outputs(REJECTED, STATS, main="c")
+        earlier = (
+            pipeline
+            | "Previous" >> beam.Create([ShardBatch("mem://p", np.arange(rows), previous)])
+            | beam.FlatMap(_previous_claims, "id", 4, None, False)
+        )
+        sizes = (
+            {CURRENT: claims.c, PREVIOUS: earlier}
+            | beam.CoGroupByKey()
+            | beam.ParDo(settle)
+            | beam.Map(lambda keyed: (keyed[1].num_rows, len(pickle.dumps(keyed[1], pickle.HIGHEST_PROTOCOL))))
+            | beam.Map(lambda sized: sized[1] < 2 * sized[0] * row_bytes + 4096)
+            | beam.combiners.Count.PerElement()
+        )
+        assert_that(sizes, equal_to([(True, 80)]))  # 20 unit batches, each with rows in each of 4 buckets

@@ -297,9 +297,10 @@ class _Settle(beam.DoFn):
         kept = kept.sort_by([(PART, "ascending"), (INDEX, "ascending")])
         present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)
         ends = [*starts[1:].tolist(), kept.num_rows]
-        decided = [name for name in (INDEX, VECTOR, RESTATED) if name in kept.column_names]
+        kept = kept.select([name for name in (INDEX, VECTOR, RESTATED) if name in kept.column_names])
         for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
-            decisions = kept.slice(start, end - start).select(decided).combine_chunks()
+            # Taken, not sliced: a pickled slice carries the whole bucket's buffers, vectors included.
+            decisions = kept.take(pa.array(np.arange(start, end))).combine_chunks()
             yield parts[part].key, spill(decisions, self._spill_dir)
 
     def _check_previous(self, previous: pa.Table) -> None:
