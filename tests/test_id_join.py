@@ -236,9 +236,11 @@ def test_one_id_a_hundred_thousand_times_keeps_the_first(tmp_path, model_path):
     assert first not in set(zip(rejected["source_file"].to_pylist(), rejected["row_number"].to_pylist(), strict=True))
 
 
-def test_each_decision_pickles_only_its_own_rows():
+@pytest.mark.parametrize("changed", [False, True])
+def test_each_decision_pickles_only_its_own_rows_and_vectors(changed):
     """A bucket's decisions are slices of one table: pickled as slices, each would carry the whole
-    bucket's vectors, and a night would shuffle (or spill) them once per unit batch."""
+    bucket's vectors, and a night would shuffle (or spill) them once per unit batch. A unit to embed
+    has no vector to carry: its decision is its place (README: what is shuffled per row)."""
     dim, rows, per = 64, 2000, 100
     ids = [f"doc-{n}" for n in range(rows)]
     hashes = [_digest(i) for i in ids]
@@ -248,10 +250,11 @@ def test_each_decision_pickles_only_its_own_rows():
         for s in range(0, rows, per)
     ]  # fmt: skip
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(rows * dim, np.float32)), dim)
-    previous = pa.RecordBatch.from_pydict({"id": ids, CONTENT_HASH_COLUMN: hashes, EMBEDDING_COLUMN: vectors})
+    yesterday = [_digest(h) for h in hashes] if changed else hashes  # every text changed, or none
+    previous = pa.RecordBatch.from_pydict({"id": ids, CONTENT_HASH_COLUMN: yesterday, EMBEDDING_COLUMN: vectors})
     claim = _Claim("id", REJECTS, 4, None, False)
     settle = _Settle(REJECTS, True, False, pa.list_(pa.float32(), dim), None)
-    row_bytes = 4 + dim * 4  # its place and its vector
+    row_bytes = 5 if changed else 5 + dim * 4  # its place, whether its vector is there, and that vector
     with beam.Pipeline() as pipeline:
         claims = pipeline | "Units" >> beam.Create(units) | beam.ParDo(claim).with_outputs(REJECTED, STATS, main="c")
         earlier = (

@@ -225,7 +225,8 @@ def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None
 class _Settle(beam.DoFn):
     """One bucket's claims and previous rows in; (batch key, decisions) per unit batch with kept
     units out, with duplicate rejects and counts. Decisions hold INDEX, each kept unit's place in
-    its batch, and with reuse VECTOR: yesterday's vector, null where the unit is to be embedded."""
+    its batch, and with reuse VECTOR: yesterday's vector as a variable list, null (holding no values)
+    where the unit is to be embedded."""
 
     def __init__(
         self,
@@ -298,6 +299,8 @@ class _Settle(beam.DoFn):
         present, starts = np.unique(kept.column(PART).to_numpy(), return_index=True)
         ends = [*starts[1:].tolist(), kept.num_rows]
         kept = kept.select([name for name in (INDEX, VECTOR, RESTATED) if name in kept.column_names])
+        if VECTOR in kept.column_names:  # a variable list's nulls (units to embed) hold no values; fixed ones a vector
+            kept = kept.set_column(1, VECTOR, kept.column(VECTOR).cast(pa.list_(self._vector_type.value_type)))
         for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
             # Taken, not sliced: a pickled slice carries the whole bucket's buffers, vectors included.
             decisions = kept.take(pa.array(np.arange(start, end))).combine_chunks()
@@ -384,7 +387,8 @@ class _Apply(beam.DoFn):
             reused = pa.array(np.zeros(len(index), bool))
         if pc.any(reused).as_py():
             carried = batch.take(index.filter(reused)).select(self._schema.names[:-1])
-            rows = pa.RecordBatch.from_arrays([*carried.columns, vectors.filter(reused)], schema=self._schema)
+            taken = vectors.filter(reused).cast(self._schema.field(EMBEDDING_COLUMN).type)  # sent as a variable list
+            rows = pa.RecordBatch.from_arrays([*carried.columns, taken], schema=self._schema)
             yield beam.pvalue.TaggedOutput(REUSED, rows)
             if RESTATED in decided.column_names:
                 restated = decided.column(RESTATED).combine_chunks().filter(reused)
