@@ -300,7 +300,8 @@ class _Settle(beam.DoFn):
         ends = [*starts[1:].tolist(), kept.num_rows]
         kept = kept.select([name for name in (INDEX, VECTOR, RESTATED) if name in kept.column_names])
         if VECTOR in kept.column_names:  # a variable list's nulls (units to embed) hold no values; fixed ones a vector
-            kept = kept.set_column(1, VECTOR, kept.column(VECTOR).cast(pa.list_(self._vector_type.value_type)))
+            at = kept.column_names.index(VECTOR)
+            kept = kept.set_column(at, VECTOR, kept.column(VECTOR).cast(pa.list_(self._vector_type.value_type)))
         for part, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True):
             # Taken, not sliced: a pickled slice carries the whole bucket's buffers, vectors included.
             decisions = kept.take(pa.array(np.arange(start, end))).combine_chunks()
