@@ -713,17 +713,33 @@ class PgVectors:
 def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg, id_name: str, path: str) -> Iterator:
     columns = []
     for field in schema:
-        column = batch.column(field.name)
+        column, where = batch.column(field.name), f"{path}: column {field.name!r}"
         if field.name == EMBEDDING_COLUMN:
             columns.append([_VectorBytes(v) for v in vectors.encode(column)])
         elif postgres_type(field) == "jsonb":  # JSON text made in Arrow: NaN as null, times and decimals as text
-            texts = json_values(column).to_pylist()
+            texts = _python_values(column, json_values, batch.column(id_name), where)
             columns.append([None if v is None else psycopg.types.json.Jsonb(v, dumps=str) for v in texts])
         else:
-            columns.append(
-                _in_microseconds(column, field.name == id_name, f"{path}: column {field.name!r}").to_pylist()
-            )
+            column = _in_microseconds(column, field.name == id_name, where)
+            columns.append(_python_values(column, lambda values: values, batch.column(id_name), where))
     return zip(*columns, strict=True)
+
+
+def _python_values(column: pa.Array, convert, ids: pa.Array, where: str) -> list:
+    """`convert(column)`'s values in Python. Python's dates and times end at year 9999 (PostgreSQL's do not):
+    a value beyond is refused naming its id, not left to a traceback that names nothing."""
+    try:
+        return convert(column).to_pylist()
+    except (OverflowError, ValueError) as e:
+        for at in range(len(column)):
+            try:
+                convert(column.slice(at, 1)).to_pylist()
+            except (OverflowError, ValueError):
+                raise LoadError(
+                    f"{where} of id {ids[at].as_py()!r} holds a value Python cannot convert ({e}), such as a date "
+                    "or time beyond the years 1 to 9999; correct it upstream"
+                ) from e
+        raise
 
 
 def _in_microseconds(column: pa.Array, exact: bool, where: str) -> pa.Array:

@@ -854,3 +854,18 @@ def test_what_postgresql_cannot_hold_is_refused_before_the_database_is_touched(p
     result = load(postgres, broken, "kb_broken")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {broken / 'manifest.json'}: not a readable manifest (")
+
+
+def test_a_carried_time_beyond_year_9999_is_refused_naming_its_file_column_and_id(postgres, tmp_path):
+    """Python's datetime ends at year 9999, PostgreSQL's does not: such a value was a traceback naming nothing."""
+    far = pa.array([0, 253_402_300_800_000, 0, 0], pa.timestamp("ms"))  # 10000-01-01 for the second row
+    rows = {"id": DAY_ONE["id"][:4], "text": DAY_ONE["text"][:4], "expires": far}
+    run = embed_night(tmp_path, "far", rows, carried=("--carry_columns", "expires"))
+    result = load(postgres, run, "kb_far")
+    assert result.returncode == 1, result.stderr
+    path = run / read_manifest(run)["files"]["embeddings"][0]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {path}: column 'expires' of id {DAY_ONE['id'][1]!r} holds a value Python cannot convert "
+        "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
+    )
+    assert query(postgres, "SELECT to_regclass('kb_far')") == [(None,)]
