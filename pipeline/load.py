@@ -534,14 +534,15 @@ class PgvectorLoader:
 
     def _apply_changes(self, connection, schema: pa.Schema, runs: list[Run], found: dict[str, str]) -> str:
         """The change sets of `runs`, in order, each through temporary tables: only those rows are touched.
-        The ids they delete, checked once for all, are those of their deletes that no row has once they
-        are applied: a night refused alone may be undone by the next."""
+        The ids they delete, checked once for all, are those of their deletes that the table held before and
+        no row has once they are applied: a night refused alone may be undone by the next, and ids a skipped
+        night added and the next deleted were never the table's."""
         sql = self._sql
         run = runs[-1]
         held = self._held_ids(connection, run, found) if any(r.manifest["changes"]["deletes"] for r in runs) else 0
         key = _key(run)
         upserts, deletes = sql.Identifier("embedding_job_upserts"), sql.Identifier("embedding_job_deletes")
-        gone = sql.Identifier("embedding_job_gone")  # the deletes of every run
+        gone = sql.Identifier("embedding_job_gone")  # the deletes of every run, of ids the table held
         keys = sql.SQL(", ").join(map(sql.Identifier, key))
         columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
         for temporary, names in ((upserts, columns), (deletes, keys), (gone, keys)):  # the table may have more
@@ -558,12 +559,19 @@ class PgvectorLoader:
             for f in schema
             if f.name not in key
         )
+        id_column = sql.Identifier(run.manifest["columns"]["id"])
+        held_id = sql.SQL("EXISTS (SELECT FROM {} AS t WHERE t.{} = d.{})").format(self._name, id_column, id_column)
+        deleted_keys = pa.schema([schema.field(name) for name in key])
+        for each in runs if held else ():  # before any is applied: what the table held then
+            connection.execute(sql.SQL("TRUNCATE {}").format(deletes))
+            self._copy(connection, deletes, deleted_keys, each, "deletes")
+            connection.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} AS d WHERE {}").format(gone, deletes, held_id))
         done = []
         for each in runs:
             started = time.monotonic()
             connection.execute(sql.SQL("TRUNCATE {}, {}").format(upserts, deletes))
             self._copy(connection, upserts, schema, each, "upserts")
-            self._copy(connection, deletes, pa.schema([schema.field(name) for name in key]), each, "deletes")
+            self._copy(connection, deletes, deleted_keys, each, "deletes")
             _LOG.info("copied the change set of run %s in %.1fs", each.run_id, time.monotonic() - started)
             started = time.monotonic()
             deleted = connection.execute(
@@ -574,15 +582,11 @@ class PgvectorLoader:
                     self._name, columns, columns, upserts, keys, updates
                 )
             ).rowcount
-            connection.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(gone, deletes))
             _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
             done.append(f"change set of run {each.run_id} applied: {upserted} rows upserted, {deleted} deleted")
         if held:
-            id_column = sql.Identifier(run.manifest["columns"]["id"])
             lost = connection.execute(
-                sql.SQL(
-                    "SELECT count(DISTINCT d.{}) FROM {} AS d WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})"
-                ).format(id_column, gone, self._name, sql.SQL("t.{} = d.{}").format(id_column, id_column))
+                sql.SQL("SELECT count(DISTINCT d.{}) FROM {} AS d WHERE NOT {}").format(id_column, gone, held_id)
             ).fetchone()[0]
             self._check_deletions(run, lost, held)
         return "; ".join(done)

@@ -869,3 +869,21 @@ def test_a_carried_time_beyond_year_9999_is_refused_naming_its_file_column_and_i
         "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
     )
     assert query(postgres, "SELECT to_regclass('kb_far')") == [(None,)]
+
+
+def test_ids_a_skipped_night_added_and_the_next_deleted_are_not_counted_as_the_tables(postgres, tmp_path):
+    """The table holds 10 ids; night two (its load skipped) added 20, night three deleted those 20 again.
+    Its load deletes none of the ids the table held: it is not refused as deleting 20 of 10 (200%)."""
+    table = "kb_added_then_gone"
+    ten = embed_night(tmp_path, "ten", {k: v[:10] for k, v in DAY_ONE.items()})
+    thirty = embed_night(tmp_path, "thirty", DAY_ONE, "--previous", str(ten))
+    again = embed_night(tmp_path, "ten-again", {k: v[:10] for k, v in DAY_ONE.items()}, "--previous", str(thirty))
+    assert load(postgres, ten, table).returncode == 0
+    result = load(postgres, again, table)
+    assert result.returncode == 0, result.stderr
+    two, three = read_manifest(thirty)["run_id"], read_manifest(again)["run_id"]
+    assert result.stdout.strip() == (
+        f"{table}: change set of run {two} applied: 20 rows upserted, 0 deleted; "
+        f"change set of run {three} applied: 0 rows upserted, 20 deleted"
+    )
+    assert_table_is(postgres, again, table)
