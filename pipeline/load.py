@@ -184,6 +184,10 @@ def _checked(run_dir: str, name: str, checks: dict) -> str:
     return path
 
 
+def _is_any_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
 _PG_TYPES = [
     (pa.types.is_boolean, "boolean"),
     (pa.types.is_int8, "smallint"),
@@ -202,7 +206,7 @@ _PG_TYPES = [
     (pa.types.is_time, "time"),
     (pa.types.is_duration, "interval"),
     (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "text"),
-    (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t), "bytea"),
+    (_is_any_binary, "bytea"),
 ]
 
 
@@ -780,9 +784,12 @@ def _check_text(batch: pa.RecordBatch, id_name: str, path: str) -> None:
 
 
 def _check_id_bytes(batch: pa.RecordBatch, id_name: str, path: str) -> None:
-    """Refuse an id longer than ID_BYTES, naming it, before PostgreSQL refuses its key anonymously."""
+    """Refuse an id longer than ID_BYTES, naming it, before PostgreSQL refuses its key anonymously: strings
+    and binaries of any width (the job writes binary_view ids as large_binary), dictionaries of them too."""
     ids = batch.column(id_name)
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_binary(ids.type)):
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if not any(check(ids.type) for check in (pa.types.is_string, pa.types.is_large_string, _is_any_binary)):
         return
     lengths = pc.binary_length(ids)
     longest = pc.max(lengths).as_py()

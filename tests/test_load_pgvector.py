@@ -887,3 +887,20 @@ def test_ids_a_skipped_night_added_and_the_next_deleted_are_not_counted_as_the_t
         f"change set of run {three} applied: 0 rows upserted, 20 deleted"
     )
     assert_table_is(postgres, again, table)
+
+
+def test_a_large_binary_id_too_long_for_a_primary_key_is_refused_naming_it(postgres, tmp_path):
+    """Ids written as large_binary (as binary_view ones become): an id of 3,000 bytes that do not compress
+    is refused naming it and its file, as a string one is, not left to PostgreSQL's anonymous refusal."""
+    ids = [f"doc-{i}".encode() for i in range(3)] + [np.random.default_rng(0).bytes(3000)]
+    rows = {"id": pa.array(ids, pa.large_binary()), "text": DAY_ONE["text"][:4]}
+    run = embed_night(tmp_path, "long-binary", rows, carried=())
+    manifest = read_manifest(run)
+    name = next(n for n in manifest["files"]["embeddings"] if ids[-1] in pq.read_table(run / n)["id"].to_pylist())
+    result = load(postgres, run, "kb_long_binary")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / name}: id {ids[-1][:40]!r}... in column id is 3000 bytes; a PostgreSQL primary key takes "
+        "ids of at most 2600 bytes"
+    )
+    assert query(postgres, "SELECT to_regclass('kb_long_binary')") == [(None,)]
