@@ -40,7 +40,7 @@ import logging
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -733,7 +733,7 @@ def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg,
     return zip(*columns, strict=True)
 
 
-def _python_values(column: pa.Array, convert, ids: pa.Array, where: str) -> list:
+def _python_values(column: pa.Array, convert: Callable[[pa.Array], pa.Array], ids: pa.Array, where: str) -> list:
     """`convert(column)`'s values in Python. Python's dates and times end at year 9999 (PostgreSQL's do not):
     a value beyond is refused naming its id, not left to a traceback that names nothing."""
     try:
@@ -744,10 +744,18 @@ def _python_values(column: pa.Array, convert, ids: pa.Array, where: str) -> list
                 convert(column.slice(at, 1)).to_pylist()
             except (OverflowError, ValueError):
                 raise LoadError(
-                    f"{where} of id {ids[at].as_py()!r} holds a value Python cannot convert ({e}), such as a date "
+                    f"{where} of id {_shown(ids, at)} holds a value Python cannot convert ({e}), such as a date "
                     "or time beyond the years 1 to 9999; correct it upstream"
                 ) from e
         raise
+
+
+def _shown(ids: pa.Array, at: int) -> str:
+    """The id at `at` as Python writes it, or as Arrow does where Python cannot hold it (a time past 9999)."""
+    try:
+        return repr(ids[at].as_py())
+    except (OverflowError, ValueError):
+        return ids.slice(at, 1).cast(pa.string())[0].as_py()
 
 
 def _in_microseconds(column: pa.Array, exact: bool, where: str) -> pa.Array:

@@ -869,6 +869,15 @@ def test_a_carried_time_beyond_year_9999_is_refused_naming_its_file_column_and_i
         "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
     )
     assert query(postgres, "SELECT to_regclass('kb_far')") == [(None,)]
+    ids = pa.array([0, 253_402_300_800_000, 1000, 2000], pa.timestamp("ms"))  # an id Python cannot show either
+    far_ids = embed_night(tmp_path, "far-ids", {**rows, "id": ids}, carried=())
+    result = load(postgres, far_ids, "kb_far")
+    assert result.returncode == 1, result.stderr
+    path = far_ids / read_manifest(far_ids)["files"]["embeddings"][0]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {path}: column 'id' of id 10000-01-01 00:00:00.000 holds a value Python cannot convert "
+        "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
+    )
 
 
 def test_ids_a_skipped_night_added_and_the_next_deleted_are_not_counted_as_the_tables(postgres, tmp_path):
