@@ -85,6 +85,7 @@ class PreviousRun:
     reuse: bool  # same model fingerprint: its vectors can be carried over
     passages: bool  # its rows are passages, with a chunk column
     id_type: pa.DataType | None  # its ids' type, in a file that holds rows; None where none does
+    rows: int  # in its embeddings files, as its manifest counts them (older ones: the first file's, per file)
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,8 @@ def checked_footers(files: list[str], columns: InputColumns) -> int | None:
 
 
 def join_buckets(rows: int) -> int:
-    """Enough groups of ids that each holds about ROWS_PER_JOIN_BUCKET units' claims (the input's
-    rows estimated from its first file), within [MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS]."""
+    """Enough groups of ids that each holds about ROWS_PER_JOIN_BUCKET units' claims or previous rows
+    (with their vectors), within [MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS]."""
     return min(max(math.ceil(rows / ROWS_PER_JOIN_BUCKET), MIN_JOIN_BUCKETS), MAX_JOIN_BUCKETS)
 
 
@@ -416,6 +417,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             "pass an untouched earlier run, or leave --previous out"
         )
     schema = id_type = None
+    rows = {}
     if files:  # one footer: ids of another family fail here, before workers start, not in them
         first = open_parquet(files[0])
         schema = first.schema_arrow
@@ -455,6 +457,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         reuse=reuse,
         passages=passages,
         id_type=id_type,
+        rows=sum(rows.values()),
     )
 
 
@@ -648,7 +651,11 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         handler=handler,
         rows_per_batch=opts.rows_per_batch,
         max_file_bytes=file_bytes,
-        join_buckets=join_buckets(first_file.metadata.num_rows * len(files)),
+        # Tonight's rows, counted where footers were read, else estimated from the first file; or
+        # --previous's, where more: a bucket holds both, and a small first file must not crowd them.
+        join_buckets=join_buckets(
+            max(first_file.metadata.num_rows * len(files) if rows is None else rows, previous.rows if previous else 0)
+        ),
         progress_interval=opts.progress_interval,
         progress_total=progress_total,
         previous=previous,
