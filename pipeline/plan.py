@@ -235,9 +235,10 @@ def checked_footers(files: list[str], columns: InputColumns) -> int | None:
         return None
 
     def rows(path: str) -> int:
-        metadata = open_parquet(path).metadata
+        parquet = open_parquet(path)
+        metadata = parquet.metadata
         if metadata.num_rows:  # a shard without rows is not read, so not checked
-            check_shard(metadata.schema.to_arrow_schema(), path, columns)
+            check_shard(parquet.schema_arrow, path, columns)
         return metadata.num_rows
 
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:

@@ -106,9 +106,16 @@ class ShardBatch:
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
-    """Open a Parquet file on any Beam filesystem; a corrupt one is an InputError naming it."""
+    """Open a Parquet file on any Beam filesystem; a corrupt one is an InputError naming it.
+
+    INT96 timestamps (Spark's and Hive's) are read as microseconds: Arrow's default, nanoseconds,
+    wraps any beyond 1677-2262 (Spark's 0001-01-01, 9999-12-31) to another instant without a word.
+    Callers take a file's types from its `schema_arrow`, which follows this; its footer's
+    `metadata.schema.to_arrow_schema()` does not."""
     try:
-        return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+        return pq.ParquetFile(
+            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), coerce_int96_timestamp_unit="us"
+        )
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({one_line(e)})") from e
 
@@ -182,15 +189,16 @@ class _ListRowGroups(beam.DoFn):
         if not file.listed_as_planned(listed):
             raise file.replaced("when the job was planned", listed, LISTED)
         try:
-            metadata = open_parquet(path).metadata
+            parquet = open_parquet(path)
         except InputError as e:
             raise _unreadable(listed, e, "when its footer could not be read") from e
+        metadata = parquet.metadata
         now = listed.now()
         if now != listed:  # replaced while the footer was read: which version it is is unknown
             raise listed.replaced(LISTED, now, "after its footer was read")
         if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
             return
-        casts = tuple((self._check(metadata.schema.to_arrow_schema(), path) or {}).items())
+        casts = tuple((self._check(parquet.schema_arrow, path) or {}).items())
         first_row = 0
         for index in range(metadata.num_row_groups):
             yield RowGroup(listed, index, first_row, casts)
