@@ -57,6 +57,17 @@ def _decode(value: bytes | None) -> str | None:
         return None
 
 
+def invalid_utf8_ids(ids: pa.Array) -> pa.Array | None:
+    """Which string ids are not UTF-8 (a writer that did not check), or None when all are. Written
+    out, one such id would make the whole embeddings file unreadable to DuckDB and pandas; binary
+    ids are bytes and never checked."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        return None
+    return text_as_strings(ids)[1]
+
+
 def reject_reasons(batch: pa.RecordBatch, columns: InputColumns, invalid_utf8: pa.Array | None = None) -> pa.Array:
     """A reason per row, null where the row is fine."""
     ids, text = batch.column(columns.id.name), batch.column(columns.text)
@@ -98,6 +109,11 @@ class _Validate(beam.DoFn):
         index = batch.schema.get_field_index(self._columns.text)
         text, invalid_utf8 = text_as_strings(batch.column(index))
         batch = batch.set_column(index, self._columns.text, text)
+        ids = batch.column(self._columns.id.name)
+        invalid_ids = invalid_utf8_ids(ids)
+        if invalid_ids is not None:
+            invalid_utf8 = invalid_ids if invalid_utf8 is None else pc.or_(invalid_utf8, invalid_ids)
+            ids = pc.if_else(invalid_ids, pa.scalar(None, ids.type), ids)  # the rejects name it by file and row
         reasons = reject_reasons(batch, self._columns, invalid_utf8)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
@@ -109,7 +125,7 @@ class _Validate(beam.DoFn):
                 REJECTED,
                 pa.RecordBatch.from_arrays(
                     [
-                        batch.column(self._columns.id.name).filter(rejected),
+                        ids.filter(rejected),
                         pa.array([shard.path] * rejected_count, pa.string()),
                         pa.array(shard.row_numbers).filter(rejected),
                         why,
