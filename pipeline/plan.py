@@ -32,7 +32,14 @@ from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
-from schemas.inputs import InputColumns, InputError, check_shard, input_columns, integer_holding_both
+from schemas.inputs import (
+    InputColumns,
+    InputError,
+    check_shard,
+    decimal_holding_both,
+    input_columns,
+    integer_holding_both,
+)
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
@@ -166,13 +173,15 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
     refused midway at the first wide id. uint64 beside signed integers is read as int64, which holds
     all but uint64's top half. Footers are read in threads, for at most MAX_FOOTERS files; past
     that, a value the type cannot hold still fails naming its file and row, as does a footer that
-    cannot be read."""
+    cannot be read. Decimals likewise take the scale and integer digits every shard's need (pyarrow
+    types a file's decimals by its values: 1.5 is decimal128(2, 1), 12345.25 decimal128(7, 2))."""
     narrow = [
         name
         for name in names
         if schema.get_field_index(name) >= 0
-        and pa.types.is_integer(kind := schema.field(name).type)
-        and kind.bit_width < 64
+        and (
+            (pa.types.is_integer(kind := schema.field(name).type) and kind.bit_width < 64) or pa.types.is_decimal(kind)
+        )
     ]
     if not narrow or len(files) > MAX_FOOTERS:
         return schema
@@ -183,8 +192,10 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
         kind = schema.field(index).type
         for theirs in found:
             other = theirs.field(name).type if theirs is not None and theirs.get_field_index(name) >= 0 else None
-            if other is not None and pa.types.is_integer(other):
+            if other is not None and pa.types.is_integer(other) and pa.types.is_integer(kind):
                 kind = integer_holding_both(kind, other) or pa.int64()
+            elif other is not None and pa.types.is_decimal(kind):
+                kind = decimal_holding_both(kind, other) or kind
         schema = schema.set(index, schema.field(index).with_type(kind))
     return schema
 
@@ -621,8 +632,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
-    wider = integer_holding_both(columns.id.type, previous.id_type) if previous and previous.id_type else None
-    if wider is not None:  # ids yesterday held past tonight's width join as they are; the output keeps them
+    ours, theirs = columns.id.type, previous.id_type if previous else None
+    wider = (integer_holding_both(ours, theirs) or decimal_holding_both(ours, theirs)) if theirs else None
+    if wider is not None:  # ids yesterday held past tonight's width or scale join as they are; the output keeps them
         columns = replace(columns, id=columns.id.with_type(wider))
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.

@@ -102,6 +102,20 @@ def integer_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType 
     return {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}.get(bits)
 
 
+def decimal_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType | None:
+    """The decimal type holding every value of both, with the larger scale and the more integer
+    digits (decimal128(2, 1) and decimal128(7, 2): decimal128(7, 2)), decimal256 past 38 digits;
+    None where the two are not both decimals or no type does. pyarrow types each file's decimals
+    by the values in it, so shards of one writer differ."""
+    if not (pa.types.is_decimal(ours) and pa.types.is_decimal(theirs)):
+        return None
+    scale = max(ours.scale, theirs.scale)
+    precision = max(ours.precision - ours.scale, theirs.precision - theirs.scale) + scale
+    if precision <= 38 and pa.types.is_decimal128(ours) and pa.types.is_decimal128(theirs):
+        return pa.decimal128(precision, scale)
+    return pa.decimal256(precision, scale) if precision <= 76 else None
+
+
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:
     """Every shard must have the columns, and id/carried columns of the first shard's type family.
 

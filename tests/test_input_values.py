@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -48,3 +50,40 @@ def test_string_ids_that_are_not_utf8_are_rejected_and_every_output_file_stays_r
         (1, None, "invalid_utf8"),
         (3, None, "null_id"),
     ]
+
+
+def test_decimals_typed_by_each_files_values_are_read_in_a_type_holding_every_shards(tmp_path):
+    """pyarrow types a file's decimals by the values in it: 1.5 is decimal128(2, 1), 12345.25
+    decimal128(7, 2). The second shard used to fail the job: 'Rescaling Decimal value would cause data loss'."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pd.DataFrame({"id": ["a"], "text": ["one"], "price": [Decimal("1.5")]}).to_parquet(folder / "a.parquet")
+    pd.DataFrame({"id": ["b"], "text": ["two"], "price": [Decimal("12345.25")]}).to_parquet(folder / "b.parquet")
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "price")
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(output)["rows_embedded"] == 2
+    table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert table.schema.field("price").type == pa.decimal128(7, 2)
+    assert {key: row["price"] for key, row in embedding_rows(output).items()} == {
+        "a": Decimal("1.50"),
+        "b": Decimal("12345.25"),
+    }
+
+
+def test_decimal_ids_yesterday_held_at_a_wider_type_join_tonights(tmp_path):
+    """Yesterday's ids were decimal128(7, 2), tonight's (one file, one small id) decimal128(2, 1): the
+    run used to fail reading yesterday's file ('Rescaling Decimal value would cause data loss')."""
+    for night, ids in (("1", ["12345.25", "1.5"]), ("2", ["1.5"])):
+        (tmp_path / night).mkdir()
+        frame = pd.DataFrame({"id": [Decimal(i) for i in ids], "text": [f"text {i}" for i in ids]})
+        frame.to_parquet(tmp_path / night / "a.parquet")
+    first, second = tmp_path / "out1", tmp_path / "out2"
+    assert run_cli("--input", str(tmp_path / "1" / "a.parquet"), "--output", str(first)).returncode == 0
+    result = run_cli("--input", str(tmp_path / "2" / "a.parquet"), "--output", str(second), "--previous", str(first))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    assert (manifest["rows_in"], manifest["rows_reused"], manifest["rows_deleted"]) == (1, 1, 1)
+    reused = pq.read_table(sorted(second.glob("embeddings-reused-*.parquet")))
+    assert reused.schema.field("id").type == pa.decimal128(7, 2)
+    assert reused["id"].to_pylist() == [Decimal("1.50")]
