@@ -68,14 +68,23 @@ def without_views(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def type_family(kind: pa.DataType) -> pa.DataType | str | tuple[str, str | None]:
+def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
     pyarrow string; pandas int64 and nanoseconds, Spark int32 and microseconds), so shards that
     differ only so are one input. Casts within a family are checked value by value (a value the
     other type cannot hold fails, naming the file and column), so none changes a value; float32 and
-    float64 are not one family, since Arrow narrows floats without a check."""
+    float64 are not one family, since Arrow narrows floats without a check. Nested types go by their
+    parts' families (Spark writes array<int> as list<int32>, pandas list<int64>)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return ("list", type_family(kind.value_type))
+    if pa.types.is_fixed_size_list(kind):
+        return ("fixed_size_list", kind.list_size, type_family(kind.value_type))
+    if pa.types.is_map(kind):
+        return ("map", type_family(kind.key_type), type_family(kind.item_type))
+    if pa.types.is_struct(kind):
+        return ("struct", *((field.name, type_family(field.type)) for field in kind))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return "string"
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):

@@ -87,3 +87,26 @@ def test_decimal_ids_yesterday_held_at_a_wider_type_join_tonights(tmp_path):
     reused = pq.read_table(sorted(second.glob("embeddings-reused-*.parquet")))
     assert reused.schema.field("id").type == pa.decimal128(7, 2)
     assert reused["id"].to_pylist() == [Decimal("1.50")]
+
+
+def test_nested_columns_whose_parts_are_of_one_family_are_one_input(tmp_path):
+    """Spark writes array<int> as list<int32> and a struct's timestamps in microseconds, pandas
+    list<int64> and nanoseconds: the job used to fail ("column 'tags' is list<element: int64>, but
+    other shards have list<element: int32>") though the same columns at the top level are read."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    seen = datetime(2024, 1, 2, 3, 4, 5)
+    spark = {"tags": pa.array([[1, 2]], pa.list_(pa.int32())), "meta": pa.array([{"at": seen}])}
+    pq.write_table(pa.table({"id": ["a"], "text": ["one"], **spark}), folder / "a.parquet")
+    meta = pa.array([{"at": seen}], pa.struct([("at", pa.timestamp("ns"))]))
+    pandas_like = {"tags": pa.array([[3, 2**31 - 1]], pa.list_(pa.int64())), "meta": meta}
+    pq.write_table(pa.table({"id": ["b"], "text": ["two"], **pandas_like}), folder / "b.parquet")
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "tags,meta")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
+    assert table.schema.field("tags").type == pa.list_(pa.field("element", pa.int32()))
+    assert {key: (row["tags"], row["meta"]) for key, row in embedding_rows(output).items()} == {
+        "a": ([1, 2], {"at": seen}),
+        "b": ([3, 2**31 - 1], {"at": seen}),
+    }
