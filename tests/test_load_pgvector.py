@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from datetime import time as time_of_day
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -257,6 +258,15 @@ def settled_stats(
     return found[-1]
 
 
+def change_sets_applied(table: str, *nights: tuple[Path, int, int]) -> str:
+    """The loader's line for change sets applied in order: (run, rows upserted, ids deleted) each."""
+    applied = (
+        f"change set of run {read_manifest(run)['run_id']} applied: {upserted} rows upserted, {deleted} deleted"
+        for run, upserted, deleted in nights
+    )
+    return f"{table}: " + "; ".join(applied)
+
+
 def assert_table_is(postgres: str, run_dir, table: str = TABLE) -> None:
     _, loaded, run_id = table_state(postgres, table)
     expected = parquet_rows(run_dir)
@@ -328,11 +338,7 @@ def test_nights_whose_loads_were_skipped_are_applied_as_their_change_sets_in_ord
 
     result = load(postgres, day_three, table)
     assert result.returncode == 0, result.stderr
-    two, three = read_manifest(day_two)["run_id"], read_manifest(day_three)["run_id"]
-    assert result.stdout.strip() == (
-        f"{table}: change set of run {two} applied: 6 rows upserted, 2 deleted; "
-        f"change set of run {three} applied: 2 rows upserted, 1 deleted"
-    )
+    assert result.stdout.strip() == change_sets_applied(table, (day_two, 6, 2), (day_three, 2, 1))
     assert "first the change sets of 1 skipped loads" in result.stderr
     expected = (before[0] + 3, before[1] + 5, before[2] + 3)  # day two: 2 new, 4 updated, 2 deleted; three: 1, 1, 1
     assert settled_stats(postgres, expected, table) == expected
@@ -856,28 +862,23 @@ def test_what_postgresql_cannot_hold_is_refused_before_the_database_is_touched(p
     assert result.stderr.startswith(f"error: {broken / 'manifest.json'}: not a readable manifest (")
 
 
-def test_a_carried_time_beyond_year_9999_is_refused_naming_its_file_column_and_id(postgres, tmp_path):
-    """Python's datetime ends at year 9999, PostgreSQL's does not: such a value was a traceback naming nothing."""
-    far = pa.array([0, 253_402_300_800_000, 0, 0], pa.timestamp("ms"))  # 10000-01-01 for the second row
-    rows = {"id": DAY_ONE["id"][:4], "text": DAY_ONE["text"][:4], "expires": far}
-    run = embed_night(tmp_path, "far", rows, carried=("--carry_columns", "expires"))
+@pytest.mark.parametrize("column", ["expires", "id"])
+def test_a_time_beyond_year_9999_is_refused_naming_its_file_column_and_id(postgres, tmp_path, column):
+    """Python's datetime ends at year 9999, PostgreSQL's does not: such a value was a traceback naming
+    nothing. An id Python cannot show either is named as Arrow writes it."""
+    far = pa.array([0, 253_402_300_800_000, 1000, 2000], pa.timestamp("ms"))  # 10000-01-01 for the second row
+    rows = {"id": DAY_ONE["id"][:4], "text": DAY_ONE["text"][:4], column: far}
+    carried = ("--carry_columns", column) if column != "id" else ()
+    run = embed_night(tmp_path, "far", rows, carried=carried)
     result = load(postgres, run, "kb_far")
     assert result.returncode == 1, result.stderr
     path = run / read_manifest(run)["files"]["embeddings"][0]
+    shown = "10000-01-01 00:00:00.000" if column == "id" else repr(DAY_ONE["id"][1])
     assert result.stderr.splitlines()[-1] == (
-        f"error: {path}: column 'expires' of id {DAY_ONE['id'][1]!r} holds a value Python cannot convert "
+        f"error: {path}: column {column!r} of id {shown} holds a value Python cannot convert "
         "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
     )
     assert query(postgres, "SELECT to_regclass('kb_far')") == [(None,)]
-    ids = pa.array([0, 253_402_300_800_000, 1000, 2000], pa.timestamp("ms"))  # an id Python cannot show either
-    far_ids = embed_night(tmp_path, "far-ids", {**rows, "id": ids}, carried=())
-    result = load(postgres, far_ids, "kb_far")
-    assert result.returncode == 1, result.stderr
-    path = far_ids / read_manifest(far_ids)["files"]["embeddings"][0]
-    assert result.stderr.splitlines()[-1] == (
-        f"error: {path}: column 'id' of id 10000-01-01 00:00:00.000 holds a value Python cannot convert "
-        "(date value out of range), such as a date or time beyond the years 1 to 9999; correct it upstream"
-    )
 
 
 def test_ids_a_skipped_night_added_and_the_next_deleted_are_not_counted_as_the_tables(postgres, tmp_path):
@@ -890,11 +891,7 @@ def test_ids_a_skipped_night_added_and_the_next_deleted_are_not_counted_as_the_t
     assert load(postgres, ten, table).returncode == 0
     result = load(postgres, again, table)
     assert result.returncode == 0, result.stderr
-    two, three = read_manifest(thirty)["run_id"], read_manifest(again)["run_id"]
-    assert result.stdout.strip() == (
-        f"{table}: change set of run {two} applied: 20 rows upserted, 0 deleted; "
-        f"change set of run {three} applied: 0 rows upserted, 20 deleted"
-    )
+    assert result.stdout.strip() == change_sets_applied(table, (thirty, 20, 0), (again, 0, 20))
     assert_table_is(postgres, again, table)
 
 
