@@ -11,7 +11,8 @@ if reading, joining and writing cost nothing. The job runs through its command
 line, timed from start to exit with the peak memory of its whole process tree, of
 the launcher (which holds the local runner's shuffles) and of the largest worker;
 at each size given, so that 100,000 against 1,000,000 rows shows how memory grows
-with the input.
+with the input. The job's start-up (its own log line: the command to the first rows
+reaching a loaded model) is printed beside it, with the job's rate over the time after it.
 
     python -m benchmarks.machinery --rows 20000,200000
     python -m benchmarks.machinery --rows 100000,1000000
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ from samples.model_families import save_family
 SHARDS = 8
 TOKENIZER_BATCH = 4096
 ROWS_PER_BATCH = 4096  # the job's default --rows_per_batch
+STARTUP = re.compile(r"start-up: ([0-9.]+)s")
 
 
 def _tokenizer_alone(model: Path, texts: pa.Array) -> dict[str, float]:
@@ -80,7 +83,8 @@ def main() -> None:
     print(
         f"{'rows':>9} {'job rows/s':>11} {'tokenizer rows/s':>17} {'job/tokenizer':>14} "
         f"{'fast tokenizer':>15} {'job/fast':>9} {'encoder':>8} {'job/encoder':>12} "
-        f"{'peak MiB':>9} {'launcher':>9} {'worker':>7} {'s':>8}"
+        f"{'peak MiB':>9} {'launcher':>9} {'worker':>7} {'s':>8} {'start-up s':>11} {'after start-up':>15} "
+        f"{'after/tokenizer':>16}"
     )
     for rows in (int(r) for r in args.rows.split(",")):
         corpus = work / f"corpus-{rows}"
@@ -90,6 +94,8 @@ def main() -> None:
         measured = run_measured([*command, "--model", str(model), "--overwrite"])
         manifest = json.loads((output / "manifest.json").read_text())
         job = manifest["rows_in"] / measured.seconds
+        startup = float(STARTUP.search(measured.stdout).group(1))
+        after = manifest["rows_in"] / (measured.seconds - startup)
         texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
         alone = _tokenizer_alone(model, texts)
         usual, fast = alone["encode_batch"], alone["encode_batch_fast"]
@@ -98,7 +104,8 @@ def main() -> None:
             f"{rows:>9} {job:11.0f} {usual:17.0f} {job / usual:13.2f}x {fast:15.0f} {job / fast:8.2f}x "
             f"{encoder:8.0f} {job / encoder:11.2f}x "
             f"{measured.peak_rss / 2**20:9.0f} {measured.launcher_peak_rss / 2**20:9.0f} "
-            f"{measured.worker_peak_rss / 2**20:7.0f} {measured.seconds:8.1f}",
+            f"{measured.worker_peak_rss / 2**20:7.0f} {measured.seconds:8.1f} {startup:11.1f} {after:15.0f} "
+            f"{after / usual:15.2f}x",
             flush=True,
         )
 
