@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,26 +25,50 @@ class CalibrationError(ValueError):
 
 
 @dataclass(frozen=True)
+class CalibratedModel:
+    """What a calibration's ranges were measured with: another model or prompt gives other ranges."""
+
+    weights_sha256: str
+    prompt: str | None
+
+    def differences(self, other: CalibratedModel) -> list[str]:
+        """How `other` differs from this, as 'what: this -> other' phrases."""
+        differ = []
+        if self.weights_sha256 != other.weights_sha256:
+            differ.append(f"weights sha256 {self.weights_sha256[:12]} -> {other.weights_sha256[:12]}")
+        if self.prompt != other.prompt:
+            differ.append(f"prompt {self.prompt!r} -> {other.prompt!r}")
+        return differ
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Per-dimension ranges of a model's vectors on a calibration set."""
 
     minimum: tuple[float, ...]
     maximum: tuple[float, ...]
     texts: int  # how many texts they were measured on
+    # The model and prompt they were measured with; None in files made before they were recorded.
+    # Not compared: two calibrations are the same when their ranges are, as their sha256 says.
+    made_for: CalibratedModel | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, vectors: np.ndarray) -> Calibration:
+    def of(cls, vectors: np.ndarray, made_for: CalibratedModel | None = None) -> Calibration:
         if not len(vectors):
             raise CalibrationError("no vectors to calibrate on")
-        return cls(tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors))
+        return cls(tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors), made_for)
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str) -> Calibration:
         """Parse a calibration file's content; `source` names it in errors."""
         try:
             body = json.loads(text)
-            calibration = cls(tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]))
-        except (ValueError, KeyError, TypeError) as e:
+            model = body.get("model")
+            made_for = None if model is None else CalibratedModel(str(model["weights_sha256"]), model["prompt"])
+            calibration = cls(
+                tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]), made_for
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             why = f"{type(e).__name__}: {e}"  # str, not repr: a binary file's repr holds its bytes
             raise CalibrationError(f"{source}: not a calibration file ({why[:200]})") from e
         if len(calibration.minimum) != len(calibration.maximum) or not calibration.minimum:
@@ -52,14 +76,34 @@ class Calibration:
         ranges = np.array([calibration.minimum, calibration.maximum])
         if not np.isfinite(ranges).all() or (ranges[0] > ranges[1]).any() or calibration.texts < 1:
             raise CalibrationError(f"{source}: min and max must be finite numbers, min <= max, texts at least 1")
+        if made_for is not None and not isinstance(made_for.prompt, str | None):
+            raise CalibrationError(f"{source}: the model's prompt must be a string or null")
         return calibration
 
+    def _ranges(self) -> dict:
+        return {"texts": self.texts, "min": list(self.minimum), "max": list(self.maximum)}
+
     def to_json(self) -> str:
-        return json.dumps({"texts": self.texts, "min": list(self.minimum), "max": list(self.maximum)})
+        body = self._ranges()
+        if self.made_for is not None:
+            body["model"] = {"weights_sha256": self.made_for.weights_sha256, "prompt": self.made_for.prompt}
+        return json.dumps(body)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """Of the ranges alone, which are all that shape the vectors: a file made before the model was
+        recorded in it keeps its sha256, and with it the runs' fingerprint."""
+        return hashlib.sha256(json.dumps(self._ranges()).encode()).hexdigest()
+
+    def check_model(self, model: CalibratedModel) -> None:
+        """Refuse ranges measured with another model or prompt: their levels would clip or waste
+        this model's values, silently."""
+        differ = self.made_for.differences(model) if self.made_for is not None else []
+        if differ:
+            raise CalibrationError(
+                f"made for another model or prompt ({'; '.join(differ)}): make one for this model with "
+                "python -m pipeline.calibrate"
+            )
 
 
 class Float16Overflow(ValueError):

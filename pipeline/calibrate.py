@@ -5,7 +5,8 @@
 
 Run it once per model (and truncation and prompt), keep the file, and pass it to every night's
 run as `--calibration`: the ranges never change between runs, so int8 vectors of different
-nights are comparable and reused ones stay valid. The texts are the first `--rows` non-empty
+nights are comparable and reused ones stay valid. The file names the model's weights (sha256)
+and the prompt; a run with other weights or another prompt refuses it. The texts are the first `--rows` non-empty
 texts of `--input`, or by default the project's synthetic knowledge base (`samples/`): use
 your own corpus where you can.
 """
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from encoder import PooledEncoder
-from encoder.quantize import Calibration
+from encoder.quantize import CalibratedModel, Calibration
 from pipeline.plan import match_inputs
 from samples.knowledge_base import make_rows
 from schemas.inputs import InputError, without_views
@@ -72,14 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
         print(f"error: {len(texts)} non-empty text(s) in {where}; calibration needs at least 2", file=sys.stderr)
         return 1
+    folder = model_folder(args.model)
     encoder = PooledEncoder(
-        model_folder(args.model),
+        folder,
         "auto",
         prompt_name=args.prompt_name,
         prompt=args.prompt,
         truncate_dim=args.truncate_dim,
     )
-    calibration = Calibration.of(encoder.encode(texts).embeddings)
+    made_for = CalibratedModel(folder.weights_sha256(), encoder.tokenizer.prompt)
+    calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     with FileSystems.create(args.output) as f:
         f.write(calibration.to_json().encode())
     print(f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} texts")

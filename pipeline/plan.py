@@ -29,7 +29,7 @@ from encoder.devices import cuda_available, resolve_dtype
 from encoder.folder_digest import folder_sha256
 from encoder.model_folder import TransformerSpec
 from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
-from encoder.quantize import CALIBRATED, Calibration, CalibrationError, Quantizer
+from encoder.quantize import CALIBRATED, CalibratedModel, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
 from schemas.inputs import (
@@ -531,8 +531,9 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
 
 
-def vector_quantizer(opts: EmbedOptions, dim: int) -> Quantizer:
-    """How vectors are stored, with the calibration int8 and uint8 need; refused when it does not fit."""
+def vector_quantizer(opts: EmbedOptions, dim: int, model: CalibratedModel) -> Quantizer:
+    """How vectors are stored, with the calibration int8 and uint8 need; refused when it does not fit
+    the vectors' dimensions or was made for another model or prompt."""
     dtype, path = opts.vector_dtype, opts.calibration
     if path and dtype not in CALIBRATED:
         raise UsageError(f"--calibration is for int8 and uint8 vectors, and --vector_dtype is {dtype}")
@@ -555,6 +556,17 @@ def vector_quantizer(opts: EmbedOptions, dim: int) -> Quantizer:
         quantizer.check(dim)
     except CalibrationError as e:
         raise UsageError(f"--calibration {path}: {e} (made for another model or --truncate_dim?)") from e
+    if calibration is not None:
+        try:
+            calibration.check_model(model)
+        except CalibrationError as e:
+            raise UsageError(f"--calibration {path}: {e}") from e
+        if calibration.made_for is None:
+            _LOG.warning(
+                "--calibration %s names no model (made before calibration files recorded theirs): it cannot be "
+                "checked against this one; remake it with python -m pipeline.calibrate",
+                path,
+            )
     return quantizer
 
 
@@ -606,13 +618,14 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         threads=threads_per_worker(options),
     )
     dim = folder.output_dim(opts.truncate_dim)
+    prompt = opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name)
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
         "weights_sha256": weights_sha256,
         "folder_sha256": digest,
         "modules": folder.describe(),
         "dim": dim,
-        **vector_quantizer(opts, dim).describe(),
+        **vector_quantizer(opts, dim, CalibratedModel(weights_sha256, prompt)).describe(),
         "vector_layout": opts.vector_layout,  # not fingerprinted: either layout holds the same vectors
         "truncate_dim": dim if dim < folder.dim else None,  # the whole vector is one setting, however spelled
         "pooling": list(folder.pooling_modes),
@@ -620,7 +633,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "similarity": folder.similarity,  # not fingerprinted: how vectors are compared, not what they are
         "max_seq_length": handler.max_seq_length,
         "dtype": handler.dtype,
-        "prompt": opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name),
+        "prompt": prompt,
         "include_prompt": folder.include_prompt,
         # "normalizer": lower-cased by the tokenizer, prompt included (vectors of runs that said true differ)
         "lower_case": "normalizer" if folder.do_lower_case else False,

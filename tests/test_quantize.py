@@ -9,7 +9,7 @@ import pytest
 from sentence_transformers.util.quantization import quantize_embeddings
 
 from encoder import PooledEncoder, read_model_folder
-from encoder.quantize import LEVELS, Calibration, CalibrationError, Quantizer
+from encoder.quantize import LEVELS, CalibratedModel, Calibration, CalibrationError, Quantizer
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
@@ -72,6 +72,7 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
     assert calibrate(["--output", str(path), "--model", model_path, "--rows", "64", "--truncate_dim", "128"]) == 0
     calibration = Calibration.from_json(path.read_text(), str(path))
     assert calibration.texts == 64 and len(calibration.minimum) == 128
+    assert calibration.made_for == CalibratedModel(read_model_folder(model_path).weights_sha256(), "")  # no prompt
     assert all(lo < hi for lo, hi in zip(calibration.minimum, calibration.maximum, strict=True))
     assert Calibration.from_json(calibration.to_json(), "again") == calibration
     with pytest.raises(CalibrationError, match="the vectors have 384"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import psycopg
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from encoder.quantize import Calibration, Quantizer
+from encoder.quantize import CalibratedModel, Calibration, Quantizer
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
 from schemas.outputs import read_model_block
@@ -99,16 +100,46 @@ def test_a_compact_run_is_reused_by_the_next_night_and_never_mixed_with_float32(
         (("--vector_dtype", "int8"), "--vector_dtype int8 needs --calibration FILE"),
         (("--vector_dtype", "float16", "--calibration", "x.json"), "--calibration is for int8 and uint8 vectors"),
         (("--vector_dtype", "uint8", "--calibration", "{small}"), "ranges for 128 dimensions; the vectors have 384"),
+        (
+            ("--vector_dtype", "int8", "--calibration", "{other_weights}"),
+            "other-weights.json: made for another model or prompt (weights sha256 000000000000 -> ",
+        ),
+        (
+            ("--vector_dtype", "int8", "--calibration", "{calibration}", "--prompt", "query: "),
+            "calibration.json: made for another model or prompt (prompt '' -> 'query: ')",
+        ),
     ],
 )
 def test_impossible_vector_settings_exit_2_naming_the_option(runs, tmp_path, options, message):
     root, _ = runs
     small = tmp_path / "small.json"
     small.write_text(Calibration((0.0,) * 128, (1.0,) * 128, 10).to_json())
-    options = [option.format(small=small) for option in options]
+    calibration = Calibration.from_json((root / "calibration.json").read_text(), "calibration.json")
+    other_weights = tmp_path / "other-weights.json"
+    other_weights.write_text(replace(calibration, made_for=CalibratedModel("0" * 64, "")).to_json())
+    files = {"small": small, "other_weights": other_weights, "calibration": root / "calibration.json"}
+    options = [option.format(**files) for option in options]
     result = run_cli("--input", str(root / "kb.parquet"), "--output", str(tmp_path / "out"), *options)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_calibration_file_naming_no_model_is_used_with_a_warning_and_the_same_fingerprint(runs, tmp_path):
+    # Files made before calibrations recorded their model: still read, the same ranges, the same sha256.
+    root, outputs = runs
+    calibration = Calibration.from_json((root / "calibration.json").read_text(), "calibration.json")
+    assert calibration.made_for is not None
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(replace(calibration, made_for=None).to_json())
+    assert '"model"' not in unnamed.read_text()
+    result = run_cli(
+        "--input", str(root / "kb.parquet"), "--output", str(tmp_path / "out"), "--vector_dtype", "int8",
+        "--calibration", str(unnamed), "--previous", str(outputs["int8"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"--calibration {unnamed} names no model" in result.stderr
+    assert (read_manifest(tmp_path / "out")["rows_reused"], read_manifest(tmp_path / "out")["rows_embedded"]) == (40, 0)
 
 
 @pytest.fixture(scope="module")
