@@ -74,6 +74,9 @@ TABLE_NAME_BYTES = 62
 # A btree entry holds at most 2704 bytes; ids are kept under it with room for the chunk and headers
 # (PostgreSQL may compress a longer one to fit, or may not: the limit is stated, not left to chance).
 ID_BYTES = 2600
+# PostgreSQL types whose values compare exactly across them (bigint 1 = numeric 1.00): ids of a table and
+# a run whose id types are among them are matched by value, others as text.
+EXACT_NUMBERS = {"smallint", "integer", "bigint", "numeric"}
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
 LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
@@ -350,31 +353,42 @@ class PgvectorLoader:
             counted = self._sql.SQL("DISTINCT {}").format(self._sql.Identifier(id_name))
         return connection.execute(self._sql.SQL("SELECT count({}) FROM {}").format(counted, self._name)).fetchone()[0]
 
-    def _ids_gone(self, connection, schema: pa.Schema, run: Run) -> int:
-        """The ids the table holds that the run's snapshot lacks, counted before it is emptied: the run's
-        ids go into a temporary table, compared as text (a run may retype the id column)."""
+    def _ids_gone(self, connection, schema: pa.Schema, run: Run, held_type: str) -> tuple[int, str]:
+        """The ids the table holds (its id column of `held_type`) that the run's snapshot lacks, counted before
+        it is emptied, and a caveat for the guard's refusal. The run's ids go into a temporary table, compared by
+        value where both id types are one (numeric 1.5 is 1.50) or exact numbers (bigint 1 is numeric 1.00), else
+        as text (a run may retype the id column: integer 1 is text '1'); as text the same id may differ (a date
+        and a timestamp of its day), so the caveat names both types and how to convert the table's."""
         sql, started = self._sql, time.monotonic()
         id_field = schema.field(run.manifest["columns"]["id"])
         ids, id_column = sql.Identifier("embedding_job_ids"), sql.Identifier(id_field.name)
+        run_type = self._types(connection, pa.schema([id_field]), run)[id_field.name]
         connection.execute(
-            sql.SQL("CREATE TEMP TABLE {} ({} {}) ON COMMIT DROP").format(
-                ids, id_column, sql.SQL(postgres_type(id_field))
-            )
+            sql.SQL("CREATE TEMP TABLE {} ({} {}) ON COMMIT DROP").format(ids, id_column, sql.SQL(run_type))
         )
         self._copy(connection, ids, pa.schema([id_field]), run, "embeddings")
         connection.execute(sql.SQL("ANALYZE {}").format(ids))
+        by_value = {held_type.split("(")[0], run_type} <= EXACT_NUMBERS or held_type == run_type
+        cast = sql.SQL("" if by_value else "::text")
         gone = connection.execute(
             sql.SQL(
                 "SELECT count(DISTINCT t.{0}) FROM {1} AS t "
-                "WHERE NOT EXISTS (SELECT FROM {2} AS d WHERE d.{0}::text = t.{0}::text)"
-            ).format(id_column, self._name, ids)
+                "WHERE NOT EXISTS (SELECT FROM {2} AS d WHERE d.{0}{3} = t.{0}{3})"
+            ).format(id_column, self._name, ids, cast)
         ).fetchone()[0]
         _LOG.info("counted the %d ids the snapshot deletes in %.1fs", gone, time.monotonic() - started)
-        return gone
+        if by_value:
+            return gone, ""
+        alter = sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE ").format(self._name, id_column).as_string(connection)
+        return gone, (
+            f". The ids were compared as text: the table's id column {id_field.name!r} is {held_type}, the run's "
+            f"{run_type}; if they are the same ids, convert the column ({alter}{run_type}) and load the run again"
+        )
 
-    def _check_deletions(self, run: Run, deleted: int, held: int) -> None:
+    def _check_deletions(self, run: Run, deleted: int, held: int, caveat: str = "") -> None:
         """Refuse a run that deletes more than max_deleted_share of the `held` ids (documents: passages
-        resized or cut do not count); raised inside the load's transaction, so nothing changes."""
+        resized or cut do not count), adding `caveat` on how they were counted; raised inside the load's
+        transaction, so nothing changes."""
         if held and deleted > self._max_deleted_share * held:
             rejected = run.manifest.get("rejected_by_reason") or {}
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(rejected.items()))
@@ -383,7 +397,7 @@ class PgvectorLoader:
                 f"({deleted / held:.0%}, more than --max_deleted_share {self._max_deleted_share:g}); the table is as "
                 f"it was. The run read {run.manifest['rows_in']} rows and rejected {run.manifest['rows_rejected']}"
                 f"{f' ({reasons})' if reasons else ''}: check its input, or load it with --max_deleted_share 1 if "
-                "those deletions are meant"
+                f"those deletions are meant{caveat}"
             )
 
     def _bookkeeping(self, connection):
@@ -505,8 +519,11 @@ class PgvectorLoader:
         else:
             held = self._held_ids(connection, run, found)
             if held:  # a table without the run's id column loses all it holds
-                gone = self._ids_gone(connection, schema, run) if run.manifest["columns"]["id"] in found else held
-                self._check_deletions(run, gone, held)
+                id_name = run.manifest["columns"]["id"]
+                gone, caveat = (
+                    self._ids_gone(connection, schema, run, found[id_name]) if id_name in found else (held, "")
+                )
+                self._check_deletions(run, gone, held, caveat)
             how = "table refilled"
             connection.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._qualified_index))
             connection.execute(sql.SQL("TRUNCATE {}").format(self._name))

@@ -589,6 +589,59 @@ def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(p
     assert load(postgres, few, table, "--max_deleted_share", "2").returncode == 2
 
 
+DAYS = [datetime(2026, 12, day) for day in range(1, 5)]
+
+
+@pytest.mark.parametrize(
+    ("table", "first", "second", "stored"),
+    [
+        (
+            "kb_int_to_decimal",
+            pa.array([1, 2, 3, 4], pa.int64()),
+            pa.array([decimal.Decimal(n) for n in range(1, 5)], pa.decimal128(10, 2)),
+            ["1.00", "2.00", "3.00", "4.00"],
+        ),
+        (
+            "kb_decimal_scale",
+            pa.array([decimal.Decimal(f"{n}.5") for n in range(4)], pa.decimal128(5, 1)),
+            pa.array([decimal.Decimal(f"{n}.50") for n in range(4)], pa.decimal128(6, 2)),
+            ["0.50", "1.50", "2.50", "3.50"],
+        ),
+        ("kb_date_to_timestamp", pa.array([d.date() for d in DAYS]), pa.array(DAYS, pa.timestamp("us")), None),
+    ],
+)
+def test_ids_retyped_between_nights_are_compared_by_value_or_refused_naming_both_types(
+    postgres, tmp_path, table, first, second, stored
+):
+    """A night without --previous whose ids are yesterday's under a wider type: numbers are matched by value
+    (bigint 1 is numeric 1.00; numeric 1.5 is 1.50), not refused as deleting every id. Ids of other types are
+    compared as text, where a day is not its midnight: the refusal names both types and how to convert."""
+    text = DAY_ONE["text"][:4]
+    assert (
+        load(postgres, embed_night(tmp_path, "first", {"id": first, "text": text}, carried=()), table).returncode == 0
+    )
+    second_night = embed_night(tmp_path, "second", {"id": second, "text": text}, carried=())
+    result = load(postgres, second_night, table)
+    if stored is None:
+        manifest = read_manifest(second_night)
+        assert result.returncode == 1
+        alter = f'ALTER TABLE "public"."{table}" ALTER COLUMN "id" TYPE timestamp without time zone'
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: {table}: run {manifest['run_id']} would delete 4 of the table's 4 ids (100%, more than "
+            "--max_deleted_share 0.5); the table is as it was. The run read 4 rows and rejected 0: check its input, "
+            "or load it with --max_deleted_share 1 if those deletions are meant. The ids were compared as text: the "
+            "table's id column 'id' is date, the run's timestamp without time zone; if they are the same ids, "
+            f"convert the column ({alter}) and load the run again"
+        )
+        assert query(postgres, f"SELECT id FROM {table} ORDER BY id") == [(d.date(),) for d in DAYS]
+        with psycopg.connect(postgres) as connection:  # as the refusal says
+            connection.execute(alter)
+        result = load(postgres, second_night, table)
+        stored = [str(d) for d in DAYS]
+    assert result.returncode == 0, result.stderr
+    assert [str(i) for (i,) in query(postgres, f"SELECT id FROM {table} ORDER BY id")] == stored
+
+
 def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, day_one):
     table = "k" * 63
     result = load(postgres, day_one, table)
