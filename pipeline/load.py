@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import struct
 import sys
 import time
@@ -77,6 +78,8 @@ ID_BYTES = 2600
 # PostgreSQL types whose values compare exactly across them (bigint 1 = numeric 1.00): ids of a table and
 # a run whose id types are among them are matched by value, others as text.
 EXACT_NUMBERS = {"smallint", "integer", "bigint", "numeric"}
+# `\u0000` in JSON text, not an escaped backslash before `u0000`: a NUL character, which jsonb refuses.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
 LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
@@ -743,6 +746,7 @@ def _rows(batch: pa.RecordBatch, schema: pa.Schema, vectors: PgVectors, psycopg,
             columns.append([_VectorBytes(v) for v in vectors.encode(column)])
         elif postgres_type(field) == "jsonb":  # JSON text made in Arrow: NaN as null, times and decimals as text
             texts = _python_values(column, json_values, batch.column(id_name), where)
+            _check_json(texts, batch.column(id_name), where)
             columns.append([None if v is None else psycopg.types.json.Jsonb(v, dumps=str) for v in texts])
         else:
             column = _in_microseconds(column, field.name == id_name, where)
@@ -805,6 +809,17 @@ def _check_text(batch: pa.RecordBatch, id_name: str, path: str) -> None:
             raise LoadError(
                 f"{path}: column {field.name!r} of id {batch.column(id_name)[at].as_py()!r} holds a NUL character, "
                 "which PostgreSQL's text cannot store; remove it upstream"
+            )
+
+
+def _check_json(texts: list[str | None], ids: pa.Array, where: str) -> None:
+    """Refuse a NUL character in a value going to jsonb (JSON text writes it `\\u0000`), naming its id:
+    PostgreSQL's jsonb cannot hold one, and its refusal names only the COPY line."""
+    for at, text in enumerate(texts):
+        if text is not None and "\\u0000" in text and _JSON_NUL.search(text):
+            raise LoadError(
+                f"{where} of id {_shown(ids, at)} holds a NUL character, which PostgreSQL's jsonb cannot store; "
+                "remove it upstream"
             )
 
 

@@ -832,15 +832,18 @@ def test_a_loader_that_does_not_own_the_bookkeeping_table_loads_with_the_stated_
 
 
 def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, tmp_path):
-    """Nested values holding times and decimals, NaN in lists, times, durations, uint64, float16 and
-    nanosecond timestamps (cut to PostgreSQL's microseconds) all load; a NUL is refused, named."""
+    """Nested values holding times, decimals and a backslash before `u0000` (no NUL), NaN in lists, times,
+    durations, uint64, float16 and nanosecond timestamps (cut to PostgreSQL's microseconds) all load."""
     n = 4
     rows = {
         "id": DAY_ONE["id"][:n],
         "text": DAY_ONE["text"][:n],
         "meta": pa.array(
-            [{"at": datetime(2024, 1, 1, 0, 0, i), "price": decimal.Decimal(f"{i}.50")} for i in range(n)],
-            pa.struct([("at", pa.timestamp("us")), ("price", pa.decimal128(6, 2))]),
+            [
+                {"at": datetime(2024, 1, 1, 0, 0, i), "price": decimal.Decimal(f"{i}.50"), "dir": "C:\\u0000"}
+                for i in range(n)
+            ],
+            pa.struct([("at", pa.timestamp("us")), ("price", pa.decimal128(6, 2)), ("dir", pa.string())]),
         ),
         "scores": pa.array([[0.5, float("nan") if i == 1 else 0.25] for i in range(n)], pa.list_(pa.float64())),
         "opens": pa.array([time_of_day(9, i) for i in range(n)], pa.time64("us")),
@@ -862,7 +865,7 @@ def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, t
     assert stored == [
         (
             DAY_ONE["id"][i],
-            {"at": f"2024-01-01 00:00:0{i}", "price": f"{i}.50"},
+            {"at": f"2024-01-01 00:00:0{i}", "price": f"{i}.50", "dir": "C:\\u0000"},
             [0.5, None if i == 1 else 0.25],
             time_of_day(9, i),
             timedelta(seconds=1.5 * (i + 1)),
@@ -872,14 +875,30 @@ def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, t
         )
         for i in range(n)
     ]
-    nul = embed_night(
-        tmp_path, "nul", {**rows, "text": ["a\x00b", *rows["text"][1:]]}, carried=("--carry_columns", "text")
-    )
-    result = load(postgres, nul, "kb_odd")
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "kind"),
+    [
+        ("text", pa.array(["ok", "a\x00b", "ok", "ok"]), "text"),
+        ("meta", pa.array([{"note": "ok"}, {"note": "a\x00b"}, {"note": "ok"}, None]), "jsonb"),
+        ("tags", pa.array([["ok"], ["a", "b\x00"], ["ok"], []]), "jsonb"),
+    ],
+)
+def test_a_nul_character_is_refused_naming_its_file_column_and_id(postgres, tmp_path, column, values, kind):
+    """PostgreSQL's text and jsonb hold no NUL (JSON text writes it `\\u0000`, which jsonb refused naming only
+    its COPY line): the second row's is refused naming its file, column and id, the table as it was."""
+    rows = {"id": DAY_ONE["id"][:4], "text": DAY_ONE["text"][:4], column: values}
+    run = embed_night(tmp_path, "nul", rows, carried=("--carry_columns", column))
+    result = load(postgres, run, "kb_nul")
     assert result.returncode == 1
-    name = read_manifest(nul)["files"]["embeddings"][0]
-    assert f"error: {nul / name}: column 'text' of id {DAY_ONE['id'][0]!r} holds a NUL character" in result.stderr
-    assert query(postgres, "SELECT count(*) FROM kb_odd") == [(n,)]  # the table as it was
+    bad = DAY_ONE["id"][1]
+    name = next(n for n in read_manifest(run)["files"]["embeddings"] if bad in pq.read_table(run / n)["id"].to_pylist())
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / name}: column {column!r} of id {bad!r} holds a NUL character, which PostgreSQL's {kind} "
+        "cannot store; remove it upstream"
+    )
+    assert query(postgres, "SELECT to_regclass('kb_nul')") == [(None,)]
 
 
 def test_nanosecond_ids_that_microseconds_would_merge_are_refused(postgres, tmp_path):
