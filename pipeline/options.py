@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -52,6 +53,24 @@ class UsageError(ValueError):
     """Options that contradict each other or the model: exit 2, as for a malformed command line."""
 
 
+def column_names(value: str) -> tuple[str, ...]:
+    """The names --carry_columns gives: comma-separated (spaces around each name dropped), or, when
+    the value starts with `[`, a JSON list of strings taken exactly, for names the comma form cannot
+    spell (a comma in a name, spaces at its ends)."""
+    if not value.lstrip().startswith("["):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    try:
+        names = json.loads(value)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise UsageError(
+            f"--carry_columns {value!r} is neither comma-separated names nor a JSON list of non-empty strings "
+            '(for a name holding a comma: --carry_columns \'["title, short", "url"]\')'
+        )
+    return tuple(names)
+
+
 # `--overwrite` alone, or `--overwrite=true|false` as Dataflow flex templates pass every parameter.
 SWITCH = {"nargs": "?", "const": True, "default": False, "type": _boolean, "metavar": "true|false"}
 
@@ -84,7 +103,8 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--carry_columns",
             default="",
-            help="Comma-separated input columns copied unchanged into the embeddings files (default: none).",
+            help="Input columns copied unchanged into the embeddings files: comma-separated (title,url), or a "
+            'JSON list of names for names holding a comma (["title, short", "url"]) (default: none).',
         )
         group.add_argument(
             "--model",

@@ -31,7 +31,7 @@ from encoder.model_folder import TransformerSpec
 from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, CalibratedModel, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
-from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError
+from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError, column_names
 from schemas.inputs import (
     InputColumns,
     InputError,
@@ -585,7 +585,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     inside = next((path for path in files if opts.output and same_place(path.rsplit("/", 1)[0], opts.output)), None)
     if inside:  # the next night's pattern over that folder would read this night's outputs as input
         raise InputError(f"--output {opts.output} holds input files ({inside}); write the outputs to another folder")
-    carry = tuple(c.strip() for c in opts.carry_columns.split(",") if c.strip())
+    carry = column_names(opts.carry_columns)
     if opts.text_column == opts.id_column:
         raise UsageError(
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"

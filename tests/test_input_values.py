@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import embedding_rows, read_manifest, run_cli
+from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
 
 
 def test_spark_int96_timestamps_beyond_nanosecond_range_are_carried_unchanged(tmp_path):
@@ -110,3 +110,28 @@ def test_nested_columns_whose_parts_are_of_one_family_are_one_input(tmp_path):
         "a": ([1, 2], {"at": seen}),
         "b": ([3, 2**31 - 1], {"at": seen}),
     }
+
+
+def test_a_carried_column_whose_name_holds_a_comma_is_named_in_a_json_list(tmp_path):
+    """The comma-separated form splits such a name in two; a JSON list names every column exactly."""
+    columns = {"title, short": ["x", "y"], "url": ["u1", "u2"]}
+    path = write_parquet(tmp_path / "in" / "a.parquet", id=[1, 2], text=["one", "two"], **columns)
+    output = tmp_path / "out"
+    args = ("--input", str(path), "--output", str(output), "--carry_columns")
+    result = run_cli(*args, "title, short,url")
+    assert result.returncode == 1
+    found = "columns found: id, text, title, short, url"
+    assert result.stderr.splitlines()[-1] == f"error: {path}: column 'title', 'short' not found; {found}"
+    result = run_cli(*args, '["title,short", "url"]')
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"error: {path}: column 'title,short' not found; {found}"
+    result = run_cli(*args, '["title, short", "url"')
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        """error: --carry_columns '["title, short", "url"' is neither comma-separated names nor a JSON list of """
+        """non-empty strings (for a name holding a comma: --carry_columns '["title, short", "url"]')"""
+    )
+    result = run_cli(*args, '["title, short", "url"]')
+    assert result.returncode == 0, result.stderr
+    rows = embedding_rows(output)
+    assert {key: (row["title, short"], row["url"]) for key, row in rows.items()} == {1: ("x", "u1"), 2: ("y", "u2")}
