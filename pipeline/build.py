@@ -48,7 +48,9 @@ def _same_digests(ours: pa.DataType, theirs: pa.DataType) -> bool:
     """Whether equal digests of a column's values under these types mean equal values. Digests hash
     the values' bytes: a struct's field names, a number's sign, width or scale and a time's unit are
     not in them, so a column whose type changed restates every reused row; the text types differ in
-    offsets only (pandas 3 writes large_string, pyarrow string)."""
+    offsets only (pandas 3 writes large_string, pyarrow string), and a dictionary is hashed as its
+    values (writers dictionary-encode a column one night and not the next)."""
+    ours, theirs = (kind.value_type if pa.types.is_dictionary(kind) else kind for kind in (ours, theirs))
     if ours == theirs:
         return True
     text = (pa.types.is_string, pa.types.is_large_string)

@@ -180,19 +180,24 @@ def test_a_dropped_carried_column_restates_every_row_and_passages_after_rows_mak
     assert not (passages / "changes").exists()
 
 
+def carried_night(root, name: str, number: int, **carried: pa.Array) -> dict:
+    """The manifest of night `number` of series `name`: day one's ids and texts with the `carried`
+    columns, run against the series' night before (none for night 1)."""
+    text = pq.read_table(root / "day1" / "kb.parquet").column("text")
+    shard = write_parquet(root / f"{name}{number}" / "kb.parquet", id=IDS, text=text, **carried)
+    out = root / f"out-{name}{number}"
+    extra = ["--previous", str(root / f"out-{name}{number - 1}")] if number > 1 else []
+    result = run_cli("--input", str(shard), "--output", str(out), "--carry_columns", ",".join(carried), *extra)
+    assert result.returncode == 0, result.stderr
+    return read_manifest(out)
+
+
 def test_a_carried_column_whose_type_changed_restates_every_row_but_large_string_for_string_does_not(day_one):
     """Digests hash bytes: int8 -1 and uint8 255 are one byte, {author: a} and {owner: a} the same
     bytes; the change set must still carry tonight's values. string and large_string hold the same."""
-    text = pq.read_table(day_one / "day1" / "kb.parquet").column("text")
 
     def night(number: int, n: pa.Array, title: pa.DataType) -> dict:
-        shard = write_parquet(day_one / f"typed{number}" / "kb.parquet", id=IDS, text=text, n=n,
-                              title=pa.array(["t"] * 40, title))  # fmt: skip
-        out = day_one / f"out-typed{number}"
-        extra = ["--previous", str(day_one / f"out-typed{number - 1}")] if number > 1 else []
-        result = run_cli("--input", str(shard), "--output", str(out), "--carry_columns", "n,title", *extra)
-        assert result.returncode == 0, result.stderr
-        return read_manifest(out)
+        return carried_night(day_one, "typed", number, n=n, title=pa.array(["t"] * 40, title))
 
     night(1, pa.array([-1] * 40, pa.int8()), pa.string())
     same = night(2, pa.array([-1] * 40, pa.int8()), pa.large_string())
@@ -250,6 +255,28 @@ def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
         f"({copied / name}); it was changed after it was written" in result.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_carried_column_dictionary_encoded_one_night_and_plain_the_next_restates_only_changed_values(day_one):
+    """Writers dictionary-encode a column or not as they please: equal values are no change, however
+    encoded, and a changed value is one whatever the encoding."""
+    titles = [f"t{i}" for i in range(40)]
+    edited = [*titles[:7], "retitled", *titles[8:]]
+    nights = [
+        pa.array(titles),
+        pa.array(titles).dictionary_encode(),  # the same values, dictionary-encoded
+        pa.array(edited).dictionary_encode(),  # one value changed
+        pa.array(edited),  # the same values, plain
+    ]
+    changes = [carried_night(day_one, "dictionary", n, title=title) for n, title in enumerate(nights, 1)][1:]
+    assert [(c["rows_reused"], c["rows_embedded"]) for c in changes] == [(40, 0)] * 3
+    assert [{k: c["changes"][k] for k in ("upserts", "deletes", "restated")} for c in changes] == [
+        {"upserts": 0, "deletes": 0, "restated": 0},
+        {"upserts": 1, "deletes": 0, "restated": 1},
+        {"upserts": 0, "deletes": 0, "restated": 0},
+    ]
+    upserts = pq.read_table(sorted((day_one / "out-dictionary3" / "changes").glob("upserts-*.parquet")))
+    assert upserts.select(["id", "title"]).to_pylist() == [{"id": IDS[7], "title": "retitled"}]
 
 
 def test_float_ids_0_and_minus_0_are_one_id_across_nights(tmp_path):
