@@ -290,3 +290,18 @@ def test_float_ids_0_and_minus_0_are_one_id_across_nights(tmp_path):
     manifest = read_manifest(tmp_path / "o2")
     assert (manifest["rows_reused"], manifest["rows_embedded"], manifest["rows_deleted"]) == (2, 0, 0)
     assert manifest["changes"] == {**manifest["changes"], "upserts": 0, "deletes": 0}
+
+
+def test_a_float_id_minus_0_is_shown_as_written_in_rejects_and_deletes(tmp_path):
+    """The join compares -0.0 as 0.0; the duplicate's reject and the change set's delete still name
+    the id as it was written."""
+    night1, night2, out1, out2 = tmp_path / "d1.parquet", tmp_path / "d2.parquet", tmp_path / "o1", tmp_path / "o2"
+    write_parquet(night1, id=pa.array([-0.0, -0.0, 1.0]), text=["alpha page", "again alpha", "beta page"])
+    assert run_cli("--input", str(night1), "--output", str(out1)).returncode == 0
+    rejects = pq.read_table(sorted(out1.glob("rejected-*.parquet"))).select(["id", "row_number", "reason"])
+    assert rejects.to_pylist() == [{"id": 0.0, "row_number": 1, "reason": "duplicate_id"}]
+    assert np.signbit(rejects.column("id").to_numpy()).tolist() == [True]
+    write_parquet(night2, id=pa.array([1.0]), text=["beta page"])
+    assert run_cli("--input", str(night2), "--output", str(out2), "--previous", str(out1)).returncode == 0
+    deletes = pq.read_table(sorted((out2 / "changes").glob("deletes-*.parquet"))).column("id").to_numpy()
+    assert (deletes.tolist(), np.signbit(deletes).tolist()) == ([0.0], [True])

@@ -56,6 +56,7 @@ BATCH, DECISIONS = "batch", "decisions"
 # Column names of claims and decisions (internal to the join).
 ID, ROW, CHUNK, INDEX, HASH, SOURCE, PART, VECTOR = "id", "row", "chunk", "index", "hash", "source", "part", "vector"
 DIGEST, RESTATED = "digest", "restated"
+WRITTEN = "written"  # float ids as written, beside ID as compared (see _id_columns)
 OVERLAP = "overlap"  # with passages: document tokens a passage repeats from the one before
 DELETES = "deletes"  # tag of the change set's deleted keys
 
@@ -75,7 +76,21 @@ class Claims:
 
     path: str
     key: str  # the unit batch's key
-    table: pa.Table  # ID, ROW, CHUNK, INDEX, HASH, and DIGEST with a change set
+    table: pa.Table  # ID (and WRITTEN for float ids), ROW, CHUNK, INDEX, HASH, and DIGEST with a change set
+
+
+def _id_columns(ids: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """ID: the ids as the join compares them; for float ids also WRITTEN, the ids as written, since
+    the join compares -0.0 as 0.0 and the rejects and deletes must show the id that was written."""
+    compared = id_values(ids)
+    if not pa.types.is_floating(compared.type):
+        return {ID: compared}
+    return {ID: compared, WRITTEN: ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids}
+
+
+def _shown_ids(table: pa.Table) -> pa.ChunkedArray:
+    """The ids of claims or keys as written (see _id_columns)."""
+    return table.column(WRITTEN if WRITTEN in table.column_names else ID)
 
 
 def _group_starts(*columns: pa.ChunkedArray) -> np.ndarray:
@@ -106,7 +121,7 @@ def _duplicates(claims: pa.Table, which: np.ndarray, paths: list[str], rejects: 
     sources = pa.DictionaryArray.from_arrays(rows.column(SOURCE).combine_chunks(), pa.array(paths, pa.string()))
     return pa.RecordBatch.from_arrays(
         [
-            rows.column(ID).combine_chunks().cast(rejects.field(0).type),
+            _shown_ids(rows).combine_chunks().cast(rejects.field(0).type),
             sources.dictionary_decode(),
             rows.column(ROW).combine_chunks(),
             pa.array(np.full(rows.num_rows, "duplicate_id", dtype=object), pa.string()),
@@ -141,7 +156,7 @@ class _Claim(beam.DoFn):
         rows = batch.num_rows
         claims = pa.table(
             {
-                ID: id_values(batch.column(self._id_column)),
+                **_id_columns(batch.column(self._id_column)),
                 SOURCE: np.zeros(rows, np.int32),
                 ROW: units.row_numbers,
                 CHUNK: _chunks(batch, self._passages),
@@ -195,7 +210,7 @@ def _previous_claims(
     batch = shard.batch
     names = batch.schema.names
     columns = {
-        ID: id_values(batch.column(id_column)),
+        **_id_columns(batch.column(id_column)),
         CHUNK: _chunks(batch, passages),
         HASH: batch.column(CONTENT_HASH_COLUMN),
     }
@@ -216,7 +231,9 @@ def _deleted(previous: pa.Table, claimed: pa.Array | None, kept: pa.Table | None
     unit has, and those keys."""
     ids = previous.column(ID)
     gone = ids if claimed is None else ids.filter(pc.invert(pc.is_in(ids, value_set=claimed)))
-    keys = previous.select([ID, CHUNK]).group_by([ID, CHUNK], use_threads=False).aggregate([])
+    written = [(WRITTEN, "min")] if WRITTEN in previous.column_names else []  # one value per id
+    keys = previous.group_by([ID, CHUNK], use_threads=False).aggregate(written)
+    keys = keys.rename_columns({f"{WRITTEN}_min": WRITTEN}) if written else keys
     if kept is not None:
         keys = keys.join(kept.select([ID, CHUNK]), [ID, CHUNK], join_type="left anti", use_threads=False)
     return Counter(rows_deleted=pc.count_distinct(gone).as_py(), passages_deleted=keys.num_rows), keys
@@ -320,7 +337,7 @@ class _Settle(beam.DoFn):
         if self._deletes is None or keys.num_rows == 0:
             return
         keys = keys.sort_by([(ID, "ascending"), (CHUNK, "ascending")]).combine_chunks()
-        columns = [keys.column(ID).cast(self._deletes.field(0).type), keys.column(CHUNK)][: len(self._deletes)]
+        columns = [_shown_ids(keys).cast(self._deletes.field(0).type), keys.column(CHUNK)][: len(self._deletes)]
         yield beam.pvalue.TaggedOutput(
             DELETES, pa.RecordBatch.from_arrays([c.chunk(0) for c in columns], schema=self._deletes)
         )
