@@ -6,6 +6,8 @@ import argparse
 import difflib
 import json
 import re
+import shlex
+from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -69,6 +71,15 @@ def column_names(value: str) -> tuple[str, ...]:
             '(for a name holding a comma: --carry_columns \'["title, short", "url"]\')'
         )
     return tuple(names)
+
+
+def carry_columns_value(names: Sequence[str]) -> str:
+    """A --carry_columns value naming exactly `names`, quoted for a shell, for messages that tell an
+    operator what to pass: comma-separated where that form spells them, else a JSON list."""
+    value = ",".join(names)
+    if value.lstrip().startswith("[") or column_names(value) != tuple(names):
+        value = json.dumps(list(names), ensure_ascii=False)
+    return shlex.quote(value)
 
 
 # `--overwrite` alone, or `--overwrite=true|false` as Dataflow flex templates pass every parameter.

@@ -31,7 +31,13 @@ from encoder.model_folder import TransformerSpec
 from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
 from encoder.quantize import CALIBRATED, CalibratedModel, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
-from pipeline.options import DEFAULT_CHUNK_OVERLAP, EmbedOptions, UsageError, column_names
+from pipeline.options import (
+    DEFAULT_CHUNK_OVERLAP,
+    EmbedOptions,
+    UsageError,
+    carry_columns_value,
+    column_names,
+)
 from schemas.inputs import (
     InputColumns,
     InputError,
@@ -451,7 +457,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             "change set) and a loader drops those columns; pass --carry_columns %s to keep them",
             path,
             ", ".join(forgotten),
-            ",".join(dict.fromkeys([*carried, *manifest["columns"]["carried"]])),
+            carry_columns_value(list(dict.fromkeys([*carried, *manifest["columns"]["carried"]]))),
         )
     passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []

@@ -135,3 +135,11 @@ def test_a_carried_column_whose_name_holds_a_comma_is_named_in_a_json_list(tmp_p
     assert result.returncode == 0, result.stderr
     rows = embedding_rows(output)
     assert {key: (row["title, short"], row["url"]) for key, row in rows.items()} == {1: ("x", "u1"), 2: ("y", "u2")}
+    # A night that forgets them is told the value that carries them again.
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out2"), "--previous", str(output))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"--previous {output} carried title, short, url, this run does not: its rows are written without them "
+        "(restated in the change set) and a loader drops those columns; pass "
+        """--carry_columns '["title, short", "url"]' to keep them"""
+    ) in result.stderr
