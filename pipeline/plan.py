@@ -45,6 +45,8 @@ from schemas.inputs import (
     decimal_holding_both,
     input_columns,
     integer_holding_both,
+    may_widen,
+    type_holding_both,
 )
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
@@ -174,21 +176,16 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
 
 
 def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> pa.Schema:
-    """`schema` with each integer column of `names` narrower than 64 bits typed to hold every shard's
-    integers: one night's shards from two writers (Spark's int32 beside pandas' int64) are read, not
-    refused midway at the first wide id. uint64 beside signed integers is read as int64, which holds
-    all but uint64's top half. Footers are read in threads, for at most MAX_FOOTERS files; past
-    that, a value the type cannot hold still fails naming its file and row, as does a footer that
-    cannot be read. Decimals likewise take the scale and integer digits every shard's need (pyarrow
-    types a file's decimals by its values: 1.5 is decimal128(2, 1), 12345.25 decimal128(7, 2))."""
-    narrow = [
-        name
-        for name in names
-        if schema.get_field_index(name) >= 0
-        and (
-            (pa.types.is_integer(kind := schema.field(name).type) and kind.bit_width < 64) or pa.types.is_decimal(kind)
-        )
-    ]
+    """`schema` with each integer of the columns `names` narrower than 64 bits, at any depth (list
+    items, struct fields, map keys and items), typed to hold every shard's integers: one night's
+    shards from two writers (Spark's int32 or list<int32> beside pandas' int64 or list<int64>) are
+    read, not refused midway at the first wide value. uint64 beside signed integers is read as
+    int64, which holds all but uint64's top half. Footers are read in threads, for at most
+    MAX_FOOTERS files; past that, a value the type cannot hold still fails naming its file and row,
+    as does a footer that cannot be read. Decimals likewise take the scale and integer digits every
+    shard's need (pyarrow types a file's decimals by its values: 1.5 is decimal128(2, 1), 12345.25
+    decimal128(7, 2))."""
+    narrow = [name for name in names if schema.get_field_index(name) >= 0 and may_widen(schema.field(name).type)]
     if not narrow or len(files) > MAX_FOOTERS:
         return schema
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
@@ -197,11 +194,8 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
         index = schema.get_field_index(name)
         kind = schema.field(index).type
         for theirs in found:
-            other = theirs.field(name).type if theirs is not None and theirs.get_field_index(name) >= 0 else None
-            if other is not None and pa.types.is_integer(other) and pa.types.is_integer(kind):
-                kind = integer_holding_both(kind, other) or pa.int64()
-            elif other is not None and pa.types.is_decimal(kind):
-                kind = decimal_holding_both(kind, other) or kind
+            if theirs is not None and theirs.get_field_index(name) >= 0:
+                kind = type_holding_both(kind, theirs.field(name).type)
         schema = schema.set(index, schema.field(index).with_type(kind))
     return schema
 

@@ -56,16 +56,33 @@ def without_views(kind: pa.DataType) -> pa.DataType:
         return pa.large_binary()
     if pa.types.is_dictionary(kind):
         return pa.dictionary(kind.index_type, without_views(kind.value_type), kind.ordered)
-    if pa.types.is_map(kind):
-        return pa.map_(without_views(kind.key_type), kind.item_field.with_type(without_views(kind.item_type)))
+    return _with_parts(kind, [without_views(part) for part in _parts(kind)])
+
+
+def _parts(kind: pa.DataType) -> list[pa.DataType]:
+    """The types a list, map or struct is made of (items; key and item; fields), else none."""
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        item = kind.value_field.with_type(without_views(kind.value_type))
-        if pa.types.is_fixed_size_list(kind):
-            return pa.list_(item, kind.list_size)
-        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+        return [kind.value_type]
+    if pa.types.is_map(kind):
+        return [kind.key_type, kind.item_type]
     if pa.types.is_struct(kind):
-        return pa.struct([field.with_type(without_views(field.type)) for field in kind])
-    return kind
+        return [field.type for field in kind]
+    return []
+
+
+def _with_parts(kind: pa.DataType, parts: list[pa.DataType]) -> pa.DataType:
+    """`kind` with its parts (as `_parts` lists them) of the types `parts`: names, sizes and container
+    kept, so one helper rebuilds a nested type for every change made part by part."""
+    if pa.types.is_map(kind):
+        return pa.map_(parts[0], kind.item_field.with_type(parts[1]))
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(part) for field, part in zip(kind, parts, strict=True)])
+    if not parts:
+        return kind
+    item = kind.value_field.with_type(parts[0])
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(item, kind.list_size)
+    return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
 
 
 def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
@@ -123,6 +140,29 @@ def decimal_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType 
     if precision <= 38 and pa.types.is_decimal128(ours) and pa.types.is_decimal128(theirs):
         return pa.decimal128(precision, scale)
     return pa.decimal256(precision, scale) if precision <= 76 else None
+
+
+def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
+    """`ours` with each integer and decimal, at any depth, as wide as `theirs` needs too: Spark's
+    list<int32> beside pandas' list<int64> is read as list<int64>, not refused at the first item past
+    int32. Integers take `integer_holding_both` (int64 where none does: uint64 beside signed), decimals
+    `decimal_holding_both`; parts of another family, or of type null, leave ours as it is."""
+    if pa.types.is_integer(ours) and pa.types.is_integer(theirs):
+        return integer_holding_both(ours, theirs) or pa.int64()
+    if pa.types.is_decimal(ours) and pa.types.is_decimal(theirs):
+        return decimal_holding_both(ours, theirs) or ours
+    parts = _parts(ours)
+    if not parts or type_family(ours) != type_family(theirs):
+        return ours
+    return _with_parts(ours, [type_holding_both(a, b) for a, b in zip(parts, _parts(theirs), strict=True)])
+
+
+def may_widen(kind: pa.DataType) -> bool:
+    """Whether `type_holding_both` can change `kind`: it holds an integer narrower than 64 bits or a
+    decimal, at any depth."""
+    if pa.types.is_integer(kind):
+        return kind.bit_width < 64
+    return pa.types.is_decimal(kind) or any(may_widen(part) for part in _parts(kind))
 
 
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:

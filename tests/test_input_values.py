@@ -105,7 +105,7 @@ def test_nested_columns_whose_parts_are_of_one_family_are_one_input(tmp_path):
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "tags,meta")
     assert result.returncode == 0, result.stderr
     table = pq.read_table(sorted(output.glob("embeddings-*.parquet")))
-    assert table.schema.field("tags").type == pa.list_(pa.field("element", pa.int32()))
+    assert table.schema.field("tags").type == pa.list_(pa.field("element", pa.int64()))
     assert {key: (row["tags"], row["meta"]) for key, row in embedding_rows(output).items()} == {
         "a": ([1, 2], {"at": seen}),
         "b": ([3, 2**31 - 1], {"at": seen}),
@@ -143,3 +143,32 @@ def test_a_carried_column_whose_name_holds_a_comma_is_named_in_a_json_list(tmp_p
         "(restated in the change set) and a loader drops those columns; pass "
         """--carry_columns '["title, short", "url"]' to keep them"""
     ) in result.stderr
+
+
+def test_nested_integers_are_read_as_wide_as_every_shards(tmp_path):
+    """list<int32> and struct<n: int16> in the first shard, list<int64> and struct<n: int32> in the next:
+    the job used to fail at the second shard's first item past the first's width ("column 'tags' at row
+    0 cannot be read as list<element: int32>") where top-level integers were read widened."""
+    folder = tmp_path / "in"
+    narrow = {
+        "tags": pa.array([[1, 2]], pa.list_(pa.int32())),
+        "meta": pa.array([{"n": 7, "name": "x"}], pa.struct([("n", pa.int16()), ("name", pa.string())])),
+    }
+    write_parquet(folder / "a.parquet", id=["a"], text=["one"], **narrow)
+    wide = {
+        "tags": pa.array([[3, 2**40], None], pa.list_(pa.int64())),
+        "meta": pa.array([{"n": 70_000, "name": "y"}, None], pa.struct([("n", pa.int32()), ("name", pa.string())])),
+    }
+    write_parquet(folder / "b.parquet", id=["b", "c"], text=["two", "three"], **wide)
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "tags,meta")
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(output)["rows_embedded"] == 3
+    schema = pq.read_schema(sorted(output.glob("embeddings-*.parquet"))[0])
+    assert schema.field("tags").type == pa.list_(pa.field("element", pa.int64()))
+    assert schema.field("meta").type == pa.struct([("n", pa.int32()), ("name", pa.string())])
+    assert {key: (row["tags"], row["meta"]) for key, row in embedding_rows(output).items()} == {
+        "a": ([1, 2], {"n": 7, "name": "x"}),
+        "b": ([3, 2**40], {"n": 70_000, "name": "y"}),
+        "c": (None, None),
+    }
