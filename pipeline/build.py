@@ -120,7 +120,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
         "rejected": (rows[REJECTED], units[REJECTED], joined[REJECTED])
         | "AllRejects" >> beam.Flatten()
         | "ReportRejected" >> beam.ParDo(ReportRejected(plan.progress_interval))
-        | "WriteRejected" >> write("rejected", rejected_schema, ["source_file", "reason"]),
+        | "WriteRejected" >> write("rejected", rejected_schema, ["source_file", "reason", "column"]),
     }
     if change_set:  # the same rows written again, apart: a loader applies these alone
         files["upserts"] = (

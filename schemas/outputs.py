@@ -170,8 +170,24 @@ def rejects_schema(columns: InputColumns) -> pa.Schema:
             pa.field("source_file", pa.string(), nullable=False),
             pa.field("row_number", pa.int64(), nullable=False),  # 0-based row within source_file
             pa.field("reason", pa.string(), nullable=False),
+            # invalid_utf8's input column (id, text or carried): a carried column's bytes are not written out
+            pa.field("column", pa.string()),
         ]
     )
+
+
+def rejects_batch(
+    schema: pa.Schema,
+    ids: pa.Array,
+    sources: pa.Array,
+    rows: pa.Array,
+    reasons: pa.Array,
+    columns: pa.Array | None = None,
+) -> pa.RecordBatch:
+    """Rejected rows in `schema` (rejects_schema's), one helper for every step that rejects; `columns`
+    names each row's column where its reason is about one of several (invalid_utf8), else null."""
+    named = pa.nulls(len(ids), pa.string()) if columns is None else columns
+    return pa.RecordBatch.from_arrays([ids, sources, rows, reasons, named], schema=schema)
 
 
 def read_model_block(schema: pa.Schema) -> dict:

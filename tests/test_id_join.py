@@ -35,7 +35,13 @@ from transforms.validate import REJECTED, STATS
 
 DIM = 3
 REJECTS = pa.schema(
-    [("id", pa.string()), ("source_file", pa.string()), ("row_number", pa.int64()), ("reason", pa.string())]
+    [
+        ("id", pa.string()),
+        ("source_file", pa.string()),
+        ("row_number", pa.int64()),
+        ("reason", pa.string()),
+        ("column", pa.string()),
+    ]
 )
 SCHEMA = pa.schema(
     [("id", pa.string()), (CONTENT_HASH_COLUMN, pa.string()), (EMBEDDING_COLUMN, pa.list_(pa.float32(), DIM))]
@@ -190,7 +196,9 @@ def test_a_duplicate_document_across_two_batches_is_rejected_once():
         UnitBatch("f#0#1", "mem://f", np.array([5, 5]), second),
     ]
     counts, rejects, embed, reused = _run_join(units, _previous(np.random.default_rng(0)), 4, None)
-    assert rejects.to_pylist() == [{"id": "x", "source_file": "mem://f", "row_number": 5, "reason": "duplicate_id"}]
+    assert rejects.to_pylist() == [
+        {"id": "x", "source_file": "mem://f", "row_number": 5, "reason": "duplicate_id", "column": None}
+    ]
     assert counts["rejected:duplicate_id"] == 1
     assert (counts["passages"], counts["rows_embedded"]) == (1, 1)
     assert {key: batch.num_rows for key, batch in embed.items()} == {"f#0#0": 1}
@@ -206,7 +214,7 @@ def test_dictionary_encoded_ids_are_joined_by_their_values():
     assert sorted(i for part in claims for i in part.table.column("id").to_pylist()) == ["a", "b", "c"]
     rejects = [item.value for item in outputs if isinstance(item, TaggedOutput) and item.tag == REJECTED]
     assert [r.to_pylist() for r in rejects] == [
-        [{"id": "b", "source_file": "mem://f", "row_number": 2, "reason": "duplicate_id"}]
+        [{"id": "b", "source_file": "mem://f", "row_number": 2, "reason": "duplicate_id", "column": None}]
     ]
 
 

@@ -81,7 +81,13 @@ def test_only_changed_and_new_rows_are_embedded_and_the_rest_reused_bit_for_bit(
     assert (titles[IDS[20]], titles[IDS[30]]) == ("retitled", "t30")
     rejected = pq.read_table(sorted(out2.glob("rejected-*.parquet"))).to_pylist()
     assert rejected == [
-        {"id": IDS[30], "source_file": str(day_one / "day2" / "b.parquet"), "row_number": 0, "reason": "duplicate_id"}
+        {
+            "id": IDS[30],
+            "source_file": str(day_one / "day2" / "b.parquet"),
+            "row_number": 0,
+            "reason": "duplicate_id",
+            "column": None,
+        }
     ]
 
     # The change set: the embedded rows and the retitled one (vector reused, title restated); the deleted ids.

@@ -5,11 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
+
+
+def _unchecked(values: list[bytes | None]) -> pa.Array:
+    """A string column holding `values` as a writer that does not check UTF-8 leaves them."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
 
 
 def test_spark_int96_timestamps_beyond_nanosecond_range_are_carried_unchanged(tmp_path):
@@ -31,8 +38,7 @@ def test_spark_int96_timestamps_beyond_nanosecond_range_are_carried_unchanged(tm
 def test_string_ids_that_are_not_utf8_are_rejected_and_every_output_file_stays_readable(tmp_path):
     """A writer that did not check put bytes that are not UTF-8 in a string id column; written out,
     one such id made DuckDB refuse the whole embeddings file."""
-    raw = pa.array([b"ok-1", b"\xff\xfe", b"ok-2", None], pa.binary())
-    ids = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # as such a writer leaves them: unchecked
+    ids = _unchecked([b"ok-1", b"\xff\xfe", b"ok-2", None])
     path = tmp_path / "in" / "a.parquet"
     path.parent.mkdir()
     pq.write_table(pa.table({"id": ids, "text": ["one", "two", "three", "four"]}), path)
@@ -46,10 +52,45 @@ def test_string_ids_that_are_not_utf8_are_rejected_and_every_output_file_stays_r
         pq.read_table(written).validate(full=True)
     assert sorted(embedding_rows(output)) == ["ok-1", "ok-2"]
     rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
-    assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
-        (1, None, "invalid_utf8"),
-        (3, None, "null_id"),
+    assert sorted((r["row_number"], r["id"], r["reason"], r["column"]) for r in rejected) == [
+        (1, None, "invalid_utf8", "id"),
+        (3, None, "null_id", None),
     ]
+
+
+def test_carried_strings_that_are_not_utf8_reject_their_row_naming_the_column(tmp_path):
+    """A carried string column (plain or dictionary-encoded) holding bytes that are not UTF-8 was
+    written out as it was, and DuckDB then refused the whole embeddings file. Each such row is now
+    rejected as invalid_utf8 like a text or id, the reject naming the first such column (id, text, carried)."""
+    kind = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1, 0, 2], pa.int32()), _unchecked([b"x", b"\xe9t\xe9", b"y"]))
+    path = tmp_path / "in" / "a.parquet"
+    columns = {
+        "id": ["a", "b", "c", "d", "e"],
+        "text": _unchecked([b"one", b"two", b"three", b"\xfe", b"five"]),
+        "title": _unchecked([b"ok", b"\xff", b"fine", b"\xff", None]),
+        "kind": kind,
+    }
+    write_parquet(path, **columns)
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", "title,kind")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (5, 2, 0)
+    assert (manifest["rows_rejected"], manifest["rejected_by_reason"]) == (3, {"invalid_utf8": 3})
+    assert {key: (row["title"], row["kind"]) for key, row in embedding_rows(output).items()} == {
+        "a": ("ok", "x"),
+        "e": (None, "y"),
+    }
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["source_file"], r["row_number"], r["id"], r["reason"], r["column"]) for r in rejected) == [
+        (str(path), 1, "b", "invalid_utf8", "title"),
+        (str(path), 2, "c", "invalid_utf8", "kind"),
+        (str(path), 3, "d", "invalid_utf8", "text"),
+    ]
+    connection = duckdb.connect()
+    for written in output.glob("*.parquet"):  # DuckDB refused a file holding one such value
+        found = connection.execute(f"SELECT count(*) FROM read_parquet('{written}')").fetchone()[0]
+        assert found == pq.read_metadata(written).num_rows
 
 
 def test_decimals_typed_by_each_files_values_are_read_in_a_type_holding_every_shards(tmp_path):

@@ -84,12 +84,14 @@ def test_counts_add_up_and_ids_match_one_to_one(job, knowledge_base):
             "source_file": str(knowledge_base / "extra/edge.parquet"),
             "row_number": 4,
             "reason": "null_text",
+            "column": None,
         },
         {
             "id": "e-6",
             "source_file": str(knowledge_base / "extra/edge.parquet"),
             "row_number": 5,
             "reason": "empty_text",
+            "column": None,
         },
     ]
     # Carried columns stay with their row.

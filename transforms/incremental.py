@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.inputs import InputError
-from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN
+from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, rejects_batch
 from transforms import METRICS_NAMESPACE
 from transforms.id_buckets import id_buckets, id_values
 from transforms.passages import UnitBatch
@@ -119,14 +119,12 @@ def _duplicates(claims: pa.Table, which: np.ndarray, paths: list[str], rejects: 
     """Rejected rows for the documents of `claims` marked in `which`."""
     rows = claims.filter(pa.array(which))
     sources = pa.DictionaryArray.from_arrays(rows.column(SOURCE).combine_chunks(), pa.array(paths, pa.string()))
-    return pa.RecordBatch.from_arrays(
-        [
-            _shown_ids(rows).combine_chunks().cast(rejects.field(0).type),
-            sources.dictionary_decode(),
-            rows.column(ROW).combine_chunks(),
-            pa.array(np.full(rows.num_rows, "duplicate_id", dtype=object), pa.string()),
-        ],
-        schema=rejects,
+    return rejects_batch(
+        rejects,
+        _shown_ids(rows).combine_chunks().cast(rejects.field(0).type),
+        sources.dictionary_decode(),
+        rows.column(ROW).combine_chunks(),
+        pa.array(np.full(rows.num_rows, "duplicate_id", dtype=object), pa.string()),
     )
 
 

@@ -20,7 +20,7 @@ from apache_beam.utils import shared
 from encoder.passages import PassageSplitter
 from encoder.tokens import TextTokenizer
 from schemas.inputs import InputColumns
-from schemas.outputs import CONTENT_HASH_COLUMN, content_hashes, units_schema
+from schemas.outputs import CONTENT_HASH_COLUMN, content_hashes, rejects_batch, units_schema
 from transforms import METRICS_NAMESPACE
 from transforms.embed import EncoderHandler
 from transforms.read import ShardBatch
@@ -132,14 +132,12 @@ class _ToUnits(beam.DoFn):
         self._rejected.inc(len(rows))
         yield beam.pvalue.TaggedOutput(
             REJECTED,
-            pa.RecordBatch.from_arrays(
-                [
-                    shard.batch.column(self._columns.id.name).take(pa.array(rows)),
-                    pa.array([shard.path] * len(rows), pa.string()),
-                    pa.array(shard.row_numbers[rows]),
-                    pa.array(["no_tokens"] * len(rows), pa.string()),
-                ],
-                schema=self._rejects,
+            rejects_batch(
+                self._rejects,
+                shard.batch.column(self._columns.id.name).take(pa.array(rows)),
+                pa.array([shard.path] * len(rows), pa.string()),
+                pa.array(shard.row_numbers[rows]),
+                pa.array(["no_tokens"] * len(rows), pa.string()),
             ),
         )
 

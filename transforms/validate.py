@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import reduce
 
 import apache_beam as beam
 import numpy as np
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.inputs import InputColumns
+from schemas.outputs import rejects_batch
 from transforms import METRICS_NAMESPACE
 from transforms.read import ShardBatch
 
@@ -57,15 +59,17 @@ def _decode(value: bytes | None) -> str | None:
         return None
 
 
-def invalid_utf8_ids(ids: pa.Array) -> pa.Array | None:
-    """Which string ids are not UTF-8 (a writer that did not check), or None when all are. Written
-    out, one such id would make the whole embeddings file unreadable to DuckDB and pandas; binary
-    ids are bytes and never checked."""
-    if pa.types.is_dictionary(ids.type):
-        ids = ids.dictionary_decode()
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+def not_utf8(column: pa.Array) -> pa.Array | None:
+    """Which values of a string column are not UTF-8 (a writer that did not check), or None when all
+    are or it holds no strings. Written out, one such id or carried value would make the whole
+    embeddings file unreadable to DuckDB and pandas; binary columns are bytes and never checked. A
+    dictionary's values are checked once each, not once per row."""
+    if pa.types.is_dictionary(column.type):
+        invalid = not_utf8(column.dictionary)
+        return None if invalid is None else pc.fill_null(invalid.take(column.indices), False)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return None
-    return text_as_strings(ids)[1]
+    return text_as_strings(column)[1]
 
 
 def reject_reasons(batch: pa.RecordBatch, columns: InputColumns, invalid_utf8: pa.Array | None = None) -> pa.Array:
@@ -107,13 +111,17 @@ class _Validate(beam.DoFn):
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
         index = batch.schema.get_field_index(self._columns.text)
-        text, invalid_utf8 = text_as_strings(batch.column(index))
+        text, invalid_text = text_as_strings(batch.column(index))
         batch = batch.set_column(index, self._columns.text, text)
-        ids = batch.column(self._columns.id.name)
-        invalid_ids = invalid_utf8_ids(ids)
-        if invalid_ids is not None:
-            invalid_utf8 = invalid_ids if invalid_utf8 is None else pc.or_(invalid_utf8, invalid_ids)
-            ids = pc.if_else(invalid_ids, pa.scalar(None, ids.type), ids)  # the rejects name it by file and row
+        id_name, ids = self._columns.id.name, batch.column(self._columns.id.name)
+        # Columns that must hold UTF-8, in order of precedence: a reject names the first its row fails.
+        carried = [f.name for f in self._columns.typed[1:]]
+        masks = [not_utf8(ids), invalid_text, *(not_utf8(batch.column(name)) for name in carried)]
+        names = [id_name, self._columns.text, *carried]
+        invalid = {name: mask for name, mask in zip(names, masks, strict=True) if mask is not None}
+        if id_name in invalid:  # the rejects name it by file and row
+            ids = pc.if_else(invalid[id_name], pa.scalar(None, ids.type), ids)
+        invalid_utf8 = reduce(pc.or_, invalid.values()) if invalid else None
         reasons = reject_reasons(batch, self._columns, invalid_utf8)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
@@ -121,16 +129,19 @@ class _Validate(beam.DoFn):
         rejected_count = pc.sum(rejected).as_py() or 0
         if rejected_count:
             why = reasons.filter(rejected)
+            column = None
+            if invalid:
+                first = pc.case_when(pc.make_struct(*invalid.values(), field_names=list(invalid)), *invalid)
+                column = pc.if_else(pc.equal(why, "invalid_utf8"), first.filter(rejected), pa.scalar(None, pa.string()))
             yield beam.pvalue.TaggedOutput(
                 REJECTED,
-                pa.RecordBatch.from_arrays(
-                    [
-                        ids.filter(rejected),
-                        pa.array([shard.path] * rejected_count, pa.string()),
-                        pa.array(shard.row_numbers).filter(rejected),
-                        why,
-                    ],
-                    schema=self._rejects_schema,
+                rejects_batch(
+                    self._rejects_schema,
+                    ids.filter(rejected),
+                    pa.array([shard.path] * rejected_count, pa.string()),
+                    pa.array(shard.row_numbers).filter(rejected),
+                    why,
+                    column,
                 ),
             )
             for item in pc.value_counts(why).to_pylist():
