@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.inputs import integer_holding_both
+from schemas.inputs import integer_holding_both, type_holding_both
 from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
@@ -234,6 +234,28 @@ def test_the_narrowest_integer_type_holding_both_nights_ids():
     assert [integer_holding_both(ours, theirs) for ours, theirs in pairs] == [
         pa.int64(), pa.int64(), pa.int64(), pa.int16(), pa.uint64(), pa.int16(), None, None
     ]  # fmt: skip
+
+
+def test_integers_and_decimals_widen_at_any_depth_in_the_first_shards_container():
+    """Names, list sizes and list or large_list stay the first shard's; only the integer and decimal
+    parts widen; a part of another family (a later shard's to fail naming its file) stays as it is."""
+    item = pa.field("element", pa.int16())
+    pairs = [
+        (pa.large_list(item), pa.list_(pa.uint16())),
+        (pa.list_(pa.int32(), 2), pa.list_(pa.int64(), 2)),
+        (pa.map_(pa.int8(), pa.decimal128(3, 1)), pa.map_(pa.int32(), pa.decimal128(5, 2))),
+        (pa.struct([("n", pa.uint64()), ("s", pa.string())]), pa.struct([("n", pa.int8()), ("s", pa.large_string())])),
+        (pa.list_(pa.int32()), pa.list_(pa.string())),
+        (pa.list_(pa.int32()), pa.null()),
+    ]
+    assert [type_holding_both(ours, theirs) for ours, theirs in pairs] == [
+        pa.large_list(pa.field("element", pa.int32())),
+        pa.list_(pa.int64(), 2),
+        pa.map_(pa.int32(), pa.decimal128(5, 2)),
+        pa.struct([("n", pa.int64()), ("s", pa.string())]),
+        pa.list_(pa.int32()),
+        pa.list_(pa.int32()),
+    ]
 
 
 def test_ids_yesterday_held_past_tonights_integer_width_widen_tonights_ids(tmp_path):
