@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from transforms.output_owner import OWNER_FILE, OutputOwner
-from transforms.write import MANIFEST, _write_manifest, output_files, remove_unlisted
+import pytest
+
+from transforms.output_owner import OWNER_FILE, OutputOwner, OutputTakenOver
+from transforms.write import MANIFEST, _write_manifest, output_files, remove_temp_files, remove_unlisted
 
 STARTED = "2026-12-03T10:00:00+00:00"
 
@@ -58,3 +60,37 @@ def test_only_files_a_manifest_does_not_list_are_removed_before_it_is_published(
     remove_unlisted(str(output), {"embeddings": ours[:1], "rejected": ours[1:2], "upserts": ours[2:]})
     left = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
     assert left == sorted([*ours, "notes.txt"])
+
+
+class _TakenOverBeforeRenaming(OutputOwner):
+    """A run whose directory another run takes at its last check: after it wrote its manifest, before
+    it renamed it into place (the other run acts in earnest, on the real folder)."""
+
+    def __init__(self, output: str, run_id: str) -> None:
+        super().__init__(output, run_id)
+        self.checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks == 3:
+            OutputOwner(self.output, "run-b").take(STARTED)
+        super().check()
+
+
+def test_a_run_taken_over_before_renaming_its_manifest_leaves_no_manifest_behind(tmp_path):
+    owner = _TakenOverBeforeRenaming(str(tmp_path), "run-a")
+    owner.take(STARTED)
+    header = {"model": {}, "timings": {"started_at": STARTED}}
+    with pytest.raises(OutputTakenOver, match="taken over by run run-b"):
+        _write_manifest(None, owner, header, Counter())
+    assert owner.checks == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OWNER_FILE]  # run-b's, and nothing of run-a's
+
+
+def test_a_manifest_a_stopped_run_never_renamed_is_removed_with_the_temporary_files(tmp_path):
+    """Killed between writing it and renaming it: the next run into the folder removes it."""
+    (tmp_path / f"{MANIFEST}.run-a.tmp").write_text("{}")
+    (tmp_path / "beam-temp-embeddings-1234").mkdir()
+    (tmp_path / "notes.tmp").write_text("not ours")
+    remove_temp_files(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]

@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 from transforms.compact import CompactFiles
-from transforms.output_owner import OutputOwner
+from transforms.output_owner import OutputOwner, OutputTakenOver
 from transforms.paths import is_url
 
 MANIFEST = "manifest.json"
@@ -288,15 +288,18 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
 
 def remove_temp_files(output: str) -> None:
     """A failed run leaves Beam's temporary write folders behind (beside each kind of file), as does
-    one whose directory was taken over, after it; they are not outputs."""
+    one whose directory was taken over, after it, and perhaps its manifest not yet renamed into
+    place; they are not outputs."""
     folders = set()
     for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
         if is_url(output):  # object stores: the folders are prefixes of the objects in them
             folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
         else:  # local folders may be empty, which file matching does not list
             folders |= set(glob.glob(pattern))
-    if folders:
-        FileSystems.delete(sorted(folders))
+    # A manifest written by a run stopped or taken over before renaming it into place.
+    manifests = FileSystems.match([FileSystems.join(output, MANIFEST + ".*.tmp")])[0].metadata_list
+    if folders or manifests:
+        FileSystems.delete(sorted(folders) + [m.path for m in manifests])
 
 
 def output_files(output_dir: str) -> dict[str, str]:
@@ -338,10 +341,14 @@ def _write_manifest(_, owner: OutputOwner, header: dict, counts: Counter, **file
     owner.check()  # again after reading every file for its checks, which takes a while
     remove_unlisted(owner.output, body["files"])
     remove_temp_files(owner.output)  # this run's own went when its writes finished: these are a taken-over run's
-    temp = path + ".tmp"
+    temp = f"{path}.{owner.run_id}.tmp"  # its own name: a run that took over writes its own beside it
     with FileSystems.create(temp) as f:
         f.write(json.dumps(body, indent=2).encode())
-    owner.check()
+    try:
+        owner.check()
+    except OutputTakenOver:
+        FileSystems.delete([temp])
+        raise
     FileSystems.rename([temp], [path])
     owner.release()
     return path
