@@ -209,10 +209,23 @@ def _published(plan: JobPlan) -> bool:
         return False
 
 
+def _configure_logging() -> None:
+    """The job's INFO lines in one format. A module that logs through the root logger as it is
+    imported gives that logger Python's default handler (WARNING and up, `LEVEL:name:message`), and
+    basicConfig then does nothing: Beam without its gcp extra does, warning that apitools is missing,
+    and the job's own lines (start-up, device) were lost. That default handler is replaced; any
+    other (a test harness's) is kept."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler and getattr(handler.formatter, "_fmt", None) == logging.BASIC_FORMAT:
+            root.removeHandler(handler)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """`started`: as for `run`; the command line passes when this process began."""
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
     if threading.current_thread() is threading.main_thread():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -300,6 +301,22 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"
     assert re.search(startup, result.stderr)
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
+
+
+def test_the_jobs_own_lines_survive_beam_logging_as_it_is_imported(tmp_path):
+    """Beam without its gcp extra warns through the root logger as it is imported (apitools missing),
+    which gave that logger Python's default handler, and the job's INFO lines were lost."""
+    blocker = tmp_path / "no-gcp" / "apitools"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('apitools is not installed')\n")
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
+    command = [sys.executable, "-m", "pipeline.run", "--input", str(shard), "--output", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}{os.pathsep}{ROOT}"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING:root:apitools not found" in result.stderr  # what Beam says, in Python's default format
+    startup = r"\n\d{4}-\d\d-\d\d [\d:,]+ INFO pipeline.run: start-up: [\d.]+s from the command"
+    assert re.search(startup, result.stderr), result.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
