@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +18,11 @@ def _unchecked(values: list[bytes | None]) -> pa.Array:
     """A string column holding `values` as a writer that does not check UTF-8 leaves them."""
     raw = pa.array(values, pa.binary())
     return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+
+def _offsets(rows: list[list]) -> pa.Array:
+    """The offsets of a list column holding `rows`."""
+    return pa.array(np.cumsum([0, *map(len, rows)], dtype=np.int32))
 
 
 def test_spark_int96_timestamps_beyond_nanosecond_range_are_carried_unchanged(tmp_path):
@@ -91,6 +97,72 @@ def test_carried_strings_that_are_not_utf8_reject_their_row_naming_the_column(tm
     for written in output.glob("*.parquet"):  # DuckDB refused a file holding one such value
         found = connection.execute(f"SELECT count(*) FROM read_parquet('{written}')").fetchone()[0]
         assert found == pq.read_metadata(written).num_rows
+
+
+def test_strings_nested_in_carried_columns_that_are_not_utf8_reject_their_row_naming_the_column(tmp_path):
+    """Strings inside carried lists (plain, large, fixed-size, of a dictionary), structs and maps were
+    written out as they were when not UTF-8, and DuckDB and pyarrow then refused the embeddings file.
+    Each such row is rejected as invalid_utf8 naming its top-level column; a null list's items, which
+    Parquet does not write, reject nothing."""
+    ids = list("abcdefghi")
+    broken = dict(zip("bcdefgh", ["tags", "notes", "pair", "meta", "key", "item", "labels"], strict=True))
+
+    def values(column: str, good, bad) -> list:
+        return [bad if broken.get(i) == column else good for i in ids]
+
+    tags = [*values("tags", [b"ok"], [b"ok", b"\xff"])[:-1], [b"\xfe"]]  # i: a null list over this
+    notes = values("notes", [b"n"], [b"\xe9"])
+    keys, items = values("key", [b"k"], [b"\xff"]), values("item", [b"v"], [b"\xfe"])
+    labels = values("labels", [0], [0, 1])
+
+    def flat(rows: list[list]) -> list:
+        return [value for row in rows for value in row]
+
+    path = write_parquet(
+        tmp_path / "in" / "a.parquet",
+        id=ids,
+        text=[f"text {i}" for i in ids],
+        tags=pa.ListArray.from_arrays(_offsets(tags), _unchecked(flat(tags)), mask=pa.array([i == "i" for i in ids])),
+        notes=pa.LargeListArray.from_arrays(_offsets(notes).cast(pa.int64()), _unchecked(flat(notes))),
+        pair=pa.FixedSizeListArray.from_arrays(_unchecked(flat(values("pair", [b"p", b"q"], [b"p", b"\xc3"]))), 2),
+        meta=pa.StructArray.from_arrays(
+            [pa.array(range(9)), _unchecked(values("meta", b"web", b"w\xffb"))], ["n", "source"]
+        ),
+        attrs=pa.MapArray.from_arrays(_offsets(keys), _unchecked(flat(keys)), _unchecked(flat(items))),
+        labels=pa.ListArray.from_arrays(
+            _offsets(labels),
+            pa.DictionaryArray.from_arrays(pa.array(flat(labels), pa.int32()), _unchecked([b"red", b"\xff"])),
+        ),
+    )
+    output = tmp_path / "out"
+    carried = ["tags", "notes", "pair", "meta", "attrs", "labels"]
+    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", ",".join(carried))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_reused"]) == (9, 2, 0)
+    assert (manifest["rows_rejected"], manifest["rejected_by_reason"]) == (7, {"invalid_utf8": 7})
+    kept = {"notes": ["n"], "pair": ["p", "q"], "attrs": [("k", "v")], "labels": ["red"]}
+    assert {key: {name: row[name] for name in carried} for key, row in embedding_rows(output).items()} == {
+        i: {"tags": tags, **kept, "meta": {"n": n, "source": "web"}}
+        for i, n, tags in (("a", 0, ["ok"]), ("i", 8, None))
+    }
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["row_number"], r["id"], r["reason"], r["column"]) for r in rejected) == [
+        (1, "b", "invalid_utf8", "tags"),
+        (2, "c", "invalid_utf8", "notes"),
+        (3, "d", "invalid_utf8", "pair"),
+        (4, "e", "invalid_utf8", "meta"),
+        (5, "f", "invalid_utf8", "attrs"),
+        (6, "g", "invalid_utf8", "attrs"),
+        (7, "h", "invalid_utf8", "labels"),
+    ]
+    connection = duckdb.connect()
+    for written in output.glob("*.parquet"):  # both refused the file holding one such value
+        pq.read_table(written).validate(full=True)
+        assert (
+            len(connection.execute(f"SELECT * FROM read_parquet('{written}')").fetchall())
+            == pq.read_metadata(written).num_rows
+        )
 
 
 def test_decimals_typed_by_each_files_values_are_read_in_a_type_holding_every_shards(tmp_path):

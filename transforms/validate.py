@@ -60,14 +60,28 @@ def _decode(value: bytes | None) -> str | None:
 
 
 def not_utf8(column: pa.Array) -> pa.Array | None:
-    """Which values of a string column are not UTF-8 (a writer that did not check), or None when all
-    are or it holds no strings. Written out, one such id or carried value would make the whole
-    embeddings file unreadable to DuckDB and pandas; binary columns are bytes and never checked. A
-    dictionary's values are checked once each, not once per row."""
-    if pa.types.is_dictionary(column.type):
+    """Which values of a column hold a string that is not UTF-8 (a writer that did not check), at any
+    depth (list items, struct fields, map keys and items), or None when none does or it holds no
+    strings. Written out, one such id or carried value would make the whole embeddings file
+    unreadable to DuckDB and pandas; binary values are bytes and never checked. A dictionary's values
+    are checked once each, not once per row; a list's items all at once, then mapped to their lists."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
         invalid = not_utf8(column.dictionary)
         return None if invalid is None else pc.fill_null(invalid.take(column.indices), False)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+    if pa.types.is_map(kind):  # list_flatten takes no maps (and list_parent_indices aborts on one)
+        return not_utf8(column.cast(pa.list_(pa.struct([kind.key_field, kind.item_field]))))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        invalid = not_utf8(pc.list_flatten(column))  # the items of valid lists, as Parquet writes them
+        if invalid is None:
+            return None
+        rows = np.zeros(len(column), dtype=bool)
+        rows[pc.list_parent_indices(column).filter(invalid).to_numpy()] = True
+        return pa.array(rows)
+    if pa.types.is_struct(kind):  # flatten() nulls a null struct's fields: Parquet does not write them
+        masks = [mask for field in column.flatten() if (mask := not_utf8(field)) is not None]
+        return reduce(pc.or_, masks) if masks else None
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         return None
     return text_as_strings(column)[1]
 
