@@ -8,7 +8,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline.plan import JobPlan
-from schemas.inputs import check_shard
+from schemas.inputs import check_shard, without_encodings
 from schemas.outputs import (
     CHUNK_COLUMN,
     CONTENT_HASH_COLUMN,
@@ -47,15 +47,10 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
 def _same_digests(ours: pa.DataType, theirs: pa.DataType) -> bool:
     """Whether equal digests of a column's values under these types mean equal values. Digests hash
     the values' bytes: a struct's field names, a number's sign, width or scale and a time's unit are
-    not in them, so a column whose type changed restates every reused row; the text types differ in
-    offsets only (pandas 3 writes large_string, pyarrow string), and a dictionary is hashed as its
-    values (writers dictionary-encode a column one night and not the next)."""
-    ours, theirs = (kind.value_type if pa.types.is_dictionary(kind) else kind for kind in (ours, theirs))
-    if ours == theirs:
-        return True
-    text = (pa.types.is_string, pa.types.is_large_string)
-    binary = (pa.types.is_binary, pa.types.is_large_binary)
-    return any(any(t(ours) for t in kinds) and any(t(theirs) for t in kinds) for kinds in (text, binary))
+    not in them, so a column whose type changed restates every reused row; the text types and lists
+    differ in offsets only (pandas 3 writes large_string, pyarrow string), and a dictionary is hashed
+    as its values (writers dictionary-encode a column one night and not the next), at any depth."""
+    return without_encodings(ours) == without_encodings(theirs)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None = None) -> None:

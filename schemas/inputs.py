@@ -59,6 +59,22 @@ def without_views(kind: pa.DataType) -> pa.DataType:
     return _with_parts(kind, [without_views(part) for part in _parts(kind)])
 
 
+def without_encodings(kind: pa.DataType) -> pa.DataType:
+    """`kind` with dictionaries as their values' type and large_string, large_binary and large_list
+    as string, binary and list, at any depth: each pair holds its values in the same bytes, in a
+    dictionary or behind wider offsets, so transforms.value_hashes digests their values alike."""
+    if pa.types.is_dictionary(kind):
+        return without_encodings(kind.value_type)
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_large_binary(kind):
+        return pa.binary()
+    parts = [without_encodings(part) for part in _parts(kind)]
+    if pa.types.is_large_list(kind):
+        return pa.list_(kind.value_field.with_type(parts[0]))
+    return _with_parts(kind, parts)
+
+
 def _parts(kind: pa.DataType) -> list[pa.DataType]:
     """The types a list, map or struct is made of (items; key and item; fields), else none."""
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):

@@ -285,6 +285,40 @@ def test_a_carried_column_dictionary_encoded_one_night_and_plain_the_next_restat
     assert upserts.select(["id", "title"]).to_pylist() == [{"id": IDS[7], "title": "retitled"}]
 
 
+def test_dictionaries_inside_carried_lists_and_structs_one_night_and_plain_the_next_restate_only_changed_values(
+    day_one,
+):
+    """The same at any depth: a list of a dictionary, or a struct with a dictionary field, one night and
+    plain lists and structs (large_string, large_list) the next restated all 40 rows."""
+    tags = [[f"t{i % 3}", "common"] for i in range(40)]
+    edited = [*tags[:7], ["retagged", "common"], *tags[8:]]
+    sources = [f"s{i % 4}" for i in range(40)]
+
+    def tag_lists(values: list[list[str]], large: bool, dictionary: bool) -> pa.Array:
+        plain = pa.array(values, pa.large_list(pa.string()) if large else pa.list_(pa.string()))
+        items = plain.values.dictionary_encode() if dictionary else plain.values
+        return type(plain).from_arrays(plain.offsets, items)
+
+    def meta(source: pa.Array) -> pa.Array:
+        return pa.StructArray.from_arrays([source], ["source"])
+
+    nights = [
+        (tag_lists(tags, False, True), meta(pa.array(sources).dictionary_encode())),
+        (tag_lists(tags, False, False), meta(pa.array(sources, pa.large_string()))),  # the same values, plain
+        (tag_lists(edited, True, True), meta(pa.array(sources).dictionary_encode())),  # one changed
+    ]
+    changes = [carried_night(day_one, "nested", n, tags=t, meta=m) for n, (t, m) in enumerate(nights, 1)][1:]
+    assert [(c["rows_reused"], c["rows_embedded"]) for c in changes] == [(40, 0)] * 2
+    assert [{k: c["changes"][k] for k in ("upserts", "deletes", "restated")} for c in changes] == [
+        {"upserts": 0, "deletes": 0, "restated": 0},
+        {"upserts": 1, "deletes": 0, "restated": 1},
+    ]
+    upserts = pq.read_table(sorted((day_one / "out-nested3" / "changes").glob("upserts-*.parquet")))
+    assert upserts.select(["id", "tags", "meta"]).to_pylist() == [
+        {"id": IDS[7], "tags": ["retagged", "common"], "meta": {"source": "s3"}}
+    ]
+
+
 def test_float_ids_0_and_minus_0_are_one_id_across_nights(tmp_path):
     """-0.0 equals 0.0: within a night they are one id (a duplicate), so across nights too."""
     night1, night2, out1 = tmp_path / "d1" / "kb.parquet", tmp_path / "d2" / "kb.parquet", tmp_path / "o1"
