@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
+from transforms.validate import not_utf8
 
 
 def _unchecked(values: list[bytes | None]) -> pa.Array:
@@ -163,6 +164,19 @@ def test_strings_nested_in_carried_columns_that_are_not_utf8_reject_their_row_na
             len(connection.execute(f"SELECT * FROM read_parquet('{written}')").fetchall())
             == pq.read_metadata(written).num_rows
         )
+
+
+def test_a_null_list_spanning_items_and_a_sliced_batch_are_checked_item_by_their_own_list():
+    """A null list's offsets may still span items (Arrow allows it; list_parent_indices counts them,
+    list_flatten does not), and a batch may be a slice of a larger array: each bad item is traced to
+    its own row, and items under a null list reject nothing."""
+    rows = [[b"ok"], [b"\xff"], [b"fine", b"ok"], [b"\xfe"]]  # row 1 is null: its bad item is not written
+    column = pa.ListArray.from_arrays(
+        _offsets(rows), _unchecked([v for row in rows for v in row]), mask=pa.array([False, True, False, False])
+    )
+    assert not_utf8(column).to_pylist() == [False, False, False, True]
+    assert not_utf8(column.slice(1)).to_pylist() == [False, False, True]
+    assert not_utf8(column.slice(0, 3)) is None  # the one bad item lies under the null list
 
 
 def test_decimals_typed_by_each_files_values_are_read_in_a_type_holding_every_shards(tmp_path):

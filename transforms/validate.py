@@ -75,8 +75,12 @@ def not_utf8(column: pa.Array) -> pa.Array | None:
         invalid = not_utf8(pc.list_flatten(column))  # the items of valid lists, as Parquet writes them
         if invalid is None:
             return None
+        # Each item's list, counted as list_flatten takes them (list_parent_indices also counts the
+        # items a null list's offsets still span, which list_flatten skips).
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        parents = np.repeat(np.arange(len(column)), lengths)
         rows = np.zeros(len(column), dtype=bool)
-        rows[pc.list_parent_indices(column).filter(invalid).to_numpy()] = True
+        rows[parents[pc.fill_null(invalid, False).to_numpy(zero_copy_only=False)]] = True
         return pa.array(rows)
     if pa.types.is_struct(kind):  # flatten() nulls a null struct's fields: Parquet does not write them
         masks = [mask for field in column.flatten() if (mask := not_utf8(field)) is not None]
