@@ -46,6 +46,7 @@ from schemas.inputs import (
     input_columns,
     integer_holding_both,
     may_widen,
+    quoted,
     type_holding_both,
 )
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
@@ -450,7 +451,7 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             "--previous %s carried %s, this run does not: its rows are written without them (restated in the "
             "change set) and a loader drops those columns; pass --carry_columns %s to keep them",
             path,
-            ", ".join(forgotten),
+            quoted(forgotten),
             carry_columns_value(list(dict.fromkeys([*carried, *manifest["columns"]["carried"]]))),
         )
     passages = has_passages(manifest["model"])

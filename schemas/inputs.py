@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -213,14 +214,17 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
     return casts
 
 
+def quoted(names: Iterable[str]) -> str:
+    """Column names for a message, each quoted: a Parquet name may hold commas and spaces, which would
+    make a bare list ambiguous."""
+    return ", ".join(map(repr, names))
+
+
 def _require(schema: pa.Schema, path: str, names: list[str]) -> None:
     """Each column once: a name standing twice is not one column to read."""
+    found = quoted(schema.names) or "none"
     if twice := [n for n in names if len(schema.get_all_field_indices(n)) > 1]:
-        found = ", ".join(schema.names)
-        raise InputError(f"{path}: column {', '.join(map(repr, twice))} appears more than once; columns found: {found}")
+        raise InputError(f"{path}: column {quoted(twice)} appears more than once; columns found: {found}")
     missing = [n for n in names if schema.get_field_index(n) < 0]
     if missing:
-        raise InputError(
-            f"{path}: column {', '.join(map(repr, missing))} not found; "
-            f"columns found: {', '.join(schema.names) or 'none'}"
-        )
+        raise InputError(f"{path}: column {quoted(missing)} not found; columns found: {found}")

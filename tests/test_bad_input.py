@@ -58,14 +58,16 @@ def test_the_mistakes_a_newcomer_makes_with_input_and_output_are_named(tmp_path)
 def test_missing_text_column_names_it_and_the_columns_found(tmp_path):
     path = good_shard(tmp_path / "a.parquet")
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--text_column", "body")
-    assert_failed_without_output(result, tmp_path / "out", f"{path}: column 'body' not found; columns found: id, text")
+    assert_failed_without_output(
+        result, tmp_path / "out", f"{path}: column 'body' not found; columns found: 'id', 'text'"
+    )
 
 
 def test_missing_id_column(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", doc_id=["a"], text=["hello"])
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
     assert_failed_without_output(
-        result, tmp_path / "out", f"{path}: column 'id' not found; columns found: doc_id, text"
+        result, tmp_path / "out", f"{path}: column 'id' not found; columns found: 'doc_id', 'text'"
     )
 
 
@@ -76,7 +78,7 @@ def test_a_column_named_twice_is_named_as_such(tmp_path):
     )
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
     assert_failed_without_output(
-        result, tmp_path / "out", f"{path}: column 'text' appears more than once; columns found: id, text, text"
+        result, tmp_path / "out", f"{path}: column 'text' appears more than once; columns found: 'id', 'text', 'text'"
     )
 
 
@@ -84,7 +86,9 @@ def test_later_shard_missing_a_column_fails_the_job(tmp_path):
     good_shard(tmp_path / "in" / "a.parquet")
     bad = write_parquet(tmp_path / "in" / "b.parquet", id=["c"], body=["hello"])
     result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"))
-    assert_failed_without_output(result, tmp_path / "out", f"{bad}: column 'text' not found; columns found: id, body")
+    assert_failed_without_output(
+        result, tmp_path / "out", f"{bad}: column 'text' not found; columns found: 'id', 'body'"
+    )
 
 
 def test_corrupt_shard_fails_the_job_and_names_the_file(tmp_path):

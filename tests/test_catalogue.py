@@ -90,7 +90,7 @@ def test_a_column_missing_in_one_shard(tmp_path):
     _failed(
         tmp_path,
         _run(tmp_path),
-        f"{bad}: column 'text' not found; columns found: id, body",
+        f"{bad}: column 'text' not found; columns found: 'id', 'body'",
         "column missing in one shard",
     )
 

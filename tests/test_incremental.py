@@ -172,7 +172,7 @@ def test_a_dropped_carried_column_restates_every_row_and_passages_after_rows_mak
     assert (manifest["rows_reused"], manifest["rows_embedded"]) == (40, 0)
     assert manifest["changes"] == {**manifest["changes"], "upserts": 40, "deletes": 0, "restated": 40}
     assert (
-        f"WARNING pipeline.plan: --previous {day_one / 'out1'} carried title, this run does not: its rows are "
+        f"WARNING pipeline.plan: --previous {day_one / 'out1'} carried 'title', this run does not: its rows are "
         "written without them (restated in the change set) and a loader drops those columns; pass "
         "--carry_columns title to keep them"
     ) in result.stderr

@@ -71,7 +71,7 @@ def test_a_later_shard_the_plan_reads_anyway_fails_before_any_worker_starts(tmp_
         message = f"{bad}: column 'id' is int64, but other shards have string"
     else:
         write_parquet(bad, id=["b"], body=["hello"])
-        message = f"{bad}: column 'text' not found; columns found: id, body"
+        message = f"{bad}: column 'text' not found; columns found: 'id', 'body'"
     write_parquet(tmp_path / "in" / "c.parquet", id=pa.array([], pa.float64()), body=pa.array([], pa.float64()))
     output = tmp_path / "out"
     result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(output), "--plan_only")

@@ -240,14 +240,15 @@ def test_nested_columns_whose_parts_are_of_one_family_are_one_input(tmp_path):
 
 
 def test_a_carried_column_whose_name_holds_a_comma_is_named_in_a_json_list(tmp_path):
-    """The comma-separated form splits such a name in two; a JSON list names every column exactly."""
+    """The comma-separated form splits such a name in two; a JSON list names every column exactly. Messages
+    quote each name, so that the names a shard holds read as they are."""
     columns = {"title, short": ["x", "y"], "url": ["u1", "u2"]}
     path = write_parquet(tmp_path / "in" / "a.parquet", id=[1, 2], text=["one", "two"], **columns)
     output = tmp_path / "out"
     args = ("--input", str(path), "--output", str(output), "--carry_columns")
     result = run_cli(*args, "title, short,url")
     assert result.returncode == 1
-    found = "columns found: id, text, title, short, url"
+    found = "columns found: 'id', 'text', 'title, short', 'url'"
     assert result.stderr.splitlines()[-1] == f"error: {path}: column 'title', 'short' not found; {found}"
     result = run_cli(*args, '["title,short", "url"]')
     assert result.returncode == 1
@@ -266,7 +267,7 @@ def test_a_carried_column_whose_name_holds_a_comma_is_named_in_a_json_list(tmp_p
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out2"), "--previous", str(output))
     assert result.returncode == 0, result.stderr
     assert (
-        f"--previous {output} carried title, short, url, this run does not: its rows are written without them "
+        f"--previous {output} carried 'title, short', 'url', this run does not: its rows are written without them "
         "(restated in the change set) and a loader drops those columns; pass "
         """--carry_columns '["title, short", "url"]' to keep them"""
     ) in result.stderr
