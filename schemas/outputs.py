@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from encoder.quantize import Quantizer
-from schemas.inputs import InputColumns, InputError, type_family
+from schemas.inputs import InputColumns, InputError, quoted, type_family
 
 EMBEDDING_COLUMN = "embedding"
 CONTENT_HASH_COLUMN = "content_hash"
@@ -106,7 +106,9 @@ def embeddings_schema(columns: InputColumns, model_block: dict, passages: bool) 
 
 
 def check_column_names(columns: InputColumns, passages: bool) -> None:
-    """An input column may not share its name with one the job writes: the files would hold it twice."""
+    """An input column may not share its name with one the job writes: the files would hold it twice,
+    which pandas and pyarrow refuse to read. The id is also written to the rejects, beside their own
+    columns; renaming either there would have a reader looking one up by name get the other."""
     written = {CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, *(f.name for f in PASSAGE_FIELDS if passages)}
     roles = {"--id_column": [columns.id.name], "--text_column": [columns.text]}
     roles["--carry_columns"] = [f.name for f in columns.carry]
@@ -114,9 +116,15 @@ def check_column_names(columns: InputColumns, passages: bool) -> None:
         clash = [name for name in names if name in written]
         if clash:
             raise InputError(
-                f"{role} {', '.join(map(repr, clash))}: the job writes a column of that name; "
-                f"names it writes: {', '.join(sorted(written))}"
+                f"{role} {quoted(clash)}: the job writes a column of that name; "
+                f"names it writes: {quoted(sorted(written))}"
             )
+    rejects = rejects_schema(columns).names[1:]
+    if columns.id.name in rejects:
+        raise InputError(
+            f"--id_column {columns.id.name!r}: the rejects files write a column of that name beside the id "
+            f"({quoted(rejects)}); rename the id column in the input"
+        )
 
 
 def content_hashes(prompt: str, texts: pa.Array) -> pa.Array:

@@ -140,6 +140,21 @@ def test_rows_that_cannot_be_embedded_are_rejected_with_a_reason(tmp_path):
     assert sorted(pq.read_table(sorted(output.glob("embeddings-*.parquet")))["id"].to_pylist()) == ["ok-1", "ok-2"]
 
 
+def test_an_id_column_named_like_a_column_of_the_rejects_is_refused_before_workers_start(tmp_path):
+    """The rejects files hold the id beside their own columns: an id named `reason` gave them two columns
+    of that name, which pandas and pyarrow refuse to read, and the run exited 0."""
+    for name in ("source_file", "row_number", "reason", "column"):
+        path = write_parquet(tmp_path / name / "a.parquet", **{name: ["a", "b"]}, text=["fine", ""])
+        output = tmp_path / name / "out"
+        result = run_cli("--input", str(path), "--output", str(output), "--id_column", name)
+        assert_failed_without_output(result, output, "")
+        assert result.stderr.splitlines()[-1] == (
+            f"error: --id_column {name!r}: the rejects files write a column of that name beside the id "
+            "('source_file', 'row_number', 'reason', 'column'); rename the id column in the input"
+        )
+        assert "Worker" not in result.stderr
+
+
 def test_every_row_rejected_still_publishes_empty_typed_outputs(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", id=["a", "b"], text=[None, ""])
     output = tmp_path / "out"
