@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from tokenizers import Tokenizer
 
 from encoder import ModelFolder, ModelFolderError
 from encoder.devices import cuda_available, resolve_dtype
@@ -88,6 +89,12 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 # before --vector_dtype existed keep being reused.
 VECTOR_KEYS = ("vector_dtype", "calibration")
 SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
+# Recorded only for the models two encoder fixes (2026-12-04) gave other vectors: their runs from before
+# are re-embedded once, not reused every night, and every other model's fingerprint stays as it was.
+# token_types: the type ids the tokenizer gives a one-token text, where one is not 0 (XLNet's final <cls>
+# is 2), which reach the model since; prompt_tokens: with include_prompt false, the prompt tokens pooling
+# leaves out where the prompt alone overflows the window (measured uncut, they were every token: zero vectors).
+ENCODER_FIX_KEYS = ("token_types", "prompt_tokens")
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,8 @@ def prepare_output(
 
 def _fingerprinted(model_block: dict) -> dict:
     stored = VECTOR_KEYS if model_block.get("vector_dtype", "float32") != "float32" else ()
-    return {key: model_block[key] for key in (*FINGERPRINT_KEYS, *CHUNKING_KEYS, *stored) if key in model_block}
+    keys = (*FINGERPRINT_KEYS, *ENCODER_FIX_KEYS, *CHUNKING_KEYS, *stored)
+    return {key: model_block[key] for key in keys if key in model_block}
 
 
 def _setting_names(model_block: dict) -> dict:
@@ -333,6 +341,25 @@ def _setting_names(model_block: dict) -> dict:
 def model_fingerprint(model_block: dict) -> str:
     settings = json.dumps(_fingerprinted(model_block), sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()
+
+
+def encoder_fixes(folder: ModelFolder, max_seq_length: int | None, prompt: str) -> dict:
+    """The ENCODER_FIX_KEYS this model and prompt need, from its tokenizer. Unless the prompt is to be
+    measured, the types are read with the tokenizers library from tokenizer.json: TextTokenizer loads
+    transformers, seconds to import, and the plan takes a fraction of one without it."""
+    if not isinstance(folder.input, TransformerSpec):  # a static model: no special tokens, no pooling of a prompt
+        return {}
+    saved = folder.tokenizer_path / "tokenizer.json"
+    measured = bool(prompt) and not folder.include_prompt
+    tokens = TextTokenizer(folder, max_seq_length, None, prompt) if measured or not saved.is_file() else None
+    fixes = {}
+    raw = tokens.raw if tokens else Tokenizer.from_file(str(saved))
+    raw.no_padding()  # a tokenizer.json may pad every text to a length (TextTokenizer's raw pads none)
+    if any(types := raw.encode("a", add_special_tokens=True).type_ids):
+        fixes["token_types"] = types
+    if measured and len(tokens.raw.encode(prompt, add_special_tokens=True).ids) > tokens.max_seq_length:
+        fixes["prompt_tokens"] = tokens.prompt_length
+    return fixes
 
 
 def chunking(options: EmbedOptions, folder: ModelFolder) -> Chunking | None:
@@ -638,6 +665,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "include_prompt": folder.include_prompt,
         # "normalizer": lower-cased by the tokenizer, prompt included (vectors of runs that said true differ)
         "lower_case": "normalizer" if folder.do_lower_case else False,
+        **encoder_fixes(folder, opts.max_seq_length, prompt),
         "created_at": datetime.fromtimestamp(started, UTC).isoformat(),
     }
     passages = chunking(opts, folder)

@@ -10,6 +10,7 @@ import pytest
 
 from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256, shaping_files
+from pipeline.plan import ENCODER_FIX_KEYS, model_fingerprint
 from tests.conftest import (
     TINY_POOLINGS,
     embedding_rows,
@@ -19,9 +20,12 @@ from tests.conftest import (
     save_tiny_model,
     write_parquet,
 )
+from tests.test_reference_edges import save_prompt_filling_the_window, save_xlnet
 
 ROWS = {"id": [1, 2, 3], "text": ["Reset the VPN Token", "Billing API returns 502", "ok"]}
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")  # one process: seconds faster
+# all-MiniLM-L6-v2's on CPU, as runs before ENCODER_FIX_KEYS recorded it.
+DEFAULT_FINGERPRINT = "bd264a39add71cecf4a8efd00a3dc087993e3a05458b78415c11ecea8b94eb33"
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +91,59 @@ def test_truncating_to_the_whole_vector_is_no_change(runs):
     assert day4["model"]["truncate_dim"] is None and day4["model"]["dim"] == day3["model"]["dim"]
     assert day4["model"]["fingerprint"] == day3["model"]["fingerprint"]
     assert (day4["rows_in"], day4["rows_embedded"], day4["rows_reused"]) == (3, 0, 3)
+
+
+def test_models_the_encoder_fixes_left_alone_keep_their_fingerprint(tmp_path):
+    """Types all 0 and no prompt (all-MiniLM-L6-v2), or a prompt within the window: no key of the fixes,
+    so the fingerprint is the one earlier runs recorded and their vectors keep being reused."""
+    inputs = write_parquet(tmp_path / "a.parquet", **ROWS)
+    args = ("--input", str(inputs), "--output", str(tmp_path / "out"), "--device", "cpu", "--plan_only")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)["model"]
+    assert model["fingerprint"] == DEFAULT_FINGERPRINT
+    assert model.keys() & set(ENCODER_FIX_KEYS) == set()
+    result = run_cli(*args, "--model", str(save_prompt_filling_the_window(tmp_path / "model")), "--prompt", "query: ")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)["model"]
+    assert not model["include_prompt"] and model.keys() & set(ENCODER_FIX_KEYS) == set()
+
+
+@pytest.mark.parametrize(
+    ("save", "options", "fix"),
+    [
+        (save_xlnet, (), {"token_types": [0, 0, 2]}),  # a one-token text, <sep> and <cls>
+        (save_prompt_filling_the_window, ("--prompt_name", "query"), {"prompt_tokens": 15}),  # the window but [SEP]
+    ],
+    ids=["token-types", "prompt-filling-the-window"],
+)
+def test_a_run_from_before_an_encoder_fix_that_changed_the_models_vectors_is_reembedded_once(
+    tmp_path, save, options, fix
+):
+    """Token types now reach the model, and a prompt is measured within the window: a run from before
+    either fix holds other vectors for such a model, and its fingerprint lacked the fix's key."""
+    model = save(tmp_path / "model")
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", **ROWS)
+
+    def job(day: str, *previous: str) -> tuple[dict, str]:
+        args = ["--input", str(inputs), "--output", str(tmp_path / day), "--model", str(model), *IN_PROCESS]
+        result = run_cli(*args, *options, *previous)
+        assert result.returncode == 0, result.stderr
+        return read_manifest(tmp_path / day), result.stderr
+
+    day1, _ = job("day1")
+    assert {key: day1["model"][key] for key in ENCODER_FIX_KEYS if key in day1["model"]} == fix
+    # day1's manifest as the job wrote it before the fix: without the key, fingerprinted without it
+    manifest = read_manifest(tmp_path / "day1")
+    manifest["model"] = {key: value for key, value in day1["model"].items() if key not in fix}
+    manifest["model"]["fingerprint"] = model_fingerprint(manifest["model"])
+    (tmp_path / "day1" / "manifest.json").write_text(json.dumps(manifest))
+    day2, stderr = job("day2", "--previous", str(tmp_path / "day1"))
+    ((key, value),) = fix.items()
+    assert f"({key} None -> {value!r}): re-embedding every row" in stderr
+    assert (day2["rows_embedded"], day2["rows_reused"]) == (3, 0)
+    day3, _ = job("day3", "--previous", str(tmp_path / "day2"))
+    assert (day3["rows_embedded"], day3["rows_reused"]) == (0, 3)
 
 
 def _digest_after(model, edit) -> str:

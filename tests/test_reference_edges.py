@@ -61,19 +61,16 @@ def _compare(folder: Path, **kwargs) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_a_prompt_filling_the_window_is_measured_within_it_as_sentence_transformers_does(tmp_path):
-    """sentence-transformers measures the prompt tokenised alone and cut to the window; measured whole,
-    the prompt left nothing to pool and every vector was zero (sentence-transformers pools the window's
-    last token)."""
+def save_prompt_filling_the_window(folder: Path) -> Path:
+    """A tiny BERT pooling without its prompt, whose prompt `query` alone overflows its 16-token window."""
     tokenizer = _tokenizer("bert")
     prompt = "Represent this sentence for searching relevant passages about the topic of " * 3
-    folder = _save(tmp_path / "model", _bert(tokenizer), tokenizer, max_seq_length=16, prompts={"query": prompt})
-    _compare(folder, prompt_name="query")
+    return _save(folder, _bert(tokenizer), tokenizer, max_seq_length=16, prompts={"query": prompt})
 
 
-def test_the_token_type_ids_the_tokenizer_gives_reach_the_model(tmp_path):
-    """XLNet's tokenizer gives its final <cls> type 2 (text <sep> <cls>, padded on the left), and its
-    model reads the types; sentence-transformers passes them, the encoder passed none (cosine 0.998)."""
+def save_xlnet(folder: Path) -> Path:
+    """A tiny XLNet whose tokenizer gives its final <cls> type 2 (text <sep> <cls>, padded on the left),
+    with a prompt `query`."""
     base = _tokenizer("bert")
     backend = tokenizers.Tokenizer.from_str(base.backend_tokenizer.to_str())
     backend.post_processor = tokenizers.processors.TemplateProcessing(
@@ -91,6 +88,19 @@ def test_the_token_type_ids_the_tokenizer_gives_reach_the_model(tmp_path):
     config = transformers.XLNetConfig(
         vocab_size=len(tokenizer), d_model=32, n_layer=2, n_head=2, d_inner=64, initializer_range=0.2, pad_token_id=0
     )
-    folder = _save(tmp_path / "xlnet", config, tokenizer, prompts={"query": "query: "})
+    return _save(folder, config, tokenizer, prompts={"query": "query: "})
+
+
+def test_a_prompt_filling_the_window_is_measured_within_it_as_sentence_transformers_does(tmp_path):
+    """sentence-transformers measures the prompt tokenised alone and cut to the window; measured whole,
+    the prompt left nothing to pool and every vector was zero (sentence-transformers pools the window's
+    last token)."""
+    _compare(save_prompt_filling_the_window(tmp_path / "model"), prompt_name="query")
+
+
+def test_the_token_type_ids_the_tokenizer_gives_reach_the_model(tmp_path):
+    """XLNet's model reads the types its tokenizer gives; sentence-transformers passes them, the encoder
+    passed none (cosine 0.998)."""
+    folder = save_xlnet(tmp_path / "xlnet")
     _compare(folder)
     _compare(folder, prompt_name="query")
