@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +57,9 @@ from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN,
 from transforms.output_owner import unfinished_run
 from transforms.paths import not_a_folder
 from transforms.write import MANIFEST
+
+if TYPE_CHECKING:
+    from psycopg.sql import Composable
 
 _LOG = logging.getLogger("pipeline.load")
 LOADS_TABLE = "embedding_job_loads"
@@ -78,6 +82,10 @@ ID_BYTES = 2600
 # PostgreSQL types whose values compare exactly across them (bigint 1 = numeric 1.00): ids of a table and
 # a run whose id types are among them are matched by value, others as text.
 EXACT_NUMBERS = {"smallint", "integer", "bigint", "numeric"}
+# Floating-point types and the bound below which (in magnitude) they hold every integer exactly; beyond it
+# neighbouring integers share a value. A float id is matched with exact-number ids by value where it is a
+# whole number below the bound (int64 ids 1, 2 then float64 ones 1.0, 2.0), and with none elsewhere.
+FLOAT_INTEGERS = {"real": 2**24, "double precision": 2**53}
 # `\u0000` in JSON text, not an escaped backslash before `u0000`: a NUL character, which jsonb refuses.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
@@ -359,9 +367,11 @@ class PgvectorLoader:
     def _ids_gone(self, connection, schema: pa.Schema, run: Run, held_type: str) -> tuple[int, str]:
         """The ids the table holds (its id column of `held_type`) that the run's snapshot lacks, counted before
         it is emptied, and a caveat for the guard's refusal. The run's ids go into a temporary table, compared by
-        value where both id types are one (numeric 1.5 is 1.50) or exact numbers (bigint 1 is numeric 1.00), else
-        as text (a run may retype the id column: integer 1 is text '1'); as text the same id may differ (a date
-        and a timestamp of its day), so the caveat names both types and how to convert the table's."""
+        value where both id types are one (numeric 1.5 is 1.50) or exact numbers (bigint 1 is numeric 1.00), or
+        one is a float and the other an exact number (bigint 1 is double precision 1.0; see FLOAT_INTEGERS),
+        else as text (a run may retype the id column: integer 1 is text '1'). The caveat names both types, and
+        the float ids no exact number equals, or where compared as text (the same id may differ: a date and a
+        timestamp of its day) how to convert the table's column."""
         sql, started = self._sql, time.monotonic()
         id_field = schema.field(run.manifest["columns"]["id"])
         ids, id_column = sql.Identifier("embedding_job_ids"), sql.Identifier(id_field.name)
@@ -371,21 +381,52 @@ class PgvectorLoader:
         )
         self._copy(connection, ids, pa.schema([id_field]), run, "embeddings")
         connection.execute(sql.SQL("ANALYZE {}").format(ids))
-        by_value = {held_type.split("(")[0], run_type} <= EXACT_NUMBERS or held_type == run_type
-        cast = sql.SQL("" if by_value else "::text")
+        held_kind = held_type.split("(")[0]
+        floats = [kind for kind in (held_kind, run_type) if kind in FLOAT_INTEGERS]
+        exact = [kind for kind in (held_kind, run_type) if kind in EXACT_NUMBERS]
+        whole = floats[0] if len(floats) == len(exact) == 1 else None  # a float type compared with an exact one
+        by_value = held_type == run_type or len(exact) == 2 or whole is not None
+
+        def value(side: str, kind: str) -> Composable:
+            """The id compared (of table `side`): a float beside exact numbers as the integer it holds exactly,
+            null where it holds none."""
+            column = sql.Identifier(side, id_field.name)
+            if not by_value:
+                return column + sql.SQL("::text")
+            if kind != whole:
+                return column
+            return sql.SQL("CASE WHEN {0} = trunc({0}) AND abs({0}) < {1} THEN {0}::bigint END").format(
+                column, FLOAT_INTEGERS[whole]
+            )
+
         gone = connection.execute(
             sql.SQL(
-                "SELECT count(DISTINCT t.{0}) FROM {1} AS t "
-                "WHERE NOT EXISTS (SELECT FROM {2} AS d WHERE d.{0}{3} = t.{0}{3})"
-            ).format(id_column, self._name, ids, cast)
+                "SELECT count(DISTINCT t.{}) FROM {} AS t WHERE NOT EXISTS (SELECT FROM {} AS d WHERE {} = {})"
+            ).format(id_column, self._name, ids, value("d", run_type), value("t", held_kind))
         ).fetchone()[0]
         _LOG.info("counted the %d ids the snapshot deletes in %.1fs", gone, time.monotonic() - started)
+        types = f"the table's id column {id_field.name!r} is {held_type}, the run's {run_type}"
+        if whole:
+            table, whose, others = (self._name, "table's", "run's") if held_kind == whole else (ids, "run's", "table's")
+            unmatched, least = connection.execute(
+                sql.SQL("SELECT count(*), min(f.{}) FROM {} AS f WHERE {} IS NULL").format(
+                    id_column, table, value("f", whole)
+                )
+            ).fetchone()
+            bound = FLOAT_INTEGERS[whole]
+            return gone, f". The ids were compared by value: {types}" + (
+                f"; {unmatched} of the {whose} ids, the least {least!r}, match none of the {others}: a {whole} id "
+                f"equals an integer one only where it is a whole number below 2^{bound.bit_length() - 1} ({bound}) "
+                f"in magnitude, beyond which {whole} cannot tell neighbouring integers apart"
+                if unmatched
+                else ""
+            )
         if by_value:
             return gone, ""
         alter = sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE ").format(self._name, id_column).as_string(connection)
         return gone, (
-            f". The ids were compared as text: the table's id column {id_field.name!r} is {held_type}, the run's "
-            f"{run_type}; if they are the same ids, convert the column ({alter}{run_type}) and load the run again"
+            f". The ids were compared as text: {types}; if they are the same ids, convert the column "
+            f"({alter}{run_type}) and load the run again"
         )
 
     def _check_deletions(self, run: Run, deleted: int, held: int, caveat: str = "") -> None:

@@ -590,6 +590,7 @@ def test_a_night_that_would_delete_most_of_the_table_is_refused_unless_allowed(p
 
 
 DAYS = [datetime(2026, 12, day) for day in range(1, 5)]
+BIG_IDS = [10**15 + n for n in range(1, 5)]
 
 
 @pytest.mark.parametrize(
@@ -608,13 +609,22 @@ DAYS = [datetime(2026, 12, day) for day in range(1, 5)]
             ["0.50", "1.50", "2.50", "3.50"],
         ),
         ("kb_date_to_timestamp", pa.array([d.date() for d in DAYS]), pa.array(DAYS, pa.timestamp("us")), None),
+        # Past 10^15 PostgreSQL writes a double precision in exponent form: as text, no id matched.
+        (
+            "kb_int_to_float",
+            pa.array(BIG_IDS, pa.int64()),
+            pa.array(BIG_IDS, pa.float64()),
+            [f"{n}.0" for n in BIG_IDS],
+        ),
+        ("kb_float_to_int", pa.array(BIG_IDS, pa.float64()), pa.array(BIG_IDS, pa.int64()), list(map(str, BIG_IDS))),
     ],
 )
 def test_ids_retyped_between_nights_are_compared_by_value_or_refused_naming_both_types(
     postgres, tmp_path, table, first, second, stored
 ):
-    """A night without --previous whose ids are yesterday's under a wider type: numbers are matched by value
-    (bigint 1 is numeric 1.00; numeric 1.5 is 1.50), not refused as deleting every id. Ids of other types are
+    """A night without --previous whose ids are yesterday's under another type: numbers are matched by value
+    (bigint 1 is numeric 1.00; numeric 1.5 is 1.50; bigint 10^15 is double precision 1e+15), not refused as
+    deleting every id. Ids of other types are
     compared as text, where a day is not its midnight: the refusal names both types and how to convert."""
     text = DAY_ONE["text"][:4]
     assert (
@@ -640,6 +650,39 @@ def test_ids_retyped_between_nights_are_compared_by_value_or_refused_naming_both
         stored = [str(d) for d in DAYS]
     assert result.returncode == 0, result.stderr
     assert [str(i) for (i,) in query(postgres, f"SELECT id FROM {table} ORDER BY id")] == stored
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "whose"),
+    [
+        (pa.int64(), pa.float64(), "run's"),
+        (pa.float64(), pa.int64(), "table's"),
+    ],
+)
+def test_float_ids_no_integer_equals_are_named_in_the_refusal(postgres, tmp_path, first, second, whose):
+    """Integer ids one night and floats the next (or back): a float matches an integer only where it is a
+    whole number below 2^53, beyond which neighbouring integers share a float. Where one is not, the refusal
+    names how many, the least, and both types, the table as it was."""
+    table = f"kb_{first}_then_{second}"
+    integers, floats = [1, 2, 3, 2**53 + 2], [1.0, 2.5, 3.5, 2.0**53 + 2]  # only 1 and 1.0 match
+    ids = {pa.int64(): integers, pa.float64(): floats}
+    text = DAY_ONE["text"][:4]
+    first_night = embed_night(tmp_path, "first", {"id": pa.array(ids[first], first), "text": text}, carried=())
+    assert load(postgres, first_night, table).returncode == 0
+    second_night = embed_night(tmp_path, "second", {"id": pa.array(ids[second], second), "text": text}, carried=())
+    result = load(postgres, second_night, table)
+    assert result.returncode == 1
+    held, run = ("bigint", "double precision") if first == pa.int64() else ("double precision", "bigint")
+    others = "table's" if whose == "run's" else "run's"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {table}: run {read_manifest(second_night)['run_id']} would delete 3 of the table's 4 ids (75%, "
+        "more than --max_deleted_share 0.5); the table is as it was. The run read 4 rows and rejected 0: check its "
+        "input, or load it with --max_deleted_share 1 if those deletions are meant. The ids were compared by value: "
+        f"the table's id column 'id' is {held}, the run's {run}; 3 of the {whose} ids, the least 2.5, match none of "
+        f"the {others}: a double precision id equals an integer one only where it is a whole number below 2^53 "
+        "(9007199254740992) in magnitude, beyond which double precision cannot tell neighbouring integers apart"
+    )
+    assert query(postgres, f"SELECT id FROM {table} ORDER BY id") == [(i,) for i in ids[first]]
 
 
 def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, day_one):
