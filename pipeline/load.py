@@ -34,6 +34,7 @@ is a deliberate rollback.
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ from transforms.paths import not_a_folder
 from transforms.write import MANIFEST
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.sql import Composable
 
 _LOG = logging.getLogger("pipeline.load")
@@ -88,6 +90,8 @@ EXACT_NUMBERS = {"smallint", "integer", "bigint", "numeric"}
 FLOAT_INTEGERS = {"real": 2**24, "double precision": 2**53}
 # `\u0000` in JSON text, not an escaped backslash before `u0000`: a NUL character, which jsonb refuses.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# Where a binary COPY stopped, in PostgreSQL's context of a refusal: its line counts rows, 1 the first sent.
+_COPY_LINE = re.compile(r"^COPY .*, line (\d+)(?:, column (.*))?$", re.MULTILINE)
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
 LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
@@ -279,10 +283,15 @@ class PgvectorLoader:
         try:
             return self._load(run)
         except self._psycopg.Error as e:
-            diag = e.diag  # its fields are None when no server answered
-            told = [" ".join(part.split()) for part in (diag.message_detail, diag.context) if part]
-            message = " ".join((diag.message_primary or str(e)).split()) + "".join(f" ({part})" for part in told)
-            raise LoadError(f"{self._table}: PostgreSQL refused the load, the table is as it was: {message}") from e
+            raise self._refused(e, e.diag.context) from e
+
+    def _refused(self, e: psycopg.Error, context: str | None) -> LoadError:
+        """PostgreSQL's refusal `e` naming the table (the transaction rolled back), with its detail and `context`
+        (where it stopped)."""
+        diag = e.diag  # its fields are None when no server answered
+        told = [" ".join(part.split()) for part in (diag.message_detail, context) if part]
+        message = " ".join((diag.message_primary or str(e)).split()) + "".join(f" ({part})" for part in told)
+        return LoadError(f"{self._table}: PostgreSQL refused the load, the table is as it was: {message}")
 
     def _load(self, run: Run) -> str:
         sql = self._sql
@@ -681,17 +690,41 @@ class PgvectorLoader:
             name, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
         )
         rows, id_name = 0, run.manifest["columns"]["id"]
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types(types)
-            for path in run.files[kind]:
-                with _open(path) as f:
-                    for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS, columns=schema.names):
-                        _check_id_bytes(batch, id_name, path)
-                        _check_text(batch, id_name, path)
-                        for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
-                            copy.write_row(row)
-                        rows += batch.num_rows
+        starts: list[int] = []  # the COPY line of each file's first row
+        try:
+            with connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.set_types(types)
+                for path in run.files[kind]:
+                    starts.append(rows + 1)
+                    with _open(path) as f:
+                        for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS, columns=schema.names):
+                            _check_id_bytes(batch, id_name, path)
+                            _check_text(batch, id_name, path)
+                            for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
+                                copy.write_row(row)
+                            rows += batch.num_rows
+        except self._psycopg.Error as e:
+            raise self._refused(e, _copied_row(e, run.files[kind], starts, id_name)) from e
         return rows
+
+
+def _copied_row(e: psycopg.Error, paths: list[str], starts: list[int], id_name: str) -> str | None:
+    """PostgreSQL's context of refusal `e` with its COPY line (which counts the rows of all the files streamed,
+    and means nothing to the person) as the file, its row, the id and, where PostgreSQL names it, the column."""
+    context = e.diag.context
+    stopped = _COPY_LINE.search(context or "")
+    # The last file begun by then (one without rows begins where the next does); none without a row's line.
+    at = bisect.bisect(starts, int(stopped[1])) - 1 if stopped else -1
+    if at < 0:
+        return context
+    with _open(paths[at]) as f:
+        ids = pq.ParquetFile(f).read(columns=[id_name]).column(id_name)
+    row = int(stopped[1]) - starts[at]
+    if not 0 <= row < len(ids):  # past the rows sent: PostgreSQL's own words
+        return context
+    column = stopped[2] or e.diag.column_name
+    where = f"in {paths[at]}: row {row + 1}, id {_shown(ids, row)}{f', column {column!r}' if column else ''}"
+    return context[: stopped.start()] + where + context[stopped.end() :]
 
 
 def _schema_of(connection, sql, schema: str | None, name: str) -> str | None:
@@ -855,7 +888,7 @@ def _check_text(batch: pa.RecordBatch, id_name: str, path: str) -> None:
 
 def _check_json(texts: list[str | None], ids: pa.Array, where: str) -> None:
     """Refuse a NUL character in a value going to jsonb (JSON text writes it `\\u0000`), naming its id:
-    PostgreSQL's jsonb cannot hold one, and its refusal names only the COPY line."""
+    PostgreSQL's jsonb cannot hold one, and its refusal speaks of an unsupported Unicode escape."""
     for at, text in enumerate(texts):
         if text is not None and "\\u0000" in text and _JSON_NUL.search(text):
             raise LoadError(

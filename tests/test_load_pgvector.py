@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -942,6 +943,52 @@ def test_a_nul_character_is_refused_naming_its_file_column_and_id(postgres, tmp_
         "cannot store; remove it upstream"
     )
     assert query(postgres, "SELECT to_regclass('kb_nul')") == [(None,)]
+
+
+def test_a_row_postgresql_refuses_in_copy_is_named_by_file_row_id_and_column(postgres, tmp_path):
+    """Constraints of the table's owner that a night's row breaks stop the COPY at a line counting the rows of
+    every file before it: the refusal names the file, the row in it, the id and, where PostgreSQL names it,
+    the column instead. The table is as it was."""
+    table = "kb_owner_constraints"
+    rows = {k: v[:6] for k, v in DAY_ONE.items()}
+    assert load(postgres, embed_night(tmp_path, "whole", rows), table).returncode == 0
+    before = table_state(postgres, table)
+    rows["title"][4] = None
+    small_files = ("--target_file_mb", "0.0001", "--rows_per_batch", "2")  # a file of each batch
+    run = embed_night(tmp_path, "broken", rows, *small_files)
+    written = [  # in the order the loader streams them
+        (run / name, n, row)
+        for name in read_manifest(run)["files"]["embeddings"]
+        for n, row in enumerate(pq.read_table(run / name, columns=["id", "title", "content_hash"]).to_pylist(), 1)
+    ]
+    assert len({path for path, _, _ in written}) == 3
+    last = written[-1][2]["id"]  # line 6 of the COPY, in a file of fewer rows
+    cut_vector = re.compile(r"\[[-0-9.e,]+\.\.\.\)")  # PostgreSQL's text of it, cut at 64 bytes
+    for constraint, bad, refusal, column in (
+        (
+            "ALTER COLUMN title SET NOT NULL",
+            rows["id"][4],
+            'null value in column "title" of relation "{}" violates not-null constraint',
+            ", column 'title'",
+        ),
+        (
+            f"ALTER COLUMN title DROP NOT NULL, ADD CONSTRAINT not_last CHECK (id <> '{last}') NOT VALID",
+            last,
+            'new row for relation "{}" violates check constraint "not_last"',
+            "",
+        ),
+    ):
+        with psycopg.connect(postgres) as connection:
+            connection.execute(f"ALTER TABLE {table} {constraint}")
+        result = load(postgres, run, table)
+        assert result.returncode == 1
+        path, n, row = next(each for each in written if each[2]["id"] == bad)
+        assert cut_vector.sub("[...])", result.stderr.strip().splitlines()[-1]) == (
+            f"error: {table}: PostgreSQL refused the load, the table is as it was: {refusal.format(table)} (Failing "
+            f"row contains ({bad}, {row['title'] or 'null'}, {row['content_hash']}, [...]).) (in {path}: row {n}, "
+            f"id {bad!r}{column})"
+        )
+        assert table_state(postgres, table) == before
 
 
 def test_nanosecond_ids_that_microseconds_would_merge_are_refused(postgres, tmp_path):
