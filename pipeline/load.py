@@ -53,6 +53,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
+from pipeline.logs import configure_logging
 from pipeline.pinecone_files import json_values, write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
@@ -1039,7 +1040,7 @@ def export_pinecone(run: Run, output: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = command_line().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         run = read_run(args.run_dir)
         if args.target == "pgvector":

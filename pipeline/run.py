@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
+from pipeline.logs import configure_logging
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
@@ -209,23 +210,10 @@ def _published(plan: JobPlan) -> bool:
         return False
 
 
-def _configure_logging() -> None:
-    """The job's INFO lines in one format. A module that logs through the root logger as it is
-    imported gives that logger Python's default handler (WARNING and up, `LEVEL:name:message`), and
-    basicConfig then does nothing: Beam without its gcp extra does, warning that apitools is missing,
-    and the job's own lines (start-up, device) were lost. That default handler is replaced; any
-    other (a test harness's) is kept."""
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        if type(handler) is logging.StreamHandler and getattr(handler.formatter, "_fmt", None) == logging.BASIC_FORMAT:
-            root.removeHandler(handler)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """`started`: as for `run`; the command line passes when this process began."""
     argv = sys.argv[1:] if argv is None else argv
-    _configure_logging()
+    configure_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
     if threading.current_thread() is threading.main_thread():
