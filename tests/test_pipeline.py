@@ -161,6 +161,33 @@ def test_multi_process_run_gives_the_same_rows(job, knowledge_base):
             assert np.dot(row["embedding"], multi[row["id"]]) >= 0.9999
 
 
+def test_a_small_input_runs_in_the_launchers_process_and_a_larger_one_in_a_process_per_core(tmp_path):
+    """Worker processes are ready seconds after the launcher's own worker would be: they pay only
+    above 64 KiB of input. A choice the user made stands."""
+    write_shards(tmp_path / "small", rows=3, shards=1)
+    write_shards(tmp_path / "large", rows=1200, shards=2)
+    small = sum(f.stat().st_size for f in (tmp_path / "small").iterdir())
+    assert sum(f.stat().st_size for f in (tmp_path / "large").iterdir()) > 64 * 2**10 > small
+
+    def workers(name: str, *extra: str) -> list[str]:
+        result = run_cli(
+            "--input", f"{tmp_path}/{name}/*.parquet", "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--plan_only", *extra,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        return [line.split("pipeline.run: ")[1] for line in lines if "pipeline.run: workers" in line]
+
+    cores = min(os.cpu_count() or 1, 8)
+    assert workers("small") == [
+        f"workers: one, in this process ({small / 2**10:.1f} KiB of input"
+        + ("; worker processes above 64.0 KiB)" if cores > 1 else ")")
+    ]
+    if cores > 1:
+        assert workers("large") == [f"workers: {cores} processes, one per core"]
+    assert workers("small", "--direct_running_mode=multi_processing", "--direct_num_workers=2") == []
+
+
 def test_help_explains_every_option():
     result = run_cli("--help")
     assert result.returncode == 0
