@@ -142,8 +142,8 @@ class ProgressLine:
 
 class WorkerLogs(logging.Filter):
     """Turns forwarded worker records into the job's own single-line messages; feeds progress reports
-    to `line` instead of the log. Installed on the local job service's logger and the embed module's
-    (whose records stay in this process when workers run in memory)."""
+    to `line` instead of the log. Installed on the local job service's logger, and on the embed
+    module's and Beam's DoFn runner's, whose records stay in this process when workers run in it."""
 
     def __init__(self, line: ProgressLine, job_folders: tuple[str, ...], reported: re.Pattern[str]) -> None:
         """`reported`: the job's own errors, which the command reports itself in one line once the
@@ -169,8 +169,10 @@ class WorkerLogs(logging.Filter):
                 self._line.finish()
                 return True
             return False
-        if self._report(message):
+        if self._report(message) or record.levelno >= logging.ERROR and self._reported.search(message):
             return False
+        if record.name.startswith("transforms."):  # a worker in this process: named as a forwarded one is
+            record.name = "worker"
         self._line.finish()
         return True
 

@@ -48,12 +48,15 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
-# Local worker processes' log records arrive through this logger; the embed module's own
-# and progress reports' records stay in this process when workers run in memory.
+# A worker running in this process raises its error again with Beam's note of the step appended.
+_STEP_NOTE = re.compile(r" \[while running '[^\n]*'\]$", re.MULTILINE)
+# Local worker processes' log records arrive through this logger; the embed module's own,
+# progress reports' and Beam's DoFn runner's (a failure) stay in this process when workers run in it.
 _WORKER_LOGGERS = (
     "apache_beam.runners.portability.local_job_service",
     "transforms.embed",
     "transforms.progress_report",
+    "apache_beam.runners.common",
 )
 # The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
 _STOPPED_BY: list[str] = []
@@ -254,13 +257,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (InputError, ModelFolderError, OutputTakenOver) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_STEP_NOTE.sub('', str(e))}", file=sys.stderr)
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one
         if _STOPPED_BY:  # the stop reached a worker running in this process, which Beam wrapped
             print(f"error: {_stopped()}", file=sys.stderr)
             return 1
-        found = _WORKER_ERROR.search(str(e))
+        found = _WORKER_ERROR.search(_STEP_NOTE.sub("", str(e)))
         if found:
             print(f"error: {found.group(1)}", file=sys.stderr)
             return 1
