@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,6 +123,7 @@ class JobPlan:
     join_buckets: int  # groups of ids the join settles apart, each in one process
     progress_interval: float
     progress_total: int | None  # rows that will go through the model, when known before the run
+    text_bytes: int | None  # the inputs' text uncompressed, where the footers were read before the run
     previous: PreviousRun | None
     chunking: Chunking | None  # None: one vector per row, truncated
     header: dict  # the manifest's fixed part: model block, inputs, options, start time
@@ -245,23 +247,32 @@ def describe_inputs(files: list[PlannedFile]) -> list[dict]:
     ]
 
 
-def checked_footers(files: list[str], columns: InputColumns) -> int | None:
-    """Rows in all input files by their Parquet footers, each footer read (in threads) and checked as
-    the workers check it: a file that is not readable Parquet, or that holds rows without the columns
-    or with an id or carried column of another type family, fails here, before any worker starts,
-    naming the first such file. None when there are too many to read before a local run."""
+class Footers(NamedTuple):
+    rows: int
+    text_bytes: int  # the text column uncompressed: the work ahead, however well the files compressed
+
+
+def checked_footers(files: list[str], columns: InputColumns) -> Footers | None:
+    """Rows and text in all input files by their Parquet footers, each footer read (in threads) and
+    checked as the workers check it: a file that is not readable Parquet, or that holds rows without
+    the columns or with an id or carried column of another type family, fails here, before any
+    worker starts, naming the first such file. None when there are too many to read before a local run."""
     if len(files) > MAX_FOOTERS:
         return None
 
-    def rows(path: str) -> int:
+    def footers(path: str) -> Footers:
         parquet = open_parquet(path)
         metadata = parquet.metadata
-        if metadata.num_rows:  # a shard without rows is not read, so not checked
-            check_shard(parquet.schema_arrow, path, columns)
-        return metadata.num_rows
+        if not metadata.num_rows:  # a shard without rows is not read, so not checked
+            return Footers(0, 0)
+        check_shard(parquet.schema_arrow, path, columns)
+        text = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index(columns.text)
+        groups = (metadata.row_group(g) for g in range(metadata.num_row_groups))
+        return Footers(metadata.num_rows, sum(group.column(text).total_uncompressed_size for group in groups))
 
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        return sum(pool.map(rows, files))
+        found = list(pool.map(footers, files))
+    return Footers(sum(f.rows for f in found), sum(f.text_bytes for f in found))
 
 
 def join_buckets(rows: int) -> int:
@@ -681,7 +692,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS
-    rows = checked_footers(files, columns) if local else None  # a remote run leaves them to its workers
+    footers = checked_footers(files, columns) if local else None  # a remote run leaves them to its workers
+    rows = footers.rows if footers else None
     progress_total = rows if not passages and not previous else None
     # Last: nothing after this may fail, since it clears the output and takes it over.
     owner = prepare_output(
@@ -713,6 +725,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         ),
         progress_interval=opts.progress_interval,
         progress_total=progress_total,
+        text_bytes=footers.text_bytes if footers else None,
         previous=previous,
         chunking=passages,
         header=header,

@@ -40,10 +40,11 @@ _LOCAL_RUNNER = "FnApiRunner"
 # (transforms.spill; under TMPDIR) instead of the launcher's memory.
 _SPILLING_RUNNERS = ("FnApiRunner", "BundleBasedDirectRunner")
 _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (about 600 MB)
-# Input files of at most this many bytes in all run in the launcher's process: its worker is
-# ready 2-4 s before worker processes are (a 3-row run on 2 cores: 6.2-6.8 s against 8.0-10.5 s),
-# and processes gain only 7% on the embedding.
-_IN_PROCESS_BYTES = 64 * 2**10
+# Inputs of at most this much text (uncompressed, by the footers) run in the launcher's process:
+# its worker is ready 2-3 s before worker processes are, more than they gain on so little
+# embedding. On 2 cores 800 rows (207 KiB of text) took 14.1-15.3 s in it, 17.2-17.7 s in processes;
+# 2,000 rows (543 KiB) were even; kept below both, as processes gain more with more cores.
+_IN_PROCESS_TEXT_BYTES = 128 * 2**10
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
@@ -96,19 +97,19 @@ def _workers_chosen(argv: list[str]) -> bool:
 def _choose_local_workers(options: PipelineOptions, plan: JobPlan) -> JobPlan:
     """On CPU, one single-threaded worker process per core: measured 7% faster end to end on
     2 cores than one process with two threads (12,000 passages: 145 s against 157 s). Inputs of
-    at most _IN_PROCESS_BYTES run in this process instead, whose worker is ready seconds sooner.
+    at most _IN_PROCESS_TEXT_BYTES of text run in this process instead, whose worker is ready sooner.
     With several GPUs, one process with two threads per GPU, which share one model copy per GPU.
     The plan's threads per worker follow the choice."""
     cores = min(os.cpu_count() or 1, _MAX_LOCAL_WORKERS)
     device = options.view_as(EmbedOptions).device
     direct = options.view_as(DirectOptions)
     gpus = _gpu_count(device) if device_type(device) == "cuda" else 0
-    input_bytes = sum(f.size for f in plan.input_files)
+    small = plan.text_bytes is not None and plan.text_bytes <= _IN_PROCESS_TEXT_BYTES
     if gpus > 1:
         direct.direct_running_mode = "multi_threading"
         direct.direct_num_workers = 2 * gpus
         _LOG.info("workers: %d threads in this process, 2 per GPU", 2 * gpus)
-    elif cores > 1 and device in ("cpu", "auto") and not gpus and input_bytes > _IN_PROCESS_BYTES:
+    elif cores > 1 and device in ("cpu", "auto") and not gpus and not small:
         direct.direct_running_mode = "multi_processing"
         direct.direct_num_workers = cores
         _LOG.info("workers: %d processes, one per core", cores)
@@ -116,9 +117,10 @@ def _choose_local_workers(options: PipelineOptions, plan: JobPlan) -> JobPlan:
         direct.direct_running_mode = "in_memory"
         direct.direct_num_workers = 1
         _LOG.info(
-            "workers: one, in this process (%s of input%s)",
-            _kib(input_bytes),
-            f"; worker processes above {_kib(_IN_PROCESS_BYTES)}" if cores > 1 and not gpus else "",
+            "workers: one, in this process%s",
+            f" ({_kib(plan.text_bytes)} of text; worker processes above {_kib(_IN_PROCESS_TEXT_BYTES)})"
+            if small and cores > 1 and not gpus
+            else "",
         )
     return replace(plan, handler=replace(plan.handler, threads=threads_per_worker(options)))
 

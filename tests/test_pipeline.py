@@ -162,12 +162,16 @@ def test_multi_process_run_gives_the_same_rows(job, knowledge_base):
 
 
 def test_a_small_input_runs_in_the_launchers_process_and_a_larger_one_in_a_process_per_core(tmp_path):
-    """Worker processes are ready seconds after the launcher's own worker would be: they pay only
-    above 64 KiB of input. A choice the user made stands."""
+    """Worker processes are ready seconds after the launcher's own worker would be: they pay only above
+    128 KiB of text, uncompressed (a few files that compress well can hold much). A choice the user
+    made stands."""
     write_shards(tmp_path / "small", rows=3, shards=1)
     write_shards(tmp_path / "large", rows=1200, shards=2)
-    small = sum(f.stat().st_size for f in (tmp_path / "small").iterdir())
-    assert sum(f.stat().st_size for f in (tmp_path / "large").iterdir()) > 64 * 2**10 > small
+    write_parquet(tmp_path / "compressed" / "kb.parquet", id=["a", "b"], text=["a passage " * 20_000] * 2)
+    assert (tmp_path / "compressed" / "kb.parquet").stat().st_size < 2**14  # 400,000 bytes of text
+    metadata = pq.ParquetFile(tmp_path / "small" / "part-00000.parquet").metadata
+    text = [metadata.schema.column(i).name for i in range(metadata.num_columns)].index("text")
+    small = metadata.row_group(0).column(text).total_uncompressed_size
 
     def workers(name: str, *extra: str) -> list[str]:
         result = run_cli(
@@ -179,12 +183,13 @@ def test_a_small_input_runs_in_the_launchers_process_and_a_larger_one_in_a_proce
         return [line.split("pipeline.run: ")[1] for line in lines if "pipeline.run: workers" in line]
 
     cores = min(os.cpu_count() or 1, 8)
+    if cores == 1:
+        assert workers("small") == workers("large") == ["workers: one, in this process"]
+        return
     assert workers("small") == [
-        f"workers: one, in this process ({small / 2**10:.1f} KiB of input"
-        + ("; worker processes above 64.0 KiB)" if cores > 1 else ")")
+        f"workers: one, in this process ({small / 2**10:.1f} KiB of text; worker processes above 128.0 KiB)"
     ]
-    if cores > 1:
-        assert workers("large") == [f"workers: {cores} processes, one per core"]
+    assert workers("large") == workers("compressed") == [f"workers: {cores} processes, one per core"]
     assert workers("small", "--direct_running_mode=multi_processing", "--direct_num_workers=2") == []
 
 
