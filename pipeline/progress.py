@@ -171,7 +171,7 @@ class WorkerLogs(logging.Filter):
             return False
         if self._report(message) or record.levelno >= logging.ERROR and self._reported.search(message):
             return False
-        if record.name.startswith("transforms."):  # a worker in this process: named as a forwarded one is
+        if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
             record.name = "worker"
         self._line.finish()
         return True

@@ -51,11 +51,13 @@ _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline"
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
 # A worker running in this process raises its error again with Beam's note of the step appended.
 _STEP_NOTE = re.compile(r" \[while running '[^\n]*'\]$", re.MULTILINE)
-# Local worker processes' log records arrive through this logger; the embed module's own,
-# progress reports' and Beam's DoFn runner's (a failure) stay in this process when workers run in it.
+# Local worker processes' log records arrive through this logger; the embed module's own, the
+# encoder's, progress reports' and Beam's DoFn runner's (a failure) stay in this process when
+# workers run in it.
 _WORKER_LOGGERS = (
     "apache_beam.runners.portability.local_job_service",
     "transforms.embed",
+    "encoder.pooled_encoder",
     "transforms.progress_report",
     "apache_beam.runners.common",
 )

@@ -330,6 +330,7 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     assert rejected[-1] == manifest["rows_rejected"] > 0 and done[-1] == of[-1] == manifest["rows_embedded"]
     assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
     assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
+    assert " encoder.pooled_encoder: " not in result.stderr  # its lines too are the worker's (CPU linear kernels)
     startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"
     assert re.search(startup, result.stderr)
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
