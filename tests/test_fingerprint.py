@@ -23,7 +23,6 @@ from tests.conftest import (
 from tests.test_reference_edges import save_prompt_filling_the_window, save_xlnet
 
 ROWS = {"id": [1, 2, 3], "text": ["Reset the VPN Token", "Billing API returns 502", "ok"]}
-IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")  # one process: seconds faster
 # all-MiniLM-L6-v2's on CPU, as runs before ENCODER_FIX_KEYS recorded it.
 DEFAULT_FINGERPRINT = "bd264a39add71cecf4a8efd00a3dc087993e3a05458b78415c11ecea8b94eb33"
 
@@ -39,7 +38,7 @@ def runs(tmp_path_factory) -> dict:
 
     def job(day: str, previous: str | None, *extra: str) -> None:
         digests[day] = folder_sha256(model)
-        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model), *IN_PROCESS, *extra]
+        args = ["--input", str(inputs), "--output", str(root / day), "--model", str(model), *extra]
         result = run_cli(*args, *(["--previous", str(root / previous)] if previous else []))
         assert result.returncode == 0, result.stderr
         stderr[day] = result.stderr
@@ -126,7 +125,7 @@ def test_a_run_from_before_an_encoder_fix_that_changed_the_models_vectors_is_ree
     inputs = write_parquet(tmp_path / "in" / "a.parquet", **ROWS)
 
     def job(day: str, *previous: str) -> tuple[dict, str]:
-        args = ["--input", str(inputs), "--output", str(tmp_path / day), "--model", str(model), *IN_PROCESS]
+        args = ["--input", str(inputs), "--output", str(tmp_path / day), "--model", str(model)]
         result = run_cli(*args, *options, *previous)
         assert result.returncode == 0, result.stderr
         return read_manifest(tmp_path / day), result.stderr

@@ -41,14 +41,11 @@ GONE, EDITED, RETITLED = DAY_ONE["id"][:2], DAY_ONE["id"][2:5], DAY_ONE["id"][5]
 
 
 def embed_night(root, name: str, rows: dict, *options: str, carried: tuple = ("--carry_columns", "title")):
-    """The job's output for `rows`, for the loader to load. The job runs its worker in its own process
-    (Beam's in-memory mode): these tests are about loading, and each of their runs then starts
-    2-3 s sooner than with the local default's worker processes, which other tests cover."""
+    """The job's output for `rows`, for the loader to load."""
     for part in range(2):
         write_parquet(root / name / f"part-{part}.parquet", **{k: v[part::2] for k, v in rows.items() if k != "kind"})
     output = root / f"{name}-out"
-    in_memory = ("--direct_running_mode", "in_memory")
-    result = run_cli("--input", f"{root}/{name}/*.parquet", "--output", str(output), *carried, *in_memory, *options)
+    result = run_cli("--input", f"{root}/{name}/*.parquet", "--output", str(output), *carried, *options)
     assert result.returncode == 0, result.stderr
     return output
 
