@@ -42,7 +42,7 @@ import re
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,6 +95,8 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _COPY_LINE = re.compile(r"^COPY .*, line (\d+)(?:, column (.*))?$", re.MULTILINE)
 # Columns of `embedding_job_loads` that versions before 2026-12-03 did not keep.
 LOADS_ADDED = ("run_started_at timestamptz", "columns text[]", "relid oid")
+# How PostgreSQL folds an unquoted name in UTF-8: ASCII capitals only.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Columns the loader writes whatever the run carries (with passages the chunk, in the key, too):
 # NOT NULL, and dropped once a run lacks them.
 LOADER_COLUMNS = (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN, *(f.name for f in PASSAGE_FIELDS))
@@ -260,8 +262,15 @@ class PgvectorLoader:
         import psycopg.types.json
 
         *self._schema, self._relname = table.split(".")
-        if len(self._schema) > 1:
+        if len(self._schema) > 1 or not all(part and part == part.strip() for part in (*self._schema, self._relname)):
             raise LoadError(f"--table {table}: give a table, or a schema and a table (schema.table)")
+        if '"' in table:
+            raise LoadError(f"--table {table}: names are taken exactly as written, case included: no quotes")
+        if self._schema and _system_schema(self._schema[0]) or self._relname == LOADS_TABLE:
+            raise LoadError(
+                f"--table {table}: a table of the loader's own or in a system schema (pg_temp's would be gone "
+                "when the load ends)"
+            )
         if len(self._relname.encode()) > TABLE_NAME_BYTES:
             raise LoadError(
                 f"--table {table}: a name of {len(self._relname.encode())} bytes; at most {TABLE_NAME_BYTES}, so "
@@ -327,7 +336,14 @@ class PgvectorLoader:
                 relid = connection.execute("SELECT to_regclass(%s)::oid", [name]).fetchone()[0]
                 # What was recorded of a table since dropped (and perhaps created again) says nothing of this one.
                 loaded = row if row and relid is not None and row[4] in (None, relid) else None
-                if loaded and loaded[1] == run.run_id:
+                index = self._index_operator_class(connection)
+                index_right = index == PgVectors.of(run).operator_class
+                if loaded and not index_right:
+                    _LOG.warning(
+                        "loading the snapshot: the table's HNSW index %s",
+                        f"is {index}, not {PgVectors.of(run).operator_class}" if index else "is gone",
+                    )
+                if loaded and loaded[1] == run.run_id and index_right:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
                 if loaded and loaded[2] and not self._rollback:
                     raise LoadError(
@@ -335,17 +351,15 @@ class PgvectorLoader:
                         f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
                     )
                 found = self._columns(connection)
-                written = (loaded[3] if loaded else None) or []  # the columns the loader wrote last time
+                # The columns the loader wrote last time; versions before 2026-12-03 recorded none: then its own.
+                written = (LOADER_COLUMNS if loaded[3] is None else loaded[3]) if loaded else ()
                 shape = self._shape(connection, schema, run, found, written) if found else None
                 # A change set sets the run's columns: any other the last run wrote would keep stale values.
                 # (Versions before 2026-12-03 kept no columns: then the table must have only the run's.)
                 last = loaded[3] if loaded and loaded[3] is not None else list(found)
                 changes = (
                     changes_since(run, loaded[1], schema)
-                    if loaded
-                    and shape == []
-                    and sorted(last) == sorted(schema.names)
-                    and self._index_operator_class(connection) == PgVectors.of(run).operator_class
+                    if loaded and shape == [] and sorted(last) == sorted(schema.names) and index_right
                     else None
                 )
                 if changes:
@@ -485,9 +499,29 @@ class PgvectorLoader:
         schema = _schema_of(connection, self._sql, self._schema[0] if self._schema else None, self._relname)
         if schema is None:
             raise LoadError(f"--table {self._table}: no schema in the search_path to create it in")
+        if _system_schema(schema):
+            raise LoadError(f"--table {self._table}: found in or to be created in PostgreSQL's schema {schema}")
         self._name = self._sql.Identifier(schema, self._relname)
         self._qualified_index = self._sql.Identifier(schema, self._index)
+        self._check_case(connection)
         return f"{schema}.{self._relname}"
+
+    def _check_case(self, connection) -> None:
+        """Refuse a --table of capitals naming no table where SQL's spelling of it (unquoted, folded to lower
+        case) names one: the loader would create a second table beside the one SQL's queries read."""
+        parts = [*self._schema, self._relname]
+        folded = [part.translate(_ASCII_LOWER) for part in parts]
+        if folded == parts:
+            return
+        exact, lower = (self._sql.Identifier(*names).as_string(connection) for names in (parts, folded))
+        if connection.execute(
+            "SELECT to_regclass(%s) IS NULL AND to_regclass(%s) IS NOT NULL", [exact, lower]
+        ).fetchone()[0]:
+            raise LoadError(
+                f"--table {self._table}: no such table, but there is {'.'.join(folded)}, which is what SQL reads "
+                f"{self._table} as (unquoted names fold to lower case); --table takes a name exactly as written: "
+                f"pass --table {'.'.join(folded)}"
+            )
 
     def _index_operator_class(self, connection) -> str | None:
         """The operator class of the table's HNSW index; None when it has none (dropped by hand).
@@ -509,10 +543,10 @@ class PgvectorLoader:
             ).fetchall()
         )
 
-    def _shape(self, connection, schema: pa.Schema, run: Run, found: dict[str, str], written: list[str]) -> list:
+    def _shape(self, connection, schema: pa.Schema, run: Run, found: dict[str, str], written: Sequence[str]) -> list:
         """How the table must change to take the run's rows; none when it has the run's columns (and
         perhaps others) of the loader's types and the run's primary key. Missing columns are added, types
-        changed; columns the loader wrote (`written`, and its own) that the run lacks are dropped; a
+        changed; columns the loader wrote last (`written`) that the run lacks are dropped; a
         former key column that stays loses its NOT NULL; the key is replaced."""
         sql = self._sql
         primary = connection.execute(  # its name, its columns, and those COPY would leave null
@@ -526,7 +560,7 @@ class PgvectorLoader:
         key, (name, old_key, unfilled) = _key(run), primary or (None, [], [])
         wanted = self._types(connection, schema, run)
         required = {*key, *_own_columns(run)}  # NOT NULL: the key and the loader's own
-        dropped = [column for column in found if column not in wanted and column in {*written, *LOADER_COLUMNS}]
+        dropped = [column for column in found if column not in wanted and column in written]
         changes = []
         if old_key != key:
             if name:
@@ -726,6 +760,11 @@ def _copied_row(e: psycopg.Error, paths: list[str], starts: list[int], id_name: 
     column = stopped[2] or e.diag.column_name
     where = f"in {paths[at]}: row {row + 1}, id {_shown(ids, row)}{f', column {column!r}' if column else ''}"
     return context[: stopped.start()] + where + context[stopped.end() :]
+
+
+def _system_schema(name: str) -> bool:
+    """PostgreSQL reserves names starting pg_ for its own schemas (pg_catalog, pg_toast, pg_temp_N)."""
+    return name.startswith("pg_")
 
 
 def _schema_of(connection, sql, schema: str | None, name: str) -> str | None:

@@ -402,6 +402,14 @@ def test_a_change_set_onto_a_table_whose_index_is_gone_reloads_it_whole(postgres
         indexes = connection.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [TABLE]).fetchall()
     assert any("USING hnsw (embedding vector_cosine_ops)" in row[0] for row in indexes)
 
+    with psycopg.connect(postgres) as connection:  # the same run again: not "nothing to do" without its index
+        connection.execute(f"DROP INDEX {TABLE}_embedding_hnsw")
+    again = load(postgres, day_two)
+    assert again.stdout.strip() == f"{TABLE}: 30 rows of run {read_manifest(day_two)['run_id']} loaded (table refilled)"
+    assert "loading the snapshot: the table's HNSW index is gone" in again.stderr
+    assert hnsw_indexes(postgres, "public", TABLE) == [f"{TABLE}_embedding_hnsw"]
+    assert_table_is(postgres, day_two)
+
 
 def test_a_load_killed_midway_leaves_the_table_as_it_was(postgres, day_one, tmp_path):
     """Another run's snapshot refills the table; a trigger slows its COPY to 0.2 s a row, and the loader
@@ -698,6 +706,49 @@ def test_a_table_name_too_long_for_the_loaders_own_names_is_refused(postgres, da
     assert query(postgres, "SELECT count(*) FROM pg_class WHERE relname LIKE 'kkkk%%'") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    "table, refusal",
+    [
+        (
+            "pg_temp.kb_gone",
+            "a table of the loader's own or in a system schema (pg_temp's would be gone when the load ends)",
+        ),
+        (
+            "embedding_job_loads",
+            "a table of the loader's own or in a system schema (pg_temp's would be gone when the load ends)",
+        ),
+        ("pg_class", "found in or to be created in PostgreSQL's schema pg_catalog"),
+        (
+            '"kb_quoted"',
+            "names are taken exactly as written, case included: no quotes",
+        ),
+        (" kb_spaced", "give a table, or a schema and a table (schema.table)"),
+        (".kb_schemaless", "give a table, or a schema and a table (schema.table)"),
+    ],
+)
+def test_a_table_name_the_load_would_lose_or_misplace_is_refused(postgres, day_one, table, refusal):
+    result = load(postgres, day_one, table)
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (1, "", f"error: --table {table}: {refusal}")
+    made = ["kb_gone", "kb_quoted", '"kb_quoted"', " kb_spaced", "kb_spaced", "kb_schemaless"]
+    assert query(postgres, "SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", made) == [(0,)]
+
+
+def test_a_table_name_with_capitals_that_sql_reads_as_another_table_is_refused(postgres, day_one):
+    """`CREATE TABLE KbUpper` makes kbupper; `--table KbUpper` would make a second table, "KbUpper"."""
+    with psycopg.connect(postgres) as connection:
+        connection.execute("CREATE TABLE KbUpper (note text)")
+    result = load(postgres, day_one, "KbUpper")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: --table KbUpper: no such table, but there is kbupper, which is what SQL reads KbUpper as "
+        "(unquoted names fold to lower case); --table takes a name exactly as written: pass --table kbupper"
+    )
+    assert query(postgres, "SELECT relname FROM pg_class WHERE lower(relname) = 'kbupper'") == [("kbupper",)]
+    assert load(postgres, day_one, "kbupper").returncode == 0
+    assert load(postgres, day_one, "KbFresh").returncode == 0  # capitals naming no table SQL reads: as written
+    assert query(postgres, 'SELECT count(*) FROM "KbFresh"') == [(30,)]
+
+
 def test_an_id_too_long_for_a_primary_key_is_refused_naming_it(postgres, day_one, tmp_path):
     """One id of 3,000 bytes, its file's checks updated: the load stops naming the id and the file."""
     table = "kb_long_id"
@@ -828,6 +879,24 @@ def test_columns_and_keys_the_loader_did_not_make_are_kept(postgres, day_one, tm
         connection.execute(f"DROP TABLE {table}")
     recreated = load(postgres, tmp_path / "owned", table)
     assert recreated.stdout.strip() == f"{table}: 30 rows of run owned loaded (table created)", recreated.stderr
+
+
+def test_a_column_of_the_users_named_as_a_passage_column_is_kept_and_the_change_set_applied(postgres, day_one, day_two):
+    """Without passages, `char_start` is no column of the loader's: one the user added stays, and so
+    the next night is its change set (the rows it leaves alone keep what the user set)."""
+    table = "kb_marked"
+    assert load(postgres, day_one, table).returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN char_start int DEFAULT 0, ADD COLUMN reviewed boolean")
+        connection.execute(f"UPDATE {table} SET char_start = 42, reviewed = true")
+    result = load(postgres, day_two, table)
+    assert result.returncode == 0, result.stderr
+    assert "change set of run" in result.stdout and "DROP COLUMN" not in result.stdout
+    changes = read_manifest(day_two)["changes"]
+    assert (changes["upserts"], changes["deletes"]) == (6, 2)  # 3 texts edited, 1 title, 2 new; 2 gone
+    # Rows updated in place keep the user's values; the 2 new ones take the defaults.
+    marks = query(postgres, f"SELECT char_start, reviewed, count(*) FROM {table} GROUP BY 1, 2 ORDER BY 1")
+    assert marks == [(0, None, 2), (42, True, 28)]
 
 
 def test_a_carried_column_no_longer_carried_is_dropped_not_left_stale(postgres, day_one, tmp_path):
