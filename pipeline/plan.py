@@ -266,7 +266,10 @@ def checked_footers(files: list[str], columns: InputColumns) -> Footers | None:
         if not metadata.num_rows:  # a shard without rows is not read, so not checked
             return Footers(0, 0)
         check_shard(parquet.schema_arrow, path, columns)
-        text = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index(columns.text)
+        paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        if columns.text not in paths:  # nested (a list, a struct): no leaf of that name, and no text to embed
+            return Footers(metadata.num_rows, 0)
+        text = paths.index(columns.text)
         groups = (metadata.row_group(g) for g in range(metadata.num_row_groups))
         return Footers(metadata.num_rows, sum(group.column(text).total_uncompressed_size for group in groups))
 

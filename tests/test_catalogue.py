@@ -106,10 +106,17 @@ def test_dictionary_encoded_text_is_embedded_like_plain_text(tmp_path):
         np.testing.assert_allclose(vectors[f"d-{i}"], vectors[f"p-{i}"], rtol=0, atol=1e-6)
 
 
-def test_text_column_of_a_non_string_type_rejects_its_rows(tmp_path):
+@pytest.mark.parametrize(
+    "texts",
+    [pa.array([3.5, None], pa.float64()), pa.array([["a list"], None], pa.list_(pa.string()))],
+    ids=["double", "list"],
+)
+def test_text_column_of_a_non_string_type_rejects_its_rows(tmp_path, texts):
+    """A nested one too: the plan, which sums the text column's bytes from the footers, finds no leaf of its name."""
     write_parquet(tmp_path / "in" / "a.parquet", **GOOD)
-    write_parquet(tmp_path / "in" / "b.parquet", id=["n-1", "n-2"], text=pa.array([3.5, None], pa.float64()))
-    manifest = _succeeded(tmp_path, _run(tmp_path), "text column of type double", "rows rejected: text_not_string")
+    write_parquet(tmp_path / "in" / "b.parquet", id=["n-1", "n-2"], text=texts)
+    case = f"text column of type {texts.type}"
+    manifest = _succeeded(tmp_path, _run(tmp_path), case, "rows rejected: text_not_string")
     assert manifest["rejected_by_reason"] == {"null_text": 1, "text_not_string": 1}
     assert _rejects(tmp_path) == [("n-1", "text_not_string"), ("n-2", "null_text")]
 
