@@ -44,9 +44,7 @@ from schemas.inputs import (
     InputColumns,
     InputError,
     check_shard,
-    decimal_holding_both,
     input_columns,
-    integer_holding_both,
     may_widen,
     quoted,
     type_holding_both,
@@ -688,10 +686,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
-    ours, theirs = columns.id.type, previous.id_type if previous else None
-    wider = (integer_holding_both(ours, theirs) or decimal_holding_both(ours, theirs)) if theirs else None
-    if wider is not None:  # ids yesterday held past tonight's width or scale join as they are; the output keeps them
-        columns = replace(columns, id=columns.id.with_type(wider))
+    if (
+        previous and previous.id_type is not None
+    ):  # ids yesterday held past tonight's width, sign or scale join as they are; the output keeps them
+        columns = replace(columns, id=columns.id.with_type(type_holding_both(columns.id.type, previous.id_type)))
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS

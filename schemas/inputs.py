@@ -175,10 +175,10 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
 
 
 def may_widen(kind: pa.DataType) -> bool:
-    """Whether `type_holding_both` can change `kind`: it holds an integer narrower than 64 bits or a
-    decimal, at any depth."""
+    """Whether `type_holding_both` can change `kind`: it holds an integer narrower than 64 bits, a
+    uint64 (int64 beside signed integers) or a decimal, at any depth."""
     if pa.types.is_integer(kind):
-        return kind.bit_width < 64
+        return kind != pa.int64()
     return pa.types.is_decimal(kind) or any(may_widen(part) for part in _parts(kind))
 
 

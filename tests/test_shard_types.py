@@ -280,6 +280,31 @@ def test_ids_yesterday_held_past_tonights_integer_width_widen_tonights_ids(tmp_p
     assert deletes.schema.field("id").type == pa.int64() and deletes.column("id").to_pylist() == [3_000_000_000]
 
 
+def test_uint64_ids_beside_signed_ones_are_read_as_int64_whichever_comes_first_or_was_yesterdays(tmp_path):
+    """A uint64 first shard beside a later int8 one, then a night of uint64 ids after that night's
+    int64 output: int64 both times, which holds every id, as when the signed shard comes first."""
+    day1 = tmp_path / "day1"
+    write_parquet(day1 / "a.parquet", id=pa.array([1, 2], pa.uint64()), text=["text a", "text b"])
+    write_parquet(day1 / "b.parquet", id=pa.array([-5, 3], pa.int8()), text=["text minus", "text c"])
+    first = tmp_path / "out1"
+    result = run_cli("--input", f"{day1}/*.parquet", "--output", str(first))
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(first, "embeddings")
+    assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [-5, 1, 2, 3]
+    day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=pa.array([1, 2, 7], pa.uint64()),
+                         text=["text a", "text b", "text new"])  # fmt: skip
+    second = tmp_path / "out2"
+    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    counts = ("rows_in", "rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")
+    assert [manifest[key] for key in counts] == [3, 1, 2, 2, 0]
+    embedded = _outputs(second, "embeddings")
+    assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [1, 2, 7]
+    deletes = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
+    assert deletes.schema.field("id").type == pa.int64() and sorted(deletes.column("id").to_pylist()) == [-5, 3]
+
+
 def test_shards_without_rows_decide_no_types_even_when_a_whole_night_is_empty(tmp_path):
     """pandas types the columns of an empty DataFrame double: such a shard beside string ids is
     no conflict, and an empty night after a night of int ids deletes every row."""

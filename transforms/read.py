@@ -161,7 +161,8 @@ def cast_columns(
                 row = first_row + _first_uncastable(batch.column(index), kind)
                 message = (
                     f"{path}: column {name!r} at row {row} cannot be read as {kind}, the type this run gives it "
-                    f"(the first input shard's that holds rows; integers as wide as the plan found every shard's) ({e})"
+                    f"(the first input shard's that holds rows; integers as wide as the plan found every shard's "
+                    f"and the --previous run's ids) ({e})"
                 )
                 raise InputError(message) from e
             batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
