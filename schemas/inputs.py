@@ -163,11 +163,20 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
     """`ours` with each integer and decimal, at any depth, as wide as `theirs` needs too: Spark's
     list<int32> beside pandas' list<int64> is read as list<int64>, not refused at the first item past
     int32. Integers take `integer_holding_both` (int64 where none does: uint64 beside signed), decimals
-    `decimal_holding_both`; parts of another family, or of type null, leave ours as it is."""
+    `decimal_holding_both`, a dictionary's indices those of both (int32 beside plain values, Arrow's
+    own); parts of another family, or of type null, leave ours as it is."""
     if pa.types.is_integer(ours) and pa.types.is_integer(theirs):
         return integer_holding_both(ours, theirs) or pa.int64()
     if pa.types.is_decimal(ours) and pa.types.is_decimal(theirs):
         return decimal_holding_both(ours, theirs) or ours
+    if pa.types.is_dictionary(ours):  # pandas sizes a categorical's indices to its categories: int8 up to 127
+        values, indices = (
+            (theirs.value_type, theirs.index_type) if pa.types.is_dictionary(theirs) else (theirs, pa.int32())
+        )
+        if type_family(ours.value_type) != type_family(values):
+            return ours
+        index = integer_holding_both(ours.index_type, indices) or pa.int64()
+        return pa.dictionary(index, type_holding_both(ours.value_type, values), ours.ordered)
     parts = _parts(ours)
     if not parts or type_family(ours) != type_family(theirs):
         return ours
@@ -176,9 +185,11 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
 
 def may_widen(kind: pa.DataType) -> bool:
     """Whether `type_holding_both` can change `kind`: it holds an integer narrower than 64 bits, a
-    uint64 (int64 beside signed integers) or a decimal, at any depth."""
+    uint64 (int64 beside signed integers), a decimal or a dictionary, at any depth."""
     if pa.types.is_integer(kind):
         return kind != pa.int64()
+    if pa.types.is_dictionary(kind):
+        return kind.index_type != pa.int64() or may_widen(kind.value_type)
     return pa.types.is_decimal(kind) or any(may_widen(part) for part in _parts(kind))
 
 

@@ -146,6 +146,32 @@ def test_a_shard_arrow_cannot_cast_to_the_first_shards_type_fails_naming_file_an
     assert (sorted(output.iterdir()) if output.exists() else []) == []
 
 
+def test_pandas_categoricals_of_more_categories_in_a_later_shard_are_read_with_wider_indices(tmp_path):
+    """pandas sizes a categorical's dictionary indices to its categories (int8 up to 127, int16 past):
+    the first shard's int8 could not hold a later shard's 300 categories, and the night failed."""
+    folder = tmp_path / "in"
+    teams = [f"team-{n}" for n in range(300)]
+    few = pd.DataFrame(
+        {"id": pd.Categorical(["a", "b"]), "text": ["text a", "text b"], "team": pd.Categorical(["red", "blue"])}
+    )
+    many = pd.DataFrame({"id": pd.Categorical([f"m{n}" for n in range(300)]), "text": [f"text {t}" for t in teams],
+                         "team": pd.Categorical(teams)})  # fmt: skip
+    folder.mkdir()
+    few.to_parquet(folder / "a.parquet", index=False)
+    many.to_parquet(folder / "b.parquet", index=False)
+    indices = [pq.read_schema(folder / name).field("team").type.index_type for name in ("a.parquet", "b.parquet")]
+    assert indices == [pa.int8(), pa.int16()]
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "team")
+    assert result.returncode == 0, result.stderr
+    assert (read_manifest(output)["rows_in"], read_manifest(output)["rows_embedded"]) == (302, 302)
+    table = _outputs(output, "embeddings")
+    assert table.schema.field("team").type == pa.dictionary(pa.int16(), pa.string())
+    assert sorted(zip(table["id"].to_pylist(), table["team"].to_pylist(), strict=True)) == sorted(
+        [("a", "red"), ("b", "blue"), *((f"m{n}", t) for n, t in enumerate(teams))]
+    )
+
+
 def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids_refuse_yesterdays_ints(tmp_path):
     day1 = tmp_path / "day1"
     spark = write_parquet(day1 / "a.parquet", id=pa.array([1, 2], pa.int32()), text=["text a", "text b"],
