@@ -22,6 +22,9 @@ def good_shard(path, ids=("a", "b")):
     return write_parquet(path, id=list(ids), text=[f"text of {i}" for i in ids])
 
 
+ID_TYPES = "ids must be strings, binaries, numbers (not float16), dates or times"
+
+
 def assert_failed_without_output(result, output, message):
     assert result.returncode == 1, result.stderr
     assert f"error: {message}" in result.stderr
@@ -211,16 +214,22 @@ def test_pickle_only_model_is_refused(tmp_path, model_path):
     record("security", "model with pickle weights only", "refused before any worker starts")
 
 
-def test_an_id_column_of_lists_is_refused_before_workers_start(tmp_path):
+@pytest.mark.parametrize(
+    "ids, named",
+    [
+        (pa.array([[1], [2]]), "list<element: int64>; " + ID_TYPES),
+        (
+            pa.array([b"a" * 16, b"b" * 16], pa.binary(16)).cast(pa.uuid()),
+            f"extension<arrow.uuid>; {ID_TYPES} (an extension type: write its storage, fixed_size_binary[16])",
+        ),
+    ],
+    ids=["list", "uuid"],
+)
+def test_an_id_column_of_lists_or_an_extension_type_is_refused_before_workers_start(tmp_path, ids, named):
     path = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"id": [[1], [2]], "text": ["one", "two"]}), path)
+    pq.write_table(pa.table({"id": ids, "text": ["one", "two"]}), path)
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
-    assert_failed_without_output(
-        result,
-        tmp_path / "out",
-        f"{path}: id column 'id' is list<element: int64>; "
-        "ids must be strings, binaries, numbers (not float16), dates or times",
-    )
+    assert_failed_without_output(result, tmp_path / "out", f"{path}: id column 'id' is {named}")
 
 
 def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
