@@ -102,6 +102,11 @@ def _with_parts(kind: pa.DataType, parts: list[pa.DataType]) -> pa.DataType:
     return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
 
 
+# Names of UTC that writers give timestamps: pandas, Spark and pyarrow today "UTC", pyarrow before 13
+# "+00:00" for Python's timezone.utc.
+UTC_SPELLINGS = frozenset({"UTC", "+00:00", "-00:00", "Z", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal"})
+
+
 def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
     pyarrow string; pandas int64 and nanoseconds, Spark int32 and microseconds), so shards that
@@ -123,8 +128,8 @@ def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
         return "string"
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
         return "binary"
-    if pa.types.is_timestamp(kind):
-        return ("timestamp", kind.tz)  # one instant means another wall-clock time in another zone
+    if pa.types.is_timestamp(kind):  # one instant means another wall-clock time in another zone
+        return ("timestamp", "UTC" if kind.tz in UTC_SPELLINGS else kind.tz)
     for name in ("integer", "date", "time", "duration", "decimal"):
         if getattr(pa.types, f"is_{name}")(kind):
             return name

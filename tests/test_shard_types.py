@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.inputs import integer_holding_both, type_holding_both
+from schemas.inputs import integer_holding_both, type_family, type_holding_both
 from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
@@ -170,6 +170,23 @@ def test_pandas_categoricals_of_more_categories_in_a_later_shard_are_read_with_w
     assert sorted(zip(table["id"].to_pylist(), table["team"].to_pylist(), strict=True)) == sorted(
         [("a", "red"), ("b", "blue"), *((f"m{n}", t) for n, t in enumerate(teams))]
     )
+
+
+def test_timestamps_in_utc_by_any_of_its_names_are_one_family(tmp_path):
+    """pandas writes UTC "UTC", pyarrow before 13 wrote Python's timezone.utc "+00:00": one zone,
+    read as the first shard's; another zone stays another family."""
+    folder = tmp_path / "in"
+    write_parquet(folder / "a.parquet", id=["a"], text=["text a"], at=pa.array([1_000_000], pa.timestamp("us", "UTC")))
+    write_parquet(folder / "b.parquet", id=["b"], text=["text b"], at=pa.array([2_000], pa.timestamp("ms", "+00:00")))
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "at")
+    assert result.returncode == 0, result.stderr
+    table = _outputs(output, "embeddings").sort_by("id")
+    assert table["at"].type == pa.timestamp("us", "UTC") and table["at"].cast(pa.int64()).to_pylist() == [
+        1_000_000,
+        2_000_000,
+    ]
+    assert type_family(pa.timestamp("us", "Europe/Berlin")) != type_family(pa.timestamp("us", "UTC"))
 
 
 def test_integer_widths_and_timestamp_units_are_one_family_and_todays_string_ids_refuse_yesterdays_ints(tmp_path):
