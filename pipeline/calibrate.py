@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from encoder import PooledEncoder
+from encoder import ModelFolderError, PooledEncoder
 from encoder.quantize import CalibratedModel, Calibration
-from pipeline.plan import match_inputs
+from pipeline.options import UsageError
+from pipeline.plan import check_model_settings, match_inputs
 from samples.knowledge_base import make_rows
 from schemas.inputs import InputError, without_views
 from transforms.model_store import model_folder
@@ -39,7 +40,10 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
         return make_rows(rows, seed=SAMPLE_SEED).column("text").combine_chunks()
     texts = []
     for file in match_inputs(patterns):
-        for batch in open_parquet(file.path).iter_batches(columns=[text_column]):
+        parquet = open_parquet(file.path)
+        if text_column not in parquet.schema_arrow.names:
+            raise InputError(f"{file.path}: no column {text_column!r} (--text_column)")
+        for batch in parquet.iter_batches(columns=[text_column]):
             column, _ = text_as_strings(batch.column(0).cast(without_views(batch.column(0).type)))
             if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
                 raise InputError(f"{file.path}: column {text_column!r} is {column.type}, not text")
@@ -51,7 +55,9 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", required=True, help="where to write the calibration file (local or gs://)")
     parser.add_argument("--model", default=None, help="model folder, local or gs:// (default: all-MiniLM-L6-v2)")
     parser.add_argument("--truncate_dim", type=int, default=None, help="as the job's --truncate_dim")
@@ -65,28 +71,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rows {args.rows}: calibrate on at least 2 texts (default {DEFAULT_ROWS})")
     patterns = [p.strip() for p in args.input.split(",") if p.strip()]
     try:
-        texts = calibration_texts(patterns, args.text_column, args.rows)
-    except InputError as e:
+        print(calibrate(args, patterns))
+    except UsageError as e:  # as the job: settings the model cannot honour
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (InputError, ModelFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
+    """Writes the calibration file; returns what was written."""
+    folder = model_folder(args.model)
+    check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, None)
+    texts = calibration_texts(patterns, args.text_column, args.rows)
     if len(texts) < 2:
         where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
-        print(f"error: {len(texts)} non-empty text(s) in {where}; calibration needs at least 2", file=sys.stderr)
-        return 1
-    folder = model_folder(args.model)
+        raise InputError(f"{len(texts)} non-empty text(s) in {where}; calibration needs at least 2")
     encoder = PooledEncoder(
-        folder,
-        "auto",
-        prompt_name=args.prompt_name,
-        prompt=args.prompt,
-        truncate_dim=args.truncate_dim,
+        folder, "auto", prompt_name=args.prompt_name, prompt=args.prompt, truncate_dim=args.truncate_dim
     )
     made_for = CalibratedModel(folder.weights_sha256(), encoder.tokenizer.prompt)
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
-    with FileSystems.create(args.output) as f:
-        f.write(calibration.to_json().encode())
-    print(f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} texts")
-    return 0
+    try:
+        with FileSystems.create(args.output) as f:
+            f.write(calibration.to_json().encode())
+    except OSError as e:  # Beam's BeamIOError too
+        raise InputError(f"--output {args.output}: cannot write there ({e})") from e
+    return f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} texts"
 
 
 if __name__ == "__main__":

@@ -549,17 +549,7 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
         raise ModelFolderError(
             f"{opts.model or folder.path}: its weights have sha256 {weights}, not the expected {expected_weights}"
         )
-    if opts.prompt is not None and opts.prompt_name is not None:
-        raise UsageError("--prompt and --prompt_name both given: pass one")
-    try:
-        folder.output_dim(opts.truncate_dim)
-        folder.seq_length(opts.max_seq_length)
-    except ModelFolderError as e:  # an option the model cannot honour: a usage error, exit 2
-        raise UsageError(f"--{e}") from e
-    try:
-        folder.prompt(opts.prompt_name)
-    except ModelFolderError as e:
-        raise UsageError(f"--prompt_name: {e}") from e
+    check_model_settings(folder, opts.prompt, opts.prompt_name, opts.truncate_dim, opts.max_seq_length)
     if opts.max_seq_length is not None and isinstance(folder.input, TransformerSpec):
         # Only when asked for: the tokenizer costs the launcher transformers' import.
         overhead = int(TextTokenizer(folder, None, opts.prompt_name, opts.prompt).count([""])[0])
@@ -569,6 +559,27 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
                 f"take {overhead}; the least is {overhead + 1}"
             )
     return folder, weights, opts.model_folder_sha256 or folder_sha256(folder.path)
+
+
+def check_model_settings(
+    folder: ModelFolder,
+    prompt: str | None,
+    prompt_name: str | None,
+    truncate_dim: int | None,
+    max_seq_length: int | None,
+) -> None:
+    """Options the model cannot honour are usage errors (exit 2), as a malformed command line is."""
+    if prompt is not None and prompt_name is not None:
+        raise UsageError("--prompt and --prompt_name both given: pass one")
+    try:
+        folder.output_dim(truncate_dim)
+        folder.seq_length(max_seq_length)
+    except ModelFolderError as e:
+        raise UsageError(f"--{e}") from e
+    try:
+        folder.prompt(prompt_name)
+    except ModelFolderError as e:
+        raise UsageError(f"--prompt_name: {e}") from e
 
 
 def vector_quantizer(opts: EmbedOptions, dim: int, model: CalibratedModel) -> Quantizer:
@@ -612,7 +623,7 @@ def vector_quantizer(opts: EmbedOptions, dim: int, model: CalibratedModel) -> Qu
 
 def max_file_bytes(target_file_mb: float) -> int:
     if not 0 < target_file_mb < math.inf:
-        raise UsageError(f"--target_file_mb {target_file_mb} must be a number more than 0")
+        raise UsageError(f"--target_file_mb {target_file_mb} must be a finite number above 0")
     return max(1, int(target_file_mb * 2**20))
 
 

@@ -63,6 +63,26 @@ def test_calibrate_refuses_too_few_texts_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "c.json").exists()
 
 
+def test_calibrate_refuses_what_the_job_refuses_in_one_line_with_the_jobs_exit_status(tmp_path, capsys):
+    """The wrong text column, no model there, a prompt or dimension the model lacks, an output that
+    cannot be written: each an `error:` line, where they were tracebacks."""
+    shard = write_parquet(tmp_path / "kb.parquet", text=["one text", "another"])
+    (tmp_path / "a-file").write_text("")
+    output = ["--output", str(tmp_path / "c.json")]
+    cases = [
+        (["--input", str(shard), "--text_column", "body"], 1, f"{shard}: no column 'body' (--text_column)"),
+        (["--model", str(tmp_path / "none")], 1, f"{tmp_path / 'none'}: not a sentence-transformers model folder"),
+        (["--prompt_name", "query"], 2, "--prompt_name: "),
+        (["--truncate_dim", "999"], 2, "--truncate_dim 999 must be between 1 and the model's dimension 384"),
+        (["--input", str(shard), "--output", str(tmp_path / "a-file" / "c.json")], 1, "--output "),
+    ]
+    for args, code, message in cases:
+        assert calibrate([*output, *args]) == code
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "c.json").exists()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_an_empty_batch_exports_to_pinecone_as_an_empty_table(dtype):
     calibration = Calibration((-1.0,) * 4, (1.0,) * 4, 2) if dtype == "int8" else None
