@@ -25,7 +25,7 @@ The index measures the distance of the similarity the model was trained for (cos
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
-vectors: see PgVectors), with its HNSW index. The run id, start time and columns of the last
+vectors: see README.md, "PostgreSQL + pgvector"), with its HNSW index. The run id, start time and columns of the last
 load of each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the
 same run again changes nothing, and a run that started before the table's is refused unless the load
 is a deliberate rollback.
@@ -1021,15 +1021,18 @@ def _own_columns(run: Run) -> tuple[str, ...]:
     return LOADER_COLUMNS if has_passages(run.manifest["model"]) else (EMBEDDING_COLUMN, CONTENT_HASH_COLUMN)
 
 
-def _share(value: str) -> float:
-    share = float(value)
-    if not 0 <= share <= 1:  # NaN too
+def share(value: str) -> float:
+    """A share from 0 to 1 (argparse names the type by this function in its refusal)."""
+    number = float(value)
+    if not 0 <= number <= 1:  # NaN too
         raise argparse.ArgumentTypeError(f"{value}: a share from 0 to 1")
-    return share
+    return number
 
 
 def command_line() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     targets = parser.add_subparsers(dest="target", required=True)
     pgvector = targets.add_parser("pgvector", help="PostgreSQL with the pgvector extension")
     pgvector.add_argument("--dsn", required=True, help="libpq connection string or URI")
@@ -1047,7 +1050,7 @@ def command_line() -> argparse.ArgumentParser:
     )
     pgvector.add_argument(
         "--max_deleted_share",
-        type=_share,
+        type=share,
         default=MAX_DELETED_SHARE,
         help="refuse a load that would delete more than this share of the ids the table holds, leaving it "
         "unchanged (a fault upstream makes a run that deletes them all); 1 allows any "
@@ -1069,9 +1072,12 @@ def export_pinecone(run: Run, output: str) -> str:
             f"{run.path}: the model compares vectors by {similarity} distance, which no Pinecone index metric "
             f"({', '.join(PINECONE_METRICS.values())}) computes"
         )
-    rows, removed = write_import_files(
-        run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
-    )
+    try:
+        rows, removed = write_import_files(
+            run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
+        )
+    except OSError as e:  # Beam's BeamIOError too: a file where the folder should be, no permission
+        raise LoadError(f"--output {output}: cannot write there ({e})") from e
     earlier = f" (replacing an earlier export; {removed} of its files removed)" if removed else ""
     metric = PINECONE_METRICS[similarity]
     return f"{output}: {rows} vectors of run {run.run_id} to import into an index of metric {metric}{earlier}"

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.load import LoadError, Run, export_pinecone
+from pipeline.load import LoadError, Run, export_pinecone, read_run
 from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
 from tests.test_load_pgvector import day_one, dot_night, parquet_rows  # noqa: F401 (fixtures)
@@ -95,6 +95,8 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
         assert result.stderr.startswith(f"error: --output {other}: holds ")
         assert "Pinecone would import them too: pass an empty folder, or one only this command wrote" in result.stderr
     assert not list(day_one.glob("part-*")) and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+    with pytest.raises(LoadError, match=f"^--output {tmp_path}/other/notes.txt: cannot write there \\(.*File exists"):
+        export_pinecone(read_run(str(day_one)), str(tmp_path / "other" / "notes.txt"))  # a file, not a folder
 
 
 def test_a_dot_product_models_vectors_go_to_an_index_of_metric_dotproduct(dot_night, tmp_path):  # noqa: F811
