@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -45,6 +46,18 @@ def positive_int(value: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    """An interval: a finite number of seconds above 0 (NaN would silence the progress line, 0 or less
+    report every batch)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {value!r}")
     return number
 
 
@@ -256,7 +269,7 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--progress_interval",
-            type=float,
+            type=positive_seconds,
             default=5.0,
             help="Seconds between each worker's progress reports: locally they update one progress line for "
             "the whole job (rows done of the total, rows/s, time left); elsewhere they are log lines "

@@ -19,6 +19,7 @@ from dataclasses import replace
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
@@ -89,6 +90,11 @@ def make_options(argv: list[str]) -> PipelineOptions:
         standard.runner = _LOCAL_RUNNER
         embed = options.view_as(EmbedOptions)
         check_device(embed.device, embed.dtype, local=True)  # before the workers are chosen for it
+    else:
+        try:  # a misspelled runner is a malformed command line, found before any planning
+            create_runner(standard.runner)
+        except ValueError as e:
+            raise UsageError(f"--runner {standard.runner}: {e}") from e
     return options
 
 

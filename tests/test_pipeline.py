@@ -254,7 +254,9 @@ def test_missing_output_is_an_error():
             )
             for device in ("cuda", "cuda:1")
         ),
-        (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a number more than 0"),
+        (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a finite number above 0"),
+        (("--progress_interval", "nan"), "argument --progress_interval: expected a finite number of seconds above 0"),
+        (("--runner", "Nope"), "error: --runner Nope: Unexpected pipeline runner: Nope. Valid values are "),
     ],
 )
 def test_options_the_job_cannot_honour_exit_2_before_workers_start(tmp_path, options, message):
