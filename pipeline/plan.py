@@ -55,9 +55,9 @@ from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
-from transforms.paths import is_url, not_a_folder, same_place, same_spelling
+from transforms.paths import is_url, not_a_folder, pattern_reaches, same_place, same_spelling
 from transforms.read import PlannedFile, open_parquet
-from transforms.write import MANIFEST, output_files, remove_temp_files
+from transforms.write import CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -67,6 +67,17 @@ MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its 
 FOOTER_THREADS = 16  # footers read at once: on object storage each is a round trip or two
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# Files of each kind a run writes in --output (one of each name's shape): no --input pattern may take them in.
+WRITTEN_EXAMPLES = tuple(
+    f"{name}-00000-of-00001.parquet"
+    for name in (
+        "embeddings",
+        "embeddings-reused-merged",
+        "rejected",
+        f"{CHANGES_DIR}/upserts",
+        f"{CHANGES_DIR}/deletes",
+    )
+)
 # What makes two runs' vectors for the same text interchangeable.
 FINGERPRINT_KEYS = (
     "weights_sha256",
@@ -636,6 +647,13 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     inside = next((path for path in files if opts.output and same_place(path.rsplit("/", 1)[0], opts.output)), None)
     if inside:  # the next night's pattern over that folder would read this night's outputs as input
         raise InputError(f"--output {opts.output} holds input files ({inside}); write the outputs to another folder")
+    written = [FileSystems.join(opts.output, *name.split("/")) for name in WRITTEN_EXAMPLES] if opts.output else []
+    reaching = next((p for p in patterns if any(pattern_reaches(p, path) for path in written)), None)
+    if reaching:
+        raise InputError(
+            f"--output {opts.output}: the --input pattern {reaching!r} takes in files the job writes there, so the "
+            "next night would read this night's outputs as input; write the outputs to a folder no pattern reaches"
+        )
     carry = column_names(opts.carry_columns)
     if opts.text_column == opts.id_column:
         raise UsageError(

@@ -56,6 +56,15 @@ def test_the_mistakes_a_newcomer_makes_with_input_and_output_are_named(tmp_path)
         f"error: --output {kb} holds input files ({kb / 'a.parquet'}); write the outputs to another folder"
     )
     assert sorted(path.name for path in kb.iterdir()) == ["a.parquet", "b.parquet"]
+    inner = kb / "nightly" / "out"  # holds no input yet, but `**` reaches the files it would hold
+    result = run_cli("--input", f"{tmp_path}/**", "--output", str(inner))
+    assert_failed_without_output(
+        result,
+        inner,
+        f"--output {inner}: the --input pattern '{tmp_path}/**' takes in files the job writes there, so the next "
+        "night would read this night's outputs as input; write the outputs to a folder no pattern reaches",
+    )
+    assert run_cli("--input", f"{kb}/*.parquet", "--output", str(inner), "--plan_only").returncode == 0  # `*`: kb's own
 
 
 def test_missing_text_column_names_it_and_the_columns_found(tmp_path):

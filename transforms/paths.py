@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -16,6 +18,13 @@ def same_spelling(path: str) -> str:
     """A local path made absolute and normal, so that a file matched under two spellings
     (`in/a.parquet`, `./in/a.parquet`) is read once; URLs are left as they are."""
     return path if is_url(path) else os.path.abspath(path)
+
+
+def pattern_reaches(pattern: str, written: str) -> bool:
+    """Whether Beam's matching of `pattern` (`*` within a folder, `**` across folders) takes in the
+    file `written`; local paths compared made absolute."""
+    pattern, written = same_spelling(pattern), same_spelling(written)
+    return re.match(FileSystem.translate_pattern(pattern), written) is not None
 
 
 def same_place(a: str, b: str) -> bool:
