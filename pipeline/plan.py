@@ -56,7 +56,7 @@ from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
 from transforms.paths import is_url, not_a_folder, pattern_reaches, same_place, same_spelling
-from transforms.read import PlannedFile, open_parquet
+from transforms.read import PlannedFile, one_line, open_parquet
 from transforms.write import CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
@@ -159,7 +159,10 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     (`transforms.paths.same_spelling`); each pattern must match one."""
     matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
-        found = FileSystems.match([pattern])[0].metadata_list
+        try:
+            found = FileSystems.match([pattern])[0].metadata_list
+        except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
+            raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
         if not found:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
@@ -321,9 +324,12 @@ def prepare_output(
         )
     if previous and same_place(output, previous):
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
-    if not is_url(output) and os.path.isfile(output):
+    if os.path.isfile(output) if not is_url(output) else FileSystems.exists(output.rstrip("/")):
         raise InputError(f"--output {output} is a file; give a directory (it is made when it does not exist)")
-    earlier = output_files(output)
+    try:
+        earlier = output_files(output)
+    except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
+        raise InputError(f"--output {output}: cannot be listed ({one_line(e)})") from e
     finished = MANIFEST in earlier
     if finished and not overwrite:
         raise _finished(output, earlier)

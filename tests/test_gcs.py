@@ -209,6 +209,22 @@ def test_changed_file_in_a_gcs_model_folder_is_copied_anew_and_reembeds_everythi
     record("storage", "model folder changed in the bucket", "copied anew; every row re-embedded")
 
 
+def test_a_missing_bucket_or_an_object_as_output_is_named_before_any_worker_starts(bucket, capsys):
+    """Were Beam's listing errors (the job failed, a traceback), and an object taken for a folder."""
+    cases = [
+        (["gs://kb/kb/*.parquet", "gs://nobucket/out"], "--output gs://nobucket/out: cannot be listed ("),
+        (["gs://nobucket/kb/*.parquet", "gs://kb/out/x"], "--input gs://nobucket/kb/*.parquet: cannot be listed ("),
+        (
+            ["gs://kb/kb/*.parquet", "gs://kb/kb/part-00000.parquet"],
+            "--output gs://kb/kb/part-00000.parquet is a file; give a directory",
+        ),
+    ]
+    for (pattern, output), message in cases:
+        assert main(["--input", pattern, "--output", output, "--model", MODEL, "--plan_only"]) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"error: {message}") and "Traceback" not in err, err
+
+
 def test_missing_gcs_model_is_a_clear_error(day1):
     with pytest.raises(ModelFolderError, match="gs://kb/models/nothing: no files found"):
         model_folder("gs://kb/models/nothing")
