@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import re
 import sys
@@ -106,8 +107,9 @@ class ProgressLine:
         if self._total:
             total = max(self._total - rejected, done)
             left = total - done
-            eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
-            share = 100 * done / total if total else 100
+            # Rounded towards the rows left: never 100% or 0s while a row is left.
+            eta = f", about {math.ceil(left / rate)}s left" if rate > 0 and left else ""
+            share = 100 * done // total if total else 100
             return f"embedded {done} of {total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}{also}"
         return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s{also}"
 

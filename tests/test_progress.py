@@ -39,6 +39,9 @@ def test_counts_of_every_process_are_summed_into_share_rate_and_time_left():
         "embedded 500 of 1000 rows (50%), 50.0 rows/s, about 10s left",
     ]
     assert line.startup == 15.0
+    clock.now = 124.9
+    line.report(11, 599)  # 999 of 1000, a row left: not 100%, not 0s (rounded: 100%, about 0s left)
+    assert stream.getvalue().splitlines()[-1] == "embedded 999 of 1000 rows (99%), 50.2 rows/s, about 1s left"
 
 
 def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_when_the_count_moved():
@@ -59,7 +62,7 @@ def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_whe
     line.report(2, 250)  # held back: within the interval
     line.finish()  # the run ends (or a log line follows): the held count is written
     line.finish()  # and only once
-    assert stream.getvalue().splitlines()[4:] == ["embedded 450 of 1000 rows (45%), 18.8 rows/s, about 29s left"]
+    assert stream.getvalue().splitlines()[4:] == ["embedded 450 of 1000 rows (45%), 18.8 rows/s, about 30s left"]
 
 
 def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
@@ -117,7 +120,7 @@ def test_rows_rejected_leave_the_total_and_are_named():
     assert stream.getvalue().splitlines() == [
         "embedded 0 of 90 rows (0%), 0.0 rows/s, 10 rows rejected",
         "embedded 20 of 90 rows (22%), 10.0 rows/s, about 7s left, 10 rows rejected",
-        "embedded 20 of 70 rows (29%), 10.0 rows/s, about 5s left, 30 rows rejected",
+        "embedded 20 of 70 rows (28%), 10.0 rows/s, about 5s left, 30 rows rejected",
         "embedded 70 of 70 rows (100%), 17.5 rows/s, 30 rows rejected",
     ]
     unknown = ProgressLine(None, "passages", io.StringIO(), clock)
