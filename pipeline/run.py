@@ -5,6 +5,7 @@ Run with --help for every option, the job's own and Beam's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -73,7 +75,38 @@ def _stop(signum: int, _frame: object) -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is _stop:
             signal.signal(stop, signal.SIG_DFL)
+    _end_worker_processes()
     raise KeyboardInterrupt(_STOPPED_BY[0])
+
+
+def _end_worker_processes() -> None:
+    """Beam's local runner ends its worker processes by closing their channels: each then aborts, printing
+    C++'s `terminate called without an active exception`, and Beam a traceback per process. Killed first
+    they go quietly; what they wrote is temporary, removed as the stopped run gives the output up. Linux
+    lists a process's children in /proc; elsewhere they end as Beam ends them. Beam starts each through a
+    shell, so the shell's children go too."""
+    for pid in _descendants("self"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: str) -> list[int]:
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            for child in children.read_text().split():
+                found += [int(child), *_descendants(child)]
+    return found
+
+
+def _quiet_once_stopped(args: threading.ExceptHookArgs) -> None:
+    """A stopped run's threads that lose their worker process (Beam's `Worker subprocess exited`) end
+    without a traceback: the run's one `error:` line says why."""
+    if not _STOPPED_BY:
+        _THREAD_EXCEPTHOOK(args)
+
+
+_THREAD_EXCEPTHOOK = threading.excepthook
 
 
 def _catch_stops() -> None:
@@ -81,6 +114,7 @@ def _catch_stops() -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, _stop)
+    threading.excepthook = _quiet_once_stopped
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
