@@ -27,7 +27,7 @@ The table is created on first use: the id column as primary key (with `chunk` fo
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
 vectors: see README.md, "PostgreSQL + pgvector"), with its HNSW index. The run id, start time and columns of the last
 load of each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the
-same run again changes nothing, and a run that started before the table's is refused unless the load
+same run again changes nothing (but rebuilds an index dropped since), and a run that started before the table's is refused unless the load
 is a deliberate rollback.
 """
 
