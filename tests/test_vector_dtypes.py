@@ -17,7 +17,7 @@ from encoder.quantize import CalibratedModel, Calibration, Quantizer
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
 from schemas.outputs import read_model_block
-from tests.conftest import ROOT, read_manifest, run_cli, write_parquet
+from tests.conftest import ROOT, read_manifest, run_cli, run_clis, write_parquet
 from tests.test_load_pgvector import load
 
 DTYPES = ("float32", "float16", "int8", "uint8", "binary")
@@ -29,13 +29,22 @@ def runs(tmp_path_factory):
     rows = make_rows(40, seed=5)
     shard = write_parquet(root / "kb.parquet", id=rows["id"].to_pylist(), text=rows["text"].to_pylist())
     assert calibrate(["--output", str(root / "calibration.json"), "--rows", "200"]) == 0
-    outputs = {}
-    for dtype in DTYPES:
-        calibrated = ["--calibration", str(root / "calibration.json")] if dtype in ("int8", "uint8") else []
-        output = root / dtype
-        result = run_cli("--input", str(shard), "--output", str(output), "--vector_dtype", dtype, *calibrated)
+    outputs = {dtype: root / dtype for dtype in DTYPES}
+    calibrated = ["--calibration", str(root / "calibration.json")]
+    commands = [
+        [
+            "--input",
+            str(shard),
+            "--output",
+            str(output),
+            "--vector_dtype",
+            dtype,
+            *(calibrated if dtype in ("int8", "uint8") else []),
+        ]
+        for dtype, output in outputs.items()
+    ]
+    for result in run_clis(*commands):
         assert result.returncode == 0, result.stderr
-        outputs[dtype] = output
     return root, outputs
 
 
