@@ -93,10 +93,13 @@ def write_parquet(path: Path, **columns) -> Path:
     return path
 
 
+JOB = [sys.executable, "-m", "pipeline.run"]  # the job exactly as users start it
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """The job exactly as users start it: a new Python process, `python -m pipeline.run`."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.run", *args],
+        [*JOB, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -108,13 +111,7 @@ def run_clis(*commands: list[str], timeout: float = 300) -> list[subprocess.Comp
     """Independent runs of the job at once, their results in order: a run's start-up is mostly
     single-threaded imports, so two at a time on two cores take about the time of one."""
     started = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pipeline.run", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        subprocess.Popen([*JOB, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for args in commands
     ]
     results = []
