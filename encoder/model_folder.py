@@ -247,9 +247,11 @@ class ModelFolder:
         return [root / "model.safetensors"]
 
     def weights_sha256(self) -> str:
-        """sha256 over the input module's weight files, so outputs name the exact weights used."""
+        """sha256 over the input module's weight files, so outputs name the exact weights used; each
+        checked whole first (a copy cut short failed only in the workers, where a rerun cannot help)."""
         digest = hashlib.sha256()
         for path in self.weights_files:
+            _check_whole_safetensors(path)
             with path.open("rb") as f:
                 while chunk := f.read(1 << 22):
                     digest.update(chunk)
@@ -303,6 +305,27 @@ def _read_json(path: Path) -> dict:
 
 def _optional_json(path: Path) -> dict:
     return _read_json(path) if path.exists() else {}
+
+
+def _check_whole_safetensors(path: Path) -> None:
+    """A safetensors file holds an 8-byte header length, the JSON header, then the tensors' bytes up to
+    the largest end offset the header gives."""
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing (the model's weights; model.safetensors.index.json lists it)")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            header = None
+    if header is None or 8 + length + end > size:
+        raise ModelFolderError(
+            f"{path}: not a whole safetensors file ({size} bytes"
+            + (f", of the {8 + length + end} its header describes" if header is not None else ", no readable header")
+            + "); copy the model again"
+        )
 
 
 def _check_weights(folder: Path, what: str = "model.safetensors weights") -> None:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from samples.model_families import save_family
 from schemas.inputs import InputError
 from tests.conftest import read_manifest, record, run_cli, write_parquet
 from transforms.read import PlannedFile, ReadParquetFiles
@@ -221,6 +222,19 @@ def test_pickle_only_model_is_refused(tmp_path, model_path):
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--model", str(model))
     assert_failed_without_output(result, tmp_path / "out", f"{model}: only pickle weights (pytorch_model.bin) found")
     record("security", "model with pickle weights only", "refused before any worker starts")
+
+
+def test_a_model_whose_weights_were_cut_short_is_refused_before_workers_start(tmp_path):
+    """A copy cut short (a full disk, an interrupted download) failed in the workers, and the failure
+    said that running the command again would finish the job."""
+    model = save_family("bert", tmp_path / "model", size="tiny")
+    weights = model / "model.safetensors"
+    whole = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: whole // 2])
+    path = good_shard(tmp_path / "a.parquet")
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--model", str(model))
+    message = f"{weights}: not a whole safetensors file ({whole // 2} bytes, of the {whole} its header describes)"
+    assert_failed_without_output(result, tmp_path / "out", message + "; copy the model again")
 
 
 @pytest.mark.parametrize(
