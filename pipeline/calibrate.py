@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     """Writes the calibration file; returns what was written."""
     folder = model_folder(args.model)
+    weights = folder.weights_sha256()  # checks them whole, before any text is embedded
     check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, None)
     texts = calibration_texts(patterns, args.text_column, args.rows)
     if len(texts) < 2:
@@ -92,7 +93,7 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     encoder = PooledEncoder(
         folder, "auto", prompt_name=args.prompt_name, prompt=args.prompt, truncate_dim=args.truncate_dim
     )
-    made_for = CalibratedModel(folder.weights_sha256(), encoder.tokenizer.prompt)
+    made_for = CalibratedModel(weights, encoder.tokenizer.prompt)
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     try:
         with FileSystems.create(args.output) as f:
