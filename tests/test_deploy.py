@@ -228,15 +228,18 @@ def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
     parameters = _dag_constants()["PARAMETERS"]
     assert set(parameters) <= set(_metadata_names())
     night = {"ds": "2026-11-22"}
+    variables = {"embed_bucket": "gs://b", "embed_input": "gs://b/kb/*.parquet", "embed_carry_columns": "title,url"}
     after_success = {
-        k: _render(v, prev_data_interval_start_success=datetime(2026, 11, 20), **night) for k, v in parameters.items()
+        k: _render(v, variables, prev_data_interval_start_success=datetime(2026, 11, 20), **night)
+        for k, v in parameters.items()
     }
     assert (after_success["output"], after_success["previous"]) == (
         "gs://b/embeddings/2026-11-22",
         "gs://b/embeddings/2026-11-20",
     )
-    first = {k: _render(v, prev_data_interval_start_success=None, **night) for k, v in parameters.items()}
-    assert first["previous"] == ""
+    unset = {k: v for k, v in variables.items() if k != "embed_carry_columns"}  # the optional one
+    first = {k: _render(v, unset, prev_data_interval_start_success=None, **night) for k, v in parameters.items()}
+    assert (first["previous"], first["carry_columns"], after_success["carry_columns"]) == ("", "", "title,url")
     assert parameters["device"] == "cuda"  # as launch.sh: a GPU job never falls back to CPU silently
     for rendered in (after_success, first):
         options = parse_command_line([f"--{k}={v}" for k, v in rendered.items()])

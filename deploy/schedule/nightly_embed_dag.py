@@ -44,10 +44,10 @@ PREVIOUS = (
 )
 # The job's options, as the template's metadata.json declares them.
 PARAMETERS = {
-    "input": BUCKET + "/kb/*.parquet",
+    "input": "{{ var.value.embed_input }}",  # the knowledge base's shards, such as gs://bucket/kb/*.parquet
     "output": OUTPUT,
     "previous": PREVIOUS,
-    "carry_columns": "title,kind",
+    "carry_columns": "{{ var.value.get('embed_carry_columns', '') }}",  # such as title,url; none when unset
     # A worker whose GPU driver failed fails instead of embedding on its CPU; and the launcher, which
     # has no GPU, plans bfloat16 as launch.sh does, so both give the same fingerprint.
     "device": "cuda",
