@@ -2,12 +2,15 @@
 
 from setuptools import find_packages, setup
 
+PACKAGES = ("pipeline", "transforms", "schemas", "encoder", "samples")
+
 setup(
     name="parquet-embedding-job",
     version="0.1.0",
     description="Apache Beam job: embed Parquet text with a pooled sentence encoder, write vectors to Parquet.",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipeline", "transforms", "schemas", "encoder", "samples"]),
+    # Each package with its subpackages (encoder.modules): a name alone matches that package only.
+    packages=find_packages(include=[f"{p}{sub}" for p in PACKAGES for sub in ("", ".*")]),
     install_requires=[
         "apache-beam[gcp]>=2.77,<3",
         "pyarrow>=17",

@@ -14,8 +14,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -132,6 +134,24 @@ def test_dataflow_build_uses_the_files_in_this_repository():
     (template,) = [words for words in commands if words[:3] == ["gcloud", "dataflow", "flex-template"]]
     assert "--metadata-file=deploy/dataflow/metadata.json" in template
     assert all((ROOT / path).is_file() for path in [*dockerfiles, "deploy/dataflow/metadata.json"])
+
+
+def test_the_installed_package_holds_every_package_of_the_job(tmp_path):
+    """What `pip install .` (the images) and --setup_file (Dataflow's staging) install: every package
+    directory of the source, subpackages too (encoder.modules was left out: workers could not load a model)."""
+    source = tmp_path / "source"  # built from a copy: setuptools writes build/ and egg-info beside setup.py
+    source.mkdir()
+    shutil.copy(ROOT / "setup.py", source / "setup.py")
+    top = ("pipeline", "transforms", "schemas", "encoder", "samples")
+    for name in top:
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    built = subprocess.run([*wheel, str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (built_wheel,) = tmp_path.glob("*.whl")
+    packaged = {name for name in zipfile.ZipFile(built_wheel).namelist() if name.endswith("/__init__.py")}
+    expected = {p.relative_to(ROOT).as_posix() for name in top for p in (ROOT / name).rglob("__init__.py")}
+    assert packaged == expected
 
 
 def test_images_pin_the_launchers_python_beam_and_torch():
