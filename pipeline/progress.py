@@ -142,6 +142,12 @@ class ProgressLine:
                 self._draw(self.text(), held=True)
 
 
+def _stopped(record: logging.LogRecord) -> bool:
+    """A worker in this process recording the stop (SIGINT or SIGTERM, raised where it was embedding)
+    as its failure: the run's one `error:` line says it was stopped."""
+    return record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
+
+
 class WorkerLogs(logging.Filter):
     """Turns forwarded worker records into the job's own single-line messages; feeds progress reports
     to `line` instead of the log. Installed on the local job service's logger, and on the embed
@@ -171,7 +177,11 @@ class WorkerLogs(logging.Filter):
                 self._line.finish()
                 return True
             return False
-        if self._report(message) or record.levelno >= logging.ERROR and self._reported.search(message):
+        if (
+            self._report(message)
+            or record.levelno >= logging.ERROR
+            and (self._reported.search(message) or _stopped(record))
+        ):
             return False
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
             record.name = "worker"

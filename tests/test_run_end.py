@@ -30,8 +30,12 @@ def test_a_bundles_end_reports_the_count_the_interval_held_back(caplog):
     assert counts == [0, 42]
 
 
-def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_publishes_nothing(tmp_path):
-    write_shards(tmp_path / "kb", rows=600, shards=2)
+@pytest.mark.parametrize("rows, in_process", [(600, False), (300, True)], ids=["worker-processes", "in-process"])
+def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_publishes_nothing(
+    tmp_path, rows, in_process
+):
+    """300 rows (83 KiB of text) run in the launcher's process, 600 in worker processes."""
+    write_shards(tmp_path / "kb", rows=rows, shards=2)
     output = tmp_path / "out"
     command = [
         sys.executable, "-m", "pipeline.run", "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output),
@@ -59,9 +63,11 @@ def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_
         "error: stopped by SIGTERM; no manifest.json was written, so nothing was published; running the same "
         "command again replaces the partial files"
     )
+    assert ("workers: one, in this process" in "".join(seen)) == in_process
     # Worker processes killed at the stop go quietly: they aborted ("terminate called without an active
-    # exception"), each with Beam's traceback of a worker that exited, when Beam ended them.
-    assert "Traceback" not in rest and "terminate called" not in rest, rest
+    # exception"), each with Beam's traceback of a worker that exited, when Beam ended them. A worker in
+    # the launcher's process logged the stop as its failure, with a traceback.
+    assert "Traceback" not in rest and "terminate called" not in rest and "ERROR" not in rest, rest
     assert not (output / "manifest.json").exists()
     assert list(output.iterdir()) == []  # the temporary folders and the owner file went with the failure
 
