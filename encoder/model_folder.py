@@ -242,7 +242,17 @@ class ModelFolder:
         root = self.input.path
         index = root / "model.safetensors.index.json"
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            listed = _read_json(index)
+            weight_map = listed.get("weight_map") if isinstance(listed, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ModelFolderError(f"{index}: no weight_map of tensor names to shard files")
+            shards = sorted({str(shard) for shard in weight_map.values()})
+            # A shard elsewhere would be loaded from outside the folder, and its digest (folder_digest) miss it.
+            outside = [shard for shard in shards if Path(shard).name != shard or shard in ("", ".", "..")]
+            if outside:
+                raise ModelFolderError(
+                    f"{index}: weight_map names {outside[0]!r}; shards must be files beside it, in the model's folder"
+                )
             return [root / s for s in shards]
         return [root / "model.safetensors"]
 
@@ -342,11 +352,15 @@ def _check_weights(folder: Path, what: str = "model.safetensors weights") -> Non
 
 def _remote_code(config: dict, path: Path) -> None:
     """Refuse classes the folder ships as Python: loading them would run that file."""
-    for auto_class, reference in (config.get("auto_map") or {}).items():
-        reference = reference[0] if isinstance(reference, list) else reference
+    auto_map = config.get("auto_map") or {}
+    if not isinstance(auto_map, dict):
+        raise ModelFolderError(f"{path}: auto_map is {type(auto_map).__name__}, not classes mapped to their code")
+    for auto_class, references in auto_map.items():
+        # A tokenizer's is a pair, slow class and fast class: either may be the folder's own code.
+        reference = next((r for r in (references if isinstance(references, list) else [references]) if r), None)
         if not reference:
             continue
-        module = reference.split("--")[-1].rsplit(".", 1)[0]
+        module = str(reference).split("--")[-1].rsplit(".", 1)[0]
         raise ModelFolderError(
             f"{path}: {auto_class} is {reference!r}, custom code the model ships in {module}.py; running a "
             "model's own code is refused (trust_remote_code is never set). Use a model that transformers "
@@ -532,8 +546,21 @@ def module_folder(root: Path, modules_file: Path, entry: object) -> Path:
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:
-    """Describe the sentence-transformers model saved at `path`, or explain why it can't be used."""
-    root = Path(path)
+    """Describe the sentence-transformers model saved at `path`, or explain why it can't be used: a
+    file of it holding other JSON than sentence-transformers and transformers write (a list for an
+    object, text for a number) is named as the folder's fault, not left to a traceback."""
+    try:
+        return _read_model_folder(Path(path))
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as e:
+        if isinstance(e, ModelFolderError):
+            raise
+        raise ModelFolderError(
+            f"{path}: a file of the model folder holds values of other types than sentence-transformers writes "
+            f"({type(e).__name__}: {e})"
+        ) from e
+
+
+def _read_model_folder(root: Path) -> ModelFolder:
     modules_file = root / "modules.json"
     if not modules_file.is_file():
         raise ModelFolderError(f"{root}: not a sentence-transformers model folder (no modules.json found)")

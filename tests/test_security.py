@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from encoder import read_model_folder
+from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256
 from pipeline.options import parse_command_line
+from samples.model_families import save_family
 from tests.conftest import ROOT, read_manifest, record, run_cli, write_parquet
 
 GOOD = {"id": ["g-1", "g-2"], "text": ["a first good passage", "a second good passage"]}
@@ -171,6 +173,47 @@ def test_code_shipped_with_a_model_is_never_run(tmp_path, model_path):
         "refused before any worker starts, naming custom.py",
         _inputs(tmp_path),
     )
+
+
+def test_a_model_folder_loading_weights_from_elsewhere_or_shipping_tokenizer_code_is_refused(tmp_path):
+    """A shard index naming a file outside the folder loaded it (and the folder's digest missed it); a
+    tokenizer naming its own fast class second, after none, passed the remote-code check; JSON of other
+    types than sentence-transformers writes ended in a traceback. Each is now refused naming its file."""
+    base = save_family("bert", tmp_path / "base", size="tiny")
+
+    def variant(name: str, edit) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        edit(folder)
+        return folder
+
+    def shards_elsewhere(folder: Path) -> None:
+        (folder / "model.safetensors").rename(tmp_path / f"{folder.name}.safetensors")
+        index = {"weight_map": {"embeddings.word_embeddings.weight": f"../{folder.name}.safetensors"}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    def tokenizer_code(folder: Path) -> None:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["auto_map"] = {"AutoTokenizer": [None, "tok.Fast"]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    def modules_not_objects(folder: Path) -> None:
+        (folder / "modules.json").write_text('["x"]')
+
+    cases = [
+        (shards_elsewhere, "model.safetensors.index.json: weight_map names '../shards_elsewhere.safetensors'; "
+         "shards must be files beside it, in the model's folder"),
+        (tokenizer_code, "tokenizer_config.json: AutoTokenizer is 'tok.Fast', custom code the model ships in tok.py"),
+        (modules_not_objects,
+         ": a file of the model folder holds values of other types than sentence-transformers writes "
+         "(AttributeError: 'str' object has no attribute 'get')"),
+    ]  # fmt: skip
+    for edit, message in cases:
+        folder = variant(edit.__name__, edit)
+        with pytest.raises(ModelFolderError) as refused:
+            read_model_folder(folder).weights_sha256()
+        assert str(refused.value).startswith(f"{folder}{'/' if message[0] != ':' else ''}{message}"), refused.value
+    record("security", "model weights sharded to files outside the folder", "refused before any worker starts")
 
 
 def test_values_in_the_data_are_never_paths_or_commands(tmp_path):
