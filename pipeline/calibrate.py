@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoder import ModelFolderError, PooledEncoder
 from encoder.quantize import CalibratedModel, Calibration
+from pipeline.logs import error_line
 from pipeline.options import UsageError
 from pipeline.plan import check_model_settings, match_inputs
 from samples.knowledge_base import make_rows
@@ -73,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(calibrate(args, patterns))
     except UsageError as e:  # as the job: settings the model cannot honour
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except (InputError, ModelFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 1
     return 0
 

@@ -25,10 +25,11 @@ The index measures the distance of the similarity the model was trained for (cos
 
 The table is created on first use: the id column as primary key (with `chunk` for passages),
 the carried columns, `content_hash` and `embedding vector(dim)` (`halfvec` or `bit` for compact
-vectors: see README.md, "PostgreSQL + pgvector"), with its HNSW index. The run id, start time and columns of the last
-load of each table (by its schema-qualified name) are kept in `embedding_job_loads`; loading the
-same run again changes nothing (but rebuilds an index dropped since), and a run that started before the table's is refused unless the load
-is a deliberate rollback.
+vectors: see README.md, "PostgreSQL + pgvector"), with its HNSW index. The run id, start time
+and columns of the last load of each table (by its schema-qualified name) are kept in
+`embedding_job_loads`; loading the same run again changes nothing (but rebuilds an index dropped
+since), and a run that started before the table's is refused unless the load is a deliberate
+rollback.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
-from pipeline.logs import configure_logging
+from pipeline.logs import configure_logging, error_line
 from pipeline.pinecone_files import json_values, write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
@@ -1094,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(export_pinecone(run, args.output))
     except (LoadError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 1
     return 0
 

@@ -16,3 +16,9 @@ def configure_logging() -> None:
         if type(handler) is logging.StreamHandler and getattr(handler.formatter, "_fmt", None) == logging.BASIC_FORMAT:
             root.removeHandler(handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def error_line(message: object) -> str:
+    """`error: <message>` on one line, the last of stderr: a path in it may hold a newline (a file named so),
+    which would otherwise end the line early and put the rest of the name where the error line belongs."""
+    return "error: " + str(message).replace("\r", "\\r").replace("\n", "\\n")

@@ -26,7 +26,7 @@ from apache_beam.runners.runner import create_runner
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
-from pipeline.logs import configure_logging
+from pipeline.logs import configure_logging, error_line
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job, threads_per_worker
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
@@ -295,27 +295,29 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         result = run(argv, started)
     except KeyboardInterrupt:
-        print(f"error: {_stopped()}", file=sys.stderr)
+        print(error_line(_stopped()), file=sys.stderr)
         return 1
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except (InputError, ModelFolderError, OutputTakenOver) as e:
-        print(f"error: {_STEP_NOTE.sub('', str(e))}", file=sys.stderr)
+        print(error_line(_STEP_NOTE.sub("", str(e))), file=sys.stderr)
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one
         if _STOPPED_BY:  # the stop reached a worker running in this process, which Beam wrapped
-            print(f"error: {_stopped()}", file=sys.stderr)
+            print(error_line(_stopped()), file=sys.stderr)
             return 1
         found = _WORKER_ERROR.search(_STEP_NOTE.sub("", str(e)))
         if found:
-            print(f"error: {found.group(1)}", file=sys.stderr)
+            print(error_line(found.group(1)), file=sys.stderr)
             return 1
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         print(
-            f"error: the job failed ({type(e).__name__}: {last}); no manifest.json was written, so nothing "
-            "was published; running the same command again replaces the partial files",
+            error_line(
+                f"the job failed ({type(e).__name__}: {last}); no manifest.json was written, so nothing "
+                "was published; running the same command again replaces the partial files"
+            ),
             file=sys.stderr,
         )
         return 1

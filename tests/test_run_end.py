@@ -13,6 +13,7 @@ import pytest
 
 import pipeline.run as run_module
 from samples.knowledge_base import write_shards
+from schemas.inputs import InputError
 from tests.conftest import ROOT, run_cli, write_parquet
 from transforms.progress_report import EMBEDDED_TAG, ProgressReport
 
@@ -81,6 +82,19 @@ def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(run_module, "_catch_stops", lambda: None)  # pytest keeps its own handlers
     assert run_module.main(["--input", "x", "--output", "y"]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: stopped by SIGINT; no manifest.json")
+
+
+def test_a_newline_in_a_named_file_cannot_end_the_error_line_early(monkeypatch, capsys):
+    """A file may be named `x\nerror: all good.parquet`: printed as it is, the last line of stderr
+    would be the file name's own `error: all good.parquet`."""
+
+    def refused(argv, started):
+        raise InputError("in/x\nerror: all good.parquet: not a readable Parquet file")
+
+    monkeypatch.setattr(run_module, "run", refused)
+    monkeypatch.setattr(run_module, "_catch_stops", lambda: None)
+    assert run_module.main(["--input", "x", "--output", "y"]) == 1
+    assert capsys.readouterr().err == "error: in/x\\nerror: all good.parquet: not a readable Parquet file\n"
 
 
 def test_threads_of_one_process_add_to_one_count(tmp_path):
