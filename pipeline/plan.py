@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -169,8 +170,18 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
         for m in sorted(found, key=lambda m: m.path):
             path = same_spelling(m.path)
+            if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
+                raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             matched.setdefault(path, PlannedFile.found(path, m))
     return list(matched.values())
+
+
+def _special(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # gone since the listing: the read names it
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema]:

@@ -68,6 +68,19 @@ def test_the_mistakes_a_newcomer_makes_with_input_and_output_are_named(tmp_path)
     assert run_cli("--input", f"{kb}/*.parquet", "--output", str(inner), "--plan_only").returncode == 0  # `*`: kb's own
 
 
+def test_a_pipe_matched_as_an_input_is_refused_rather_than_waited_on(tmp_path):
+    """Opening a FIFO waits for a writer: the plan hung until killed."""
+    good_shard(tmp_path / "kb" / "a.parquet")
+    os.mkfifo(tmp_path / "kb" / "b.parquet")
+    result = run_cli("--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "out"), timeout=120)
+    assert_failed_without_output(
+        result,
+        tmp_path / "out",
+        f"{tmp_path}/kb/b.parquet: a pipe, socket or device, not a Parquet file "
+        f"(matched by --input {tmp_path}/kb/*.parquet)",
+    )
+
+
 def test_missing_text_column_names_it_and_the_columns_found(tmp_path):
     path = good_shard(tmp_path / "a.parquet")
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--text_column", "body")
