@@ -143,6 +143,12 @@ class TextTokenizer:
             tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer_path, trust_remote_code=False)
             if not tokenizer.is_fast:
                 raise ModelFolderError(f"{folder.tokenizer_path}: needs a fast tokenizer (tokenizer.json)")
+            if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+                # Its files missing, transformers builds one of the special tokens alone: every word [UNK].
+                raise ModelFolderError(
+                    f"{folder.tokenizer_path}: its tokenizer holds only its {len(tokenizer)} special tokens; its "
+                    "vocabulary files (tokenizer.json, vocab.txt, ...) are missing"
+                )
             self.pad_id = tokenizer.pad_token_id or 0
             # Private copy: the transformers wrapper resets truncation on its backend at every call.
             self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())

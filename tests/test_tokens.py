@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from encoder import read_model_folder
+from encoder import ModelFolderError, read_model_folder
 from encoder.tokens import (
     CHARS_PER_TOKEN,
     MAX_RUN_CHARS,
@@ -280,3 +280,17 @@ def test_texts_tokenised_in_pieces_keep_their_rows(static_model):
         tokenised_whole(static_model, t) for t in texts
     ]
     assert tokenized.lengths.tolist() == [len(tokenised_whole(static_model, t)) for t in texts]
+
+
+def test_a_model_folder_without_its_vocabulary_files_is_refused(tmp_path):
+    """transformers builds a tokenizer of the special tokens alone when its files are missing: every
+    word became [UNK], and every text of a run the same vector."""
+    folder = save_family("bert", tmp_path / "model", size="tiny")
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ModelFolderError) as refused:
+        TextTokenizer(read_model_folder(folder))
+    assert str(refused.value) == (
+        f"{folder}: its tokenizer holds only its 5 special tokens; its vocabulary files "
+        "(tokenizer.json, vocab.txt, ...) are missing"
+    )
