@@ -310,17 +310,23 @@ def test_ids_yesterday_held_past_tonights_integer_width_widen_tonights_ids(tmp_p
     assert run_cli("--input", str(day1), "--output", str(first)).returncode == 0
     day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=pa.array([2, 1], pa.int32()),
                          text=["text b, edited", "text a"])  # fmt: skip
-    second = tmp_path / "out2"
-    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
-    assert result.returncode == 0, result.stderr
-    manifest = read_manifest(second)
-    counts = ("rows_in", "rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")
-    assert [manifest[key] for key in counts] == [2, 1, 1, 1, 0]
-    assert manifest["changes"] == {**manifest["changes"], "upserts": 1, "deletes": 1}
-    embedded = _outputs(second, "embeddings")
+    counts, embedded, deletes = _night_after(first, day2, tmp_path / "out2")
+    assert counts == [2, 1, 1, 1, 0, 1]
     assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [1, 2]
-    deletes = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
     assert deletes.schema.field("id").type == pa.int64() and deletes.column("id").to_pylist() == [3_000_000_000]
+
+
+def _night_after(first, shard, output) -> tuple[list[int], pa.Table, pa.Table]:
+    """`shard` embedded with `--previous first`: the run's counts (in, embedded, reused, deleted,
+    rejected, and its change set's upserts), its embeddings and its change set's deletes."""
+    result = run_cli("--input", str(shard), "--output", str(output), "--previous", str(first))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    counts = [manifest[key] for key in ("rows_in", "rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")]
+    assert manifest["changes"]["deletes"] == counts[3]
+    counts.append(manifest["changes"]["upserts"])
+    deletes = pq.read_table(sorted((output / "changes").glob("deletes-*.parquet")))
+    return counts, _outputs(output, "embeddings"), deletes
 
 
 def test_uint64_ids_beside_signed_ones_are_read_as_int64_whichever_comes_first_or_was_yesterdays(tmp_path):
@@ -336,15 +342,9 @@ def test_uint64_ids_beside_signed_ones_are_read_as_int64_whichever_comes_first_o
     assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [-5, 1, 2, 3]
     day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=pa.array([1, 2, 7], pa.uint64()),
                          text=["text a", "text b", "text new"])  # fmt: skip
-    second = tmp_path / "out2"
-    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first))
-    assert result.returncode == 0, result.stderr
-    manifest = read_manifest(second)
-    counts = ("rows_in", "rows_embedded", "rows_reused", "rows_deleted", "rows_rejected")
-    assert [manifest[key] for key in counts] == [3, 1, 2, 2, 0]
-    embedded = _outputs(second, "embeddings")
+    counts, embedded, deletes = _night_after(first, day2, tmp_path / "out2")
+    assert counts == [3, 1, 2, 2, 0, 1]
     assert embedded.schema.field("id").type == pa.int64() and sorted(embedded.column("id").to_pylist()) == [1, 2, 7]
-    deletes = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
     assert deletes.schema.field("id").type == pa.int64() and sorted(deletes.column("id").to_pylist()) == [-5, 3]
 
 
