@@ -49,15 +49,14 @@ def positive_int(value: str) -> int:
     return number
 
 
-def positive_seconds(value: str) -> float:
-    """An interval: a finite number of seconds above 0 (NaN would silence the progress line, 0 or less
-    report every batch)."""
+def interval_seconds(value: str) -> float:
+    """Seconds between reports: a finite number, 0 or more (0: every batch). NaN silenced the progress line."""
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not 0 < number < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {value!r}")
+    if not 0 <= number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, 0 or more, got {value!r}")
     return number
 
 
@@ -269,7 +268,7 @@ class EmbedOptions(PipelineOptions):
         )
         group.add_argument(
             "--progress_interval",
-            type=positive_seconds,
+            type=interval_seconds,
             default=5.0,
             help="Seconds between each worker's progress reports: locally they update one progress line for "
             "the whole job (rows done of the total, rows/s, time left); elsewhere they are log lines "

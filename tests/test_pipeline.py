@@ -255,7 +255,7 @@ def test_missing_output_is_an_error():
             for device in ("cuda", "cuda:1")
         ),
         (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a finite number above 0"),
-        (("--progress_interval", "nan"), "argument --progress_interval: expected a finite number of seconds above 0"),
+        (("--progress_interval", "nan"), "--progress_interval: expected a finite number of seconds, 0 or more"),
         (("--runner", "Nope"), "error: --runner Nope: Unexpected pipeline runner: Nope. Valid values are "),
     ],
 )
