@@ -58,7 +58,7 @@ from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
 from transforms.paths import is_url, not_a_folder, pattern_reaches, same_place, same_spelling
 from transforms.read import PlannedFile, one_line, open_parquet
-from transforms.write import CHANGES_DIR, MANIFEST, output_files, remove_temp_files
+from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
@@ -75,8 +75,7 @@ WRITTEN_EXAMPLES = tuple(
         "embeddings",
         "embeddings-reused-merged",
         "rejected",
-        f"{CHANGES_DIR}/upserts",
-        f"{CHANGES_DIR}/deletes",
+        *(f"{CHANGES_DIR}/{kind}" for kind in CHANGE_KINDS),
     )
 )
 # What makes two runs' vectors for the same text interchangeable.
