@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -21,7 +22,9 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
-from apache_beam.runners.runner import create_runner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.runner import PipelineRunner, create_runner
+from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
@@ -50,6 +53,11 @@ _MAX_LOCAL_WORKERS = 8  # each worker process holds its own model and torch (abo
 _IN_PROCESS_TEXT_BYTES = 128 * 2**10
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline", "transforms", "encoder", "schemas"))
+# Local worker processes start with Ctrl-C ignored (an ignored signal stays ignored across exec, and
+# Python then installs no KeyboardInterrupt handler): a terminal's Ctrl-C reaches the whole process
+# group, and each worker printed its own KeyboardInterrupt traceback twice; the launcher, which gets it
+# too, ends them (_end_worker_processes). Beam's own command, with the interpreter's path quoted.
+_WORKER_COMMAND = f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main"
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
 # A worker running in this process raises its error again with Beam's note of the step appended.
@@ -109,12 +117,20 @@ def _quiet_once_stopped(args: threading.ExceptHookArgs) -> None:
 _THREAD_EXCEPTHOOK = threading.excepthook
 
 
+def _beam_quiet_once_stopped(record: logging.LogRecord) -> bool:
+    """Beam's records of a stopped run's teardown (the data plane and worker handlers losing the worker
+    processes killed at the stop, as ERRORs with tracebacks) are left out: the one `error:` line says why."""
+    return not (_STOPPED_BY and record.name.startswith("apache_beam"))
+
+
 def _catch_stops() -> None:
     """On the main thread only (where Python allows handlers); a signal ignored (nohup) stays ignored."""
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, _stop)
     threading.excepthook = _quiet_once_stopped
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_beam_quiet_once_stopped)
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
@@ -165,6 +181,16 @@ def _choose_local_workers(options: PipelineOptions, plan: JobPlan) -> JobPlan:
             else "",
         )
     return replace(plan, handler=replace(plan.handler, threads=threads_per_worker(options)))
+
+
+def _local_runner(options: PipelineOptions) -> PipelineRunner | None:
+    """FnApiRunner with worker processes started by _WORKER_COMMAND; None (the options' runner) otherwise.
+    The running mode is cleared for the runner only: set, it would start its workers Beam's way."""
+    direct = options.view_as(DirectOptions)
+    if options.view_as(StandardOptions).runner != _LOCAL_RUNNER or direct.direct_running_mode != "multi_processing":
+        return None
+    direct.direct_running_mode = None
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(_WORKER_COMMAND))
 
 
 def _kib(size: int) -> str:
@@ -241,7 +267,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
         try:
             with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
-                with beam.Pipeline(options=options) as pipeline:
+                with beam.Pipeline(runner=_local_runner(options), options=options) as pipeline:
                     build_pipeline(pipeline, plan, spill_dir if local else None)
         finally:
             line.finish()

@@ -31,24 +31,37 @@ def test_a_bundles_end_reports_the_count_the_interval_held_back(caplog):
     assert counts == [0, 42]
 
 
-@pytest.mark.parametrize("rows, in_process", [(600, False), (300, True)], ids=["worker-processes", "in-process"])
-def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_publishes_nothing(
-    tmp_path, rows, in_process
-):
-    """300 rows (83 KiB of text) run in the launcher's process, 600 in worker processes."""
+def _ctrl_c_restored() -> None:
+    """The job's own SIGINT disposition: a test run in the background (`make test &`) has it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    "rows, in_process, by",
+    [(600, False, "SIGTERM"), (300, True, "SIGTERM"), (600, False, "SIGINT")],
+    ids=["worker-processes", "in-process", "ctrl-c-to-the-process-group"],
+)
+def test_a_run_stopped_mid_embedding_exits_1_with_one_error_line_and_publishes_nothing(tmp_path, rows, in_process, by):
+    """300 rows (83 KiB of text) run in the launcher's process, 600 in worker processes. An orchestrator
+    stops the launcher alone (SIGTERM); a terminal's Ctrl-C reaches every process of the group."""
     write_shards(tmp_path / "kb", rows=rows, shards=2)
     output = tmp_path / "out"
     command = [
         sys.executable, "-m", "pipeline.run", "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output),
         "--progress_interval", "0.1", "--rows_per_batch", "50",
     ]  # fmt: skip
-    job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_ctrl_c_restored
+    )
     try:
         seen = []
-        for line in job.stderr:  # the launcher only, as an orchestrator stops a task
+        for line in job.stderr:
             seen.append(line)
             if "rows/s, about" in line:
-                job.send_signal(signal.SIGTERM)
+                if by == "SIGTERM":
+                    job.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(job.pid, signal.SIGINT)
                 stopped = time.monotonic()
                 break
         else:
@@ -61,13 +74,14 @@ def test_a_run_stopped_by_sigterm_mid_embedding_exits_1_with_one_error_line_and_
     assert time.monotonic() - stopped < 30
     assert job.returncode == 1, rest
     assert rest.splitlines()[-1] == (
-        "error: stopped by SIGTERM; no manifest.json was written, so nothing was published; running the same "
+        f"error: stopped by {by}; no manifest.json was written, so nothing was published; running the same "
         "command again replaces the partial files"
     )
     assert ("workers: one, in this process" in "".join(seen)) == in_process
     # Worker processes killed at the stop go quietly: they aborted ("terminate called without an active
     # exception"), each with Beam's traceback of a worker that exited, when Beam ended them. A worker in
-    # the launcher's process logged the stop as its failure, with a traceback.
+    # the launcher's process logged the stop as its failure, with a traceback. Given Ctrl-C themselves,
+    # worker processes printed a KeyboardInterrupt traceback each, and Beam's data plane its lost channel.
     assert "Traceback" not in rest and "terminate called" not in rest and "ERROR" not in rest, rest
     assert not (output / "manifest.json").exists()
     assert list(output.iterdir()) == []  # the temporary folders and the owner file went with the failure
