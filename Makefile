@@ -24,6 +24,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m samples.knowledge_base --output sample-kb --rows 2000 --shards 4
 	$(BIN)/python -m pipeline.run --input 'sample-kb/*.parquet' --output kb-embeddings --carry_columns title,kind --overwrite
 
+# Two test processes (pytest-xdist), each test file in one of them, its module fixtures run once: a run
+# of the job spends its first seconds in single-threaded imports, which the other process fills.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile

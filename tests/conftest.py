@@ -216,16 +216,36 @@ def record(kind: str, case: str, outcome: str, inputs=(), output: Path | None = 
     return lost
 
 
+# The suite runs in several processes (pytest-xdist; `make test`): each test's cases travel to the
+# process that prints the table in its reports' user_properties, which is how xdist passes them on.
+_CASE = "catalogue case"
+_ATTACHED = 0  # CATALOGUE's cases already attached to a test
+_REPORTED: list = []  # the cases of every test, in the process that prints the table
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    global _ATTACHED
+    item.user_properties.extend((_CASE, case) for case in CATALOGUE[_ATTACHED:])
+    _ATTACHED = len(CATALOGUE)
+    return (yield)
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when == "teardown":  # its report holds the cases of the test's every phase
+        _REPORTED.extend(case for name, case in report.user_properties if name == _CASE)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    if not CATALOGUE:
+    if not _REPORTED:
         return
     write = terminalreporter.write_line
     terminalreporter.section("reliability catalogue")
     write(f"{'kind':<9} {'case':<44} {'outcome':<50} {'rows in':>7} {'lost':>5}")
-    for kind, case, outcome, rows_in, lost in CATALOGUE:
+    for kind, case, outcome, rows_in, lost in _REPORTED:
         write(
             f"{kind:<9} {case:<44} {outcome:<50} {rows_in if rows_in is not None else '-':>7} "
             f"{lost if lost is not None else '-':>5}"
         )
-    published = [lost for *_, lost in CATALOGUE if lost is not None]
-    write(f"{len(CATALOGUE)} cases, {len(published)} published runs, rows lost in all: {sum(published)}")
+    published = [lost for *_, lost in _REPORTED if lost is not None]
+    write(f"{len(_REPORTED)} cases, {len(published)} published runs, rows lost in all: {sum(published)}")
