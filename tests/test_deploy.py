@@ -278,6 +278,24 @@ def test_nightly_dag_launches_the_template_built_with_its_worker_images_tag():
     assert any(line.startswith(f"gcloud dataflow flex-template build {template} ") for line in build)
 
 
+def test_nightly_dag_gives_the_load_its_dsn_from_a_kubernetes_secret():
+    """Rendered into the pod's env_vars, a connection's DSN (its password) was in the pod's spec and in
+    the task's rendered fields, which Airflow stores and shows; a Secret keeps it out of both."""
+    tree = ast.parse((DEPLOY / "schedule" / "nightly_embed_dag.py").read_text())
+    (pod,) = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "KubernetesPodOperator"
+    ]
+    keywords = {keyword.arg: keyword.value for keyword in pod.keywords}
+    assert "env_vars" not in keywords
+    (secret,) = keywords["secrets"].elts
+    given = {keyword.arg: ast.literal_eval(keyword.value) for keyword in secret.keywords if keyword.arg}
+    assert (secret.func.id, given) == ("Secret", {"deploy_type": "env", "deploy_target": "PGVECTOR_DSN"})
+    assert _dag_constants()["DSN_SECRET"] == {"secret": "embed-pgvector", "key": "dsn"}
+    assert '"$PGVECTOR_DSN"' in _dag_constants()["LOAD_COMMAND"]
+
+
 def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():
     constants = _dag_constants()
     source = (DEPLOY / "schedule" / "nightly_embed_dag.py").read_text()

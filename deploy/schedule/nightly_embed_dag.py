@@ -10,8 +10,10 @@ the loader checks every file against it before touching the table.
 Copy this file into the Composer environment's dags/ folder, set the Airflow
 variables embed_project, embed_region, embed_bucket, embed_worker_image (the
 image launch.sh pushed, REPOSITORY/gpu-worker:TAG, by its tag and not a digest:
-the template's name is taken from the tag) and embed_table, and an Airflow
-connection `pgvector` to the database. The load runs
+the template's name is taken from the tag) and embed_table, and the database's
+DSN as the key `dsn` of the Kubernetes Secret `embed-pgvector` where the load's
+pod runs (Composer 3: `gcloud composer environments user-workloads-secrets
+create`; Composer 2: `kubectl create secret` in composer-user-workloads). The load runs
 in a pod of the worker image, which holds the loader: nothing of this project
 (torch, Beam) is installed into Composer, whose own packages it could clash with.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import pendulum
 from airflow import DAG
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
 
@@ -29,8 +32,10 @@ OUTPUT = BUCKET + "/embeddings/{{ ds }}"
 MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
 # The flex template launch.sh built with the worker image's tag: a template and workers of one build.
 TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
-# The night's run into the table, by bash in the worker image; the DSN comes from the `pgvector`
-# connection, through the pod's environment.
+# The night's run into the table, by bash in the worker image; the DSN comes from a Kubernetes Secret
+# into the pod's environment, so that its password is in neither the pod's spec nor the task's
+# rendered fields, which Airflow stores and shows (a connection rendered into env_vars was in both).
+DSN_SECRET = {"secret": "embed-pgvector", "key": "dsn"}
 # A night that would delete more than half the table's ids fails here, the table unchanged (a fault
 # upstream): set the variable embed_max_deleted_share to 1 for the night those deletions are meant.
 LOAD_COMMAND = (
@@ -111,6 +116,6 @@ with DAG(
         image="{{ var.value.embed_worker_image }}",
         cmds=["bash", "-c"],  # the image's entrypoint is Beam's worker boot
         arguments=[LOAD_COMMAND],
-        env_vars={"PGVECTOR_DSN": "{{ conn.pgvector.get_uri() }}"},
+        secrets=[Secret(deploy_type="env", deploy_target="PGVECTOR_DSN", **DSN_SECRET)],
     )
     embed >> manifest >> load
