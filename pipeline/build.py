@@ -37,7 +37,10 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     names = [plan.columns.id.name, CONTENT_HASH_COLUMN]
     names += [CHUNK_COLUMN] if plan.previous.passages else []
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
-    expected = pa.schema([*schema, *([] if CHUNK_COLUMN in schema.names else PASSAGE_FIELDS[:1])])
+    # A previous run of passages wrote its passage numbers as `chunk`, whatever tonight's carried
+    # column of that name (a pre-split knowledge base's own, without passages) holds.
+    own = [field for field in schema if not (field.name == CHUNK_COLUMN and plan.previous.passages)]
+    expected = pa.schema([*own, *([] if CHUNK_COLUMN in pa.schema(own).names else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
     return pipeline | "ReadPrevious" >> ReadParquetFiles(
         plan.previous.files, [*names, *compared], check, plan.rows_per_batch

@@ -9,7 +9,7 @@ import pytest
 
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import make_rows
-from tests.conftest import read_manifest, run_cli, write_parquet
+from tests.conftest import read_manifest, run_cli, run_clis, write_parquet
 from transforms.output_owner import OutputOwner
 
 DAY_ONE = make_rows(40, seed=3)
@@ -242,6 +242,50 @@ def test_a_carried_column_named_chunk_is_a_value_not_a_passage_key(day_one):
     }
     assert pq.read_table(files["upserts"]).select(["id", "chunk"]).to_pylist() == [{"id": IDS[3], "chunk": 7}]
     assert sum(pq.read_metadata(path).num_rows for path in files["deletes"]) == 0
+
+
+def test_a_carried_chunk_column_after_a_night_of_passages_is_not_taken_for_its_passage_numbers(day_one):
+    """The previous run's `chunk` is its passage number (int32); tonight's is a carried value of any type.
+    Read as tonight's type, an int64 one failed the join and a string one refused the previous file."""
+    shard = day_one / "day1" / "kb.parquet"
+    passages = day_one / "out-passages"
+    result = run_cli("--input", str(shard), "--output", str(passages), "--chunk_tokens", "48", "--chunk_overlap", "8")
+    assert result.returncode == 0, result.stderr
+    text = pq.read_table(shard).column("text")
+    nights = {"int64": pa.array(range(40), pa.int64()), "string": pa.array([f"part {i}" for i in range(40)])}
+    for kind, chunks in nights.items():
+        write_parquet(day_one / f"split-{kind}" / "kb.parquet", id=IDS, text=text, chunk=chunks)
+
+    def command(kind: str) -> list[str]:
+        return [
+            "--input", str(day_one / f"split-{kind}" / "kb.parquet"), "--carry_columns", "chunk",
+            "--output", str(day_one / f"out-split-{kind}"), "--previous", str(passages),
+        ]  # fmt: skip
+
+    results = run_clis(*(command(kind) for kind in nights))
+    for (kind, chunks), result in zip(nights.items(), results, strict=True):
+        assert result.returncode == 0, result.stderr
+        out = day_one / f"out-split-{kind}"
+        manifest = read_manifest(out)
+        # Passages one night and rows the next: every row embedded again, no id deleted.
+        assert (manifest["rows_embedded"], manifest["rows_reused"], manifest["rows_deleted"]) == (40, 0, 0)
+        written = pq.read_table(sorted(out.glob("embeddings-*.parquet"))).sort_by("id")
+        expected = pa.table({"id": IDS, "chunk": chunks}).sort_by("id")
+        assert written.select(["id", "chunk"]).equals(expected)
+
+
+def test_a_renamed_id_column_is_refused_with_previous_saying_to_leave_it_out(day_one):
+    shard = write_parquet(day_one / "renamed" / "kb.parquet", doc_id=IDS, text=TEXTS)
+    result = run_cli(
+        "--input", str(shard), "--output", str(day_one / "out-renamed"), "--id_column", "doc_id",
+        "--previous", str(day_one / "out1"), "--plan_only",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --previous {day_one / 'out1'}: its id column is 'id', this run's is 'doc_id', so its rows cannot "
+        "be matched to this run's; leave --previous out the night the id column changes (every row is embedded "
+        "again)"
+    )
 
 
 def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
