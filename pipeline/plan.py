@@ -456,7 +456,11 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
         raise InputError(f"--previous {manifest_path}: not a manifest of this job (no {', '.join(missing_keys)})")
     id_column = manifest.get("columns", {}).get("id")
     if id_column != columns.id.name:
-        raise InputError(f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}")
+        raise InputError(
+            f"--previous {path}: its id column is {id_column!r}, this run's is {columns.id.name!r}, so its rows "
+            "cannot be matched to this run's; leave --previous out the night the id column changes (every row "
+            "is embedded again)"
+        )
     reuse = manifest["model"].get("fingerprint") == model_block["fingerprint"]
     if not reuse:
         theirs, ours = _setting_names(manifest["model"]), _setting_names(model_block)
