@@ -583,7 +583,7 @@ def checked_model(opts: EmbedOptions) -> tuple[ModelFolder, str, str]:
     check_model_settings(folder, opts.prompt, opts.prompt_name, opts.truncate_dim, opts.max_seq_length)
     if opts.max_seq_length is not None and isinstance(folder.input, TransformerSpec):
         # Only when asked for: the tokenizer costs the launcher transformers' import.
-        overhead = int(TextTokenizer(folder, None, opts.prompt_name, opts.prompt).count([""])[0])
+        overhead = int(TextTokenizer(folder, opts.max_seq_length, opts.prompt_name, opts.prompt).count([""])[0])
         if opts.max_seq_length <= overhead:
             raise UsageError(
                 f"--max_seq_length {opts.max_seq_length} leaves no token for text: special tokens and prompt "
@@ -604,9 +604,12 @@ def check_model_settings(
         raise UsageError("--prompt and --prompt_name both given: pass one")
     try:
         folder.output_dim(truncate_dim)
+    except ModelFolderError as e:  # the option's value, or the folder's own (its message names the folder)
+        raise UsageError(f"--{e}" if truncate_dim is not None else f"{folder.path}: its {e}") from e
+    try:
         folder.seq_length(max_seq_length)
     except ModelFolderError as e:
-        raise UsageError(f"--{e}") from e
+        raise UsageError(f"--{e}" if max_seq_length is not None else str(e)) from e
     try:
         folder.prompt(prompt_name)
     except ModelFolderError as e:

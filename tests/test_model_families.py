@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
 from encoder.tokens import WHOLE_PIECE_CHARS
 from samples.model_families import NAMES, save_family
-from tests.conftest import embedding_rows, read_manifest, run_cli, save_tiny_model, write_parquet
+from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, save_tiny_model, write_parquet
 
 TEXTS = [
     "How do I rotate the API keys of a service account?",
@@ -301,6 +301,12 @@ def test_a_window_past_the_models_positions_is_refused_unless_max_seq_length_fit
         f"positions for {positions}; pass --max_seq_length {positions} or less"
     )
     assert folder.seq_length(positions) == positions
+    # The job: refused naming the folder (exit 2, as for the option), and run with the option it names.
+    shard = write_parquet(tmp_path / "kb.parquet", id=["a"], text=["hello"])
+    command = ["--input", str(shard), "--output", str(tmp_path / "out"), "--model", str(path), "--plan_only"]
+    without, within = run_clis(command, [*command, "--max_seq_length", str(positions)])
+    assert (without.returncode, without.stderr.splitlines()[-1]) == (2, f"error: {refused.value}")
+    assert within.returncode == 0, within.stderr
 
 
 @pytest.mark.parametrize("family", ["qwen3", "bert", "static"])
