@@ -191,6 +191,34 @@ def test_pickle_only_weights_are_refused(tmp_path, model_path):
         read_model_folder(folder)
 
 
+def test_weights_lacking_a_tensor_are_refused_and_lacking_only_the_pooler_head_are_not(tmp_path):
+    """transformers fills a tensor the weights lack at random, saying so only in its load report: a
+    model nobody trained, another in every worker process. The pooler head, which sentence-transformers
+    never runs, is often left out of checkpoints."""
+    model = save_tiny_model(tmp_path / "model", TINY_POOLINGS["mean"])
+    texts = ["Reset the VPN token", "Billing API returns 502"]
+    expected = PooledEncoder(read_model_folder(model), device="cpu").encode(texts).embeddings
+    weights = load_file(model / "model.safetensors")
+    without_pooler = {name: tensor for name, tensor in weights.items() if not name.startswith("pooler.")}
+    assert len(without_pooler) == len(weights) - 2
+    save_file(without_pooler, model / "model.safetensors", metadata={"format": "pt"})
+    got = PooledEncoder(read_model_folder(model), device="cpu").encode(texts).embeddings
+    np.testing.assert_array_equal(got, expected)
+    del without_pooler["encoder.layer.0.attention.self.query.weight"]
+    save_file(without_pooler, model / "model.safetensors", metadata={"format": "pt"})
+    message = (
+        f"{model}: its weights lack 1 of the model's tensors (encoder.layer.0.attention.self.query.weight); "
+        "transformers would fill them at random"
+    )
+    with pytest.raises(ModelFolderError) as refused:
+        PooledEncoder(read_model_folder(model), device="cpu")
+    assert str(refused.value) == message
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=texts)
+    result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (1, f"error: {message}")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_folder_without_modules_json_is_refused(tmp_path):
     with pytest.raises(ModelFolderError, match="not a sentence-transformers model folder"):
         read_model_folder(tmp_path)

@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import AutoModel
 
-from encoder.model_folder import ENCODER_ONLY_CLASSES, TransformerSpec
+from encoder.model_folder import ENCODER_ONLY_CLASSES, ModelFolderError, TransformerSpec
 from encoder.modules.features import Features
 from encoder.tokens import Tokenized, TokenTypes
 
@@ -20,6 +20,10 @@ from encoder.tokens import Tokenized, TokenTypes
 # (all-MiniLM-L6-v2: no measurable change). Each is checked against sentence-transformers in
 # tests/test_model_families.py; MPNet is left out: transformers runs it with eager attention.
 KEY_MASK_TYPES = frozenset({"bert", "distilbert", "electra", "roberta", "xlm-roberta"})
+# Tensors a checkpoint may lack: the pooler head after the token vectors, which sentence-transformers
+# never runs (checkpoints saved without it are common). Any other missing tensor transformers fills at
+# random, silently: a model nobody trained, and another one in every worker process.
+UNUSED_PREFIXES = ("pooler.",)
 
 
 class Transformer(torch.nn.Module):
@@ -27,9 +31,16 @@ class Transformer(torch.nn.Module):
         super().__init__()
         encoder_only = ENCODER_ONLY_CLASSES.get(spec.model_type)
         model_class = getattr(transformers, encoder_only) if encoder_only else AutoModel
-        self.model = model_class.from_pretrained(
-            spec.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        self.model, loading = model_class.from_pretrained(
+            spec.path, dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+        )
+        self.model.eval()
+        missing = sorted(key for key in loading["missing_keys"] if not key.startswith(UNUSED_PREFIXES))
+        if missing:
+            raise ModelFolderError(
+                f"{spec.path}: its weights lack {len(missing)} of the model's tensors ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}); transformers would fill them at random"
+            )
         if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
             self.model.config.use_cache = False
         self.padding_left = spec.padding_left
