@@ -105,6 +105,7 @@ class TransformerSpec:
     max_seq_length: int | None
     do_lower_case: bool
     padding_left: bool  # decoder-only embedders pad on the left, so the last token is real
+    split_special_tokens: bool = False  # a text's special-token strings are text (tokenizer_config.json)
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,7 @@ def _transformer(path: Path) -> TransformerSpec:
         max_seq_length=_window(st_config, st_file),
         do_lower_case=st_config.get("do_lower_case", False),
         padding_left=tokenizer_config.get("padding_side") == "left",
+        split_special_tokens=tokenizer_config.get("split_special_tokens") is True,
     )
 
 

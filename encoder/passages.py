@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from encoder.tokens import tokenizer_copy
+
 MIN_CONTENT_TOKENS = 8
 # Characters tokenised at a time: at least this many, and this many per token of a passage.
 WINDOW_CHARS, WINDOW_CHARS_PER_TOKEN = 4096, 32
@@ -206,7 +208,7 @@ class PassageSplitter:
         self, tokenizer: Tokenizer, chunk_tokens: int, overlap: int, count_tokens: Callable[[list[str]], np.ndarray]
     ) -> None:
         # A private copy: truncation or padding set on the caller's tokenizer would cut or pad windows.
-        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._tokenizer = tokenizer_copy(tokenizer)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self._chunk_tokens = chunk_tokens

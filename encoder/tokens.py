@@ -117,6 +117,14 @@ def _run(piece: str, at_end: bool) -> int:
     return len(piece) - len(strip(rest, edge + _SPACES))
 
 
+def tokenizer_copy(tokenizer: Tokenizer) -> Tokenizer:
+    """A private copy with the setting its JSON leaves out: encode_special_tokens (tokenizer_config.json's
+    split_special_tokens), under which a text's `<|endoftext|>` is plain text, not the special token."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.encode_special_tokens = tokenizer.encode_special_tokens
+    return copy
+
+
 class TextTokenizer:
     """The model's fast tokenizer, applied as sentence-transformers applies it, with bounded work per text.
 
@@ -151,7 +159,7 @@ class TextTokenizer:
                 )
             self.pad_id = tokenizer.pad_token_id or 0
             # Private copy: the transformers wrapper resets truncation on its backend at every call.
-            self.raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            self.raw = tokenizer_copy(tokenizer.backend_tokenizer)
             special_ids = set(tokenizer.all_special_ids)
             side = tokenizer.truncation_side  # tokenizer_config.json's, as transformers reads it
             # sentence-transformers passes on the type ids where the tokenizer gives them
@@ -168,7 +176,7 @@ class TextTokenizer:
         self.token_types = None if pad_type is None else TokenTypes.of(self.raw, pad_type)
         if folder.do_lower_case:
             self.raw.normalizer = _lower_cased(self.raw.normalizer)
-        self._window = Tokenizer.from_str(self.raw.to_str())
+        self._window = tokenizer_copy(self.raw)
         if self.max_seq_length is not None:
             self._window.enable_truncation(self.max_seq_length, direction="left" if self.keeps_end else "right")
         # The prompt tokenised alone as a text is, cut to the window: sentence-transformers measures it so,

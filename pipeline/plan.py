@@ -104,7 +104,9 @@ SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would spli
 # token_types: the type ids the tokenizer gives a one-token text, where one is not 0 (XLNet's final <cls>
 # is 2), which reach the model since; prompt_tokens: with include_prompt false, the prompt tokens pooling
 # leaves out where the prompt alone overflows the window (measured uncut, they were every token: zero vectors).
-ENCODER_FIX_KEYS = ("token_types", "prompt_tokens")
+# split_special_tokens (2026-12-05): set by the tokenizer's config, under which a text's special-token strings
+# are text; the job's copies of the tokenizer had read them as the special tokens.
+ENCODER_FIX_KEYS = ("token_types", "prompt_tokens", "split_special_tokens")
 
 
 @dataclass(frozen=True)
@@ -398,6 +400,8 @@ def encoder_fixes(folder: ModelFolder, max_seq_length: int | None, prompt: str) 
         fixes["token_types"] = types
     if measured and len(tokens.raw.encode(prompt, add_special_tokens=True).ids) > tokens.max_seq_length:
         fixes["prompt_tokens"] = tokens.prompt_length
+    if folder.input.split_special_tokens:
+        fixes["split_special_tokens"] = True
     return fixes
 
 

@@ -16,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
 from encoder.tokens import WHOLE_PIECE_CHARS
+from pipeline.plan import encoder_fixes
 from samples.model_families import NAMES, save_family
 from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, save_tiny_model, write_parquet
 
@@ -287,6 +288,23 @@ def test_folder_settings_the_encoder_cannot_honour_are_refused_naming_the_file(
     with pytest.raises(ModelFolderError) as refused:
         read_model_folder(path)
     assert str(refused.value).startswith(f"{path / file}: ") and message in str(refused.value)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "bert"])
+def test_a_tokenizer_splitting_special_tokens_reads_them_in_texts_as_text(folders, tmp_path, family):
+    """tokenizer_config.json's split_special_tokens: a text holding the tokenizer's own special-token
+    string (`<|endoftext|>`, `[SEP]`) is tokenised as text, as sentence-transformers does; the job's
+    copies of the tokenizer lost the setting (cosine 0.81 for such a text)."""
+    path = shutil.copytree(folders[family], tmp_path / family)
+    _edit_json(path / "tokenizer_config.json", split_special_tokens=True)
+    special = SentenceTransformer(str(path), device="cpu").tokenizer.all_special_tokens[0]
+    texts = [f"rotate the keys {special} then restart", f"{special}", "plain text"]
+    folder = read_model_folder(path)
+    ours = PooledEncoder(folder, device="cpu").encode(texts).embeddings
+    assert _cosines(ours, _reference(path, texts, normalize_embeddings=folder.normalize)).min() >= 0.9999
+    # Runs of such a model from before the fix are embedded again once, not reused; other models' are.
+    assert encoder_fixes(folder, None, "") == {"split_special_tokens": True}
+    assert "split_special_tokens" not in encoder_fixes(read_model_folder(folders[family]), None, "")
 
 
 def test_a_window_past_the_models_positions_is_refused_unless_max_seq_length_fits(folders, tmp_path):
