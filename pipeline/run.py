@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import apache_beam as beam
+import grpc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -74,6 +75,9 @@ _WORKER_LOGGERS = (
 )
 # The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
 _STOPPED_BY: list[str] = []
+# Exit statuses of local worker processes that died (negative: the signal that killed one).
+_WORKER_EXITS: list[int] = []
+_WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -107,10 +111,14 @@ def _descendants(pid: str) -> list[int]:
     return found
 
 
-def _quiet_once_stopped(args: threading.ExceptHookArgs) -> None:
-    """A stopped run's threads that lose their worker process (Beam's `Worker subprocess exited`) end
-    without a traceback: the run's one `error:` line says why."""
-    if not _STOPPED_BY:
+def _worker_thread_failed(args: threading.ExceptHookArgs) -> None:
+    """A thread that lost its worker process (Beam's `Worker subprocess exited with return code N`, the
+    exit recorded) or its channel to one (gRPC's error) ends without a traceback: the run's one `error:`
+    line says what happened; a failure of the run's own is reported, with its traceback, by main."""
+    exited = _WORKER_EXITED.search(str(args.exc_value))
+    if exited:
+        _WORKER_EXITS.append(int(exited.group(1)))
+    elif not (_STOPPED_BY or isinstance(args.exc_value, grpc.RpcError)):
         _THREAD_EXCEPTHOOK(args)
 
 
@@ -118,9 +126,28 @@ _THREAD_EXCEPTHOOK = threading.excepthook
 
 
 def _beam_quiet_once_stopped(record: logging.LogRecord) -> bool:
-    """Beam's records of a stopped run's teardown (the data plane and worker handlers losing the worker
-    processes killed at the stop, as ERRORs with tracebacks) are left out: the one `error:` line says why."""
-    return not (_STOPPED_BY and record.name.startswith("apache_beam"))
+    """Beam's records of a teardown after a stop or a worker process's death (the data plane and worker
+    handlers losing the processes, as ERRORs with gRPC's tracebacks, logged as the death is noticed) are
+    left out: the one `error:` line says why."""
+    if not record.name.startswith("apache_beam"):
+        return True
+    lost_channel = record.exc_info is not None and isinstance(record.exc_info[1], grpc.RpcError)
+    return not (_STOPPED_BY or _WORKER_EXITS or lost_channel)
+
+
+def _worker_death() -> str:
+    """What ended the first worker process that died, for the error line."""
+    code = _WORKER_EXITS[0]
+    if code == -signal.SIGKILL:
+        how = "was killed (SIGKILL: the kernel's out-of-memory killer sends it when memory runs out)"
+    elif code < 0:
+        how = f"was killed by {signal.Signals(-code).name}"
+    else:
+        how = f"exited with status {code}"
+    return (
+        f"a worker process {how}; no manifest.json was written, so nothing was published; running the same "
+        "command again replaces the partial files"
+    )
 
 
 def _catch_stops() -> None:
@@ -128,7 +155,7 @@ def _catch_stops() -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, _stop)
-    threading.excepthook = _quiet_once_stopped
+    threading.excepthook = _worker_thread_failed
     for handler in logging.getLogger().handlers:
         handler.addFilter(_beam_quiet_once_stopped)
 
@@ -336,6 +363,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         found = _WORKER_ERROR.search(_STEP_NOTE.sub("", str(e)))
         if found:
             print(error_line(found.group(1)), file=sys.stderr)
+            return 1
+        if _WORKER_EXITS:  # the failure is Beam's of the lost process ("Channel closed prematurely")
+            print(error_line(_worker_death()), file=sys.stderr)
             return 1
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
