@@ -362,6 +362,9 @@ def prepare_output(
     if earlier:
         FileSystems.delete(list(earlier.values()))  # the manifest first: never one without its files
     remove_temp_files(output)
+    changes = os.path.join(output, CHANGES_DIR)
+    if not is_url(output) and os.path.isdir(changes) and not os.listdir(changes):
+        os.rmdir(changes)  # a local folder the replaced change set left empty (object stores have none)
     return owner
 
 

@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
+from pipeline.plan import prepare_output
 from transforms.output_owner import OWNER_FILE, OutputOwner, OutputTakenOver
-from transforms.write import MANIFEST, _write_manifest, output_files, remove_temp_files, remove_unlisted
+from transforms.write import CHANGES_DIR, MANIFEST, _write_manifest, output_files, remove_temp_files, remove_unlisted
 
 STARTED = "2026-12-03T10:00:00+00:00"
 
@@ -94,3 +95,14 @@ def test_a_manifest_a_stopped_run_never_renamed_is_removed_with_the_temporary_fi
     (tmp_path / "notes.tmp").write_text("not ours")
     remove_temp_files(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
+
+
+def test_overwriting_a_run_with_a_change_set_leaves_no_empty_changes_folder(tmp_path):
+    """The README: a run without --previous writes no `changes/` folder; the replaced run's files went,
+    and their folder stayed."""
+    (tmp_path / CHANGES_DIR).mkdir()
+    for name in (MANIFEST, "embeddings-00000-of-00001.parquet", f"{CHANGES_DIR}/upserts-00000-of-00001.parquet"):
+        (tmp_path / name).write_text("{}")
+    owner = prepare_output(str(tmp_path), overwrite=True, previous=None, run_id="run-b", started_at=STARTED)
+    assert [p.name for p in tmp_path.iterdir()] == [OWNER_FILE]
+    owner.release()
