@@ -219,6 +219,33 @@ def test_weights_lacking_a_tensor_are_refused_and_lacking_only_the_pooler_head_a
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"intermediate_size": 80},
+            "{model}: 6 of its weights are not of the sizes its config gives (encoder.layer.0.intermediate.dense.bias "
+            "is [64] in the weights, [80] by the config); transformers would fill them at random",
+        ),
+        (
+            {"model_type": "bert9000"},
+            "{model}: transformers cannot load it: The checkpoint you are trying to load has model type `bert9000` "
+            "but Transformers does not recognize this architecture.",
+        ),
+    ],
+    ids=["sizes-other-than-the-configs", "unknown-model-type"],
+)
+def test_a_config_its_weights_do_not_fit_is_refused_naming_the_folder(tmp_path, config, message):
+    """Found when the workers load the model: a traceback and "the job failed" before; other sizes
+    were an error only because transformers refuses them unless told to fill them at random."""
+    model = save_tiny_model(tmp_path / "model", TINY_POOLINGS["mean"])
+    settings = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**settings, **config}))
+    with pytest.raises(ModelFolderError) as refused:
+        PooledEncoder(read_model_folder(model), device="cpu")
+    assert str(refused.value).startswith(message.format(model=model))
+
+
 def test_folder_without_modules_json_is_refused(tmp_path):
     with pytest.raises(ModelFolderError, match="not a sentence-transformers model folder"):
         read_model_folder(tmp_path)

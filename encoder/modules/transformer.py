@@ -31,15 +31,30 @@ class Transformer(torch.nn.Module):
         super().__init__()
         encoder_only = ENCODER_ONLY_CLASSES.get(spec.model_type)
         model_class = getattr(transformers, encoder_only) if encoder_only else AutoModel
-        self.model, loading = model_class.from_pretrained(
-            spec.path, dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True
-        )
+        try:  # tensors of other sizes than the config's are loaded at random too, and refused below by name
+            self.model, loading = model_class.from_pretrained(
+                spec.path,
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+            )
+        except (ValueError, OSError) as e:  # a model_type this transformers does not know, a file it cannot read
+            raise ModelFolderError(f"{spec.path}: transformers cannot load it: {str(e).strip().splitlines()[0]}") from e
         self.model.eval()
         missing = sorted(key for key in loading["missing_keys"] if not key.startswith(UNUSED_PREFIXES))
         if missing:
             raise ModelFolderError(
                 f"{spec.path}: its weights lack {len(missing)} of the model's tensors ({', '.join(missing[:3])}"
                 f"{', ...' if len(missing) > 3 else ''}); transformers would fill them at random"
+            )
+        if mismatched := sorted(loading["mismatched_keys"]):
+            key, stored, configured = mismatched[0]
+            raise ModelFolderError(
+                f"{spec.path}: {len(mismatched)} of its weights are not of the sizes its config gives ({key} is "
+                f"{list(stored)} in the weights, {list(configured)} by the config); transformers would fill "
+                "them at random"
             )
         if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
             self.model.config.use_cache = False
