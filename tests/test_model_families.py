@@ -12,6 +12,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
@@ -305,6 +307,21 @@ def test_a_tokenizer_splitting_special_tokens_reads_them_in_texts_as_text(folder
     # Runs of such a model from before the fix are embedded again once, not reused; other models' are.
     assert encoder_fixes(folder, None, "") == {"split_special_tokens": True}
     assert "split_special_tokens" not in encoder_fixes(read_model_folder(folders[family]), None, "")
+
+
+def test_dense_weights_of_other_sizes_than_its_config_are_refused_naming_the_file(folders, tmp_path):
+    path = shutil.copytree(folders["bert-dense-tanh"], tmp_path / "model")
+    modules = json.loads((path / "modules.json").read_text())
+    dense = path / next(module["path"] for module in modules if module["type"].endswith(".Dense"))
+    weights = load_file(dense / "model.safetensors")
+    out_features, in_features = weights["linear.weight"].shape
+    weights["linear.weight"] = torch.zeros(out_features + 1, in_features)
+    save_file(weights, dense / "model.safetensors")
+    with pytest.raises(ModelFolderError) as refused:
+        PooledEncoder(read_model_folder(path), device="cpu")
+    assert str(refused.value).startswith(
+        f"{dense / 'model.safetensors'}: does not fit its module's config: size mismatch for linear.weight: "
+    )
 
 
 def test_a_window_past_the_models_positions_is_refused_unless_max_seq_length_fits(folders, tmp_path):

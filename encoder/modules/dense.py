@@ -6,7 +6,7 @@ from torch import nn
 
 from encoder.model_folder import DenseSpec
 from encoder.modules.features import Features
-from encoder.modules.weights import load_weights
+from encoder.modules.weights import load_module_weights
 
 
 class Dense(nn.Module):
@@ -20,7 +20,7 @@ class Dense(nn.Module):
         if spec.use_residual:
             same = spec.in_features == spec.out_features
             self.residual = nn.Identity() if same else nn.Linear(spec.in_features, spec.out_features, bias=False)
-        self.load_state_dict(load_weights(spec.path))
+        load_module_weights(self, spec.path)
 
     def forward(self, features: Features) -> Features:
         x = features.sentence_embedding

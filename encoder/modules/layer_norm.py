@@ -6,14 +6,14 @@ from torch import nn
 
 from encoder.model_folder import LayerNormSpec
 from encoder.modules.features import Features
-from encoder.modules.weights import load_weights
+from encoder.modules.weights import load_module_weights
 
 
 class LayerNorm(nn.Module):
     def __init__(self, spec: LayerNormSpec) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(spec.dimension)
-        self.load_state_dict(load_weights(spec.path))
+        load_module_weights(self, spec.path)
 
     def forward(self, features: Features) -> Features:
         features.sentence_embedding = self.norm(features.sentence_embedding)
