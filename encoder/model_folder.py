@@ -469,6 +469,8 @@ def _pooling(path: Path) -> PoolingSpec:
         modes = (mode,) if isinstance(mode, str) else tuple(mode)
     else:
         modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key)) or ("mean",)
+    if not modes:  # sentence-transformers fails on it too, with torch's "expected a non-empty list"
+        raise ModelFolderError(f"{config_file}: pooling_mode names no mode; supported: {', '.join(POOLING_MODES)}")
     unsupported = [m for m in modes if m not in POOLING_MODES]
     if unsupported:
         raise ModelFolderError(

@@ -279,6 +279,8 @@ def test_the_window_a_folders_config_sets_is_sentence_transformers_window(
          "switch_transformers are supported"),
         ("2_Dense/config.json", {"module_output_name": "projected"},
          "module_output_name 'projected' is not supported; only 'sentence_embedding'"),
+        ("1_Pooling/config.json", {"pooling_mode": []},
+         "pooling_mode names no mode; supported: cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken"),
     ],
 )  # fmt: skip
 def test_folder_settings_the_encoder_cannot_honour_are_refused_naming_the_file(
