@@ -78,6 +78,7 @@ _STOPPED_BY: list[str] = []
 # Exit statuses of local worker processes that died (negative: the signal that killed one).
 _WORKER_EXITS: list[int] = []
 _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
+_CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose worker process died
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -96,7 +97,7 @@ def _end_worker_processes() -> None:
     C++'s `terminate called without an active exception`, and Beam a traceback per process. Killed first
     they go quietly; what they wrote is temporary, removed as the stopped run gives the output up. Linux
     lists a process's children in /proc; elsewhere they end as Beam ends them. Beam starts each through a
-    shell, so the shell's children go too."""
+    shell (which _WORKER_COMMAND replaces by the worker), so any process a worker started goes too."""
     for pid in _descendants("self"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -112,12 +113,15 @@ def _descendants(pid: str) -> list[int]:
 
 
 def _worker_thread_failed(args: threading.ExceptHookArgs) -> None:
-    """A thread that lost its worker process (Beam's `Worker subprocess exited with return code N`, the
-    exit recorded) or its channel to one (gRPC's error) ends without a traceback: the run's one `error:`
-    line says what happened; a failure of the run's own is reported, with its traceback, by main."""
+    """A thread that lost its worker process (Beam's `Worker subprocess exited with return code N`) or its
+    channel to one (gRPC's error) ends without a traceback: an exit is recorded and, unless the run was
+    stopped, said in one line (a worker that died before it connected leaves Beam waiting for it); the
+    run's own failure is reported by main."""
     exited = _WORKER_EXITED.search(str(args.exc_value))
     if exited:
         _WORKER_EXITS.append(int(exited.group(1)))
+        if not _STOPPED_BY:
+            _LOG.warning("a worker process %s", _worker_ended(_WORKER_EXITS[-1]))
     elif not (_STOPPED_BY or isinstance(args.exc_value, grpc.RpcError)):
         _THREAD_EXCEPTHOOK(args)
 
@@ -125,28 +129,26 @@ def _worker_thread_failed(args: threading.ExceptHookArgs) -> None:
 _THREAD_EXCEPTHOOK = threading.excepthook
 
 
-def _beam_quiet_once_stopped(record: logging.LogRecord) -> bool:
-    """Beam's records of a teardown after a stop or a worker process's death (the data plane and worker
-    handlers losing the processes, as ERRORs with gRPC's tracebacks, logged as the death is noticed) are
-    left out: the one `error:` line says why."""
+def _beam_teardown_left_out(record: logging.LogRecord) -> bool:
+    """Beam's records of a lost channel to a worker process (ERRORs with gRPC's tracebacks, logged as a
+    worker dies or is killed at a stop) and of the teardown after a stop or a worker's death are left out:
+    the run's `error:` line says what happened."""
     if not record.name.startswith("apache_beam"):
         return True
     lost_channel = record.exc_info is not None and isinstance(record.exc_info[1], grpc.RpcError)
     return not (_STOPPED_BY or _WORKER_EXITS or lost_channel)
 
 
-def _worker_death() -> str:
-    """What ended the first worker process that died, for the error line."""
-    code = _WORKER_EXITS[0]
-    if code == -signal.SIGKILL:
-        how = "was killed (SIGKILL: the kernel's out-of-memory killer sends it when memory runs out)"
-    elif code < 0:
-        how = f"was killed by {signal.Signals(-code).name}"
-    else:
-        how = f"exited with status {code}"
-    return (
-        f"a worker process {how}; no manifest.json was written, so nothing was published; running the same "
-        "command again replaces the partial files"
+def _worker_ended(code: int) -> str:
+    """How a worker process ended, from its exit status (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:  # a real-time signal has no name
+        name = f"signal {-code}"
+    return f"was killed by {name}" + (
+        " (as the kernel's out-of-memory killer does when memory runs out)" if code == -signal.SIGKILL else ""
     )
 
 
@@ -157,7 +159,7 @@ def _catch_stops() -> None:
             signal.signal(stop, _stop)
     threading.excepthook = _worker_thread_failed
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_beam_quiet_once_stopped)
+        handler.addFilter(_beam_teardown_left_out)
 
 
 def make_options(argv: list[str]) -> PipelineOptions:
@@ -215,6 +217,8 @@ def _local_runner(options: PipelineOptions) -> PipelineRunner | None:
     The running mode is cleared for the runner only: set, it would start its workers Beam's way."""
     direct = options.view_as(DirectOptions)
     if options.view_as(StandardOptions).runner != _LOCAL_RUNNER or direct.direct_running_mode != "multi_processing":
+        return None
+    if os.name != "posix":  # Beam's shell there is cmd.exe, which has no trap
         return None
     direct.direct_running_mode = None
     return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(_WORKER_COMMAND))
@@ -364,8 +368,14 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         if found:
             print(error_line(found.group(1)), file=sys.stderr)
             return 1
-        if _WORKER_EXITS:  # the failure is Beam's of the lost process ("Channel closed prematurely")
-            print(error_line(_worker_death()), file=sys.stderr)
+        if _WORKER_EXITS and _CHANNEL_LOST in str(e):  # not a failure whose teardown aborted the workers
+            print(
+                error_line(
+                    f"a worker process {_worker_ended(_WORKER_EXITS[0])}; no manifest.json was written, so "
+                    "nothing was published; running the same command again replaces the partial files"
+                ),
+                file=sys.stderr,
+            )
             return 1
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""

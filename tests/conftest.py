@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -220,18 +221,20 @@ def record(kind: str, case: str, outcome: str, inputs=(), output: Path | None = 
 # process that prints the table in its reports' user_properties, which is how xdist passes them on.
 _CASE = "catalogue case"
 _ATTACHED = 0  # CATALOGUE's cases already attached to a test
-_REPORTED: list = []  # the cases of every test, in the process that prints the table
+_REPORTED: list[tuple | list] = []  # every test's cases where the table is printed (lists, through xdist)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     global _ATTACHED
     item.user_properties.extend((_CASE, case) for case in CATALOGUE[_ATTACHED:])
     _ATTACHED = len(CATALOGUE)
     return (yield)
 
 
-def pytest_runtest_logreport(report) -> None:
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "teardown":  # its report holds the cases of the test's every phase
         _REPORTED.extend(case for name, case in report.user_properties if name == _CASE)
 

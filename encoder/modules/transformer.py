@@ -41,7 +41,8 @@ class Transformer(torch.nn.Module):
                 ignore_mismatched_sizes=True,
             )
         except (ValueError, OSError) as e:  # a model_type this transformers does not know, a file it cannot read
-            raise ModelFolderError(f"{spec.path}: transformers cannot load it: {str(e).strip().splitlines()[0]}") from e
+            said = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelFolderError(f"{spec.path}: transformers cannot load it: {said}") from e
         self.model.eval()
         missing = sorted(key for key in loading["missing_keys"] if not key.startswith(UNUSED_PREFIXES))
         if missing:
