@@ -248,7 +248,7 @@ def test_a_carried_chunk_column_after_a_night_of_passages_is_not_taken_for_its_p
     """The previous run's `chunk` is its passage number (int32); tonight's is a carried value of any type.
     Read as tonight's type, an int64 one failed the join and a string one refused the previous file."""
     shard = day_one / "day1" / "kb.parquet"
-    passages = day_one / "out-passages"
+    passages = day_one / "out-passages-48"
     result = run_cli("--input", str(shard), "--output", str(passages), "--chunk_tokens", "48", "--chunk_overlap", "8")
     assert result.returncode == 0, result.stderr
     text = pq.read_table(shard).column("text")
