@@ -39,8 +39,9 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     names += [EMBEDDING_COLUMN] if plan.previous.reuse else []
     # A previous run of passages wrote its passage numbers as `chunk`, whatever tonight's carried
     # column of that name (a pre-split knowledge base's own, without passages) holds.
-    own = [field for field in schema if not (field.name == CHUNK_COLUMN and plan.previous.passages)]
-    expected = pa.schema([*own, *([] if CHUNK_COLUMN in pa.schema(own).names else PASSAGE_FIELDS[:1])])
+    own = [field for field in schema if field.name != CHUNK_COLUMN or not plan.previous.passages]
+    has_chunk = any(field.name == CHUNK_COLUMN for field in own)
+    expected = pa.schema([*own, *([] if has_chunk else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
     return pipeline | "ReadPrevious" >> ReadParquetFiles(
         plan.previous.files, [*names, *compared], check, plan.rows_per_batch
