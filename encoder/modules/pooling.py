@@ -26,7 +26,6 @@ def pool(
     mean_sqrt_len_tokens cannot overflow float16).
     """
     rows, width, _ = token_embeddings.shape
-    first_real = attention_mask.to(torch.int32).argmax(dim=1, keepdim=True)
     mask = exclude_prompt(attention_mask, prompt_length) if prompt_length else attention_mask
     vectors = []
     for mode in modes:
@@ -42,6 +41,7 @@ def pool(
             vectors.append(padded.max(dim=1).values.float())
         elif mode == "weightedmean":  # weights 1, 2, 3 ... from the first real token on
             positions = torch.arange(1, width + 1, device=mask.device, dtype=torch.float32).unsqueeze(0)
+            first_real = attention_mask.to(torch.int32).argmax(dim=1, keepdim=True)
             weights = (positions - first_real) * mask
             total = (token_embeddings * weights.unsqueeze(-1)).sum(dim=1, dtype=torch.float32)
             vectors.append(total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9))
