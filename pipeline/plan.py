@@ -259,6 +259,19 @@ def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.
     return schema
 
 
+def check_typed_without_rows(schema: pa.Schema, files: int, names: list[str]) -> None:
+    """No shard holds a row and there is no previous run to type the columns as: a column typed null
+    (as pandas writes an empty object column) has no type the outputs could take, and refusing it
+    here names the cause instead of a type error about a column of a shard that holds nothing."""
+    untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
+    if untyped:
+        raise InputError(
+            f"no input shard holds a row ({files} matched), and column {untyped[0]!r} is typed null in them (as "
+            "pandas writes an empty column): the outputs' types cannot be known; write the shards with typed "
+            "columns, or pass --previous (the last run's output) to take that run's types"
+        )
+
+
 def describe_inputs(files: list[PlannedFile]) -> list[dict]:
     """Each input file's path, size and modification time (UTC), for the manifest."""
     return [
@@ -695,6 +708,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         schema = typed_as_previous(
             schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]
         )
+    elif not first_file.metadata.num_rows:
+        check_typed_without_rows(schema, len(files), [opts.id_column, opts.text_column, *carry])
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         kind = columns.id.type

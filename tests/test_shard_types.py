@@ -378,3 +378,27 @@ def test_shards_without_rows_decide_no_types_even_when_a_whole_night_is_empty(tm
                      "--carry_columns", "title", "--previous", str(second))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (read_manifest(third)["rows_embedded"], read_manifest(third)["changes"]["upserts"]) == (1, 1)
+
+
+def test_a_night_without_rows_whose_columns_are_typed_null_is_refused_naming_the_column(tmp_path):
+    """No shard holds a row and no previous run gives the types: pandas 3 writes an empty object
+    column as null, which no output column can take. The refusal names the column and the way out,
+    not an id type of a shard that holds nothing; typed empty shards publish an empty night."""
+    night = tmp_path / "night"
+    night.mkdir()
+    pd.DataFrame({"id": pd.Series([], dtype="string"), "text": pd.Series([], dtype="string"),
+                  "title": pd.Series([], dtype=object)}).to_parquet(night / "kb.parquet", index=False)  # fmt: skip
+    assert pq.read_schema(night / "kb.parquet").field("title").type == pa.null()
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(output), "--carry_columns", "title")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no input shard holds a row (1 matched), and column 'title' is typed null in them (as pandas "
+        "writes an empty column): the outputs' types cannot be known; write the shards with typed columns, or "
+        "pass --previous (the last run's output) to take that run's types"
+    )
+    assert not output.exists()
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(output))  # no untyped column asked for
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(output)["rows_in"] == 0
+    assert _outputs(output, "embeddings").schema.field("id").type == pa.large_string()
