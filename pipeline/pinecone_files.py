@@ -50,23 +50,52 @@ def _quoted(texts: pa.Array) -> pa.Array:
 
 
 def json_values(column: pa.Array) -> pa.Array:
-    """Each value as JSON text, null where the value is null (or a float that JSON cannot hold)."""
+    """Each value as JSON text, null where the value is null (or a float that JSON cannot hold). Bytes
+    are lowercase hex (PostgreSQL's `encode(b, 'hex')`); maps with string keys are JSON objects, other
+    maps lists of `[key, value]` pairs; nested values take their members' forms, in Arrow throughout."""
     kind = column.type
     if pa.types.is_dictionary(kind):
         return json_values(column.dictionary_decode())
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return _quoted(column.cast(pa.string()))
+    if _is_bytes(kind):
+        return pc.binary_join_element_wise('"', _hex(column), '"', "")
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
     if pa.types.is_integer(kind) or pa.types.is_decimal(kind):
         return column.cast(pa.string())
     if pa.types.is_floating(kind):
         return pc.if_else(pc.is_finite(column), column.cast(pa.string()), pa.scalar(None, pa.string()))
+    if pa.types.is_duration(kind):  # seconds, exactly ("1.500000"): Arrow's text is a count of an unnamed unit
+        scale = {"s": 0, "ms": 3, "us": 6, "ns": 9}[kind.unit]
+        seconds = column.cast(pa.int64()).cast(pa.decimal128(38, 0)).view(pa.decimal128(38, scale))
+        return _quoted(seconds.cast(pa.string()))
     if pa.types.is_temporal(kind):
         return _quoted(column.cast(pa.string()))
-    # Binary and nested values: rare as metadata; Python's JSON, one value at a time.
+    if pa.types.is_struct(kind):
+        members = [
+            pc.binary_join_element_wise(_json_key(field.name), _member(child), ":")
+            for field, child in zip(kind, column.flatten(), strict=True)
+        ]
+        text = (
+            pc.binary_join_element_wise("{", pc.binary_join_element_wise(*members, ","), "}", "") if members else "{}"
+        )
+        return pc.if_else(column.is_valid(), text, pa.scalar(None, pa.string()))
+    if pa.types.is_fixed_size_list(kind):
+        return json_values(column.cast(pa.list_(kind.value_field)))
+    if pa.types.is_map(kind):
+        keys = kind.key_type.value_type if pa.types.is_dictionary(kind.key_type) else kind.key_type
+        if pa.types.is_string(keys) or pa.types.is_large_string(keys) or pa.types.is_string_view(keys):
+            return _joined(
+                column, pc.binary_join_element_wise(json_values(column.keys), _member(column.items), ":"), "{}"
+            )
+        pairs = pc.binary_join_element_wise("[", json_values(column.keys), ",", _member(column.items), "]", "")
+        return _joined(column, pairs, "[]")
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _joined(column, _member(column.values), "[]")
+    # Anything else (extension, union and view-list types): Python's JSON, one value at a time.
     texts = [
-        None if value is None else json.dumps(_finite(value), default=str, allow_nan=False)
+        None if value is None else json.dumps(_finite(value), default=_text, allow_nan=False)
         for value in column.to_pylist()
     ]
     return pa.array(texts, pa.string())
@@ -83,12 +112,55 @@ def _finite(value):
     return value
 
 
+def _member(column: pa.Array) -> pa.Array:
+    """A nested member's JSON text, `null` for a null; decimals as text, exactly (a JSON reader's number is a float)."""
+    texts = _quoted(column.cast(pa.string())) if pa.types.is_decimal(column.type) else json_values(column)
+    return pc.fill_null(texts, "null")
+
+
+def _joined(column: pa.Array, elements: pa.Array, brackets: str) -> pa.Array:
+    """Each list's (or map's) element texts joined between `brackets`, null where the list is."""
+    lists = (pa.LargeListArray if pa.types.is_large_list(column.type) else pa.ListArray).from_arrays(
+        column.offsets, elements
+    )
+    text = pc.binary_join_element_wise(brackets[0], pc.binary_join(lists, ","), brackets[1], "")
+    return pc.if_else(column.is_valid(), text, pa.scalar(None, pa.string()))
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return any(check(kind) for check in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
+                                         pa.types.is_binary_view))  # fmt: skip
+
+
+def _json_key(name: str) -> str:
+    return _quoted(pa.array([name])).to_pylist()[0]
+
+
+def _hex(column: pa.Array) -> pa.Array:
+    """Each value's bytes as lowercase hex digits, in numpy (Arrow has no kernel for it)."""
+    column = column.cast(pa.large_binary())
+    offsets = np.frombuffer(column.buffers()[1], np.int64)[column.offset : column.offset + len(column) + 1]
+    data = column.buffers()[2]
+    data = (np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8))[offsets[0] : offsets[-1]]
+    digits = np.empty(2 * len(data), np.uint8)
+    digits[0::2], digits[1::2] = _HEX_DIGITS[data >> 4], _HEX_DIGITS[data & 15]
+    texts = pa.LargeStringArray.from_buffers(
+        len(column), pa.py_buffer((offsets - offsets[0]) * 2), pa.py_buffer(digits)
+    )
+    return pc.if_else(column.is_valid(), texts, pa.scalar(None, pa.large_string())).cast(pa.string())
+
+
+def _text(value) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
 def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
     """A JSON object per row of the columns `names`, without the keys whose value is null."""
     members = [
-        pc.binary_join_element_wise(
-            _quoted(pa.array([name])).to_pylist()[0], json_values(table.column(name).combine_chunks()), ":"
-        )
+        pc.binary_join_element_wise(_json_key(name), json_values(table.column(name).combine_chunks()), ":")
         for name in names
     ]
     joined = (

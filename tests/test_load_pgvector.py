@@ -940,7 +940,8 @@ def test_a_loader_that_does_not_own_the_bookkeeping_table_loads_with_the_stated_
 
 def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, tmp_path):
     """Nested values holding times, decimals and a backslash before `u0000` (no NUL), NaN in lists, times,
-    durations, uint64, float16 and nanosecond timestamps (cut to PostgreSQL's microseconds) all load."""
+    durations, uint64, float16, nanosecond timestamps (cut to PostgreSQL's microseconds) and maps of
+    bytes (a JSON object of hex texts) all load."""
     n = 4
     rows = {
         "id": DAY_ONE["id"][:n],
@@ -958,27 +959,30 @@ def test_carried_values_of_odd_arrow_types_load_as_postgresql_values(postgres, t
         "big": pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()),
         "half": pa.array(np.array([0.5, 1.5, -2, 3], np.float16)),
         "seen": pa.array([1_700_000_000_123_456_789 + i for i in range(n)], pa.timestamp("ns")),
+        "files": pa.array([[(f"f{i}", bytes([i, 255]))] for i in range(n)], pa.map_(pa.string(), pa.binary())),
     }
-    carried = ("--carry_columns", "meta,scores,opens,took,big,half,seen")
+    carried = ("--carry_columns", "meta,scores,opens,took,big,half,seen,files")
     run = embed_night(tmp_path, "odd", rows, carried=carried)
     result = load(postgres, run, "kb_odd")
     assert result.returncode == 0, result.stderr
     types = dict(query(postgres, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
                        "kb_odd"))  # fmt: skip
     assert [types[c] for c in carried[1].split(",")] == [
-        "jsonb", "jsonb", "time without time zone", "interval", "numeric", "real", "timestamp without time zone"
+        "jsonb", "jsonb", "time without time zone", "interval", "numeric", "real", "timestamp without time zone",
+        "jsonb",
     ]  # fmt: skip
-    stored = query(postgres, "SELECT id, meta, scores, opens, took, big, half, seen FROM kb_odd ORDER BY id")
+    stored = query(postgres, "SELECT id, meta, scores, opens, took, big, half, seen, files FROM kb_odd ORDER BY id")
     assert stored == [
         (
             DAY_ONE["id"][i],
-            {"at": f"2024-01-01 00:00:0{i}", "price": f"{i}.50", "dir": "C:\\u0000"},
+            {"at": f"2024-01-01 00:00:0{i}.000000", "price": f"{i}.50", "dir": "C:\\u0000"},
             [0.5, None if i == 1 else 0.25],
             time_of_day(9, i),
             timedelta(seconds=1.5 * (i + 1)),
             decimal.Decimal(2**64 - 1 - i),
             [0.5, 1.5, -2.0, 3.0][i],
             datetime(2023, 11, 14, 22, 13, 20, 123456),
+            {f"f{i}": f"0{i}ff"},
         )
         for i in range(n)
     ]

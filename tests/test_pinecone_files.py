@@ -69,6 +69,50 @@ def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
     ]
 
 
+def test_bytes_are_hex_and_maps_with_text_keys_objects_at_any_depth():
+    """Bytes as lowercase hex (PostgreSQL's `encode(b, 'hex')`, as the loader's bytea text reads) and
+    a map with text keys as a JSON object, inside lists and structs too, not Python's reprs or a
+    list of pairs; a slice of the table converts as the whole does."""
+    table = pa.table(
+        {
+            "blob": pa.array([b"\x00\xff", b"hi", None, b""], pa.binary()),
+            "digest": pa.array([b"\x01\x02", b"\xab\xcd", b"\x00\x00", None], pa.binary(2)),
+            "labels": pa.array(
+                [[("k", "v"), ("q", 'say "x"')], [], None, [("z", None)]], pa.map_(pa.string(), pa.string())
+            ),
+            "files": pa.array([[("a", b"\xfe")], None, [("b", b"")], []], pa.map_(pa.string(), pa.binary())),
+            "codes": pa.array([[(1, "one")], [(2, None)], None, []], pa.map_(pa.int32(), pa.string())),
+            "parts": pa.array([[b"\x00\x01", None], [], None, [b"\x7f"]], pa.list_(pa.binary())),
+            "doc": pa.array(
+                [{"raw": b"\x10", "n": 1}, {"raw": None, "n": None}, None, {"raw": b"", "n": 4}],
+                pa.struct([("raw", pa.binary()), ("n", pa.int64())]),
+            ),
+            "took": pa.array([1_500_000, None, 0, -1], pa.duration("us")),
+        }
+    )
+    expected = [
+        {
+            "blob": "00ff",
+            "digest": "0102",
+            "labels": {"k": "v", "q": 'say "x"'},
+            "files": {"a": "fe"},
+            "codes": [[1, "one"]],
+            "parts": ["0001", None],
+            "doc": {"raw": "10", "n": 1},
+            "took": "1.500000",
+        },
+        {"blob": "6869", "digest": "abcd", "labels": {}, "codes": [[2, None]], "parts": [],
+         "doc": {"raw": None, "n": None}},
+        {"digest": "0000", "files": {"b": ""}, "took": "0.000000"},
+        {"blob": "", "labels": {"z": None}, "files": {}, "codes": [], "parts": ["7f"], "doc": {"raw": "", "n": 4},
+         "took": "-0.000001"},
+    ]  # fmt: skip
+    assert [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()] == expected
+    assert [json.loads(text) for text in metadata_json(table.slice(1, 2), table.column_names).to_pylist()] == (
+        expected[1:3]
+    )
+
+
 def test_ids_join_the_chunk_only_for_passages():
     """Without passages a `chunk` column is carried metadata: two rows must not become `a#1` and `a#2`."""
     table = pa.table({"id": ["a", "b"], "chunk": pa.array([1, 2], pa.int32())})
