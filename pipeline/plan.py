@@ -49,6 +49,7 @@ from schemas.inputs import (
     may_widen,
     quoted,
     type_holding_both,
+    typed_by_values,
 )
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
@@ -188,11 +189,11 @@ def _special(path: str) -> bool:
 def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema]:
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
     carry no types, as pandas writes an empty text column as null), with its file and that schema.
-    A column of type null there (all its values null) takes its type from the next shard holding rows
-    that has one."""
+    A column of type null there, or holding only nulls (pandas types an empty column double), takes
+    its type from the next shard holding values in it; one holding none anywhere keeps its own."""
     opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
-    schema = shard.schema_arrow
+    schema = typed_by_values(shard)
     untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
     for other in files[files.index(path) + 1 :]:
         if not untyped:
@@ -200,12 +201,15 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
         later = open_parquet(other)
         if not later.metadata.num_rows:  # an empty shard's types are a writer's guess (pandas: double)
             continue
-        theirs = later.schema_arrow
+        theirs = typed_by_values(later)
         for name in [n for n in untyped if theirs.get_field_index(n) >= 0]:
             if not pa.types.is_null(theirs.field(name).type):
                 index = schema.get_field_index(name)
                 schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
                 untyped.remove(name)
+    for name in untyped:
+        index = schema.get_field_index(name)
+        schema = schema.set(index, shard.schema_arrow.field(name))
     return path, shard, schema
 
 
@@ -302,7 +306,7 @@ def checked_footers(files: list[str], columns: InputColumns) -> Footers | None:
         metadata = parquet.metadata
         if not metadata.num_rows:  # a shard without rows is not read, so not checked
             return Footers(0, 0)
-        check_shard(parquet.schema_arrow, path, columns)
+        check_shard(typed_by_values(parquet), path, columns)
         paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
         if columns.text not in paths:  # nested (a list, a struct): no leaf of that name, and no text to embed
             return Footers(metadata.num_rows, 0)

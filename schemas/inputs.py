@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class InputError(ValueError):
@@ -198,14 +199,40 @@ def may_widen(kind: pa.DataType) -> bool:
     return pa.types.is_decimal(kind) or any(may_widen(part) for part in _parts(kind))
 
 
+def typed_by_values(shard: pq.ParquetFile) -> pa.Schema:
+    """The file's Arrow schema with each top-level flat column whose every value is null, by its
+    footer's statistics, typed null: pandas types a column it read empty from CSV (or set to NaN)
+    double, which Parquet holds as nulls, and such a column says no more of its type than one typed
+    null (it is read as nulls of the run's type, transforms.read.cast_columns). A row group without
+    a null count counts as holding values."""
+    schema = shard.schema_arrow
+    for name in _null_columns(shard.metadata):
+        if (index := schema.get_field_index(name)) >= 0:
+            schema = schema.set(index, schema.field(index).with_type(pa.null()))
+    return schema
+
+
+def _null_columns(metadata: pq.FileMetaData) -> frozenset[str]:
+    schema, groups = metadata.schema, [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    found = set()
+    for index in range(metadata.num_columns):
+        column = schema.column(index)
+        if column.max_repetition_level or column.max_definition_level > 1 or not groups:
+            continue  # nested: a leaf's nulls are not its column's
+        stats = [(group.column(index).statistics, group.num_rows) for group in groups]
+        if all(s is not None and s.has_null_count and s.null_count == rows for s, rows in stats):
+            found.add(column.path)
+    return frozenset(found)
+
+
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:
     """Every shard must have the columns, and id/carried columns of the first shard's type family.
 
     Returns the columns to cast as they are read, to the types every later step and the outputs
     carry: those whose type differs from the first shard's within its family (string,
     large_string, string_view, dictionaries of them; the same for binaries), those of type null
-    (a zero-row pandas shard, a column all null), and a text column of a view type.
-    The text column's type is not checked otherwise: rows whose text is not a
+    (a zero-row pandas shard, a column all null: see `typed_by_values`), and a text column of a
+    view type. The text column's type is not checked otherwise: rows whose text is not a
     string are rejected one by one, not the whole job.
     """
     _require(schema, path, columns.names)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from schemas.inputs import integer_holding_both, type_family, type_holding_both
 from tests.conftest import read_manifest, record, run_cli, write_parquet
@@ -402,3 +404,50 @@ def test_a_night_without_rows_whose_columns_are_typed_null_is_refused_naming_the
     assert result.returncode == 0, result.stderr
     assert read_manifest(output)["rows_in"] == 0
     assert _outputs(output, "embeddings").schema.field("id").type == pa.large_string()
+
+
+@pytest.mark.parametrize("first", ["untitled", "titled"])
+def test_a_column_holding_only_nulls_takes_the_type_of_the_shards_holding_values(tmp_path, first):
+    """pandas types a column it read empty from CSV double, all NaN, which Parquet holds as nulls: a
+    shard of such untitled pages beside titled ones is one input, read as nulls of the titles' type,
+    whichever shard comes first; without the footer's null counts it is refused as before."""
+    night = tmp_path / "night"
+    night.mkdir()
+    order = ["untitled", "titled"] if first == "untitled" else ["titled", "untitled"]
+    names = {kind: f"{place}.parquet" for place, kind in enumerate(order)}
+    untitled = pd.DataFrame({"id": ["u1", "u2"], "text": ["text u1", "text u2"], "title": [np.nan, np.nan]})
+    untitled.to_parquet(night / names["untitled"], index=False)
+    pd.DataFrame({"id": ["t1"], "text": ["text t1"], "title": ["T1"]}).to_parquet(night / names["titled"], index=False)
+    assert pq.read_schema(night / names["untitled"]).field("title").type == pa.float64()
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(output), "--carry_columns", "title")
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(output, "embeddings")
+    assert embedded.schema.field("title").type == pa.large_string()
+    assert sorted(zip(embedded.column("id").to_pylist(), embedded.column("title").to_pylist(), strict=True)) == [
+        ("t1", "T1"), ("u1", None), ("u2", None)
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pandas(untitled, preserve_index=False), night / names["untitled"],
+                   write_statistics=False)  # fmt: skip
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(tmp_path / "out2"), "--carry_columns", "title")
+    assert result.returncode == 1
+    later, kinds = (names["titled"], ("large_string", "double")) if first == "untitled" else (
+        names["untitled"], ("double", "large_string"))  # fmt: skip
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {night / later}: column 'title' is {kinds[0]}, but other shards have {kinds[1]}"
+    )
+
+
+def test_a_column_holding_only_nulls_in_every_shard_keeps_its_type(tmp_path):
+    """A column pandas typed double and left all NaN in every shard is read, and written, as it is."""
+    night = tmp_path / "night"
+    night.mkdir()
+    pd.DataFrame({"id": ["a", "b"], "text": ["text a", "text b"], "score": [np.nan, np.nan]}).to_parquet(
+        night / "kb.parquet", index=False
+    )
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(output), "--carry_columns", "score")
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(output, "embeddings")
+    assert embedded.schema.field("score").type == pa.float64()
+    assert embedded.column("score").null_count == 2

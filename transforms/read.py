@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.inputs import InputError
+from schemas.inputs import InputError, type_family, typed_by_values, without_views
 from transforms.object_times import utc_times
 
 
@@ -141,8 +142,9 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-# Raises InputError when a file's schema (arrow schema, path) is not what the job needs; may return
-# {column: type} for columns to cast as they are read, so that every shard's batches have one type.
+# Raises InputError when a file's schema (arrow schema, its columns holding only nulls typed null:
+# schemas.inputs.typed_by_values; path) is not what the job needs; may return {column: type} for
+# columns to cast as they are read, so that every shard's batches have one type.
 SchemaCheck = Callable[[pa.Schema, str], Mapping[str, pa.DataType] | None]
 
 
@@ -150,23 +152,35 @@ def cast_columns(
     batch: pa.RecordBatch, casts: tuple[tuple[str, pa.DataType], ...], path: str, first_row: int
 ) -> pa.RecordBatch:
     """`batch` (the file's rows from `first_row` on) with the columns named in `casts` cast, in Arrow,
-    where their type differs; a value the type cannot hold (or more distinct values than a
-    dictionary's int8 indices) fails naming the column and the row."""
+    where their type differs; a column of nulls becomes nulls of that type, whatever its own. A value
+    the type cannot hold (or more distinct values than a dictionary's int8 indices), or one in a
+    column of another type family (whose footer said it held only nulls), fails naming the column
+    and the row."""
     for name, kind in casts:
         index = batch.schema.get_field_index(name)
         if batch.schema.field(index).type != kind:
-            try:
-                column = batch.column(index).cast(kind)
-            except pa.ArrowException as e:
-                row = first_row + _first_uncastable(batch.column(index), kind)
-                message = (
-                    f"{path}: column {name!r} at row {row} cannot be read as {kind}, the type this run gives it "
-                    f"(the first input shard's that holds rows; integers as wide as the plan found every shard's "
-                    f"and the --previous run's ids) ({e})"
-                )
-                raise InputError(message) from e
+            column = _cast(batch.column(index), kind, f"{path}: column {name!r}", first_row)
             batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
     return batch
+
+
+def _cast(column: pa.Array, kind: pa.DataType, where: str, first_row: int) -> pa.Array:
+    if column.null_count == len(column):
+        return pa.nulls(len(column), kind)
+    if type_family(without_views(column.type)) != type_family(kind):
+        row = first_row + pc.index(column.is_valid(), True).as_py()
+        raise InputError(
+            f"{where} at row {row} holds a value of type {column.type}, though its footer said it held only "
+            f"nulls, and other shards have {kind}"
+        )
+    try:
+        return column.cast(kind)
+    except pa.ArrowException as e:
+        row = first_row + _first_uncastable(column, kind)
+        raise InputError(
+            f"{where} at row {row} cannot be read as {kind}, the type this run gives it (the first input shard's "
+            f"that holds rows; integers as wide as the plan found every shard's and the --previous run's ids) ({e})"
+        ) from e
 
 
 def _first_uncastable(column: pa.Array, kind: pa.DataType) -> int:
@@ -214,7 +228,7 @@ class _ListRowGroups(beam.DoFn):
             raise listed.replaced(LISTED, now, "after its footer was read")
         if not metadata.num_rows:  # nothing to read, and its types are a guess (pandas types an empty column double)
             return
-        casts = tuple((self._check(parquet.schema_arrow, path) or {}).items())
+        casts = tuple((self._check(typed_by_values(parquet), path) or {}).items())
         first = first_row = rows = 0
         for index in range(metadata.num_row_groups):
             rows += metadata.row_group(index).num_rows
