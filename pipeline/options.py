@@ -265,7 +265,8 @@ class EmbedOptions(PipelineOptions):
             "--plan_only",
             **SWITCH,
             help="Check everything that can be checked before any worker starts (inputs match, the first "
-            "shard's columns, the model, --previous, --output) and print the plan as JSON; writes nothing.",
+            "shard's columns, the model, loaded on this machine's CPU and run on one text, --previous, --output) "
+            "and print the plan as JSON; writes nothing.",
         )
         group.add_argument(
             "--progress_interval",

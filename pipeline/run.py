@@ -267,6 +267,22 @@ def _log_device(options: PipelineOptions) -> None:
             )
 
 
+# What --plan_only embeds to check the model end to end.
+CHECK_TEXT = "A text the plan embeds to check that the model loads and runs."
+
+
+def _model_check(plan: JobPlan) -> dict:
+    """Load the model as the workers will, on this machine's CPU, and embed one text: a checkpoint
+    lacking tensors or holding them at other sizes than its config's, or of a model type this
+    transformers does not know, is refused here, not in every worker (a GPU image's build step
+    plans a job so). float16, which runs on CUDA only, is checked in bfloat16."""
+    dtype = "bfloat16" if plan.handler.dtype == "float16" else plan.handler.dtype
+    started = time.monotonic()
+    encoder = replace(plan.handler, dtype=dtype).load_model("cpu")
+    vectors = encoder.encode([CHECK_TEXT]).embeddings
+    return {"device": "cpu", "dtype": dtype, "dim": vectors.shape[1], "seconds": round(time.monotonic() - started, 1)}
+
+
 def run(argv: list[str], started: float | None = None) -> dict | None:
     """Run the job to the end and return its manifest; None with --plan_only (the plan printed) and for a
     flex template's launcher (--template_location: the job's graph written, for Dataflow to run).
@@ -281,6 +297,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
     if options.view_as(EmbedOptions).plan_only:
         runner = options.view_as(StandardOptions).runner
         plan_view = {"plan_only": True, "runner": runner, **plan.header}  # input_files: each matched file
+        plan_view["model_check"] = _model_check(plan)
         print(json.dumps(plan_view, indent=2))
         return None
     try:  # from here on the output is this run's: a failure gives it up

@@ -214,9 +214,10 @@ def test_weights_lacking_a_tensor_are_refused_and_lacking_only_the_pooler_head_a
         PooledEncoder(read_model_folder(model), device="cpu")
     assert str(refused.value) == message
     shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=texts)
-    result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--model", str(model))
-    assert (result.returncode, result.stderr.splitlines()[-1]) == (1, f"error: {message}")
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    for plan_only in ([], ["--plan_only"]):  # the plan loads the model too: a GPU image's build step plans a job
+        result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--model", str(model), *plan_only)
+        assert (result.returncode, result.stderr.splitlines()[-1], result.stdout) == (1, f"error: {message}", "")
+        assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -244,6 +245,10 @@ def test_a_config_its_weights_do_not_fit_is_refused_naming_the_folder(tmp_path, 
     with pytest.raises(ModelFolderError) as refused:
         PooledEncoder(read_model_folder(model), device="cpu")
     assert str(refused.value).startswith(message.format(model=model))
+    shard = write_parquet(tmp_path / "in.parquet", id=["a"], text=["Reset the VPN token"])
+    result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--model", str(model), "--plan_only")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[-1].startswith(f"error: {message.format(model=model)}")
 
 
 def test_folder_without_modules_json_is_refused(tmp_path):
