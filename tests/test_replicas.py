@@ -29,6 +29,9 @@ def test_threads_take_the_least_held_replica(model_path):
     assert sorted(taken) == [0, 0, 0, 1, 1]
     first, second = (encoder.encode(["a page about GPUs", "another"]).embeddings for encoder in replicas.encoders)
     assert (first == second).all()
+    replicas.give_back(replicas.encoders[1])  # a DoFn torn down: the next thread takes the replica it held
+    replicas.give_back(replicas.encoders[1])
+    assert [replicas.encoders.index(replicas.take()) for _ in range(4)] == [1, 1, 1, 0]  # held 3 and 0, then 3 and 3
 
 
 def test_replica_devices_without_gpus():

@@ -124,6 +124,12 @@ class EncoderReplicas:
             self._holders[chosen] += 1
             return self.encoders[chosen]
 
+    def give_back(self, encoder: PooledEncoder) -> None:
+        """A thread's DoFn is torn down (Beam replaces DoFns after a failure, drops idle ones): the
+        threads still running must not all crowd onto the GPUs it did not hold."""
+        with self._lock:
+            self._holders[self.encoders.index(encoder)] -= 1
+
 
 class _Embed(beam.DoFn):
     """Gathers rows up to `chunk_rows` before encoding: the more rows the encoder
@@ -168,6 +174,9 @@ class _Embed(beam.DoFn):
     def teardown(self) -> None:
         if self._tokenizing is not None:
             self._tokenizing.shutdown()
+        if self._replicas is not None and self._encoder is not None:
+            self._replicas.give_back(self._encoder)
+            self._encoder = None
 
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
