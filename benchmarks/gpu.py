@@ -98,7 +98,9 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
     cuda = device.type == "cuda"
     reference = SentenceTransformer(str(folder), device=str(device))
     exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)  # float32, before any TF32
+    torch_cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()
     encoder = PooledEncoder(read_model_folder(folder), str(device), "bfloat16" if cuda else "float32")
+    our_cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # the encoder sets it for the process
     encoder.encode(texts[:256])
     sync(device)
     started = time.perf_counter()
@@ -108,6 +110,7 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
 
     if cuda:
         reference.half()
+    torch.backends.cuda.enable_cudnn_sdp(torch_cudnn_attention)  # sentence-transformers as torch runs it
     st_seconds, st_vectors = float("inf"), None
     for batch_size in ST_BATCH_SIZES:
         reference.encode(texts[:256], batch_size=batch_size)
@@ -118,6 +121,7 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
         seconds = time.perf_counter() - started
         if seconds < st_seconds:
             st_seconds, st_vectors, st_batch = seconds, vectors, batch_size
+    torch.backends.cuda.enable_cudnn_sdp(our_cudnn_attention)
     flop_rate = model_flops(lengths, shape) / job_seconds
     rows = len(texts)
     breakdown = _breakdown(encoder, pa.array(texts, pa.string()), job_seconds)

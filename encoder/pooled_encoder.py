@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections import deque
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.utils import logging as transformers_logging
 
 from encoder import cpu_flags, onednn
@@ -40,12 +38,6 @@ MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET = 8192, 131072
 STATIC_TOKEN_BUDGET = 1 << 16
 # On CUDA, padded tokens per batch at most this many times the real ones (see encoder.batching).
 CUDA_MAX_PADDING = 1.05
-# Attention kernels on CUDA, cuDNN's left out: torch prefers it on Hopper and Blackwell (with cuDNN
-# after 9.15), and it builds an execution plan for each new input shape, which batches cut by tokens
-# and padding take nearly every time. The other kernels need no plan, and attention is a few percent
-# of an encoder's work at these lengths. Not yet measured: the likeliest cause of an H200 taking
-# 3.6 s over 20,000 rows whose tokenizer and model rates, measured alone, add up to about 1.5 s.
-CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _LOG = logging.getLogger(__name__)
 CPU_KERNELS = ("auto", "onednn", "torch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -136,6 +128,15 @@ class PooledEncoder:
                 )
             if dtype == "float32":  # tensor cores through TF32 (10-bit mantissa products, float32 sums)
                 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            # Attention without cuDNN's kernel: torch prefers it on Hopper and Blackwell (with cuDNN after
+            # 9.15), and it builds an execution plan for each new input shape, which batches cut by tokens
+            # and padding take nearly every time. Flash and memory-efficient attention need no plan, and
+            # attention is a few percent of an encoder's work at these lengths. Not yet measured: the
+            # likeliest cause of an H200 taking 3.6 s over 20,000 rows whose tokenizer and model rates,
+            # measured alone, add up to about 1.5 s. Set for the process, once: torch's sdpa_kernel
+            # context saves and restores these flags process-wide, so threads entering it at once undo
+            # each other's.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.dim = folder.output_dim(truncate_dim)
         self.dtype = DTYPES[dtype]  # the input module's; the modules after it run in float32
         transformers_logging.disable_progress_bar()
@@ -261,8 +262,7 @@ class PooledEncoder:
         """Sentence vectors on the host (on CUDA, still being copied until synchronised)."""
         features = self._to_device(features)
         features.prompt_length = self.tokenizer.prompt_length
-        with sdpa_kernel(CUDA_ATTENTION) if self.device.type == "cuda" else contextlib.nullcontext():
-            features = self.input_module(features)
+        features = self.input_module(features)
         for module in self.modules:
             features = module(features)
         vectors = features.sentence_embedding.float()
