@@ -36,6 +36,7 @@ from benchmarks.measure import host, run_measured, startup_seconds
 from encoder import PooledEncoder, read_model_folder
 from samples.knowledge_base import write_shards
 from samples.model_families import save_family
+from transforms.embed import CUDA_CHUNK_ROWS
 
 SHARDS = 8
 TOKENIZER_BATCH = 4096
@@ -63,14 +64,16 @@ def _tokenizer_alone(model: Path, texts: pa.Array) -> dict[str, float]:
 
 def encoder_alone(model: Path, texts: pa.Array, device: str = "cpu", dtype: str = "float32", warm_up: int = 0) -> float:
     """Rows/s of the pooled encoder alone (tokenizer, then the model) on the texts already in Arrow,
-    in chunks of the job's default --rows_per_batch, with torch's default threads (all cores); after
-    encoding the first `warm_up` texts untimed (a GPU's kernels and handles are made on first use)."""
+    in chunks of the rows the job gathers (its default --rows_per_batch; on CUDA CUDA_CHUNK_ROWS), with
+    torch's default threads (all cores); after encoding the first `warm_up` texts untimed (a GPU's
+    kernels and handles are made on first use)."""
     encoder = PooledEncoder(read_model_folder(model), device, dtype)
+    chunk = CUDA_CHUNK_ROWS if encoder.device.type == "cuda" else ROWS_PER_BATCH
     if warm_up:
         encoder.encode(texts[:warm_up])
     started = time.perf_counter()
-    for start in range(0, len(texts), ROWS_PER_BATCH):
-        encoder.encode(texts[start : start + ROWS_PER_BATCH])
+    for start in range(0, len(texts), chunk):
+        encoder.encode(texts[start : start + chunk])
     if encoder.device.type == "cuda":
         torch.cuda.synchronize(encoder.device)
     return len(texts) / (time.perf_counter() - started)
