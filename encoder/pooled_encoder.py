@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,11 +153,6 @@ class PooledEncoder:
         self.max_seq_length = self.tokenizer.max_seq_length
         self.heap_trimmer = HeapTrimmer()
         self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life
-        # One chunk at a time through the model: the token budget is the device's free memory for one
-        # batch's activations, which threads encoding at once would each take (and split and retry
-        # after running out of it); on CPU one forward pass already runs on every core. Other
-        # threads read and tokenise their next chunk meanwhile.
-        self._model_lock = threading.Lock()
 
     def _cpu_kernels(self, asked: str, dtype: torch.dtype) -> str:
         """The linear kernels, onednn or torch: as asked, or with auto the faster on this CPU (onednn.faster_here)."""
@@ -219,15 +213,8 @@ class PooledEncoder:
         """`encode` after tokenising: a caller may tokenise the next texts while this runs.
 
         `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
-        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. Threads
-        sharing this encoder take turns, a chunk each.
+        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute.
         """
-        with self._model_lock:
-            return self._encode_tokenized(tokenized, token_budget, on_batch)
-
-    def _encode_tokenized(
-        self, tokenized: Tokenized, token_budget: int | None, on_batch: Callable[[int], None] | None
-    ) -> Encoded:
         token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
         lengths = tokenized.lengths
         widths = padded_widths(lengths, self.max_seq_length)

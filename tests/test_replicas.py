@@ -45,30 +45,3 @@ def test_replica_devices_without_gpus():
 
 def handler_devices(device: str) -> int:
     return len(EncoderHandler(model=None, device=device).load_replicas().encoders)
-
-
-def test_threads_sharing_an_encoder_take_turns_a_chunk_each(model_path):
-    """Each batch is sized to the device's memory for one batch: two threads' chunks do not run
-    through the model at once, and each gets the vectors it would alone."""
-    encoder = EncoderHandler(model=model_path, device="cpu").load_model()
-    texts = {name: [f"{name} page {i} about " + "GPUs and queues " * (i % 7) for i in range(40)] for name in "ab"}
-    alone = {name: encoder.encode(chunk, token_budget=128).embeddings for name, chunk in texts.items()}
-    seen, got, lock = [], {}, threading.Lock()
-
-    def encode(name: str) -> None:
-        def on_batch(rows: int) -> None:
-            with lock:
-                seen.append(name)
-
-        tokenized = encoder.tokenizer.encode(texts[name])
-        got[name] = encoder.encode_tokenized(tokenized, token_budget=128, on_batch=on_batch).embeddings
-
-    threads = [threading.Thread(target=encode, args=(name,)) for name in "ab"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    first = seen[0]
-    turns = [name for i, name in enumerate(seen) if i == 0 or seen[i - 1] != name]
-    assert turns == [first, "b" if first == "a" else "a"] and len(seen) > 10
-    assert all((got[name] == alone[name]).all() for name in "ab")
