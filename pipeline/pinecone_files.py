@@ -67,9 +67,7 @@ def json_values(column: pa.Array) -> pa.Array:
     if pa.types.is_floating(kind):
         return pc.if_else(pc.is_finite(column), column.cast(pa.string()), pa.scalar(None, pa.string()))
     if pa.types.is_duration(kind):  # seconds, exactly ("1.500000"): Arrow's text is a count of an unnamed unit
-        scale = {"s": 0, "ms": 3, "us": 6, "ns": 9}[kind.unit]
-        seconds = column.cast(pa.int64()).cast(pa.decimal128(38, 0)).view(pa.decimal128(38, scale))
-        return _quoted(seconds.cast(pa.string()))
+        return _quoted(_seconds(column.cast(pa.int64()), {"s": 0, "ms": 3, "us": 6, "ns": 9}[kind.unit]))
     if pa.types.is_temporal(kind):
         return _quoted(column.cast(pa.string()))
     if pa.types.is_struct(kind):
@@ -110,6 +108,18 @@ def _finite(value):
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def _seconds(counts: pa.Array, scale: int) -> pa.Array:
+    """Counts of 10**-scale seconds as decimal text, digit by digit from integers (a decimal's own
+    text turns to exponents below a microsecond: "0E-9")."""
+    magnitude = pc.abs(counts)
+    whole = pc.divide(magnitude, 10**scale)  # integers: the quotient, truncated
+    text = whole.cast(pa.string())
+    if scale:
+        fraction = pc.subtract(magnitude, pc.multiply(whole, 10**scale)).cast(pa.string())
+        text = pc.binary_join_element_wise(text, pc.utf8_lpad(fraction, scale, "0"), ".")
+    return pc.if_else(pc.less(counts, 0), pc.binary_join_element_wise("-", text, ""), text)
 
 
 def _member(column: pa.Array) -> pa.Array:

@@ -88,6 +88,7 @@ def test_bytes_are_hex_and_maps_with_text_keys_objects_at_any_depth():
                 pa.struct([("raw", pa.binary()), ("n", pa.int64())]),
             ),
             "took": pa.array([1_500_000, None, 0, -1], pa.duration("us")),
+            "waited": pa.array([0, 1, None, 1_500], pa.duration("ns")),  # a decimal's text turns to "1E-9"
         }
     )
     expected = [
@@ -100,12 +101,13 @@ def test_bytes_are_hex_and_maps_with_text_keys_objects_at_any_depth():
             "parts": ["0001", None],
             "doc": {"raw": "10", "n": 1},
             "took": "1.500000",
+            "waited": "0.000000000",
         },
         {"blob": "6869", "digest": "abcd", "labels": {}, "codes": [[2, None]], "parts": [],
-         "doc": {"raw": None, "n": None}},
+         "doc": {"raw": None, "n": None}, "waited": "0.000000001"},
         {"digest": "0000", "files": {"b": ""}, "took": "0.000000"},
         {"blob": "", "labels": {"z": None}, "files": {}, "codes": [], "parts": ["7f"], "doc": {"raw": "", "n": 4},
-         "took": "-0.000001"},
+         "took": "-0.000001", "waited": "0.000001500"},
     ]  # fmt: skip
     assert [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()] == expected
     assert [json.loads(text) for text in metadata_json(table.slice(1, 2), table.column_names).to_pylist()] == (
