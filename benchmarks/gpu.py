@@ -94,11 +94,15 @@ def _least_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+# torch's own choice of cuDNN attention, read before the encoder, which turns it off for the process:
+# sentence-transformers is timed with it.
+TORCH_CUDNN_ATTENTION = torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, matmul: float) -> None:
     cuda = device.type == "cuda"
     reference = SentenceTransformer(str(folder), device=str(device))
     exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)  # float32, before any TF32
-    torch_cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()
     encoder = PooledEncoder(read_model_folder(folder), str(device), "bfloat16" if cuda else "float32")
     our_cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # the encoder sets it for the process
     encoder.encode(texts[:256])
@@ -110,7 +114,7 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
 
     if cuda:
         reference.half()
-    torch.backends.cuda.enable_cudnn_sdp(torch_cudnn_attention)  # sentence-transformers as torch runs it
+    torch.backends.cuda.enable_cudnn_sdp(TORCH_CUDNN_ATTENTION)  # sentence-transformers as torch runs it
     st_seconds, st_vectors = float("inf"), None
     for batch_size in ST_BATCH_SIZES:
         reference.encode(texts[:256], batch_size=batch_size)
