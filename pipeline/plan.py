@@ -190,27 +190,34 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
     carry no types, as pandas writes an empty text column as null), with its file and that schema.
     A column of type null there, or holding only nulls (pandas types an empty column double), takes
-    its type from the next shard holding values in it; one holding none anywhere keeps its own."""
+    its type from the next shard holding values in it; one holding none anywhere keeps its own.
+    Later footers are read FOOTER_THREADS at a time, only while a column still lacks a type."""
     opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = typed_by_values(shard)
     untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
-    for other in files[files.index(path) + 1 :]:
-        if not untyped:
-            break
-        later = open_parquet(other)
-        if not later.metadata.num_rows:  # an empty shard's types are a writer's guess (pandas: double)
-            continue
-        theirs = typed_by_values(later)
-        for name in [n for n in untyped if theirs.get_field_index(n) >= 0]:
-            if not pa.types.is_null(theirs.field(name).type):
-                index = schema.get_field_index(name)
-                schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
-                untyped.remove(name)
+    later = files[files.index(path) + 1 :]
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        for start in range(0, len(later), FOOTER_THREADS):
+            if not untyped:
+                break
+            for theirs in pool.map(_values_schema, later[start : start + FOOTER_THREADS]):
+                for name in [n for n in untyped if theirs is not None and theirs.get_field_index(n) >= 0]:
+                    if not pa.types.is_null(theirs.field(name).type):
+                        index = schema.get_field_index(name)
+                        schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+                        untyped.remove(name)
     for name in untyped:
         index = schema.get_field_index(name)
         schema = schema.set(index, shard.schema_arrow.field(name))
     return path, shard, schema
+
+
+def _values_schema(path: str) -> pa.Schema | None:
+    """A shard's types as its values give them (typed_by_values); None without rows, whose types are a
+    writer's guess (pandas types an empty column double)."""
+    shard = open_parquet(path)
+    return typed_by_values(shard) if shard.metadata.num_rows else None
 
 
 def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> pa.Schema:
@@ -263,14 +270,15 @@ def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.
     return schema
 
 
-def check_typed_without_rows(schema: pa.Schema, files: int, names: list[str]) -> None:
+def check_typed_without_rows(schema: pa.Schema, first: str, files: int, names: list[str]) -> None:
     """No shard holds a row and there is no previous run to type the columns as: a column typed null
-    (as pandas writes an empty object column) has no type the outputs could take, and refusing it
-    here names the cause instead of a type error about a column of a shard that holds nothing."""
+    in the first (whose types the run takes; as pandas writes an empty object column) has no type the
+    outputs could take, and refusing it here names the cause instead of a type error about a column
+    of a shard that holds nothing."""
     untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
     if untyped:
         raise InputError(
-            f"no input shard holds a row ({files} matched), and column {untyped[0]!r} is typed null in them (as "
+            f"no input shard holds a row ({files} matched), and column {untyped[0]!r} is typed null in {first} (as "
             "pandas writes an empty column): the outputs' types cannot be known; write the shards with typed "
             "columns, or pass --previous (the last run's output) to take that run's types"
         )
@@ -713,7 +721,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
             schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]
         )
     elif not first_file.metadata.num_rows:
-        check_typed_without_rows(schema, len(files), [opts.id_column, opts.text_column, *carry])
+        check_typed_without_rows(schema, first, len(files), [opts.id_column, opts.text_column, *carry])
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         kind = columns.id.type

@@ -205,24 +205,27 @@ def typed_by_values(shard: pq.ParquetFile) -> pa.Schema:
     double, which Parquet holds as nulls, and such a column says no more of its type than one typed
     null (it is read as nulls of the run's type, transforms.read.cast_columns). A row group without
     a null count counts as holding values."""
-    schema = shard.schema_arrow
-    for name in _null_columns(shard.metadata):
-        if (index := schema.get_field_index(name)) >= 0:
-            schema = schema.set(index, schema.field(index).with_type(pa.null()))
+    schema, metadata = shard.schema_arrow, shard.metadata
+    groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    if not metadata.num_rows or sum(_leaves(field.type) for field in schema) != metadata.num_columns:
+        return schema  # no values, or a layout not counted here (a view or extension type's)
+    leaf = 0  # the Parquet leaf column of each field, in the schema's order (a name may hold a dot)
+    for index, field in enumerate(schema):
+        leaves = _leaves(field.type)
+        flat = leaves == 1 and not _parts(field.type) and metadata.schema.column(leaf).max_repetition_level == 0
+        stats = [(group.column(leaf).statistics, group.num_rows) for group in groups] if flat else []
+        if stats and all(s is not None and s.has_null_count and s.null_count == rows for s, rows in stats):
+            schema = schema.set(index, field.with_type(pa.null()))
+        leaf += leaves
     return schema
 
 
-def _null_columns(metadata: pq.FileMetaData) -> frozenset[str]:
-    schema, groups = metadata.schema, [metadata.row_group(g) for g in range(metadata.num_row_groups)]
-    found = set()
-    for index in range(metadata.num_columns):
-        column = schema.column(index)
-        if column.max_repetition_level or column.max_definition_level > 1 or not groups:
-            continue  # nested: a leaf's nulls are not its column's
-        stats = [(group.column(index).statistics, group.num_rows) for group in groups]
-        if all(s is not None and s.has_null_count and s.null_count == rows for s, rows in stats):
-            found.add(column.path)
-    return frozenset(found)
+def _leaves(kind: pa.DataType) -> int:
+    """The Parquet leaf columns a field of type `kind` is stored in (one per primitive at any depth)."""
+    if pa.types.is_dictionary(kind):
+        return 1
+    parts = _parts(kind)
+    return sum(map(_leaves, parts)) if parts else 1
 
 
 def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str, pa.DataType]:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.inputs import integer_holding_both, type_family, type_holding_both
+from schemas.inputs import integer_holding_both, type_family, type_holding_both, typed_by_values
 from tests.conftest import read_manifest, record, run_cli, write_parquet
 
 
@@ -395,9 +395,9 @@ def test_a_night_without_rows_whose_columns_are_typed_null_is_refused_naming_the
     result = run_cli("--input", f"{night}/*.parquet", "--output", str(output), "--carry_columns", "title")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: no input shard holds a row (1 matched), and column 'title' is typed null in them (as pandas "
-        "writes an empty column): the outputs' types cannot be known; write the shards with typed columns, or "
-        "pass --previous (the last run's output) to take that run's types"
+        f"error: no input shard holds a row (1 matched), and column 'title' is typed null in {night / 'kb.parquet'} "
+        "(as pandas writes an empty column): the outputs' types cannot be known; write the shards with typed "
+        "columns, or pass --previous (the last run's output) to take that run's types"
     )
     assert not output.exists()
     result = run_cli("--input", f"{night}/*.parquet", "--output", str(output))  # no untyped column asked for
@@ -451,3 +451,22 @@ def test_a_column_holding_only_nulls_in_every_shard_keeps_its_type(tmp_path):
     embedded = _outputs(output, "embeddings")
     assert embedded.schema.field("score").type == pa.float64()
     assert embedded.column("score").null_count == 2
+
+
+def test_only_top_level_columns_of_plain_values_are_told_null_by_their_footers(tmp_path):
+    """A column named with a dot is not the field of a struct of that name; lists and structs, whose
+    leaves' nulls are not theirs, keep their types; a dictionary of nulls is null."""
+    table = pa.table(
+        {
+            "s": pa.array([{"a": None}, {"a": None}], pa.struct([("a", pa.string())])),
+            "s.a": ["v1", "v2"],
+            "score": pa.array([None, None], pa.float64()),
+            "tags": pa.array([[None], None], pa.list_(pa.string())),
+            "kind": pa.array([None, None], pa.string()).dictionary_encode(),
+        }
+    )
+    pq.write_table(table, tmp_path / "kb.parquet", row_group_size=1)
+    typed = typed_by_values(pq.ParquetFile(tmp_path / "kb.parquet"))
+    assert [typed.field(name).type for name in table.column_names] == [
+        table.schema.field("s").type, pa.string(), pa.null(), table.schema.field("tags").type, pa.null()
+    ]  # fmt: skip
