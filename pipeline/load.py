@@ -59,7 +59,7 @@ from pipeline.pinecone_files import json_values, write_import_files
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
 from transforms.paths import not_a_folder
-from transforms.write import MANIFEST
+from transforms.write import CHANGES_DIR, MANIFEST
 
 if TYPE_CHECKING:
     import psycopg
@@ -684,14 +684,18 @@ class PgvectorLoader:
             self._copy(connection, deletes, deleted_keys, each, "deletes")
             _LOG.info("copied the change set of run %s in %.1fs", each.run_id, time.monotonic() - started)
             started = time.monotonic()
-            deleted = connection.execute(
-                sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
-            ).rowcount
-            upserted = connection.execute(
-                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
-                    self._name, columns, columns, upserts, keys, updates
-                )
-            ).rowcount
+            try:  # the table's own constraints (its owner's) may refuse a row: name the night it came from
+                deleted = connection.execute(
+                    sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(self._name, deletes, matches)
+                ).rowcount
+                upserted = connection.execute(
+                    sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+                        self._name, columns, columns, upserts, keys, updates
+                    )
+                ).rowcount
+            except self._psycopg.Error as e:
+                where = FileSystems.join(each.path, CHANGES_DIR)
+                raise self._refused(e, f"applying the change set of run {each.run_id}, in {where}") from e
             _LOG.info("applied the change set (index maintained) in %.1fs", time.monotonic() - started)
             done.append(f"change set of run {each.run_id} applied: {upserted} rows upserted, {deleted} deleted")
         if held:

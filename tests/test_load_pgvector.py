@@ -1139,3 +1139,22 @@ def test_a_large_binary_id_too_long_for_a_primary_key_is_refused_naming_it(postg
         "ids of at most 2600 bytes"
     )
     assert query(postgres, "SELECT to_regclass('kb_long_binary')") == [(None,)]
+
+
+def test_a_change_set_row_the_tables_constraints_refuse_names_the_night_it_came_from(postgres, day_one, day_two):
+    """A change set reaches the table through temporary tables, where the owner's constraints are not:
+    the refusal at the upsert names the run whose change set held the row, and where its files are."""
+    table = "kb_owner_checks"
+    assert load(postgres, day_one, table).returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"ALTER TABLE {table} ADD CONSTRAINT no_renames CHECK (title <> 'Renamed') NOT VALID")
+    before = table_state(postgres, table)
+    result = load(postgres, day_two, table)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f'error: {table}: PostgreSQL refused the load, the table is as it was: new row for relation "{table}" '
+        f'violates check constraint "no_renames" (Failing row contains ({RETITLED}, Renamed, '
+    )
+    assert last.endswith(f") (applying the change set of run {read_manifest(day_two)['run_id']}, in {day_two}/changes)")
+    assert table_state(postgres, table) == before
