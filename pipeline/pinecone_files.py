@@ -25,6 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import Quantizer
+from schemas.inputs import type_family
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
@@ -56,9 +57,9 @@ def json_values(column: pa.Array) -> pa.Array:
     kind = column.type
     if pa.types.is_dictionary(kind):
         return json_values(column.dictionary_decode())
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+    if type_family(kind) == "string":
         return _quoted(column.cast(pa.string()))
-    if _is_bytes(kind):
+    if type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind):
         return pc.binary_join_element_wise('"', _hex(column), '"', "")
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
@@ -82,8 +83,7 @@ def json_values(column: pa.Array) -> pa.Array:
     if pa.types.is_fixed_size_list(kind):
         return json_values(column.cast(pa.list_(kind.value_field)))
     if pa.types.is_map(kind):
-        keys = kind.key_type.value_type if pa.types.is_dictionary(kind.key_type) else kind.key_type
-        if pa.types.is_string(keys) or pa.types.is_large_string(keys) or pa.types.is_string_view(keys):
+        if type_family(kind.key_type) == "string":
             return _joined(
                 column, pc.binary_join_element_wise(json_values(column.keys), _member(column.items), ":"), "{}"
             )
@@ -138,11 +138,6 @@ def _joined(column: pa.Array, elements: pa.Array, brackets: str) -> pa.Array:
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
-
-
-def _is_bytes(kind: pa.DataType) -> bool:
-    return any(check(kind) for check in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
-                                         pa.types.is_binary_view))  # fmt: skip
 
 
 def _json_key(name: str) -> str:
