@@ -13,7 +13,6 @@ import re
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -36,6 +35,7 @@ from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job, thread
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
+from transforms.spill import spill_folder
 from transforms.write import MANIFEST, remove_temp_files
 
 _LOG = logging.getLogger("pipeline.run")
@@ -314,9 +314,9 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             logging.getLogger(name).addFilter(worker_logs)
         local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
         try:
-            with tempfile.TemporaryDirectory(prefix="embed-shuffle-") as spill_dir:
+            with spill_folder() if local else contextlib.nullcontext() as spill_dir:
                 with beam.Pipeline(runner=_local_runner(options), options=options) as pipeline:
-                    build_pipeline(pipeline, plan, spill_dir if local else None)
+                    build_pipeline(pipeline, plan, spill_dir)
         finally:
             line.finish()
             for name in _WORKER_LOGGERS:

@@ -18,13 +18,23 @@ import pytest
 from samples.knowledge_base import write_shards
 from tests.conftest import ROOT, assert_same_output, read_manifest, record
 from transforms.output_owner import OWNER_FILE
+from transforms.spill import SPILL_PREFIX
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     write_shards(root / "kb", rows=1000, shards=3)
+    (root / "tmp").mkdir()  # the runs' TMPDIR, where a local run spills its shuffled values
     return root
+
+
+def _env(corpus) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(corpus / "tmp")}
+
+
+def _spill_folders(corpus) -> list[str]:
+    return sorted(p.name for p in (corpus / "tmp").glob(f"{SPILL_PREFIX}*"))
 
 
 def _command(corpus, output) -> list[str]:
@@ -46,13 +56,17 @@ def _same_output(output, reference) -> None:
 def reference(corpus):
     output = corpus / "uninterrupted"
     started = time.monotonic()
-    result = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _command(corpus, output), cwd=ROOT, env=_env(corpus), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return output, time.monotonic() - started
 
 
 def _start(corpus, output, stderr=subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen(_command(corpus, output), cwd=ROOT, stderr=stderr, text=True, start_new_session=True)
+    return subprocess.Popen(
+        _command(corpus, output), cwd=ROOT, env=_env(corpus), stderr=stderr, text=True, start_new_session=True
+    )
 
 
 def _wait_for_progress(job: subprocess.Popen) -> None:
@@ -82,7 +96,9 @@ def test_a_worker_process_killed_mid_bundle_fails_the_run_without_a_manifest(cor
     assert "WARNING pipeline.run: a worker process was killed by SIGKILL (" in stderr  # as the death is seen
     assert not (output / "manifest.json").exists()
 
-    rerun = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        _command(corpus, output), cwd=ROOT, env=_env(corpus), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     _same_output(output, reference[0])
     record("fault", "SDK worker process SIGKILLed mid-bundle", "run fails, no manifest; rerun complete")
@@ -116,8 +132,14 @@ def test_the_whole_job_killed_at_random_moments_then_rerun_gives_the_same_output
         if (output / "manifest.json").exists():  # killed after publishing, while shutting down: complete
             outcome = "killed after publishing: output complete"
         else:
-            rerun = subprocess.run(_command(corpus, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+            killed_spill = _spill_folders(corpus)
+            rerun = subprocess.run(
+                _command(corpus, output), cwd=ROOT, env=_env(corpus), capture_output=True, text=True, timeout=300
+            )
             assert rerun.returncode == 0, rerun.stderr
+            assert _spill_folders(corpus) == []  # the killed run's folder, if it had made one, went too
+            if killed_spill:
+                assert "left by killed local runs" in rerun.stderr
             outcome = "no manifest; rerun identical"
         _same_output(output, reference_output)
         case = f"whole job SIGKILLed at {moment:.1f}s of {seconds:.1f}s"
