@@ -155,13 +155,14 @@ def _breakdown(encoder: PooledEncoder, texts: pa.Array, first_seconds: float) ->
     second_seconds = time.perf_counter() - started
     widths = padded_widths(tokenized.lengths, encoder.max_seq_length)
     max_padding = CUDA_MAX_PADDING if encoder.device.type == "cuda" else None
-    batches = token_budget_batches(widths, encoder.default_token_budget, tokenized.lengths, max_padding)
+    budget = encoder.default_token_budget()
+    batches = token_budget_batches(widths, budget, tokenized.lengths, max_padding)
     shapes = {(len(rows), int(widths[rows[-1]])) for rows in batches}
     other = first_seconds - tokenizer_seconds - model_seconds
     return (
         f"{'':>11} first pass {first_seconds:.2f} s: tokenizer alone {tokenizer_seconds:.2f} s, model alone "
         f"(shapes seen) {model_seconds:.2f} s, other {other:.2f} s; second pass {second_seconds:.2f} s; "
-        f"{len(batches)} batches of {len(shapes)} shapes, budget {encoder.default_token_budget} tokens"
+        f"{len(batches)} batches of {len(shapes)} shapes, budget {budget} tokens"
     )
 
 

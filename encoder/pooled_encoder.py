@@ -91,6 +91,14 @@ def _linear_weights(module: torch.nn.Module) -> int:
     return sum(layer.weight.numel() for layer in module.modules() if isinstance(layer, torch.nn.Linear))
 
 
+def cuda_token_budget(free: int, per_token: int, sharers: int = 1) -> int:
+    """Padded tokens per forward pass on a card with `free` bytes for activations of `per_token`
+    bytes each, when `sharers` threads run batches on it at once: each its share of the memory (Dataflow
+    runs several harness threads on one GPU, and each thread's batch is live at once), within
+    MIN_CUDA_TOKEN_BUDGET and MAX_CUDA_TOKEN_BUDGET; a small model on a large card keeps the most."""
+    return int(np.clip(free // per_token // max(sharers, 1), MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET))
+
+
 class PooledEncoder:
     """A sentence-transformers model run with torch + transformers alone: its modules, in the folder's order.
 
@@ -168,17 +176,22 @@ class PooledEncoder:
         _LOG.info("CPU linear kernels: %s (%s CPU %s AVX-512)", chosen, vendor or "unknown", avx512)
         return chosen
 
-    @functools.cached_property
-    def default_token_budget(self) -> int:
+    def default_token_budget(self, sharers: int = 1) -> int:
         """CPU: the fastest measured, larger for a model smaller than MiniLM (CPU_BUDGET_WEIGHTS).
         CUDA: as much of the card's free memory as activations can safely take, counted once (what
-        this process's allocator already holds counts as free to it); the threads that share this
-        encoder lower it together after an out-of-memory error."""
+        this process's allocator already holds counts as free to it), shared by the `sharers`
+        threads that run batches on this encoder at once (cuda_token_budget); they lower it together
+        after an out-of-memory error."""
         if isinstance(self.input_module, StaticEmbedding):
             return STATIC_TOKEN_BUDGET
         if self.device.type != "cuda":
             scaled = CPU_TOKEN_BUDGET * CPU_BUDGET_WEIGHTS // max(self._linear_weights, 1)
             return int(np.clip(scaled, CPU_TOKEN_BUDGET, MAX_CPU_TOKEN_BUDGET))
+        return cuda_token_budget(*self._cuda_activation_memory, sharers)
+
+    @functools.cached_property
+    def _cuda_activation_memory(self) -> tuple[int, int]:
+        """Bytes of the card free for activations, and the bytes each padded token's take."""
         free, _ = torch.cuda.mem_get_info(self.device)
         free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         model = self.input_module.model
@@ -190,8 +203,7 @@ class PooledEncoder:
         element = torch.finfo(model.dtype).bits // 8
         # Live activations per token: hidden states, Q/K/V, attention output, FFN in and out,
         # with a factor of 4 for the allocator's slack and the other layer in flight.
-        per_token = 4 * element * (6 * hidden + 2 * feed_forward)
-        return int(np.clip(free // per_token, MIN_CUDA_TOKEN_BUDGET, MAX_CUDA_TOKEN_BUDGET))
+        return free, 4 * element * (6 * hidden + 2 * feed_forward)
 
     def encode(self, texts: list[str] | pa.Array, token_budget: int | None = None) -> Encoded:
         """Embed `texts`; batches are cut by padded tokens (`token_budget`), not rows.
@@ -209,13 +221,17 @@ class PooledEncoder:
         tokenized: Tokenized,
         token_budget: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        sharers: int = 1,
     ) -> Encoded:
         """`encode` after tokenising: a caller may tokenise the next texts while this runs.
 
         `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
-        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute.
+        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. `sharers`:
+        the threads running batches on this encoder at once, which share the default budget.
         """
-        token_budget = min(token_budget or self.default_token_budget, self._budget_cap or np.iinfo(np.int64).max)
+        token_budget = min(
+            token_budget or self.default_token_budget(sharers), self._budget_cap or np.iinfo(np.int64).max
+        )
         lengths = tokenized.lengths
         widths = padded_widths(lengths, self.max_seq_length)
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None

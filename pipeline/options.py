@@ -239,8 +239,8 @@ class EmbedOptions(PipelineOptions):
             default=None,
             help="Padded tokens per forward pass; rows are sorted by length and batched up to this "
             "(default: 2048 on CPU, the fastest measured, up to 8192 for a model smaller than all-MiniLM-L6-v2; "
-            "on CUDA, sized to the card's free memory; 65536 for a static embedding model, which only "
-            "averages token vectors).",
+            "on CUDA, sized to the card's free memory, shared by the threads that use the card; 65536 for a "
+            "static embedding model, which only averages token vectors).",
         )
         group.add_argument(
             "--target_file_mb",

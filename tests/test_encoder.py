@@ -113,10 +113,10 @@ def test_other_activations_stay_unfused_and_equal_sentence_transformers(tmp_path
 def test_cpu_budget_grows_for_models_smaller_than_minilm(model_path, tiny_models):
     """MiniLM keeps the budget measured on it; a 2-layer model of hidden size 32 (17,408 linear
     weights, 618 times fewer) gets the largest, with either kernels (oneDNN repacks the weights)."""
-    assert PooledEncoder(read_model_folder(model_path), device="cpu").default_token_budget == CPU_TOKEN_BUDGET == 2048
+    assert PooledEncoder(read_model_folder(model_path), device="cpu").default_token_budget() == CPU_TOKEN_BUDGET == 2048
     for kernels in ("torch", "onednn"):
         tiny = PooledEncoder(read_model_folder(tiny_models["mean"]), device="cpu", cpu_kernels=kernels)
-        assert tiny.default_token_budget == MAX_CPU_TOKEN_BUDGET == 8192
+        assert tiny.default_token_budget() == MAX_CPU_TOKEN_BUDGET == 8192
 
 
 def test_batches_cover_every_row_once_within_the_budget():

@@ -93,9 +93,14 @@ class EncoderHandler:
         return TextTokenizer(folder, self.max_seq_length, self.prompt_name, self.prompt)
 
     def run_inference(
-        self, encoder: PooledEncoder, tokenized: Tokenized, on_batch: Callable[[int], None] | None = None
+        self,
+        encoder: PooledEncoder,
+        tokenized: Tokenized,
+        on_batch: Callable[[int], None] | None = None,
+        sharers: int = 1,
     ) -> Encoded:
-        return encoder.encode_tokenized(tokenized, self.token_budget, on_batch)
+        """`sharers`: the threads holding `encoder`, which share its default token budget."""
+        return encoder.encode_tokenized(tokenized, self.token_budget, on_batch, sharers)
 
 
 class EncoderReplicas:
@@ -123,6 +128,11 @@ class EncoderReplicas:
             chosen = self._holders.index(min(self._holders))
             self._holders[chosen] += 1
             return self.encoders[chosen]
+
+    def sharers(self, encoder: PooledEncoder) -> int:
+        """The threads holding `encoder` now: on a GPU their batches are in memory at once."""
+        with self._lock:
+            return self._holders[self.encoders.index(encoder)]
 
     def give_back(self, encoder: PooledEncoder) -> None:
         """A thread's DoFn is torn down (Beam replaces DoFns after a failure, drops idle ones): the
@@ -224,7 +234,8 @@ class _Embed(beam.DoFn):
 
         rows = units.num_rows
         try:
-            encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add)
+            sharers = self._replicas.sharers(self._encoder)
+            encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add, sharers)
             stored = self._quantizer.quantize(encoded.embeddings)
         except (NonFiniteVectors, Float16Overflow) as e:  # the units' first column is the id
             raise e.named(units.column(0).take(pa.array(e.positions[:5])).to_pylist()) from None
