@@ -245,7 +245,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("reliability catalogue")
     write(f"{'kind':<9} {'case':<44} {'outcome':<50} {'rows in':>7} {'lost':>5}")
-    for kind, case, outcome, rows_in, lost in _REPORTED:
+    # By kind, then case: the same table whichever process ran which test first.
+    for kind, case, outcome, rows_in, lost in sorted(_REPORTED, key=lambda row: (row[0], row[1])):
         write(
             f"{kind:<9} {case:<44} {outcome:<50} {rows_in if rows_in is not None else '-':>7} "
             f"{lost if lost is not None else '-':>5}"
