@@ -56,6 +56,7 @@ from apache_beam.io.filesystems import FileSystems
 from encoder.quantize import CALIBRATED, Quantizer
 from pipeline.logs import configure_logging, error_line
 from pipeline.pinecone_files import json_values, write_import_files
+from schemas.inputs import is_uuid
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
 from transforms.paths import not_a_folder
@@ -211,6 +212,7 @@ def _is_any_binary(kind: pa.DataType) -> bool:
 
 
 _PG_TYPES = [
+    (is_uuid, "uuid"),
     (pa.types.is_boolean, "boolean"),
     (pa.types.is_int8, "smallint"),
     (pa.types.is_int16, "smallint"),

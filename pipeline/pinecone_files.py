@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import Quantizer
-from schemas.inputs import type_family
+from schemas.inputs import is_uuid, type_family
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
@@ -57,6 +57,8 @@ def json_values(column: pa.Array) -> pa.Array:
     kind = column.type
     if pa.types.is_dictionary(kind):
         return json_values(column.dictionary_decode())
+    if is_uuid(kind):
+        return pc.binary_join_element_wise('"', uuid_text(column), '"', "")
     if type_family(kind) == "string":
         return _quoted(column.cast(pa.string()))
     if type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind):
@@ -138,6 +140,7 @@ def _joined(column: pa.Array, elements: pa.Array, brackets: str) -> pa.Array:
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_UUID_GROUPS = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))  # hex digits of each dash-separated group
 
 
 def _json_key(name: str) -> str:
@@ -158,6 +161,13 @@ def _hex(column: pa.Array) -> pa.Array:
     return pc.if_else(column.is_valid(), texts, pa.scalar(None, pa.large_string())).cast(pa.string())
 
 
+def uuid_text(column: pa.Array) -> pa.Array:
+    """UUIDs in their 8-4-4-4-12 lowercase hex form, as PostgreSQL and Python write them."""
+    digits = _hex(column.storage)
+    parts = [pc.utf8_slice_codeunits(digits, start, stop) for start, stop in _UUID_GROUPS]
+    return pc.binary_join_element_wise(*parts, "-")
+
+
 def _text(value) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
 
@@ -175,9 +185,18 @@ def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
 
 
 def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
-    """The id as text, and with passages `id#chunk` (without passages a `chunk` column is carried metadata)."""
+    """The id as text, and with passages `id#chunk` (without passages a `chunk` column is carried metadata):
+    bytes as lowercase hex and UUIDs in their dashed form, as the metadata writes them (bytes need not be
+    UTF-8), other extension types as their storage's text."""
     ids = table.column(id_column).combine_chunks()
-    ids = (ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids).cast(pa.string())
+    ids = ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
+    if is_uuid(ids.type):
+        ids = uuid_text(ids)
+    elif isinstance(ids.type, pa.BaseExtensionType):
+        ids = ids.storage
+    if type_family(ids.type) == "binary" or pa.types.is_fixed_size_binary(ids.type):
+        ids = _hex(ids)
+    ids = ids.cast(pa.string())
     if not passages:
         return ids
     return pc.binary_join_element_wise(ids, table.column(CHUNK_COLUMN).combine_chunks().cast(pa.string()), "#")

@@ -724,15 +724,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         check_typed_without_rows(schema, first, len(files), [opts.id_column, opts.text_column, *carry])
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
-        kind = columns.id.type
-        storage = (
-            f" (an extension type: write its storage, {kind.storage_type})"
-            if isinstance(kind, pa.BaseExtensionType)
-            else ""
-        )
         raise InputError(
-            f"{first}: id column {columns.id.name!r} is {kind}; ids must be strings, binaries, "
-            f"numbers (not float16), dates or times{storage}"
+            f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "
+            "numbers (not float16), dates, times or UUIDs"
         )
     check_device(opts.device, opts.dtype, options.view_as(StandardOptions).runner in LOCAL_RUNNERS)
     folder, weights_sha256, digest = checked_model(opts)

@@ -108,6 +108,11 @@ def _with_parts(kind: pa.DataType, parts: list[pa.DataType]) -> pa.DataType:
 UTC_SPELLINGS = frozenset({"UTC", "+00:00", "-00:00", "Z", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal"})
 
 
+def is_uuid(kind: pa.DataType) -> bool:
+    """Arrow's UUID extension type, which pyarrow reads Parquet's UUID columns as (DuckDB writes them)."""
+    return isinstance(kind, pa.BaseExtensionType) and kind.extension_name == "arrow.uuid"
+
+
 def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
     pyarrow string; pandas int64 and nanoseconds, Spark int32 and microseconds), so shards that

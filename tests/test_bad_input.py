@@ -23,7 +23,7 @@ def good_shard(path, ids=("a", "b")):
     return write_parquet(path, id=list(ids), text=[f"text of {i}" for i in ids])
 
 
-ID_TYPES = "ids must be strings, binaries, numbers (not float16), dates or times"
+ID_TYPES = "ids must be strings, binaries, numbers (not float16), dates, times or UUIDs"
 
 
 def assert_failed_without_output(result, output, message):
@@ -255,13 +255,13 @@ def test_a_model_whose_weights_were_cut_short_is_refused_before_workers_start(tm
     [
         (pa.array([[1], [2]]), "list<element: int64>; " + ID_TYPES),
         (
-            pa.array([b"a" * 16, b"b" * 16], pa.binary(16)).cast(pa.uuid()),
-            f"extension<arrow.uuid>; {ID_TYPES} (an extension type: write its storage, fixed_size_binary[16])",
+            pa.ExtensionArray.from_storage(pa.opaque(pa.list_(pa.int64()), "shape", "gis"), pa.array([[1], [2]])),
+            "extension<arrow.opaque[storage_type=list<item: int64>, type_name=shape, vendor_name=gis]>; " + ID_TYPES,
         ),
     ],
-    ids=["list", "uuid"],
+    ids=["list", "extension-of-lists"],
 )
-def test_an_id_column_of_lists_or_an_extension_type_is_refused_before_workers_start(tmp_path, ids, named):
+def test_an_id_column_of_lists_or_an_extension_type_of_them_is_refused_before_workers_start(tmp_path, ids, named):
     path = tmp_path / "a.parquet"
     pq.write_table(pa.table({"id": ids, "text": ["one", "two"]}), path)
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -300,3 +301,54 @@ def test_nested_integers_are_read_as_wide_as_every_shards(tmp_path):
         "b": ([3, 2**40], {"n": 70_000, "name": "y"}),
         "c": (None, None),
     }
+
+
+def test_uuid_ids_that_duckdb_writes_are_joined_night_to_night_and_written_as_uuids(tmp_path):
+    """DuckDB writes UUID columns as Parquet's UUID type, which pyarrow reads as extension<arrow.uuid>:
+    such ids were refused ("an extension type: write its storage"). Arrow sorts and compares their bytes."""
+    connection = duckdb.connect()
+    connection.execute(
+        "CREATE TABLE kb AS SELECT uuid() AS id, 'article ' || i || ' about VPN tokens' AS text, uuid() AS author, "
+        "i AS n FROM range(12) t(i)"
+    )
+    ids = [row[0] for row in connection.execute("SELECT id FROM kb ORDER BY n").fetchall()]
+
+    def night(name: str, *previous: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for part in range(2):
+            connection.execute(f"COPY (SELECT * FROM kb WHERE n % 2 = {part}) TO '{folder}/{part}.parquet'")
+        output = tmp_path / f"{name}-out"
+        result = run_cli(
+            "--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "author,n", *previous
+        )
+        assert result.returncode == 0, result.stderr
+        return output
+
+    first = night("day1")
+    assert pq.read_schema(tmp_path / "day1" / "0.parquet").field("id").type == pa.uuid()
+    connection.execute("DELETE FROM kb WHERE n = 0")
+    connection.execute("UPDATE kb SET text = 'edited ' || text WHERE n = 1")
+    connection.execute("INSERT INTO kb SELECT id, 'a second copy', author, n + 100 FROM kb WHERE n = 2")  # same id
+    second = night("day2", "--previous", str(first))
+    manifest = read_manifest(second)
+    assert [manifest[k] for k in ("rows_in", "rows_embedded", "rows_reused", "rows_rejected", "rows_deleted")] == [
+        12,
+        1,
+        10,
+        1,
+        1,
+    ]
+    embedded = pq.read_table(sorted(second.glob("embeddings-0*.parquet")))
+    assert (embedded.schema.field("id").type, embedded.schema.field("author").type) == (pa.uuid(), pa.uuid())
+    assert embedded.column("id").to_pylist() == [ids[1]]
+    reused = pq.read_table(sorted(second.glob("embeddings-reused-*.parquet")))
+    assert sorted(reused.column("id").to_pylist()) == sorted(ids[2:])
+    deleted = pq.read_table(sorted((second / "changes").glob("deletes-*.parquet")))
+    assert (deleted.schema.field("id").type, deleted.column("id").to_pylist()) == (pa.uuid(), [ids[0]])
+    rejected = pq.read_table(sorted(second.glob("rejected-*.parquet"))).to_pylist()
+    assert [(r["id"], r["reason"], r["source_file"]) for r in rejected] == [
+        (ids[2], "duplicate_id", str(tmp_path / "day2" / "0.parquet"))
+    ]
+    found = connection.execute(f"SELECT id, n FROM read_parquet('{second}/embeddings-*.parquet') ORDER BY n").fetchall()
+    assert found == [(ids[n], n) for n in range(1, 12)]  # DuckDB reads them back as its UUIDs

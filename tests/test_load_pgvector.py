@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
@@ -1158,3 +1159,28 @@ def test_a_change_set_row_the_tables_constraints_refuse_names_the_night_it_came_
     )
     assert last.endswith(f") (applying the change set of run {read_manifest(day_two)['run_id']}, in {day_two}/changes)")
     assert table_state(postgres, table) == before
+
+
+def test_uuid_ids_and_columns_load_as_postgresql_uuids_and_a_change_set_applies_by_them(postgres, tmp_path):
+    """UUIDs (DuckDB's, read as extension<arrow.uuid>) load as `uuid`, not as jsonb text."""
+    table, n = "kb_uuids", 8
+    ids, authors = [uuid.UUID(int=i + 1) for i in range(n)], [uuid.UUID(int=2**127 + i) for i in range(n)]
+    rows = {
+        "id": pa.array([u.bytes for u in ids], pa.binary(16)).cast(pa.uuid()),
+        "text": DAY_ONE["text"][:n],
+        "author": pa.array([u.bytes for u in authors], pa.binary(16)).cast(pa.uuid()),
+    }
+    first = embed_night(tmp_path, "one", rows, carried=("--carry_columns", "author"))
+    later = {k: v[1:] for k, v in rows.items()}  # the first id gone
+    later["text"] = ["Edited. " + later["text"][0], *later["text"][1:]]
+    second = embed_night(tmp_path, "two", later, "--previous", str(first), carried=("--carry_columns", "author"))
+    assert load(postgres, first, table).returncode == 0
+    result = load(postgres, second, table)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == change_sets_applied(table, (second, 1, 1))
+    types = dict(query(postgres, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+                       table))  # fmt: skip
+    assert (types["id"], types["author"]) == ("uuid", "uuid")
+    assert query(postgres, f"SELECT id, author FROM {table} ORDER BY id") == list(
+        zip(ids[1:], authors[1:], strict=True)
+    )

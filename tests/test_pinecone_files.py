@@ -6,6 +6,7 @@ import datetime
 import json
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -120,6 +121,20 @@ def test_ids_join_the_chunk_only_for_passages():
     table = pa.table({"id": ["a", "b"], "chunk": pa.array([1, 2], pa.int32())})
     assert pinecone_ids(table, "id", passages=True).to_pylist() == ["a#1", "b#2"]
     assert pinecone_ids(table, "id", passages=False).to_pylist() == ["a", "b"]
+
+
+def test_uuid_and_bytes_ids_are_written_as_their_text_forms():
+    """A UUID id's text in its dashed form, bytes as hex (not UTF-8 necessarily: casting them failed the export
+    with "Invalid UTF8 payload"), in the id and in the metadata alike."""
+    uuids = pa.array([uuid.UUID(int=255).bytes, uuid.UUID("7428beef-a535-432b-9d69-d7a2726732e3").bytes], pa.binary(16))
+    for ids, texts in [
+        (uuids.cast(pa.uuid()), ["00000000-0000-0000-0000-0000000000ff", "7428beef-a535-432b-9d69-d7a2726732e3"]),
+        (pa.array([b"\xff\x00", b"ok"]), ["ff00", "6f6b"]),
+    ]:
+        table = pa.table({"id": ids, "chunk": pa.array([0, 3], pa.int32())})
+        assert pinecone_ids(table, "id", passages=False).to_pylist() == texts
+        assert pinecone_ids(table, "id", passages=True).to_pylist() == [f"{texts[0]}#0", f"{texts[1]}#3"]
+        assert [json.loads(m)["id"] for m in metadata_json(table, ["id"]).to_pylist()] == texts
 
 
 def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, tmp_path):  # noqa: F811

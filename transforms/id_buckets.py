@@ -12,9 +12,12 @@ from transforms.value_hashes import is_fixed_width, is_variable_width, mixed, va
 
 def bucketable(kind: pa.DataType) -> bool:
     """Whether ids of this type can be bucketed and sorted: strings, binaries and fixed-width scalars
-    that Arrow can sort (not float16 or month-day-nano intervals)."""
+    that Arrow can sort (not float16 or month-day-nano intervals), or an extension type of such
+    storage (a UUID: DuckDB writes them so, and pyarrow reads them as extension<arrow.uuid>)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
+    if isinstance(kind, pa.BaseExtensionType):
+        kind = kind.storage_type
     if not (is_variable_width(kind) or pa.types.is_boolean(kind) or is_fixed_width(kind)):
         return False
     try:
@@ -25,10 +28,18 @@ def bucketable(kind: pa.DataType) -> bool:
 
 
 def id_values(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Ids as the join compares them, by their bytes too: a dictionary's values, and -0.0 as 0.0
-    (equal to it, with other bytes), so that yesterday's 0.0 is tonight's -0.0."""
+    """Ids as the join compares them, by their bytes too: a dictionary's values, an extension type's
+    storage (Arrow's sorts and comparisons take no extension type), and -0.0 as 0.0 (equal to it,
+    with other bytes), so that yesterday's 0.0 is tonight's -0.0."""
     if pa.types.is_dictionary(ids.type):
         ids = ids.dictionary_decode()
+    if isinstance(ids.type, pa.BaseExtensionType):
+        storage = ids.type.storage_type
+        ids = (
+            pa.chunked_array([c.storage for c in ids.chunks], storage)
+            if isinstance(ids, pa.ChunkedArray)
+            else ids.storage
+        )
     if pa.types.is_float32(ids.type) or pa.types.is_float64(ids.type):
         ids = pc.add(ids, pa.scalar(0.0, ids.type))
     return ids
