@@ -12,6 +12,7 @@ APIs instead (from the run's `changes/` files).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import Quantizer
-from schemas.inputs import is_uuid, type_family
+from schemas.inputs import is_json, is_uuid, type_family
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
@@ -59,6 +60,8 @@ def json_values(column: pa.Array) -> pa.Array:
         return json_values(column.dictionary_decode())
     if is_uuid(kind):
         return pc.binary_join_element_wise('"', uuid_text(column), '"', "")
+    if is_json(kind):  # JSON already (DuckDB checks it; PostgreSQL's jsonb does too, naming the row)
+        return column.storage.cast(pa.string())
     if type_family(kind) == "string":
         return _quoted(column.cast(pa.string()))
     if type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind):
@@ -204,6 +207,9 @@ def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
 
 def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool) -> pa.Table:
     """Rows of an embeddings file in Pinecone's import layout."""
+    for name in table.column_names:
+        if is_json(table.schema.field(name).type):
+            _check_parses(table, name, id_column)
     stored = table.column(EMBEDDING_COLUMN).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = quantizer.dequantize(stored.reshape(table.num_rows, quantizer.width(dim)), dim).astype(np.float32)
     offsets = pa.array(np.arange(table.num_rows + 1, dtype=np.int32) * dim)
@@ -214,6 +220,23 @@ def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int
     )
 
 
+def _check_parses(table: pa.Table, name: str, id_column: str) -> None:
+    """Pinecone takes the metadata as written: a JSON column's value that does not parse as JSON (NaN
+    and infinities included) is refused naming its id. (PostgreSQL's jsonb checks its own, naming the row.)"""
+
+    def no_constants(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    for at, value in enumerate(table.column(name).combine_chunks().storage.to_pylist()):
+        try:
+            if value is not None:
+                json.loads(value, parse_constant=no_constants)
+        except ValueError as e:
+            raise ValueError(
+                f"column {name!r} of id {table.column(id_column)[at].as_py()!r}: {value[:40]!r} is not JSON ({e})"
+            ) from None
+
+
 def _batches(path: str) -> Iterator[pa.Table]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
@@ -221,11 +244,17 @@ def _batches(path: str) -> Iterator[pa.Table]:
 
 
 def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
+    """The rows written to `path`; a file left part-written by a failure is removed (Pinecone would import it)."""
     rows = 0
-    with FileSystems.create(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
-        for table in tables:
-            writer.write_table(table)
-            rows += table.num_rows
+    try:
+        with FileSystems.create(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table)
+                rows += table.num_rows
+    except BaseException:
+        with contextlib.suppress(Exception):
+            FileSystems.delete([path])
+        raise
     return rows
 
 
@@ -250,14 +279,15 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); Pinecone would import them too: "
             "pass an empty folder, or one only this command wrote"
         )
-    rows = sum(
-        _write(
-            (import_table(table, id_column, quantizer, model_block["dim"], passages) for table in _batches(path)),
-            IMPORT_SCHEMA,
-            _part(output, number),
-        )
-        for number, path in enumerate(files)
-    )
+
+    def import_tables(path: str) -> Iterator[pa.Table]:
+        for table in _batches(path):
+            try:
+                yield import_table(table, id_column, quantizer, model_block["dim"], passages)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+
+    rows = sum(_write(import_tables(path), IMPORT_SCHEMA, _part(output, number)) for number, path in enumerate(files))
     written = {_part(output, number).rsplit("/", 1)[-1] for number in range(len(files))}
     earlier = sorted(path for name, path in found.items() if name not in written)
     if earlier:

@@ -113,6 +113,11 @@ def is_uuid(kind: pa.DataType) -> bool:
     return isinstance(kind, pa.BaseExtensionType) and kind.extension_name == "arrow.uuid"
 
 
+def is_json(kind: pa.DataType) -> bool:
+    """Arrow's JSON extension type (text holding JSON), which pyarrow reads Parquet's JSON columns as."""
+    return isinstance(kind, pa.BaseExtensionType) and kind.extension_name == "arrow.json"
+
+
 def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
     """Types that hold the same values: writers pick among them (pandas 3 writes large_string,
     pyarrow string; pandas int64 and nanoseconds, Spark int32 and microseconds), so shards that

@@ -1161,26 +1161,29 @@ def test_a_change_set_row_the_tables_constraints_refuse_names_the_night_it_came_
     assert table_state(postgres, table) == before
 
 
-def test_uuid_ids_and_columns_load_as_postgresql_uuids_and_a_change_set_applies_by_them(postgres, tmp_path):
-    """UUIDs (DuckDB's, read as extension<arrow.uuid>) load as `uuid`, not as jsonb text."""
+def test_uuid_and_json_columns_load_as_postgresql_uuid_and_jsonb_and_a_change_set_applies_by_uuid(postgres, tmp_path):
+    """UUIDs and JSON (DuckDB's, read as extension<arrow.uuid> and extension<arrow.json>) load as `uuid`
+    and as the JSON they hold, not as jsonb strings of their text."""
     table, n = "kb_uuids", 8
     ids, authors = [uuid.UUID(int=i + 1) for i in range(n)], [uuid.UUID(int=2**127 + i) for i in range(n)]
     rows = {
         "id": pa.array([u.bytes for u in ids], pa.binary(16)).cast(pa.uuid()),
         "text": DAY_ONE["text"][:n],
         "author": pa.array([u.bytes for u in authors], pa.binary(16)).cast(pa.uuid()),
+        "doc": pa.array([f'{{"n": {i}, "tags": ["a"]}}' for i in range(n)], pa.json_()),
     }
-    first = embed_night(tmp_path, "one", rows, carried=("--carry_columns", "author"))
+    carried = ("--carry_columns", "author,doc")
+    first = embed_night(tmp_path, "one", rows, carried=carried)
     later = {k: v[1:] for k, v in rows.items()}  # the first id gone
     later["text"] = ["Edited. " + later["text"][0], *later["text"][1:]]
-    second = embed_night(tmp_path, "two", later, "--previous", str(first), carried=("--carry_columns", "author"))
+    second = embed_night(tmp_path, "two", later, "--previous", str(first), carried=carried)
     assert load(postgres, first, table).returncode == 0
     result = load(postgres, second, table)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == change_sets_applied(table, (second, 1, 1))
     types = dict(query(postgres, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
                        table))  # fmt: skip
-    assert (types["id"], types["author"]) == ("uuid", "uuid")
-    assert query(postgres, f"SELECT id, author FROM {table} ORDER BY id") == list(
-        zip(ids[1:], authors[1:], strict=True)
-    )
+    assert (types["id"], types["author"], types["doc"]) == ("uuid", "uuid", "jsonb")
+    assert query(postgres, f"SELECT id, author, doc FROM {table} ORDER BY id") == [
+        (ids[i], authors[i], {"n": i, "tags": ["a"]}) for i in range(1, n)
+    ]

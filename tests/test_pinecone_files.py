@@ -16,7 +16,7 @@ import pytest
 from pipeline.load import LoadError, Run, export_pinecone, read_run
 from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
-from tests.test_load_pgvector import day_one, dot_night, parquet_rows  # noqa: F401 (fixtures)
+from tests.test_load_pgvector import day_one, dot_night, embed_night, parquet_rows  # noqa: F401 (fixtures)
 
 
 def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
@@ -135,6 +135,27 @@ def test_uuid_and_bytes_ids_are_written_as_their_text_forms():
         assert pinecone_ids(table, "id", passages=False).to_pylist() == texts
         assert pinecone_ids(table, "id", passages=True).to_pylist() == [f"{texts[0]}#0", f"{texts[1]}#3"]
         assert [json.loads(m)["id"] for m in metadata_json(table, ["id"]).to_pylist()] == texts
+
+
+def test_a_json_columns_values_are_metadata_as_json_and_one_that_does_not_parse_is_refused_naming_it(tmp_path):
+    """Parquet's JSON type (DuckDB's JSON columns), read as extension<arrow.json>, went in as JSON strings
+    holding the text. They go in as the JSON they hold; a value that is not JSON (pyarrow does not check)
+    is refused naming its file, column and id, and no part file is left for Pinecone to import."""
+    rows = {"id": ["a", "b", "c"], "text": ["one", "two", "three"]}
+    good = embed_night(tmp_path, "good", {**rows, "j": pa.array(['{"k": [1, 2]}', '"s"', None], pa.json_())},
+                       carried=("--carry_columns", "j"))  # fmt: skip
+    assert export(good, tmp_path / "ns").returncode == 0
+    metadata = pq.read_table(sorted((tmp_path / "ns").glob("part-*.parquet"))).column("metadata").to_pylist()
+    parsed = sorted((json.loads(m)["id"], json.loads(m).get("j")) for m in metadata)
+    assert parsed == [("a", {"k": [1, 2]}), ("b", "s"), ("c", None)]
+    bad = embed_night(tmp_path, "bad", {**rows, "j": pa.array(["{}", "NaN", "[1]"], pa.json_())},
+                      carried=("--carry_columns", "j"))  # fmt: skip
+    result = export(bad, tmp_path / "ns-bad")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad / 'embeddings-00000-of-00001.parquet'}: column 'j' of id 'b': 'NaN' is not JSON (NaN is not JSON)"
+    )
+    assert list((tmp_path / "ns-bad").glob("*")) == []
 
 
 def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, tmp_path):  # noqa: F811
