@@ -95,12 +95,12 @@ def _remove_unheld(root: str) -> None:
             continue
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live run's
+            held_size = sum(f.stat().st_size for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False))
+        except OSError:  # a live run's (BlockingIOError), or removed meanwhile by a run starting beside this one
             continue
         else:
-            size += sum(f.stat().st_size for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False))
             shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
+            removed, size = removed + 1, size + held_size
         finally:
             os.close(held)
     if removed:
