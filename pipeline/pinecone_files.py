@@ -244,11 +244,19 @@ def _batches(path: str) -> Iterator[pa.Table]:
 
 
 def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
-    """The rows written to `path`; a file left part-written by a failure is removed (Pinecone would import it)."""
+    """The rows written to `path`, made only once a row comes (a night whose rows were all reused has an
+    embeddings file without rows, and Pinecone would get a file of no vectors); a file left part-written
+    by a failure is removed (Pinecone would import it)."""
     rows = 0
     try:
-        with FileSystems.create(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+        with contextlib.ExitStack() as stack:
+            writer = None
             for table in tables:
+                if not table.num_rows:
+                    continue
+                if writer is None:
+                    f = stack.enter_context(FileSystems.create(path))
+                    writer = stack.enter_context(pq.ParquetWriter(f, schema, compression="zstd"))
                 writer.write_table(table)
                 rows += table.num_rows
     except BaseException:
@@ -287,8 +295,13 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
             except ValueError as e:
                 raise ValueError(f"{path}: {e}") from None
 
-    rows = sum(_write(import_tables(path), IMPORT_SCHEMA, _part(output, number)) for number, path in enumerate(files))
-    written = {_part(output, number).rsplit("/", 1)[-1] for number in range(len(files))}
+    rows, written = 0, set()
+    for number, path in enumerate(files):
+        part = _part(output, number)
+        written_rows = _write(import_tables(path), IMPORT_SCHEMA, part)
+        rows += written_rows
+        if written_rows:
+            written.add(part.rsplit("/", 1)[-1])
     earlier = sorted(path for name, path in found.items() if name not in written)
     if earlier:
         FileSystems.delete(earlier)

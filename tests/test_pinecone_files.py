@@ -16,7 +16,7 @@ import pytest
 from pipeline.load import LoadError, Run, export_pinecone, read_run
 from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
-from tests.test_load_pgvector import day_one, dot_night, embed_night, parquet_rows  # noqa: F401 (fixtures)
+from tests.test_load_pgvector import DAY_ONE, day_one, dot_night, embed_night, parquet_rows  # noqa: F401 (fixtures)
 
 
 def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
@@ -156,6 +156,24 @@ def test_a_json_columns_values_are_metadata_as_json_and_one_that_does_not_parse_
         f"error: {bad / 'embeddings-00000-of-00001.parquet'}: column 'j' of id 'b': 'NaN' is not JSON (NaN is not JSON)"
     )
     assert list((tmp_path / "ns-bad").glob("*")) == []
+
+
+def test_a_night_whose_rows_were_all_reused_exports_no_empty_part_file(day_one, tmp_path):  # noqa: F811
+    """The night's embeddings file holds no rows (every vector was reused): it gets no part file, and
+    an earlier export's part of that number, left in the folder, is removed."""
+    unchanged = embed_night(tmp_path, "same", DAY_ONE, "--previous", str(day_one))
+    manifest = read_manifest(unchanged)
+    assert (manifest["rows_embedded"], manifest["rows_reused"]) == (0, 30)
+    files = manifest["files"]["embeddings"]
+    rows = [pq.read_metadata(unchanged / name).num_rows for name in files]
+    assert 0 in rows and sum(rows) == 30
+    assert export(day_one, tmp_path / "ns").returncode == 0  # an earlier night's parts in the folder
+    result = export(unchanged, tmp_path / "ns")
+    assert result.returncode == 0, result.stderr
+    parts = sorted((tmp_path / "ns").glob("part-*.parquet"))
+    assert [p.name for p in parts] == [f"part-{n:05d}.parquet" for n, count in enumerate(rows) if count]
+    assert all(pq.read_metadata(p).num_rows for p in parts)
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == 30
 
 
 def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, tmp_path):  # noqa: F811
