@@ -244,9 +244,9 @@ def _batches(path: str) -> Iterator[pa.Table]:
 
 
 def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
-    """The rows written to `path`, made only once a row comes (a night whose rows were all reused has an
-    embeddings file without rows, and Pinecone would get a file of no vectors); a file left part-written
-    by a failure is removed (Pinecone would import it)."""
+    """The rows written to `path`, made only once a row comes (the reused rows' file of a night that reused
+    none holds no rows, and Pinecone would get a file of no vectors); a file left part-written by a failure
+    is removed (Pinecone would import it)."""
     rows = 0
     try:
         with contextlib.ExitStack() as stack:
