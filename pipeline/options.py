@@ -105,7 +105,9 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--input",
             help="(required) Parquet shards to embed: a file, a glob, or a comma-separated list of them, "
-            "on any Beam filesystem (local, gs://, ...). Each pattern must match at least one file.",
+            "on any Beam filesystem (local, gs://, ...). Each pattern must match at least one file. Names a "
+            "wildcard matches that start with _ or . (Spark's _SUCCESS and _temporary/, .crc checksums) are "
+            "passed over, as Spark and pyarrow do.",
         )
         group.add_argument(
             "--output",

@@ -62,6 +62,7 @@ from transforms.read import PlannedFile, one_line, open_parquet
 from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
+_WILDCARD = re.compile(r"[*?\[]")  # where a glob pattern stops spelling a path out
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
 ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
@@ -170,12 +171,38 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
             raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
-        for m in sorted(found, key=lambda m: m.path):
+        hidden = sorted(m.path for m in found if is_hidden(m.path, pattern))
+        if len(hidden) == len(found):
+            raise InputError(
+                f"--input pattern {pattern!r} matches only files whose names start with _ or . ({hidden[0]}"
+                f"{', ...' if len(hidden) > 1 else ''}): markers, checksums and work folders, not data"
+            )
+        if hidden:
+            _LOG.info(
+                "--input %s: %d file(s) passed over whose names start with _ or . (%s%s), as Spark and pyarrow do",
+                pattern, len(hidden), hidden[0], ", ..." if len(hidden) > 1 else "",
+            )  # fmt: skip
+        passed_over = set(hidden)
+        for m in sorted((m for m in found if m.path not in passed_over), key=lambda m: m.path):
             path = same_spelling(m.path)
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             matched.setdefault(path, PlannedFile.found(path, m))
     return list(matched.values())
+
+
+def is_hidden(path: str, pattern: str) -> bool:
+    """Whether a wildcard of `pattern` matched, in `path`, a name starting with _ or .: Spark's `_SUCCESS`
+    and `_temporary/` (a job's unfinished attempts), Hadoop's `.crc` checksums, `_metadata` summaries, which
+    Spark, Hive and pyarrow's datasets do not read as data. A name the pattern spells out is read."""
+    wildcard = _WILDCARD.search(pattern)
+    if wildcard is None or not path.startswith(pattern[: wildcard.start()]):
+        return False
+    spelled = pattern[: wildcard.start()]
+    names = path[len(spelled) :].split("/")
+    if spelled and not spelled.endswith("/"):  # that name begins as the pattern spells it
+        names = names[1:]
+    return any(name.startswith(("_", ".")) for name in names)
 
 
 def _special(path: str) -> bool:

@@ -4,10 +4,11 @@ one line, every footer read by a local plan checked before any worker starts."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.plan import typed_schema
-from tests.conftest import run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
 from transforms.validate import text_as_strings
 
 
@@ -78,3 +79,37 @@ def test_a_later_shard_the_plan_reads_anyway_fails_before_any_worker_starts(tmp_
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in result.stderr and not output.exists()
+
+
+def test_a_spark_output_folders_markers_checksums_and_unfinished_attempts_are_passed_over(tmp_path):
+    """A Spark job's output folder holds `_SUCCESS`, `.crc` checksums, a `_common_metadata` summary and,
+    while an attempt runs or after one failed, `_temporary/`: `kb/*` failed on `_SUCCESS` as "not a
+    readable Parquet file", and `kb/**` would also have read an unfinished attempt's rows. Names the
+    pattern spells out are read."""
+    kb = tmp_path / "kb"
+    write_parquet(kb / "part-00000-c0.snappy.parquet", id=["a", "b"], text=["one", "two"])
+    write_parquet(kb / "_temporary" / "0" / "part-00001-c0.snappy.parquet", id=["a", "c"], text=["one", "three"])
+    (kb / "_SUCCESS").write_bytes(b"")
+    (kb / ".part-00000-c0.snappy.parquet.crc").write_bytes(b"crc")
+    pq.write_metadata(pa.schema([("id", pa.string()), ("text", pa.string())]), kb / "_common_metadata")
+    for pattern, passed_over in [(f"{kb}/*", 3), (f"{kb}/**", 4)]:
+        output = tmp_path / f"out-{passed_over}"
+        result = run_cli("--input", pattern, "--output", str(output))
+        assert result.returncode == 0, result.stderr
+        assert (
+            f"INFO pipeline.plan: --input {pattern}: {passed_over} file(s) passed over whose names start with _ or . "
+            f"({kb}/.part-00000-c0.snappy.parquet.crc, ...), as Spark and pyarrow do"
+        ) in result.stderr
+        assert [f["path"] for f in read_manifest(output)["input_files"]] == [str(kb / "part-00000-c0.snappy.parquet")]
+        assert sorted(embedding_rows(output)) == ["a", "b"]
+    only = run_cli("--input", f"{kb}/_*", "--output", str(tmp_path / "out-markers"))
+    assert only.returncode == 1
+    assert (
+        only.stderr.strip().splitlines()[-1]
+        == f"error: {kb}/_SUCCESS: not a readable Parquet file (Parquet file size is 0 bytes)"
+    )
+    hidden = run_cli("--input", f"{kb}/part-*.parquet,{kb}/*.crc", "--output", str(tmp_path / "out-crc"))
+    assert hidden.stderr.strip().splitlines()[-1] == (
+        f"error: --input pattern '{kb}/*.crc' matches only files whose names start with _ or . "
+        f"({kb}/.part-00000-c0.snappy.parquet.crc): markers, checksums and work folders, not data"
+    )
