@@ -68,15 +68,16 @@ def spill_folder() -> Iterator[str]:
     _remove_unheld(root)
     made = tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=root)
     folder = os.path.join(root, SPILL_PREFIX + os.path.basename(made)[len(_NEW_PREFIX) :])
-    held = os.open(made, os.O_RDONLY)
+    held = os.open(made, os.O_RDONLY) if fcntl is not None else None  # Windows opens no folder as a file
     try:
-        if fcntl is not None:
+        if held is not None:
             fcntl.flock(held, fcntl.LOCK_EX)
         os.rename(made, folder)
         yield folder
     finally:
         shutil.rmtree(folder if os.path.isdir(folder) else made, ignore_errors=True)
-        os.close(held)
+        if held is not None:
+            os.close(held)
 
 
 def _remove_unheld(root: str) -> None:
