@@ -64,7 +64,7 @@ def json_values(column: pa.Array) -> pa.Array:
         return column.storage.cast(pa.string())
     if type_family(kind) == "string":
         return _quoted(column.cast(pa.string()))
-    if type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind):
+    if _is_bytes(kind):
         return pc.binary_join_element_wise('"', _hex(column), '"', "")
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
@@ -171,6 +171,11 @@ def uuid_text(column: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "-")
 
 
+def _is_bytes(kind: pa.DataType) -> bool:
+    """Values written as lowercase hex: binaries of any width, fixed-size ones too."""
+    return type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind)
+
+
 def _text(value) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
 
@@ -197,7 +202,7 @@ def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
         ids = uuid_text(ids)
     elif isinstance(ids.type, pa.BaseExtensionType):
         ids = ids.storage
-    if type_family(ids.type) == "binary" or pa.types.is_fixed_size_binary(ids.type):
+    if _is_bytes(ids.type):
         ids = _hex(ids)
     ids = ids.cast(pa.string())
     if not passages:
