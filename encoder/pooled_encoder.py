@@ -148,7 +148,9 @@ class PooledEncoder:
         self.dim = folder.output_dim(truncate_dim)
         self.dtype = DTYPES[dtype]  # the input module's; the modules after it run in float32
         transformers_logging.disable_progress_bar()
-        self.input_module = build_input(folder.input, self.dtype).to(self.device)
+        self.input_module = build_input(folder.input, self.dtype, unread_masks=self.device.type == "cuda").to(
+            self.device
+        )
         self._linear_weights = _linear_weights(self.input_module)  # counted before oneDNN repacks them
         # Modules after the input one run in float32 whatever the transformer's precision.
         self.modules = torch.nn.ModuleList(build_module(spec) for spec in folder.modules[1:]).to(self.device).eval()

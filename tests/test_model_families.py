@@ -15,11 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from encoder import ModelFolderError, PooledEncoder, read_model_folder
-from encoder.tokens import WHOLE_PIECE_CHARS
+from encoder.batching import padded_widths
+from encoder.modules import build_input
+from encoder.tokens import WHOLE_PIECE_CHARS, TextTokenizer
 from pipeline.plan import encoder_fixes
-from samples.model_families import NAMES, save_family
+from samples.model_families import NAMES, STATIC, save_family
 from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, save_tiny_model, write_parquet
 
 TEXTS = [
@@ -71,6 +74,44 @@ def test_family_in_bfloat16_stays_within_cosine_0_99_of_float32(folders, family)
     theirs = _reference(folders[family], normalize_embeddings=folder.normalize)
     assert ours.dtype == np.float32 and ours.shape == theirs.shape
     assert _cosines(ours, theirs).min() >= 0.99
+
+
+class _DeviceReads(TorchDispatchMode):
+    """Counts the operators that copy a tensor's value to the host (`bool(t)`, `t.item()`, `t.nonzero()` ...):
+    on CUDA each waits for every kernel queued before it."""
+
+    READS = frozenset({"aten::is_nonzero", "aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::equal"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func._schema.name in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", [name for name in NAMES if name != STATIC])
+def test_the_transformer_built_for_cuda_reads_no_device_value_and_gives_the_same_token_vectors(folders, family):
+    """transformers read the padding mask (`padding_mask.all()`) to decide whether to build an attention
+    mask: on CUDA the host then waited for the GPU once per batch (encoder.attention). Counted here on CPU,
+    with the module built as for CUDA, on a batch with padding."""
+    folder = read_model_folder(folders[family])
+    tokenizer = TextTokenizer(folder)
+    tokenized = tokenizer.encode(TEXTS)
+    width = int(padded_widths(tokenized.lengths, tokenizer.max_seq_length).max())
+    vectors, reads = {}, {}
+    for unread_masks in (False, True):
+        module = build_input(folder.input, torch.float32, unread_masks=unread_masks)
+        module.token_types = tokenizer.token_types
+        features = module.collate(tokenized, np.arange(len(TEXTS)), width, tokenizer.pad_id)
+        with torch.inference_mode(), _DeviceReads() as counted:
+            vectors[unread_masks] = module(features).token_embeddings
+        reads[unread_masks] = counted.count
+    assert reads[True] == 0
+    assert torch.equal(vectors[True], vectors[False])
+    if family in ("qwen3", "modernbert"):  # as built for CPU they read it, where it costs nothing
+        assert reads[False] > 0
 
 
 @pytest.mark.parametrize("family", ["bert", "bert-dot", "bert-dropout"])

@@ -31,9 +31,12 @@ from encoder.modules.transformer import Transformer
 InputModule = Transformer | StaticEmbedding
 
 
-def build_input(spec: TransformerSpec | StaticEmbeddingSpec, dtype: torch.dtype) -> InputModule:
+def build_input(
+    spec: TransformerSpec | StaticEmbeddingSpec, dtype: torch.dtype, unread_masks: bool = False
+) -> InputModule:
+    """`unread_masks`: on CUDA, where reading a mask's values makes the host wait (encoder.attention)."""
     if isinstance(spec, TransformerSpec):
-        return Transformer(spec, dtype)
+        return Transformer(spec, dtype, unread_masks)
     return StaticEmbedding(spec)
 
 

@@ -9,6 +9,7 @@ import torch
 import transformers
 from transformers import AutoModel
 
+from encoder.attention import UNREAD_MASK_SDPA
 from encoder.model_folder import ENCODER_ONLY_CLASSES, ModelFolderError, TransformerSpec
 from encoder.modules.features import Features
 from encoder.tokens import Tokenized, TokenTypes
@@ -18,8 +19,13 @@ from encoder.tokens import Tokenized, TokenTypes
 # keys' mask alone, (rows, 1, 1, width), the model skips materialising a (rows, 1, width, width)
 # mask on every batch: a 1-layer, 32-wide BERT ran 1.2-1.3x faster on CPU, identical vectors
 # (all-MiniLM-L6-v2: no measurable change). Each is checked against sentence-transformers in
-# tests/test_model_families.py; MPNet is left out: transformers runs it with eager attention.
-KEY_MASK_TYPES = frozenset({"bert", "distilbert", "electra", "roberta", "xlm-roberta"})
+# tests/test_model_families.py. T5 adds its position bias where the mask is true. A mask taken as given
+# is never read to decide whether to build one: on CUDA such a read makes the host wait for the GPU
+# once per batch (encoder.attention).
+KEY_MASK_TYPES = frozenset({"bert", "distilbert", "electra", "roberta", "xlm-roberta", "t5"})
+# Families transformers runs with eager attention alone, adding the mask to the scores: the keys' mask,
+# given as those additions (0, or the dtype's least value on padding), is used as given too.
+ADDITIVE_KEY_MASK_TYPES = frozenset({"mpnet"})
 # Tensors a checkpoint may lack: the pooler head after the token vectors, which sentence-transformers
 # never runs (checkpoints saved without it are common). Any other missing tensor transformers fills at
 # random, silently: a model nobody trained, and another one in every worker process.
@@ -27,7 +33,9 @@ UNUSED_PREFIXES = ("pooler.",)
 
 
 class Transformer(torch.nn.Module):
-    def __init__(self, spec: TransformerSpec, dtype: torch.dtype) -> None:
+    """`unread_masks` (on CUDA): no mask is read on the device to decide whether to build it."""
+
+    def __init__(self, spec: TransformerSpec, dtype: torch.dtype, unread_masks: bool = False) -> None:
         super().__init__()
         encoder_only = ENCODER_ONLY_CLASSES.get(spec.model_type)
         model_class = getattr(transformers, encoder_only) if encoder_only else AutoModel
@@ -65,11 +73,20 @@ class Transformer(torch.nn.Module):
         self.token_types: TokenTypes | None = None
         self.reads_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         config = self.model.config
-        self.key_mask = (
-            spec.model_type in KEY_MASK_TYPES
-            and not getattr(config, "is_decoder", False)
-            and config._attn_implementation == "sdpa"
+        bidirectional = not getattr(config, "is_decoder", False)
+        self.key_mask = spec.model_type in KEY_MASK_TYPES and bidirectional and config._attn_implementation == "sdpa"
+        self.additive_key_mask = (
+            spec.model_type in ADDITIVE_KEY_MASK_TYPES and bidirectional and config._attn_implementation == "eager"
         )
+        # Other families that take transformers' attention functions (decoders, sliding windows) get SDPA
+        # with a mask builder that does not read.
+        self.unread_masks = (
+            unread_masks
+            and not (self.key_mask or self.additive_key_mask)
+            and getattr(type(self.model), "_supports_attention_backend", False)
+        )
+        if self.unread_masks:
+            self.model.set_attn_implementation(UNREAD_MASK_SDPA)
 
     def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
         """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
@@ -91,6 +108,10 @@ class Transformer(torch.nn.Module):
         mask = features.attention_mask
         if self.key_mask:
             mask = mask.bool()[:, None, None, :]
+        elif self.additive_key_mask:
+            mask = torch.where(mask.bool()[:, None, None, :], 0.0, torch.finfo(self.model.dtype).min).to(
+                self.model.dtype
+            )
         output = self.model(input_ids=features.input_ids, attention_mask=mask, **types)
         features.token_embeddings = output.last_hidden_state
         return features
