@@ -1,5 +1,6 @@
-"""FLOPs of a BERT-shaped encoder on real tokens, and the machine's own matrix-product rate to
-hold them against (torch, numpy and the encoder only: the GPU benchmark runs where Beam is not installed)."""
+"""FLOPs of a BERT-shaped encoder or a Qwen3-shaped decoder on real tokens, and the machine's own
+matrix-product rate to hold them against (torch, numpy and the encoder only: the GPU benchmark runs
+where Beam is not installed)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ class Shape:
     heads: int
     intermediate: int
     max_seq_length: int
+    family: str = "bert"  # or "qwen3": grouped keys and values, a gated feed-forward, causal attention
+    kv_heads: int = 0  # qwen3: heads of keys and values (0: as many as the queries')
+    head_dim: int = 0  # qwen3: each head's width (0: hidden // heads)
+
+    @property
+    def query_width(self) -> int:
+        return self.heads * (self.head_dim or self.hidden // self.heads)
+
+    @property
+    def key_width(self) -> int:
+        return (self.kv_heads or self.heads) * (self.head_dim or self.hidden // self.heads)
 
 
 def folder_shape(folder: Path) -> Shape:
@@ -39,9 +51,12 @@ def folder_shape(folder: Path) -> Shape:
 
 
 def model_flops(lengths: np.ndarray, shape: Shape) -> float:
-    """Multiply-adds x 2 of the transformer on real tokens: projections and feed-forward, and attention."""
-    per_token = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.intermediate)
-    attention = 4 * shape.hidden * lengths.astype(np.float64)  # QK^T and AV, per token, per layer
+    """Multiply-adds x 2 of the transformer on real tokens: projections and feed-forward, and attention
+    (over every key, causal or not: what a kernel given a mask computes)."""
+    projections = 2 * shape.hidden * (shape.query_width + shape.key_width)  # Q and output; K and V
+    feed_forward = (3 if shape.family == "qwen3" else 2) * shape.hidden * shape.intermediate
+    per_token = 2 * (projections + feed_forward)
+    attention = 4 * shape.query_width * lengths.astype(np.float64)  # QK^T and AV, per token, per layer
     return float(shape.layers * (lengths * (per_token + attention)).sum())
 
 

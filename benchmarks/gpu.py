@@ -3,8 +3,10 @@
 Runs where only torch, transformers, tokenizers, sentence-transformers and pyarrow are
 installed (no Beam, no network): the models are random, built here from transformers'
 BertConfig at transformers' usual initialisation, of all-MiniLM-L6-v2's shape and of
-bge-base's shape, with the default model's tokenizer files (about 1 MB; its 90 MB of
-weights need not travel). On a machine that has the default model, write them with
+bge-base's shape (and with `--shapes qwen3-0.6b`, from Qwen3Config, of Qwen3-Embedding-0.6B's
+shape: a decoder padding on the left, its last token pooled), with the default model's tokenizer
+files (about 1 MB; its 90 MB of weights need not travel). On a machine that has the default model,
+write them with
 
     python -m benchmarks.gpu --export-tokenizer gpu-carry/tokenizer
 
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from sentence_transformers import SentenceTransformer
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertConfig, BertModel, Qwen3Config, Qwen3Model
 
 from benchmarks.flops import Shape, matmul_rate, model_flops, sync
 from encoder import PooledEncoder, read_model_folder
@@ -56,6 +58,10 @@ SHAPES = {
     "minilm": Shape(384, 6, 12, 1536, 256),  # all-MiniLM-L6-v2
     "bge-base": Shape(768, 12, 12, 3072, 512),  # BAAI/bge-base-en-v1.5
     "tiny": Shape(32, 2, 2, 64, 128),  # smoke tests only
+    # Qwen3-Embedding-0.6B, at a 512-token window: its transformers code reads the padding mask to build
+    # attention masks, which the encoder avoids on CUDA (encoder.attention).
+    "qwen3-0.6b": Shape(1024, 28, 16, 3072, 512, "qwen3", kv_heads=8, head_dim=128),
+    "tiny-qwen3": Shape(32, 2, 2, 64, 128, "qwen3", kv_heads=1, head_dim=16),  # smoke tests only
 }
 
 
@@ -69,22 +75,30 @@ def export_tokenizer(folder: Path) -> None:
 
 
 def build_model(tokenizer_dir: Path, shape: Shape, folder: Path) -> Path:
-    """A random BERT of `shape` with mean pooling and normalisation, saved as a sentence-transformers folder."""
+    """A random model of `shape`, normalised, saved as a sentence-transformers folder: a BERT with mean
+    pooling, or a Qwen3 decoder with the tokenizer padding on the left and the last token (the
+    tokenizer's closing [SEP], in place of Qwen3's end-of-text token) pooled."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        intermediate_size=shape.intermediate,
-        max_position_embeddings=512,
-    )
+    sizes = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": shape.hidden,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "intermediate_size": shape.intermediate,
+        "max_position_embeddings": 512,
+    }
+    if shape.family == "qwen3":
+        tokenizer.padding_side = "left"
+        model = Qwen3Model(Qwen3Config(**sizes, num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim))
+        pooling_mode = "lasttoken"
+    else:
+        model, pooling_mode = BertModel(BertConfig(**sizes)), "mean"
     with tempfile.TemporaryDirectory() as hf:
-        BertModel(config).save_pretrained(hf, safe_serialization=True)
+        model.save_pretrained(hf, safe_serialization=True)
         tokenizer.save_pretrained(hf)
         transformer = st_modules.Transformer(hf, max_seq_length=shape.max_seq_length)
-        pooling = st_modules.Pooling(shape.hidden, pooling_mode="mean")
+        pooling = st_modules.Pooling(shape.hidden, pooling_mode=pooling_mode)
         model = SentenceTransformer(modules=[transformer, pooling, st_modules.Normalize()])
         model.save(str(folder), safe_serialization=True)
     return folder
@@ -99,7 +113,7 @@ def _least_cosine(a: np.ndarray, b: np.ndarray) -> float:
 TORCH_CUDNN_ATTENTION = torch.backends.cuda.cudnn_sdp_enabled()
 
 
-def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, matmul: float) -> None:
+def compare(name: str, folder: Path, shape: Shape, texts: list[str], device: torch.device, matmul: float) -> None:
     cuda = device.type == "cuda"
     reference = SentenceTransformer(str(folder), device=str(device))
     exact = reference.encode(texts[:2000], batch_size=64, convert_to_numpy=True)  # float32, before any TF32
@@ -130,7 +144,7 @@ def compare(folder: Path, shape: Shape, texts: list[str], device: torch.device, 
     rows = len(texts)
     breakdown = _breakdown(encoder, pa.array(texts, pa.string()), job_seconds)
     print(
-        f"{shape.hidden:>6} x {shape.layers:<2} {rows / job_seconds:10.0f} {encoded.tokens / job_seconds:11.0f} "
+        f"{name:>11} {rows / job_seconds:10.0f} {encoded.tokens / job_seconds:11.0f} "
         f"{rows / st_seconds:10.0f} (batch {st_batch:>3}) {st_seconds / job_seconds:7.2f}x "
         f"{encoded.padded_tokens / encoded.tokens:8.3f} {flop_rate / 1e12:8.1f} {flop_rate / matmul:7.1%} "
         f"{_least_cosine(encoded.embeddings[:2000], exact):9.5f} {_least_cosine(encoded.embeddings, st_vectors):9.5f}",
@@ -174,7 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--shapes", default="minilm,bge-base", help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default="minilm,bge-base,qwen3-0.6b", help=f"comma-separated, of {', '.join(SHAPES)}"
+    )
     args = parser.parse_args()
     if args.export_tokenizer:
         export_tokenizer(args.export_tokenizer)
@@ -195,7 +211,7 @@ def main() -> None:
         for shape_name in args.shapes.split(","):
             shape = SHAPES[shape_name]
             folder = build_model(args.tokenizer, shape, Path(work) / shape_name)
-            compare(folder, shape, texts, device, matmul)
+            compare(shape_name, folder, shape, texts, device, matmul)
 
 
 if __name__ == "__main__":

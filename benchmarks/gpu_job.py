@@ -121,12 +121,11 @@ def main() -> None:
         write_shards(corpus, args.rows, SHARDS)
         texts = pq.read_table(sorted(corpus.glob("*.parquet")), columns=["text"]).column("text").combine_chunks()
         for shape_name in args.shapes.split(","):
-            shape = SHAPES[shape_name]
-            folder = build_model(args.tokenizer, shape, Path(work) / shape_name)
+            folder = build_model(args.tokenizer, SHAPES[shape_name], Path(work) / shape_name)
             job, startup, after = run_job(folder, corpus, Path(work) / f"out-{shape_name}", args.device)
             alone = encoder_alone(folder, texts, args.device, dtype, WARM_UP)
             print(
-                f"{shape.hidden:>6} x {shape.layers:<2} {args.rows:>8} {job:11.0f} {startup:11.1f} {after:15.0f} "
+                f"{shape_name:>11} {args.rows:>8} {job:11.0f} {startup:11.1f} {after:15.0f} "
                 f"{alone:14.0f} {after / alone:13.2f}x",
                 flush=True,
             )

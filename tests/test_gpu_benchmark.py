@@ -29,24 +29,30 @@ def test_gpu_benchmark_runs_without_beam(tmp_path, tokenizer):
     env = {**os.environ, "PYTHONPATH": f"{blocker.parent}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "benchmarks.gpu", "--tokenizer", str(tokenizer), "--device", "cpu"]
     result = subprocess.run(
-        [*command, "--rows", "300", "--shapes", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [*command, "--rows", "300", "--shapes", "tiny,tiny-qwen3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    header, row, breakdown = result.stdout.strip().splitlines()[-3:]
+    header, *lines = result.stdout.strip().splitlines()[-5:]
     assert header.split()[:3] == ["model", "job", "rows/s"]
-    fields = row.split()
-    assert fields[:3] == ["32", "x", "2"]
-    assert float(fields[-2]) > 0.9999 and float(fields[-1]) > 0.9999  # float32 on CPU: the same vectors
-    parts = re.fullmatch(
-        r"first pass ([\d.]+) s: tokenizer alone ([\d.]+) s, model alone \(shapes seen\) ([\d.]+) s, "
-        r"other (-?[\d.]+) s; second pass ([\d.]+) s; (\d+) batches of (\d+) shapes, budget 8192 tokens",
-        breakdown.strip(),
-    )
-    assert parts, breakdown
-    first, tokenizer, model, other = (float(parts[i]) for i in range(1, 5))
-    assert abs(first - tokenizer - model - other) <= 0.015  # each printed to 0.01 s
-    batches, shapes = int(parts[6]), int(parts[7])
-    assert 0 < shapes <= batches
+    for name, row, breakdown in zip(["tiny", "tiny-qwen3"], lines[::2], lines[1::2], strict=True):
+        fields = row.split()
+        assert fields[0] == name
+        assert float(fields[-2]) > 0.9999 and float(fields[-1]) > 0.9999  # float32 on CPU: the same vectors
+        parts = re.fullmatch(
+            r"first pass ([\d.]+) s: tokenizer alone ([\d.]+) s, model alone \(shapes seen\) ([\d.]+) s, "
+            r"other (-?[\d.]+) s; second pass ([\d.]+) s; (\d+) batches of (\d+) shapes, budget 8192 tokens",
+            breakdown.strip(),
+        )
+        assert parts, breakdown
+        first, tokenizer, model, other = (float(parts[i]) for i in range(1, 5))
+        assert abs(first - tokenizer - model - other) <= 0.015  # each printed to 0.01 s
+        batches, shapes = int(parts[6]), int(parts[7])
+        assert 0 < shapes <= batches
 
 
 def test_gpu_job_benchmark_runs_the_job_and_the_encoder_alone(tokenizer):
@@ -72,7 +78,7 @@ def test_gpu_job_benchmark_runs_the_job_and_the_encoder_alone(tokenizer):
         "after/encoder",
     ]
     fields = row.split()
-    assert fields[:4] == ["32", "x", "2", "300"]
-    job, startup, after, alone = (float(f) for f in fields[4:8])
+    assert fields[:2] == ["tiny", "300"]
+    job, startup, after, alone = (float(f) for f in fields[2:6])
     assert 0 < job < after and startup > 0 and alone > 0
-    assert fields[8] == f"{after / alone:.2f}x"
+    assert fields[6] == f"{after / alone:.2f}x"
