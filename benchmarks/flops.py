@@ -30,11 +30,15 @@ class Shape:
 
     @property
     def query_width(self) -> int:
-        return self.heads * (self.head_dim or self.hidden // self.heads)
+        return self.heads * self._head_width
 
     @property
     def key_width(self) -> int:
-        return (self.kv_heads or self.heads) * (self.head_dim or self.hidden // self.heads)
+        return (self.kv_heads or self.heads) * self._head_width
+
+    @property
+    def _head_width(self) -> int:
+        return self.head_dim or self.hidden // self.heads
 
 
 def folder_shape(folder: Path) -> Shape:

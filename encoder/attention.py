@@ -15,17 +15,22 @@ own, so that no other model in the process changes.
 
 from __future__ import annotations
 
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+import functools
 
 UNREAD_MASK_SDPA = "sdpa_unread_mask"
 
 
-def _sdpa_mask_unread(*args, **kwargs):
-    """transformers' SDPA mask, always built."""
-    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False})
+@functools.cache
+def unread_mask_sdpa() -> str:
+    """`UNREAD_MASK_SDPA`, registered on first use: importing transformers' attention code takes about
+    two seconds, which a process pays only once it loads a model that runs it."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    def always_built(*args, **kwargs):
+        return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False})
 
-AttentionInterface.register(UNREAD_MASK_SDPA, sdpa_attention_forward)
-AttentionMaskInterface.register(UNREAD_MASK_SDPA, _sdpa_mask_unread)
+    AttentionInterface.register(UNREAD_MASK_SDPA, sdpa_attention_forward)
+    AttentionMaskInterface.register(UNREAD_MASK_SDPA, always_built)
+    return UNREAD_MASK_SDPA

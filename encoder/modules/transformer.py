@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import AutoModel
 
-from encoder.attention import UNREAD_MASK_SDPA
+from encoder.attention import unread_mask_sdpa
 from encoder.model_folder import ENCODER_ONLY_CLASSES, ModelFolderError, TransformerSpec
 from encoder.modules.features import Features
 from encoder.tokens import Tokenized, TokenTypes
@@ -86,7 +86,7 @@ class Transformer(torch.nn.Module):
             and getattr(type(self.model), "_supports_attention_backend", False)
         )
         if self.unread_masks:
-            self.model.set_attn_implementation(UNREAD_MASK_SDPA)
+            self.model.set_attn_implementation(unread_mask_sdpa())
 
     def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
         """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
