@@ -114,6 +114,24 @@ def test_the_transformer_built_for_cuda_reads_no_device_value_and_gives_the_same
         assert reads[False] > 0
 
 
+@pytest.mark.parametrize("family", NAMES)
+def test_the_modules_after_the_input_module_read_no_device_value(folders, family):
+    """Pooling (every mode), Dense, LayerNorm and Normalize run on every batch too: on CUDA a read
+    there (`if mask.any()`, say) would make the host wait for the GPU as the padding mask's did."""
+    encoder = PooledEncoder(read_model_folder(folders[family]), device="cpu")
+    tokenized = encoder.tokenizer.encode(TEXTS)
+    width = int(padded_widths(tokenized.lengths, encoder.max_seq_length).max())
+    features = encoder.input_module.collate(tokenized, np.arange(len(TEXTS)), width, encoder.tokenizer.pad_id)
+    features.prompt_length = encoder.tokenizer.prompt_length
+    with torch.inference_mode():
+        features = encoder.input_module(features)
+        with _DeviceReads() as counted:
+            for module in encoder.modules:
+                features = module(features)
+    assert counted.count == 0
+    assert features.sentence_embedding.shape[0] == len(TEXTS)
+
+
 @pytest.mark.parametrize("family", ["bert", "bert-dot", "bert-dropout"])
 def test_the_similarity_is_the_one_sentence_transformers_reads(folders, family):
     expected = SentenceTransformer(str(folders[family]), device="cpu").similarity_fn_name
