@@ -20,8 +20,10 @@ faster one taken), their ratio, the encoder's padding (padded over real tokens),
 FLOP rate on real tokens against the card's bfloat16 matrix-product rate measured in the
 same run, and the least cosine of its vectors to sentence-transformers' float32 and float16
 ones. Under each model's line, where its first pass's time went (tokenizer alone, model alone,
-the rest) and how long a second pass takes once every batch shape has been seen. `--device cpu`
-runs the same comparison in float32 as a smoke test.
+the rest) and how long a second pass takes once every batch shape has been seen; on CUDA also
+where the host waited for the GPU while encoding HOST_WAIT_ROWS texts (torch's sync debug mode),
+and how often the first pass asked the driver for memory. `--device cpu` runs the same comparison
+in float32 as a smoke test.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,7 @@ except ImportError:  # pragma: no cover - older releases
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 ST_BATCH_SIZES = (32, 256)
+HOST_WAIT_ROWS = 4096
 
 
 SHAPES = {
@@ -121,9 +126,11 @@ def compare(name: str, folder: Path, shape: Shape, texts: list[str], device: tor
     our_cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # the encoder sets it for the process
     encoder.encode(texts[:256])
     sync(device)
+    allocations = _driver_allocations(device)
     started = time.perf_counter()
     encoded = encoder.encode(pa.array(texts, pa.string()))
     job_seconds = time.perf_counter() - started
+    allocations = [after - before for before, after in zip(allocations, _driver_allocations(device), strict=True)]
     lengths = np.asarray(encoder.tokenizer.encode(pa.array(texts, pa.string())).lengths)
 
     if cuda:
@@ -151,6 +158,36 @@ def compare(name: str, folder: Path, shape: Shape, texts: list[str], device: tor
         flush=True,
     )
     print(breakdown, flush=True)
+    if cuda:
+        print(
+            f"{'':>11} host waits on {HOST_WAIT_ROWS} rows: {_host_waits(encoder, pa.array(texts[:HOST_WAIT_ROWS]))}; "
+            f"first pass: {allocations[0]} cudaMalloc calls, {allocations[1]} after freeing the cache",
+            flush=True,
+        )
+
+
+def _driver_allocations(device: torch.device) -> list[int]:
+    """How often the caching allocator has asked the driver for memory, and how often only after
+    freeing its cache (which waits for the GPU); zeros on CPU."""
+    if device.type != "cuda":
+        return [0, 0]
+    stats = torch.cuda.memory_stats(device)
+    return [stats["num_device_alloc"], stats["num_alloc_retries"]]
+
+
+def _host_waits(encoder: PooledEncoder, texts: pa.Array) -> str:
+    """The calls that made the host wait for the GPU while encoding `texts`, counted by source line
+    (torch's sync debug mode warns at each). The encoder means to wait once per call, at its end; a
+    wait per batch drains the card's queue while the host prepares the next batch."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            encoder.encode(texts)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return ", ".join(f"{count} at {site}" for site, count in sites.most_common()) or "none"
 
 
 def _breakdown(encoder: PooledEncoder, texts: pa.Array, first_seconds: float) -> str:
