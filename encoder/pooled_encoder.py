@@ -71,6 +71,34 @@ class Encoded:
     truncated: np.ndarray  # (rows,) bool: the text was cut at max_seq_length
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A chunk's batches queued on the encoder's device. On CUDA they may still be running, and their
+    vectors still on their way back to the host, until `collect` waits for them, and for nothing queued
+    after them: the caller can read and write the next chunk's rows while the GPU runs this one."""
+
+    batches: list[tuple[np.ndarray, torch.Tensor]]  # each batch's rows and their vectors (on the host once copied)
+    lengths: np.ndarray
+    widths: np.ndarray
+    truncated: np.ndarray
+    dim: int
+    dtype: torch.dtype
+    copied: torch.cuda.Event | None  # recorded after the last copy back; None on CPU, where all is done
+
+    def collect(self) -> Encoded:
+        """The vectors in input order, once the device is done with them."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        out = np.empty((len(self.lengths), self.dim), dtype=np.float32)
+        for rows, vectors in self.batches:
+            out[rows] = vectors.numpy()
+        not_finite = ~np.isfinite(out).all(axis=1)
+        if not_finite.any():
+            raise NonFiniteVectors(np.flatnonzero(not_finite), self.dtype)
+        padded = sum(len(rows) * int(self.widths[rows[-1]]) for rows, _ in self.batches)
+        return Encoded(out, int(self.lengths.sum()), padded, self.truncated)
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' means CUDA when present, else CPU (encoder.devices.device_type)."""
     kind = device_type(device)
@@ -225,7 +253,17 @@ class PooledEncoder:
         on_batch: Callable[[int], None] | None = None,
         sharers: int = 1,
     ) -> Encoded:
-        """`encode` after tokenising: a caller may tokenise the next texts while this runs.
+        """`encode` after tokenising: a caller may tokenise the next texts while this runs."""
+        return self.launch(tokenized, token_budget, on_batch, sharers).collect()
+
+    def launch(
+        self,
+        tokenized: Tokenized,
+        token_budget: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        sharers: int = 1,
+    ) -> Launched:
+        """Queue `tokenized`'s batches on the device (on CPU, run them); `Launched.collect` gives the vectors.
 
         `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
         that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. `sharers`:
@@ -264,16 +302,11 @@ class PooledEncoder:
                 batches = token_budget_batches(widths[remaining], token_budget, lengths[remaining], max_padding)
                 queue = deque(remaining[b] for b in batches)
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the copies back to the host were asynchronous
-        out = np.empty((len(lengths), self.dim), dtype=np.float32)
-        for rows, vectors in done:
-            out[rows] = vectors.numpy()
-        not_finite = ~np.isfinite(out).all(axis=1)
-        if not_finite.any():
-            raise NonFiniteVectors(np.flatnonzero(not_finite), self.dtype)
-        padded = sum(len(rows) * int(widths[rows[-1]]) for rows, _ in done)
-        return Encoded(out, int(lengths.sum()), padded, tokenized.truncated)
+        copied = None
+        if self.device.type == "cuda":  # the copies back to the host are asynchronous
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self.device))
+        return Launched(done, lengths, widths, tokenized.truncated, self.dim, self.dtype, copied)
 
     @torch.inference_mode()
     def _forward(self, features: Features) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Embed valid rows with the pooled encoder, held once per worker process.
 
 `EncoderHandler` is the seam between Beam and the encoder (as Beam's
-ModelHandler): how to load the model and how to run one chunk of tokenised texts.
+ModelHandler): how to load the model and how to launch one chunk of tokenised texts.
 The encoder cuts each chunk into token-budget batches; this module only
 moves Arrow batches and counts.
 """
@@ -32,7 +32,8 @@ from transforms.progress_report import ProgressReport
 from transforms.validate import STATS
 
 if TYPE_CHECKING:
-    from encoder import Encoded, PooledEncoder
+    from encoder import PooledEncoder
+    from encoder.pooled_encoder import Launched
 
 _LOG = logging.getLogger(__name__)
 # Rows a CUDA worker gathers at least before encoding: the encoder sorts a chunk by length, and at
@@ -92,15 +93,16 @@ class EncoderHandler:
         folder = model_folder(self.model, self.folder_sha256)
         return TextTokenizer(folder, self.max_seq_length, self.prompt_name, self.prompt)
 
-    def run_inference(
+    def launch_inference(
         self,
         encoder: PooledEncoder,
         tokenized: Tokenized,
         on_batch: Callable[[int], None] | None = None,
         sharers: int = 1,
-    ) -> Encoded:
-        """`sharers`: the threads holding `encoder`, which share its default token budget."""
-        return encoder.encode_tokenized(tokenized, self.token_budget, on_batch, sharers)
+    ) -> Launched:
+        """`tokenized`'s batches queued on the encoder's device (on CPU, run); `collect()` gives the
+        vectors. `sharers`: the threads holding `encoder`, which share its default token budget."""
+        return encoder.launch(tokenized, self.token_budget, on_batch, sharers)
 
 
 class EncoderReplicas:
@@ -144,8 +146,10 @@ class EncoderReplicas:
 class _Embed(beam.DoFn):
     """Gathers rows up to `chunk_rows` before encoding: the more rows the encoder
     sorts by length at once, the less padding its batches carry. On CUDA (or with
-    `overlap`) one chunk is in flight: the next chunk is tokenised on a thread while
-    the GPU runs this one, so the GPU does not wait for the tokenizer."""
+    `overlap`) chunks go through three stages: the newest is tokenised on a thread,
+    the one before is queued on the GPU, and the one before that is collected and
+    passed on. So the GPU waits neither for the tokenizer nor for the reading,
+    joining and writing the rows of other chunks take on the host."""
 
     def __init__(
         self,
@@ -191,7 +195,8 @@ class _Embed(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._in_flight: tuple[pa.Table, Future[Tokenized]] | None = None
+        self._in_flight: tuple[pa.Table, Future[Tokenized]] | None = None  # being tokenised
+        self._launched: tuple[pa.Table, Launched] | None = None  # queued on the device
 
     def process(self, batch: pa.RecordBatch) -> Iterator:
         self._pending.append(batch)
@@ -200,7 +205,7 @@ class _Embed(beam.DoFn):
             yield from self._embed_pending()
 
     def finish_bundle(self) -> Iterator:
-        for output in chain(self._embed_pending(), self._embed_in_flight()):
+        for output in chain(self._embed_pending(), self._advance(), self._advance()):
             yield in_global_window(output)
         if self._progress is not None:
             self._progress.flush()
@@ -217,25 +222,33 @@ class _Embed(beam.DoFn):
             self._progress.add(0)  # rows have reached a loaded model: start-up ends here
         texts = units.column(self._text).chunk(0)
         if self._tokenizing is None:
-            yield from self._embed(units, self._encoder.tokenizer.encode(texts))
+            yield from self._collected(units, self._launch(self._encoder.tokenizer.encode(texts)))
             return
-        tokenizing = self._tokenizing.submit(self._encoder.tokenizer.encode, texts)  # while the last chunk runs
-        yield from self._embed_in_flight()
+        tokenizing = self._tokenizing.submit(self._encoder.tokenizer.encode, texts)  # while the GPU runs
+        yield from self._advance()
         self._in_flight = (units, tokenizing)
 
-    def _embed_in_flight(self) -> Iterator:
+    def _advance(self) -> Iterator:
+        """Queue the tokenised chunk on the device, then collect the chunk queued before it: the
+        device runs the newer one while the older one's rows go on through the pipeline."""
+        launched, self._launched = self._launched, None
         if self._in_flight is not None:
-            units, tokenized = self._in_flight
+            units, tokenizing = self._in_flight
             self._in_flight = None
-            yield from self._embed(units, tokenized.result())
+            self._launched = (units, self._launch(tokenizing.result()))
+        if launched is not None:
+            yield from self._collected(*launched)
 
-    def _embed(self, units: pa.Table, tokenized: Tokenized) -> Iterator:
+    def _launch(self, tokenized: Tokenized) -> Launched:
+        sharers = self._replicas.sharers(self._encoder)
+        return self._handler.launch_inference(self._encoder, tokenized, self._progress.add, sharers)
+
+    def _collected(self, units: pa.Table, launched: Launched) -> Iterator:
         from encoder.pooled_encoder import NonFiniteVectors
 
         rows = units.num_rows
         try:
-            sharers = self._replicas.sharers(self._encoder)
-            encoded = self._handler.run_inference(self._encoder, tokenized, self._progress.add, sharers)
+            encoded = launched.collect()
             stored = self._quantizer.quantize(encoded.embeddings)
         except (NonFiniteVectors, Float16Overflow) as e:  # the units' first column is the id
             raise e.named(units.column(0).take(pa.array(e.positions[:5])).to_pylist()) from None
