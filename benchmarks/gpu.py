@@ -176,9 +176,10 @@ def _driver_allocations(device: torch.device) -> list[int]:
 
 
 def _host_waits(encoder: PooledEncoder, texts: pa.Array) -> str:
-    """The calls that made the host wait for the GPU while encoding `texts`, counted by source line
-    (torch's sync debug mode warns at each). The encoder means to wait once per call, at its end; a
-    wait per batch drains the card's queue while the host prepares the next batch."""
+    """The calls that made the host wait for the GPU while encoding `texts`, counted by source line:
+    those torch's sync debug mode warns of (a value read, a blocking copy, `.nonzero()`; not a wait on
+    an event, `torch.cuda.synchronize()` or `empty_cache()`). The encoder means to wait once per call,
+    at its end, on an event; a wait per batch drains the card's queue while the host prepares the next."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

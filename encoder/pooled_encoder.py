@@ -74,8 +74,8 @@ class Encoded:
 @dataclass(frozen=True)
 class Launched:
     """A chunk's batches queued on the encoder's device. On CUDA they may still be running, and their
-    vectors still on their way back to the host, until `collect` waits for them, and for nothing queued
-    after them: the caller can read and write the next chunk's rows while the GPU runs this one."""
+    vectors still on their way back to the host, until `collect` waits for them (and for what was queued
+    before them on the device's stream, not after): meanwhile the caller can do other work."""
 
     batches: list[tuple[np.ndarray, torch.Tensor]]  # each batch's rows and their vectors (on the host once copied)
     lengths: np.ndarray
@@ -304,7 +304,9 @@ class PooledEncoder:
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         copied = None
         if self.device.type == "cuda":  # the copies back to the host are asynchronous
-            copied = torch.cuda.Event()
+            # Blocking: a thread waiting for it sleeps instead of spinning on a core that the tokenizer
+            # and the other harness threads of a GPU worker need.
+            copied = torch.cuda.Event(blocking=True)
             copied.record(torch.cuda.current_stream(self.device))
         return Launched(done, lengths, widths, tokenized.truncated, self.dim, self.dtype, copied)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +40,9 @@ _LOG = logging.getLogger(__name__)
 # GPU budgets a chunk of 4,096 knowledge-base rows left 1.094x padding against 1.036x for 16,384
 # (131,072-token budget, tests/test_encoder.py).
 CUDA_CHUNK_ROWS = 16384
+# Chunks a worker that overlaps (on CUDA) holds past the tokenizer before it waits for the oldest:
+# one on the device while the next is tokenised and queued, and the one before is passed on.
+CHUNKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,12 @@ class EncoderReplicas:
 class _Embed(beam.DoFn):
     """Gathers rows up to `chunk_rows` before encoding: the more rows the encoder
     sorts by length at once, the less padding its batches carry. On CUDA (or with
-    `overlap`) chunks go through three stages: the newest is tokenised on a thread,
-    the one before is queued on the GPU, and the one before that is collected and
-    passed on. So the GPU waits neither for the tokenizer nor for the reading,
-    joining and writing the rows of other chunks take on the host."""
+    `overlap`) a chunk is tokenised on one thread and its batches queued on the GPU
+    from another, while this one passes on the rows of the chunks before it
+    (CHUNKS_IN_FLIGHT): the GPU waits neither for the tokenizer nor for the reading,
+    joining and writing that other chunks' rows take on the host. Queuing runs on a
+    thread of its own because the GPU's queue holds only so many kernels: past
+    them, queuing waits for the GPU."""
 
     def __init__(
         self,
@@ -183,11 +188,13 @@ class _Embed(beam.DoFn):
             self._chunk_rows = max(self._chunk_rows, CUDA_CHUNK_ROWS)
         overlap = cuda if self._overlap is None else self._overlap
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize") if overlap else None
+        self._launching = ThreadPoolExecutor(1, thread_name_prefix="launch") if overlap else None
         self._progress: ProgressReport | None = None  # the process's, with its encoders
 
     def teardown(self) -> None:
-        if self._tokenizing is not None:
-            self._tokenizing.shutdown()
+        for executor in (self._tokenizing, self._launching):
+            if executor is not None:
+                executor.shutdown()
         if self._replicas is not None and self._encoder is not None:
             self._replicas.give_back(self._encoder)
             self._encoder = None
@@ -195,8 +202,7 @@ class _Embed(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._in_flight: tuple[pa.Table, Future[Tokenized]] | None = None  # being tokenised
-        self._launched: tuple[pa.Table, Launched] | None = None  # queued on the device
+        self._in_flight: deque[tuple[pa.Table, Future[Launched]]] = deque()  # oldest first
 
     def process(self, batch: pa.RecordBatch) -> Iterator:
         self._pending.append(batch)
@@ -205,7 +211,7 @@ class _Embed(beam.DoFn):
             yield from self._embed_pending()
 
     def finish_bundle(self) -> Iterator:
-        for output in chain(self._embed_pending(), self._advance(), self._advance()):
+        for output in chain(self._embed_pending(), self._pass_on(keep=0)):
             yield in_global_window(output)
         if self._progress is not None:
             self._progress.flush()
@@ -224,20 +230,18 @@ class _Embed(beam.DoFn):
         if self._tokenizing is None:
             yield from self._collected(units, self._launch(self._encoder.tokenizer.encode(texts)))
             return
-        tokenizing = self._tokenizing.submit(self._encoder.tokenizer.encode, texts)  # while the GPU runs
-        yield from self._advance()
-        self._in_flight = (units, tokenizing)
+        tokenizing = self._tokenizing.submit(self._encoder.tokenizer.encode, texts)
+        self._in_flight.append((units, self._launching.submit(self._launch_when_tokenized, tokenizing)))
+        yield from self._pass_on(keep=CHUNKS_IN_FLIGHT)
 
-    def _advance(self) -> Iterator:
-        """Queue the tokenised chunk on the device, then collect the chunk queued before it: the
-        device runs the newer one while the older one's rows go on through the pipeline."""
-        launched, self._launched = self._launched, None
-        if self._in_flight is not None:
-            units, tokenizing = self._in_flight
-            self._in_flight = None
-            self._launched = (units, self._launch(tokenizing.result()))
-        if launched is not None:
-            yield from self._collected(*launched)
+    def _pass_on(self, keep: int) -> Iterator:
+        """The rows of the oldest chunks in flight, once the device is done with them, until `keep` are left."""
+        while len(self._in_flight) > keep:
+            units, launching = self._in_flight.popleft()
+            yield from self._collected(units, launching.result())
+
+    def _launch_when_tokenized(self, tokenizing: Future[Tokenized]) -> Launched:
+        return self._launch(tokenizing.result())
 
     def _launch(self, tokenized: Tokenized) -> Launched:
         sharers = self._replicas.sharers(self._encoder)
