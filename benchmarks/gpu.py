@@ -200,7 +200,7 @@ def _breakdown(encoder: PooledEncoder, texts: pa.Array, first_seconds: float) ->
     tokenizer_seconds = time.perf_counter() - started
     sync(encoder.device)
     started = time.perf_counter()
-    encoder.encode_tokenized(tokenized)
+    encoder.launch(tokenized).collect()
     model_seconds = time.perf_counter() - started
     started = time.perf_counter()
     encoder.encode(texts)

@@ -244,17 +244,7 @@ class PooledEncoder:
         encoder's life, rather than failing. Freed heap goes back to the OS now and then
         (`encoder.heap`), so a long run does not grow.
         """
-        return self.encode_tokenized(self.tokenizer.encode(texts), token_budget)
-
-    def encode_tokenized(
-        self,
-        tokenized: Tokenized,
-        token_budget: int | None = None,
-        on_batch: Callable[[int], None] | None = None,
-        sharers: int = 1,
-    ) -> Encoded:
-        """`encode` after tokenising: a caller may tokenise the next texts while this runs."""
-        return self.launch(tokenized, token_budget, on_batch, sharers).collect()
+        return self.launch(self.tokenizer.encode(texts), token_budget).collect()
 
     def launch(
         self,
@@ -263,7 +253,8 @@ class PooledEncoder:
         on_batch: Callable[[int], None] | None = None,
         sharers: int = 1,
     ) -> Launched:
-        """Queue `tokenized`'s batches on the device (on CPU, run them); `Launched.collect` gives the vectors.
+        """`encode` after tokenising (a caller may tokenise the next texts meanwhile): `tokenized`'s batches
+        queued on the device (on CPU, run), whose vectors `Launched.collect` gives.
 
         `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
         that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. `sharers`:

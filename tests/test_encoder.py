@@ -313,7 +313,7 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
 
     monkeypatch.setattr(encoder.input_module.model, "forward", small_card)
     reported = []  # rows of each batch, once it has run: a split batch counts once, after its split
-    result = encoder.encode_tokenized(encoder.tokenizer.encode(MIXED_TEXTS), 2048, reported.append)
+    result = encoder.launch(encoder.tokenizer.encode(MIXED_TEXTS), 2048, reported.append).collect()
     assert refused and max(ran) <= 300
     assert len(reported) == len(ran) and sum(reported) == len(MIXED_TEXTS)
     split = len(refused)
