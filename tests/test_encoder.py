@@ -92,8 +92,8 @@ def test_prompt_excluded_from_pooling_equals_sentence_transformers(tmp_path):
 def test_cpu_encoder_runs_every_linear_layer_through_onednn(model_path):
     model = PooledEncoder(read_model_folder(model_path), device="cpu", cpu_kernels="onednn").input_module.model
     linears = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
-    # 6 layers x (query, key, value, attention output, FFN in, FFN out) + the unused pooler
-    assert len(linears) == 6 * 6 + 1
+    # 6 layers x (query, key, value, attention output, FFN in, FFN out); the unread pooler head is gone
+    assert len(linears) == 6 * 6
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert sum(m._post_op == "gelu" for m in linears) == 6
     assert not any(type(m).__name__ == "GELUActivation" for m in model.modules())

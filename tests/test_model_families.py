@@ -114,6 +114,15 @@ def test_the_transformer_built_for_cuda_reads_no_device_value_and_gives_the_same
         assert reads[False] > 0
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "mpnet"])
+def test_the_pooler_head_whose_output_nothing_reads_is_not_run(folders, family):
+    """These families' weights hold a pooler head (a linear layer and a tanh on the first token), which
+    transformers runs on every batch; sentence-transformers never reads its output."""
+    folder = read_model_folder(folders[family])
+    assert any(name.startswith("pooler.") for name in load_file(folder.input.path / "model.safetensors"))
+    assert build_input(folder.input, torch.float32).model.pooler is None
+
+
 @pytest.mark.parametrize("family", NAMES)
 def test_the_modules_after_the_input_module_read_no_device_value(folders, family):
     """Pooling (every mode), Dense, LayerNorm and Normalize run on every batch too: on CUDA a read
