@@ -536,6 +536,16 @@ class PgvectorLoader:
         ).fetchone()
         return row[0] if row else None
 
+    def _index_options(self, connection) -> list[tuple[str, str]]:
+        """The storage parameters of the table's HNSW index (`m`, `ef_construction`) as someone tuned them,
+        so that a snapshot, which rebuilds the index, builds it as it was rather than with pgvector's defaults."""
+        row = connection.execute(
+            "SELECT c.reloptions FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+            "WHERE c.oid = to_regclass(%s) AND a.amname = 'hnsw'",
+            [self._qualified_index.as_string(connection)],
+        ).fetchone()
+        return [tuple(option.split("=", 1)) for option in (row[0] or [])] if row else []
+
     def _columns(self, connection) -> dict[str, str]:
         """The table's columns and their types, modifiers included; empty when there is no table."""
         return dict(
@@ -604,10 +614,12 @@ class PgvectorLoader:
         HNSW index is built once the rows are in. It deletes the ids the table holds that the run lacks."""
         sql = self._sql
         started = time.monotonic()
+        options: list[tuple[str, str]] = []
         if shape is None:
             how = "table created"
             connection.execute(self._create(connection, schema, run))
         else:
+            options = self._index_options(connection)
             held = self._held_ids(connection, run, found)
             if held:  # a table without the run's id column loses all it holds
                 id_name = run.manifest["columns"]["id"]
@@ -627,17 +639,18 @@ class PgvectorLoader:
         started = time.monotonic()
         connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
         vectors = PgVectors.of(run)
-        connection.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
-                sql.Identifier(self._index),
-                self._name,
-                sql.Identifier(EMBEDDING_COLUMN),
-                sql.SQL(vectors.operator_class),
-            )
+        create = sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
+            sql.Identifier(self._index), self._name, sql.Identifier(EMBEDDING_COLUMN), sql.SQL(vectors.operator_class)
         )
+        if options:
+            create += sql.SQL(" WITH ({})").format(
+                sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options)
+            )
+        connection.execute(create)
         _LOG.info(
-            "built the HNSW index (%s: queries use it ordering by %s %s the query vector) in %.1fs",
+            "built the HNSW index (%s%s: queries use it ordering by %s %s the query vector) in %.1fs",
             vectors.operator_class,
+            "".join(f", {k}={v}" for k, v in options),
             EMBEDDING_COLUMN,
             vectors.distance[1],
             time.monotonic() - started,

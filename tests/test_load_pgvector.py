@@ -528,6 +528,27 @@ def test_a_snapshot_keeps_the_table_and_alters_only_what_differs(postgres, day_o
     assert loaded("retyped", 4) == expected
 
 
+def test_a_snapshot_rebuilds_the_hnsw_index_with_the_parameters_it_was_tuned_to(postgres, day_one, tmp_path):
+    """A team that rebuilt the index with a larger m and ef_construction for recall keeps them: a snapshot,
+    which drops and builds the index again, built it with pgvector's defaults (m=16, ef_construction=64)."""
+    table = "kb_tuned"
+    assert load(postgres, day_one, table).returncode == 0
+    with psycopg.connect(postgres) as connection:
+        connection.execute(f"DROP INDEX {table}_embedding_hnsw")
+        connection.execute(
+            f"CREATE INDEX {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 24, ef_construction = 100)"
+        )
+    result = load(postgres, copied_run(day_one, tmp_path / "again", "tuned-again", 1), table)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{table}: 30 rows of run tuned-again loaded (table refilled)"
+    assert "built the HNSW index (vector_cosine_ops, m=24, ef_construction=100:" in result.stderr
+    assert query(postgres, "SELECT reloptions FROM pg_class WHERE relname = %s", f"{table}_embedding_hnsw") == [
+        (["m=24", "ef_construction=100"],)
+    ]
+    assert_table_is(postgres, tmp_path / "again", table)
+
+
 def test_a_table_in_another_schema_leaves_the_same_name_in_public_alone(postgres, day_one, tmp_path):
     table = "kb_tenant"
     with psycopg.connect(postgres) as connection:
