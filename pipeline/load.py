@@ -54,8 +54,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import CALIBRATED, Quantizer
+from pipeline.json_text import json_values
 from pipeline.logs import configure_logging, error_line
-from pipeline.pinecone_files import json_values, write_import_files
+from pipeline.pinecone_files import write_import_files
 from schemas.inputs import is_uuid
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
@@ -1093,14 +1094,21 @@ def export_pinecone(run: Run, output: str) -> str:
             f"({', '.join(PINECONE_METRICS.values())}) computes"
         )
     try:
-        rows, removed = write_import_files(
+        export = write_import_files(
             run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
         )
     except OSError as e:  # Beam's BeamIOError too: a file where the folder should be, no permission
         raise LoadError(f"--output {output}: cannot write there ({e})") from e
-    earlier = f" (replacing an earlier export; {removed} of its files removed)" if removed else ""
+    earlier = f" (replacing an earlier export; {export.removed} of its files removed)" if export.removed else ""
+    left_out = "; ".join(
+        f"{count} with {reason} ({', '.join(map(repr, ids))}{', ...' if count > len(ids) else ''})"
+        for reason, (count, ids) in export.left_out.items()
+    )
     metric = PINECONE_METRICS[similarity]
-    return f"{output}: {rows} vectors of run {run.run_id} to import into an index of metric {metric}{earlier}"
+    return (
+        f"{output}: {export.rows} vectors of run {run.run_id} to import into an index of metric {metric}{earlier}"
+        + (f"; left out, as Pinecone refuses them: {left_out}" if left_out else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Pinecone imports Parquet files with `id` (string), `values` (list of float32) and `metadata`
 (a JSON object per row). Each vector's Pinecone id is its id as text, with passages
 `<id>#<chunk>`; its metadata holds every other column the job wrote (the id, passage
-offsets, carried columns, content hash), nulls left out (Pinecone takes no null values).
+offsets, carried columns, content hash) in the forms Pinecone's metadata takes: strings,
+numbers, booleans and lists of strings, nulls left out (Pinecone takes no null values).
 Compact vectors are read back as float32 (int8 and uint8 as their levels' midpoints);
 binary vectors have no Pinecone form and are refused. Pinecone imports into new namespaces
 only, so these files hold a whole snapshot; a change set goes through its upsert and delete
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
+import secrets
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,11 +29,18 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoder.quantize import Quantizer
+from pipeline.json_text import hex_text, is_bytes, json_key, json_values, quoted, uuid_text
 from schemas.inputs import is_json, is_uuid, type_family
 from schemas.outputs import CHUNK_COLUMN, EMBEDDING_COLUMN, has_passages
 
 READ_ROWS = 8192
-PART_NAME = re.compile(r"part-\d{5,}\.parquet")  # the files this module writes
+# The files this module writes: each export's own names (its start, UTC, and a random tag), so that a new export
+# never overwrites an earlier one's files before it has written all of its own; earlier versions wrote part-NNNNN.
+PART_NAME = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]{4}-)?\d{5,}\.parquet")
+# Records Pinecone refuses (its limits: docs.pinecone.io, "Database limits"; a vector of zeros is refused by name).
+MAX_METADATA_BYTES = 40_960
+MAX_ID_CHARACTERS = 512
+SHOWN_IDS = 3  # ids named per reason a record is left out
 IMPORT_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -38,152 +48,67 @@ IMPORT_SCHEMA = pa.schema(
         pa.field("metadata", pa.string()),
     ]
 )
-# JSON escapes for the characters a JSON string may not hold as they are.
-_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")] + [
-    (chr(code), f"\\u{code:04x}") for code in range(32) if chr(code) not in "\n\r\t"
-]
 
 
-def _quoted(texts: pa.Array) -> pa.Array:
-    for raw, escaped in _ESCAPES:
-        if pc.any(pc.match_substring(texts, raw)).as_py():
-            texts = pc.replace_substring(texts, raw, escaped)
-    return pc.binary_join_element_wise('"', texts, '"', "")
+@dataclass
+class Export:
+    """What an export wrote: vectors, earlier files removed, and the records left out (Pinecone would refuse
+    them) by reason, each reason's count and first ids."""
+
+    rows: int = 0
+    removed: int = 0
+    left_out: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+
+    def leave_out(self, reason: str, ids: pa.Array) -> None:
+        count, shown = self.left_out.get(reason, (0, []))
+        self.left_out[reason] = (count + len(ids), shown + ids[: SHOWN_IDS - len(shown)].to_pylist())
 
 
-def json_values(column: pa.Array) -> pa.Array:
-    """Each value as JSON text, null where the value is null (or a float that JSON cannot hold). Bytes
-    are lowercase hex (PostgreSQL's `encode(b, 'hex')`); maps with string keys are JSON objects, other
-    maps lists of `[key, value]` pairs; nested values take their members' forms, in Arrow throughout."""
+def metadata_values(column: pa.Array) -> pa.Array:
+    """A column's values as JSON text in the forms Pinecone's metadata takes, null where the key is left out.
+    A list of strings leaves out its null items; other nested values (structs, maps, lists of other values,
+    a JSON column's objects and arrays) go as their JSON text, in a string."""
     kind = column.type
     if pa.types.is_dictionary(kind):
-        return json_values(column.dictionary_decode())
-    if is_uuid(kind):
-        return pc.binary_join_element_wise('"', uuid_text(column), '"', "")
-    if is_json(kind):  # JSON already (DuckDB checks it; PostgreSQL's jsonb does too, naming the row)
-        return column.storage.cast(pa.string())
-    if type_family(kind) == "string":
-        return _quoted(column.cast(pa.string()))
-    if _is_bytes(kind):
-        return pc.binary_join_element_wise('"', _hex(column), '"', "")
-    if pa.types.is_boolean(kind):
-        return pc.if_else(column, "true", "false")
-    if pa.types.is_integer(kind) or pa.types.is_decimal(kind):
-        return column.cast(pa.string())
-    if pa.types.is_floating(kind):
-        return pc.if_else(pc.is_finite(column), column.cast(pa.string()), pa.scalar(None, pa.string()))
-    if pa.types.is_duration(kind):  # seconds, exactly ("1.500000"): Arrow's text is a count of an unnamed unit
-        return _quoted(_seconds(column.cast(pa.int64()), {"s": 0, "ms": 3, "us": 6, "ns": 9}[kind.unit]))
-    if pa.types.is_temporal(kind):
-        return _quoted(column.cast(pa.string()))
-    if pa.types.is_struct(kind):
-        members = [
-            pc.binary_join_element_wise(_json_key(field.name), _member(child), ":")
-            for field, child in zip(kind, column.flatten(), strict=True)
-        ]
-        text = (
-            pc.binary_join_element_wise("{", pc.binary_join_element_wise(*members, ","), "}", "") if members else "{}"
-        )
-        return pc.if_else(column.is_valid(), text, pa.scalar(None, pa.string()))
-    if pa.types.is_fixed_size_list(kind):
-        return json_values(column.cast(pa.list_(kind.value_field)))
-    if pa.types.is_map(kind):
-        if type_family(kind.key_type) == "string":
-            return _joined(
-                column, pc.binary_join_element_wise(json_values(column.keys), _member(column.items), ":"), "{}"
-            )
-        pairs = pc.binary_join_element_wise("[", json_values(column.keys), ",", _member(column.items), "]", "")
-        return _joined(column, pairs, "[]")
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _joined(column, _member(column.values), "[]")
-    # Anything else (extension, union and view-list types): Python's JSON, one value at a time.
-    texts = [
-        None if value is None else json.dumps(_finite(value), default=_text, allow_nan=False)
-        for value in column.to_pylist()
-    ]
+        return metadata_values(column.dictionary_decode())
+    if is_json(kind):
+        return _json_metadata(column)
+    listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    if listed and type_family(kind.value_type) == "string":
+        return json_values(_without_null_items(column))
+    if pa.types.is_nested(kind):
+        return quoted(json_values(column))
+    return json_values(column)
+
+
+def _without_null_items(lists: pa.Array) -> pa.Array:
+    """The lists without their null items (Pinecone's lists hold strings only)."""
+    items = pc.list_flatten(lists)
+    kept = items.is_valid()
+    parents = pc.list_parent_indices(lists).filter(kept).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(parents, minlength=len(lists)))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), items.filter(kept), mask=lists.is_null())
+
+
+def _json_metadata(column: pa.Array) -> pa.Array:
+    """A JSON column's values (checked to parse): strings, numbers, booleans and lists of strings as they are,
+    a list of strings without its nulls, objects and other arrays as their text in a string; JSON's null left out."""
+    texts = []
+    for text in column.storage.cast(pa.string()).to_pylist():
+        value = None if text is None else json.loads(text)
+        if value is None or isinstance(value, str | int | float | bool):
+            texts.append(None if value is None else text)
+        elif isinstance(value, list) and all(item is None or isinstance(item, str) for item in value):
+            texts.append(json.dumps([item for item in value if item is not None], ensure_ascii=False))
+        else:
+            texts.append(json.dumps(text, ensure_ascii=False))
     return pa.array(texts, pa.string())
-
-
-def _finite(value):
-    """A nested value with NaN and infinities as None: JSON has no form for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _seconds(counts: pa.Array, scale: int) -> pa.Array:
-    """Counts of 10**-scale seconds as decimal text, digit by digit from integers (a decimal's own
-    text turns to exponents below a microsecond: "0E-9")."""
-    magnitude = pc.abs(counts)
-    whole = pc.divide(magnitude, 10**scale)  # integers: the quotient, truncated
-    text = whole.cast(pa.string())
-    if scale:
-        fraction = pc.subtract(magnitude, pc.multiply(whole, 10**scale)).cast(pa.string())
-        text = pc.binary_join_element_wise(text, pc.utf8_lpad(fraction, scale, "0"), ".")
-    return pc.if_else(pc.less(counts, 0), pc.binary_join_element_wise("-", text, ""), text)
-
-
-def _member(column: pa.Array) -> pa.Array:
-    """A nested member's JSON text, `null` for a null; decimals as text, exactly (a JSON reader's number is a float)."""
-    texts = _quoted(column.cast(pa.string())) if pa.types.is_decimal(column.type) else json_values(column)
-    return pc.fill_null(texts, "null")
-
-
-def _joined(column: pa.Array, elements: pa.Array, brackets: str) -> pa.Array:
-    """Each list's (or map's) element texts joined between `brackets`, null where the list is."""
-    lists = (pa.LargeListArray if pa.types.is_large_list(column.type) else pa.ListArray).from_arrays(
-        column.offsets, elements
-    )
-    text = pc.binary_join_element_wise(brackets[0], pc.binary_join(lists, ","), brackets[1], "")
-    return pc.if_else(column.is_valid(), text, pa.scalar(None, pa.string()))
-
-
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
-_UUID_GROUPS = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))  # hex digits of each dash-separated group
-
-
-def _json_key(name: str) -> str:
-    return _quoted(pa.array([name])).to_pylist()[0]
-
-
-def _hex(column: pa.Array) -> pa.Array:
-    """Each value's bytes as lowercase hex digits, in numpy (Arrow has no kernel for it)."""
-    column = column.cast(pa.large_binary())
-    offsets = np.frombuffer(column.buffers()[1], np.int64)[column.offset : column.offset + len(column) + 1]
-    data = column.buffers()[2]
-    data = (np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8))[offsets[0] : offsets[-1]]
-    digits = np.empty(2 * len(data), np.uint8)
-    digits[0::2], digits[1::2] = _HEX_DIGITS[data >> 4], _HEX_DIGITS[data & 15]
-    texts = pa.LargeStringArray.from_buffers(
-        len(column), pa.py_buffer((offsets - offsets[0]) * 2), pa.py_buffer(digits)
-    )
-    return pc.if_else(column.is_valid(), texts, pa.scalar(None, pa.large_string())).cast(pa.string())
-
-
-def uuid_text(column: pa.Array) -> pa.Array:
-    """UUIDs in their 8-4-4-4-12 lowercase hex form, as PostgreSQL and Python write them."""
-    digits = _hex(column.storage)
-    parts = [pc.utf8_slice_codeunits(digits, start, stop) for start, stop in _UUID_GROUPS]
-    return pc.binary_join_element_wise(*parts, "-")
-
-
-def _is_bytes(kind: pa.DataType) -> bool:
-    """Values written as lowercase hex: binaries of any width, fixed-size ones too."""
-    return type_family(kind) == "binary" or pa.types.is_fixed_size_binary(kind)
-
-
-def _text(value) -> str:
-    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 def metadata_json(table: pa.Table, names: list[str]) -> pa.Array:
     """A JSON object per row of the columns `names`, without the keys whose value is null."""
     members = [
-        pc.binary_join_element_wise(_json_key(name), json_values(table.column(name).combine_chunks()), ":")
+        pc.binary_join_element_wise(json_key(name), metadata_values(table.column(name).combine_chunks()), ":")
         for name in names
     ]
     joined = (
@@ -202,16 +127,20 @@ def pinecone_ids(table: pa.Table, id_column: str, passages: bool) -> pa.Array:
         ids = uuid_text(ids)
     elif isinstance(ids.type, pa.BaseExtensionType):
         ids = ids.storage
-    if _is_bytes(ids.type):
-        ids = _hex(ids)
+    if is_bytes(ids.type):
+        ids = hex_text(ids)
     ids = ids.cast(pa.string())
     if not passages:
         return ids
     return pc.binary_join_element_wise(ids, table.column(CHUNK_COLUMN).combine_chunks().cast(pa.string()), "#")
 
 
-def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool) -> pa.Table:
-    """Rows of an embeddings file in Pinecone's import layout."""
+def import_table(
+    table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool, export: Export | None = None
+) -> pa.Table:
+    """Rows of an embeddings file in Pinecone's import layout, less those Pinecone refuses, which `export`
+    counts as left out: a vector of zeros (a static model's, for a text of no known token), an id over
+    MAX_ID_CHARACTERS, metadata over MAX_METADATA_BYTES (a long text carried)."""
     for name in table.column_names:
         if is_json(table.schema.field(name).type):
             _check_parses(table, name, id_column)
@@ -220,9 +149,20 @@ def import_table(table: pa.Table, id_column: str, quantizer: Quantizer, dim: int
     offsets = pa.array(np.arange(table.num_rows + 1, dtype=np.int32) * dim)
     values = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
     names = [name for name in table.column_names if name != EMBEDDING_COLUMN]
-    return pa.Table.from_arrays(
-        [pinecone_ids(table, id_column, passages), values, metadata_json(table, names)], schema=IMPORT_SCHEMA
-    )
+    ids, metadata = pinecone_ids(table, id_column, passages), metadata_json(table, names)
+    imported = pa.Table.from_arrays([ids, values, metadata], schema=IMPORT_SCHEMA)
+    refused = np.zeros(table.num_rows, bool)
+    for reason, found in (
+        ("a vector of zeros", ~vectors.any(axis=1)),
+        (f"an id over {MAX_ID_CHARACTERS} characters", pc.utf8_length(ids).to_numpy() > MAX_ID_CHARACTERS),
+        (f"metadata over {MAX_METADATA_BYTES:,} bytes", pc.binary_length(metadata).to_numpy() > MAX_METADATA_BYTES),
+    ):
+        found &= ~refused
+        if found.any():
+            refused |= found
+            if export is not None:
+                export.leave_out(reason, ids.filter(found))
+    return imported.filter(~refused) if refused.any() else imported
 
 
 def _check_parses(table: pa.Table, name: str, id_column: str) -> None:
@@ -271,43 +211,45 @@ def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
     return rows
 
 
-def _part(output: str, number: int) -> str:
-    return FileSystems.join(output, f"part-{number:05d}.parquet")
-
-
-def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> tuple[int, int]:
-    """Each embeddings file as `output/part-NNNNN.parquet` in the import layout. A folder an earlier
-    export wrote is reused: its part files this one does not write are removed, since Pinecone imports
-    every file of the folder. Returns the rows written and the earlier files removed."""
+def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> Export:
+    """Each embeddings file holding a vector Pinecone takes as `output/part-<this export>-NNNNN.parquet` in the
+    import layout. A folder an earlier export wrote is reused: once every file of this one is written, the
+    earlier one's are removed, since Pinecone imports every file of the folder; an export that fails removes
+    its own files and leaves the earlier one's as they were."""
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
-    found = {
-        m.path.rsplit("/", 1)[-1]: m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
-    }
-    others = sorted(path for name, path in found.items() if not PART_NAME.fullmatch(name))
+    found = [m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list]
+    others = sorted(path for path in found if not PART_NAME.fullmatch(path.rsplit("/", 1)[-1]))
     if others:
         raise ValueError(
             f"--output {output}: holds {len(others)} file(s) no earlier export of this command wrote "
             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); Pinecone would import them too: "
             "pass an empty folder, or one only this command wrote"
         )
+    export = Export()
 
     def import_tables(path: str) -> Iterator[pa.Table]:
         for table in _batches(path):
             try:
-                yield import_table(table, id_column, quantizer, model_block["dim"], passages)
+                yield import_table(table, id_column, quantizer, model_block["dim"], passages, export)
             except ValueError as e:
                 raise ValueError(f"{path}: {e}") from None
 
-    rows, written = 0, set()
-    for number, path in enumerate(files):
-        part = _part(output, number)
-        written_rows = _write(import_tables(path), IMPORT_SCHEMA, part)
-        rows += written_rows
-        if written_rows:
-            written.add(part.rsplit("/", 1)[-1])
-    earlier = sorted(path for name, path in found.items() if name not in written)
-    if earlier:
-        FileSystems.delete(earlier)
-    return rows, len(earlier)
+    name = f"part-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}"
+    written = []
+    try:
+        for number, path in enumerate(files):
+            part = FileSystems.join(output, f"{name}-{number:05d}.parquet")
+            rows = _write(import_tables(path), IMPORT_SCHEMA, part)
+            if rows:
+                written.append(part)
+                export.rows += rows
+    except BaseException:
+        with contextlib.suppress(Exception):
+            FileSystems.delete(written)
+        raise
+    if found:
+        FileSystems.delete(sorted(found))
+    export.removed = len(found)
+    return export

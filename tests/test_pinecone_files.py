@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from encoder.quantize import Quantizer
 from pipeline.load import LoadError, Run, export_pinecone, read_run
-from pipeline.pinecone_files import IMPORT_SCHEMA, metadata_json, pinecone_ids
+from pipeline.pinecone_files import IMPORT_SCHEMA, PART_NAME, Export, import_table, metadata_json, pinecone_ids
 from tests.conftest import ROOT, read_manifest
 from tests.test_load_pgvector import DAY_ONE, day_one, dot_night, embed_night, parquet_rows  # noqa: F401 (fixtures)
 
@@ -40,81 +40,6 @@ def test_a_snapshot_becomes_id_values_and_json_metadata(day_one, tmp_path):  # n
         title, digest, vector = expected[row["id"]]
         assert np.array_equal(np.array(row["values"], np.float32), vector)
         assert json.loads(row["metadata"]) == {"id": row["id"], "title": title, "content_hash": digest}
-
-
-def test_metadata_is_valid_json_for_odd_values_and_leaves_nulls_out():
-    table = pa.table(
-        {
-            "text": ['say "hi"\\n', "tab\tnew\nline \x01 ü 🚀", None],
-            "score": [1.5, float("nan"), -2.0],
-            "ok": [True, False, None],
-            "at": pa.array([datetime.datetime(2026, 12, 2, 7, 30), None, datetime.datetime(1999, 1, 1)]),
-            "tags": [["a", "b"], [], None],
-            "weights": [[0.5, float("nan")], None, [float("inf")]],
-            "n": pa.array([1, None, 3], pa.int64()),
-        }
-    )
-    strict = {"parse_constant": lambda name: pytest.fail(f"{name} is not JSON")}
-    rows = [json.loads(text, **strict) for text in metadata_json(table, table.column_names).to_pylist()]
-    assert rows == [
-        {
-            "text": 'say "hi"\\n',
-            "score": 1.5,
-            "ok": True,
-            "at": "2026-12-02 07:30:00.000000",
-            "tags": ["a", "b"],
-            "weights": [0.5, None],
-            "n": 1,
-        },
-        {"text": "tab\tnew\nline \x01 ü 🚀", "ok": False, "tags": []},
-        {"score": -2.0, "at": "1999-01-01 00:00:00.000000", "weights": [None], "n": 3},
-    ]
-
-
-def test_bytes_are_hex_and_maps_with_text_keys_objects_at_any_depth():
-    """Bytes as lowercase hex (PostgreSQL's `encode(b, 'hex')`, as the loader's bytea text reads) and
-    a map with text keys as a JSON object, inside lists and structs too, not Python's reprs or a
-    list of pairs; a slice of the table converts as the whole does."""
-    table = pa.table(
-        {
-            "blob": pa.array([b"\x00\xff", b"hi", None, b""], pa.binary()),
-            "digest": pa.array([b"\x01\x02", b"\xab\xcd", b"\x00\x00", None], pa.binary(2)),
-            "labels": pa.array(
-                [[("k", "v"), ("q", 'say "x"')], [], None, [("z", None)]], pa.map_(pa.string(), pa.string())
-            ),
-            "files": pa.array([[("a", b"\xfe")], None, [("b", b"")], []], pa.map_(pa.string(), pa.binary())),
-            "codes": pa.array([[(1, "one")], [(2, None)], None, []], pa.map_(pa.int32(), pa.string())),
-            "parts": pa.array([[b"\x00\x01", None], [], None, [b"\x7f"]], pa.list_(pa.binary())),
-            "doc": pa.array(
-                [{"raw": b"\x10", "n": 1}, {"raw": None, "n": None}, None, {"raw": b"", "n": 4}],
-                pa.struct([("raw", pa.binary()), ("n", pa.int64())]),
-            ),
-            "took": pa.array([1_500_000, None, 0, -1], pa.duration("us")),
-            "waited": pa.array([0, 1, None, 1_500], pa.duration("ns")),  # a decimal's text turns to "1E-9"
-        }
-    )
-    expected = [
-        {
-            "blob": "00ff",
-            "digest": "0102",
-            "labels": {"k": "v", "q": 'say "x"'},
-            "files": {"a": "fe"},
-            "codes": [[1, "one"]],
-            "parts": ["0001", None],
-            "doc": {"raw": "10", "n": 1},
-            "took": "1.500000",
-            "waited": "0.000000000",
-        },
-        {"blob": "6869", "digest": "abcd", "labels": {}, "codes": [[2, None]], "parts": [],
-         "doc": {"raw": None, "n": None}, "waited": "0.000000001"},
-        {"digest": "0000", "files": {"b": ""}, "took": "0.000000"},
-        {"blob": "", "labels": {"z": None}, "files": {}, "codes": [], "parts": ["7f"], "doc": {"raw": "", "n": 4},
-         "took": "-0.000001", "waited": "0.000001500"},
-    ]  # fmt: skip
-    assert [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()] == expected
-    assert [json.loads(text) for text in metadata_json(table.slice(1, 2), table.column_names).to_pylist()] == (
-        expected[1:3]
-    )
 
 
 def test_ids_join_the_chunk_only_for_passages():
@@ -148,7 +73,7 @@ def test_a_json_columns_values_are_metadata_as_json_and_one_that_does_not_parse_
     assert export(good, tmp_path / "ns").returncode == 0
     metadata = pq.read_table(sorted((tmp_path / "ns").glob("part-*.parquet"))).column("metadata").to_pylist()
     parsed = sorted((json.loads(m)["id"], json.loads(m).get("j")) for m in metadata)
-    assert parsed == [("a", {"k": [1, 2]}), ("b", "s"), ("c", None)]
+    assert parsed == [("a", '{"k": [1, 2]}'), ("b", "s"), ("c", None)]  # Pinecone takes no objects: their text
     bad = embed_night(tmp_path, "bad", {**rows, "j": pa.array(["{}", "NaN", "[1]"], pa.json_())},
                       carried=("--carry_columns", "j"))  # fmt: skip
     result = export(bad, tmp_path / "ns-bad")
@@ -171,8 +96,9 @@ def test_a_night_whose_rows_were_all_reused_exports_no_empty_part_file(day_one, 
     assert export(day_one, tmp_path / "ns").returncode == 0  # an earlier night's parts in the folder
     result = export(unchanged, tmp_path / "ns")
     assert result.returncode == 0, result.stderr
-    parts = sorted((tmp_path / "ns").glob("part-*.parquet"))
-    assert [p.name for p in parts] == [f"part-{n:05d}.parquet" for n, count in enumerate(rows) if count]
+    parts = sorted((tmp_path / "ns").glob("part-*.parquet"))  # this export's, the earlier one's removed
+    assert len({p.name.rsplit("-", 1)[0] for p in parts}) == 1
+    assert [p.name.rsplit("-", 1)[1] for p in parts] == [f"{n:05d}.parquet" for n, count in enumerate(rows) if count]
     assert all(pq.read_metadata(p).num_rows for p in parts)
     assert sum(pq.read_metadata(p).num_rows for p in parts) == 30
 
@@ -181,13 +107,15 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
     """Pinecone imports every file of the folder: an earlier export's extra part files would add stale vectors."""
     folder = tmp_path / "ns"
     assert export(day_one, folder).returncode == 0
-    parts = sorted(path.name for path in folder.iterdir())
-    (folder / "part-00009.parquet").write_bytes((folder / parts[0]).read_bytes())  # a bigger export's last file
+    [part] = folder.iterdir()
+    assert PART_NAME.fullmatch(part.name)
+    (folder / "part-00009.parquet").write_bytes(part.read_bytes())  # an earlier version's export's last file
     result = export(day_one, folder)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("metric cosine (replacing an earlier export; 1 of its files removed)")
-    assert sorted(path.name for path in folder.iterdir()) == parts
-    assert pq.read_table(sorted(folder.iterdir())).num_rows == 30
+    assert result.stdout.strip().endswith("metric cosine (replacing an earlier export; 2 of its files removed)")
+    [again] = folder.iterdir()
+    assert again.name != part.name and PART_NAME.fullmatch(again.name)
+    assert pq.read_table(again).num_rows == 30
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("kept")
     for other in (day_one, tmp_path / "other"):  # the run's own folder; a folder holding another file
@@ -217,3 +145,93 @@ def test_a_model_compared_by_manhattan_distance_is_refused_naming_the_run(tmp_pa
         "(cosine, dotproduct, euclidean) computes"
     )
     assert not (tmp_path / "ns").exists()
+
+
+def embeddings_file(path, ids: list[str], vectors: list[list[float]], **carried: pa.Array) -> str:
+    """An embeddings file as the job writes one: id, carried columns, content hash, vector."""
+    table = pa.table(
+        {
+            "id": ids,
+            **carried,
+            "content_hash": [f"h{n}" for n in range(len(ids))],
+            "embedding": pa.array(vectors, pa.list_(pa.float32(), len(vectors[0]))),
+        }
+    )
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_metadata_takes_only_the_forms_pinecone_stores():
+    """Pinecone's metadata holds strings, numbers, booleans and lists of strings, and no nulls: a list of
+    strings loses its null items, and any other nested value (a list of numbers, a struct, a map, a JSON
+    column's object or array) goes as its JSON text, a string, which Pinecone stores as it is."""
+    table = pa.table(
+        {
+            "tags": pa.array([["a", None, "b"], [None], None], pa.list_(pa.string())),
+            "codes": pa.array([["x", "z"], ["y", None], None], pa.list_(pa.large_string(), 2)),
+            "scores": [[0.5, None], [], None],
+            "doc": pa.array([{"n": 1, "s": "t"}, None, {"n": None, "s": "u"}]),
+            "labels": pa.array([[("k", "v")], [], None], pa.map_(pa.string(), pa.string())),
+            "j": pa.array(['{"k": [1, 2]}', '["p", null, "q"]', "null"], pa.json_()),
+            "k": pa.array(['"s"', "[1, 2]", "true"], pa.json_()),
+            "n": [1, 2, None],
+        }
+    )
+    rows = [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()]
+    assert rows == [
+        {"tags": ["a", "b"], "codes": ["x", "z"], "scores": "[0.5,null]", "doc": '{"n":1,"s":"t"}',
+         "labels": '{"k":"v"}', "j": '{"k": [1, 2]}', "k": "s", "n": 1},
+        {"tags": [], "codes": ["y"], "scores": "[]", "labels": "{}", "j": ["p", "q"], "k": "[1, 2]", "n": 2},
+        {"doc": '{"n":null,"s":"u"}', "k": True},
+    ]  # fmt: skip
+    for row in rows:
+        for value in row.values():
+            assert isinstance(value, str | int | float | bool) or all(isinstance(item, str) for item in value)
+    sliced = [json.loads(text) for text in metadata_json(table.slice(1, 2), table.column_names).to_pylist()]
+    assert sliced == rows[1:]
+
+
+def test_records_pinecone_refuses_are_left_out_and_counted_by_reason(tmp_path):
+    """Pinecone refuses a vector of zeros (a static model's for a text of no known token), an id over 512
+    characters and metadata over 40,960 bytes (a long text carried): the export leaves them out, says how many
+    and which, and writes the rest."""
+    long_id, long_text = "i" * 513, "t" * 41_000
+    ids = ["ok", "zero", long_id, "big", "zero-too"]
+    vectors = [[1.0, 0.0], [0.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.0, 0.0]]
+    path = embeddings_file(tmp_path / "e.parquet", ids, vectors, title=["a", "b", "c", long_text, "e"])
+    export = Export()
+    table = import_table(pq.read_table(path), "id", Quantizer("float32"), 2, passages=False, export=export)
+    assert table.column("id").to_pylist() == ["ok"]
+    assert export.left_out == {
+        "a vector of zeros": (2, ["zero", "zero-too"]),
+        "an id over 512 characters": (1, [long_id]),
+        "metadata over 40,960 bytes": (1, ["big"]),
+    }
+    run = Run(str(tmp_path), {"run_id": "r1", "columns": {"id": "id"}, "model": {"dim": 2}}, {"embeddings": [path]})
+    assert export_pinecone(run, str(tmp_path / "ns")) == (
+        f"{tmp_path / 'ns'}: 1 vectors of run r1 to import into an index of metric cosine; left out, as Pinecone "
+        f"refuses them: 2 with a vector of zeros ('zero', 'zero-too'); 1 with an id over 512 characters "
+        f"({long_id!r}); 1 with metadata over 40,960 bytes ('big')"
+    )
+
+
+def test_an_export_that_fails_midway_leaves_the_earlier_one_whole(tmp_path):
+    """Part files were numbered alike from one export to the next: one that failed on its second file left its
+    first beside the earlier export's others, two nights in one folder, which Pinecone would import together."""
+    folder, block = tmp_path / "ns", {"dim": 2}
+    night = [embeddings_file(tmp_path / f"n1-{n}.parquet", [f"old{n}"], [[1.0, 0.0]]) for n in range(3)]
+    run = Run(str(tmp_path), {"run_id": "n1", "columns": {"id": "id"}, "model": block}, {"embeddings": night})
+    export_pinecone(run, str(folder))
+    earlier = sorted(path.name for path in folder.iterdir())
+    assert len(earlier) == 3
+    bad = pa.array(["NaN"], pa.json_())
+    files = [
+        embeddings_file(tmp_path / "n2-0.parquet", ["new0"], [[1.0, 0.0]], j=pa.array(["1"], pa.json_())),
+        embeddings_file(tmp_path / "n2-1.parquet", ["new1"], [[1.0, 0.0]], j=bad),
+        embeddings_file(tmp_path / "n2-2.parquet", ["new2"], [[1.0, 0.0]], j=pa.array(["2"], pa.json_())),
+    ]
+    run = Run(str(tmp_path), {"run_id": "n2", "columns": {"id": "id"}, "model": block}, {"embeddings": files})
+    with pytest.raises(ValueError, match="n2-1.parquet: column 'j' of id 'new1': 'NaN' is not JSON"):
+        export_pinecone(run, str(folder))
+    assert sorted(path.name for path in folder.iterdir()) == earlier
+    assert sorted(pq.read_table(sorted(folder.iterdir())).column("id").to_pylist()) == ["old0", "old1", "old2"]
