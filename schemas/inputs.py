@@ -38,12 +38,15 @@ def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tupl
     """Take the job's columns from the first shard's schema, or say which are missing.
 
     View types become their large counterparts: Arrow's take and filter have no kernels for them.
+    Every column, and every part of one, may hold nulls: a writer that declares a column required
+    (Spark's non-null columns) speaks for its own shard, not the others, and a null id is rejected
+    by name rather than failing the write.
     """
     _require(schema, path, [id_, text, *carry])
 
     def field(name: str) -> pa.Field:
         found = schema.field(name)
-        return found.with_type(without_views(found.type))
+        return found.with_type(nullable_throughout(without_views(found.type))).with_nullable(True)
 
     carried = (pa.field(text, pa.string()) if name == text else field(name) for name in dict.fromkeys(carry))
     return InputColumns(text=text, id=field(id_), carry=tuple(f for f in carried if f.name != id_))
@@ -59,6 +62,12 @@ def without_views(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(kind):
         return pa.dictionary(kind.index_type, without_views(kind.value_type), kind.ordered)
     return _with_parts(kind, [without_views(part) for part in _parts(kind)])
+
+
+def nullable_throughout(kind: pa.DataType) -> pa.DataType:
+    """`kind` with its parts declared to hold nulls at any depth (list items, struct fields, map items; a
+    map's keys never do): Arrow refuses to write a null where a field says there is none."""
+    return _with_parts(kind, [nullable_throughout(part) for part in _parts(kind)], nullable=True)
 
 
 def without_encodings(kind: pa.DataType) -> pa.DataType:
@@ -88,16 +97,21 @@ def _parts(kind: pa.DataType) -> list[pa.DataType]:
     return []
 
 
-def _with_parts(kind: pa.DataType, parts: list[pa.DataType]) -> pa.DataType:
+def _with_parts(kind: pa.DataType, parts: list[pa.DataType], nullable: bool = False) -> pa.DataType:
     """`kind` with its parts (as `_parts` lists them) of the types `parts`: names, sizes and container
-    kept, so one helper rebuilds a nested type for every change made part by part."""
+    kept (and each part's nullability, unless `nullable` says all may be null), so one helper rebuilds
+    a nested type for every change made part by part."""
+
+    def member(field: pa.Field, part: pa.DataType) -> pa.Field:
+        return field.with_type(part).with_nullable(True) if nullable else field.with_type(part)
+
     if pa.types.is_map(kind):
-        return pa.map_(parts[0], kind.item_field.with_type(parts[1]))
+        return pa.map_(parts[0], member(kind.item_field, parts[1]))
     if pa.types.is_struct(kind):
-        return pa.struct([field.with_type(part) for field, part in zip(kind, parts, strict=True)])
+        return pa.struct([member(field, part) for field, part in zip(kind, parts, strict=True)])
     if not parts:
         return kind
-    item = kind.value_field.with_type(parts[0])
+    item = member(kind.value_field, parts[0])
     if pa.types.is_fixed_size_list(kind):
         return pa.list_(item, kind.list_size)
     return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)

@@ -99,6 +99,65 @@ def test_carried_strings_that_are_not_utf8_reject_their_row_naming_the_column(tm
     for written in output.glob("*.parquet"):  # DuckDB refused a file holding one such value
         found = connection.execute(f"SELECT count(*) FROM read_parquet('{written}')").fetchone()[0]
         assert found == pq.read_metadata(written).num_rows
+        # pandas and pyarrow refused one whose dictionary kept the entry no row written used any more
+        assert len(pd.read_parquet(written)) == found
+        pq.read_table(written).validate(full=True)
+
+
+def test_dictionary_entries_that_are_not_utf8_leave_every_output_file_readable(tmp_path):
+    """A dictionary-encoded id or carried column whose dictionary holds an entry that is not UTF-8, used by a
+    row (rejected) or by none: Parquet's writer wrote the dictionary whole, and pandas could not read the
+    embeddings or rejects file ("Wrapping ... failed")."""
+    ids = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), _unchecked([b"a", b"\xff", b"c"]))
+    tag = pa.DictionaryArray.from_arrays(pa.array([0, 0, 0], pa.int32()), _unchecked([b"ok", b"\xc3"]))  # unused
+    path = write_parquet(tmp_path / "in" / "a.parquet", id=ids, text=["one", "two", "three"], tag=tag)
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", "tag")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_embedded"], manifest["rejected_by_reason"]) == (2, {"invalid_utf8": 1})
+    assert {key: row["tag"] for key, row in embedding_rows(output).items()} == {"a": "ok", "c": "ok"}
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert [(r["row_number"], r["id"], r["reason"], r["column"]) for r in rejected] == [(1, None, "invalid_utf8", "id")]
+    for written in output.glob("*.parquet"):
+        assert len(pd.read_parquet(written)) == pq.read_metadata(written).num_rows
+        pq.read_table(written).validate(full=True)
+
+
+def test_columns_one_shard_declares_required_may_hold_nulls_in_another(tmp_path):
+    """Spark declares non-null columns required. The first shard's declaration held for every shard: a null
+    id, carried value or list item in a later one failed the whole job as it wrote ("Column 'id' is declared
+    non-nullable but contains nulls"), naming no file or row."""
+    required = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("title", pa.string(), nullable=False),
+            pa.field("tags", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
+        ]
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["one", "two"], "title": ["t1", "t2"], "tags": [["x"], []]},
+                            schema=required), folder / "a.parquet")  # fmt: skip
+    later = {"id": [3, None, 5], "text": ["three", "four", "five"], "title": [None, "t4", "t5"],
+             "tags": [["y", None], ["z"], None]}  # fmt: skip
+    pq.write_table(pa.table(later), folder / "b.parquet")
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "title,tags")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rejected_by_reason"]) == (5, 4, {"null_id": 1})
+    assert {key: (row["title"], row["tags"]) for key, row in embedding_rows(output).items()} == {
+        1: ("t1", ["x"]),
+        2: ("t2", []),
+        3: (None, ["y", None]),
+        5: ("t5", None),
+    }
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert [(r["source_file"], r["row_number"], r["id"], r["reason"]) for r in rejected] == [
+        (str(folder / "b.parquet"), 1, None, "null_id")
+    ]
 
 
 def test_strings_nested_in_carried_columns_that_are_not_utf8_reject_their_row_naming_the_column(tmp_path):

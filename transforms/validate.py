@@ -90,6 +90,21 @@ def not_utf8(column: pa.Array) -> pa.Array | None:
     return text_as_strings(column)[1]
 
 
+def utf8_dictionary(column: pa.DictionaryArray) -> pa.DictionaryArray:
+    """The column without its dictionary's entries that are not UTF-8, used or not, the rows using one null
+    (they are rejected): Parquet's writer writes a top-level column's dictionary whole, and one such entry
+    made the whole file unreadable (pyarrow writes a nested dictionary's values one by one)."""
+    invalid = not_utf8(column.dictionary)
+    if invalid is None or not pc.any(invalid).as_py():
+        return column
+    kept = pc.invert(invalid)
+    moved = pa.array(np.cumsum(kept.to_numpy(zero_copy_only=False)) - 1).take(column.indices)  # kept entries' places
+    indices = pc.if_else(pc.fill_null(invalid.take(column.indices), False), pa.scalar(None, moved.type), moved)
+    return pa.DictionaryArray.from_arrays(
+        indices.cast(column.type.index_type), column.dictionary.filter(kept), ordered=column.type.ordered
+    )
+
+
 def reject_reasons(batch: pa.RecordBatch, columns: InputColumns, invalid_utf8: pa.Array | None = None) -> pa.Array:
     """A reason per row, null where the row is fine."""
     ids, text = batch.column(columns.id.name), batch.column(columns.text)
@@ -137,10 +152,15 @@ class _Validate(beam.DoFn):
         masks = [not_utf8(ids), invalid_text, *(not_utf8(batch.column(name)) for name in carried)]
         names = [id_name, self._columns.text, *carried]
         invalid = {name: mask for name, mask in zip(names, masks, strict=True) if mask is not None}
-        if id_name in invalid:  # the rejects name it by file and row
-            ids = pc.if_else(invalid[id_name], pa.scalar(None, ids.type), ids)
         invalid_utf8 = reduce(pc.or_, invalid.values()) if invalid else None
         reasons = reject_reasons(batch, self._columns, invalid_utf8)
+        for name in names:  # after the reasons: a row whose value is nulled here is rejected as not UTF-8
+            index = batch.schema.get_field_index(name)
+            if pa.types.is_dictionary(batch.schema.field(index).type):
+                batch = batch.set_column(index, batch.schema.field(index), utf8_dictionary(batch.column(index)))
+        ids = batch.column(id_name)
+        if id_name in invalid:  # the rejects name it by file and row
+            ids = pc.if_else(invalid[id_name], pa.scalar(None, ids.type), ids)
         rejected = pc.is_valid(reasons)
         counts = Counter({"rows_in": batch.num_rows})
         self._read.inc(batch.num_rows)
