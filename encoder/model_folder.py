@@ -104,7 +104,6 @@ class TransformerSpec:
     tokenizer_max_length: int
     max_seq_length: int | None
     do_lower_case: bool
-    padding_left: bool  # decoder-only embedders pad on the left, so the last token is real
     split_special_tokens: bool = False  # a text's special-token strings are text (tokenizer_config.json)
 
 
@@ -393,12 +392,18 @@ def _transformer(path: Path) -> TransformerSpec:
         model_type=model_type,
         hidden_size=int(hidden),
         token_positions=_token_positions(config),
-        tokenizer_max_length=int(tokenizer_config.get("model_max_length", 1 << 30)),
+        tokenizer_max_length=_tokenizer_window(tokenizer_config),
         max_seq_length=_window(st_config, st_file),
         do_lower_case=st_config.get("do_lower_case", False),
-        padding_left=tokenizer_config.get("padding_side") == "left",
         split_special_tokens=tokenizer_config.get("split_special_tokens") is True,
     )
+
+
+def _tokenizer_window(tokenizer_config: dict) -> int:
+    """The tokenizer's own limit as transformers reads it: `model_max_length`, else the older `max_len`;
+    none (or null) is no limit."""
+    limit = tokenizer_config.get("model_max_length", tokenizer_config.get("max_len"))
+    return 1 << 30 if limit is None else int(limit)
 
 
 def _window(st_config: dict, st_file: Path) -> int | None:
@@ -491,9 +496,7 @@ def _dense(path: Path) -> DenseSpec:
             f"{config_file}: activation_function {activation!r} is not supported; "
             f"supported: torch.nn {', '.join(ACTIVATIONS)}"
         )
-    for key in ("module_input_name", "module_output_name"):  # another name would leave the vector as it is
-        if config.get(key) not in (None, "sentence_embedding"):
-            raise ModelFolderError(f"{config_file}: {key} {config[key]!r} is not supported; only 'sentence_embedding'")
+    _check_acts_on_the_sentence_vector(config, config_file)
     return DenseSpec(
         path=path,
         in_features=int(config["in_features"]),
@@ -502,6 +505,19 @@ def _dense(path: Path) -> DenseSpec:
         activation=name,
         use_residual=bool(config.get("use_residual", False)),
     )
+
+
+def _check_acts_on_the_sentence_vector(config: dict, config_file: Path) -> None:
+    """sentence-transformers 6 lets a sentence-level module read and write another feature than the sentence
+    vector; another name would leave the vector as it is."""
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key) not in (None, "sentence_embedding"):
+            raise ModelFolderError(f"{config_file}: {key} {config[key]!r} is not supported; only 'sentence_embedding'")
+
+
+def _normalize(path: Path) -> NormalizeSpec:
+    _check_acts_on_the_sentence_vector(_optional_json(path / "config.json"), path / "config.json")
+    return NormalizeSpec(path)
 
 
 def _layer_norm(path: Path) -> LayerNormSpec:
@@ -515,7 +531,7 @@ _READERS = {
     "Pooling": _pooling,
     "Dense": _dense,
     "LayerNorm": _layer_norm,
-    "Normalize": NormalizeSpec,
+    "Normalize": _normalize,
     "Dropout": DropoutSpec,
 }
 

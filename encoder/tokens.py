@@ -162,10 +162,13 @@ class TextTokenizer:
             self.raw = tokenizer_copy(tokenizer.backend_tokenizer)
             special_ids = set(tokenizer.all_special_ids)
             side = tokenizer.truncation_side  # tokenizer_config.json's, as transformers reads it
+            # The side transformers pads on: tokenizer_config.json's, else tokenizer.json's padding, else its
+            # class's (Llama's and Gemma's tokenizers pad on the left); decoder embedders' last token is then real.
+            self.padding_left = tokenizer.padding_side == "left"
             # sentence-transformers passes on the type ids where the tokenizer gives them
             pad_type = tokenizer.pad_token_type_id if "token_type_ids" in tokenizer.model_input_names else None
         else:
-            self.pad_id = 0
+            self.pad_id, self.padding_left = 0, False  # a static model's rows are never padded
             self.raw = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
             special_ids, pad_type = set(), None
             side = (self.raw.truncation or {}).get("direction", "right")

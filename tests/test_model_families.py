@@ -103,7 +103,7 @@ def test_the_transformer_built_for_cuda_reads_no_device_value_and_gives_the_same
     vectors, reads = {}, {}
     for unread_masks in (False, True):
         module = build_input(folder.input, torch.float32, unread_masks=unread_masks)
-        module.token_types = tokenizer.token_types
+        module.token_types, module.padding_left = tokenizer.token_types, tokenizer.padding_left
         features = module.collate(tokenized, np.arange(len(TEXTS)), width, tokenizer.pad_id)
         with torch.inference_mode(), _DeviceReads() as counted:
             vectors[unread_masks] = module(features).token_embeddings
@@ -189,12 +189,57 @@ def test_free_prompt_and_named_prompt_match_sentence_transformers(folders, famil
 
 def test_decoder_families_pad_on_the_left_and_pool_the_last_token(folders):
     folder = read_model_folder(folders["qwen3"])
-    assert folder.input.padding_left and folder.pooling_modes == ("lasttoken",)
+    assert folder.pooling_modes == ("lasttoken",)
     encoder = PooledEncoder(folder, device="cpu")
+    assert encoder.input_module.padding_left
     alone = encoder.encode(TEXTS[3:4]).embeddings
     # in a batch with longer texts, "short" is left-padded; its vector must not change
     together = encoder.encode(TEXTS, token_budget=1 << 20).embeddings[3:4]
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["tokenizer.json", "tokenizer class"])
+def test_the_side_a_tokenizer_pads_on_is_the_one_transformers_reads(folders, tmp_path, where):
+    """transformers takes the padding side from tokenizer_config.json, else tokenizer.json's padding, else the
+    tokenizer's class (Gemma's and Llama's pad on the left). Read from tokenizer_config.json alone, a BERT
+    folder so padded on the right where sentence-transformers padded on the left: cosines down to 0.66."""
+    folder = shutil.copytree(folders["bert"], tmp_path / "bert")
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("padding_side", None)
+    backend = json.loads((folder / "tokenizer.json").read_text())
+    if where == "tokenizer.json":
+        backend["padding"] = {**(backend["padding"] or {}), "direction": "Left"}
+    else:
+        backend["padding"], settings["tokenizer_class"] = None, "GemmaTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    (folder / "tokenizer.json").write_text(json.dumps(backend))
+    encoder = PooledEncoder(read_model_folder(folder), device="cpu")
+    assert encoder.input_module.padding_left
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert reference.tokenizer.padding_side == "left"
+    ours = encoder.encode(TEXTS, token_budget=1 << 20).embeddings  # one batch: the short texts padded
+    assert _cosines(ours, reference.encode(TEXTS, convert_to_numpy=True)).min() >= 0.9999
+
+
+def test_a_model2vec_table_of_int8_with_token_weights_equals_sentence_transformers(folders, tmp_path):
+    """model2vec stores a quantised table with a token mapping and per-token weights under 1. The weights
+    were cast to the table's int8 and rounded to 0: every vector was zeros."""
+    folder = shutil.copytree(folders[STATIC], tmp_path / "static")
+    weights_file = folder / "model.safetensors"  # the static module is the folder's first, at its root
+    table = load_file(weights_file)["embedding.weight"]
+    generator = torch.Generator().manual_seed(1)
+    save_file(
+        {
+            "embeddings": (table / table.abs().max() * 127).round().to(torch.int8),
+            "mapping": torch.arange(len(table)),
+            "weights": torch.rand(len(table), generator=generator) * 0.9 + 0.05,
+        },
+        weights_file,
+    )
+    ours = PooledEncoder(read_model_folder(folder), device="cpu").encode(TEXTS).embeddings
+    theirs = _reference(folder)
+    assert _cosines(ours, theirs).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
 def test_static_model_without_truncation_embeds_the_whole_text(folders, tmp_path):
@@ -326,6 +371,21 @@ def test_the_window_a_folders_config_sets_is_sentence_transformers_window(
     assert _cosines(encoded.embeddings, theirs).min() >= 0.9999
 
 
+def test_a_tokenizers_older_max_len_bounds_the_window_as_transformers_reads_it(folders, tmp_path):
+    """transformers reads a tokenizer_config.json's `max_len` where it has no `model_max_length`, and
+    sentence-transformers bounds a folder's window by it when its own config sets none."""
+    path = shutil.copytree(folders["bert"], tmp_path / "bert")
+    assert "max_seq_length" not in json.loads((path / "sentence_bert_config.json").read_text())
+    settings = json.loads((path / "tokenizer_config.json").read_text())
+    del settings["model_max_length"]  # where sentence-transformers 6 saves the window
+    (path / "tokenizer_config.json").write_text(json.dumps({**settings, "max_len": 16}))
+    folder = read_model_folder(path)
+    assert folder.seq_length() == 16
+    encoded = PooledEncoder(folder, device="cpu").encode(TEXTS)
+    assert np.flatnonzero(encoded.truncated).tolist() == [1, 4, 5]
+    assert _cosines(encoded.embeddings, _reference(path)).min() >= 0.9999
+
+
 @pytest.mark.parametrize(
     ("file", "changes", "message"),
     [
@@ -347,6 +407,8 @@ def test_the_window_a_folders_config_sets_is_sentence_transformers_window(
          "switch_transformers are supported"),
         ("2_Dense/config.json", {"module_output_name": "projected"},
          "module_output_name 'projected' is not supported; only 'sentence_embedding'"),
+        ("3_Normalize/config.json", {"module_input_name": "token_embeddings"},
+         "module_input_name 'token_embeddings' is not supported; only 'sentence_embedding'"),
         ("1_Pooling/config.json", {"pooling_mode": []},
          "pooling_mode names no mode; supported: cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken"),
     ],

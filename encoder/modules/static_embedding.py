@@ -20,18 +20,18 @@ def _table(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """One row per token id; a model2vec file's token mapping and per-token weights folded in."""
     if "embedding.weight" in weights:
         return weights["embedding.weight"]
-    table = weights["embeddings"]
+    table = weights["embeddings"].float()  # an int8 table times weights under 1 would round to zeros
     if "mapping" in weights:
         table = table[weights["mapping"].long()]
     if "weights" in weights:
-        table = table * weights["weights"].to(table.dtype).unsqueeze(-1)
+        table = table * weights["weights"].float().unsqueeze(-1)
     return table
 
 
 class StaticEmbedding(torch.nn.Module):
     def __init__(self, spec: StaticEmbeddingSpec) -> None:
         super().__init__()
-        table = _table(load_weights(spec.path)).float()
+        table = _table(load_weights(spec.path)).float()  # a plain table may be of any dtype
         self.embedding = torch.nn.EmbeddingBag.from_pretrained(table, mode="mean")
 
     def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:

@@ -72,9 +72,9 @@ class Transformer(torch.nn.Module):
             self.model.pooler = None
         if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
             self.model.config.use_cache = False
-        self.padding_left = spec.padding_left
-        # The tokenizer's type ids, set by the encoder where the tokenizer gives them: passed on where
-        # the model's forward names them, as sentence-transformers passes what the tokenizer gives.
+        # Set by the encoder from its tokenizer: the side it pads on, and its type ids where it gives them
+        # (passed on where the model's forward names them, as sentence-transformers passes what the tokenizer gives).
+        self.padding_left = False
         self.token_types: TokenTypes | None = None
         self.reads_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         config = self.model.config
