@@ -398,7 +398,8 @@ def prepare_output(
     if finished and not overwrite:
         raise _finished(output, earlier)
     if earlier and not finished:
-        _LOG.warning("%s: replacing %d files of a run that did not finish", output, len(earlier))
+        doing = "would replace" if plan_only else "replacing"
+        _LOG.warning("%s: %s %d files of a run that did not finish", output, doing, len(earlier))
     owner = OutputOwner(output, run_id)
     if plan_only:
         return owner
@@ -411,8 +412,14 @@ def prepare_output(
     if MANIFEST in earlier and not overwrite:
         owner.release()
         raise _finished(output, earlier)
-    if earlier:
-        FileSystems.delete(list(earlier.values()))  # the manifest first: never one without its files
+    try:
+        if MANIFEST in earlier:  # alone and first: Beam deletes on past a path it fails to, and a manifest
+            FileSystems.delete([earlier.pop(MANIFEST)])  # left without its files would publish a run that is not
+        if earlier:
+            FileSystems.delete(list(earlier.values()))
+    except OSError as e:  # Beam's BeamIOError: a retention-held object, no permission to delete
+        owner.release()
+        raise InputError(f"--output {output}: cannot replace the files there ({one_line(e)})") from e
     remove_temp_files(output)
     changes = os.path.join(output, CHANGES_DIR)
     if not is_url(output) and os.path.isdir(changes) and not os.listdir(changes):

@@ -23,7 +23,7 @@ import grpc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.runners.runner import PipelineRunner, create_runner
+from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineState, create_runner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
 from encoder import ModelFolderError, cpu_flags
@@ -284,8 +284,9 @@ def _model_check(plan: JobPlan) -> dict:
 
 
 def run(argv: list[str], started: float | None = None) -> dict | None:
-    """Run the job to the end and return its manifest; None with --plan_only (the plan printed) and for a
-    flex template's launcher (--template_location: the job's graph written, for Dataflow to run).
+    """Run the job to the end and return its manifest; None with --plan_only (the plan printed), for a
+    flex template's launcher (--template_location: the job's graph written, for Dataflow to run) and for a
+    remote job submitted with --no_wait_until_finish.
 
     `started`: when the command began (on time.monotonic's clock), for the start-up it reports;
     default now."""
@@ -294,12 +295,14 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
     plan = plan_job(options)
     if options.view_as(StandardOptions).runner == _LOCAL_RUNNER and not _workers_chosen(argv):
         plan = _choose_local_workers(options, plan)
+    runner = options.view_as(StandardOptions).runner
     if options.view_as(EmbedOptions).plan_only:
-        runner = options.view_as(StandardOptions).runner
         plan_view = {"plan_only": True, "runner": runner, **plan.header}  # input_files: each matched file
         plan_view["model_check"] = _model_check(plan)
         print(json.dumps(plan_view, indent=2))
         return None
+    pipeline = None
+    local = runner in _SPILLING_RUNNERS
     try:  # from here on the output is this run's: a failure gives it up
         _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
         _log_device(options)
@@ -312,7 +315,6 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR)
         for name in _WORKER_LOGGERS:
             logging.getLogger(name).addFilter(worker_logs)
-        local = options.view_as(StandardOptions).runner in _SPILLING_RUNNERS
         try:
             with spill_folder() if local else contextlib.nullcontext() as spill_dir:
                 with beam.Pipeline(runner=_local_runner(options), options=options) as pipeline:
@@ -324,7 +326,12 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
     except BaseException as failure:  # KeyboardInterrupt too: a stopped run gives the output up as a failed one
         if isinstance(failure, KeyboardInterrupt) and _published(plan):
             _LOG.warning("stopped by %s after the manifest was written: the output is complete", failure)
+            with contextlib.suppress(Exception):  # the stop may have come as it let go; the output is whole
+                plan.owner.release()
             return _read_manifest(plan.output)
+        job = getattr(pipeline, "result", None) if runner not in LOCAL_RUNNERS else None  # submitted, if it was
+        if isinstance(failure, KeyboardInterrupt) and job is not None and _cancelled(job):
+            raise  # the job may still be writing: its output is left as it is
         try:
             plan.owner.check()  # however the failure showed, a run that took the directory over caused it
         except OutputTakenOver as taken:
@@ -340,9 +347,26 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         # A flex template's launcher: Beam only wrote the job's graph, which Dataflow runs after this exits.
         _LOG.info("wrote the job's graph to %s; Dataflow runs the job from it and writes the manifest", template)
         return None
+    if options.view_as(StandardOptions).no_wait_until_finish and runner not in LOCAL_RUNNERS:
+        _LOG.info("the job was submitted and runs on; it writes %s when it has finished", MANIFEST)
+        return None
     if line.startup is not None:
         _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
     return _read_manifest(plan.output)
+
+
+def _cancelled(result: PipelineResult) -> bool:
+    """Whether a remote job whose launcher was stopped while it waited was still running: then it is asked to
+    stop (it would run on without its launcher, Flink's and Dataflow's do), and its output is left as it is,
+    for the next run over it to replace, rather than removed from under it."""
+    try:
+        if PipelineState.is_terminal(result.state):
+            return False
+        result.cancel()
+        _LOG.warning("asked the runner to cancel the job; its partial output is left for the next run to replace")
+    except Exception as e:  # the job service gone, no permission to cancel
+        _LOG.warning("could not cancel the job (%s): it may still be running; stop it with the runner's tools", e)
+    return True
 
 
 def _read_manifest(output: str) -> dict:

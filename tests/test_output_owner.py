@@ -7,8 +7,11 @@ import json
 from collections import Counter
 
 import pytest
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline.plan import prepare_output
+from schemas.inputs import InputError
 from transforms.output_owner import OWNER_FILE, OutputOwner, OutputTakenOver
 from transforms.write import CHANGES_DIR, MANIFEST, _write_manifest, output_files, remove_temp_files, remove_unlisted
 
@@ -106,3 +109,22 @@ def test_overwriting_a_run_with_a_change_set_leaves_no_empty_changes_folder(tmp_
     owner = prepare_output(str(tmp_path), overwrite=True, previous=None, run_id="run-b", started_at=STARTED)
     assert [p.name for p in tmp_path.iterdir()] == [OWNER_FILE]
     owner.release()
+
+
+def test_an_overwrite_that_cannot_delete_the_manifest_deletes_nothing_else(tmp_path, monkeypatch):
+    """Beam's delete goes on past a path it fails to delete: with the manifest among the others, a manifest
+    that could not be deleted (a retention-held object) outlived every file it lists, a published run that
+    was not there. The manifest goes alone and first; when it stays, so does the rest."""
+    (tmp_path / "embeddings-00000-of-00001.parquet").write_bytes(b"rows")
+    (tmp_path / MANIFEST).write_text(json.dumps({"run_id": "run-a"}))
+    delete = LocalFileSystem.delete
+
+    def held(self, paths):  # as Beam's own: the others deleted, then the failures raised together
+        delete(self, [path for path in paths if not path.endswith(MANIFEST)])
+        if any(path.endswith(MANIFEST) for path in paths):
+            raise BeamIOError("Delete operation failed", {str(tmp_path / MANIFEST): PermissionError("held")})
+
+    monkeypatch.setattr(LocalFileSystem, "delete", held)
+    with pytest.raises(InputError, match=f"^--output {tmp_path}: cannot replace the files there \\(Delete operation"):
+        prepare_output(str(tmp_path), overwrite=True, previous=None, run_id="run-b", started_at=STARTED)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings-00000-of-00001.parquet", MANIFEST]

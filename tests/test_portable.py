@@ -3,24 +3,33 @@ DoFns to an external SDK worker pool over the Fn API."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
 from samples.knowledge_base import write_shards
-from tests.conftest import ROOT, assert_same_output, free_port, read_manifest, run_cli, wait_for_port
+from tests.conftest import JOB, ROOT, assert_same_output, free_port, read_manifest, run_cli, wait_for_port
+from transforms.output_owner import OWNER_FILE
+
+# The pool starts SDK workers with `python` from PATH: this environment's.
+POOL_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def test_portable_runner_with_an_external_worker_pool_gives_the_local_runners_output(tmp_path):
     write_shards(tmp_path / "kb", rows=120, shards=2)
     port = free_port()
-    # The pool starts SDK workers with `python` from PATH: this environment's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     pool = subprocess.Popen(
         [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
         cwd=ROOT,
-        env=env,
+        env=POOL_ENV,
     )
     try:
         wait_for_port(port, pool)
@@ -42,3 +51,76 @@ def test_portable_runner_with_an_external_worker_pool_gives_the_local_runners_ou
 
     assert read_manifest(tmp_path / "portable")["rows_embedded"] == 120
     assert_same_output(tmp_path / "portable", tmp_path / "local")
+
+
+@contextlib.contextmanager
+def job_service_and_workers() -> Iterator[tuple[list[str], beam_job_api_pb2_grpc.JobServiceStub]]:
+    """A job service and an SDK worker pool of their own processes, as a Flink cluster's are: a job outlives
+    the command that submitted it. Yields the job's runner options and a client of the job service."""
+    job_port, pool_port = free_port(), free_port()
+    servers = [
+        subprocess.Popen(command, cwd=ROOT, env=POOL_ENV)
+        for command in (
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={job_port}"],
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
+        )
+    ]
+    try:
+        for port, server in zip((job_port, pool_port), servers, strict=True):
+            wait_for_port(port, server)
+        with grpc.insecure_channel(f"localhost:{job_port}") as channel:
+            options = ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                       "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]  # fmt: skip
+            yield options, beam_job_api_pb2_grpc.JobServiceStub(channel)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def job_states(jobs: beam_job_api_pb2_grpc.JobServiceStub) -> list[str]:
+    return [
+        beam_job_api_pb2.JobState.Enum.Name(job.state)
+        for job in jobs.GetJobs(beam_job_api_pb2.GetJobsRequest()).job_info
+    ]
+
+
+def wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"not so after {seconds}s")
+
+
+def test_a_remote_job_whose_command_is_stopped_is_cancelled_and_its_output_left_for_the_next_run(tmp_path):
+    """Stopping the command that waits for a remote job (Ctrl-C, an orchestrator's timeout) left the job
+    running, with its output removed from under it: it embedded on, then failed as taken over."""
+    write_shards(tmp_path / "kb", rows=3000, shards=2)
+    with job_service_and_workers() as (runner, jobs):
+        output = tmp_path / "out"
+        command = [*JOB, *runner, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output)]
+        launcher = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: job_states(jobs) == ["RUNNING"], 120)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=60)
+        assert launcher.returncode == 1
+        assert "asked the runner to cancel the job; its partial output is left for the next run to replace" in stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; no manifest.json was written")
+        assert wait_for(lambda: job_states(jobs) == ["CANCELLED"], 60)
+    assert (output / OWNER_FILE).exists() and not (output / "manifest.json").exists()
+
+
+def test_a_remote_job_submitted_without_waiting_exits_0_and_publishes_when_it_ends(tmp_path):
+    """--no_wait_until_finish, a Beam option passed through: the command read the manifest at once and
+    exited 1 for a healthy job, which an orchestrator retrying on failure would have replaced."""
+    write_shards(tmp_path / "kb", rows=200, shards=2)
+    with job_service_and_workers() as (runner, jobs):
+        output = tmp_path / "out"
+        submitted = run_cli(*runner, "--no_wait_until_finish", "--input", f"{tmp_path}/kb/*.parquet",
+                            "--output", str(output))  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        assert "the job was submitted and runs on; it writes manifest.json when it has finished" in submitted.stderr
+        assert wait_for(lambda: job_states(jobs) == ["DONE"], 180)
+    assert read_manifest(output)["rows_embedded"] == 200
