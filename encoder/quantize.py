@@ -26,16 +26,23 @@ class CalibrationError(ValueError):
 
 @dataclass(frozen=True)
 class CalibratedModel:
-    """What a calibration's ranges were measured with: another model or prompt gives other ranges."""
+    """What a calibration's ranges were measured with: another model or prompt gives other ranges, and so do
+    the same weights under another tokenizer, pooling, Dense head or without Normalize (the folder's digest)."""
 
     weights_sha256: str
     prompt: str | None
+    folder_sha256: str | None = None  # None in files made before it was recorded: then not compared
 
     def differences(self, other: CalibratedModel) -> list[str]:
         """How `other` differs from this, as 'what: this -> other' phrases."""
         differ = []
         if self.weights_sha256 != other.weights_sha256:
             differ.append(f"weights sha256 {self.weights_sha256[:12]} -> {other.weights_sha256[:12]}")
+        elif self.folder_sha256 and other.folder_sha256 and self.folder_sha256 != other.folder_sha256:
+            differ.append(
+                f"model folder sha256 {self.folder_sha256[:12]} -> {other.folder_sha256[:12]} (its tokenizer, "
+                "pooling or modules after it)"
+            )
         if self.prompt != other.prompt:
             differ.append(f"prompt {self.prompt!r} -> {other.prompt!r}")
         return differ
@@ -56,7 +63,20 @@ class Calibration:
     def of(cls, vectors: np.ndarray, made_for: CalibratedModel | None = None) -> Calibration:
         if not len(vectors):
             raise CalibrationError("no vectors to calibrate on")
-        return cls(tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors), made_for)
+        calibration = cls(
+            tuple(vectors.min(axis=0).tolist()), tuple(vectors.max(axis=0).tolist()), len(vectors), made_for
+        )
+        calibration._check_width("the calibration texts")
+        return calibration
+
+    def _check_width(self, source: str) -> None:
+        """Ranges of no width in every dimension (one vector, however many texts) would store every vector
+        as the same levels. One dimension of no width is a model's own (a ReLU that never fires)."""
+        if self.minimum == self.maximum:
+            raise CalibrationError(
+                f"{source}: the ranges have no width in any dimension, as of a single text's vector: every vector "
+                "would be stored alike; calibrate on texts that differ"
+            )
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str) -> Calibration:
@@ -64,7 +84,11 @@ class Calibration:
         try:
             body = json.loads(text)
             model = body.get("model")
-            made_for = None if model is None else CalibratedModel(str(model["weights_sha256"]), model["prompt"])
+            made_for = (
+                None
+                if model is None
+                else CalibratedModel(str(model["weights_sha256"]), model["prompt"], model.get("folder_sha256"))
+            )
             calibration = cls(
                 tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]), made_for
             )
@@ -78,6 +102,7 @@ class Calibration:
             raise CalibrationError(f"{source}: min and max must be finite numbers, min <= max, texts at least 1")
         if made_for is not None and not isinstance(made_for.prompt, str | None):
             raise CalibrationError(f"{source}: the model's prompt must be a string or null")
+        calibration._check_width(source)
         return calibration
 
     def _ranges(self) -> dict:
@@ -86,7 +111,11 @@ class Calibration:
     def to_json(self) -> str:
         body = self._ranges()
         if self.made_for is not None:
-            body["model"] = {"weights_sha256": self.made_for.weights_sha256, "prompt": self.made_for.prompt}
+            body["model"] = {
+                "weights_sha256": self.made_for.weights_sha256,
+                "folder_sha256": self.made_for.folder_sha256,
+                "prompt": self.made_for.prompt,
+            }
         return json.dumps(body)
 
     @property
@@ -175,6 +204,16 @@ class Quantizer:
         # As sentence-transformers: levels one wide where the range has no width.
         levels = np.clip(np.floor((vectors - starts) / np.where(steps > 0, steps, np.float32(1))), 0, LEVELS)
         return (levels - 128).astype(np.int8) if self.dtype == "int8" else levels.astype(np.uint8)
+
+    def clipped(self, vectors: np.ndarray) -> tuple[int, int]:
+        """Of float32 `vectors` (rows, dim), the vectors and the values that int8 or uint8 clip: outside the
+        calibrated ranges (texts unlike the calibration's); (0, 0) for the other dtypes."""
+        if self.dtype not in CALIBRATED:
+            return 0, 0
+        outside = (vectors < np.array(self.calibration.minimum, np.float32)) | (
+            vectors > np.array(self.calibration.maximum, np.float32)
+        )
+        return int(outside.any(axis=1).sum()), int(outside.sum())
 
     def dequantize(self, values: np.ndarray, dim: int) -> np.ndarray:
         """Stored values -> float32 (rows, dim): each level's midpoint, or +-1 per sign bit. A dimension

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from encoder import ModelFolderError, PooledEncoder
+from encoder.folder_digest import folder_sha256
 from encoder.quantize import CalibratedModel, Calibration
 from pipeline.logs import error_line
 from pipeline.options import UsageError
@@ -88,13 +89,13 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     weights = folder.weights_sha256()  # checks them whole, before any text is embedded
     check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, None)
     texts = calibration_texts(patterns, args.text_column, args.rows)
-    if len(texts) < 2:
+    if len(set(texts)) < 2:
         where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
-        raise InputError(f"{len(texts)} non-empty text(s) in {where}; calibration needs at least 2")
+        raise InputError(f"{len(set(texts))} different non-empty text(s) in {where}; calibration needs at least 2")
     encoder = PooledEncoder(
         folder, "auto", prompt_name=args.prompt_name, prompt=args.prompt, truncate_dim=args.truncate_dim
     )
-    made_for = CalibratedModel(weights, encoder.tokenizer.prompt)
+    made_for = CalibratedModel(weights, encoder.tokenizer.prompt, folder_sha256(folder.path))
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     try:
         with FileSystems.create(args.output) as f:

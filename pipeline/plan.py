@@ -785,7 +785,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         "folder_sha256": digest,
         "modules": folder.describe(),
         "dim": dim,
-        **vector_quantizer(opts, dim, CalibratedModel(weights_sha256, prompt)).describe(),
+        **vector_quantizer(opts, dim, CalibratedModel(weights_sha256, prompt, digest)).describe(),
         "vector_layout": opts.vector_layout,  # not fingerprinted: either layout holds the same vectors
         "truncate_dim": dim if dim < folder.dim else None,  # the whole vector is one setting, however spelled
         "pooling": list(folder.pooling_modes),

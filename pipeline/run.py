@@ -453,6 +453,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             result["columns"]["id"],
             result["columns"]["text"],
         )
+    if clipped := (result.get("clipped") or {}).get("vectors"):
+        _LOG.warning(
+            "%d vectors embedded had values outside the --calibration ranges, clipped to their ends (%d values): "
+            "calibrate on more texts, or on texts like these",
+            clipped,
+            result["clipped"]["values"],
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from sentence_transformers.util.quantization import quantize_embeddings
 
 from encoder import PooledEncoder, read_model_folder
+from encoder.folder_digest import folder_sha256
 from encoder.quantize import LEVELS, CalibratedModel, Calibration, CalibrationError, Quantizer
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
@@ -72,7 +73,8 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
     assert calibrate(["--output", str(path), "--model", model_path, "--rows", "64", "--truncate_dim", "128"]) == 0
     calibration = Calibration.from_json(path.read_text(), str(path))
     assert calibration.texts == 64 and len(calibration.minimum) == 128
-    assert calibration.made_for == CalibratedModel(read_model_folder(model_path).weights_sha256(), "")  # no prompt
+    weights = read_model_folder(model_path).weights_sha256()
+    assert calibration.made_for == CalibratedModel(weights, "", folder_sha256(model_path))  # no prompt
     assert all(lo < hi for lo, hi in zip(calibration.minimum, calibration.maximum, strict=True))
     assert Calibration.from_json(calibration.to_json(), "again") == calibration
     with pytest.raises(CalibrationError, match="the vectors have 384"):
@@ -96,3 +98,17 @@ def test_calibration_takes_texts_from_shards_of_any_text_type(tmp_path):
     write_parquet(tmp_path / "d.parquet", text=pa.array(["five"], pa.string_view()))
     texts = calibration_texts([f"{tmp_path}/*.parquet"], "text", rows=10)
     assert texts.to_pylist() == ["one", "two", "three", "four", "five"]
+
+
+def test_ranges_of_no_width_in_any_dimension_are_refused(tmp_path, model_path, capsys):
+    """Fifty copies of one text calibrated to a single vector's ranges: every vector was then stored alike.
+    One dimension of no width stays allowed (a ReLU that never fires)."""
+    write_parquet(tmp_path / "same.parquet", text=["See attached document."] * 50)
+    output = tmp_path / "c.json"
+    command = ["--output", str(output), "--model", model_path, "--input", str(tmp_path / "same.parquet")]
+    assert calibrate(command) == 1
+    assert "1 different non-empty text(s) in column 'text' of --input" in capsys.readouterr().err
+    assert not output.exists()
+    with pytest.raises(CalibrationError, match="^one.json: the ranges have no width in any dimension"):
+        Calibration.from_json(Calibration((0.5, -0.5), (0.5, -0.5), 50).to_json(), "one.json")
+    assert Calibration.from_json(Calibration((0.0, -0.5), (0.0, 0.5), 50).to_json(), "x").minimum == (0.0, -0.5)

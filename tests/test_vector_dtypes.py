@@ -3,6 +3,8 @@ night after night, and the pgvector loader stores it as halfvec or bit (real Pos
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,6 +21,7 @@ from samples.knowledge_base import make_rows
 from schemas.outputs import read_model_block
 from tests.conftest import ROOT, read_manifest, run_cli, run_clis, write_parquet
 from tests.test_load_pgvector import load
+from transforms.model_store import default_model_path
 
 DTYPES = ("float32", "float16", "int8", "uint8", "binary")
 
@@ -117,16 +120,28 @@ def test_a_compact_run_is_reused_by_the_next_night_and_never_mixed_with_float32(
             ("--vector_dtype", "int8", "--calibration", "{calibration}", "--prompt", "query: "),
             "calibration.json: made for another model or prompt (prompt '' -> 'query: ')",
         ),
+        (  # the same weights without Normalize: ranges of unit vectors clipped 39% of its values
+            ("--vector_dtype", "int8", "--calibration", "{calibration}", "--model", "{unnormalized}"),
+            "calibration.json: made for another model or prompt (model folder sha256 ",
+        ),
     ],
 )
 def test_impossible_vector_settings_exit_2_naming_the_option(runs, tmp_path, options, message):
     root, _ = runs
+    unnormalized = shutil.copytree(default_model_path(), tmp_path / "unnormalized")
+    modules = json.loads((unnormalized / "modules.json").read_text())
+    (unnormalized / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
     small = tmp_path / "small.json"
     small.write_text(Calibration((0.0,) * 128, (1.0,) * 128, 10).to_json())
     calibration = Calibration.from_json((root / "calibration.json").read_text(), "calibration.json")
     other_weights = tmp_path / "other-weights.json"
     other_weights.write_text(replace(calibration, made_for=CalibratedModel("0" * 64, "")).to_json())
-    files = {"small": small, "other_weights": other_weights, "calibration": root / "calibration.json"}
+    files = {
+        "small": small,
+        "other_weights": other_weights,
+        "calibration": root / "calibration.json",
+        "unnormalized": unnormalized,
+    }
     options = [option.format(**files) for option in options]
     result = run_cli("--input", str(root / "kb.parquet"), "--output", str(tmp_path / "out"), *options)
     assert result.returncode == 2, result.stderr
@@ -241,3 +256,32 @@ def test_compact_vectors_compose_with_truncate_dim(runs):
     assert values.shape == (40, 16) and block["dim"] == 128
     reference = stored(outputs["float32"])[1][:, :128]  # renormalising scales each row: signs stay
     assert np.array_equal(Quantizer.from_block(block).dequantize(values, 128), np.where(reference > 0, 1.0, -1.0))
+
+
+def test_values_past_the_calibrated_ranges_are_counted_in_the_manifest_and_warned_of(runs, tmp_path):
+    """int8 and uint8 clip a value outside its dimension's calibrated range, which texts unlike the
+    calibration's give: the run said nothing of how many."""
+    root, outputs = runs
+    vectors = stored(outputs["float32"])[1]
+    calibration = Calibration.from_json((root / "calibration.json").read_text(), "calibration.json")
+
+    def outside(ranges: Calibration) -> dict:
+        low, high = np.array(ranges.minimum, np.float32), np.array(ranges.maximum, np.float32)
+        past = (vectors < low) | (vectors > high)
+        return {"vectors": int(past.any(axis=1).sum()), "values": int(past.sum())}
+
+    assert read_manifest(outputs["int8"])["clipped"] == outside(calibration)
+    middle = [(lo + hi) / 2 for lo, hi in zip(calibration.minimum, calibration.maximum, strict=True)]
+    narrow = replace(calibration, minimum=tuple(middle), maximum=calibration.maximum)  # every lower half clipped
+    narrow_file = tmp_path / "narrow.json"
+    narrow_file.write_text(narrow.to_json())
+    result = run_cli(
+        "--input", str(root / "kb.parquet"), "--output", str(tmp_path / "out"), "--vector_dtype", "uint8",
+        "--calibration", str(narrow_file),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = outside(narrow)
+    assert expected["vectors"] == 40 and read_manifest(tmp_path / "out")["clipped"] == expected
+    warning = "40 vectors embedded had values outside the --calibration ranges, clipped to their ends"
+    assert f"{warning} ({expected['values']} values)" in result.stderr
+    assert "clipped" not in read_manifest(outputs["float16"])

@@ -260,6 +260,7 @@ class _Embed(beam.DoFn):
         carried = units.select(self._schema.names[:-1]).columns
         yield pa.RecordBatch.from_arrays([*(c.chunks[0] for c in carried), vectors], schema=self._schema)
         truncated = int(encoded.truncated.sum())
+        clipped_vectors, clipped_values = self._quantizer.clipped(encoded.embeddings)
         self._embedded.inc(rows)
         self._truncated.inc(truncated)
         self._tokens.inc(encoded.tokens)
@@ -270,6 +271,8 @@ class _Embed(beam.DoFn):
                 rows_truncated=truncated,
                 tokens=encoded.tokens,
                 padded_tokens=encoded.padded_tokens,
+                vectors_clipped=clipped_vectors,
+                values_clipped=clipped_values,
             ),
         )
 

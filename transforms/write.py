@@ -248,6 +248,8 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
         "padded_tokens": counts["padded_tokens"],
         "files": {kind: sorted(file_name(kind, p) for p in paths) for kind, paths in files.items()},
     }
+    if "calibration" in header["model"]:  # int8, uint8: values past the calibrated ranges are clipped
+        body["clipped"] = {"vectors": counts["vectors_clipped"], "values": counts["values_clipped"]}
     if "chunk_tokens" in header["model"]:
         per_document = {int(k.split(":", 1)[1]): v for k, v in counts.items() if k.startswith(PER_DOCUMENT)}
         body["passages"] = {
