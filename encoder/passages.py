@@ -151,6 +151,12 @@ class _Window:
         # edge tokenises differently near the cut only.
         return min(_leading(self._token_ends <= SOLID_STABLE_FRACTION * self._length), len(self._token_ends) - 1)
 
+    def first_new(self, done: int) -> int:
+        """The first token a passage may end at (not whitespace alone) that ends past character `done`; the
+        number of tokens when there is none."""
+        new = int(np.searchsorted(self._token_ends, done, side="right"))
+        return int(self.following[new - 1]) if new else self.first
+
     def end_of(self, i: int, budget: int, overlap: int, stop: int, done: int) -> int:
         """The last token of the passage starting at token i: the last of the highest boundaries among
         tokens i + overlap .. i + budget - 1 (all before `stop - 1`) that end past character `done`.
@@ -183,9 +189,10 @@ class _Window:
                 return lowest + int(found[0])
         return int(self.following[j])
 
-    def resume_at(self, i: int, j: int) -> int:
-        """The character where the next window starts: passage start i, else just after token j."""
-        return int(self.start[i]) if i < len(self.start) else int(self.end[j])
+    def resume_at(self, i: int, done: int) -> int:
+        """The character where the next window starts: passage start i, else `done`, where the last passage
+        ended (the window holds no token of text after it)."""
+        return int(self.start[i]) if i < len(self.start) else done
 
 
 def _leading(mask: np.ndarray) -> int:
@@ -306,17 +313,25 @@ class PassageSplitter:
                 if cut:  # grown to its limit: split as if the text ended at the window's edge
                     stop = tokens.stop(True)
                 while stop - i > budget:
-                    j = tokens.end_of(i, budget, overlap, stop, (ends[-1] if ends else 0) - pos)
+                    done = (ends[-1] if ends else 0) - pos
+                    ahead = tokens.first_new(done)
+                    if ahead >= i + budget:
+                        # Whitespace tokens alone (a run of blank lines, of spaces) fill the budget past the
+                        # last passage: the next starts after them, repeating nothing, as they need no covering.
+                        i, repeated = ahead, 0
+                        continue
+                    j = tokens.end_of(i, budget, overlap, stop, done)
                     starts.append(pos + int(tokens.start[i]))
                     ends.append(pos + int(tokens.end_with_dropped[j]))
                     overlaps.append(repeated)
                     i = tokens.next_start(i, j, overlap)
                     repeated = max(j + 1 - i, 0)
+                done = (ends[-1] if ends else 0) - pos
                 if not (final or cut):  # the next window starts with the next passage
-                    pos += tokens.resume_at(i, j)
+                    pos += tokens.resume_at(i, done)
                     width = base
                     continue
-                if i < stop:  # else the window has no token but whitespace
+                if i < stop and tokens.first_new(done) < stop:  # else nothing but whitespace is left
                     starts.append(pos + int(tokens.start[i]))
                     ends.append(pos + int(tokens.end_with_dropped[stop - 1]))
                     overlaps.append(repeated)

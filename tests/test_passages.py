@@ -335,6 +335,27 @@ def test_runs_without_tokens_and_words_past_the_largest_window(
     assert len(passages.document) == 2 and passages.char_end[0] == passages.char_start[1]
 
 
+@pytest.mark.parametrize("gap", ["\n" * 200, " " * 1000, "\n" * 3000])
+def test_a_run_of_whitespace_tokens_longer_than_a_passage_starts_the_next_afresh(
+    documents: list[str], byte_level: Tokenizer, gap: str
+) -> None:
+    """Byte-level BPE (Qwen's, GPT-2's) makes tokens of whitespace alone. The passage after the one ending at
+    such a run started in its overlap and reached nothing new within the budget: it took the run whole, and
+    the recount cut the whole document into passages of 1-4 tokens (2,628 where 31 do), or (a run past the
+    window's edge) repeated a passage's end as one of its own. The run needs no covering: the text after it
+    is split as if alone."""
+    count = trained_count(byte_level)
+    splitter = PassageSplitter(byte_level, 128, 16, count)
+    prose = documents[0][:3000]
+    alone = splitter.split([prose])
+    passages = splitter.split([prose + gap + prose])
+    check([prose + gap + prose], passages, count, 128)
+    shift = len(prose) + len(gap)
+    assert passages.char_start.tolist() == [*alone.char_start.tolist(), *(alone.char_start + shift).tolist()]
+    assert passages.char_end.tolist() == [*alone.char_end.tolist(), *(alone.char_end + shift).tolist()]
+    assert passages.overlaps.tolist() == alone.overlaps.tolist() * 2  # the first after the run repeats nothing
+
+
 def test_passages_counted_longer_alone_are_cut_again(bert: PreTrainedTokenizerBase) -> None:
     """Made-up words of ~40 word pieces each, longer than the overlap: a passage starts mid-word, where
     alone it tokenises into more pieces than in the document. The first count finds passages over the
