@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from transforms import value_hashes as value_hashes_module
@@ -26,6 +27,8 @@ ARRAYS = [
     pa.array([[("k", 1)], [("k", 2)], None, [], [("k", 1)]], pa.map_(pa.string(), pa.int64())),
     pa.array([[["a"]], [["a"], None], None, [], [["a"]]]),
     pa.array(["a", "bb", None, "", "a"]).dictionary_encode(),
+    pa.array(["a", "bb", None, "", "a"], pa.string_view()),
+    pa.array([1, 2, None, 0, 1], pa.run_end_encoded(pa.int32(), pa.int64())),
 ]
 
 
@@ -39,6 +42,31 @@ def test_equal_values_hash_alike_however_sliced_and_different_ones_differ(values
     distinct = {repr(v) for v in values.slice(0, 4).to_pylist()}  # a value, another, a null, an empty one
     assert len({int(h) for h in hashes[:4]}) == len(distinct)
     assert (value_hashes(pa.chunked_array([values.slice(0, 2), values.slice(2)])) == hashes).all()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([b"\x01" * 16, b"\x02" * 16, None, b"\x01" * 16], pa.binary(16)).cast(pa.uuid()),
+        pa.array(['{"a": 1}', "[]", None, '{"a": 1}']).cast(pa.json_()),
+    ],
+    ids=["uuid", "json"],
+)
+def test_arrows_own_extension_types_hash_as_their_storage(values):
+    """Arrow's uuid and json columns were hashed through each value's Python repr, one call per row, and
+    differently from the same bytes read back without the extension type."""
+    assert value_hashes(values).tolist() == value_hashes(values.storage).tolist()
+    assert value_hashes(values)[0] == value_hashes(values)[3] != value_hashes(values)[1]
+
+
+def test_views_and_run_end_encoded_values_hash_as_their_plain_forms():
+    texts = pa.array(["a", "bb", None, "a"])
+    numbers = pa.array([1, 1, None, 2])
+    assert value_hashes(texts.cast(pa.string_view())).tolist() == value_hashes(texts).tolist()
+    assert (
+        value_hashes(pa.array([b"a", None], pa.binary_view())).tolist() == value_hashes(pa.array([b"a", None])).tolist()
+    )
+    assert value_hashes(pc.run_end_encode(numbers)).tolist() == value_hashes(numbers).tolist()
 
 
 def test_a_row_digest_changes_with_any_value_of_its_columns_and_with_their_order():

@@ -86,8 +86,12 @@ def _unnested(values: pa.Array) -> np.ndarray:
     kind = values.type
     if pa.types.is_dictionary(kind):
         return value_hashes(values.dictionary_decode())
-    if isinstance(kind, pa.ExtensionType):
+    if isinstance(kind, pa.BaseExtensionType):  # Arrow's own (uuid, json) as well as Python-defined ones
         return value_hashes(values.storage)
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        return _variable_width(values.cast(pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary()))
+    if pa.types.is_run_end_encoded(kind):
+        return value_hashes(pc.run_end_decode(values))
     if pa.types.is_boolean(kind):
         return _fixed_width(pc.cast(values, pa.int8()), 1)
     if pa.types.is_null(kind):
@@ -107,7 +111,7 @@ def _unnested(values: pa.Array) -> np.ndarray:
         for power, field in zip(_powers(kind.num_fields)[: kind.num_fields], values.flatten(), strict=True):
             hashes += mixed(value_hashes(field)) * power
         return hashes
-    # Views, unions and run-end encoded arrays: rare in Parquet; hashed through their text form.
+    # List views and unions: Parquet holds neither; hashed through their text form.
     return _variable_width(pa.array([repr(value) for value in values.to_pylist()], pa.large_string()))
 
 
