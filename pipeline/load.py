@@ -647,7 +647,7 @@ class PgvectorLoader:
             create += sql.SQL(" WITH ({})").format(
                 sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options)
             )
-        connection.execute(create)
+        self._build_index(connection, create)
         _LOG.info(
             "built the HNSW index (%s%s: queries use it ordering by %s %s the query vector) in %.1fs",
             vectors.operator_class,
@@ -657,6 +657,26 @@ class PgvectorLoader:
             time.monotonic() - started,
         )
         return f"{rows} rows of run {run.run_id} loaded ({how})"
+
+    def _build_index(self, connection, create: Composable) -> None:
+        """Builds the index, in parallel where PostgreSQL plans maintenance workers. Their shared memory, as
+        large as --index_memory, is a file in the server's /dev/shm, which a container caps (Docker: 64 MB by
+        default): where it cannot grow, the index is built again without them, slower, and a warning says so."""
+        try:
+            with connection.transaction():  # a savepoint: the rows copied stay
+                connection.execute(create)
+        except (self._psycopg.errors.DiskFull, self._psycopg.errors.OutOfMemory) as e:
+            if "shared memory segment" not in str(e):
+                raise
+            _LOG.warning(
+                "the server could not give the parallel HNSW build its shared memory (%s); building it without "
+                "parallel workers, slower. Give the server's /dev/shm more than --index_memory %s (Docker: "
+                "--shm-size), or lower --index_memory",
+                str(e).strip(),
+                self._index_memory,
+            )
+            connection.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
+            connection.execute(create)
 
     def _apply_changes(self, connection, schema: pa.Schema, runs: list[Run], found: dict[str, str]) -> str:
         """The change sets of `runs`, in order, each through temporary tables: only those rows are touched.

