@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -305,6 +307,27 @@ def test_a_previous_run_whose_file_was_replaced_is_refused(day_one, tmp_path):
         f"({copied / name}); it was changed after it was written" in result.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_previous_file_changed_in_place_at_its_size_is_refused_not_reused(day_one, tmp_path):
+    """One byte of a vector flipped where zstd stored the vectors raw: the file kept its size and read back
+    without error, and the next night reused a vector of norm 7e27 as if it were the model's."""
+    copied = tmp_path / "copied"
+    shutil.copytree(day_one / "out1", copied)
+    name = read_manifest(copied)["files"]["embeddings"][0]
+    metadata = pq.ParquetFile(copied / name).metadata
+    assert all(metadata.row_group(0).column(i).compression == "ZSTD" for i in range(metadata.num_columns))
+    columns = [metadata.row_group(0).column(i) for i in range(metadata.num_columns)]
+    vectors = next(c for c in columns if c.path_in_schema.startswith("embedding."))
+    data = bytearray((copied / name).read_bytes())
+    data[vectors.data_page_offset + vectors.total_compressed_size // 2] ^= 0x40
+    (copied / name).write_bytes(data)
+    result = run_cli("--input", str(day_one / "day1" / "kb.parquet"), "--output", str(tmp_path / "out"),
+                     "--previous", str(copied))  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {copied / name}: ") and "CRC checksum verification failed" in last, last
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_a_carried_column_dictionary_encoded_one_night_and_plain_the_next_restates_only_changed_values(day_one):

@@ -79,7 +79,7 @@ def merge_files(target: str, sources: list[str], open_writer: WriterFactory, own
         writer = open_writer(handle)
         for path in sources:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                source = pq.ParquetFile(f)
+                source = pq.ParquetFile(f, page_checksum_verification=True)
                 for index in range(source.num_row_groups):
                     writer.write_table(source.read_row_group(index))
                 rows += source.metadata.num_rows

@@ -127,10 +127,13 @@ def open_parquet(path: str) -> pq.ParquetFile:
     INT96 timestamps (Spark's and Hive's) are read as microseconds: Arrow's default, nanoseconds,
     wraps any beyond 1677-2262 (Spark's 0001-01-01, 9999-12-31) to another instant without a word.
     Callers take a file's types from its `schema_arrow`, which follows this; its footer's
-    `metadata.schema.to_arrow_schema()` does not."""
+    `metadata.schema.to_arrow_schema()` does not. Pages that carry a CRC (the job's own output's do)
+    are verified as they are read."""
     try:
         return pq.ParquetFile(
-            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), coerce_int96_timestamp_unit="us"
+            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED),
+            coerce_int96_timestamp_unit="us",
+            page_checksum_verification=True,
         )
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({one_line(e)})") from e
