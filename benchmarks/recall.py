@@ -1,12 +1,14 @@
 """Recall@10 of each --vector_dtype against float32, and the bytes each one costs per row.
 
-The default model embeds `--rows` knowledge-base passages (the corpus) and `--queries` first
-sentences of other passages (the queries). For each dtype the corpus is stored as the job
-stores it (int8/uint8 over a calibration made as `pipeline.calibrate` makes it, on its own
-texts) and searched: float16, int8 and uint8 by the float32 query's dot product with the
-dequantized vectors (as pgvector's halfvec cosine does), binary by Hamming distance between
-sign bits (as pgvector's bit index does). Recall@10 is the share of float32's top 10 found
-in each dtype's top 10. Bytes per row: the vector's own, and its zstd Parquet column's.
+The default model embeds `--rows` different knowledge-base passages (the corpus) and the first
+sentences of `--queries` passages not among them (the queries): the synthetic knowledge base
+repeats texts, and which copy of a tied vector a search returned decided recall. For each dtype
+the corpus is stored as the job stores it (int8/uint8 over a calibration made as
+`pipeline.calibrate` makes it, on its own texts) and searched: float16, int8 and uint8 by the
+cosine between the float32 query and the dequantized vectors (as the loader's halfvec cosine
+index ranks them), binary by Hamming distance between sign bits (as pgvector's bit index does).
+Recall@10 is the share of float32's top 10 found in each dtype's top 10. Bytes per row: the
+vector's own, and its zstd Parquet column's.
 
     python -m benchmarks.recall --rows 5000 --queries 200
 """
@@ -38,12 +40,22 @@ def top_k(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :K]
 
 
+def distinct_texts(count: int, seed: int, excluded: frozenset[str] = frozenset()) -> list[str]:
+    """The first `count` different knowledge-base texts of `seed` not in `excluded`."""
+    texts = dict.fromkeys(t for t in make_rows(2 * count + len(excluded), seed=seed).column("text").to_pylist())
+    kept = [t for t in texts if t not in excluded][:count]
+    if len(kept) < count:
+        raise SystemExit(f"the knowledge base of seed {seed} gave {len(kept)} different texts, not {count}")
+    return kept
+
+
 def search(quantizer: Quantizer, stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
     if quantizer.dtype == "binary":
         bits = quantizer.quantize(queries)
         hamming = np.stack([np.unpackbits(stored ^ query, axis=1).sum(axis=1) for query in bits])
         return top_k(-hamming.astype(np.float32))
-    return top_k(queries @ quantizer.dequantize(stored, queries.shape[1]).T)
+    vectors = quantizer.dequantize(stored, queries.shape[1])
+    return top_k(queries @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T)
 
 
 def parquet_bytes(quantizer: Quantizer, stored: np.ndarray) -> int:
@@ -71,9 +83,11 @@ def main() -> None:
     print(host())
     encoder = PooledEncoder(read_model_folder(default_model_path()), device="cpu")
     started = time.perf_counter()
-    corpus = encoder.encode(make_rows(args.rows, seed=0).column("text").to_pylist()).embeddings
-    first_sentences = [text.split(". ")[0] for text in make_rows(args.queries, seed=1).column("text").to_pylist()]
-    queries = encoder.encode(first_sentences).embeddings
+    passages = distinct_texts(args.rows, seed=0)
+    corpus = encoder.encode(passages).embeddings
+    queries = encoder.encode(
+        [t.split(". ")[0] for t in distinct_texts(args.queries, 1, frozenset(passages))]
+    ).embeddings
     calibration = Calibration.of(encoder.encode(calibration_texts([], "text", args.calibration_rows)).embeddings)
     print(
         f"embedded {args.rows} passages, {args.queries} queries, {calibration.texts} calibration texts "
