@@ -256,15 +256,18 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
     MAX_FOOTERS files; past that, a value the type cannot hold still fails naming its file and row,
     as does a footer that cannot be read. Decimals likewise take the scale and integer digits every
     shard's need (pyarrow types a file's decimals by its values: 1.5 is decimal128(2, 1), 12345.25
-    decimal128(7, 2))."""
+    decimal128(7, 2)). Dictionaries' indices are at least int32, whatever any footer says: one batch may
+    hold the categories of several shards."""
     narrow = [name for name in names if schema.get_field_index(name) >= 0 and may_widen(schema.field(name).type)]
-    if not narrow or len(files) > MAX_FOOTERS:
+    if not narrow:
         return schema
-    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        found = list(pool.map(_schema_or_none, files))
+    found = []
+    if len(files) <= MAX_FOOTERS:
+        with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+            found = list(pool.map(_schema_or_none, files))
     for name in narrow:
         index = schema.get_field_index(name)
-        kind = schema.field(index).type
+        kind = type_holding_both(schema.field(index).type, schema.field(index).type)  # dictionaries: int32 at least
         for theirs in found:
             if theirs is not None and theirs.get_field_index(name) >= 0:
                 kind = type_holding_both(kind, theirs.field(name).type)

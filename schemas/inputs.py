@@ -193,8 +193,9 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
     """`ours` with each integer and decimal, at any depth, as wide as `theirs` needs too: Spark's
     list<int32> beside pandas' list<int64> is read as list<int64>, not refused at the first item past
     int32. Integers take `integer_holding_both` (int64 where none does: uint64 beside signed), decimals
-    `decimal_holding_both`, a dictionary's indices those of both (int32 beside plain values, Arrow's
-    own); parts of another family, or of type null, leave ours as it is."""
+    `decimal_holding_both`, a dictionary's indices those of both and at least int32 (Arrow's own): a
+    batch's dictionary is every shard's it came from, and 120 pandas categories (int8) in each of two
+    shards make 240; parts of another family, or of type null, leave ours as it is."""
     if pa.types.is_integer(ours) and pa.types.is_integer(theirs):
         return integer_holding_both(ours, theirs) or pa.int64()
     if pa.types.is_decimal(ours) and pa.types.is_decimal(theirs):
@@ -205,7 +206,7 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
         )
         if type_family(ours.value_type) != type_family(values):
             return ours
-        index = integer_holding_both(ours.index_type, indices) or pa.int64()
+        index = integer_holding_both(integer_holding_both(ours.index_type, indices) or pa.int64(), pa.int32())
         return pa.dictionary(index, type_holding_both(ours.value_type, values), ours.ordered)
     parts = _parts(ours)
     if not parts or type_family(ours) != type_family(theirs):

@@ -168,10 +168,32 @@ def test_pandas_categoricals_of_more_categories_in_a_later_shard_are_read_with_w
     assert result.returncode == 0, result.stderr
     assert (read_manifest(output)["rows_in"], read_manifest(output)["rows_embedded"]) == (302, 302)
     table = _outputs(output, "embeddings")
-    assert table.schema.field("team").type == pa.dictionary(pa.int16(), pa.string())
+    assert table.schema.field("team").type == pa.dictionary(pa.int32(), pa.string())
     assert sorted(zip(table["id"].to_pylist(), table["team"].to_pylist(), strict=True)) == sorted(
         [("a", "red"), ("b", "blue"), *((f"m{n}", t) for n, t in enumerate(teams))]
     )
+
+
+def test_pandas_categoricals_of_shards_whose_categories_together_pass_int8_are_read_into_one_batch(tmp_path):
+    """Two shards of 120 categories each (int8 indices, both): a batch of rows from both holds 240, and the
+    night failed in the embedding step ("These dictionaries cannot be combined"), naming no file or column."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = {}
+    for shard in "ab":
+        ids = [f"{shard}{n}" for n in range(120)]
+        frame = pd.DataFrame({"id": pd.Categorical(ids), "text": [f"text {i}" for i in ids],
+                              "team": pd.Categorical([f"team {i}" for i in ids])})  # fmt: skip
+        frame.to_parquet(folder / f"{shard}.parquet", index=False)
+        assert pq.read_schema(folder / f"{shard}.parquet").field("team").type.index_type == pa.int8()
+        rows.update({i: f"team {i}" for i in ids})
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output), "--carry_columns", "team")
+    assert result.returncode == 0, result.stderr
+    assert (read_manifest(output)["rows_in"], read_manifest(output)["rows_embedded"]) == (240, 240)
+    table = _outputs(output, "embeddings")
+    assert table.schema.field("id").type == table.schema.field("team").type == pa.dictionary(pa.int32(), pa.string())
+    assert dict(zip(table["id"].to_pylist(), table["team"].to_pylist(), strict=True)) == rows
 
 
 def test_timestamps_in_utc_by_any_of_its_names_are_one_family(tmp_path):
@@ -292,6 +314,7 @@ def test_integers_and_decimals_widen_at_any_depth_in_the_first_shards_container(
         (pa.struct([("n", pa.uint64()), ("s", pa.string())]), pa.struct([("n", pa.int8()), ("s", pa.large_string())])),
         (pa.list_(pa.int32()), pa.list_(pa.string())),
         (pa.list_(pa.int32()), pa.null()),
+        (pa.list_(pa.dictionary(pa.int8(), pa.string())), pa.list_(pa.dictionary(pa.uint8(), pa.string()))),
     ]
     assert [type_holding_both(ours, theirs) for ours, theirs in pairs] == [
         pa.large_list(pa.field("element", pa.int32())),
@@ -300,6 +323,7 @@ def test_integers_and_decimals_widen_at_any_depth_in_the_first_shards_container(
         pa.struct([("n", pa.int64()), ("s", pa.string())]),
         pa.list_(pa.int32()),
         pa.list_(pa.int32()),
+        pa.list_(pa.dictionary(pa.int32(), pa.string())),
     ]
 
 
