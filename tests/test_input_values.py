@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -411,3 +412,39 @@ def test_uuid_ids_that_duckdb_writes_are_joined_night_to_night_and_written_as_uu
     ]
     found = connection.execute(f"SELECT id, n FROM read_parquet('{second}/embeddings-*.parquet') ORDER BY n").fetchall()
     assert found == [(ids[n], n) for n in range(1, 12)]  # DuckDB reads them back as its UUIDs
+
+
+def test_json_columns_are_checked_for_utf8_and_a_json_text_column_is_embedded_as_its_text(tmp_path):
+    """Arrow's JSON type (DuckDB writes its JSON columns so) holds its text in strings: a carried one that
+    was not UTF-8 went out as it was and the embeddings file could not be read back, and a text column of
+    that type was rejected row by row as not text."""
+    document = ['{"title": "one"}', '{"title": "\xe9t\xe9"}', '{"title": "three"}']
+    carried = pa.ExtensionArray.from_storage(pa.json_(), _unchecked([b'{"a": 1}', b'{"a": "\xff"}', b"{}"]))
+    path = tmp_path / "in" / "a.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        pa.table({"id": ["a", "b", "c"], "text": pa.array(document).cast(pa.json_()), "meta": carried}), path
+    )
+    assert pq.read_schema(path).field("text").type == pq.read_schema(path).field("meta").type == pa.json_()
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output), "--carry_columns", "meta")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rejected_by_reason"]) == (
+        3,
+        2,
+        {"invalid_utf8": 1},
+    )
+    rows = embedding_rows(output)
+    assert {key: row["meta"] for key, row in rows.items()} == {"a": '{"a": 1}', "c": "{}"}
+    hashes = {key: row["content_hash"] for key, row in rows.items()}
+    assert hashes == {
+        key: hashlib.sha256(text.encode()).hexdigest() for key, text in zip("ac", document[::2], strict=True)
+    }
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert [(r["row_number"], r["id"], r["reason"], r["column"]) for r in rejected] == [
+        (1, "b", "invalid_utf8", "meta")
+    ]
+    for written in output.glob("*.parquet"):
+        pq.read_table(written).validate(full=True)
+        assert len(pd.read_parquet(written)) == pq.read_metadata(written).num_rows

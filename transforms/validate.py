@@ -34,6 +34,8 @@ def text_as_strings(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     """
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
+    if isinstance(column.type, pa.BaseExtensionType):  # JSON (DuckDB writes its JSON type so) is its text
+        column = column.storage
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         try:  # Parquet readers do not check that string columns hold UTF-8; a writer may not have either
             column.validate(full=True)
@@ -66,6 +68,8 @@ def not_utf8(column: pa.Array) -> pa.Array | None:
     unreadable to DuckDB and pandas; binary values are bytes and never checked. A dictionary's values
     are checked once each, not once per row; a list's items all at once, then mapped to their lists."""
     kind = column.type
+    if isinstance(kind, pa.BaseExtensionType):  # arrow.json holds its text in its storage's strings
+        return not_utf8(column.storage)
     if pa.types.is_dictionary(kind):
         invalid = not_utf8(column.dictionary)
         return None if invalid is None else pc.fill_null(invalid.take(column.indices), False)
