@@ -448,3 +448,23 @@ def test_json_columns_are_checked_for_utf8_and_a_json_text_column_is_embedded_as
     for written in output.glob("*.parquet"):
         pq.read_table(written).validate(full=True)
         assert len(pd.read_parquet(written)) == pq.read_metadata(written).num_rows
+
+
+def test_int96_timestamps_holding_nanoseconds_fail_naming_file_column_row_and_value(tmp_path):
+    """Impala and Hive write INT96 timestamps in nanoseconds, which the job reads in microseconds (Spark's
+    dates past 2262 need them): four ids a nanosecond apart were read as one, three rejected as duplicates."""
+    path = tmp_path / "in" / "impala.parquet"
+    path.parent.mkdir()
+    ids = pa.array(
+        [1_700_000_000_000_000_000, None, 1_700_000_000_000_000_000, 1_700_000_000_000_000_123], pa.timestamp("ns")
+    )
+    pq.write_table(
+        pa.table({"id": ids, "text": ["one", "two", "three", "four"]}), path, use_deprecated_int96_timestamps=True
+    )
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {path}: column 'id' at row 3 holds an INT96 timestamp with nanoseconds (2023-11-14 "
+        "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
+        "column as INT64 timestamps (pyarrow's default) to keep them"
+    )

@@ -121,18 +121,19 @@ class ShardBatch:
     batch: pa.RecordBatch
 
 
-def open_parquet(path: str) -> pq.ParquetFile:
+def open_parquet(path: str, int96_unit: str = "us") -> pq.ParquetFile:
     """Open a Parquet file on any Beam filesystem; a corrupt one is an InputError naming it.
 
     INT96 timestamps (Spark's and Hive's) are read as microseconds: Arrow's default, nanoseconds,
-    wraps any beyond 1677-2262 (Spark's 0001-01-01, 9999-12-31) to another instant without a word.
+    wraps any beyond 1677-2262 (Spark's 0001-01-01, 9999-12-31) to another instant without a word
+    (`int96_unit="ns"` reads them so, to see the nanoseconds microseconds drop: check_int96_nanoseconds).
     Callers take a file's types from its `schema_arrow`, which follows this; its footer's
     `metadata.schema.to_arrow_schema()` does not. Pages that carry a CRC (the job's own output's do)
     are verified as they are read."""
     try:
         return pq.ParquetFile(
             FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED),
-            coerce_int96_timestamp_unit="us",
+            coerce_int96_timestamp_unit=int96_unit,
             page_checksum_verification=True,
         )
     except (pa.ArrowException, OSError) as e:
@@ -240,6 +241,31 @@ class _ListRowGroups(beam.DoFn):
                 first, first_row, rows = index + 1, first_row + rows, 0
 
 
+def _int96_columns(parquet: pq.ParquetFile, names: list[str]) -> list[str]:
+    """The top-level columns among `names` stored as INT96 timestamps."""
+    schema = parquet.metadata.schema
+    return [c.path for c in map(schema.column, range(len(schema))) if c.physical_type == "INT96" and c.path in names]
+
+
+def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: str, first_row: int) -> None:
+    """Fails naming the first value of `read` (INT96 columns read as microseconds) whose nanoseconds, in
+    `exact` (the same rows read as nanoseconds, wrapped past 1677-2262), the microseconds dropped. Impala
+    and Hive write nanoseconds: two ids a few nanoseconds apart were one, a carried time another."""
+    for name in exact.schema.names:
+        micro = pc.fill_null(read.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        nano = pc.fill_null(exact.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        with np.errstate(over="ignore"):  # modulo 2**64, both sides alike: the nanoseconds of the day's
+            lost = nano - micro * 1000
+        if lost.any():
+            at = int(np.flatnonzero(lost)[0])
+            raise InputError(
+                f"{path}: column {name!r} at row {first_row + at} holds an INT96 timestamp with nanoseconds "
+                f"({read.column(name)[at].as_py():%Y-%m-%d %H:%M:%S.%f}{lost[at]:03d}), which the job reads in "
+                "microseconds, as Spark's dates past 2262 need; write the column as INT64 timestamps (pyarrow's "
+                "default) to keep them"
+            )
+
+
 class _ReadRowGroups(beam.DoFn):
     def __init__(self, names: list[str], rows_per_batch: int) -> None:
         self._names = names
@@ -248,10 +274,18 @@ class _ReadRowGroups(beam.DoFn):
     def process(self, group: RowGroups) -> Iterator[ShardBatch]:
         first_row = group.first_row
         try:
-            batches = open_parquet(group.path).iter_batches(
-                batch_size=self._rows_per_batch, row_groups=list(range(group.first, group.stop)), columns=self._names
+            parquet = open_parquet(group.path)
+            groups = list(range(group.first, group.stop))
+            batches = parquet.iter_batches(batch_size=self._rows_per_batch, row_groups=groups, columns=self._names)
+            int96 = _int96_columns(parquet, self._names)
+            exact = (
+                open_parquet(group.path, int96_unit="ns").iter_batches(self._rows_per_batch, groups, int96)
+                if int96
+                else None
             )
             for batch in batches:
+                if exact is not None:
+                    check_int96_nanoseconds(batch, next(exact), group.path, first_row)
                 batch = cast_columns(batch, group.casts, group.path, first_row)
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
