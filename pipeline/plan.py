@@ -213,12 +213,13 @@ def _special(path: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
-def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema]:
+def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema, list[str]]:
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
-    carry no types, as pandas writes an empty text column as null), with its file and that schema.
-    A column of type null there, or holding only nulls (pandas types an empty column double), takes
-    its type from the next shard holding values in it; one holding none anywhere keeps its own.
-    Later footers are read FOOTER_THREADS at a time, only while a column still lacks a type."""
+    carry no types, as pandas writes an empty text column as null), with its file, that schema and the
+    columns holding no value in any shard. A column of type null there, or holding only nulls (pandas
+    types an empty column double), takes its type from the next shard holding values in it; one holding
+    none anywhere keeps its own. Later footers are read FOOTER_THREADS at a time, only while a column
+    still lacks a type."""
     opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = typed_by_values(shard)
@@ -237,7 +238,7 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     for name in untyped:
         index = schema.get_field_index(name)
         schema = schema.set(index, shard.schema_arrow.field(name))
-    return path, shard, schema
+    return path, shard, schema, untyped
 
 
 def _values_schema(path: str) -> pa.Schema | None:
@@ -751,12 +752,14 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         raise UsageError(
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
         )
-    first, first_file, schema = typed_schema(files, [opts.id_column, opts.text_column, *carry])
+    first, first_file, schema, valueless = typed_schema(files, [opts.id_column, opts.text_column, *carry])
     schema = widened_integers(files, schema, [opts.id_column, *(c for c in carry if c != opts.text_column)])
     if opts.previous and not first_file.metadata.num_rows:
         schema = typed_as_previous(
             schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]
         )
+    elif opts.previous and valueless:  # a writer's guess too: the column keeps last night's type
+        schema = typed_as_previous(schema, opts.previous, [c for c in valueless if c != opts.text_column])
     elif not first_file.metadata.num_rows:
         check_typed_without_rows(schema, first, len(files), [opts.id_column, opts.text_column, *carry])
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)

@@ -217,6 +217,21 @@ def test_a_carried_column_whose_type_changed_restates_every_row_but_large_string
     assert upserts.column("n").to_pylist() == [255] * 40
 
 
+def test_a_carried_column_holding_only_nulls_tonight_keeps_the_type_the_previous_night_wrote(day_one):
+    """pandas writes a column it holds no value of as double: the output's title went from string to double
+    and back, night by night, and a loader met a column of another type each time."""
+    titles = [f"t{i}" for i in range(40)]
+    nights = [pa.array(titles), pa.array([None] * 40, pa.float64()), pa.array(titles)]
+    changes = [carried_night(day_one, "emptied", n, title=title) for n, title in enumerate(nights, 1)][1:]
+    for number in (2, 3):
+        written = pq.read_table(sorted((day_one / f"out-emptied{number}").glob("embeddings-*.parquet")))
+        assert written.schema.field("title").type == pa.string()
+    assert pq.read_table(sorted((day_one / "out-emptied2").glob("embeddings-*.parquet")))["title"].null_count == 40
+    assert [{k: c["changes"][k] for k in ("upserts", "deletes", "restated")} for c in changes] == [
+        {"upserts": 40, "deletes": 0, "restated": 40}
+    ] * 2
+
+
 def test_a_carried_column_named_chunk_is_a_value_not_a_passage_key(day_one):
     """Without --chunk_tokens an input column named `chunk` (a pre-split knowledge base's) is carried
     like any other: it neither keys the join nor turns a changed value into a delete."""
