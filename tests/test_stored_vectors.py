@@ -59,7 +59,7 @@ def test_calibrate_refuses_too_few_texts_with_a_message(tmp_path, capsys):
     assert calibration_texts([str(tmp_path / "none.parquet")], "text", rows=10).to_pylist() == []
     for name in ("blank", "none"):
         code = calibrate(["--output", str(tmp_path / "c.json"), "--input", str(tmp_path / f"{name}.parquet")])
-        assert code == 1 and "0 non-empty text(s) in column 'text'" in capsys.readouterr().err
+        assert code == 1 and "0 different non-empty text(s) in column 'text'" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
 
 
