@@ -81,4 +81,5 @@ def test_gpu_job_benchmark_runs_the_job_and_the_encoder_alone(tokenizer):
     assert fields[:2] == ["tiny", "300"]
     job, startup, after, alone = (float(f) for f in fields[2:6])
     assert 0 < job < after and startup > 0 and alone > 0
-    assert fields[6] == f"{after / alone:.2f}x"
+    ratio = float(fields[6].removesuffix("x"))  # of the unrounded rates: the printed ones are whole rows/s
+    assert (after - 0.5) / (alone + 0.5) - 0.005 <= ratio <= (after + 0.5) / (alone - 0.5) + 0.005
