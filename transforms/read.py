@@ -254,7 +254,7 @@ def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: s
     for name in exact.schema.names:
         micro = pc.fill_null(read.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
         nano = pc.fill_null(exact.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        with np.errstate(over="ignore"):  # modulo 2**64, both sides alike: the nanoseconds of the day's
+        with np.errstate(over="ignore"):  # wraps modulo 2**64 on both sides alike: what is left is exact
             lost = nano - micro * 1000
         if lost.any():
             at = int(np.flatnonzero(lost)[0])
