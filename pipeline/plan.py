@@ -63,6 +63,7 @@ from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, 
 
 _LOG = logging.getLogger(__name__)
 _WILDCARD = re.compile(r"[*?\[]")  # where a glob pattern stops spelling a path out
+_EXTENSION = re.compile(r"\.\w+$")  # a name that ends as a file type's: `*.parquet`, `part-*.pq`
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
 ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
@@ -168,6 +169,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
         except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
             raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
         if not found:
+            _check_datasets_read(pattern, set(), f"{pattern}/**")
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
             raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
@@ -188,7 +190,47 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             matched.setdefault(path, PlannedFile.found(path, m))
+    for pattern in patterns:
+        _check_datasets_read(pattern, set(matched), f"{pattern},{pattern}/**")
     return list(matched.values())
+
+
+def _check_datasets_read(pattern: str, read: set[str], instead: str) -> None:
+    """Refuses folders a pattern naming files by their extension (`kb/*.parquet`) matches, holding files
+    no pattern reads (`read`): Spark writes a dataset as `kb/docs.parquet/part-*.parquet`, and Beam's
+    `*`, as a shell's, neither descends into a folder nor lists one, so those rows would be left out
+    without a word. A folder a pattern spells out whole is named by the other checks."""
+    if not _names_files_by_type(pattern):
+        return
+    inside = f"{pattern.rstrip('/')}/**"
+    try:
+        listed = FileSystems.match([inside])[0].metadata_list
+    except OSError as e:
+        raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
+    unread = [m.path for m in listed if same_spelling(m.path) not in read and not is_hidden(m.path, inside)]
+    folders = sorted({_folder_matched(pattern, path) for path in unread})
+    if folders:
+        raise InputError(
+            f"--input {pattern}: matches {len(folders)} folder(s) named as its files are ({folders[0]}/"
+            f"{', ...' if len(folders) > 1 else ''}), as Spark writes a dataset, and a wildcard does not read "
+            f"into a folder; pass their files too, as in --input '{instead}'"
+        )
+
+
+def _names_files_by_type(pattern: str) -> bool:
+    """Whether the pattern's last name holds a wildcard and ends as a file type's (`*.parquet`)."""
+    name = pattern.rstrip("/").rpartition("/")[2]
+    return _WILDCARD.search(name) is not None and _EXTENSION.search(name) is not None
+
+
+def _folder_matched(pattern: str, path: str) -> str:
+    """The folder of `path` that `pattern` matched: its deepest one the pattern reaches."""
+    parts = path.split("/")
+    return next(
+        folder
+        for folder in ("/".join(parts[:end]) for end in range(len(parts) - 1, 0, -1))
+        if pattern_reaches(pattern, folder)
+    )
 
 
 def is_hidden(path: str, pattern: str) -> bool:
@@ -741,7 +783,18 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     if inside:  # the next night's pattern over that folder would read this night's outputs as input
         raise InputError(f"--output {opts.output} holds input files ({inside}); write the outputs to another folder")
     written = [FileSystems.join(opts.output, *name.split("/")) for name in WRITTEN_EXAMPLES] if opts.output else []
-    reaching = next((p for p in patterns if any(pattern_reaches(p, path) for path in written)), None)
+    # A folder named as a pattern's files (`kb/*.parquet` over `kb/emb.parquet/`) would be refused next night;
+    # an output that is an input file is named as a file further on.
+    named_as_inputs = bool(opts.output) and same_spelling(opts.output.rstrip("/")) not in files
+    reaching = next(
+        (
+            p
+            for p in patterns
+            if any(pattern_reaches(p, path) for path in written)
+            or (named_as_inputs and _names_files_by_type(p) and pattern_reaches(p, opts.output.rstrip("/")))
+        ),
+        None,
+    )
     if reaching:
         raise InputError(
             f"--output {opts.output}: the --input pattern {reaching!r} takes in files the job writes there, so the "

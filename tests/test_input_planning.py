@@ -3,12 +3,14 @@ one line, every footer read by a local plan checked before any worker starts."""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.plan import typed_schema
-from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, write_parquet
 from transforms.validate import text_as_strings
 
 
@@ -113,3 +115,45 @@ def test_a_spark_output_folders_markers_checksums_and_unfinished_attempts_are_pa
         f"error: --input pattern '{kb}/*.crc' matches only files whose names start with _ or . "
         f"({kb}/.part-00000-c0.snappy.parquet.crc): markers, checksums and work folders, not data"
     )
+
+
+def test_a_pattern_naming_files_by_type_refuses_folders_so_named_whose_files_it_would_leave_out(tmp_path):
+    """Spark writes a dataset as a folder, `kb/docs.parquet/part-*.parquet`; Beam's `*`, as a shell's, neither
+    descends into it nor lists it, so `kb/*.parquet` read `kb/extra.parquet` alone and left the datasets'
+    rows out without a word. The refusal names the folder and the pattern that reads it; with it, the
+    folders' files are read and their markers and unfinished attempts passed over."""
+    kb = tmp_path / "kb"
+    write_parquet(kb / "docs.parquet" / "part-00000-c0.snappy.parquet", id=["a", "b"], text=["one", "two"])
+    write_parquet(kb / "docs.parquet" / "_temporary" / "0" / "part-00001-c0.snappy.parquet", id=["x"], text=["y"])
+    (kb / "docs.parquet" / "_SUCCESS").write_bytes(b"")
+    write_parquet(kb / "tickets.parquet" / "lang=en" / "part-00000-c1.snappy.parquet", id=["d"], text=["four"])
+    write_parquet(kb / "extra.parquet", id=["c"], text=["three"])
+    both, datasets_only, own_output, read_too = run_clis(
+        ["--input", f"{kb}/*.parquet", "--output", str(tmp_path / "out")],
+        ["--input", f"{kb}/d*.parquet", "--output", str(tmp_path / "out")],
+        ["--input", f"{kb}/e*.parquet", "--output", str(kb / "embedded.parquet")],
+        ["--input", f"{kb}/*.parquet,{kb}/*.parquet/**", "--output", str(tmp_path / "out"), "--plan_only"],
+    )
+    assert both.returncode == 1 and both.stderr.splitlines()[-1] == (
+        f"error: --input {kb}/*.parquet: matches 2 folder(s) named as its files are ({kb}/docs.parquet/, ...), "
+        "as Spark writes a dataset, and a wildcard does not read into a folder; pass their files too, as in "
+        f"--input '{kb}/*.parquet,{kb}/*.parquet/**'"
+    )
+    assert datasets_only.returncode == 1 and datasets_only.stderr.splitlines()[-1] == (
+        f"error: --input {kb}/d*.parquet: matches 1 folder(s) named as its files are ({kb}/docs.parquet/), "
+        f"as Spark writes a dataset, and a wildcard does not read into a folder; pass their files too, as in "
+        f"--input '{kb}/d*.parquet/**'"
+    )
+    assert own_output.returncode == 1 and own_output.stderr.splitlines()[-1] == (
+        f"error: --output {kb}/embedded.parquet: the --input pattern '{kb}/e*.parquet' takes in files the job "
+        "writes there, so the next night would read this night's outputs as input; write the outputs to a folder "
+        "no pattern reaches"
+    )
+    assert read_too.returncode == 0, read_too.stderr
+    plan = json.loads(read_too.stdout[read_too.stdout.index("{") :])
+    assert [f["path"] for f in plan["input_files"]] == [
+        str(kb / "extra.parquet"),
+        str(kb / "docs.parquet" / "part-00000-c0.snappy.parquet"),
+        str(kb / "tickets.parquet" / "lang=en" / "part-00000-c1.snappy.parquet"),
+    ]
+    assert not (tmp_path / "out").exists() and not (kb / "embedded.parquet").exists()
