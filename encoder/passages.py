@@ -61,6 +61,11 @@ class Passages:
         """Document tokens repeated at the start of a passage from the end of the previous one, summed."""
         return int(self.overlaps.sum())
 
+    def texts(self, documents: list[str]) -> list[str]:
+        """Each passage's text, sliced from the documents it was split from."""
+        spans = zip(self.document.tolist(), self.char_start.tolist(), self.char_end.tolist(), strict=True)
+        return [documents[d][start:end] for d, start, end in spans]
+
 
 @dataclass(frozen=True)
 class _Split:

@@ -1,6 +1,7 @@
 """Make the calibration file that int8 and uint8 vectors need: each dimension's range on a set of texts.
 
     python -m pipeline.calibrate --output calibration.json [--model M] [--truncate_dim D]
+        [--max_seq_length N] [--chunk_tokens N [--chunk_overlap N]]
         [--input 'kb/*.parquet' --text_column text] [--rows 10000]
 
 Run it once per model (and truncation and prompt), keep the file, and pass it to every night's
@@ -8,7 +9,9 @@ run as `--calibration`: the ranges never change between runs, so int8 vectors of
 nights are comparable and reused ones stay valid. The file names the model's weights (sha256)
 and the prompt; a run with other weights or another prompt refuses it. The texts are the first `--rows` non-empty
 texts of `--input`, or by default the project's synthetic knowledge base (`samples/`): use
-your own corpus where you can.
+your own corpus where you can. With the job's `--max_seq_length` and `--chunk_tokens`, the texts
+are cut and embedded as the job would: a passage's vector ranges as the job's passages do, not as
+the truncated start of a whole document.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoder import ModelFolderError, PooledEncoder
 from encoder.folder_digest import folder_sha256
+from encoder.passages import PassageSplitter
 from encoder.quantize import CalibratedModel, Calibration
 from pipeline.logs import error_line
 from pipeline.options import UsageError
-from pipeline.plan import check_model_settings, match_inputs
+from pipeline.plan import check_model_settings, chunking, match_inputs
 from samples.knowledge_base import make_rows
 from schemas.inputs import InputError, without_views
 from transforms.model_store import model_folder
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truncate_dim", type=int, default=None, help="as the job's --truncate_dim")
     parser.add_argument("--prompt_name", default=None, help="as the job's --prompt_name")
     parser.add_argument("--prompt", default=None, help="as the job's --prompt")
+    parser.add_argument("--max_seq_length", type=int, default=None, help="as the job's --max_seq_length")
+    parser.add_argument("--chunk_tokens", type=int, default=None, help="as the job's --chunk_tokens")
+    parser.add_argument("--chunk_overlap", type=int, default=None, help="as the job's --chunk_overlap")
     parser.add_argument("--input", default="", help="Parquet files (comma-separated globs) to take texts from")
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"texts to embed (default {DEFAULT_ROWS})")
@@ -87,14 +94,25 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     """Writes the calibration file; returns what was written."""
     folder = model_folder(args.model)
     weights = folder.weights_sha256()  # checks them whole, before any text is embedded
-    check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, None)
+    check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, args.max_seq_length)
+    passages = chunking(args, folder)
     texts = calibration_texts(patterns, args.text_column, args.rows)
     if len(set(texts)) < 2:
         where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
         raise InputError(f"{len(set(texts))} different non-empty text(s) in {where}; calibration needs at least 2")
     encoder = PooledEncoder(
-        folder, "auto", prompt_name=args.prompt_name, prompt=args.prompt, truncate_dim=args.truncate_dim
+        folder,
+        "auto",
+        max_seq_length=args.max_seq_length,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        truncate_dim=args.truncate_dim,
     )
+    if passages:
+        documents = texts.to_pylist()
+        tokens = encoder.tokenizer
+        splitter = PassageSplitter(tokens.raw, passages.tokens, passages.overlap, tokens.count)
+        texts = pa.array(splitter.split(documents).texts(documents), pa.large_string())
     made_for = CalibratedModel(weights, encoder.tokenizer.prompt, folder_sha256(folder.path))
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     try:
@@ -102,7 +120,8 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
             f.write(calibration.to_json().encode())
     except OSError as e:  # Beam's BeamIOError too
         raise InputError(f"--output {args.output}: cannot write there ({e})") from e
-    return f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} texts"
+    embedded = "passages" if passages else "texts"
+    return f"{args.output}: ranges of {encoder.dim} dimensions over {calibration.texts} {embedded}"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -513,7 +513,17 @@ def encoder_fixes(folder: ModelFolder, max_seq_length: int | None, prompt: str) 
     return fixes
 
 
-def chunking(options: EmbedOptions, folder: ModelFolder) -> Chunking | None:
+class PassageSettings(Protocol):
+    """The options passages are cut by: the job's EmbedOptions, or the calibration command's."""
+
+    chunk_tokens: int | None
+    chunk_overlap: int | None
+    max_seq_length: int | None
+    prompt_name: str | None
+    prompt: str | None
+
+
+def chunking(options: PassageSettings, folder: ModelFolder) -> Chunking | None:
     """The passage settings, refused (exit 2) when the model cannot honour them."""
     if options.chunk_tokens is None:
         if options.chunk_overlap is not None:

@@ -14,7 +14,7 @@ from encoder.quantize import LEVELS, CalibratedModel, Calibration, CalibrationEr
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
-from tests.conftest import write_parquet
+from tests.conftest import embedding_rows, run_cli, write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,28 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
     )
     with pytest.raises(CalibrationError, match="a calibration file is needed for int8 and uint8 only"):
         Quantizer("int8")
+
+
+def test_a_calibration_cut_as_the_jobs_passages_ranges_over_the_jobs_passage_vectors(tmp_path, model_path, capsys):
+    """Without --chunk_tokens and --max_seq_length the command embedded each long document whole, truncated to
+    its start, while the job it was made for stores one vector per passage: ranges of other vectors."""
+    documents = [" ".join(make_rows(30, seed=seed).column("text").to_pylist()) for seed in range(3)]
+    shard = write_parquet(tmp_path / "kb.parquet", id=["a", "b", "c"], text=documents)
+    settings = ["--model", model_path, "--chunk_tokens", "128", "--chunk_overlap", "16", "--max_seq_length", "200"]
+    path = tmp_path / "calibration.json"
+    assert calibrate(["--output", str(path), "--input", str(shard), *settings]) == 0
+    calibration = Calibration.from_json(path.read_text(), str(path))
+    out = tmp_path / "out"
+    job = run_cli("--input", str(shard), "--output", str(out), *settings)
+    assert job.returncode == 0, job.stderr
+    vectors = np.array([row["embedding"] for row in embedding_rows(out).values()], np.float32)
+    assert calibration.texts == len(vectors) > 3 * 5
+    np.testing.assert_allclose(calibration.minimum, vectors.min(axis=0), atol=2e-6)
+    np.testing.assert_allclose(calibration.maximum, vectors.max(axis=0), atol=2e-6)
+    capsys.readouterr()
+    too_long = ["--output", str(path), "--input", str(shard), "--model", model_path, "--chunk_tokens", "300"]
+    assert calibrate(too_long) == 2
+    assert capsys.readouterr().err == "error: --chunk_tokens 300 is more than the model's limit of 256 tokens\n"
 
 
 def test_calibration_takes_texts_from_shards_of_any_text_type(tmp_path):

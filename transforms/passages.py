@@ -86,13 +86,7 @@ class _ToUnits(beam.DoFn):
             texts = batch.column(self._columns.text).to_pylist()
             passages = self._splitter.split(texts)
             documents = passages.document
-            units = pa.array(
-                [
-                    texts[d][s:e]
-                    for d, s, e in zip(documents.tolist(), passages.char_start, passages.char_end, strict=True)
-                ],
-                pa.string(),
-            )
+            units = pa.array(passages.texts(texts), pa.string())
             located = [passages.chunk, passages.char_start, passages.char_end]
             overlaps = passages.overlaps.astype(np.int32)
             per_document = np.bincount(documents, minlength=batch.num_rows)
