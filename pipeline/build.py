@@ -99,6 +99,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, spill_dir: str | None
         buckets=plan.join_buckets,
         change_set=change_set,
         spill_dir=spill_dir,
+        previous=plan.previous.path if plan.previous else None,
     )
     embedded = joined["to_embed"] | "Embed" >> EmbedRows(
         plan.handler, plan.columns.text, output_schema, plan.rows_per_batch, plan.progress_interval

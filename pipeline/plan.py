@@ -16,6 +16,7 @@ import re
 import stat
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -597,6 +598,12 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             changed or "fingerprint",
         )
     names = manifest["files"].get("embeddings", [])
+    repeated = next(((name, times) for name, times in Counter(names).items() if times > 1), None)
+    if repeated:  # read twice, each of its ids would be held twice: refused in the workers
+        raise InputError(
+            f"--previous {path}: its manifest lists {repeated[0]} {repeated[1]} times, which no run "
+            "writes; pass a finished run's output as it wrote it, or leave --previous out"
+        )
     files = [FileSystems.join(path, name) for name in names]
     present = {same_spelling(m.path): m for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list}
     lost = [f for f in files if same_spelling(f) not in present]

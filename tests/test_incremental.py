@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import numpy as np
@@ -343,6 +345,42 @@ def test_a_previous_file_changed_in_place_at_its_size_is_refused_not_reused(day_
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"error: {copied / name}: ") and "CRC checksum verification failed" in last, last
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_previous_run_holding_an_id_twice_is_refused_naming_the_folder(day_one, tmp_path):
+    """A manifest edited by hand to list two runs' files, or one file twice: each id would be read twice.
+    A name listed twice is refused before workers start; an id held twice in the workers, where the
+    message named neither the folder nor how it came about ("--previous output holds id ...")."""
+    copies = {}
+    for case in ("file listed twice", "two files of one run"):
+        copied = copies[case] = tmp_path / case.replace(" ", "-")
+        shutil.copytree(day_one / "out1", copied)
+        manifest = json.loads((copied / "manifest.json").read_text())
+        name = manifest["files"]["embeddings"][0]
+        if case == "two files of one run":
+            shutil.copy(copied / name, copied / f"again-{name}")
+            name = f"again-{name}"
+        manifest["files"]["embeddings"].append(name)
+        (copied / "manifest.json").write_text(json.dumps(manifest))
+    day_two = ["--input", str(day_one / "day1" / "kb.parquet"), "--carry_columns", "title"]
+    listed_twice, held_twice = run_clis(
+        [*day_two, "--output", str(tmp_path / "out-a"), "--previous", str(copies["file listed twice"])],
+        [*day_two, "--output", str(tmp_path / "out-b"), "--previous", str(copies["two files of one run"])],
+    )
+    first = read_manifest(day_one / "out1")["files"]["embeddings"][0]
+    assert listed_twice.returncode == 1 and listed_twice.stderr.splitlines()[-1] == (
+        f"error: --previous {copies['file listed twice']}: its manifest lists {first} 2 times, which no run "
+        "writes; pass a finished run's output as it wrote it, or leave --previous out"
+    )
+    assert "Worker" not in listed_twice.stderr
+    held = re.search(
+        rf"error: --previous {re.escape(str(copies['two files of one run']))} holds id '([^']+)' 2 times, which no "
+        r"run writes \(were files of two runs listed in its manifest\?\); it cannot be reused: pass a finished "
+        "run's output as it wrote it, or leave --previous out",
+        held_twice.stderr,
+    )
+    assert held_twice.returncode == 1 and held and held[1] in IDS, held_twice.stderr
+    assert not (tmp_path / "out-a" / "manifest.json").exists() and not (tmp_path / "out-b" / "manifest.json").exists()
 
 
 def test_a_carried_column_dictionary_encoded_one_night_and_plain_the_next_restates_only_changed_values(day_one):

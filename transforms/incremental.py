@@ -251,7 +251,9 @@ class _Settle(beam.DoFn):
         vector_type: pa.DataType,
         spill_dir: str | None,
         deletes: pa.Schema | None = None,
+        previous: str | None = None,
     ) -> None:
+        self._previous = previous  # the folder, to name in a message
         self._spill_dir = spill_dir
         self._rejects = rejects
         self._deletes = deletes  # None: no change set
@@ -328,7 +330,9 @@ class _Settle(beam.DoFn):
         repeats = previous.group_by(ID, use_threads=False).aggregate([([], "count_all")])
         repeated = repeats.filter(pc.greater(repeats.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
         raise InputError(
-            f"--previous output holds id {repeated[ID]!r} {repeated['count_all']} times; it cannot be reused"
+            f"--previous {self._previous} holds id {repeated[ID]!r} {repeated['count_all']} times, which no run "
+            "writes (were files of two runs listed in its manifest?); it cannot be reused: pass a finished run's "
+            "output as it wrote it, or leave --previous out"
         )
 
     def _deleted_keys(self, keys: pa.Table) -> Iterator:
@@ -421,7 +425,7 @@ class JoinPrevious(beam.PTransform):
     the previous run's rows are passages, keyed by (id, chunk). `buckets`: how many groups of ids
     are settled apart (each in one process); `change_set`: None without one (no --previous, or rows
     one night and passages the next); `spill_dir`: where a local run's shuffled values go
-    (transforms.spill), None on a distributed runner."""
+    (transforms.spill), None on a distributed runner; `previous`: its folder, for messages."""
 
     def __init__(
         self,
@@ -434,6 +438,7 @@ class JoinPrevious(beam.PTransform):
         buckets: int,
         change_set: ChangeSet | None = None,
         spill_dir: str | None = None,
+        previous: str | None = None,
     ) -> None:
         super().__init__()
         self._id_column = id_column
@@ -444,7 +449,8 @@ class JoinPrevious(beam.PTransform):
         self._change_set = change_set
         restated, deletes = (change_set.restated, change_set.deletes) if change_set else (None, None)
         self._claim = _Claim(id_column, rejects, buckets, spill_dir, passages, restated)
-        self._settle = _Settle(rejects, reuse, passages, schema.field(EMBEDDING_COLUMN).type, spill_dir, deletes)
+        vector_type = schema.field(EMBEDDING_COLUMN).type
+        self._settle = _Settle(rejects, reuse, passages, vector_type, spill_dir, deletes, previous)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         units, previous = inputs
