@@ -165,15 +165,15 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     (`transforms.paths.same_spelling`); each pattern must match one."""
     matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
-        try:
-            found = FileSystems.match([pattern])[0].metadata_list
-        except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
-            raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
+        found = _listed(pattern)
+        folder = f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'"
         if not found:
             _check_datasets_read(pattern, set(), f"{pattern}/**")
+            if _WILDCARD.search(pattern) is None and _listed(f"{pattern.rstrip('/')}/**"):
+                raise InputError(folder)  # on object storage a folder is a prefix, which matches no object
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
-            raise InputError(f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'")
+            raise InputError(folder)
         hidden = sorted(m.path for m in found if is_hidden(m.path, pattern))
         if len(hidden) == len(found):
             raise InputError(
@@ -204,11 +204,7 @@ def _check_datasets_read(pattern: str, read: set[str], instead: str) -> None:
     if not _names_files_by_type(pattern):
         return
     inside = f"{pattern.rstrip('/')}/**"
-    try:
-        listed = FileSystems.match([inside])[0].metadata_list
-    except OSError as e:
-        raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
-    unread = [m.path for m in listed if same_spelling(m.path) not in read and not is_hidden(m.path, inside)]
+    unread = [m.path for m in _listed(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)]
     folders = sorted({_folder_matched(pattern, path) for path in unread})
     if folders:
         raise InputError(
@@ -216,6 +212,13 @@ def _check_datasets_read(pattern: str, read: set[str], instead: str) -> None:
             f"{', ...' if len(folders) > 1 else ''}), as Spark writes a dataset, and a wildcard does not read "
             f"into a folder; pass their files too, as in --input '{instead}'"
         )
+
+
+def _listed(pattern: str) -> list:
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
+        raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
 
 
 def _names_files_by_type(pattern: str) -> bool:

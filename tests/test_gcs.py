@@ -36,6 +36,7 @@ from encoder.folder_digest import folder_sha256
 from pipeline.plan import match_inputs
 from pipeline.run import main
 from samples.knowledge_base import write_shards
+from schemas.inputs import InputError
 from tests.conftest import ROOT, free_port, record, wait_for_port
 from transforms.compact import CompactFiles
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
@@ -223,6 +224,32 @@ def test_a_missing_bucket_or_an_object_as_output_is_named_before_any_worker_star
         assert main(["--input", pattern, "--output", output, "--model", MODEL, "--plan_only"]) == 1
         err = capsys.readouterr().err
         assert err.splitlines()[-1].startswith(f"error: {message}") and "Traceback" not in err, err
+
+
+def test_a_spark_dataset_in_a_bucket_is_named_not_left_unread(bucket):
+    """In a bucket a folder is a prefix: `spark/*.parquet` matched `extra.parquet` alone, and the folder
+    `spark/docs.parquet` spelled out matched nothing ("no file matches"), as objects neither list."""
+    gcs, root = bucket
+    shard = next((root / "kb").glob("*.parquet"))
+    for name in ("spark/docs.parquet/part-00000-c0.snappy.parquet", "spark/extra.parquet"):
+        gcs.blob(name).upload_from_filename(str(shard))
+    gcs.blob("spark/docs.parquet/_SUCCESS").upload_from_string(b"")
+    refusals = {
+        "gs://kb/spark/*.parquet": "--input gs://kb/spark/*.parquet: matches 1 folder(s) named as its files are "
+        "(gs://kb/spark/docs.parquet/), as Spark writes a dataset, and a wildcard does not read into a folder; "
+        "pass their files too, as in --input 'gs://kb/spark/*.parquet,gs://kb/spark/*.parquet/**'",
+        "gs://kb/spark/docs.parquet": "--input gs://kb/spark/docs.parquet: a folder; pass its files, as in "
+        "'gs://kb/spark/docs.parquet/*.parquet'",
+    }
+    for pattern, message in refusals.items():
+        with pytest.raises(InputError) as refused:
+            match_inputs([pattern])
+        assert str(refused.value) == message
+    both = match_inputs(["gs://kb/spark/*.parquet", "gs://kb/spark/*.parquet/**"])
+    assert [f.path for f in both] == [
+        "gs://kb/spark/extra.parquet",
+        "gs://kb/spark/docs.parquet/part-00000-c0.snappy.parquet",
+    ]
 
 
 def test_missing_gcs_model_is_a_clear_error(day1):
