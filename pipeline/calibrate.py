@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from encoder import ModelFolderError, PooledEncoder
 from encoder.folder_digest import folder_sha256
 from encoder.passages import PassageSplitter
-from encoder.quantize import CalibratedModel, Calibration
+from encoder.quantize import CalibratedModel, Calibration, CalibrationError
 from pipeline.logs import error_line
 from pipeline.options import UsageError
 from pipeline.plan import check_model_settings, chunking, match_inputs
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:  # as the job: settings the model cannot honour
         print(error_line(e), file=sys.stderr)
         return 2
-    except (InputError, ModelFolderError) as e:
+    except (InputError, ModelFolderError, CalibrationError) as e:
         print(error_line(e), file=sys.stderr)
         return 1
     return 0
@@ -97,8 +97,8 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, args.max_seq_length)
     passages = chunking(args, folder)
     texts = calibration_texts(patterns, args.text_column, args.rows)
+    where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
     if len(set(texts)) < 2:
-        where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
         raise InputError(f"{len(set(texts))} different non-empty text(s) in {where}; calibration needs at least 2")
     encoder = PooledEncoder(
         folder,
@@ -113,6 +113,8 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
         tokens = encoder.tokenizer
         splitter = PassageSplitter(tokens.raw, passages.tokens, passages.overlap, tokens.count)
         texts = pa.array(splitter.split(documents).texts(documents), pa.large_string())
+        if len(set(texts)) < 2:  # texts of no tokens (zero-width spaces) give no passage
+            raise InputError(f"{len(set(texts))} different passage(s) of the texts in {where}; calibration needs 2")
     made_for = CalibratedModel(weights, encoder.tokenizer.prompt, folder_sha256(folder.path))
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     try:

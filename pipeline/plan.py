@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from tokenizers import Tokenizer
@@ -163,17 +164,17 @@ def _split_patterns(value: str | None) -> list[str]:
 def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     """All files the patterns match, in order, each once under the path the rejects name it by
     (`transforms.paths.same_spelling`); each pattern must match one."""
+    listing = _Listing()
     matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
-        found = _listed(pattern)
-        folder = f"--input {pattern}: a folder; pass its files, as in '{pattern.rstrip('/')}/*.parquet'"
+        found = listing.match(pattern)
         if not found:
-            _check_datasets_read(pattern, set(), f"{pattern}/**")
-            if _WILDCARD.search(pattern) is None and _listed(f"{pattern.rstrip('/')}/**"):
-                raise InputError(folder)  # on object storage a folder is a prefix, which matches no object
+            _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
+            if _WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**"):
+                raise InputError(_a_folder(listing, pattern))  # on object storage a folder is a prefix
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
-            raise InputError(folder)
+            raise InputError(_a_folder(listing, pattern))
         hidden = sorted(m.path for m in found if is_hidden(m.path, pattern))
         if len(hidden) == len(found):
             raise InputError(
@@ -192,19 +193,56 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             matched.setdefault(path, PlannedFile.found(path, m))
     for pattern in patterns:
-        _check_datasets_read(pattern, set(matched), f"{pattern},{pattern}/**")
+        _check_datasets_read(listing, pattern, set(matched), f"{pattern},{pattern}/**")
     return list(matched.values())
 
 
-def _check_datasets_read(pattern: str, read: set[str], instead: str) -> None:
-    """Refuses folders a pattern naming files by their extension (`kb/*.parquet`) matches, holding files
-    no pattern reads (`read`): Spark writes a dataset as `kb/docs.parquet/part-*.parquet`, and Beam's
-    `*`, as a shell's, neither descends into a folder nor lists one, so those rows would be left out
-    without a word. A folder a pattern spells out whole is named by the other checks."""
+class _Listing:
+    """The files patterns match, as Beam matches them. On object storage Beam lists every object under a
+    pattern's literal prefix, at every depth, and keeps those the pattern matches: here each prefix is
+    listed once for every pattern sharing it (`kb/*.parquet,kb/*.parquet/**` and the folders' check),
+    where a bucket prefix holding years of outputs took a listing per pattern. Object names ending in /
+    are folder placeholders (the Cloud Console's "Create folder", Hadoop's connector), not files."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[str, list[FileMetadata]] = {}
+
+    def match(self, pattern: str) -> list[FileMetadata]:
+        wildcard = _WILDCARD.search(pattern)
+        if not is_url(pattern) or wildcard is None:
+            found = self._listed(pattern, pattern)
+        else:
+            prefix = pattern[: wildcard.start()]
+            if prefix not in self._prefixes:
+                self._prefixes[prefix] = self._listed(f"{prefix}**", pattern)
+            found = list(FileSystems.get_filesystem(pattern).match_files(self._prefixes[prefix], pattern))
+        return [m for m in found if not m.path.endswith("/")]
+
+    @staticmethod
+    def _listed(pattern: str, named: str) -> list[FileMetadata]:
+        try:
+            return FileSystems.match([pattern])[0].metadata_list
+        except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
+            raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
+
+
+def _a_folder(listing: _Listing, pattern: str) -> str:
+    folder = pattern.rstrip("/")
+    files = f"{folder}/*.parquet" if listing.match(f"{folder}/*.parquet") else f"{folder}/**"  # a partitioned one
+    return f"--input {pattern}: a folder; pass its files, as in '{files}'"
+
+
+def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instead: str) -> None:
+    """Refuses folders a pattern naming files by their type (`kb/*.parquet`, `kb/*/docs.parquet`) matches,
+    holding files no pattern reads (`read`): Spark writes a dataset as `kb/docs.parquet/part-*.parquet`,
+    and Beam's `*`, as a shell's, neither descends into a folder nor lists one, so those rows would be left
+    out without a word. A folder a pattern spells out whole is named by the other checks."""
     if not _names_files_by_type(pattern):
         return
-    inside = f"{pattern.rstrip('/')}/**"
-    unread = [m.path for m in _listed(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)]
+    inside = f"{pattern}/**"
+    unread = [
+        m.path for m in listing.match(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
+    ]
     folders = sorted({_folder_matched(pattern, path) for path in unread})
     if folders:
         raise InputError(
@@ -214,17 +252,10 @@ def _check_datasets_read(pattern: str, read: set[str], instead: str) -> None:
         )
 
 
-def _listed(pattern: str) -> list:
-    try:
-        return FileSystems.match([pattern])[0].metadata_list
-    except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
-        raise InputError(f"--input {pattern}: cannot be listed ({one_line(e)})") from e
-
-
 def _names_files_by_type(pattern: str) -> bool:
-    """Whether the pattern's last name holds a wildcard and ends as a file type's (`*.parquet`)."""
-    name = pattern.rstrip("/").rpartition("/")[2]
-    return _WILDCARD.search(name) is not None and _EXTENSION.search(name) is not None
+    """Whether the pattern holds a wildcard and its last name ends as a file type's (`*.parquet`); one
+    ending in / matches the files in the folders it names, as Beam reads it."""
+    return _WILDCARD.search(pattern) is not None and _EXTENSION.search(pattern.rpartition("/")[2]) is not None
 
 
 def _folder_matched(pattern: str, path: str) -> str:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.gcsfilesystem import GCSFileSystem
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from google.cloud import storage
 
@@ -226,14 +227,18 @@ def test_a_missing_bucket_or_an_object_as_output_is_named_before_any_worker_star
         assert err.splitlines()[-1].startswith(f"error: {message}") and "Traceback" not in err, err
 
 
-def test_a_spark_dataset_in_a_bucket_is_named_not_left_unread(bucket):
+def test_a_spark_dataset_in_a_bucket_is_named_not_left_unread(bucket, monkeypatch):
     """In a bucket a folder is a prefix: `spark/*.parquet` matched `extra.parquet` alone, and the folder
-    `spark/docs.parquet` spelled out matched nothing ("no file matches"), as objects neither list."""
+    `spark/docs.parquet` spelled out matched nothing ("no file matches"), as objects neither list. A
+    folder placeholder (an object named `.../`, as the Cloud Console's "Create folder" makes) is no file,
+    and each prefix is listed once, however many patterns and checks share it."""
     gcs, root = bucket
     shard = next((root / "kb").glob("*.parquet"))
     for name in ("spark/docs.parquet/part-00000-c0.snappy.parquet", "spark/extra.parquet"):
         gcs.blob(name).upload_from_filename(str(shard))
     gcs.blob("spark/docs.parquet/_SUCCESS").upload_from_string(b"")
+    gcs.blob("spark/empty.parquet/").upload_from_string(b"")
+    gcs.blob("spark/docs.parquet/").upload_from_string(b"")
     refusals = {
         "gs://kb/spark/*.parquet": "--input gs://kb/spark/*.parquet: matches 1 folder(s) named as its files are "
         "(gs://kb/spark/docs.parquet/), as Spark writes a dataset, and a wildcard does not read into a folder; "
@@ -245,11 +250,20 @@ def test_a_spark_dataset_in_a_bucket_is_named_not_left_unread(bucket):
         with pytest.raises(InputError) as refused:
             match_inputs([pattern])
         assert str(refused.value) == message
+    listed = Counter()
+    list_objects = GCSFileSystem._list
+
+    def counted(self, dir_or_prefix):
+        listed[dir_or_prefix] += 1
+        return list_objects(self, dir_or_prefix)
+
+    monkeypatch.setattr(GCSFileSystem, "_list", counted)
     both = match_inputs(["gs://kb/spark/*.parquet", "gs://kb/spark/*.parquet/**"])
     assert [f.path for f in both] == [
         "gs://kb/spark/extra.parquet",
         "gs://kb/spark/docs.parquet/part-00000-c0.snappy.parquet",
     ]
+    assert listed == {"gs://kb/spark/": 1}  # three matches: each pattern's, and the folders' check
 
 
 def test_missing_gcs_model_is_a_clear_error(day1):

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.plan import typed_schema
+from pipeline.plan import match_inputs, typed_schema
+from schemas.inputs import InputError
 from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, write_parquet
 from transforms.validate import text_as_strings
 
@@ -157,3 +158,16 @@ def test_a_pattern_naming_files_by_type_refuses_folders_so_named_whose_files_it_
         str(kb / "tickets.parquet" / "lang=en" / "part-00000-c1.snappy.parquet"),
     ]
     assert not (tmp_path / "out").exists() and not (kb / "embedded.parquet").exists()
+    with pytest.raises(InputError) as partitioned:  # spelled out: its files are a level down, in lang=en/
+        match_inputs([f"{kb}/tickets.parquet"])
+    assert str(partitioned.value) == (
+        f"--input {kb}/tickets.parquet: a folder; pass its files, as in '{kb}/tickets.parquet/**'"
+    )
+    write_parquet(tmp_path / "years" / "2024" / "docs.parquet", id=["e"], text=["five"])
+    write_parquet(tmp_path / "years" / "2025" / "docs.parquet" / "part-00000.parquet", id=["f"], text=["six"])
+    with pytest.raises(InputError) as named_file:  # a wildcard before the name: 2025's folder went unread
+        match_inputs([f"{tmp_path}/years/*/docs.parquet"])
+    assert str(named_file.value).startswith(
+        f"--input {tmp_path}/years/*/docs.parquet: matches 1 folder(s) named as its files are "
+        f"({tmp_path}/years/2025/docs.parquet/), as Spark writes a dataset"
+    )
