@@ -32,6 +32,10 @@ class CalibratedModel:
     weights_sha256: str
     prompt: str | None
     folder_sha256: str | None = None  # None in files made before it was recorded: then not compared
+    # How the texts were cut before embedding ("passages of up to 128 tokens, ..."): not the model's
+    # identity, so not among its differences; a run cutting its texts otherwise is warned. None in
+    # files made before it was recorded.
+    texts_cut: str | None = None
 
     def differences(self, other: CalibratedModel) -> list[str]:
         """How `other` differs from this, as 'what: this -> other' phrases."""
@@ -87,7 +91,9 @@ class Calibration:
             made_for = (
                 None
                 if model is None
-                else CalibratedModel(str(model["weights_sha256"]), model["prompt"], model.get("folder_sha256"))
+                else CalibratedModel(
+                    str(model["weights_sha256"]), model["prompt"], model.get("folder_sha256"), model.get("texts_cut")
+                )
             )
             calibration = cls(
                 tuple(map(float, body["min"])), tuple(map(float, body["max"])), int(body["texts"]), made_for
@@ -115,6 +121,7 @@ class Calibration:
                 "weights_sha256": self.made_for.weights_sha256,
                 "folder_sha256": self.made_for.folder_sha256,
                 "prompt": self.made_for.prompt,
+                "texts_cut": self.made_for.texts_cut,
             }
         return json.dumps(body)
 

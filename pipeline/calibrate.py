@@ -29,7 +29,7 @@ from encoder.passages import PassageSplitter
 from encoder.quantize import CalibratedModel, Calibration, CalibrationError
 from pipeline.logs import error_line
 from pipeline.options import UsageError
-from pipeline.plan import check_model_settings, chunking, match_inputs
+from pipeline.plan import check_model_settings, chunking, match_inputs, texts_cut
 from samples.knowledge_base import make_rows
 from schemas.inputs import InputError, without_views
 from transforms.model_store import model_folder
@@ -115,7 +115,8 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
         texts = pa.array(splitter.split(documents).texts(documents), pa.large_string())
         if len(set(texts)) < 2:  # texts of no tokens (zero-width spaces) give no passage
             raise InputError(f"{len(set(texts))} different passage(s) of the texts in {where}; calibration needs 2")
-    made_for = CalibratedModel(weights, encoder.tokenizer.prompt, folder_sha256(folder.path))
+    cut = texts_cut(passages, folder.seq_length(args.max_seq_length))
+    made_for = CalibratedModel(weights, encoder.tokenizer.prompt, folder_sha256(folder.path), cut)
     calibration = Calibration.of(encoder.encode(texts).embeddings, made_for)
     try:
         with FileSystems.create(args.output) as f:

@@ -558,6 +558,13 @@ class PassageSettings(Protocol):
     prompt: str | None
 
 
+def texts_cut(passages: Chunking | None, window: int | None) -> str:
+    """How texts are cut before the model sees them, as a calibration records it and a run compares it."""
+    if passages:
+        return f"passages of up to {passages.tokens} tokens, {passages.overlap} overlapping"
+    return f"whole texts, truncated to {window} tokens" if window else "whole texts"
+
+
 def chunking(options: PassageSettings, folder: ModelFolder) -> Chunking | None:
     """The passage settings, refused (exit 2) when the model cannot honour them."""
     if options.chunk_tokens is None:
@@ -809,6 +816,14 @@ def vector_quantizer(opts: EmbedOptions, dim: int, model: CalibratedModel) -> Qu
             calibration.check_model(model)
         except CalibrationError as e:
             raise UsageError(f"--calibration {path}: {e}") from e
+        cut = calibration.made_for.texts_cut if calibration.made_for else None
+        if cut and cut != model.texts_cut:
+            _LOG.warning(
+                "--calibration %s was measured on %s, and this run embeds %s: values past its ranges are clipped "
+                "and counted; make one with this run's --max_seq_length and --chunk_tokens (python -m "
+                "pipeline.calibrate)",
+                path, cut, model.texts_cut,
+            )  # fmt: skip
         if calibration.made_for is None:
             _LOG.warning(
                 "--calibration %s names no model (made before calibration files recorded theirs): it cannot be "
@@ -889,13 +904,15 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     )
     dim = folder.output_dim(opts.truncate_dim)
     prompt = opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name)
+    passages = chunking(opts, folder)
+    calibrated = CalibratedModel(weights_sha256, prompt, digest, texts_cut(passages, handler.max_seq_length))
     model_block = {
         "name": str(opts.model) if opts.model else DEFAULT_MODEL_NAME,
         "weights_sha256": weights_sha256,
         "folder_sha256": digest,
         "modules": folder.describe(),
         "dim": dim,
-        **vector_quantizer(opts, dim, CalibratedModel(weights_sha256, prompt, digest)).describe(),
+        **vector_quantizer(opts, dim, calibrated).describe(),
         "vector_layout": opts.vector_layout,  # not fingerprinted: either layout holds the same vectors
         "truncate_dim": dim if dim < folder.dim else None,  # the whole vector is one setting, however spelled
         "pooling": list(folder.pooling_modes),
@@ -910,7 +927,6 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         **encoder_fixes(folder, opts.max_seq_length, prompt),
         "created_at": datetime.fromtimestamp(started, UTC).isoformat(),
     }
-    passages = chunking(opts, folder)
     check_column_names(columns, passages is not None)
     if passages:
         model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)

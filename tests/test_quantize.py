@@ -14,7 +14,7 @@ from encoder.quantize import LEVELS, CalibratedModel, Calibration, CalibrationEr
 from pipeline.calibrate import calibration_texts
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
-from tests.conftest import embedding_rows, run_cli, write_parquet
+from tests.conftest import embedding_rows, run_cli, run_clis, write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
     calibration = Calibration.from_json(path.read_text(), str(path))
     assert calibration.texts == 64 and len(calibration.minimum) == 128
     weights = read_model_folder(model_path).weights_sha256()
-    assert calibration.made_for == CalibratedModel(weights, "", folder_sha256(model_path))  # no prompt
+    cut = "whole texts, truncated to 256 tokens"
+    assert calibration.made_for == CalibratedModel(weights, "", folder_sha256(model_path), cut)  # no prompt
     assert all(lo < hi for lo, hi in zip(calibration.minimum, calibration.maximum, strict=True))
     assert Calibration.from_json(calibration.to_json(), "again") == calibration
     with pytest.raises(CalibrationError, match="the vectors have 384"):
@@ -93,7 +94,8 @@ def test_a_calibration_file_is_made_once_and_read_back_exactly(tmp_path, model_p
 
 def test_a_calibration_cut_as_the_jobs_passages_ranges_over_the_jobs_passage_vectors(tmp_path, model_path, capsys):
     """Without --chunk_tokens and --max_seq_length the command embedded each long document whole, truncated to
-    its start, while the job it was made for stores one vector per passage: ranges of other vectors."""
+    its start, while the job it was made for stores one vector per passage: ranges of other vectors. The file
+    records how its texts were cut, and a run cutting them otherwise says so."""
     documents = [" ".join(make_rows(30, seed=seed).column("text").to_pylist()) for seed in range(3)]
     shard = write_parquet(tmp_path / "kb.parquet", id=["a", "b", "c"], text=documents)
     settings = ["--model", model_path, "--chunk_tokens", "128", "--chunk_overlap", "16", "--max_seq_length", "200"]
@@ -107,6 +109,23 @@ def test_a_calibration_cut_as_the_jobs_passages_ranges_over_the_jobs_passage_vec
     assert calibration.texts == len(vectors) > 3 * 5
     np.testing.assert_allclose(calibration.minimum, vectors.min(axis=0), atol=2e-6)
     np.testing.assert_allclose(calibration.maximum, vectors.max(axis=0), atol=2e-6)
+    assert calibration.made_for.texts_cut == "passages of up to 128 tokens, 16 overlapping"
+    whole = tmp_path / "whole.json"
+    assert calibrate(["--output", str(whole), "--input", str(shard), "--model", model_path]) == 0
+    assert Calibration.from_json(whole.read_text(), "").made_for.texts_cut == "whole texts, truncated to 256 tokens"
+    matching, other = run_clis(
+        ["--input", str(shard), "--output", str(tmp_path / "int8"), *settings, "--vector_dtype", "int8",
+         "--calibration", str(path)],
+        ["--input", str(shard), "--output", str(tmp_path / "int8-whole"), *settings, "--vector_dtype", "int8",
+         "--calibration", str(whole)],
+    )  # fmt: skip
+    assert matching.returncode == 0 and other.returncode == 0, other.stderr
+    warning = (
+        f"WARNING pipeline.plan: --calibration {whole} was measured on whole texts, truncated to 256 tokens, and "
+        "this run embeds passages of up to 128 tokens, 16 overlapping: values past its ranges are clipped and "
+        "counted; make one with this run's --max_seq_length and --chunk_tokens (python -m pipeline.calibrate)"
+    )
+    assert warning in other.stderr and "was measured on" not in matching.stderr
     capsys.readouterr()
     too_long = ["--output", str(path), "--input", str(shard), "--model", model_path, "--chunk_tokens", "300"]
     assert calibrate(too_long) == 2
