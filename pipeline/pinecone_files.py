@@ -4,7 +4,8 @@ Pinecone imports Parquet files with `id` (string), `values` (list of float32) an
 (a JSON object per row). Each vector's Pinecone id is its id as text, with passages
 `<id>#<chunk>`; its metadata holds every other column the job wrote (the id, passage
 offsets, carried columns, content hash) in the forms Pinecone's metadata takes: strings,
-numbers, booleans and lists of strings, nulls left out (Pinecone takes no null values).
+numbers, booleans and lists of strings, nulls left out (Pinecone takes no null values); an integer or
+decimal a 64-bit float does not hold exactly (Pinecone's numbers are such floats) goes as its text.
 Compact vectors are read back as float32 (int8 and uint8 as their levels' midpoints);
 binary vectors have no Pinecone form and are refused. Pinecone imports into new namespaces
 only, so these files hold a whole snapshot; a change set goes through its upsert and delete
@@ -41,6 +42,9 @@ PART_NAME = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]{4}-)?\d{5,}\.parquet")
 MAX_METADATA_BYTES = 40_960
 MAX_ID_CHARACTERS = 512
 SHOWN_IDS = 3  # ids named per reason a record is left out
+# Pinecone's metadata numbers are 64-bit floats: integers past this (either sign) lose their last digits there.
+FLOAT_EXACT_INTEGER = 2**53
+FLOAT_EXACT_DIGITS = 15  # decimals of at most this many digits come back from a 64-bit float as written
 IMPORT_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -78,7 +82,23 @@ def metadata_values(column: pa.Array) -> pa.Array:
         return json_values(_without_null_items(column))
     if pa.types.is_nested(kind):
         return quoted(json_values(column))
+    if pa.types.is_integer(kind) or pa.types.is_decimal(kind):  # a number a float would change goes as its text
+        return pc.if_else(_float_exact(column), json_values(column), quoted(column.cast(pa.string())))
     return json_values(column)
+
+
+def _float_exact(numbers: pa.Array) -> pa.Array:
+    """Whether each integer or decimal is held exactly by a 64-bit float, as Pinecone stores numbers: a
+    snowflake id (about 2^60) would come back with other last digits, and match no filter on its value."""
+    kind = numbers.type
+    if pa.types.is_decimal(kind) and kind.precision > FLOAT_EXACT_DIGITS:
+        return pc.equal(pc.cast(pc.cast(numbers, pa.float64()), kind, safe=False), numbers)
+    if pa.types.is_decimal(kind) or kind.bit_width < 64:
+        return pa.array(np.ones(len(numbers), bool))
+    exact = pc.less_equal(numbers, pa.scalar(FLOAT_EXACT_INTEGER, kind))
+    if pa.types.is_signed_integer(kind):
+        exact = pc.and_(exact, pc.greater_equal(numbers, pa.scalar(-FLOAT_EXACT_INTEGER, kind)))
+    return exact
 
 
 def _without_null_items(lists: pa.Array) -> pa.Array:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -189,6 +190,28 @@ def test_metadata_takes_only_the_forms_pinecone_stores():
             assert isinstance(value, str | int | float | bool) or all(isinstance(item, str) for item in value)
     sliced = [json.loads(text) for text in metadata_json(table.slice(1, 2), table.column_names).to_pylist()]
     assert sliced == rows[1:]
+
+
+def test_numbers_a_64_bit_float_would_change_go_to_pinecone_as_their_text():
+    """Pinecone stores metadata numbers as 64-bit floats: a snowflake id (about 2^60), an unsigned 64-bit
+    value or a decimal of more digits came back with other last digits, matching no filter on its value."""
+    table = pa.table(
+        {
+            "id": pa.array([2**53, 2**53 + 1, -(2**53) - 1], pa.int64()),
+            "big": pa.array([2**64 - 1, 7, None], pa.uint64()),
+            "price": pa.array(
+                [Decimal("0.10"), Decimal("12345678901234567.89"), Decimal("-99999999999999999999.99")],
+                pa.decimal128(22, 2),
+            ),
+            "small": pa.array([Decimal("1.5"), None, Decimal("-2.25")], pa.decimal128(5, 2)),
+        }
+    )
+    rows = [json.loads(text) for text in metadata_json(table, table.column_names).to_pylist()]
+    assert rows == [
+        {"id": 2**53, "big": "18446744073709551615", "price": 0.1, "small": 1.5},
+        {"id": "9007199254740993", "big": 7, "price": "12345678901234567.89"},
+        {"id": "-9007199254740993", "price": "-99999999999999999999.99", "small": -2.25},
+    ]
 
 
 def test_records_pinecone_refuses_are_left_out_and_counted_by_reason(tmp_path):
