@@ -1010,7 +1010,10 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
             return None
         if len(skipped) == MAX_SKIPPED_LOADS:
             _LOG.warning(
-                "loading the snapshot: the table holds run %s, over %d loads behind", held_run_id, len(skipped)
+                "loading the snapshot: the table holds run %s, which the change sets of the %d runs before this one "
+                "do not lead back to (loads skipped longer, or a run not among this one's earlier nights)",
+                held_run_id,
+                len(skipped),
             )
             return None
         try:  # any storage's error: a path out of the loader's reach is a reason for the snapshot, not a failure
@@ -1024,7 +1027,12 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
                 )
                 return None
             if not manifest.get("changes"):
-                _LOG.info("loading the snapshot: run %s, whose load was skipped, has no change set", manifest["run_id"])
+                _LOG.info(
+                    "loading the snapshot: the table holds run %s, and the change sets lead back only to run %s, "
+                    "which has none (its load skipped, or the table's run not among this one's earlier nights)",
+                    held_run_id,
+                    manifest["run_id"],
+                )
                 return None
             skipped.insert(0, _checked_run(path, manifest, CHANGE_KINDS))
             same = _file_schema(skipped[0], "upserts").equals(schema) and _key(skipped[0]) == _key(run)
@@ -1034,7 +1042,11 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
             )
             return None
         if not same:
-            _LOG.warning("loading the snapshot: run %s, whose load was skipped, has other columns", manifest["run_id"])
+            _LOG.warning(
+                "loading the snapshot: run %s, between the table's run %s and this one, has other columns",
+                manifest["run_id"],
+                held_run_id,
+            )
             return None
     if not changes:  # the run's own
         return None
