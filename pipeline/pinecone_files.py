@@ -82,19 +82,24 @@ def metadata_values(column: pa.Array) -> pa.Array:
         return json_values(_without_null_items(column))
     if pa.types.is_nested(kind):
         return quoted(json_values(column))
-    if pa.types.is_integer(kind) or pa.types.is_decimal(kind):  # a number a float would change goes as its text
+    if _may_outgrow_a_float(kind):  # a number a 64-bit float would change goes as its text
         return pc.if_else(_float_exact(column), json_values(column), quoted(column.cast(pa.string())))
     return json_values(column)
 
 
+def _may_outgrow_a_float(kind: pa.DataType) -> bool:
+    """64-bit integers and decimals of more digits than a 64-bit float holds: Pinecone stores numbers as such."""
+    if pa.types.is_decimal(kind):
+        return kind.precision > FLOAT_EXACT_DIGITS
+    return pa.types.is_integer(kind) and kind.bit_width == 64
+
+
 def _float_exact(numbers: pa.Array) -> pa.Array:
-    """Whether each integer or decimal is held exactly by a 64-bit float, as Pinecone stores numbers: a
-    snowflake id (about 2^60) would come back with other last digits, and match no filter on its value."""
+    """Whether each number is held exactly by a 64-bit float, as Pinecone stores it: a snowflake id (about
+    2^60) would come back with other last digits, and match no filter on its value."""
     kind = numbers.type
-    if pa.types.is_decimal(kind) and kind.precision > FLOAT_EXACT_DIGITS:
+    if pa.types.is_decimal(kind):
         return pc.equal(pc.cast(pc.cast(numbers, pa.float64()), kind, safe=False), numbers)
-    if pa.types.is_decimal(kind) or kind.bit_width < 64:
-        return pa.array(np.ones(len(numbers), bool))
     exact = pc.less_equal(numbers, pa.scalar(FLOAT_EXACT_INTEGER, kind))
     if pa.types.is_signed_integer(kind):
         exact = pc.and_(exact, pc.greater_equal(numbers, pa.scalar(-FLOAT_EXACT_INTEGER, kind)))
