@@ -59,7 +59,7 @@ from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
-from transforms.paths import is_url, not_a_folder, pattern_reaches, same_place, same_spelling
+from transforms.paths import glob_regex, is_url, not_a_folder, pattern_reaches, same_place, same_spelling
 from transforms.read import PlannedFile, one_line, open_parquet
 from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
@@ -208,14 +208,17 @@ class _Listing:
         self._prefixes: dict[str, list[FileMetadata]] = {}
 
     def match(self, pattern: str) -> list[FileMetadata]:
+        """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
+        named, pattern = pattern, _spelled(pattern)
         wildcard = _WILDCARD.search(pattern)
-        if not is_url(pattern) or wildcard is None:
-            found = self._listed(pattern, pattern)
+        if wildcard is None:
+            found = self._listed(pattern, named)
         else:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
-                self._prefixes[prefix] = self._listed(f"{prefix}**", pattern)
-            found = list(FileSystems.get_filesystem(pattern).match_files(self._prefixes[prefix], pattern))
+                self._prefixes[prefix] = self._listed(f"{prefix}**", named)
+            regex = glob_regex(pattern)
+            found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
@@ -268,10 +271,18 @@ def _folder_matched(pattern: str, path: str) -> str:
     )
 
 
+def _spelled(pattern: str) -> str:
+    """A pattern as matched: one ending in / names the files in that folder, as Beam reads it; a local one
+    made absolute, as Beam finds nothing for `*.parquet` (no folder before the wildcard) where `./*.parquet`
+    works."""
+    return same_spelling(f"{pattern}*" if pattern.endswith("/") else pattern)
+
+
 def is_hidden(path: str, pattern: str) -> bool:
-    """Whether a wildcard of `pattern` matched, in `path`, a name starting with _ or .: Spark's `_SUCCESS`
-    and `_temporary/` (a job's unfinished attempts), Hadoop's `.crc` checksums, `_metadata` summaries, which
-    Spark, Hive and pyarrow's datasets do not read as data. A name the pattern spells out is read."""
+    """Whether a wildcard of `pattern` matched, in `path` (as _Listing gives it), a name starting with _ or .:
+    Spark's `_SUCCESS` and `_temporary/` (a job's unfinished attempts), Hadoop's `.crc` checksums, `_metadata`
+    summaries, which Spark, Hive and pyarrow's datasets do not read as data. A name the pattern spells out is read."""
+    pattern = _spelled(pattern)
     wildcard = _WILDCARD.search(pattern)
     if wildcard is None or not path.startswith(pattern[: wildcard.start()]):
         return False

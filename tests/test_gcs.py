@@ -266,6 +266,21 @@ def test_a_spark_dataset_in_a_bucket_is_named_not_left_unread(bucket, monkeypatc
     assert listed == {"gs://kb/spark/": 1}  # three matches: each pattern's, and the folders' check
 
 
+def test_an_object_whose_name_holds_a_backslash_is_read(bucket):
+    """Uploaded from Windows, an object may be named `windows\\a.parquet`: Beam's `*` stops at a backslash,
+    and `gs://kb/windows/*.parquet` left its rows out of the run without a word."""
+    gcs, root = bucket
+    shards = sorted((root / "kb").glob("*.parquet"))[:2]
+    names = ["windows/b.parquet", "windows/docs\\a.parquet"]
+    for name, shard in zip(names, shards, strict=True):
+        gcs.blob(name).upload_from_filename(str(shard))
+    args = ["--input", "gs://kb/windows/*.parquet", "--output", "gs://kb/out/windows", "--model", MODEL]
+    assert main([*args, *IN_PROCESS]) == 0
+    manifest = _json(gcs, "out/windows/manifest.json")
+    assert [f["path"] for f in manifest["input_files"]] == [f"gs://kb/{name}" for name in names]
+    assert manifest["rows_in"] == manifest["rows_embedded"] == sum(pq.read_metadata(s).num_rows for s in shards)
+
+
 def test_missing_gcs_model_is_a_clear_error(day1):
     with pytest.raises(ModelFolderError, match="gs://kb/models/nothing: no files found"):
         model_folder("gs://kb/models/nothing")

@@ -171,3 +171,22 @@ def test_a_pattern_naming_files_by_type_refuses_folders_so_named_whose_files_it_
         f"--input {tmp_path}/years/*/docs.parquet: matches 1 folder(s) named as its files are "
         f"({tmp_path}/years/2025/docs.parquet/), as Spark writes a dataset"
     )
+
+
+def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_folder(tmp_path, monkeypatch):
+    """Beam's `*` stops at a backslash, Windows' separator, which on Linux and object storage is a character
+    of a name: `kb/*.parquet` left `kb/a\\b.parquet` out of the run without a word. And Beam finds nothing
+    for a pattern with no folder before its wildcard: `--input '*.parquet'` run in the knowledge base's
+    folder said no file matches."""
+    kb = tmp_path / "kb"
+    write_parquet(kb / "a\\b.parquet", id=["a"], text=["one"])
+    write_parquet(kb / "c.parquet", id=["c"], text=["two"])
+    (kb / "_SUCCESS").write_bytes(b"")
+    expected = [str(kb / "a\\b.parquet"), str(kb / "c.parquet")]
+    assert [f.path for f in match_inputs([f"{kb}/*.parquet"])] == expected
+    assert [f.path for f in match_inputs([f"{kb}/"])] == expected  # a folder's files, its marker passed over
+    monkeypatch.chdir(kb)
+    assert [f.path for f in match_inputs(["*.parquet"])] == expected
+    assert [f.path for f in match_inputs(["*"])] == expected
+    monkeypatch.chdir(tmp_path)
+    assert [f.path for f in match_inputs(["kb/?.parquet", "./kb/a*"])] == [str(kb / "c.parquet"), expected[0]]

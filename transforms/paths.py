@@ -20,11 +20,20 @@ def same_spelling(path: str) -> str:
     return path if is_url(path) else os.path.abspath(path)
 
 
+# How Beam's glob translation spells `*`: any characters but a slash or a backslash (Windows' separator).
+_BEAM_STAR = r"[^/\\]*"
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """`pattern` as Beam's matching reads it (`*` within a folder, `**` across folders), but for `*` stopping at
+    `/` alone: on Linux and object storage a backslash is a character of a name, and Beam's `kb/*.parquet` left a
+    file named `a\\b.parquet` out of a run without a word."""
+    return re.compile(FileSystem.translate_pattern(pattern).replace(_BEAM_STAR, "[^/]*"))
+
+
 def pattern_reaches(pattern: str, written: str) -> bool:
-    """Whether Beam's matching of `pattern` (`*` within a folder, `**` across folders) takes in the
-    file `written`; local paths compared made absolute."""
-    pattern, written = same_spelling(pattern), same_spelling(written)
-    return re.match(FileSystem.translate_pattern(pattern), written) is not None
+    """Whether `pattern` (glob_regex) takes in the file `written`; local paths compared made absolute."""
+    return glob_regex(same_spelling(pattern)).match(same_spelling(written)) is not None
 
 
 def same_place(a: str, b: str) -> bool:
