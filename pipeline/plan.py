@@ -104,6 +104,8 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 # before --vector_dtype existed keep being reused.
 VECTOR_KEYS = ("vector_dtype", "calibration")
 SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
+# The prompts sentence-transformers' encode_document takes, the first the model defines.
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 # Recorded only for the models two encoder fixes (2026-12-04) gave other vectors: their runs from before
 # are re-embedded once, not reused every night, and every other model's fingerprint stays as it was.
 # token_types: the type ids the tokenizer gives a one-token text, where one is not 0 (XLNet's final <cls>
@@ -797,6 +799,21 @@ def check_model_settings(
         raise UsageError(f"--prompt_name: {e}") from e
 
 
+def _warn_document_prompt_unused(folder: ModelFolder, prompt: str) -> None:
+    """Models trained for retrieval with a prompt before documents (embeddinggemma's `title: none | text: `)
+    define it under one of DOCUMENT_PROMPT_NAMES, which sentence-transformers' `encode_document` puts first;
+    its `encode`, whose vectors the job equals, does not. A run asking for no prompt embeds its texts without
+    that one: likely an oversight when the texts are documents to retrieve, so it is said at start."""
+    name = next((n for n in DOCUMENT_PROMPT_NAMES if folder.prompts.get(n)), None)
+    if name is not None and folder.prompts[name] != prompt:
+        _LOG.warning(
+            "the model defines a prompt for documents, %r (%r), which sentence-transformers' encode_document puts "
+            "before each text; this run embeds its texts %s, as encode does: pass --prompt_name %s to embed them "
+            "as documents",
+            name, folder.prompts[name], f"with the prompt {prompt!r}" if prompt else "without a prompt", name,
+        )  # fmt: skip
+
+
 def vector_quantizer(opts: EmbedOptions, dim: int, model: CalibratedModel) -> Quantizer:
     """How vectors are stored, with the calibration int8 and uint8 need; refused when it does not fit
     the vectors' dimensions or was made for another model or prompt."""
@@ -915,6 +932,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     )
     dim = folder.output_dim(opts.truncate_dim)
     prompt = opts.prompt if opts.prompt is not None else folder.prompt(opts.prompt_name)
+    if opts.prompt is None and opts.prompt_name is None:
+        _warn_document_prompt_unused(folder, prompt)
     passages = chunking(opts, folder)
     calibrated = CalibratedModel(weights_sha256, prompt, digest, texts_cut(passages, handler.max_seq_length))
     model_block = {

@@ -294,6 +294,26 @@ def test_cli_embeds_with_a_dense_model_truncated_to_fewer_dimensions(folders, tm
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+def test_a_run_without_the_models_document_prompt_says_so_at_start(folders, tmp_path):
+    """embeddinggemma defines `document`, which sentence-transformers' encode_document puts before each text
+    and its encode does not: a run asking for no prompt embeds documents without it, and says so at start."""
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", id=list(range(len(TEXTS))), text=TEXTS)
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--plan_only"]
+    gemma, named, minilm = run_clis(
+        [*args, "--model", str(folders["gemma3-text"])],
+        [*args, "--model", str(folders["gemma3-text"]), "--prompt_name", "document"],
+        [*args, "--model", str(folders["bert"])],
+    )
+    assert [r.returncode for r in (gemma, named, minilm)] == [0, 0, 0], gemma.stderr
+    warned = [line.partition(" WARNING pipeline.plan: ")[2] for line in gemma.stderr.splitlines()]
+    assert [w for w in warned if w] == [
+        "the model defines a prompt for documents, 'document' ('title: none | text: '), which sentence-transformers' "
+        "encode_document puts before each text; this run embeds its texts without a prompt, as encode does: pass "
+        "--prompt_name document to embed them as documents"
+    ]
+    assert "WARNING" not in named.stderr and "WARNING" not in minilm.stderr
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
