@@ -59,12 +59,20 @@ from transforms.id_buckets import bucketable
 from transforms.model_store import model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
-from transforms.paths import glob_regex, is_url, not_a_folder, pattern_reaches, same_place, same_spelling
+from transforms.paths import (
+    WILDCARD,
+    glob_regex,
+    is_url,
+    not_a_folder,
+    pattern_reaches,
+    same_place,
+    same_spelling,
+    spelled_pattern,
+)
 from transforms.read import PlannedFile, one_line, open_parquet
 from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, remove_temp_files
 
 _LOG = logging.getLogger(__name__)
-_WILDCARD = re.compile(r"[*?\[]")  # where a glob pattern stops spelling a path out
 _EXTENSION = re.compile(r"\.\w+$")  # a name that ends as a file type's: `*.parquet`, `part-*.pq`
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
 ROWS_PER_JOIN_BUCKET = 250_000
@@ -104,7 +112,8 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 # before --vector_dtype existed keep being reused.
 VECTOR_KEYS = ("vector_dtype", "calibration")
 SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
-# The prompts sentence-transformers' encode_document takes, the first the model defines.
+# The prompts sentence-transformers' encode_document takes, the first the model defines (Qwen3-Embedding's
+# `document` is empty: its documents go without one).
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 # Recorded only for the models two encoder fixes (2026-12-04) gave other vectors: their runs from before
 # are re-embedded once, not reused every night, and every other model's fingerprint stays as it was.
@@ -164,15 +173,15 @@ def _split_patterns(value: str | None) -> list[str]:
 
 
 def match_inputs(patterns: list[str]) -> list[PlannedFile]:
-    """All files the patterns match, in order, each once under the path the rejects name it by
-    (`transforms.paths.same_spelling`); each pattern must match one."""
+    """All files the patterns match, in order, each once (a file reached through a link too) under the path
+    the rejects name it by (`transforms.paths.same_spelling`); each pattern must match one."""
     listing = _Listing()
     matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
         found = listing.match(pattern)
         if not found:
             _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
-            if _WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**"):
+            if WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**"):
                 raise InputError(_a_folder(listing, pattern))  # on object storage a folder is a prefix
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
@@ -193,7 +202,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             path = same_spelling(m.path)
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
-            matched.setdefault(path, PlannedFile.found(path, m))
+            matched.setdefault(_one_file(path), PlannedFile.found(path, m))
     for pattern in patterns:
         _check_datasets_read(listing, pattern, set(matched), f"{pattern},{pattern}/**")
     return list(matched.values())
@@ -211,14 +220,15 @@ class _Listing:
 
     def match(self, pattern: str) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
-        named, pattern = pattern, _spelled(pattern)
-        wildcard = _WILDCARD.search(pattern)
+        named, pattern = pattern, spelled_pattern(pattern)
+        wildcard = WILDCARD.search(pattern)
         if wildcard is None:
             found = self._listed(pattern, named)
         else:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
-                self._prefixes[prefix] = self._listed(f"{prefix}**", named)
+                listed = self._listed(f"{prefix}**", named) if is_url(prefix) else _walked(prefix)
+                self._prefixes[prefix] = listed
             regex = glob_regex(pattern)
             found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
@@ -229,6 +239,46 @@ class _Listing:
             return FileSystems.match([pattern])[0].metadata_list
         except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
+        except ValueError as e:  # a scheme no installed file system reads (file://, s3:// without Beam's aws extra)
+            local = " (write a local file's path without file://)" if named.startswith("file://") else ""
+            raise InputError(f"--input {named}: cannot be listed{local} ({one_line(e)})") from e
+
+
+def _walked(prefix: str) -> list[FileMetadata]:
+    """Every local file whose path starts with `prefix`, at any depth, following links to folders as a
+    shell's glob does (Beam's listing passes them over: `kb/*/docs.parquet` left a linked folder's file
+    out without a word), but not a link back to a folder it is in. Folders that cannot be read and files
+    gone since their folder was read are passed over, as Beam does."""
+    found: list[FileMetadata] = []
+
+    def walk(folder: str, within: frozenset[str]) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if not entry.path.startswith(prefix):  # `kb/part-*`: kb's other names
+                continue
+            try:
+                if entry.is_dir():
+                    real = os.path.realpath(entry.path)
+                    if real not in within:
+                        walk(entry.path, within | {real})
+                    continue
+                info = entry.stat()
+            except OSError:
+                continue
+            found.append(FileMetadata(entry.path, info.st_size, info.st_mtime))
+
+    top = prefix[: prefix.rfind("/") + 1]
+    walk(top.rstrip("/") or "/", frozenset({os.path.realpath(top)}))
+    return found
+
+
+def _one_file(path: str) -> str:
+    """What `path` is, whatever its spelling: a local file's real path (`kb/current/` a link to `kb/2026-12-06/`
+    reaches the same files), a URL as written."""
+    return path if is_url(path) else os.path.realpath(path)
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:
@@ -245,9 +295,7 @@ def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instea
     if not _names_files_by_type(pattern):
         return
     inside = f"{pattern}/**"
-    unread = [
-        m.path for m in listing.match(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
-    ]
+    unread = [m.path for m in listing.match(inside) if _one_file(m.path) not in read and not is_hidden(m.path, inside)]
     folders = sorted({_folder_matched(pattern, path) for path in unread})
     if folders:
         raise InputError(
@@ -260,7 +308,7 @@ def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instea
 def _names_files_by_type(pattern: str) -> bool:
     """Whether the pattern holds a wildcard and its last name ends as a file type's (`*.parquet`); one
     ending in / matches the files in the folders it names, as Beam reads it."""
-    return _WILDCARD.search(pattern) is not None and _EXTENSION.search(pattern.rpartition("/")[2]) is not None
+    return WILDCARD.search(pattern) is not None and _EXTENSION.search(pattern.rpartition("/")[2]) is not None
 
 
 def _folder_matched(pattern: str, path: str) -> str:
@@ -273,19 +321,12 @@ def _folder_matched(pattern: str, path: str) -> str:
     )
 
 
-def _spelled(pattern: str) -> str:
-    """A pattern as matched: one ending in / names the files in that folder, as Beam reads it; a local one
-    made absolute, as Beam finds nothing for `*.parquet` (no folder before the wildcard) where `./*.parquet`
-    works."""
-    return same_spelling(f"{pattern}*" if pattern.endswith("/") else pattern)
-
-
 def is_hidden(path: str, pattern: str) -> bool:
     """Whether a wildcard of `pattern` matched, in `path` (as _Listing gives it), a name starting with _ or .:
     Spark's `_SUCCESS` and `_temporary/` (a job's unfinished attempts), Hadoop's `.crc` checksums, `_metadata`
     summaries, which Spark, Hive and pyarrow's datasets do not read as data. A name the pattern spells out is read."""
-    pattern = _spelled(pattern)
-    wildcard = _WILDCARD.search(pattern)
+    pattern = spelled_pattern(pattern)
+    wildcard = WILDCARD.search(pattern)
     if wildcard is None or not path.startswith(pattern[: wildcard.start()]):
         return False
     spelled = pattern[: wildcard.start()]
@@ -804,8 +845,8 @@ def _warn_document_prompt_unused(folder: ModelFolder, prompt: str) -> None:
     define it under one of DOCUMENT_PROMPT_NAMES, which sentence-transformers' `encode_document` puts first;
     its `encode`, whose vectors the job equals, does not. A run asking for no prompt embeds its texts without
     that one: likely an oversight when the texts are documents to retrieve, so it is said at start."""
-    name = next((n for n in DOCUMENT_PROMPT_NAMES if folder.prompts.get(n)), None)
-    if name is not None and folder.prompts[name] != prompt:
+    name = next((n for n in DOCUMENT_PROMPT_NAMES if n in folder.prompts), None)
+    if name is not None and folder.prompts[name] and folder.prompts[name] != prompt:
         _LOG.warning(
             "the model defines a prompt for documents, %r (%r), which sentence-transformers' encode_document puts "
             "before each text; this run embeds its texts %s, as encode does: pass --prompt_name %s to embed them "

@@ -12,6 +12,7 @@ import pytest
 from pipeline.plan import match_inputs, typed_schema
 from schemas.inputs import InputError
 from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, write_parquet
+from transforms.paths import pattern_reaches
 from transforms.validate import text_as_strings
 
 
@@ -190,3 +191,27 @@ def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_f
     assert [f.path for f in match_inputs(["*"])] == expected
     monkeypatch.chdir(tmp_path)
     assert [f.path for f in match_inputs(["kb/?.parquet", "./kb/a*"])] == [str(kb / "c.parquet"), expected[0]]
+    # As in a shell, no wildcard crosses a `/` (Beam's `?` and `[!x]` did), and `..` past one is a name.
+    for pattern in ("kb?c.parquet", "kb[!x]c.parquet", "kb/*/../c.parquet"):
+        with pytest.raises(InputError, match="no file matches"):
+            match_inputs([pattern])
+    # A pattern ending in / takes in the files the job writes in the folders it names.
+    assert pattern_reaches("runs/*/", str(tmp_path / "runs" / "day2" / "embeddings-00000-of-00001.parquet"))
+    with pytest.raises(InputError, match=r"cannot be listed \(write a local file's path without file://\)"):
+        match_inputs([f"file://{kb}/*.parquet"])
+
+
+def test_a_wildcard_follows_links_to_folders_and_reads_a_file_reached_twice_once(tmp_path):
+    """Beam's listing passes over links to folders: `kb/*/docs.parquet` left a linked night's file out of the
+    run without a word. A link back up (a loop) is not followed, and a file reached both through a link and
+    its own folder is read once, under the first path found."""
+    night = write_parquet(tmp_path / "nights" / "2026-12-06" / "docs.parquet", id=["a"], text=["one"])
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "current").symlink_to(night.parent)
+    (night.parent / "up").symlink_to(tmp_path)  # a loop
+    assert [f.path for f in match_inputs([f"{tmp_path}/kb/*/docs.parquet"])] == [
+        str(tmp_path / "kb" / "current" / "docs.parquet")
+    ]
+    assert [f.path for f in match_inputs([f"{tmp_path}/**/docs.parquet"])] == [
+        str(tmp_path / "kb" / "current" / "docs.parquet")
+    ]

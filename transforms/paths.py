@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 
-from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -20,20 +19,46 @@ def same_spelling(path: str) -> str:
     return path if is_url(path) else os.path.abspath(path)
 
 
-# How Beam's glob translation spells `*`: any characters but a slash or a backslash (Windows' separator).
-_BEAM_STAR = r"[^/\\]*"
+WILDCARD = re.compile(r"[*?\[]")  # where a glob pattern stops spelling a path out
+# A glob's pieces: `**`, `*`, `?`, a set (`[a-c]`, `[!x]`, `[]x]`), or characters meant as written.
+_GLOB_PIECE = re.compile(r"\*\*|\*|\?|\[[!^]?\]?[^\]]*\]|[^*?\[]+|\[")
+_SET_SPECIAL = re.compile(r"([\\\[\]&~|^])")  # escaped in a set: `[[]` is a `[`, not a nested set
 
 
 def glob_regex(pattern: str) -> re.Pattern:
-    """`pattern` as Beam's matching reads it (`*` within a folder, `**` across folders), but for `*` stopping at
-    `/` alone: on Linux and object storage a backslash is a character of a name, and Beam's `kb/*.parquet` left a
-    file named `a\\b.parquet` out of a run without a word."""
-    return re.compile(FileSystem.translate_pattern(pattern).replace(_BEAM_STAR, "[^/]*"))
+    """`pattern` as a shell reads a glob, within one name: `*` any characters, `?` one, `[...]` one of a
+    set (`[!...]` or `[^...]` one not in it), none of them a `/`; and `**`, as Beam reads it, any characters
+    across folders. Beam's own `*` also stops at a backslash (Windows' separator), a character of a name on
+    Linux and object storage, so `kb/*.parquet` left `kb/a\\b.parquet` out of a run without a word; and its
+    `?` and `[!...]` match a `/`."""
+    parts = []
+    for piece in _GLOB_PIECE.findall(pattern):
+        if piece in ("**", "*", "?"):
+            parts.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}[piece])
+        elif len(piece) > 2 and piece[0] == "[":
+            negated = piece[1] in "!^"
+            members = _SET_SPECIAL.sub(r"\\\1", piece[2 if negated else 1 : -1])
+            parts.append(f"[^/{members}]" if negated else f"[{members}]")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("(?s)" + "".join(parts) + r"\Z")
+
+
+def spelled_pattern(pattern: str) -> str:
+    """A pattern as matched: one ending in / names the files in that folder, as Beam reads it; a local one
+    made absolute up to its first wildcard's folder (past it, `..` is a name to match, as in a shell), as Beam
+    finds nothing for `*.parquet`, with no folder before the wildcard."""
+    pattern = f"{pattern}*" if pattern.endswith("/") else pattern
+    wildcard = WILDCARD.search(pattern)
+    if is_url(pattern) or wildcard is None:
+        return same_spelling(pattern)
+    folder_end = pattern.rfind("/", 0, wildcard.start()) + 1
+    return os.path.join(os.path.abspath(pattern[:folder_end] or "."), pattern[folder_end:])
 
 
 def pattern_reaches(pattern: str, written: str) -> bool:
-    """Whether `pattern` (glob_regex) takes in the file `written`; local paths compared made absolute."""
-    return glob_regex(same_spelling(pattern)).match(same_spelling(written)) is not None
+    """Whether `pattern` (spelled_pattern, glob_regex) takes in the file `written`; local paths made absolute."""
+    return glob_regex(spelled_pattern(pattern)).match(same_spelling(written)) is not None
 
 
 def same_place(a: str, b: str) -> bool:
