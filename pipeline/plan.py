@@ -216,7 +216,7 @@ class _Listing:
     are folder placeholders (the Cloud Console's "Create folder", Hadoop's connector), not files."""
 
     def __init__(self) -> None:
-        self._prefixes: dict[str, list[FileMetadata]] = {}
+        self._prefixes: dict[tuple[str, int | None], list[FileMetadata]] = {}
 
     def match(self, pattern: str) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
@@ -226,11 +226,13 @@ class _Listing:
             found = self._listed(pattern, named)
         else:
             prefix = pattern[: wildcard.start()]
-            if prefix not in self._prefixes:
-                listed = self._listed(f"{prefix}**", named) if is_url(prefix) else _walked(prefix)
-                self._prefixes[prefix] = listed
+            # Locally, names as deep as the pattern reaches: a link under kb/ to a large tree is not walked for kb/*.
+            depth = None if is_url(prefix) or "**" in pattern else pattern.count("/") - prefix.count("/") + 1
+            if (prefix, depth) not in self._prefixes:
+                listed = self._listed(f"{prefix}**", named) if is_url(prefix) else _walked(prefix, depth)
+                self._prefixes[prefix, depth] = listed
             regex = glob_regex(pattern)
-            found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
+            found = [m for m in self._prefixes[prefix, depth] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
@@ -244,14 +246,15 @@ class _Listing:
             raise InputError(f"--input {named}: cannot be listed{local} ({one_line(e)})") from e
 
 
-def _walked(prefix: str) -> list[FileMetadata]:
-    """Every local file whose path starts with `prefix`, at any depth, following links to folders as a
-    shell's glob does (Beam's listing passes them over: `kb/*/docs.parquet` left a linked folder's file
-    out without a word), but not a link back to a folder it is in. Folders that cannot be read and files
-    gone since their folder was read are passed over, as Beam does."""
+def _walked(prefix: str, depth: int | None) -> list[FileMetadata]:
+    """Every local file whose path starts with `prefix`, at most `depth` names below the folder it starts in
+    (None: at any depth), following links to folders as a shell's glob does (Beam's listing passes them
+    over: `kb/*/docs.parquet` left a linked folder's file out without a word), but not a link back to a
+    folder it is in. Folders that cannot be read and files gone since their folder was read are passed
+    over, as Beam does."""
     found: list[FileMetadata] = []
 
-    def walk(folder: str, within: frozenset[str]) -> None:
+    def walk(folder: str, within: frozenset[str], level: int) -> None:
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -262,8 +265,8 @@ def _walked(prefix: str) -> list[FileMetadata]:
             try:
                 if entry.is_dir():
                     real = os.path.realpath(entry.path)
-                    if real not in within:
-                        walk(entry.path, within | {real})
+                    if real not in within and (depth is None or level < depth):
+                        walk(entry.path, within | {real}, level + 1)
                     continue
                 info = entry.stat()
             except OSError:
@@ -271,7 +274,7 @@ def _walked(prefix: str) -> list[FileMetadata]:
             found.append(FileMetadata(entry.path, info.st_size, info.st_mtime))
 
     top = prefix[: prefix.rfind("/") + 1]
-    walk(top.rstrip("/") or "/", frozenset({os.path.realpath(top)}))
+    walk(top.rstrip("/") or "/", frozenset({os.path.realpath(top)}), 1)
     return found
 
 

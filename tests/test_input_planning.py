@@ -4,6 +4,7 @@ one line, every footer read by a local plan checked before any worker starts."""
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -201,14 +202,22 @@ def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_f
         match_inputs([f"file://{kb}/*.parquet"])
 
 
-def test_a_wildcard_follows_links_to_folders_and_reads_a_file_reached_twice_once(tmp_path):
+def test_a_wildcard_follows_links_to_folders_and_reads_a_file_reached_twice_once(tmp_path, monkeypatch):
     """Beam's listing passes over links to folders: `kb/*/docs.parquet` left a linked night's file out of the
-    run without a word. A link back up (a loop) is not followed, and a file reached both through a link and
-    its own folder is read once, under the first path found."""
+    run without a word. A link back up (a loop) is not followed, no folder deeper than the pattern reaches
+    is read, and a file reached both through a link and its own folder is read once, under the first path
+    found."""
     night = write_parquet(tmp_path / "nights" / "2026-12-06" / "docs.parquet", id=["a"], text=["one"])
     (tmp_path / "kb").mkdir()
     (tmp_path / "kb" / "current").symlink_to(night.parent)
     (night.parent / "up").symlink_to(tmp_path)  # a loop
+    scanned = []
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda folder: scanned.append(folder) or scandir(folder))
+    assert [f.path for f in match_inputs([f"{tmp_path}/kb/*/docs*"])] == [
+        str(tmp_path / "kb" / "current" / "docs.parquet")
+    ]
+    assert scanned == [str(tmp_path / "kb"), str(tmp_path / "kb" / "current")]
     assert [f.path for f in match_inputs([f"{tmp_path}/kb/*/docs.parquet"])] == [
         str(tmp_path / "kb" / "current" / "docs.parquet")
     ]
