@@ -173,8 +173,8 @@ def _split_patterns(value: str | None) -> list[str]:
 
 
 def match_inputs(patterns: list[str]) -> list[PlannedFile]:
-    """All files the patterns match, in order, each once (a file reached through a link too) under the path
-    the rejects name it by (`transforms.paths.same_spelling`); each pattern must match one."""
+    """All files the patterns match, in order, each once under the path the rejects name it by
+    (`transforms.paths.same_spelling`); each pattern must match one."""
     listing = _Listing()
     matched: dict[str, PlannedFile] = {}
     for pattern in patterns:
@@ -202,7 +202,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             path = same_spelling(m.path)
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
-            matched.setdefault(_one_file(path), PlannedFile.found(path, m))
+            matched.setdefault(path, PlannedFile.found(path, m))
     for pattern in patterns:
         _check_datasets_read(listing, pattern, set(matched), f"{pattern},{pattern}/**")
     return list(matched.values())
@@ -216,7 +216,7 @@ class _Listing:
     are folder placeholders (the Cloud Console's "Create folder", Hadoop's connector), not files."""
 
     def __init__(self) -> None:
-        self._prefixes: dict[tuple[str, int | None], list[FileMetadata]] = {}
+        self._prefixes: dict[str, list[FileMetadata]] = {}
 
     def match(self, pattern: str) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
@@ -226,13 +226,13 @@ class _Listing:
             found = self._listed(pattern, named)
         else:
             prefix = pattern[: wildcard.start()]
-            # Locally, names as deep as the pattern reaches: a link under kb/ to a large tree is not walked for kb/*.
-            depth = None if is_url(prefix) or "**" in pattern else pattern.count("/") - prefix.count("/") + 1
-            if (prefix, depth) not in self._prefixes:
-                listed = self._listed(f"{prefix}**", named) if is_url(prefix) else _walked(prefix, depth)
-                self._prefixes[prefix, depth] = listed
-            regex = glob_regex(pattern)
-            found = [m for m in self._prefixes[prefix, depth] if regex.match(m.path)]
+            if prefix not in self._prefixes:
+                self._prefixes[prefix] = self._listed(f"{prefix}**", named)
+            try:
+                regex = glob_regex(pattern)
+            except ValueError as e:
+                raise InputError(f"--input {named}: {e}") from e
+            found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
@@ -242,46 +242,9 @@ class _Listing:
         except OSError as e:  # Beam's BeamIOError: a bucket that does not exist, no permission to list
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
         except ValueError as e:  # a scheme no installed file system reads (file://, s3:// without Beam's aws extra)
-            local = " (write a local file's path without file://)" if named.startswith("file://") else ""
-            raise InputError(f"--input {named}: cannot be listed{local} ({one_line(e)})") from e
-
-
-def _walked(prefix: str, depth: int | None) -> list[FileMetadata]:
-    """Every local file whose path starts with `prefix`, at most `depth` names below the folder it starts in
-    (None: at any depth), following links to folders as a shell's glob does (Beam's listing passes them
-    over: `kb/*/docs.parquet` left a linked folder's file out without a word), but not a link back to a
-    folder it is in. Folders that cannot be read and files gone since their folder was read are passed
-    over, as Beam does."""
-    found: list[FileMetadata] = []
-
-    def walk(folder: str, within: frozenset[str], level: int) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            return
-        for entry in entries:
-            if not entry.path.startswith(prefix):  # `kb/part-*`: kb's other names
-                continue
-            try:
-                if entry.is_dir():
-                    real = os.path.realpath(entry.path)
-                    if real not in within and (depth is None or level < depth):
-                        walk(entry.path, within | {real}, level + 1)
-                    continue
-                info = entry.stat()
-            except OSError:
-                continue
-            found.append(FileMetadata(entry.path, info.st_size, info.st_mtime))
-
-    top = prefix[: prefix.rfind("/") + 1]
-    walk(top.rstrip("/") or "/", frozenset({os.path.realpath(top)}), 1)
-    return found
-
-
-def _one_file(path: str) -> str:
-    """What `path` is, whatever its spelling: a local file's real path (`kb/current/` a link to `kb/2026-12-06/`
-    reaches the same files), a URL as written."""
-    return path if is_url(path) else os.path.realpath(path)
+            if named.startswith("file://"):
+                raise InputError(f"--input {named}: write a local file's path without file://") from e
+            raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:
@@ -298,7 +261,9 @@ def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instea
     if not _names_files_by_type(pattern):
         return
     inside = f"{pattern}/**"
-    unread = [m.path for m in listing.match(inside) if _one_file(m.path) not in read and not is_hidden(m.path, inside)]
+    unread = [
+        m.path for m in listing.match(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
+    ]
     folders = sorted({_folder_matched(pattern, path) for path in unread})
     if folders:
         raise InputError(

@@ -35,13 +35,16 @@ def glob_regex(pattern: str) -> re.Pattern:
     for piece in _GLOB_PIECE.findall(pattern):
         if piece in ("**", "*", "?"):
             parts.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}[piece])
-        elif len(piece) > 2 and piece[0] == "[":
+        elif piece[0] == "[" and len(piece) > (3 if piece[1] in "!^" else 2):  # `[]`, `[!]` are written as is
             negated = piece[1] in "!^"
             members = _SET_SPECIAL.sub(r"\\\1", piece[2 if negated else 1 : -1])
-            parts.append(f"[^/{members}]" if negated else f"[{members}]")
+            parts.append(f"[^/{members}]" if negated else f"(?!/)[{members}]")
         else:
             parts.append(re.escape(piece))
-    return re.compile("(?s)" + "".join(parts) + r"\Z")
+    try:
+        return re.compile("(?s)" + "".join(parts) + r"\Z")
+    except re.error as e:  # a set no shell reads either: `[z-a]`
+        raise ValueError(f"not a glob pattern ({e})") from e
 
 
 def spelled_pattern(pattern: str) -> str:
