@@ -186,7 +186,8 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
             raise InputError(_a_folder(listing, pattern))
-        hidden = sorted(m.path for m in found if is_hidden(m.path, pattern))
+        spelled = spelled_pattern(pattern)
+        hidden = sorted(m.path for m in found if is_hidden(m.path, spelled))
         if len(hidden) == len(found):
             raise InputError(
                 f"--input pattern {pattern!r} matches only files whose names start with _ or . ({hidden[0]}"
@@ -260,7 +261,7 @@ def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instea
     out without a word. A folder a pattern spells out whole is named by the other checks."""
     if not _names_files_by_type(pattern):
         return
-    inside = f"{pattern}/**"
+    inside = spelled_pattern(f"{pattern}/**")
     unread = [
         m.path for m in listing.match(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
     ]
@@ -290,10 +291,10 @@ def _folder_matched(pattern: str, path: str) -> str:
 
 
 def is_hidden(path: str, pattern: str) -> bool:
-    """Whether a wildcard of `pattern` matched, in `path` (as _Listing gives it), a name starting with _ or .:
-    Spark's `_SUCCESS` and `_temporary/` (a job's unfinished attempts), Hadoop's `.crc` checksums, `_metadata`
-    summaries, which Spark, Hive and pyarrow's datasets do not read as data. A name the pattern spells out is read."""
-    pattern = spelled_pattern(pattern)
+    """Whether a wildcard of `pattern` (as spelled_pattern spells it) matched, in `path` (as _Listing gives it),
+    a name starting with _ or .: Spark's `_SUCCESS` and `_temporary/` (a job's unfinished attempts), Hadoop's
+    `.crc` checksums, `_metadata` summaries, which Spark, Hive and pyarrow's datasets do not read as data. A name
+    the pattern spells out is read."""
     wildcard = WILDCARD.search(pattern)
     if wildcard is None or not path.startswith(pattern[: wildcard.start()]):
         return False
