@@ -210,11 +210,11 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
 
 
 class _Listing:
-    """The files patterns match, as Beam matches them. On object storage Beam lists every object under a
-    pattern's literal prefix, at every depth, and keeps those the pattern matches: here each prefix is
-    listed once for every pattern sharing it (`kb/*.parquet,kb/*.parquet/**` and the folders' check),
-    where a bucket prefix holding years of outputs took a listing per pattern. Object names ending in /
-    are folder placeholders (the Cloud Console's "Create folder", Hadoop's connector), not files."""
+    """The files patterns match (transforms.paths.glob_regex), as Beam's file systems list them: every file
+    under a pattern's literal prefix, at every depth, each prefix listed once for every pattern sharing it
+    (`kb/*.parquet,kb/*.parquet/**` and the folders' check), where a bucket prefix holding years of outputs
+    took a listing per pattern. Object names ending in / are folder placeholders (the Cloud Console's
+    "Create folder", Hadoop's connector), not files."""
 
     def __init__(self) -> None:
         self._prefixes: dict[str, list[FileMetadata]] = {}
