@@ -65,6 +65,7 @@ from transforms.paths import (
     is_url,
     not_a_folder,
     pattern_reaches,
+    pattern_reaches_through_links,
     same_place,
     same_spelling,
     spelled_pattern,
@@ -894,8 +895,12 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         (
             p
             for p in patterns
-            if any(pattern_reaches(p, path) for path in written)
-            or (named_as_inputs and _names_files_by_type(p) and pattern_reaches(p, opts.output.rstrip("/")))
+            if any(pattern_reaches_through_links(p, path) for path in written)
+            or (
+                named_as_inputs
+                and _names_files_by_type(p)
+                and pattern_reaches_through_links(p, opts.output.rstrip("/"))
+            )
         ),
         None,
     )

@@ -15,7 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from samples.model_families import save_family
 from schemas.inputs import InputError
-from tests.conftest import read_manifest, record, run_cli, write_parquet
+from tests.conftest import read_manifest, record, run_cli, run_clis, write_parquet
 from transforms.read import PlannedFile, ReadParquetFiles
 
 
@@ -66,6 +66,29 @@ def test_the_mistakes_a_newcomer_makes_with_input_and_output_are_named(tmp_path)
         "night would read this night's outputs as input; write the outputs to a folder no pattern reaches",
     )
     assert run_cli("--input", f"{kb}/*.parquet", "--output", str(inner), "--plan_only").returncode == 0  # `*`: kb's own
+
+
+def test_an_output_a_pattern_reaches_through_a_link_is_refused_the_first_night(tmp_path):
+    """kb-link is a link to kb: spelled through it on either side, the output folder is where `kb/**` lists
+    files, so the next night would read this night's outputs; refused before anything is written, not the
+    next night (where the output then holds input files)."""
+    kb = tmp_path / "kb"
+    good_shard(kb / "docs" / "a.parquet")
+    (tmp_path / "kb-link").symlink_to(kb, target_is_directory=True)
+    through_output = [f"{kb}/**/*.parquet", tmp_path / "kb-link" / "nightly"]
+    through_input = [f"{tmp_path}/kb-link/**/*.parquet", kb / "night"]
+    elsewhere = [f"{kb}/**/*.parquet", tmp_path / "out"]
+    commands = [["--input", pattern, "--output", str(output)] for pattern, output in (through_output, through_input)]
+    results = run_clis(*commands, ["--input", elsewhere[0], "--output", str(elsewhere[1]), "--plan_only"])
+    for (pattern, output), result in zip((through_output, through_input), results[:2], strict=True):
+        assert_failed_without_output(
+            result,
+            output,
+            f"--output {output}: the --input pattern {pattern!r} takes in files the job writes there, so the next "
+            "night would read this night's outputs as input; write the outputs to a folder no pattern reaches",
+        )
+    assert results[2].returncode == 0, results[2].stderr
+    assert sorted(path.name for path in kb.iterdir()) == ["docs"]
 
 
 def test_a_pipe_matched_as_an_input_is_refused_rather_than_waited_on(tmp_path):

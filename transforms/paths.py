@@ -64,6 +64,26 @@ def pattern_reaches(pattern: str, written: str) -> bool:
     return glob_regex(spelled_pattern(pattern)).match(same_spelling(written)) is not None
 
 
+def pattern_reaches_through_links(pattern: str, written: str) -> bool:
+    """Whether `pattern` takes in the file `written` as spelled or, for local paths, through links: Beam
+    lists the files under a pattern's folder before its first wildcard through the links on the way to it
+    (none below it), so `kb/**/*.parquet` takes in `kb-link/nightly/embeddings.parquet` where kb-link is kb."""
+    if pattern_reaches(pattern, written):
+        return True
+    if is_url(pattern) or is_url(written):
+        return False
+    spelled, real_written = spelled_pattern(pattern), os.path.realpath(written)
+    wildcard = WILDCARD.search(spelled)
+    if wildcard is None:
+        return os.path.realpath(spelled) == real_written
+    folder_end = spelled.rfind("/", 0, wildcard.start()) + 1
+    folder = os.path.realpath(spelled[:folder_end]).rstrip("/") + "/"  # its name may hold `[`: not matched as a glob
+    return (
+        real_written.startswith(folder)
+        and glob_regex(spelled[folder_end:]).match(real_written[len(folder) :]) is not None
+    )
+
+
 def same_place(a: str, b: str) -> bool:
     """Whether two folders are one: URLs as written, local paths through their links."""
     if is_url(a) or is_url(b):
