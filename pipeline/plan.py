@@ -64,6 +64,7 @@ from transforms.paths import (
     glob_regex,
     is_url,
     not_a_folder,
+    pattern_may_enter,
     pattern_reaches,
     pattern_reaches_through_links,
     same_place,
@@ -219,6 +220,7 @@ class _Listing:
 
     def __init__(self) -> None:
         self._prefixes: dict[str, list[FileMetadata]] = {}
+        self._unreadable: dict[str, list[OSError]] = {}
 
     def match(self, pattern: str) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
@@ -230,12 +232,26 @@ class _Listing:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
                 self._prefixes[prefix] = self._listed(f"{prefix}**", named)
+                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_folders(prefix)
             try:
                 regex = glob_regex(pattern)
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
+            self._check_read_whole(named, pattern, self._unreadable[prefix])
             found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
+
+    @staticmethod
+    def _check_read_whole(named: str, pattern: str, unreadable: list[OSError]) -> None:
+        """Beam's local listing passes over a folder it cannot read (os.walk's default): the files the
+        pattern would match there would be left out of the run, and out of the table the night loads."""
+        for error in unreadable:
+            folder = os.fsdecode(error.filename)
+            if pattern_may_enter(pattern, folder) and not is_hidden(os.path.join(folder, "file"), pattern):
+                raise InputError(
+                    f"--input {named}: cannot read the folder {folder} ({error.strerror}), where the pattern may "
+                    "match files; make it readable to this job, or write the pattern so that it does not reach it"
+                )
 
     @staticmethod
     def _listed(pattern: str, named: str) -> list[FileMetadata]:
@@ -247,6 +263,15 @@ class _Listing:
             if named.startswith("file://"):
                 raise InputError(f"--input {named}: write a local file's path without file://") from e
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
+
+
+def _unreadable_folders(prefix: str) -> list[OSError]:
+    """The folders under a local pattern's prefix (`/kb/`, `/kb/part-`) that cannot be listed; one gone
+    since it was seen (a writer's work folder, cleaned up) holds no files to miss."""
+    errors: list[OSError] = []
+    for _ in os.walk(prefix[: prefix.rfind("/") + 1], onerror=errors.append):
+        pass
+    return [e for e in errors if not isinstance(e, FileNotFoundError | NotADirectoryError)]
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:

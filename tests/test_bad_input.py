@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from datetime import UTC, datetime
 from functools import partial
 
@@ -15,7 +17,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from samples.model_families import save_family
 from schemas.inputs import InputError
-from tests.conftest import read_manifest, record, run_cli, run_clis, write_parquet
+from tests.conftest import JOB, ROOT, read_manifest, record, run_cli, run_clis, write_parquet
 from transforms.read import PlannedFile, ReadParquetFiles
 
 
@@ -89,6 +91,49 @@ def test_an_output_a_pattern_reaches_through_a_link_is_refused_the_first_night(t
         )
     assert results[2].returncode == 0, results[2].stderr
     assert sorted(path.name for path in kb.iterdir()) == ["docs"]
+
+
+# As root, which reads any folder, the job runs without the capabilities that let it (setpriv, util-linux).
+NO_READ_OVERRIDE = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+]
+
+
+def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_workers_start(tmp_path):
+    """Beam's local listing passes over a folder it cannot list: `kb/**/*.parquet` left kb/locked's shards out
+    of the run without a word, and the next load deleted their rows from the table. A pattern that cannot
+    reach the folder runs as before."""
+    prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
+        pytest.skip("running as root without the capability to drop the override of folder permissions")
+    kb = tmp_path / "kb"
+    good_shard(kb / "docs" / "a.parquet")
+    good_shard(kb / "locked" / "b.parquet", ids=("c", "d"))
+    (kb / "locked").chmod(0)
+    try:
+        started = [
+            subprocess.Popen(
+                [*prefix, *JOB, "--input", pattern, "--output", str(tmp_path / f"out{n}"), "--plan_only"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n, pattern in enumerate([f"{kb}/**/*.parquet", f"{kb}/d*/*.parquet", f"{kb}/docs/*.parquet"])
+        ]
+        results = [process.communicate(timeout=300) for process in started]
+    finally:
+        (kb / "locked").chmod(0o755)
+    assert started[0].returncode == 1
+    assert results[0][1].splitlines()[-1] == (
+        f"error: --input {kb}/**/*.parquet: cannot read the folder {kb / 'locked'} (Permission denied), where the "
+        "pattern may match files; make it readable to this job, or write the pattern so that it does not reach it"
+    )
+    for process, (stdout, stderr) in zip(started[1:], results[1:], strict=True):
+        assert process.returncode == 0, stderr
+        assert [f["path"] for f in json.loads(stdout)["input_files"]] == [str(kb / "docs" / "a.parquet")]
 
 
 def test_a_pipe_matched_as_an_input_is_refused_rather_than_waited_on(tmp_path):

@@ -84,6 +84,18 @@ def pattern_reaches_through_links(pattern: str, written: str) -> bool:
     )
 
 
+def pattern_may_enter(pattern: str, folder: str) -> bool:
+    """Whether files under the local `folder` may match `pattern` (as spelled_pattern spells it): each name of
+    the folder's path matches the pattern's name at its depth, up to one holding `**`, which crosses folders."""
+    names, parts = pattern.split("/"), folder.rstrip("/").split("/")
+    for name, part in zip(names, parts, strict=False):
+        if "**" in name:
+            return True
+        if glob_regex(name).match(part) is None:
+            return False
+    return len(names) > len(parts)
+
+
 def same_place(a: str, b: str) -> bool:
     """Whether two folders are one: URLs as written, local paths through their links."""
     if is_url(a) or is_url(b):
