@@ -183,7 +183,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
         found = listing.match(pattern)
         if not found:
             _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
-            if WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**"):
+            if WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**", pattern):
                 raise InputError(_a_folder(listing, pattern))  # on object storage a folder is a prefix
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
@@ -220,11 +220,12 @@ class _Listing:
 
     def __init__(self) -> None:
         self._prefixes: dict[str, list[FileMetadata]] = {}
-        self._unreadable: dict[str, list[OSError]] = {}
+        self._unreadable: dict[str, list[tuple[str, str]]] = {}
 
-    def match(self, pattern: str) -> list[FileMetadata]:
-        """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths."""
-        named, pattern = pattern, spelled_pattern(pattern)
+    def match(self, pattern: str, named: str | None = None) -> list[FileMetadata]:
+        """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths.
+        `named`: the --input pattern messages name, where `pattern` is one the job made from it."""
+        named, pattern = named or pattern, spelled_pattern(pattern)
         wildcard = WILDCARD.search(pattern)
         if wildcard is None:
             found = self._listed(pattern, named)
@@ -242,15 +243,14 @@ class _Listing:
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
-    def _check_read_whole(named: str, pattern: str, unreadable: list[OSError]) -> None:
-        """Beam's local listing passes over a folder it cannot read (os.walk's default): the files the
-        pattern would match there would be left out of the run, and out of the table the night loads."""
-        for error in unreadable:
-            folder = os.fsdecode(error.filename)
+    def _check_read_whole(named: str, pattern: str, unreadable: list[tuple[str, str]]) -> None:
+        """The files `pattern` may match in a folder Beam's listing passed over would be left out of the run,
+        and their rows out of the table the night loads."""
+        for folder, why in unreadable:
             if pattern_may_enter(pattern, folder) and not is_hidden(os.path.join(folder, "file"), pattern):
                 raise InputError(
-                    f"--input {named}: cannot read the folder {folder} ({error.strerror}), where the pattern may "
-                    "match files; make it readable to this job, or write the pattern so that it does not reach it"
+                    f"--input {named}: cannot read the folder {folder} ({why}), where the pattern may match "
+                    "files; make it readable to this job, or write the pattern so that it does not reach it"
                 )
 
     @staticmethod
@@ -265,18 +265,45 @@ class _Listing:
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
 
 
-def _unreadable_folders(prefix: str) -> list[OSError]:
-    """The folders under a local pattern's prefix (`/kb/`, `/kb/part-`) that cannot be listed; one gone
-    since it was seen (a writer's work folder, cleaned up) holds no files to miss."""
-    errors: list[OSError] = []
-    for _ in os.walk(prefix[: prefix.rfind("/") + 1], onerror=errors.append):
-        pass
-    return [e for e in errors if not isinstance(e, FileNotFoundError | NotADirectoryError)]
+def _unreadable_folders(prefix: str) -> list[tuple[str, str]]:
+    """The folders under a local pattern's prefix (`/kb/`, `/kb/part-`) whose files Beam's listing passes
+    over, each with why: one it cannot list (os.walk's default skips it), one it can list but not enter (no
+    x permission), whose files it cannot stat. One gone since it was seen (a writer's work folder, cleaned
+    up) holds no files to miss; `lost+found`, the file system's own on a disk's root, none of the job's."""
+    found: list[tuple[str, str]] = []
+
+    def unlisted(error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError | NotADirectoryError):
+            found.append((_not_entered(os.fsdecode(error.filename)), error.strerror))
+
+    for folder, folders, files in os.walk(prefix[: prefix.rfind("/") + 1], onerror=unlisted):
+        folders[:] = [name for name in folders if name != "lost+found"]
+        entries = files or folders
+        try:
+            if entries:
+                os.lstat(os.path.join(folder, entries[0]))
+        except PermissionError as e:
+            found.append((folder.rstrip("/") or "/", e.strerror))
+            folders.clear()
+    return found
+
+
+def _not_entered(path: str) -> str:
+    """`path`, or the folder above it whose permissions keep the job from reaching it."""
+    path = path.rstrip("/") or "/"
+    while path != "/":
+        try:
+            os.stat(path)
+        except PermissionError:
+            path = os.path.dirname(path)
+        else:
+            break
+    return path
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:
     folder = pattern.rstrip("/")
-    files = f"{folder}/*.parquet" if listing.match(f"{folder}/*.parquet") else f"{folder}/**"  # a partitioned one
+    files = f"{folder}/*.parquet" if listing.match(f"{folder}/*.parquet", pattern) else f"{folder}/**"  # partitioned
     return f"--input {pattern}: a folder; pass its files, as in '{files}'"
 
 
@@ -289,7 +316,9 @@ def _check_datasets_read(listing: _Listing, pattern: str, read: set[str], instea
         return
     inside = spelled_pattern(f"{pattern}/**")
     unread = [
-        m.path for m in listing.match(inside) if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
+        m.path
+        for m in listing.match(inside, pattern)
+        if same_spelling(m.path) not in read and not is_hidden(m.path, inside)
     ]
     folders = sorted({_folder_matched(pattern, path) for path in unread})
     if folders:

@@ -102,16 +102,32 @@ NO_READ_OVERRIDE = [
 
 
 def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_workers_start(tmp_path):
-    """Beam's local listing passes over a folder it cannot list: `kb/**/*.parquet` left kb/locked's shards out
-    of the run without a word, and the next load deleted their rows from the table. A pattern that cannot
-    reach the folder runs as before."""
+    """Beam's local listing passes over a folder it cannot list, and the files of one it can list but not
+    enter: `kb/**/*.parquet` left kb/locked's shards out of the run without a word, and the next load deleted
+    their rows from the table. A pattern that cannot reach the folder runs as before, as does one over a disk
+    whose root holds the file system's own lost+found."""
     prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
     if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
         pytest.skip("running as root without the capability to drop the override of folder permissions")
-    kb = tmp_path / "kb"
-    good_shard(kb / "docs" / "a.parquet")
+    kb, disk = tmp_path / "kb", tmp_path / "disk"
+    for folder in (kb, disk):
+        good_shard(folder / "docs" / "a.parquet")
     good_shard(kb / "locked" / "b.parquet", ids=("c", "d"))
-    (kb / "locked").chmod(0)
+    good_shard(kb / "shut" / "c.parquet", ids=("e", "f"))
+    (disk / "lost+found").mkdir()
+    modes = {kb / "locked": 0, kb / "shut": 0o444, disk / "lost+found": 0}  # shut: listed, not entered
+    refused = {
+        f"{kb}/**/*.parquet": kb / "locked",
+        f"{kb}/locked/b.parquet": kb / "locked",
+        f"{kb}/s*/*.parquet": kb / "shut",
+    }
+    accepted = {
+        f"{kb}/d*/*.parquet": kb / "docs" / "a.parquet",
+        f"{kb}/d**/*.parquet": kb / "docs" / "a.parquet",
+        f"{disk}/**/*.parquet": disk / "docs" / "a.parquet",
+    }
+    for folder, mode in modes.items():
+        folder.chmod(mode)
     try:
         started = [
             subprocess.Popen(
@@ -121,19 +137,21 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for n, pattern in enumerate([f"{kb}/**/*.parquet", f"{kb}/d*/*.parquet", f"{kb}/docs/*.parquet"])
+            for n, pattern in enumerate([*refused, *accepted])
         ]
-        results = [process.communicate(timeout=300) for process in started]
+        results = [(*process.communicate(timeout=300), process.returncode) for process in started]
     finally:
-        (kb / "locked").chmod(0o755)
-    assert started[0].returncode == 1
-    assert results[0][1].splitlines()[-1] == (
-        f"error: --input {kb}/**/*.parquet: cannot read the folder {kb / 'locked'} (Permission denied), where the "
-        "pattern may match files; make it readable to this job, or write the pattern so that it does not reach it"
-    )
-    for process, (stdout, stderr) in zip(started[1:], results[1:], strict=True):
-        assert process.returncode == 0, stderr
-        assert [f["path"] for f in json.loads(stdout)["input_files"]] == [str(kb / "docs" / "a.parquet")]
+        for folder in modes:
+            folder.chmod(0o755)
+    for (pattern, folder), (_, stderr, code) in zip(refused.items(), results, strict=False):
+        assert code == 1, stderr
+        assert stderr.splitlines()[-1] == (
+            f"error: --input {pattern}: cannot read the folder {folder} (Permission denied), where the pattern may "
+            "match files; make it readable to this job, or write the pattern so that it does not reach it"
+        )
+    for (pattern, file), (stdout, stderr, code) in zip(accepted.items(), results[len(refused) :], strict=True):
+        assert code == 0, stderr
+        assert [f["path"] for f in json.loads(stdout)["input_files"]] == [str(file)], pattern
 
 
 def test_a_pipe_matched_as_an_input_is_refused_rather_than_waited_on(tmp_path):

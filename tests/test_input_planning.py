@@ -197,6 +197,7 @@ def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_f
         with pytest.raises(InputError, match="no file matches"):
             match_inputs([pattern])
     assert [bool(glob_regex("k/[!]c").match(path)) for path in ("k/[!]c", "k/xc")] == [True, False]
+    assert [bool(glob_regex("k/a[b").match(path)) for path in ("k/a[b", "k/ab")] == [True, False]  # a lone [ too
     with pytest.raises(InputError) as reversed_range:
         match_inputs(["kb/[z-a].parquet"])
     assert str(reversed_range.value).startswith("--input kb/[z-a].parquet: not a glob pattern (bad character range")

@@ -35,7 +35,7 @@ def glob_regex(pattern: str) -> re.Pattern:
     for piece in _GLOB_PIECE.findall(pattern):
         if piece in ("**", "*", "?"):
             parts.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}[piece])
-        elif piece[0] == "[" and len(piece) > (3 if piece[1] in "!^" else 2):  # `[]`, `[!]` are written as is
+        elif piece[0] == "[" and len(piece) > (3 if piece[1:2] in ("!", "^") else 2):  # `[`, `[]`, `[!]` as written
             negated = piece[1] in "!^"
             members = _SET_SPECIAL.sub(r"\\\1", piece[2 if negated else 1 : -1])
             parts.append(f"[^/{members}]" if negated else f"(?!/)[{members}]")
@@ -86,11 +86,12 @@ def pattern_reaches_through_links(pattern: str, written: str) -> bool:
 
 def pattern_may_enter(pattern: str, folder: str) -> bool:
     """Whether files under the local `folder` may match `pattern` (as spelled_pattern spells it): each name of
-    the folder's path matches the pattern's name at its depth, up to one holding `**`, which crosses folders."""
+    the folder's path matches the pattern's name at its depth, up to one holding `**`, which crosses folders
+    after what comes before it."""
     names, parts = pattern.split("/"), folder.rstrip("/").split("/")
     for name, part in zip(names, parts, strict=False):
-        if "**" in name:
-            return True
+        if "**" in name:  # what comes before it matches the start of this name
+            return glob_regex(name[: name.index("**")] + "*").match(part) is not None
         if glob_regex(name).match(part) is None:
             return False
     return len(names) > len(parts)
