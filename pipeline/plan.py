@@ -269,7 +269,7 @@ def _unreadable_folders(prefix: str) -> list[tuple[str, str]]:
     """The folders under a local pattern's prefix (`/kb/`, `/kb/part-`) whose files Beam's listing passes
     over, each with why: one it cannot list (os.walk's default skips it), one it can list but not enter (no
     x permission), whose files it cannot stat. One gone since it was seen (a writer's work folder, cleaned
-    up) holds no files to miss; `lost+found`, the file system's own on a disk's root, none of the job's."""
+    up) holds no files to miss; a `lost+found` folder, a file system's own (on a disk's root), none of the job's."""
     found: list[tuple[str, str]] = []
 
     def unlisted(error: OSError) -> None:
@@ -285,6 +285,8 @@ def _unreadable_folders(prefix: str) -> list[tuple[str, str]]:
         except PermissionError as e:
             found.append((folder.rstrip("/") or "/", e.strerror))
             folders.clear()
+        except OSError:  # gone since the folder was listed
+            pass
     return found
 
 
@@ -296,6 +298,8 @@ def _not_entered(path: str) -> str:
             os.stat(path)
         except PermissionError:
             path = os.path.dirname(path)
+        except OSError:  # a link looping on itself: named, with why, as it is
+            break
         else:
             break
     return path

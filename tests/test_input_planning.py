@@ -198,6 +198,9 @@ def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_f
             match_inputs([pattern])
     assert [bool(glob_regex("k/[!]c").match(path)) for path in ("k/[!]c", "k/xc")] == [True, False]
     assert [bool(glob_regex("k/a[b").match(path)) for path in ("k/a[b", "k/ab")] == [True, False]  # a lone [ too
+    (tmp_path / "loop").symlink_to("loop")  # a folder the listing cannot enter, named with why (not a traceback)
+    with pytest.raises(InputError, match=r"cannot read the folder .*/loop \(Too many levels of symbolic links\), "):
+        match_inputs(["loop/*.parquet"])
     with pytest.raises(InputError) as reversed_range:
         match_inputs(["kb/[z-a].parquet"])
     assert str(reversed_range.value).startswith("--input kb/[z-a].parquet: not a glob pattern (bad character range")
