@@ -70,6 +70,7 @@ from transforms.paths import (
     same_place,
     same_spelling,
     spelled_pattern,
+    split_at_wildcard,
 )
 from transforms.read import PlannedFile, one_line, open_parquet
 from transforms.write import CHANGE_KINDS, CHANGES_DIR, MANIFEST, output_files, remove_temp_files
@@ -233,7 +234,7 @@ class _Listing:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
                 self._prefixes[prefix] = self._listed(f"{prefix}**", named)
-                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_folders(prefix)
+                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_folders(split_at_wildcard(pattern)[0])
             try:
                 regex = glob_regex(pattern)
             except ValueError as e:
@@ -265,8 +266,8 @@ class _Listing:
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
 
 
-def _unreadable_folders(prefix: str) -> list[tuple[str, str]]:
-    """The folders under a local pattern's prefix (`/kb/`, `/kb/part-`) whose files Beam's listing passes
+def _unreadable_folders(top: str) -> list[tuple[str, str]]:
+    """The folders under a local pattern's folder before its wildcard (`/kb/`) whose files Beam's listing passes
     over, each with why: one it cannot list (os.walk's default skips it), one it can list but not enter (no
     x permission), whose files it cannot stat. One gone since it was seen (a writer's work folder, cleaned
     up) holds no files to miss; a `lost+found` folder, a file system's own (on a disk's root), none of the job's."""
@@ -276,7 +277,7 @@ def _unreadable_folders(prefix: str) -> list[tuple[str, str]]:
         if not isinstance(error, FileNotFoundError | NotADirectoryError):
             found.append((_not_entered(os.fsdecode(error.filename)), error.strerror))
 
-    for folder, folders, files in os.walk(prefix[: prefix.rfind("/") + 1], onerror=unlisted):
+    for folder, folders, files in os.walk(top, onerror=unlisted):
         folders[:] = [name for name in folders if name != "lost+found"]
         entries = files or folders
         try:
@@ -298,10 +299,10 @@ def _not_entered(path: str) -> str:
             os.stat(path)
         except PermissionError:
             path = os.path.dirname(path)
+            continue
         except OSError:  # a link looping on itself: named, with why, as it is
-            break
-        else:
-            break
+            pass
+        return path
     return path
 
 

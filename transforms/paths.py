@@ -52,11 +52,21 @@ def spelled_pattern(pattern: str) -> str:
     made absolute up to its first wildcard's folder (past it, `..` is a name to match, as in a shell), as Beam
     finds nothing for `*.parquet`, with no folder before the wildcard."""
     pattern = f"{pattern}*" if pattern.endswith("/") else pattern
-    wildcard = WILDCARD.search(pattern)
-    if is_url(pattern) or wildcard is None:
+    split = split_at_wildcard(pattern)
+    if is_url(pattern) or split is None:
         return same_spelling(pattern)
-    folder_end = pattern.rfind("/", 0, wildcard.start()) + 1
-    return os.path.join(os.path.abspath(pattern[:folder_end] or "."), pattern[folder_end:])
+    folder, rest = split
+    return os.path.join(os.path.abspath(folder or "."), rest)
+
+
+def split_at_wildcard(pattern: str) -> tuple[str, str] | None:
+    """A pattern's folder before its first wildcard (`kb/` of `kb/d*/*.parquet`, with its /) and the rest;
+    None for a pattern without one."""
+    wildcard = WILDCARD.search(pattern)
+    if wildcard is None:
+        return None
+    end = pattern.rfind("/", 0, wildcard.start()) + 1
+    return pattern[:end], pattern[end:]
 
 
 def pattern_reaches(pattern: str, written: str) -> bool:
@@ -73,15 +83,11 @@ def pattern_reaches_through_links(pattern: str, written: str) -> bool:
     if is_url(pattern) or is_url(written):
         return False
     spelled, real_written = spelled_pattern(pattern), os.path.realpath(written)
-    wildcard = WILDCARD.search(spelled)
-    if wildcard is None:
+    split = split_at_wildcard(spelled)
+    if split is None:
         return os.path.realpath(spelled) == real_written
-    folder_end = spelled.rfind("/", 0, wildcard.start()) + 1
-    folder = os.path.realpath(spelled[:folder_end]).rstrip("/") + "/"  # its name may hold `[`: not matched as a glob
-    return (
-        real_written.startswith(folder)
-        and glob_regex(spelled[folder_end:]).match(real_written[len(folder) :]) is not None
-    )
+    folder = os.path.realpath(split[0]).rstrip("/") + "/"  # its name may hold `[`: not matched as a glob
+    return real_written.startswith(folder) and glob_regex(split[1]).match(real_written[len(folder) :]) is not None
 
 
 def pattern_may_enter(pattern: str, folder: str) -> bool:
