@@ -184,8 +184,8 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
         found = listing.match(pattern)
         if not found:
             _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
-            if WILDCARD.search(pattern) is None and listing.match(f"{pattern.rstrip('/')}/**", pattern):
-                raise InputError(_a_folder(listing, pattern))  # on object storage a folder is a prefix
+            if WILDCARD.search(pattern) is None and _names_a_folder(listing, pattern):
+                raise InputError(_a_folder(listing, pattern))
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
             raise InputError(_a_folder(listing, pattern))
@@ -304,6 +304,21 @@ def _not_entered(path: str) -> str:
             pass
         return path
     return path
+
+
+def _names_a_folder(listing: _Listing, pattern: str) -> bool:
+    """Whether a pattern without a wildcard names a folder holding anything: a local one as it is, whatever
+    its subfolders' permissions (the pattern the user writes instead meets those); on object storage, a
+    prefix. One the job cannot list is a folder too: _a_folder's listing names why it cannot read it."""
+    if is_url(pattern):
+        return bool(listing.match(f"{pattern.rstrip('/')}/**", pattern))
+    try:
+        with os.scandir(pattern) as entries:
+            return next(entries, None) is not None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:

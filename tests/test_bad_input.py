@@ -105,7 +105,7 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
     """Beam's local listing passes over a folder it cannot list, and the files of one it can list but not
     enter: `kb/**/*.parquet` left kb/locked's shards out of the run without a word, and the next load deleted
     their rows from the table. A pattern that cannot reach the folder runs as before, as does one over a disk
-    whose root holds the file system's own lost+found."""
+    whose root holds the file system's own lost+found; a folder given as --input is named as one."""
     prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
     if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
         pytest.skip("running as root without the capability to drop the override of folder permissions")
@@ -121,6 +121,7 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
         f"{kb}/locked/b.parquet": kb / "locked",
         f"{kb}/s*/*.parquet": kb / "shut",
     }
+    folders = {f"{kb}/": f"{kb}/**"}  # a folder as --input is named so, however its subfolders are locked
     accepted = {
         f"{kb}/d*/*.parquet": kb / "docs" / "a.parquet",
         f"{kb}/d**/*.parquet": kb / "docs" / "a.parquet",
@@ -137,7 +138,7 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for n, pattern in enumerate([*refused, *accepted])
+            for n, pattern in enumerate([*refused, *folders, *accepted])
         ]
         results = [(*process.communicate(timeout=300), process.returncode) for process in started]
     finally:
@@ -149,7 +150,11 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
             f"error: --input {pattern}: cannot read the folder {folder} (Permission denied), where the pattern may "
             "match files; make it readable to this job, or write the pattern so that it does not reach it"
         )
-    for (pattern, file), (stdout, stderr, code) in zip(accepted.items(), results[len(refused) :], strict=True):
+    for (pattern, files), (_, stderr, code) in zip(folders.items(), results[len(refused) :], strict=False):
+        assert code == 1, stderr
+        assert stderr.splitlines()[-1] == f"error: --input {pattern}: a folder; pass its files, as in '{files}'"
+    checked = len(refused) + len(folders)
+    for (pattern, file), (stdout, stderr, code) in zip(accepted.items(), results[checked:], strict=True):
         assert code == 0, stderr
         assert [f["path"] for f in json.loads(stdout)["input_files"]] == [str(file)], pattern
 
