@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -148,6 +149,15 @@ def _stopped(record: logging.LogRecord) -> bool:
     return record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
 
 
+def _with_error_type(record: logging.LogRecord) -> str:
+    """A record's message, and the exception it carries as its type and text: Beam's DoFn runner logs a
+    worker's failure as the exception's text alone (an InputError's, with the step appended)."""
+    message = record.getMessage()
+    if record.exc_info is None or record.exc_info[1] is None:
+        return message
+    return f"{message}\n{''.join(traceback.format_exception_only(record.exc_info[1]))}"
+
+
 class WorkerLogs(logging.Filter):
     """Turns forwarded worker records into the job's own single-line messages; feeds progress reports
     to `line` instead of the log. Installed on the local job service's logger, and on the embed
@@ -180,7 +190,7 @@ class WorkerLogs(logging.Filter):
         if (
             self._report(message)
             or record.levelno >= logging.ERROR
-            and (self._reported.search(message) or _stopped(record))
+            and (self._reported.search(_with_error_type(record)) or _stopped(record))
         ):
             return False
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded

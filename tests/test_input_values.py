@@ -468,3 +468,4 @@ def test_int96_timestamps_holding_nanoseconds_fail_naming_file_column_row_and_va
         "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
         "column as INT64 timestamps (pyarrow's default) to keep them"
     )
+    assert "Traceback" not in result.stderr
