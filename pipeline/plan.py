@@ -388,7 +388,17 @@ def _special(path: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
-def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFile, pa.Schema, list[str]]:
+class TypedSchema(NamedTuple):
+    """The columns' types for the run, and where they came from."""
+
+    path: str  # the shard giving the types: the first holding rows
+    shard: pq.ParquetFile
+    schema: pa.Schema
+    valueless: list[str]  # columns holding no value in any shard
+    typed_in: dict[str, str]  # columns typed by a later shard's values: that shard, which messages name
+
+
+def typed_schema(files: list[str], names: list[str]) -> TypedSchema:
     """The shard whose schema gives the columns' types (the first holding rows: an empty shard may
     carry no types, as pandas writes an empty text column as null), with its file, that schema and the
     columns holding no value in any shard. A column of type null there, or holding only nulls (pandas
@@ -399,21 +409,24 @@ def typed_schema(files: list[str], names: list[str]) -> tuple[str, pq.ParquetFil
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = typed_by_values(shard)
     untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
+    typed_in: dict[str, str] = {}
     later = files[files.index(path) + 1 :]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         for start in range(0, len(later), FOOTER_THREADS):
             if not untyped:
                 break
-            for theirs in pool.map(_values_schema, later[start : start + FOOTER_THREADS]):
+            batch = later[start : start + FOOTER_THREADS]
+            for their_path, theirs in zip(batch, pool.map(_values_schema, batch), strict=True):
                 for name in [n for n in untyped if theirs is not None and theirs.get_field_index(n) >= 0]:
                     if not pa.types.is_null(theirs.field(name).type):
                         index = schema.get_field_index(name)
                         schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+                        typed_in[name] = their_path
                         untyped.remove(name)
     for name in untyped:
         index = schema.get_field_index(name)
         schema = schema.set(index, shard.schema_arrow.field(name))
-    return path, shard, schema, untyped
+    return TypedSchema(path, shard, schema, untyped, typed_in)
 
 
 def _values_schema(path: str) -> pa.Schema | None:
@@ -988,7 +1001,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         raise UsageError(
             f"--text_column and --id_column are both {opts.id_column!r}: the id names each row, the text is embedded"
         )
-    first, first_file, schema, valueless = typed_schema(files, [opts.id_column, opts.text_column, *carry])
+    first, first_file, schema, valueless, typed_in = typed_schema(files, [opts.id_column, opts.text_column, *carry])
     schema = widened_integers(files, schema, [opts.id_column, *(c for c in carry if c != opts.text_column)])
     if opts.previous and not first_file.metadata.num_rows:
         schema = typed_as_previous(
@@ -1001,8 +1014,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)
     if not bucketable(columns.id.type):
         raise InputError(
-            f"{first}: id column {columns.id.name!r} is {columns.id.type}; ids must be strings, binaries, "
-            "numbers (not float16), dates, times or UUIDs"
+            f"{typed_in.get(opts.id_column, first)}: id column {columns.id.name!r} is {columns.id.type}; ids must "
+            "be strings, binaries, numbers (not float16), dates, times or UUIDs"
         )
     check_device(opts.device, opts.dtype, options.view_as(StandardOptions).runner in LOCAL_RUNNERS)
     folder, weights_sha256, digest = checked_model(opts)

@@ -359,6 +359,17 @@ def test_an_id_column_of_lists_or_an_extension_type_of_them_is_refused_before_wo
     assert_failed_without_output(result, tmp_path / "out", f"{path}: id column 'id' is {named}")
 
 
+def test_an_id_type_a_later_shard_gave_names_that_shard(tmp_path):
+    """The first shard's ids all null, the run takes its id type from the next shard holding ids: the
+    refusal of that type named the first shard, which holds int64 ids."""
+    write_parquet(tmp_path / "in" / "a.parquet", id=pa.array([None, None], pa.int64()), text=["one", "two"])
+    lists = write_parquet(tmp_path / "in" / "b.parquet", id=pa.array([[1], [2]]), text=["three", "four"])
+    result = run_cli("--input", f"{tmp_path}/in/*.parquet", "--output", str(tmp_path / "out"))
+    assert_failed_without_output(
+        result, tmp_path / "out", f"{lists}: id column 'id' is list<element: int64>; {ID_TYPES}"
+    )
+
+
 def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
     """duplicate_id and no_tokens are found after validation has dropped rows: they must still name
     the row's place in the file, not its place among the rows left."""

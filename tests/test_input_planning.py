@@ -30,9 +30,10 @@ def test_a_null_column_takes_its_type_from_a_shard_holding_rows_not_an_empty_one
         ),
         write_parquet(tmp_path / "c.parquet", id=["c"], text=["y"], title=["T"]),
     ]
-    path, _, schema, valueless = typed_schema([str(f) for f in files], ["id", "text", "title"])
+    path, _, schema, valueless, typed_in = typed_schema([str(f) for f in files], ["id", "text", "title"])
     assert path == str(files[0])
     assert schema.field("title").type == pa.string() and valueless == []
+    assert typed_in == {"title": str(files[2])}  # what a message about its type names
 
 
 def test_large_binary_text_stays_as_wide_as_its_bytes():
