@@ -67,6 +67,7 @@ from transforms.paths import (
     pattern_may_enter,
     pattern_reaches,
     pattern_reaches_through_links,
+    real_path,
     same_place,
     same_spelling,
     spelled_pattern,
@@ -177,9 +178,12 @@ def _split_patterns(value: str | None) -> list[str]:
 
 def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     """All files the patterns match, in order, each once under the path the rejects name it by
-    (`transforms.paths.same_spelling`); each pattern must match one."""
+    (`transforms.paths.same_spelling`), its first; a file two spellings reach through a link too, whose
+    rows were read twice and rejected as duplicates of themselves. Each pattern must match a file."""
     listing = _Listing()
-    matched: dict[str, PlannedFile] = {}
+    matched: dict[str, PlannedFile] = {}  # by the file's real path
+    spellings: set[str] = set()  # every spelling matched, whose datasets' files were read
+    folders: dict[str, str] = {}
     for pattern in patterns:
         found = listing.match(pattern)
         if not found:
@@ -206,9 +210,10 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
             path = same_spelling(m.path)
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
-            matched.setdefault(path, PlannedFile.found(path, m))
+            spellings.add(path)
+            matched.setdefault(real_path(path, folders), PlannedFile.found(path, m))
     for pattern in patterns:
-        _check_datasets_read(listing, pattern, set(matched), f"{pattern},{pattern}/**")
+        _check_datasets_read(listing, pattern, spellings, f"{pattern},{pattern}/**")
     return list(matched.values())
 
 

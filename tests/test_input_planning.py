@@ -175,6 +175,18 @@ def test_a_pattern_naming_files_by_type_refuses_folders_so_named_whose_files_it_
     )
 
 
+def test_a_file_two_spellings_reach_through_a_link_is_read_once(tmp_path):
+    """`kb/a.parquet,current/*.parquet` with current a link to kb read a.parquet twice: its rows counted
+    twice in rows_in, the second copies rejected as duplicates of themselves. A file's own link likewise."""
+    kb = tmp_path / "kb"
+    write_parquet(kb / "a.parquet", id=["a"], text=["one"])
+    write_parquet(kb / "b.parquet", id=["b"], text=["two"])
+    (tmp_path / "current").symlink_to(kb)
+    (tmp_path / "latest.parquet").symlink_to(kb / "b.parquet")
+    found = match_inputs([f"{kb}/a.parquet", f"{tmp_path}/current/*.parquet", f"{tmp_path}/latest.parquet"])
+    assert [f.path for f in found] == [str(kb / "a.parquet"), f"{tmp_path}/current/b.parquet"]  # first spellings
+
+
 def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_folder(tmp_path, monkeypatch):
     """Beam's `*` stops at a backslash, Windows' separator, which on Linux and object storage is a character
     of a name: `kb/*.parquet` left `kb/a\\b.parquet` out of the run without a word. And Beam finds nothing

@@ -19,6 +19,19 @@ def same_spelling(path: str) -> str:
     return path if is_url(path) else os.path.abspath(path)
 
 
+def real_path(path: str, folders: dict[str, str]) -> str:
+    """The file a local path names, through links: its folder's real path (cached in `folders`, one
+    per folder, where thousands of shards share a few) and the file's own link followed; URLs as they
+    are. `kb/a.parquet` and `current/a.parquet`, with current a link to kb, are one file."""
+    if is_url(path):
+        return path
+    folder, name = os.path.split(path)
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    joined = os.path.join(folders[folder], name)
+    return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+
 WILDCARD = re.compile(r"[*?\[]")  # where a glob pattern stops spelling a path out
 # A glob's pieces: `**`, `*`, `?`, a set (`[a-c]`, `[!x]`, `[]x]`), or characters meant as written.
 _GLOB_PIECE = re.compile(r"\*\*|\*|\?|\[[!^]?\]?[^\]]*\]|[^*?\[]+|\[")
