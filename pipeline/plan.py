@@ -187,6 +187,7 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     for pattern in patterns:
         found = listing.match(pattern)
         if not found:
+            _check_link_followed(pattern)
             _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
             if WILDCARD.search(pattern) is None and _names_a_folder(listing, pattern):
                 raise InputError(_a_folder(listing, pattern))
@@ -226,7 +227,7 @@ class _Listing:
 
     def __init__(self) -> None:
         self._prefixes: dict[str, list[FileMetadata]] = {}
-        self._unreadable: dict[str, list[tuple[str, str]]] = {}
+        self._unreadable: dict[str, list[Unreadable]] = {}
 
     def match(self, pattern: str, named: str | None = None) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths.
@@ -239,7 +240,7 @@ class _Listing:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
                 self._prefixes[prefix] = self._listed(f"{prefix}**", named)
-                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_folders(split_at_wildcard(pattern)[0])
+                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_places(split_at_wildcard(pattern)[0])
             try:
                 regex = glob_regex(pattern)
             except ValueError as e:
@@ -249,13 +250,21 @@ class _Listing:
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
-    def _check_read_whole(named: str, pattern: str, unreadable: list[tuple[str, str]]) -> None:
-        """The files `pattern` may match in a folder Beam's listing passed over would be left out of the run,
-        and their rows out of the table the night loads."""
-        for folder, why in unreadable:
-            if pattern_may_enter(pattern, folder) and not is_hidden(os.path.join(folder, "file"), pattern):
+    def _check_read_whole(named: str, pattern: str, unreadable: list[Unreadable]) -> None:
+        """The files `pattern` may match in a folder Beam's listing passed over, or a link it matches that
+        cannot be followed, would be left out of the run, and their rows out of the table the night loads."""
+        for place in unreadable:
+            if is_hidden(os.path.join(place.path, "file"), pattern):
+                continue
+            if place.link and glob_regex(pattern).match(place.path):
                 raise InputError(
-                    f"--input {named}: cannot read the folder {folder} ({why}), where the pattern may match "
+                    f"--input {named}: cannot read {place.path}, a link to {os.readlink(place.path)} ({place.why}), "
+                    "which the pattern matches; mend or remove the link, or write the pattern so that it does not "
+                    "match it"
+                )
+            if not place.link and pattern_may_enter(pattern, place.path):
+                raise InputError(
+                    f"--input {named}: cannot read the folder {place.path} ({place.why}), where the pattern may match "
                     "files; make it readable to this job, or write the pattern so that it does not reach it"
                 )
 
@@ -271,29 +280,51 @@ class _Listing:
             raise InputError(f"--input {named}: cannot be listed ({one_line(e)})") from e
 
 
-def _unreadable_folders(top: str) -> list[tuple[str, str]]:
+class Unreadable(NamedTuple):
+    """A place under a local pattern's folder whose files Beam's listing passes over, and why."""
+
+    path: str
+    why: str
+    link: bool  # a link among a folder's files that cannot be followed, rather than a folder
+
+
+def _unreadable_places(top: str) -> list[Unreadable]:
     """The folders under a local pattern's folder before its wildcard (`/kb/`) whose files Beam's listing passes
-    over, each with why: one it cannot list (os.walk's default skips it), one it can list but not enter (no
-    x permission), whose files it cannot stat. One gone since it was seen (a writer's work folder, cleaned
-    up) holds no files to miss; a `lost+found` folder, a file system's own (on a disk's root), none of the job's."""
-    found: list[tuple[str, str]] = []
-
-    def unlisted(error: OSError) -> None:
-        if not isinstance(error, FileNotFoundError | NotADirectoryError):
-            found.append((_not_entered(os.fsdecode(error.filename)), error.strerror))
-
-    for folder, folders, files in os.walk(top, onerror=unlisted):
-        folders[:] = [name for name in folders if name != "lost+found"]
-        entries = files or folders
+    over: one it cannot list (os.walk's default skips it), one it can list but not enter (no x permission),
+    whose files it cannot stat; and the links among their files it cannot follow (the target gone, or in a
+    folder it cannot enter), which it passes over as it does a file gone since listed. One gone since it was
+    seen (a writer's work folder, cleaned up) holds no files to miss; a `lost+found` folder, a file system's
+    own (on a disk's root), none of the job's. Links to folders are not entered, as Beam's listing enters none.
+    Listed with os.scandir, whose entries say which are links without a stat each."""
+    found: list[Unreadable] = []
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listed:
+                entries = list(listed)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            found.append(Unreadable(_not_entered(folder), e.strerror, link=False))
+            continue
         try:
             if entries:
-                os.lstat(os.path.join(folder, entries[0]))
+                os.lstat(entries[0].path)
         except PermissionError as e:
-            found.append((folder.rstrip("/") or "/", e.strerror))
-            folders.clear()
+            found.append(Unreadable(folder.rstrip("/") or "/", e.strerror, link=False))
+            continue
         except OSError:  # gone since the folder was listed
             pass
-    return found
+        for entry in entries:
+            if entry.is_symlink():
+                try:
+                    os.stat(entry.path)
+                except OSError as e:
+                    found.append(Unreadable(entry.path, e.strerror, link=True))
+            elif entry.is_dir(follow_symlinks=False) and entry.name != "lost+found":
+                pending.append(entry.path)
+    return sorted(found)
 
 
 def _not_entered(path: str) -> str:
@@ -309,6 +340,18 @@ def _not_entered(path: str) -> str:
             pass
         return path
     return path
+
+
+def _check_link_followed(pattern: str) -> None:
+    """A local path spelled out that is a link the job cannot follow (its target gone, or in a folder it cannot
+    enter) is named as one; Beam's listing finds nothing there, and the folders above it are readable."""
+    path = pattern.rstrip("/")
+    if is_url(pattern) or WILDCARD.search(pattern) or not os.path.islink(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise InputError(f"--input {pattern}: cannot read it, a link to {os.readlink(path)} ({e.strerror})") from e
 
 
 def _names_a_folder(listing: _Listing, pattern: str) -> bool:
