@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import embedding_rows, read_manifest, run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, write_parquet
 from transforms.validate import not_utf8
 
 
@@ -469,3 +469,39 @@ def test_int96_timestamps_holding_nanoseconds_fail_naming_file_column_row_and_va
         "column as INT64 timestamps (pyarrow's default) to keep them"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_int96_timestamps_holding_nanoseconds_in_a_struct_list_or_map_fail_naming_column_and_row(tmp_path):
+    """Only top-level INT96 columns were checked: a struct's, list's or map's were cut to microseconds without
+    a word. Each is refused naming its column and the row holding the value; whole microseconds are carried."""
+    whole, nanos, stamp = 1_700_000_000_000_000_000, 1_700_000_000_000_000_123, pa.timestamp("ns")
+    nested = {
+        "st": pa.array(
+            [None, {"n": 1, "t": whole}, {"n": 2, "t": nanos}], pa.struct([("n", pa.int64()), ("t", stamp)])
+        ),
+        "lst": pa.array([[whole, whole], [], [whole, nanos]], pa.list_(stamp)),
+        "mp": pa.array([[("a", whole)], None, [("b", whole), ("c", nanos)]], pa.map_(pa.string(), stamp)),
+    }
+    paths = [tmp_path / "in" / "impala.parquet", tmp_path / "whole" / "impala.parquet"]
+    for path, rows in zip(paths, (3, 2), strict=True):
+        path.parent.mkdir()
+        table = pa.table({"id": [1, 2, 3], "text": ["one", "two", "three"], **nested}).slice(0, rows)
+        pq.write_table(table, path, use_deprecated_int96_timestamps=True, store_schema=False)
+    results = run_clis(
+        *(["--input", str(paths[0]), "--output", str(tmp_path / name), "--carry_columns", name] for name in nested),
+        ["--input", str(paths[1]), "--output", str(tmp_path / "out"), "--carry_columns", "st,lst,mp"],
+    )
+    for name, result in zip(nested, results[:3], strict=True):
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            f"error: {paths[0]}: column {name!r} at row 2 holds an INT96 timestamp with nanoseconds (2023-11-14 "
+            "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
+            "column as INT64 timestamps (pyarrow's default) to keep them"
+        )
+        assert "Traceback" not in result.stderr
+    assert results[3].returncode == 0, results[3].stderr
+    at = datetime(2023, 11, 14, 22, 13, 20)
+    assert {key: [row["st"], row["lst"], row["mp"]] for key, row in embedding_rows(tmp_path / "out").items()} == {
+        1: [None, [at, at], [("a", at)]],
+        2: [{"n": 1, "t": at}, [], None],
+    }

@@ -242,25 +242,61 @@ class _ListRowGroups(beam.DoFn):
 
 
 def _int96_columns(parquet: pq.ParquetFile, names: list[str]) -> list[str]:
-    """The top-level columns among `names` stored as INT96 timestamps."""
-    schema = parquet.metadata.schema
-    return [c.path for c in map(schema.column, range(len(schema))) if c.physical_type == "INT96" and c.path in names]
+    """The columns among `names` holding INT96 timestamps at any depth (a struct's field, a list's items,
+    a map's keys or items), each named once; a Parquet path's first part is its column, whatever dots
+    the names hold."""
+    schema, wanted = parquet.metadata.schema, set(names)
+    return list(
+        dict.fromkeys(
+            path[0]
+            for index, path in enumerate(parquet.reader.column_paths)
+            if path[0] in wanted and schema.column(index).physical_type == "INT96"
+        )
+    )
+
+
+def _timestamps(column: pa.Array, rows: np.ndarray | None = None) -> Iterator[tuple[pa.Array, np.ndarray | None]]:
+    """Each array of timestamps in `column`, itself or at any depth (a struct's fields, a list's or
+    map's values), with the row of `column` each of its values is in (None: the row is the position),
+    so a nested value is named by its row. Values under a null struct or list are left out or null."""
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        yield column, rows
+    elif pa.types.is_struct(kind):
+        for field in column.flatten():
+            yield from _timestamps(field, rows)
+    elif pa.types.is_map(kind):  # laid out as a list of key-item structs; Arrow's list kernels take no map
+        entries = pa.field("entries", pa.struct([kind.key_field, kind.item_field]), nullable=False)
+        yield from _timestamps(column.view(pa.list_(entries)), rows)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+        yield from _timestamps(column.flatten(), parents if rows is None else rows[parents])
 
 
 def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: str, first_row: int) -> None:
-    """Fails naming the first value of `read` (INT96 columns read as microseconds) whose nanoseconds, in
-    `exact` (the same rows read as nanoseconds, wrapped past 1677-2262), the microseconds dropped. Impala
-    and Hive write nanoseconds: two ids a few nanoseconds apart were one, a carried time another."""
+    """Fails naming the first row of `read` (INT96 columns read as microseconds) holding a value, at any
+    depth, whose nanoseconds, in `exact` (the same rows read as nanoseconds, wrapped past 1677-2262), the
+    microseconds dropped. Impala and Hive write nanoseconds: two ids a few nanoseconds apart were one, a
+    carried time another. Only timestamps the two reads type apart are INT96; others of a struct holding
+    one are read alike."""
     for name in exact.schema.names:
-        micro = pc.fill_null(read.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        nano = pc.fill_null(exact.column(name).view(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        with np.errstate(over="ignore"):  # wraps modulo 2**64 on both sides alike: what is left is exact
-            lost = nano - micro * 1000
-        if lost.any():
-            at = int(np.flatnonzero(lost)[0])
+        found = []  # (row, position, leaf read as microseconds, nanoseconds lost) of each leaf's first
+        for micro, nano in zip(_timestamps(read.column(name)), _timestamps(exact.column(name)), strict=True):
+            (values, rows), (exact_values, _) = micro, nano
+            if values.type == exact_values.type:
+                continue
+            micros = pc.fill_null(values.view(pa.int64()), 0).to_numpy(zero_copy_only=False)
+            nanos = pc.fill_null(exact_values.view(pa.int64()), 0).to_numpy(zero_copy_only=False)
+            with np.errstate(over="ignore"):  # wraps modulo 2**64 on both sides alike: what is left is exact
+                lost = nanos - micros * 1000
+            if lost.any():
+                at = int(np.flatnonzero(lost)[0])
+                found.append((at if rows is None else int(rows[at]), at, values, int(lost[at])))
+        if found:
+            row, at, values, lost_at = min(found, key=lambda leaf: leaf[0])
             raise InputError(
-                f"{path}: column {name!r} at row {first_row + at} holds an INT96 timestamp with nanoseconds "
-                f"({read.column(name)[at].as_py():%Y-%m-%d %H:%M:%S.%f}{lost[at]:03d}), which the job reads in "
+                f"{path}: column {name!r} at row {first_row + row} holds an INT96 timestamp with nanoseconds "
+                f"({values[at].as_py():%Y-%m-%d %H:%M:%S.%f}{lost_at:03d}), which the job reads in "
                 "microseconds, as Spark's dates past 2262 need; write the column as INT64 timestamps (pyarrow's "
                 "default) to keep them"
             )
