@@ -229,9 +229,10 @@ def typed_by_values(shard: pq.ParquetFile) -> pa.Schema:
     footer's statistics, typed null: pandas types a column it read empty from CSV (or set to NaN)
     double, which Parquet holds as nulls, and such a column says no more of its type than one typed
     null (it is read as nulls of the run's type, transforms.read.cast_columns). A row group without
-    a null count counts as holding values."""
+    a null count counts as holding values; one of no rows (a writer's trailing empty one, which has no
+    statistics) is passed over, since it holds none."""
     schema, metadata = shard.schema_arrow, shard.metadata
-    groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    groups = [group for group in map(metadata.row_group, range(metadata.num_row_groups)) if group.num_rows]
     if not metadata.num_rows or sum(_leaves(field.type) for field in schema) != metadata.num_columns:
         return schema  # no values, or a layout not counted here (a view or extension type's)
     leaf = 0  # the Parquet leaf column of each field, in the schema's order (a name may hold a dot)

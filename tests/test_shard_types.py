@@ -463,6 +463,27 @@ def test_a_column_holding_only_nulls_takes_the_type_of_the_shards_holding_values
     )
 
 
+def test_a_column_holding_only_nulls_beside_row_groups_of_no_rows_takes_the_other_shards_type(tmp_path):
+    """A row group of no rows has no statistics: counted as holding values, it kept an all-null double
+    column's type, and the night was refused as double beside string."""
+    night = tmp_path / "night"
+    write_parquet(night / "a.parquet", id=[1, 2], text=["one", "two"], title=["T1", "T2"])
+    untitled = pa.table({"id": [3, 4], "text": ["three", "four"], "title": pa.array([None, None], pa.float64())})
+    with pq.ParquetWriter(night / "b.parquet", untitled.schema) as writer:
+        for rows in (0, 2, 0):
+            writer.write_table(untitled.slice(0, rows))
+    footer = pq.read_metadata(night / "b.parquet")
+    assert [footer.row_group(g).num_rows for g in range(footer.num_row_groups)] == [0, 2, 0]
+    output = tmp_path / "out"
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(output), "--carry_columns", "title")
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(output, "embeddings")
+    assert embedded.schema.field("title").type == pa.string()
+    assert sorted(zip(embedded.column("id").to_pylist(), embedded.column("title").to_pylist(), strict=True)) == [
+        (1, "T1"), (2, "T2"), (3, None), (4, None)
+    ]  # fmt: skip
+
+
 def test_a_column_holding_only_nulls_in_every_shard_keeps_its_type(tmp_path):
     """A column pandas typed double and left all NaN in every shard is read, and written, as it is."""
     night = tmp_path / "night"
