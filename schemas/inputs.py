@@ -261,8 +261,10 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
     carry: those whose type differs from the first shard's within its family (string,
     large_string, string_view, dictionaries of them; the same for binaries), those of type null
     (a zero-row pandas shard, a column all null: see `typed_by_values`), and a text column of a
-    view type. The text column's type is not checked otherwise: rows whose text is not a
-    string are rejected one by one, not the whole job.
+    view type, or typed null (all null, whatever its type in the file, a view type's included, which
+    Arrow's take and filter refuse: read as nulls, whose rows are rejected). The text column's type
+    is not checked otherwise: rows whose text is not a string are rejected one by one, not the whole
+    job.
     """
     _require(schema, path, columns.names)
     casts = {}
@@ -281,7 +283,7 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
             ) from e
         casts[expected.name] = expected.type
     text = schema.field(columns.text).type
-    if without_views(text) != text:
+    if without_views(text) != text or pa.types.is_null(text):
         casts[columns.text] = without_views(text)
     return casts
 

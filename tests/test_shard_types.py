@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.inputs import integer_holding_both, type_family, type_holding_both, typed_by_values
-from tests.conftest import read_manifest, record, run_cli, write_parquet
+from tests.conftest import read_manifest, record, run_cli, run_clis, write_parquet
 
 
 def _outputs(output, kind: str) -> pa.Table:
@@ -99,6 +99,31 @@ def test_view_typed_first_shard_is_read_as_large_types_and_once_under_three_spel
         {"id": "v1", "note": b"\x00x", "label": "one", "text": "hello world"},
         {"id": "v2", "note": None, "label": "two", "text": "foo"},
     ]
+
+
+def test_a_view_typed_text_column_holding_only_nulls_is_read_and_its_rows_rejected_as_null_text(tmp_path):
+    """Told null by its footer, a string_view or binary_view text column was read as it is, not cast:
+    Arrow has no take kernel for a view type, and the job failed with a traceback."""
+    night, alone = tmp_path / "night", tmp_path / "alone"
+    write_parquet(night / "a.parquet", id=[1, 2], text=["one", "two"])
+    write_parquet(night / "b.parquet", id=[3, 4], text=pa.array([None, None], pa.string_view()))
+    write_parquet(alone / "b.parquet", id=[3, 4], text=pa.array([None, None], pa.binary_view()))
+    results = run_clis(
+        ["--input", f"{night}/*.parquet", "--output", str(tmp_path / "out")],
+        ["--input", f"{alone}/*.parquet", "--output", str(tmp_path / "out-alone")],
+    )
+    for result, output, embedded in zip(results, ("out", "out-alone"), ([1, 2], []), strict=True):
+        assert result.returncode == 0, result.stderr
+        manifest = read_manifest(tmp_path / output)
+        assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (
+            len(embedded) + 2, len(embedded), 2
+        )  # fmt: skip
+        assert manifest["rejected_by_reason"] == {"null_text": 2}
+        assert sorted(_outputs(tmp_path / output, "embeddings").column("id").to_pylist()) == embedded
+        rejected = _outputs(tmp_path / output, "rejected").select(["id", "row_number", "reason"]).to_pylist()
+        assert sorted(rejected, key=lambda r: r["id"]) == [
+            {"id": 3, "row_number": 0, "reason": "null_text"}, {"id": 4, "row_number": 1, "reason": "null_text"}
+        ]  # fmt: skip
 
 
 def test_null_typed_columns_take_a_later_shards_type_and_yesterdays_string_ids_join_todays_large_ones(tmp_path):
