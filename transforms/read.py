@@ -177,6 +177,8 @@ def _cast(column: pa.Array, kind: pa.DataType, where: str, first_row: int) -> pa
             f"{where} at row {row} holds a value of type {column.type}, though its footer said it held only "
             f"nulls, and other shards have {kind}"
         )
+    if without_views(column.type) != column.type:  # Arrow casts no view type to a dictionary, its large type it does
+        column = column.cast(without_views(column.type))
     try:
         return column.cast(kind)
     except pa.ArrowException as e:
