@@ -230,12 +230,21 @@ class PassageSplitter:
         self._chunk_tokens = chunk_tokens
         self._overlap = overlap
         self._count_tokens = count_tokens
-        self._content_tokens = chunk_tokens - int(count_tokens([""])[0])
+        self._content_tokens = chunk_tokens - self._tokens_around_text()
         if self._content_tokens < MIN_CONTENT_TOKENS or not 0 <= overlap < overlap_limit(self._content_tokens):
             raise ValueError(
                 f"chunk_tokens={chunk_tokens} leaves {self._content_tokens} tokens of text per passage "
                 f"(at least {MIN_CONTENT_TOKENS}), with overlap={overlap} (0 or more, under half of that)"
             )
+
+    def _tokens_around_text(self) -> int:
+        """The tokens a passage holds besides its text's: the special tokens and the prompt's. A prompt ending
+        in a space (E5's `passage: `) counted alone ends in a token of that space (`▁`, `Ġ`), which before a
+        word is part of the word's (`▁word`): counted so, every passage held a token less than it may, and
+        a text of exactly N tokens was cut in two. The fewer of the prompt alone and with a one-token word."""
+        alone = int(self._count_tokens([""])[0])
+        word = int(self._count_tokens(["a"])[0]) - len(self._tokenizer.encode("a", add_special_tokens=False).ids)
+        return min(alone, word)
 
     @property
     def content_tokens(self) -> int:

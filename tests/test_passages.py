@@ -245,6 +245,22 @@ def test_prompt_counts(documents: list[str], bert: PreTrainedTokenizerBase) -> N
     check(texts, splitter.split(texts), count, 96)
 
 
+def test_a_prompt_ending_in_a_space_costs_no_token_of_the_text(documents: list[str], byte_level: Tokenizer) -> None:
+    """Alone, `query: ` ends in a token of its space (`Ġ`), which before a word is part of the word's (`Ġword`):
+    counted alone, it took a token from every passage, and a text of exactly N tokens was cut in two."""
+
+    def count(texts: list[str]) -> np.ndarray:
+        return np.array([len(e.ids) + 2 for e in byte_level.encode_batch(["query: " + t for t in texts])])
+
+    assert byte_level.encode("query: ").tokens[-1] == "Ġ"
+    text = " ".join(documents[0].split()[:30])
+    exactly = int(count([text])[0])  # as the passage's N
+    splitter = PassageSplitter(byte_level, exactly, 8, count)
+    assert splitter.content_tokens == exactly - 2 - len(byte_level.encode("query:").ids)
+    passages = splitter.split([text])
+    assert passages.char_start.tolist() == [0] and passages.char_end.tolist() == [len(text)]
+
+
 def test_guards(bert: PreTrainedTokenizerBase, bert_count: Count) -> None:
     with pytest.raises(ValueError):
         PassageSplitter(bert.backend_tokenizer, 9, 0, bert_count)  # 7 tokens of text
@@ -402,9 +418,11 @@ def test_passages_counted_longer_alone_are_cut_again(bert: PreTrainedTokenizerBa
         seen.append(count(texts))
         return seen[-1]
 
-    passages = PassageSplitter(bert.backend_tokenizer, 64, 24, recording).split([text, "short text"])
+    splitter = PassageSplitter(bert.backend_tokenizer, 64, 24, recording)
+    seen.clear()  # the counts of the prompt and special tokens
+    passages = splitter.split([text, "short text"])
     check([text, "short text"], passages, count, 64)
-    assert seen[1].max() > 64 and len(seen) == 3
+    assert seen[0].max() > 64 and len(seen) == 2
     assert not all(text[s - 1].isspace() for s in passages.char_start[passages.document == 0][1:].tolist())
 
 
