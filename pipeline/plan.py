@@ -187,12 +187,13 @@ def match_inputs(patterns: list[str]) -> list[PlannedFile]:
     for pattern in patterns:
         found = listing.match(pattern)
         if not found:
-            _check_link_followed(pattern)
+            _check_spelled_out(pattern)
             _check_datasets_read(listing, pattern, set(), f"{pattern}/**")
             if WILDCARD.search(pattern) is None and _names_a_folder(listing, pattern):
                 raise InputError(_a_folder(listing, pattern))
             raise InputError(f"no file matches --input pattern {pattern!r}")
         if len(found) == 1 and not is_url(pattern) and os.path.isdir(found[0].path):
+            _check_spelled_out(pattern)
             raise InputError(_a_folder(listing, pattern))
         spelled = spelled_pattern(pattern)
         hidden = sorted(m.path for m in found if is_hidden(m.path, spelled))
@@ -229,9 +230,11 @@ class _Listing:
         self._prefixes: dict[str, list[FileMetadata]] = {}
         self._unreadable: dict[str, list[Unreadable]] = {}
 
-    def match(self, pattern: str, named: str | None = None) -> list[FileMetadata]:
+    def match(self, pattern: str, named: str | None = None, whole: bool = True) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths.
-        `named`: the --input pattern messages name, where `pattern` is one the job made from it."""
+        `named`: the --input pattern messages name, where `pattern` is one the job made from it. `whole`:
+        whether files the listing passed over fail it (_check_read_whole); not where the job only looks
+        what a folder holds to say which pattern to pass instead."""
         named, pattern = named or pattern, spelled_pattern(pattern)
         wildcard = WILDCARD.search(pattern)
         if wildcard is None:
@@ -245,7 +248,8 @@ class _Listing:
                 regex = glob_regex(pattern)
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
-            self._check_read_whole(named, pattern, self._unreadable[prefix])
+            if whole:
+                self._check_read_whole(named, pattern, self._unreadable[prefix])
             found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
@@ -342,36 +346,45 @@ def _not_entered(path: str) -> str:
     return path
 
 
-def _check_link_followed(pattern: str) -> None:
-    """A local path spelled out that is a link the job cannot follow (its target gone, or in a folder it cannot
-    enter) is named as one; Beam's listing finds nothing there, and the folders above it are readable."""
-    path = pattern.rstrip("/")
-    if is_url(pattern) or WILDCARD.search(pattern) or not os.path.islink(path):
+def _check_spelled_out(pattern: str) -> None:
+    """A local path spelled out (no wildcard) that is there, but that the job cannot read: a link it cannot follow
+    (its target gone, or in a folder it cannot enter), named as one, or a file or folder in a folder it cannot
+    enter, or a folder it cannot list, named with that folder. Beam's listing finds nothing of it, or the
+    folder alone."""
+    path = pattern.rstrip("/") or "/"
+    if is_url(pattern) or WILDCARD.search(pattern):
         return
     try:
         os.stat(path)
+        if os.path.isdir(path):
+            os.scandir(path).close()
     except OSError as e:
-        raise InputError(f"--input {pattern}: cannot read it, a link to {os.readlink(path)} ({e.strerror})") from e
+        if os.path.islink(path):
+            raise InputError(f"--input {pattern}: cannot read it, a link to {os.readlink(path)} ({e.strerror})") from e
+        if not isinstance(e, FileNotFoundError | NotADirectoryError):
+            raise InputError(
+                f"--input {pattern}: cannot read the folder {_not_entered(path)} ({e.strerror}), where the pattern "
+                "may match files; make it readable to this job, or write the pattern so that it does not reach it"
+            ) from e
 
 
 def _names_a_folder(listing: _Listing, pattern: str) -> bool:
     """Whether a pattern without a wildcard names a folder holding anything: a local one as it is, whatever
-    its subfolders' permissions (the pattern the user writes instead meets those); on object storage, a
-    prefix. One the job cannot list is a folder too: _a_folder's listing names why it cannot read it."""
+    its subfolders' permissions and links (the pattern the user writes instead meets those; one it cannot
+    list _check_spelled_out names); on object storage, a prefix."""
     if is_url(pattern):
         return bool(listing.match(f"{pattern.rstrip('/')}/**", pattern))
     try:
         with os.scandir(pattern) as entries:
             return next(entries, None) is not None
-    except (FileNotFoundError, NotADirectoryError):
-        return False
     except OSError:
-        return True
+        return False
 
 
 def _a_folder(listing: _Listing, pattern: str) -> str:
     folder = pattern.rstrip("/")
-    files = f"{folder}/*.parquet" if listing.match(f"{folder}/*.parquet", pattern) else f"{folder}/**"  # partitioned
+    parquet = listing.match(f"{folder}/*.parquet", pattern, whole=False)
+    files = f"{folder}/*.parquet" if parquet else f"{folder}/**"  # else partitioned
     return f"--input {pattern}: a folder; pass its files, as in '{files}'"
 
 

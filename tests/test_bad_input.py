@@ -162,7 +162,8 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
 def test_a_link_the_pattern_matches_but_the_job_cannot_follow_is_named_before_workers_start(tmp_path):
     """Beam's local listing passes over a file it cannot stat, as one gone since listed: `kb/*.parquet` with
     kb/b.parquet a link whose target was gone, or lay in a folder the job cannot enter, ran without those
-    rows, and the next night deleted them. Spelled out, such a link blamed kb, which is readable."""
+    rows, and the next night deleted them. Spelled out, such a link blamed kb, which is readable; a folder
+    given as --input is named as one, whatever links it holds."""
     prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
     if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
         pytest.skip("running as root without the capability to drop the override of folder permissions")
@@ -180,6 +181,7 @@ def test_a_link_the_pattern_matches_but_the_job_cannot_follow_is_named_before_wo
         "matches; mend or remove the link, or write the pattern so that it does not match it",
         f"{kb}/b.parquet": f"cannot read it, a link to {store}/b.parquet ({gone})",
         f"{kb}/c.parquet": f"cannot read it, a link to {store}/locked/c.parquet ({locked})",
+        f"{kb}": f"a folder; pass its files, as in '{kb}/*.parquet'",  # the links are for that pattern to meet
     }
     (store / "locked").chmod(0)
     try:
