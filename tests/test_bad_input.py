@@ -101,14 +101,30 @@ NO_READ_OVERRIDE = [
 ]
 
 
+def plans_held_by_permissions(tmp_path, patterns: list[str]) -> list[tuple[str, str, int]]:
+    """`--plan_only` of each pattern at once, as a job the folders' permissions hold (as root: without the
+    capabilities that override them), each (stdout, stderr, exit status)."""
+    prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
+        pytest.skip("running as root without the capability to drop the override of folder permissions")
+    started = [
+        subprocess.Popen(
+            [*prefix, *JOB, "--input", pattern, "--output", str(tmp_path / f"out{n}"), "--plan_only"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, pattern in enumerate(patterns)
+    ]
+    return [(*process.communicate(timeout=300), process.returncode) for process in started]
+
+
 def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_workers_start(tmp_path):
     """Beam's local listing passes over a folder it cannot list, and the files of one it can list but not
     enter: `kb/**/*.parquet` left kb/locked's shards out of the run without a word, and the next load deleted
     their rows from the table. A pattern that cannot reach the folder runs as before, as does one over a disk
     whose root holds the file system's own lost+found; a folder given as --input is named as one."""
-    prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
-    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
-        pytest.skip("running as root without the capability to drop the override of folder permissions")
     kb, disk = tmp_path / "kb", tmp_path / "disk"
     for folder in (kb, disk):
         good_shard(folder / "docs" / "a.parquet")
@@ -130,17 +146,7 @@ def test_a_folder_the_pattern_reaches_but_the_job_cannot_read_is_named_before_wo
     for folder, mode in modes.items():
         folder.chmod(mode)
     try:
-        started = [
-            subprocess.Popen(
-                [*prefix, *JOB, "--input", pattern, "--output", str(tmp_path / f"out{n}"), "--plan_only"],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for n, pattern in enumerate([*refused, *folders, *accepted])
-        ]
-        results = [(*process.communicate(timeout=300), process.returncode) for process in started]
+        results = plans_held_by_permissions(tmp_path, [*refused, *folders, *accepted])
     finally:
         for folder in modes:
             folder.chmod(0o755)
@@ -164,9 +170,6 @@ def test_a_link_the_pattern_matches_but_the_job_cannot_follow_is_named_before_wo
     kb/b.parquet a link whose target was gone, or lay in a folder the job cannot enter, ran without those
     rows, and the next night deleted them. Spelled out, such a link blamed kb, which is readable; a folder
     given as --input is named as one, whatever links it holds."""
-    prefix = NO_READ_OVERRIDE if os.geteuid() == 0 else []
-    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode:
-        pytest.skip("running as root without the capability to drop the override of folder permissions")
     kb, store = tmp_path / "kb", tmp_path / "store"
     good_shard(kb / "a.parquet")
     good_shard(store / "locked" / "c.parquet", ids=("c", "d"))
@@ -185,17 +188,7 @@ def test_a_link_the_pattern_matches_but_the_job_cannot_follow_is_named_before_wo
     }
     (store / "locked").chmod(0)
     try:
-        started = [
-            subprocess.Popen(
-                [*prefix, *JOB, "--input", pattern, "--output", str(tmp_path / f"out{n}"), "--plan_only"],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for n, pattern in enumerate([*refused, f"{kb}/a*"])
-        ]
-        results = [(*process.communicate(timeout=300), process.returncode) for process in started]
+        results = plans_held_by_permissions(tmp_path, [*refused, f"{kb}/a*"])
     finally:
         (store / "locked").chmod(0o755)
     for (pattern, message), (_, stderr, code) in zip(refused.items(), results, strict=False):

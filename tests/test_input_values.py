@@ -450,6 +450,15 @@ def test_json_columns_are_checked_for_utf8_and_a_json_text_column_is_embedded_as
         assert len(pd.read_parquet(written)) == pq.read_metadata(written).num_rows
 
 
+def int96_refusal(path: Path, column: str, row: int) -> str:
+    """The job's last line for the INT96 value 2023-11-14 22:13:20.000000123."""
+    return (
+        f"error: {path}: column {column!r} at row {row} holds an INT96 timestamp with nanoseconds (2023-11-14 "
+        "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
+        "column as INT64 timestamps (pyarrow's default) to keep them"
+    )
+
+
 def test_int96_timestamps_holding_nanoseconds_fail_naming_file_column_row_and_value(tmp_path):
     """Impala and Hive write INT96 timestamps in nanoseconds, which the job reads in microseconds (Spark's
     dates past 2262 need them): four ids a nanosecond apart were read as one, three rejected as duplicates."""
@@ -463,11 +472,7 @@ def test_int96_timestamps_holding_nanoseconds_fail_naming_file_column_row_and_va
     )
     result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == (
-        f"error: {path}: column 'id' at row 3 holds an INT96 timestamp with nanoseconds (2023-11-14 "
-        "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
-        "column as INT64 timestamps (pyarrow's default) to keep them"
-    )
+    assert result.stderr.splitlines()[-1] == int96_refusal(path, "id", 3)
     assert "Traceback" not in result.stderr
 
 
@@ -493,11 +498,7 @@ def test_int96_timestamps_holding_nanoseconds_in_a_struct_list_or_map_fail_namin
     )
     for name, result in zip(nested, results[:3], strict=True):
         assert result.returncode == 1
-        assert result.stderr.splitlines()[-1] == (
-            f"error: {paths[0]}: column {name!r} at row 2 holds an INT96 timestamp with nanoseconds (2023-11-14 "
-            "22:13:20.000000123), which the job reads in microseconds, as Spark's dates past 2262 need; write the "
-            "column as INT64 timestamps (pyarrow's default) to keep them"
-        )
+        assert result.stderr.splitlines()[-1] == int96_refusal(paths[0], name, 2)
         assert "Traceback" not in result.stderr
     assert results[3].returncode == 0, results[3].stderr
     at = datetime(2023, 11, 14, 22, 13, 20)
