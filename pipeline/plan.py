@@ -249,18 +249,18 @@ class _Listing:
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
             if whole:
-                self._check_read_whole(named, pattern, self._unreadable[prefix])
+                self._check_read_whole(named, pattern, regex, self._unreadable[prefix])
             found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
-    def _check_read_whole(named: str, pattern: str, unreadable: list[Unreadable]) -> None:
+    def _check_read_whole(named: str, pattern: str, regex: re.Pattern, unreadable: list[Unreadable]) -> None:
         """The files `pattern` may match in a folder Beam's listing passed over, or a link it matches that
         cannot be followed, would be left out of the run, and their rows out of the table the night loads."""
         for place in unreadable:
             if is_hidden(os.path.join(place.path, "file"), pattern):
                 continue
-            if place.link and glob_regex(pattern).match(place.path):
+            if place.link and regex.match(place.path):
                 raise InputError(
                     f"--input {named}: cannot read {place.path}, a link to {os.readlink(place.path)} ({place.why}), "
                     "which the pattern matches; mend or remove the link, or write the pattern so that it does not "
