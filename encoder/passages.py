@@ -143,10 +143,6 @@ class _Window:
         self._space_at = space_at[:-1]
         self._length = len(points)
         self._token_ends = spans[:, 1]
-        # Where each token's text ends, whitespace left out (a byte-level `.ĊĊ` ends at its `.`), as a passage
-        # ends: whether a token reaches past the last passage is asked of this. Asked of the raw end, the last
-        # passage's own last token reached past it, and each passage after it ended there again, nested in it.
-        self._solid_ends = self.end
 
     def stop(self, final: bool) -> int:
         """One past the last token passages may use: the last valid token when the window ends
@@ -163,7 +159,10 @@ class _Window:
     def first_new(self, done: int) -> int:
         """The first token a passage may end at (not whitespace alone) that ends past character `done`; the
         number of tokens when there is none."""
-        new = int(np.searchsorted(self._solid_ends, done, side="right"))
+        # Asked of where tokens end whitespace left out, as passages end (a byte-level `.ĊĊ` ends at its `.`):
+        # asked of the raw end, the last passage's own last token reached past it, and each passage after it
+        # ended there again, nested in it.
+        new = int(np.searchsorted(self.end, done, side="right"))
         return int(self.following[new - 1]) if new else self.first
 
     def end_of(self, i: int, budget: int, overlap: int, stop: int, done: int) -> int:
@@ -173,7 +172,7 @@ class _Window:
         `done` is where the previous passage ended: a window that starts inside the overlap can
         tokenise it into more tokens than the previous window did (a word cut, a prefix space added).
         """
-        new = int(np.searchsorted(self._solid_ends, done, side="right"))  # the first token ending past it
+        new = int(np.searchsorted(self.end, done, side="right"))  # the first token ending past it (as first_new)
         low = min(max(i + overlap, new), i + budget - 1)
         levels = self.after[low : i + budget]
         best = levels.max()
