@@ -81,6 +81,7 @@ _EXTENSION = re.compile(r"\.\w+$")  # a name that ends as a file type's: `*.parq
 # Claims (id, row, chunk, place and content hash: about 100 bytes each) settled at once in one process.
 ROWS_PER_JOIN_BUCKET = 250_000
 MIN_JOIN_BUCKETS, MAX_JOIN_BUCKETS = 4, 4096
+INT64_MAX = 2**63 - 1
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 FOOTER_THREADS = 16  # footers read at once: on object storage each is a round trip or two
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
@@ -595,7 +596,8 @@ def checked_footers(files: list[str], columns: InputColumns) -> Footers | None:
         if not metadata.num_rows:  # a shard without rows is not read, so not checked
             return Footers(0, 0)
         check_shard(typed_by_values(parquet), path, columns)
-        paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        check_integers_held(parquet, path, columns.typed)
+        paths = leaf_paths(metadata)
         if columns.text not in paths:  # nested (a list, a struct): no leaf of that name, and no text to embed
             return Footers(metadata.num_rows, 0)
         text = paths.index(columns.text)
@@ -605,6 +607,53 @@ def checked_footers(files: list[str], columns: InputColumns) -> Footers | None:
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         found = list(pool.map(footers, files))
     return Footers(sum(f.rows for f in found), sum(f.text_bytes for f in found))
+
+
+def leaf_paths(metadata: pq.FileMetaData) -> list[str]:
+    """Each leaf column's dotted path, in the footer's order: a top-level column's is its name."""
+    return [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+
+
+def check_integers_held(parquet: pq.ParquetFile, path: str, fields: tuple[pa.Field, ...]) -> None:
+    """A uint64 column that the run reads as int64 (beside signed integers no integer type holds both) and
+    whose footer's statistics show a value past int64 fails here, naming its file, column and rows,
+    rather than in a worker once the rows before it are embedded. Nested columns, and footers without
+    statistics, are left to the worker, which names the row."""
+    schema, paths = parquet.schema_arrow, leaf_paths(parquet.metadata)
+    for field in fields:
+        index = schema.get_field_index(field.name)
+        widened = pa.types.is_int64(field.type) and index >= 0 and pa.types.is_uint64(schema.field(index).type)
+        if not widened or paths.count(field.name) != 1:
+            continue
+        leaf, first = paths.index(field.name), 0
+        for g in range(parquet.metadata.num_row_groups):
+            group = parquet.metadata.row_group(g)
+            stats = group.column(leaf).statistics
+            if stats is not None and stats.has_min_max and stats.max > INT64_MAX:
+                raise InputError(
+                    f"{path}: column {field.name!r} holds {stats.max} in rows {first}-{first + group.num_rows - 1}, "
+                    "past int64, which this run reads it as: no integer type holds both this file's uint64 and the "
+                    "signed integers of the run's other files (input shards, the --previous run's); write it as one "
+                    "integer type in every shard and night"
+                )
+            first += group.num_rows
+
+
+def check_previous_ids_held(previous: PreviousRun, id_field: pa.Field) -> None:
+    """The --previous run's uint64 ids, read as int64 beside tonight's signed ones, checked by its
+    footers as the input's are (check_integers_held): only then, so a night of other ids reads no more
+    than the one footer read_previous reads."""
+    if not (pa.types.is_uint64(previous.id_type) and pa.types.is_int64(id_field.type)):
+        return
+
+    def check(path: str) -> None:
+        check_integers_held(open_parquet(path), path, (id_field,))
+
+    try:
+        with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+            list(pool.map(check, [f.path for f in previous.files[:MAX_FOOTERS]]))
+    except InputError as e:
+        raise InputError(f"--previous {previous.path}: {e}; or leave --previous out to embed every row afresh") from e
 
 
 def join_buckets(rows: int) -> int:
@@ -1129,6 +1178,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         previous and previous.id_type is not None
     ):  # ids yesterday held past tonight's width, sign or scale join as they are; the output keeps them
         columns = replace(columns, id=columns.id.with_type(type_holding_both(columns.id.type, previous.id_type)))
+        check_previous_ids_held(previous, columns.id)
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS

@@ -323,20 +323,56 @@ def test_ids_wider_in_a_later_shard_are_read_as_the_integer_type_holding_every_s
     assert lost == 0
 
 
-def test_a_value_no_integer_type_of_the_run_holds_fails_naming_file_and_row(tmp_path):
+@pytest.mark.parametrize("statistics", [True, False])
+def test_a_value_no_integer_type_of_the_run_holds_fails_naming_file_and_rows(tmp_path, statistics):
+    """A uint64 id past int64 beside signed ids: refused by the footer's statistics before the model
+    loads, naming the file and the row group's rows; a footer without statistics leaves it to the
+    worker, which names the row."""
     folder = tmp_path / "in"
     write_parquet(folder / "a.parquet", id=pa.array([1], pa.int32()), text=["text a"])
     write_parquet(folder / "b.parquet", id=pa.array([2], pa.int64()), text=["b"])
-    wide = write_parquet(folder / "c.parquet", id=pa.array([3, 2**63], pa.uint64()), text=["c", "d"])
+    wide = folder / "c.parquet"
+    table = pa.table({"id": pa.array([3, 4, 5, 2**63], pa.uint64()), "text": ["c", "d", "e", "f"]})
+    pq.write_table(table, wide, row_group_size=2, write_statistics=statistics)
     output = tmp_path / "out"
     result = run_cli("--input", f"{folder}/*.parquet", "--output", str(output))
     assert result.returncode == 1, result.stderr
-    assert f"error: {wide}: column 'id' at row 1 cannot be read as int64, the type this run gives it" in result.stderr
-    assert "integers as wide as the plan found every shard's" in result.stderr
+    if statistics:
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: {wide}: column 'id' holds {2**63} in rows 2-3, past int64, which this run reads it as: no "
+            "integer type holds both this file's uint64 and the signed integers of the run's other files (input "
+            "shards, the --previous run's); write it as one integer type in every shard and night"
+        )
+        assert "device:" not in result.stderr  # before the model loads
+        case, outcome = "uint64 id past int64 beside signed ids", "refused before any worker starts, naming rows"
+    else:
+        assert (
+            f"error: {wide}: column 'id' at row 3 cannot be read as int64, the type this run gives it" in result.stderr
+        )
+        assert "integers as wide as the plan found every shard's" in result.stderr
+        case, outcome = "uint64 id past int64, no footer statistics", "job fails naming file and row; nothing published"
     assert "Traceback" not in result.stderr  # found by the worker in this process: Beam's log of it is left out
-    outcome = "job fails naming file and row; nothing published"
-    assert record("input", "uint64 id past int64 beside signed ids", outcome) is None
+    assert record("input", case, outcome) is None
     assert (sorted(output.iterdir()) if output.exists() else []) == []
+
+
+def test_yesterdays_uint64_ids_past_int64_beside_tonights_signed_ones_are_refused_before_the_model_loads(tmp_path):
+    day1 = write_parquet(tmp_path / "day1" / "kb.parquet", id=pa.array([3, 2**63 + 5], pa.uint64()),
+                         text=["text a", "text b"])  # fmt: skip
+    first = tmp_path / "out1"
+    assert run_cli("--input", str(day1), "--output", str(first)).returncode == 0
+    day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=pa.array([3, 7], pa.int64()), text=["text a", "c"])
+    output = tmp_path / "out2"
+    result = run_cli("--input", str(day2), "--output", str(output), "--previous", str(first))
+    assert result.returncode == 1, result.stderr
+    written = read_manifest(first)["files"]["embeddings"][0]  # the rows embedded; then those reused (none)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --previous {first}: {first / written}: column 'id' holds {2**63 + 5} in rows 0-1, past int64, "
+        "which this run reads it as: no integer type holds both this file's uint64 and the signed integers of the "
+        "run's other files (input shards, the --previous run's); write it as one integer type in every shard and "
+        "night; or leave --previous out to embed every row afresh"
+    )
+    assert "device:" not in result.stderr and not output.exists()
 
 
 def test_the_narrowest_integer_type_holding_both_nights_ids():
