@@ -47,8 +47,10 @@ from schemas.inputs import (
     InputColumns,
     InputError,
     check_shard,
+    holds_null,
     input_columns,
     may_widen,
+    one_family,
     quoted,
     type_holding_both,
     typed_by_values,
@@ -465,12 +467,13 @@ def typed_schema(files: list[str], names: list[str]) -> TypedSchema:
     carry no types, as pandas writes an empty text column as null), with its file, that schema and the
     columns holding no value in any shard. A column of type null there, or holding only nulls (pandas
     types an empty column double), takes its type from the next shard holding values in it; one holding
-    none anywhere keeps its own. Later footers are read FOOTER_THREADS at a time, only while a column
-    still lacks a type."""
+    none anywhere keeps its own. A part of type null (list<null>: a shard whose lists were all empty)
+    takes its type likewise, from the next shard whose part is typed (one_family). Later footers are
+    read FOOTER_THREADS at a time, only while a column still lacks a type."""
     opened = ((p, open_parquet(p)) for p in files)  # footers read one at a time, each once
     path, shard = next(((p, f) for p, f in opened if f.metadata.num_rows), None) or (files[0], open_parquet(files[0]))
     schema = typed_by_values(shard)
-    untyped = [n for n in names if schema.get_field_index(n) >= 0 and pa.types.is_null(schema.field(n).type)]
+    untyped = [n for n in names if schema.get_field_index(n) >= 0 and holds_null(schema.field(n).type)]
     typed_in: dict[str, str] = {}
     later = files[files.index(path) + 1 :]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
@@ -480,15 +483,20 @@ def typed_schema(files: list[str], names: list[str]) -> TypedSchema:
             batch = later[start : start + FOOTER_THREADS]
             for their_path, theirs in zip(batch, pool.map(_values_schema, batch), strict=True):
                 for name in [n for n in untyped if theirs is not None and theirs.get_field_index(n) >= 0]:
-                    if not pa.types.is_null(theirs.field(name).type):
-                        index = schema.get_field_index(name)
-                        schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+                    index = schema.get_field_index(name)
+                    ours, their_type = schema.field(index).type, theirs.field(name).type
+                    if not one_family(ours, their_type):
+                        continue  # refused by check_shard, naming that shard
+                    if (filled := type_holding_both(ours, their_type)) != ours:
+                        schema = schema.set(index, schema.field(index).with_type(filled))
                         typed_in[name] = their_path
+                    if not holds_null(filled):
                         untyped.remove(name)
-    for name in untyped:
+    valueless = [name for name in untyped if pa.types.is_null(schema.field(name).type)]
+    for name in valueless:
         index = schema.get_field_index(name)
         schema = schema.set(index, shard.schema_arrow.field(name))
-    return TypedSchema(path, shard, schema, untyped, typed_in)
+    return TypedSchema(path, shard, schema, valueless, typed_in)
 
 
 def _values_schema(path: str) -> pa.Schema | None:

@@ -161,6 +161,26 @@ def type_family(kind: pa.DataType) -> pa.DataType | str | tuple:
     return kind
 
 
+def one_family(ours: pa.DataType, theirs: pa.DataType) -> bool:
+    """Whether the two types hold one input's values: the same family (type_family), where a part typed
+    null on either side stands for any type. A writer types what held no value null (pyarrow and pandas
+    type a column of empty lists list<null>), so a shard whose tags were all empty is not another input."""
+    return _families_match(type_family(ours), type_family(theirs))
+
+
+def _families_match(ours, theirs) -> bool:
+    if any(isinstance(f, pa.DataType) and pa.types.is_null(f) for f in (ours, theirs)):
+        return True
+    if isinstance(ours, tuple) and isinstance(theirs, tuple):
+        return len(ours) == len(theirs) and all(map(_families_match, ours, theirs))
+    return ours == theirs
+
+
+def holds_null(kind: pa.DataType) -> bool:
+    """Whether `kind` is null or holds a part of type null, at any depth (list<null>: a writer's guess)."""
+    return pa.types.is_null(kind) or any(map(holds_null, _parts(kind)))
+
+
 def integer_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType | None:
     """The narrowest integer type that holds every value of both (int32 and int64: int64; uint32
     and int32: int64), or None where the two are not both integers or no type does (uint64 and a
@@ -195,7 +215,12 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
     int32. Integers take `integer_holding_both` (int64 where none does: uint64 beside signed), decimals
     `decimal_holding_both`, a dictionary's indices those of both and at least int32 (Arrow's own): a
     batch's dictionary is every shard's it came from, and 120 pandas categories (int8) in each of two
-    shards make 240; parts of another family, or of type null, leave ours as it is."""
+    shards make 240; a part of type null in ours takes theirs (one_family), and parts of another family,
+    or of type null in theirs, leave ours as it is."""
+    if pa.types.is_null(theirs):
+        return ours
+    if pa.types.is_null(ours):
+        return theirs
     if pa.types.is_integer(ours) and pa.types.is_integer(theirs):
         return integer_holding_both(ours, theirs) or pa.int64()
     if pa.types.is_decimal(ours) and pa.types.is_decimal(theirs):
@@ -209,7 +234,7 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
         index = integer_holding_both(integer_holding_both(ours.index_type, indices) or pa.int64(), pa.int32())
         return pa.dictionary(index, type_holding_both(ours.value_type, values), ours.ordered)
     parts = _parts(ours)
-    if not parts or type_family(ours) != type_family(theirs):
+    if not parts or not one_family(ours, theirs):
         return ours
     return _with_parts(ours, [type_holding_both(a, b) for a, b in zip(parts, _parts(theirs), strict=True)])
 
@@ -272,7 +297,7 @@ def check_shard(schema: pa.Schema, path: str, columns: InputColumns) -> dict[str
         found = schema.field(expected.name).type
         if found == expected.type:
             continue
-        if not (pa.types.is_null(found) or type_family(without_views(found)) == type_family(expected.type)):
+        if not one_family(without_views(found), expected.type):
             raise InputError(f"{path}: column {expected.name!r} is {found}, but other shards have {expected.type}")
         try:  # as read: a view type as its large type (transforms.read), which Arrow casts to a dictionary
             pa.array([], without_views(found)).cast(expected.type)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from encoder.quantize import Quantizer
-from schemas.inputs import InputColumns, InputError, quoted, type_family
+from schemas.inputs import InputColumns, InputError, one_family, quoted
 
 EMBEDDING_COLUMN = "embedding"
 CONTENT_HASH_COLUMN = "content_hash"
@@ -165,7 +165,7 @@ def check_previous_file(schema: pa.Schema, path: str, expected: pa.Schema, names
         found, wanted = schema.field(name).type, expected.field(name).type
         if found == wanted or name == EMBEDDING_COLUMN and _same_values(found, wanted):
             continue
-        if name == EMBEDDING_COLUMN or not (pa.types.is_null(found) or type_family(found) == type_family(wanted)):
+        if name == EMBEDDING_COLUMN or not one_family(found, wanted):
             raise InputError(f"{path}: column {name!r} is {found}, but this run writes {wanted}")
         casts[name] = wanted
     return casts

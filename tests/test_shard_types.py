@@ -192,6 +192,47 @@ def test_null_typed_columns_take_a_later_shards_type_and_yesterdays_string_ids_j
     assert _outputs(second, "embeddings-reused").schema.field("id").type == pa.large_string()
 
 
+def test_a_shard_whose_lists_were_all_empty_takes_the_item_types_of_the_others_and_a_night_of_them_reuses_rows(
+    tmp_path,
+):
+    """pyarrow and pandas type a column of empty lists list<null> (a struct field always None: null):
+    a shard whose tags were all empty is the same input as the others, not refused as another type,
+    whichever shard comes first; a night where every shard's were empty writes list<null> and reuses."""
+    day1 = tmp_path / "day1"
+    meta = [pa.struct([("n", pa.null()), ("s", pa.string())]), pa.struct([("n", pa.int64()), ("s", pa.string())])]
+    write_parquet(day1 / "a.parquet", id=["a", "b"], text=["text a", "text b"],
+                  tags=pa.array([[], None], pa.list_(pa.null())),
+                  meta=pa.array([{"n": None, "s": "x"}] * 2, meta[0]))  # fmt: skip
+    write_parquet(day1 / "b.parquet", id=["c"], text=["text c"], tags=pa.array([[1, 2]], pa.list_(pa.int32())),
+                  meta=pa.array([{"n": 7, "s": "y"}], meta[1]))  # fmt: skip
+    write_parquet(day1 / "c.parquet", id=["d"], text=["text d"], tags=pa.array([[None]], pa.list_(pa.null())),
+                  meta=pa.array([None], meta[0]))  # fmt: skip
+    first = tmp_path / "out1"
+    result = run_cli("--input", f"{day1}/*.parquet", "--output", str(first), "--carry_columns", "tags,meta")
+    assert result.returncode == 0, result.stderr
+    embedded = _outputs(first, "embeddings")
+    assert [embedded.schema.field(name).type for name in ("tags", "meta")] == [pa.list_(pa.int32()), meta[1]]
+    assert sorted(embedded.select(["id", "tags", "meta"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "tags": [], "meta": {"n": None, "s": "x"}},
+        {"id": "b", "tags": None, "meta": {"n": None, "s": "x"}},
+        {"id": "c", "tags": [1, 2], "meta": {"n": 7, "s": "y"}},
+        {"id": "d", "tags": [None], "meta": None},
+    ]
+    day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=["a", "c"], text=["text a", "text c, edited"],
+                         tags=pa.array([[], []], pa.list_(pa.null())))  # fmt: skip
+    second = tmp_path / "out2"
+    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first), "--carry_columns", "tags")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(second)
+    assert [manifest[k] for k in ("rows_in", "rows_embedded", "rows_reused", "rows_deleted")] == [2, 1, 1, 2]
+    written = _outputs(second, "embeddings")  # those embedded tonight and those reused
+    assert written.schema.field("tags").type == pa.list_(pa.null())
+    assert sorted(written.select(["id", "tags"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "tags": []},
+        {"id": "c", "tags": []},
+    ]
+
+
 def test_pandas_categoricals_of_more_categories_in_a_later_shard_are_read_with_wider_indices(tmp_path):
     """pandas sizes a categorical's dictionary indices to its categories (int8 up to 127, int16 past):
     the first shard's int8 could not hold a later shard's 300 categories, and the night failed."""

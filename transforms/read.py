@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.inputs import InputError, type_family, typed_by_values, without_views
+from schemas.inputs import InputError, one_family, typed_by_values, without_views
 from transforms.object_times import utc_times
 
 
@@ -171,7 +171,7 @@ def cast_columns(
 def _cast(column: pa.Array, kind: pa.DataType, where: str, first_row: int) -> pa.Array:
     if column.null_count == len(column):
         return pa.nulls(len(column), kind)
-    if type_family(without_views(column.type)) != type_family(kind):
+    if not one_family(without_views(column.type), kind):
         row = first_row + pc.index(column.is_valid(), True).as_py()
         raise InputError(
             f"{where} at row {row} holds a value of type {column.type}, though its footer said it held only "
