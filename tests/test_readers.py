@@ -35,16 +35,17 @@ def test_duckdb_queries_the_vectors_as_they_are(run_dir):
     its list functions take it as it is; array functions need `::FLOAT[384]`."""
     duckdb = pytest.importorskip("duckdb")
     query, expected = _expected_top(run_dir, 3)
-    files = str(run_dir / "embeddings-*.parquet")
+    files = [str(run_dir / name) for name in read_manifest(run_dir)["files"]["embeddings"]]  # as the README says
     connection = duckdb.connect()
-    column_type = connection.execute(f"SELECT typeof(embedding) FROM read_parquet('{files}') LIMIT 1").fetchone()[0]
-    assert column_type == "FLOAT[]"
+    found = connection.execute("SELECT typeof(embedding) FROM read_parquet($files) LIMIT 1", {"files": files})
+    assert found.fetchone()[0] == "FLOAT[]"
     for order in (
-        "list_cosine_similarity(embedding, ?)",
-        "array_cosine_similarity(embedding::FLOAT[384], ?::FLOAT[384])",
+        "list_cosine_similarity(embedding, $query)",
+        "array_cosine_similarity(embedding::FLOAT[384], $query::FLOAT[384])",
     ):
         found = connection.execute(
-            f"SELECT id FROM read_parquet('{files}') ORDER BY {order} DESC LIMIT 5", [query.tolist()]
+            f"SELECT id FROM read_parquet($files) ORDER BY {order} DESC LIMIT 5",
+            {"files": files, "query": query.tolist()},
         ).fetchall()
         assert [row[0] for row in found] == expected
 
