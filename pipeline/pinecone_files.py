@@ -244,8 +244,9 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
-    found = [m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list]
-    others = sorted(path for path in found if not PART_NAME.fullmatch(path.rsplit("/", 1)[-1]))
+    everything = FileSystems.join(output, "**")  # files in subfolders too: Pinecone imports those as well
+    found = [m.path for m in FileSystems.match([everything])[0].metadata_list]
+    others = sorted(path for path in found if not PART_NAME.fullmatch(path[len(everything) - 2 :]))
     if others:
         raise ValueError(
             f"--output {output}: holds {len(others)} file(s) no earlier export of this command wrote "

@@ -119,12 +119,17 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
     assert pq.read_table(again).num_rows == 30
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("kept")
-    for other in (day_one, tmp_path / "other"):  # the run's own folder; a folder holding another file
+    nested = folder / "older" / again.name  # an export's part in a subfolder: Pinecone imports it too
+    nested.parent.mkdir()
+    nested.write_bytes(again.read_bytes())
+    for other in (day_one, tmp_path / "other", folder):  # the run's own folder; folders holding another file
         result = export(day_one, other)
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr.startswith(f"error: --output {other}: holds ")
         assert "Pinecone would import them too: pass an empty folder, or one only this command wrote" in result.stderr
+    assert f"({nested})" in result.stderr
     assert not list(day_one.glob("part-*")) and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet")) == [f"older/{again.name}", again.name]
     with pytest.raises(LoadError, match=f"^--output {tmp_path}/other/notes.txt: cannot write there \\(.*File exists"):
         export_pinecone(read_run(str(day_one)), str(tmp_path / "other" / "notes.txt"))  # a file, not a folder
 
