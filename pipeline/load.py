@@ -461,16 +461,10 @@ class PgvectorLoader:
         """Refuse a run that deletes more than max_deleted_share of the `held` ids (documents: passages
         resized or cut do not count), adding `caveat` on how they were counted; raised inside the load's
         transaction, so nothing changes."""
-        if held and deleted > self._max_deleted_share * held:
-            rejected = run.manifest.get("rejected_by_reason") or {}
-            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(rejected.items()))
-            raise LoadError(
-                f"{self._table}: run {run.run_id} would delete {deleted} of the table's {held} ids "
-                f"({deleted / held:.0%}, more than --max_deleted_share {self._max_deleted_share:g}); the table is as "
-                f"it was. The run read {run.manifest['rows_in']} rows and rejected {run.manifest['rows_rejected']}"
-                f"{f' ({reasons})' if reasons else ''}: check its input, or load it with --max_deleted_share 1 if "
-                f"those deletions are meant{caveat}"
-            )
+        check_deletions(
+            run, deleted, held, self._max_deleted_share, f"{self._table}: ", "the table's", "the table is as it was",
+            "load", caveat,
+        )  # fmt: skip
 
     def _bookkeeping(self, connection):
         """`embedding_job_loads` (found through search_path), created or given its newer columns only
@@ -1082,6 +1076,23 @@ def share(value: str) -> float:
     return number
 
 
+def check_deletions(
+    run: Run, deleted: int, held: int, max_share: float, where: str, whose: str, kept: str, verb: str, caveat: str = ""
+) -> None:
+    """Refuse a run that deletes more than `max_share` of the `held` ids of `whose` (a fault upstream,
+    such as shards written with empty texts, makes a run that finishes and deletes them all), naming
+    what it read and rejected, and saying that `kept` is so."""
+    if held and deleted > max_share * held:
+        rejected = run.manifest.get("rejected_by_reason") or {}
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(rejected.items()))
+        raise LoadError(
+            f"{where}run {run.run_id} would delete {deleted} of {whose} {held} ids ({deleted / held:.0%}, more than "
+            f"--max_deleted_share {max_share:g}); {kept}. The run read {run.manifest['rows_in']} rows and rejected "
+            f"{run.manifest['rows_rejected']}{f' ({reasons})' if reasons else ''}: check its input, or {verb} it with "
+            f"--max_deleted_share 1 if those deletions are meant{caveat}"
+        )
+
+
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1112,19 +1123,40 @@ def command_line() -> argparse.ArgumentParser:
     pgvector.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     pinecone = targets.add_parser("pinecone", help="files for Pinecone's bulk import from object storage")
     pinecone.add_argument("--output", required=True, help="folder for the import files (one per new namespace)")
+    pinecone.add_argument(
+        "--max_deleted_share",
+        type=share,
+        default=MAX_DELETED_SHARE,
+        help="refuse to export a run that deleted more than this share of the ids its --previous run held "
+        "(a namespace imported from it would lack them), writing nothing; 1 allows any "
+        f"(default: {MAX_DELETED_SHARE:g})",
+    )
     pinecone.add_argument("run_dir", help="a finished run's output directory (local or gs://)")
     return parser
 
 
-def export_pinecone(run: Run, output: str) -> str:
+def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETED_SHARE) -> str:
     """The run's snapshot as Pinecone import files; returns what was written and the index metric to
-    import them into (the one the model was trained for)."""
+    import them into (the one the model was trained for). Each night's goes to a new namespace that
+    readers switch to, so a run that deleted most of its previous run's ids is refused, as a table load
+    would be."""
     similarity = run.manifest["model"].get("similarity", "cosine")
     if similarity not in PINECONE_METRICS:
         raise LoadError(
             f"{run.path}: the model compares vectors by {similarity} distance, which no Pinecone index metric "
             f"({', '.join(PINECONE_METRICS.values())}) computes"
         )
+    if before := (run.manifest.get("previous") or {}).get("path"):
+        try:
+            theirs = _read_manifest(before)
+        except (LoadError, OSError) as e:
+            _LOG.warning("cannot count the ids the previous run held, so not its deletions: %s", e)
+        else:  # every valid row of a run is an id of its snapshot: embedded, reused or cut into passages
+            held = theirs.get("rows_in", 0) - theirs.get("rows_rejected", 0)
+            check_deletions(
+                run, run.manifest.get("rows_deleted", 0), held, max_deleted_share, f"{output}: ",
+                f"the previous run's ({before})", "nothing was exported", "export",
+            )  # fmt: skip
     try:
         export = write_import_files(
             run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
@@ -1152,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
             loader = PgvectorLoader(args.dsn, args.table, args.index_memory, args.rollback, args.max_deleted_share)
             print(loader.load(run))
         else:
-            print(export_pinecone(run, args.output))
+            print(export_pinecone(run, args.output, args.max_deleted_share))
     except (LoadError, ValueError) as e:
         print(error_line(e), file=sys.stderr)
         return 1

@@ -104,6 +104,25 @@ def test_a_night_whose_rows_were_all_reused_exports_no_empty_part_file(day_one, 
     assert sum(pq.read_metadata(p).num_rows for p in parts) == 30
 
 
+def test_a_night_that_deleted_most_of_its_previous_runs_ids_is_not_exported_unless_allowed(day_one, tmp_path):  # noqa: F811
+    """Shards written with empty texts upstream: every row is rejected and deleted. Imported into the
+    night's new namespace, readers would switch to an empty one."""
+    emptied = embed_night(tmp_path, "emptied", {**DAY_ONE, "text": [""] * 30}, "--previous", str(day_one))
+    manifest = read_manifest(emptied)
+    assert (manifest["rows_deleted"], manifest["rows_rejected"]) == (30, 30)
+    result = export(emptied, tmp_path / "ns")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'ns'}: run {manifest['run_id']} would delete 30 of the previous run's ({day_one}) 30 ids "
+        "(100%, more than --max_deleted_share 0.5); nothing was exported. The run read 30 rows and rejected 30 "
+        "(30 empty_text): check its input, or export it with --max_deleted_share 1 if those deletions are meant"
+    )
+    assert not (tmp_path / "ns").exists()
+    allowed = export(emptied, tmp_path / "ns", "--max_deleted_share", "1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.startswith(f"{tmp_path / 'ns'}: 0 vectors of run {manifest['run_id']}")
+
+
 def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, tmp_path):  # noqa: F811
     """Pinecone imports every file of the folder: an earlier export's extra part files would add stale vectors."""
     folder = tmp_path / "ns"
