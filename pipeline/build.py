@@ -43,8 +43,12 @@ def _read_previous(pipeline: beam.Pipeline, plan: JobPlan, schema, compared: lis
     has_chunk = any(field.name == CHUNK_COLUMN for field in own)
     expected = pa.schema([*own, *([] if has_chunk else PASSAGE_FIELDS[:1])])
     check = partial(check_previous_file, expected=expected, names=names)
+    advice = (
+        f"; a file of --previous {plan.previous.path}: pass another finished run, or leave --previous out to embed "
+        "every row afresh"
+    )
     return pipeline | "ReadPrevious" >> ReadParquetFiles(
-        plan.previous.files, [*names, *compared], check, plan.rows_per_batch
+        plan.previous.files, [*names, *compared], check, plan.rows_per_batch, advice
     )
 
 

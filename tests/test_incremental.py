@@ -344,6 +344,9 @@ def test_a_previous_file_changed_in_place_at_its_size_is_refused_not_reused(day_
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"error: {copied / name}: ") and "CRC checksum verification failed" in last, last
+    assert last.endswith(
+        f"; a file of --previous {copied}: pass another finished run, or leave --previous out to embed every row afresh"
+    )
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 

@@ -305,9 +305,10 @@ def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: s
 
 
 class _ReadRowGroups(beam.DoFn):
-    def __init__(self, names: list[str], rows_per_batch: int) -> None:
+    def __init__(self, names: list[str], rows_per_batch: int, advice: str) -> None:
         self._names = names
         self._rows_per_batch = rows_per_batch
+        self._advice = advice
 
     def process(self, group: RowGroups) -> Iterator[ShardBatch]:
         first_row = group.first_row
@@ -328,7 +329,7 @@ class _ReadRowGroups(beam.DoFn):
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
-            error = InputError(f"{group.path}: {group.described()} cannot be read ({one_line(e)})")
+            error = InputError(f"{group.path}: {group.described()} cannot be read ({one_line(e)}){self._advice}")
             raise _unreadable(group.file, error, f"when {group.described()} could not be read") from e
         now = group.file.now()
         if now != group.file:
@@ -339,14 +340,17 @@ class _ReadRowGroups(beam.DoFn):
 class ReadParquetFiles(beam.PTransform):
     """PlannedFiles (each path a file, taken as it is written: no pattern) to ShardBatches of the
     columns `names`; a file that cannot be read, that `check` refuses, or that changed since the
-    plan fails the job."""
+    plan fails the job, a row group that cannot be read (a page whose CRC fails) with `advice` added."""
 
-    def __init__(self, files: list[PlannedFile], names: list[str], check: SchemaCheck, rows_per_batch: int) -> None:
+    def __init__(
+        self, files: list[PlannedFile], names: list[str], check: SchemaCheck, rows_per_batch: int, advice: str = ""
+    ) -> None:
         super().__init__()
         self._files = files
         self._names = names
         self._check = check
         self._rows_per_batch = rows_per_batch
+        self._advice = advice
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
@@ -354,5 +358,5 @@ class ReadParquetFiles(beam.PTransform):
             | "Files" >> beam.Create(self._files)
             | "ListRowGroups" >> beam.ParDo(_ListRowGroups(self._check))
             | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroups(self._names, self._rows_per_batch))
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroups(self._names, self._rows_per_batch, self._advice))
         )
