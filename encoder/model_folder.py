@@ -212,8 +212,11 @@ class ModelFolder:
         dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if dim is None:
             return self.dim
+        if truncate_dim is None and dim > self.dim:
+            return self.dim  # sentence-transformers slices by the folder's default: past the end, the whole vector
         if not 0 < dim <= self.dim:
-            raise ModelFolderError(f"truncate_dim {dim} must be between 1 and the model's dimension {self.dim}")
+            where = "" if truncate_dim is not None else f"{self.path / 'config_sentence_transformers.json'}: "
+            raise ModelFolderError(f"{where}truncate_dim {dim} must be between 1 and the model's dimension {self.dim}")
         return dim
 
     def seq_length(self, override: int | None = None) -> int | None:
@@ -602,7 +605,8 @@ def _read_model_folder(root: Path) -> ModelFolder:
     folder = ModelFolder(
         path=root,
         modules=tuple(modules),
-        prompts=st_config.get("prompts") or {},
+        # A prompt saved as null is none, as sentence-transformers reads it (its defaults are saved so).
+        prompts={name: text or "" for name, text in (st_config.get("prompts") or {}).items()},
         default_prompt_name=st_config.get("default_prompt_name"),
         truncate_dim=st_config.get("truncate_dim"),
         similarity=similarity if similarity in SIMILARITIES else "cosine",

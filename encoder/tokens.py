@@ -148,7 +148,13 @@ class TextTokenizer:
         if self.special_tokens:
             from transformers import AutoTokenizer  # here: a launcher planning rows needs no transformers
 
-            tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer_path, trust_remote_code=False)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer_path, trust_remote_code=False)
+            except (OSError, ValueError) as e:  # its files missing: transformers asks for a converter's package
+                raise ModelFolderError(
+                    f"{folder.tokenizer_path}: its tokenizer cannot be loaded ({' '.join(str(e).split())}); is "
+                    "tokenizer.json missing?"
+                ) from e
             if not tokenizer.is_fast:
                 raise ModelFolderError(f"{folder.tokenizer_path}: needs a fast tokenizer (tokenizer.json)")
             if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):

@@ -16,10 +16,10 @@ from encoder.quantize import VECTOR_DTYPES
 from schemas.outputs import VECTOR_LAYOUTS
 
 DESCRIPTION = (
-    "Embed the text of Parquet shards with a sentence-transformers model and write L2-normalised "
-    "vectors to Parquet, ready for a vector database. Runs locally by default (Beam's FnApiRunner, "
-    "no network); pass --runner=DataflowRunner, FlinkRunner or PortableRunner with their usual "
-    "options to run elsewhere."
+    "Embed the text of Parquet shards with a sentence-transformers model and write its vectors (L2-normalised "
+    "when the model's modules.json lists Normalize, as most do) to Parquet, ready for a vector database. Runs "
+    "locally by default (Beam's FnApiRunner, no network); pass --runner=DataflowRunner, FlinkRunner or "
+    "PortableRunner with their usual options to run elsewhere."
 )
 
 
@@ -216,8 +216,9 @@ class EmbedOptions(PipelineOptions):
             "--truncate_dim",
             type=int,
             default=None,
-            help="Keep the first D dimensions of each vector, then normalise again (Matryoshka models); at "
-            "most the model's dimension (default: the model's own truncate_dim, else the whole vector).",
+            help="Keep the first D dimensions of each vector, then normalise again if the model normalises "
+            "(Matryoshka models); at most the model's dimension (default: the model's own truncate_dim, else the "
+            "whole vector).",
         )
         group.add_argument(
             "--chunk_tokens",

@@ -1016,17 +1016,23 @@ def check_model_settings(
 
 
 def _warn_document_prompt_unused(folder: ModelFolder, prompt: str) -> None:
-    """Models trained for retrieval with a prompt before documents (embeddinggemma's `title: none | text: `)
-    define it under one of DOCUMENT_PROMPT_NAMES, which sentence-transformers' `encode_document` puts first;
-    its `encode`, whose vectors the job equals, does not. A run asking for no prompt embeds its texts without
-    that one: likely an oversight when the texts are documents to retrieve, so it is said at start."""
-    name = next((n for n in DOCUMENT_PROMPT_NAMES if n in folder.prompts), None)
-    if name is not None and folder.prompts[name] and folder.prompts[name] != prompt:
+    """Models trained for retrieval with a prompt before documents define it as `document` (embeddinggemma's
+    `title: none | text: `), which sentence-transformers' `encode_document` puts first, or as `passage` or
+    `corpus` (E5's `passage: `), which its model cards ask for; `encode`, whose vectors the job equals, puts
+    neither. A run asking for no prompt embeds its texts without that one: likely an oversight when the texts
+    are documents to retrieve, so it is said at start."""
+    name = next((n for n in DOCUMENT_PROMPT_NAMES if folder.prompts.get(n)), None)
+    if name is not None and folder.prompts[name] != prompt:
+        why = (
+            "which sentence-transformers' encode_document puts before each text"
+            if name == "document"
+            else "which retrieval models such as E5 are trained to see before documents (sentence-transformers 6's "
+            "encode_document puts only a prompt named 'document')"
+        )
         _LOG.warning(
-            "the model defines a prompt for documents, %r (%r), which sentence-transformers' encode_document puts "
-            "before each text; this run embeds its texts %s, as encode does: pass --prompt_name %s to embed them "
-            "as documents",
-            name, folder.prompts[name], f"with the prompt {prompt!r}" if prompt else "without a prompt", name,
+            "the model defines a prompt for documents, %r (%r), %s; this run embeds its texts %s, as encode does: "
+            "pass --prompt_name %s to embed them as documents",
+            name, folder.prompts[name], why, f"with the prompt {prompt!r}" if prompt else "without a prompt", name,
         )  # fmt: skip
 
 

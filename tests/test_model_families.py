@@ -314,6 +314,46 @@ def test_a_run_without_the_models_document_prompt_says_so_at_start(folders, tmp_
     assert "WARNING" not in named.stderr and "WARNING" not in minilm.stderr
 
 
+def test_a_folder_read_as_sentence_transformers_reads_it_null_prompts_a_default_past_the_width_and_no_tokenizer(
+    folders, tmp_path
+):
+    """A prompt saved as null is none (sentence-transformers saves its defaults so), a folder's truncate_dim
+    past the model's width keeps the whole vector, as sentence-transformers' slice does: both ran the plan
+    and failed in the workers, or were refused. E5's `passage` is named at start, for what it is. A folder
+    whose tokenizer.json is gone is named in one line, not a traceback about sentencepiece."""
+    folder = tmp_path / "e5-like"
+    shutil.copytree(folders["bert"], folder)
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config.update(
+        prompts={"query": None, "document": None, "passage": "passage: "}, default_prompt_name="query", truncate_dim=64
+    )
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    broken = tmp_path / "no-tokenizer-json"  # transformers 5 saves its class as TokenizersBackend, no vocab.txt
+    shutil.copytree(folders["modernbert"], broken)
+    (broken / "tokenizer.json").unlink()
+    inputs = write_parquet(tmp_path / "in" / "a.parquet", id=list(range(len(TEXTS))), text=TEXTS)
+    args = ["--input", str(inputs), "--device", "cpu"]
+    ran, refused = run_clis(
+        [*args, "--output", str(tmp_path / "out"), "--model", str(folder)],
+        [*args, "--output", str(tmp_path / "out-broken"), "--model", str(broken), "--plan_only"],
+    )
+    assert ran.returncode == 0, ran.stderr
+    np.testing.assert_allclose(_job_vectors(tmp_path / "out"), _reference(folder, normalize_embeddings=True), atol=1e-5)
+    assert read_manifest(tmp_path / "out")["model"]["dim"] == 32
+    warned = [line.partition(" WARNING pipeline.plan: ")[2] for line in ran.stderr.splitlines()]
+    assert [w for w in warned if w] == [
+        "the model defines a prompt for documents, 'passage' ('passage: '), which retrieval models such as E5 are "
+        "trained to see before documents (sentence-transformers 6's encode_document puts only a prompt named "
+        "'document'); this run embeds its texts without a prompt, as encode does: pass --prompt_name passage to "
+        "embed them as documents"
+    ]
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {broken}: its tokenizer cannot be loaded (") and last.endswith(
+        "); is tokenizer.json missing?"
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
