@@ -1147,12 +1147,13 @@ def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETE
             f"({', '.join(PINECONE_METRICS.values())}) computes"
         )
     if before := (run.manifest.get("previous") or {}).get("path"):
-        try:
-            theirs = _read_manifest(before)
-        except (LoadError, OSError) as e:
-            _LOG.warning("cannot count the ids the previous run held, so not its deletions: %s", e)
+        try:  # only its counts: a manifest of an older version, without file checks, has them too
+            with _open(FileSystems.join(before, MANIFEST)) as f:
+                theirs = json.load(f)
+            held = theirs["rows_in"] - theirs["rows_rejected"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _LOG.warning("cannot count the ids the previous run %s held, so not its deletions: %r", before, e)
         else:  # every valid row of a run is an id of its snapshot: embedded, reused or cut into passages
-            held = theirs.get("rows_in", 0) - theirs.get("rows_rejected", 0)
             check_deletions(
                 run, run.manifest.get("rows_deleted", 0), held, max_deleted_share, f"{output}: ",
                 f"the previous run's ({before})", "nothing was exported", "export",

@@ -244,7 +244,8 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
-    everything = FileSystems.join(output, "**")  # files in subfolders too: Pinecone imports those as well
+    folder = output.rstrip("/") or output  # `ns//` lists nothing: its earlier export would stay beside this one
+    everything = FileSystems.join(folder, "**")  # files in subfolders too: Pinecone imports those as well
     found = [m.path for m in FileSystems.match([everything])[0].metadata_list]
     others = sorted(path for path in found if not PART_NAME.fullmatch(path[len(everything) - 2 :]))
     if others:
@@ -266,7 +267,7 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
     written = []
     try:
         for number, path in enumerate(files):
-            part = FileSystems.join(output, f"{name}-{number:05d}.parquet")
+            part = FileSystems.join(folder, f"{name}-{number:05d}.parquet")
             rows = _write(import_tables(path), IMPORT_SCHEMA, part)
             if rows:
                 written.append(part)

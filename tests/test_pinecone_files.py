@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -118,6 +119,15 @@ def test_a_night_that_deleted_most_of_its_previous_runs_ids_is_not_exported_unle
         "(30 empty_text): check its input, or export it with --max_deleted_share 1 if those deletions are meant"
     )
     assert not (tmp_path / "ns").exists()
+    older = tmp_path / "older"  # the previous run written by a version that kept no file checks: counted alike
+    shutil.copytree(day_one, older)
+    kept = {k: v for k, v in read_manifest(older).items() if k not in ("file_checks", "run_id")}
+    (older / "manifest.json").write_text(json.dumps(kept))
+    after = read_manifest(emptied)
+    after["previous"]["path"] = str(older)
+    (emptied / "manifest.json").write_text(json.dumps(after))
+    result = export(emptied, tmp_path / "ns")
+    assert result.returncode == 1 and f"would delete 30 of the previous run's ({older}) 30 ids" in result.stderr
     allowed = export(emptied, tmp_path / "ns", "--max_deleted_share", "1")
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.startswith(f"{tmp_path / 'ns'}: 0 vectors of run {manifest['run_id']}")
@@ -130,7 +140,7 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
     [part] = folder.iterdir()
     assert PART_NAME.fullmatch(part.name)
     (folder / "part-00009.parquet").write_bytes(part.read_bytes())  # an earlier version's export's last file
-    result = export(day_one, folder)
+    result = export(day_one, f"{folder}//")  # spelled with slashes after it: the same folder
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("metric cosine (replacing an earlier export; 2 of its files removed)")
     [again] = folder.iterdir()
