@@ -246,7 +246,8 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
     folder = output.rstrip("/") or output  # `ns//` lists nothing: its earlier export would stay beside this one
     everything = FileSystems.join(folder, "**")  # files in subfolders too: Pinecone imports those as well
-    found = [m.path for m in FileSystems.match([everything])[0].metadata_list]
+    # Not the objects named as folders (`ns/`, as the Cloud Console makes one): they hold nothing to import.
+    found = [m.path for m in FileSystems.match([everything])[0].metadata_list if not m.path.endswith("/")]
     others = sorted(path for path in found if not PART_NAME.fullmatch(path[len(everything) - 2 :]))
     if others:
         raise ValueError(

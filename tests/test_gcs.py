@@ -34,6 +34,8 @@ from google.cloud import storage
 
 from encoder import ModelFolderError, read_model_folder
 from encoder.folder_digest import folder_sha256
+from pipeline.load import export_pinecone, read_run
+from pipeline.pinecone_files import PART_NAME
 from pipeline.plan import match_inputs
 from pipeline.run import main
 from samples.knowledge_base import write_shards
@@ -279,6 +281,18 @@ def test_an_object_whose_name_holds_a_backslash_is_read(bucket):
     manifest = _json(gcs, "out/windows/manifest.json")
     assert [f["path"] for f in manifest["input_files"]] == [f"gs://kb/{name}" for name in names]
     assert manifest["rows_in"] == manifest["rows_embedded"] == sum(pq.read_metadata(s).num_rows for s in shards)
+
+
+def test_a_pinecone_export_into_a_folder_made_in_the_cloud_console_passes_over_its_folder_objects(day1):
+    """The Console makes a folder as an empty object named `ns/`: not a file Pinecone would import."""
+    bucket, _ = day1
+    for placeholder in ("pinecone/ns/", "pinecone/ns/old/"):
+        bucket.blob(placeholder).upload_from_string(b"")
+    message = export_pinecone(read_run("gs://kb/out/day1"), "gs://kb/pinecone/ns")
+    assert message.startswith("gs://kb/pinecone/ns: 80 vectors of run ")
+    listed = sorted(blob.name for blob in bucket.list_blobs(prefix="pinecone/"))
+    assert listed[:2] == ["pinecone/ns/", "pinecone/ns/old/"]
+    assert len(listed) == 3 and PART_NAME.fullmatch(listed[2].removeprefix("pinecone/ns/"))
 
 
 def test_missing_gcs_model_is_a_clear_error(day1):
