@@ -248,7 +248,8 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
     everything = FileSystems.join(folder, "**")  # files in subfolders too: Pinecone imports those as well
     # Not the objects named as folders (`ns/`, as the Cloud Console makes one): they hold nothing to import.
     found = [m.path for m in FileSystems.match([everything])[0].metadata_list if not m.path.endswith("/")]
-    others = sorted(path for path in found if not PART_NAME.fullmatch(path[len(everything) - 2 :]))
+    inside = len(everything.removesuffix("**"))  # where a name below the folder starts, as the match spells it
+    others = sorted(path for path in found if not PART_NAME.fullmatch(path[inside:]))
     if others:
         raise ValueError(
             f"--output {output}: holds {len(others)} file(s) no earlier export of this command wrote "
