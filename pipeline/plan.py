@@ -541,22 +541,36 @@ def _schema_or_none(path: str) -> pa.Schema | None:
         return None
 
 
-def typed_as_previous(schema: pa.Schema, previous: str, names: list[str]) -> pa.Schema:
-    """`schema` with the columns `names` typed as the previous run wrote them: no input shard holds a
-    row, so its types are a writer's guess (pandas types an empty column double), and tonight
-    deletes what the previous run held. Left as it is where that run cannot tell (read_previous
-    then says what is wrong with it)."""
+def typed_as_previous(schema: pa.Schema, previous: str, untyped: list[str], parts: list[str]) -> pa.Schema:
+    """`schema` with columns typed as the previous run wrote them where tonight's types are a writer's guess.
+    The columns `untyped` held no value tonight (pandas types an empty column double; without any row,
+    tonight deletes what the previous run held): each takes that run's type. The columns `parts` held
+    values with a part typed null (a night whose tags were all empty lists reads as list<null>): that part
+    takes that run's, where the two are of one family, so the outputs keep last night's list<string> for
+    loaders appending to a table. Left as it is where that run cannot tell (read_previous then says what is
+    wrong with it)."""
+    if not (untyped or parts):
+        return schema
     try:
         with FileSystems.open(FileSystems.join(previous, MANIFEST)) as f:
             written = json.load(f)["files"]["embeddings"]
         theirs = open_parquet(FileSystems.join(previous, written[0])).schema_arrow
     except (OSError, ValueError, KeyError, IndexError, TypeError, InputError):
         return schema
-    for name in names:
+    for name in [*untyped, *parts]:
         index = schema.get_field_index(name)
-        if index >= 0 and theirs.get_field_index(name) >= 0:
-            schema = schema.set(index, schema.field(index).with_type(theirs.field(name).type))
+        if index < 0 or theirs.get_field_index(name) < 0:
+            continue
+        ours, their_type = schema.field(index).type, theirs.field(name).type
+        if name in parts:
+            their_type = type_holding_both(ours, their_type) if one_family(ours, their_type) else ours
+        schema = schema.set(index, schema.field(index).with_type(their_type))
     return schema
+
+
+def _holds_null_part(schema: pa.Schema, name: str) -> bool:
+    index = schema.get_field_index(name)
+    return index >= 0 and holds_null(schema.field(index).type)
 
 
 def check_typed_without_rows(schema: pa.Schema, first: str, files: int, names: list[str]) -> None:
@@ -1127,12 +1141,11 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         )
     first, first_file, schema, valueless, typed_in = typed_schema(files, [opts.id_column, opts.text_column, *carry])
     schema = widened_integers(files, schema, [opts.id_column, *(c for c in carry if c != opts.text_column)])
-    if opts.previous and not first_file.metadata.num_rows:
-        schema = typed_as_previous(
-            schema, opts.previous, [opts.id_column, *(c for c in carry if c != opts.text_column)]
-        )
-    elif opts.previous and valueless:  # a writer's guess too: the column keeps last night's type
-        schema = typed_as_previous(schema, opts.previous, [c for c in valueless if c != opts.text_column])
+    kept = [opts.id_column, *(c for c in carry if c != opts.text_column)]
+    if opts.previous:  # what held no value tonight is a writer's guess: it keeps last night's type
+        untyped = kept if not first_file.metadata.num_rows else [c for c in kept if c in valueless]
+        parts = [c for c in kept if c not in untyped and _holds_null_part(schema, c)]
+        schema = typed_as_previous(schema, opts.previous, untyped, parts)
     elif not first_file.metadata.num_rows:
         check_typed_without_rows(schema, first, len(files), [opts.id_column, opts.text_column, *carry])
     columns = input_columns(schema, first, opts.text_column, opts.id_column, carry)

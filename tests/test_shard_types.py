@@ -197,7 +197,9 @@ def test_a_shard_whose_lists_were_all_empty_takes_the_item_types_of_the_others_a
 ):
     """pyarrow and pandas type a column of empty lists list<null> (a struct field always None: null):
     a shard whose tags were all empty is the same input as the others, not refused as another type,
-    whichever shard comes first; a night where every shard's were empty writes list<null> and reuses."""
+    whichever shard comes first; a night where every shard's were empty reuses rows and keeps the
+    previous run's types (list<null> would break a loader appending to last night's table), and
+    writes list<null> without a previous run."""
     day1 = tmp_path / "day1"
     meta = [pa.struct([("n", pa.null()), ("s", pa.string())]), pa.struct([("n", pa.int64()), ("s", pa.string())])]
     write_parquet(day1 / "a.parquet", id=["a", "b"], text=["text a", "text b"],
@@ -219,18 +221,24 @@ def test_a_shard_whose_lists_were_all_empty_takes_the_item_types_of_the_others_a
         {"id": "d", "tags": [None], "meta": None},
     ]
     day2 = write_parquet(tmp_path / "day2" / "kb.parquet", id=["a", "c"], text=["text a", "text c, edited"],
-                         tags=pa.array([[], []], pa.list_(pa.null())))  # fmt: skip
-    second = tmp_path / "out2"
-    result = run_cli("--input", str(day2), "--output", str(second), "--previous", str(first), "--carry_columns", "tags")
-    assert result.returncode == 0, result.stderr
+                         tags=pa.array([[], []], pa.list_(pa.null())),
+                         meta=pa.array([{"n": None, "s": "z"}] * 2, meta[0]))  # fmt: skip
+    second, alone = tmp_path / "out2", tmp_path / "alone"
+    carried = ("--carry_columns", "tags,meta")
+    results = run_clis(["--input", str(day2), "--output", str(second), "--previous", str(first), *carried],
+                       ["--input", str(day2), "--output", str(alone), *carried])  # fmt: skip
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     manifest = read_manifest(second)
     assert [manifest[k] for k in ("rows_in", "rows_embedded", "rows_reused", "rows_deleted")] == [2, 1, 1, 2]
     written = _outputs(second, "embeddings")  # those embedded tonight and those reused
-    assert written.schema.field("tags").type == pa.list_(pa.null())
-    assert sorted(written.select(["id", "tags"]).to_pylist(), key=lambda r: r["id"]) == [
-        {"id": "a", "tags": []},
-        {"id": "c", "tags": []},
+    assert [written.schema.field(name).type for name in ("tags", "meta")] == [pa.list_(pa.int32()), meta[1]]
+    assert sorted(written.select(["id", "tags", "meta"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "tags": [], "meta": {"n": None, "s": "z"}},
+        {"id": "c", "tags": [], "meta": {"n": None, "s": "z"}},
     ]
+    written = _outputs(alone, "embeddings")
+    assert [written.schema.field(name).type for name in ("tags", "meta")] == [pa.list_(pa.null()), meta[0]]
+    assert written.column("tags").to_pylist() == [[], []]
 
 
 def test_pandas_categoricals_of_more_categories_in_a_later_shard_are_read_with_wider_indices(tmp_path):
