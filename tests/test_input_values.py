@@ -506,3 +506,23 @@ def test_int96_timestamps_holding_nanoseconds_in_a_struct_list_or_map_fail_namin
         1: [None, [at, at], [("a", at)]],
         2: [{"n": 1, "t": at}, [], None],
     }
+
+
+def test_a_fixed_size_list_column_holding_a_null_list_is_named_when_pyarrow_cannot_read_it(tmp_path):
+    """pyarrow writes a fixed_size_list column holding a null list but cannot read it back: the job's
+    message named the file's row group only, not which of the columns read failed, nor why."""
+    path = write_parquet(tmp_path / "in" / "kb.parquet", id=["a", "b", "c"], text=["one", "two", "three"],
+                         vec=pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32(), 2)))  # fmt: skip
+    carried, left = run_clis(
+        ["--input", str(path), "--output", str(tmp_path / "carried"), "--carry_columns", "vec"],
+        ["--input", str(path), "--output", str(tmp_path / "left")],
+    )
+    assert carried.returncode == 1
+    assert carried.stderr.splitlines()[-1] == (
+        f"error: {path}: column 'vec' in row group 0 cannot be read (Expected all lists to be of size=2 but index 2 "
+        f"had size=0): pyarrow {pa.__version__} cannot read back a fixed_size_list column holding a null list; "
+        "write the column as a variable-size list, or with its nulls as lists of nulls"
+    )
+    assert not (tmp_path / "carried" / "manifest.json").exists()
+    assert left.returncode == 0, left.stderr
+    assert read_manifest(tmp_path / "left")["rows_embedded"] == 3

@@ -15,6 +15,7 @@ drop or repeat rows without a word.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -304,6 +305,36 @@ def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: s
             )
 
 
+def _failing_column(group: RowGroups, names: list[str]) -> str:
+    """`column 'x' in ` for the first of the columns `names` that alone cannot be read from the row
+    groups (read again, one column at a time, only once reading them failed); empty where none alone
+    fails or the file itself is what fails."""
+    if len(names) < 2:
+        return f"column {names[0]!r} in " if names else ""
+    groups = list(range(group.first, group.stop))
+    for name in names:
+        try:
+            open_parquet(group.path).read_row_groups(groups, columns=[name])
+        except (pa.ArrowException, OSError, InputError):
+            return f"column {name!r} in "
+    return ""
+
+
+# pyarrow's reader of a fixed_size_list column holding a null list (the file is intact: read without its
+# stored Arrow schema the column is a list of the same values).
+_NULL_FIXED_SIZE_LIST = re.compile(r"Expected all lists to be of size=\d+ but index \d+ had size=0")
+
+
+def _cause(error: Exception) -> str:
+    """What a reader's error means, where it is known."""
+    if _NULL_FIXED_SIZE_LIST.search(str(error)):
+        return (
+            f": pyarrow {pa.__version__} cannot read back a fixed_size_list column holding a null list; write the "
+            "column as a variable-size list, or with its nulls as lists of nulls"
+        )
+    return ""
+
+
 class _ReadRowGroups(beam.DoFn):
     def __init__(self, names: list[str], rows_per_batch: int, advice: str) -> None:
         self._names = names
@@ -329,7 +360,8 @@ class _ReadRowGroups(beam.DoFn):
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
-            error = InputError(f"{group.path}: {group.described()} cannot be read ({one_line(e)}){self._advice}")
+            where = f"{_failing_column(group, self._names)}{group.described()}"
+            error = InputError(f"{group.path}: {where} cannot be read ({one_line(e)}){_cause(e)}{self._advice}")
             raise _unreadable(group.file, error, f"when {group.described()} could not be read") from e
         now = group.file.now()
         if now != group.file:
