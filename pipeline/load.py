@@ -149,7 +149,7 @@ def _open(path: str):
 
 def read_run(run_dir: str) -> Run:
     """The run's manifest and files, each checked against the manifest's bytes, sha256 and rows."""
-    return _checked_run(run_dir, _read_manifest(run_dir), LOADED_KINDS)
+    return _checked_run(run_dir, read_manifest(run_dir), LOADED_KINDS)
 
 
 def _checked_run(run_dir: str, manifest: dict, kinds: tuple[str, ...]) -> Run:
@@ -158,7 +158,8 @@ def _checked_run(run_dir: str, manifest: dict, kinds: tuple[str, ...]) -> Run:
     return Run(run_dir, manifest, files)
 
 
-def _read_manifest(run_dir: str) -> dict:
+def read_manifest(run_dir: str) -> dict:
+    """The manifest of a finished run of this job, refused naming what is wrong with `run_dir` otherwise."""
     manifest_path = FileSystems.join(run_dir, MANIFEST)
     if not FileSystems.exists(manifest_path):
         if wrong := not_a_folder(run_dir):
@@ -1011,7 +1012,7 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
             )
             return None
         try:  # any storage's error: a path out of the loader's reach is a reason for the snapshot, not a failure
-            manifest = _read_manifest(path)
+            manifest = read_manifest(path)
             if manifest["run_id"] != changes["previous_run_id"]:
                 _LOG.warning(
                     "loading the snapshot: %s now holds run %s, not %s",

@@ -58,7 +58,7 @@ from schemas.inputs import (
 from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
-from transforms.model_store import model_folder
+from transforms.model_store import DEFAULT_MODEL_NAME, model_folder
 from transforms.output_owner import OutputOwner, unfinished_run
 from transforms.passages import Chunking
 from transforms.paths import (
@@ -87,7 +87,6 @@ INT64_MAX = 2**63 - 1
 MAX_FOOTERS = 10_000  # input files whose footers a local run reads to show its progress against a total
 FOOTER_THREADS = 16  # footers read at once: on object storage each is a round trip or two
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
-DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # Files of each kind a run writes in --output (one of each name's shape): no --input pattern may take them in.
 WRITTEN_EXAMPLES = tuple(
     f"{name}-00000-of-00001.parquet"

@@ -23,6 +23,7 @@ from encoder.folder_digest import folder_sha256
 from transforms.paths import is_url
 
 CACHE_ENV = "EMBED_MODEL_CACHE"
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the default's name in manifests
 
 
 def default_model_path() -> str:
