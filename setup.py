@@ -1,4 +1,5 @@
-"""Packaging for the embedding job; Dataflow stages it with --setup_file=./setup.py."""
+"""Packaging for the embedding job: the worker and launcher images install it (`pip install .`), so no
+--setup_file is staged."""
 
 from setuptools import find_packages, setup
 

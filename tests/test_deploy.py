@@ -83,7 +83,9 @@ def test_flex_template_metadata_is_generated_from_the_jobs_options():
     assert all(p["helpText"] for p in parameters)
     declared = argparse.ArgumentParser()
     EmbedOptions._add_argparse_args(declared)
-    assert [p["name"] for p in parameters] == [a.dest for a in declared._actions if a.dest != "help"]
+    # Every option but --plan_only, which prints a plan a template launch has nowhere to show.
+    by_hand = ("help", "plan_only")
+    assert [p["name"] for p in parameters] == [a.dest for a in declared._actions if a.dest not in by_hand]
 
 
 def test_dataflow_launch_sets_the_gpu_and_passes_options_dataflow_validates():
@@ -240,25 +242,35 @@ def _dag_constants() -> dict:
 def _render(template: str, variables: dict | None = None, **context) -> str:
     """`template` as Airflow renders it (sandboxed), with the Airflow variables `variables`."""
     env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
-    env.filters["ds"] = lambda value: value.strftime("%Y-%m-%d")  # as Airflow's
+    env.filters["ts_nodash"] = lambda value: value.strftime("%Y%m%dT%H%M%S")  # as Airflow's
     return env.from_string(template).render(var={"value": variables or {"embed_bucket": "gs://b"}}, **context)
 
 
 def test_nightly_dag_passes_the_last_successful_nights_output_as_previous():
+    """A night's --previous is the folder the last successful run wrote, whatever ran between: both are
+    named by a run's data interval start, which the trigger timetable makes the moment it was triggered
+    (`ds` named a manual run's folder by another date than the next night looked for)."""
     parameters = _dag_constants()["PARAMETERS"]
     assert set(parameters) <= set(_metadata_names())
-    night = {"ds": "2026-11-22"}
     variables = {"embed_bucket": "gs://b", "embed_input": "gs://b/kb/*.parquet", "embed_carry_columns": "title,url"}
+    manual, night = datetime(2026, 11, 21, 9, 30), datetime(2026, 11, 22, 2)  # a manual run, then a night
+    manual_output = _render(parameters["output"], variables, data_interval_start=manual)
     after_success = {
-        k: _render(v, variables, prev_data_interval_start_success=datetime(2026, 11, 20), **night)
+        k: _render(v, variables, data_interval_start=night, prev_data_interval_start_success=manual)
         for k, v in parameters.items()
     }
-    assert (after_success["output"], after_success["previous"]) == (
-        "gs://b/embeddings/2026-11-22",
-        "gs://b/embeddings/2026-11-20",
+    assert (manual_output, after_success["output"], after_success["previous"]) == (
+        "gs://b/embeddings/20261121T093000",
+        "gs://b/embeddings/20261122T020000",
+        manual_output,
     )
+    source = (DEPLOY / "schedule" / "nightly_embed_dag.py").read_text()
+    assert 'schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC")' in source
     unset = {k: v for k, v in variables.items() if k != "embed_carry_columns"}  # the optional one
-    first = {k: _render(v, unset, prev_data_interval_start_success=None, **night) for k, v in parameters.items()}
+    first = {
+        k: _render(v, unset, data_interval_start=night, prev_data_interval_start_success=None)
+        for k, v in parameters.items()
+    }
     assert (first["previous"], first["carry_columns"], after_success["carry_columns"]) == ("", "", "title,url")
     assert parameters["device"] == "cuda"  # as launch.sh: a GPU job never falls back to CPU silently
     for rendered in (after_success, first):
@@ -300,15 +312,22 @@ def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():
     constants = _dag_constants()
     source = (DEPLOY / "schedule" / "nightly_embed_dag.py").read_text()
     assert "embed >> manifest >> load" in source
-    assert _render(constants["MANIFEST_OBJECT"], ds="2026-11-22") == "embeddings/2026-11-22/manifest.json"
+    night = datetime(2026, 11, 22, 2)
+    assert (
+        _render(constants["MANIFEST_OBJECT"], data_interval_start=night) == "embeddings/20261122T020000/manifest.json"
+    )
     template = constants["LOAD_COMMAND"].replace("{{ var.value.embed_table }}", "kb_vectors")
-    rendered = _render(template, ds="2026-11-22")
+    rendered = _render(template, data_interval_start=night)
     assert rendered.startswith("python -m pipeline.load ")
     arguments = shlex.split(rendered.replace('"$PGVECTOR_DSN"', "postgresql:///kb"))[3:]
     args = command_line().parse_args(arguments)
-    assert (args.target, args.dsn, args.run_dir) == ("pgvector", "postgresql:///kb", "gs://b/embeddings/2026-11-22")
+    assert (args.target, args.dsn, args.run_dir) == (
+        "pgvector",
+        "postgresql:///kb",
+        "gs://b/embeddings/20261122T020000",
+    )
     assert args.max_deleted_share == 0.5
     # The night mass deletions are meant, the variable lets them through.
-    allowed = _render(template, {"embed_bucket": "gs://b", "embed_max_deleted_share": "1"}, ds="2026-11-22")
+    allowed = _render(template, {"embed_bucket": "gs://b", "embed_max_deleted_share": "1"}, data_interval_start=night)
     allowed_args = shlex.split(allowed.replace('"$PGVECTOR_DSN"', "postgresql:///kb"))[3:]
     assert command_line().parse_args(allowed_args).max_deleted_share == 1.0

@@ -1,7 +1,7 @@
 """Airflow (Cloud Composer) DAG: launch the flex template every night, then load PostgreSQL.
 
-Each night writes a new dated directory and passes the output of the last
-*successful* night as --previous, so unchanged rows keep their vectors and a
+Each night writes a new directory, named by when it was triggered, and passes
+the output of the last *successful* run as --previous, so unchanged rows keep their vectors and a
 failed night is never used (it has no manifest, which the job would refuse).
 The very first run, with no earlier success, embeds everything. The load into
 PostgreSQL + pgvector starts only once the night's manifest.json exists, and
@@ -26,10 +26,17 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
+from airflow.timetables.trigger import CronTriggerTimetable
 
 BUCKET = "{{ var.value.embed_bucket }}"
-OUTPUT = BUCKET + "/embeddings/{{ ds }}"
-MANIFEST_OBJECT = "embeddings/{{ ds }}/manifest.json"
+# A night's folder is named by its run's data interval start, and --previous by the last successful
+# run's, the one value Airflow gives of both: the folder that run wrote, whatever ran between (a manual
+# run, a failed night). CronTriggerTimetable (below) makes it the moment each run was triggered: a
+# manual run gets a folder of its own (the default cron timetable of Airflow 2 gives it the last
+# scheduled interval, and `ds` named its folder by another date than the next night looked for).
+NIGHT = "{{ data_interval_start | ts_nodash }}"
+OUTPUT = BUCKET + "/embeddings/" + NIGHT
+MANIFEST_OBJECT = "embeddings/" + NIGHT + "/manifest.json"
 # The flex template launch.sh built with the worker image's tag: a template and workers of one build.
 TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
 # The night's run into the table, by bash in the worker image; the DSN comes from a Kubernetes Secret
@@ -45,7 +52,7 @@ LOAD_COMMAND = (
 PREVIOUS = (
     "{% if prev_data_interval_start_success %}"
     + BUCKET
-    + "/embeddings/{{ prev_data_interval_start_success | ds }}{% endif %}"
+    + "/embeddings/{{ prev_data_interval_start_success | ts_nodash }}{% endif %}"
 )
 # The job's options, as the template's metadata.json declares them.
 PARAMETERS = {
@@ -79,7 +86,7 @@ ENVIRONMENT = {
 
 with DAG(
     dag_id="nightly_embed",
-    schedule="0 2 * * *",
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # a night's --previous is the night before: never two at once
