@@ -15,13 +15,16 @@ import json
 from pipeline.options import DESCRIPTION, SWITCH, EmbedOptions, sha256_hex
 
 REQUIRED = "(required) "
+# Options for a person at a terminal: a template launch has nowhere to show the plan --plan_only prints,
+# and launching without a job graph would fail opaquely.
+BY_HAND = ("plan_only",)
 
 
 def metadata() -> dict:
     parser = argparse.ArgumentParser(add_help=False)
     EmbedOptions._add_argparse_args(parser)
     parameters = []
-    for action in parser._actions:
+    for action in (a for a in parser._actions if a.dest not in BY_HAND):
         parameter = {
             "name": action.dest,
             "label": action.dest.replace("_", " ").capitalize(),
