@@ -79,11 +79,16 @@ _STOPPED_BY: list[str] = []
 _WORKER_EXITS: list[int] = []
 _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
 _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose worker process died
+_RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
+_WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
 
 
 def _stop(signum: int, _frame: object) -> None:
     """The first SIGINT or SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so that it ends with
-    exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once."""
+    exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once.
+    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death."""
+    if _WORKER_LOST.is_set() and not _STOPPED_BY:
+        raise KeyboardInterrupt("a worker process died")
     _STOPPED_BY.append(signal.Signals(signum).name)
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is _stop:
@@ -120,13 +125,31 @@ def _worker_thread_failed(args: threading.ExceptHookArgs) -> None:
     exited = _WORKER_EXITED.search(str(args.exc_value))
     if exited:
         _WORKER_EXITS.append(int(exited.group(1)))
-        if not _STOPPED_BY:
+        if not (_STOPPED_BY or _WORKER_LOST.is_set()):
             _LOG.warning("a worker process %s", _worker_ended(_WORKER_EXITS[-1]))
+            _end_for_lost_worker()
     elif not (_STOPPED_BY or isinstance(args.exc_value, grpc.RpcError)):
         _THREAD_EXCEPTHOOK(args)
 
 
 _THREAD_EXCEPTHOOK = threading.excepthook
+
+
+def _end_for_lost_worker() -> None:
+    """Beam's local runner neither replaces a worker process that died nor fails the run at once: one that
+    died before it connected left the run waiting for ever, and one killed mid-bundle let the others embed
+    their whole share before the run failed. The run cannot succeed, so it ends now: the other workers are
+    killed and the main thread is sent the signal its stop handler takes, which ends the run as a stop does
+    (main reports the death). Where neither SIGTERM nor SIGINT is handled here (both ignored), Beam's own
+    failure, if it comes, reports it."""
+    if not _RUNNING.is_set():  # a death after the pipeline ended: the run's outcome is already known
+        return
+    _WORKER_LOST.set()
+    _end_worker_processes()
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(stop) is _stop:
+            signal.pthread_kill(threading.main_thread().ident, stop)
+            return
 
 
 def _beam_teardown_left_out(record: logging.LogRecord) -> bool:
@@ -313,16 +336,19 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             interval=plan.progress_interval,
         )
         worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR)
-        for name in _WORKER_LOGGERS:
-            logging.getLogger(name).addFilter(worker_logs)
+        loggers = [*map(logging.getLogger, _WORKER_LOGGERS), _LOG]  # the line ends before any of their records
+        for logger in loggers:
+            logger.addFilter(worker_logs)
         try:
             with spill_folder() if local else contextlib.nullcontext() as spill_dir:
                 with beam.Pipeline(runner=_local_runner(options), options=options) as pipeline:
                     build_pipeline(pipeline, plan, spill_dir)
+                    _RUNNING.set()  # as the block ends, Beam runs the pipeline
         finally:
+            _RUNNING.clear()
             line.finish()
-            for name in _WORKER_LOGGERS:
-                logging.getLogger(name).removeFilter(worker_logs)
+            for logger in loggers:
+                logger.removeFilter(worker_logs)
     except BaseException as failure:  # KeyboardInterrupt too: a stopped run gives the output up as a failed one
         if isinstance(failure, KeyboardInterrupt) and _published(plan):
             _LOG.warning("stopped by %s after the manifest was written: the output is complete", failure)
@@ -393,7 +419,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         result = run(argv, started)
     except KeyboardInterrupt:
-        print(error_line(_stopped()), file=sys.stderr)
+        print(error_line(_worker_lost() if _WORKER_LOST.is_set() and not _STOPPED_BY else _stopped()), file=sys.stderr)
         return 1
     except UsageError as e:
         print(error_line(e), file=sys.stderr)
@@ -410,13 +436,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             print(error_line(found.group(1)), file=sys.stderr)
             return 1
         if _WORKER_EXITS and _CHANNEL_LOST in str(e):  # not a failure whose teardown aborted the workers
-            print(
-                error_line(
-                    f"a worker process {_worker_ended(_WORKER_EXITS[0])}; no manifest.json was written, so "
-                    "nothing was published; running the same command again replaces the partial files"
-                ),
-                file=sys.stderr,
-            )
+            print(error_line(_worker_lost()), file=sys.stderr)
             return 1
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
@@ -461,6 +481,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             result["clipped"]["values"],
         )
     return 0
+
+
+def _worker_lost() -> str:
+    return (
+        f"a worker process {_worker_ended(_WORKER_EXITS[0])}; no manifest.json was written, so nothing was "
+        "published; running the same command again replaces the partial files"
+    )
 
 
 def _stopped() -> str:

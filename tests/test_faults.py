@@ -80,8 +80,7 @@ def test_a_worker_process_killed_mid_bundle_fails_the_run_without_a_manifest(cor
     output = corpus / "worker-killed"
     job = _start(corpus, output)
     _wait_for_progress(job)
-    workers = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "sdk_worker_main"], capture_output=True, text=True)
-    python_workers = [int(pid) for pid in workers.stdout.split()]  # the shell that started each exec'd it
+    python_workers = _python_workers(job)
     assert len(python_workers) == 2
     os.kill(python_workers[0], signal.SIGKILL)
     _, stderr = job.communicate(timeout=240)
@@ -102,6 +101,40 @@ def test_a_worker_process_killed_mid_bundle_fails_the_run_without_a_manifest(cor
     assert rerun.returncode == 0, rerun.stderr
     _same_output(output, reference[0])
     record("fault", "SDK worker process SIGKILLed mid-bundle", "run fails, no manifest; rerun complete")
+
+
+def test_a_worker_process_killed_before_it_connects_fails_the_run_at_once(corpus):
+    """Beam's local runner waited for ever for a worker that died before it connected: a night that never
+    ended. Killed as soon as it exists (its imports take seconds before it connects), the run ends."""
+    output = corpus / "worker-killed-early"
+    job = _start(corpus, output)
+    deadline = time.monotonic() + 120
+    while not (workers := _python_workers(job)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        _, stderr = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        raise
+    assert job.returncode == 1
+    warning, error = stderr.splitlines()[-2:]
+    killed = "a worker process was killed by SIGKILL (as the kernel's out-of-memory killer does when memory runs out)"
+    assert warning.endswith(f" WARNING pipeline.run: {killed}")
+    assert error == (
+        f"error: {killed}; no manifest.json was written, so nothing was published; running the same command again "
+        "replaces the partial files"
+    )
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert list(output.iterdir()) == []
+    assert _python_workers(job) == []  # the other worker was ended too
+    record("fault", "SDK worker process SIGKILLed before it connects", "run fails at once, no manifest")
+
+
+def _python_workers(job: subprocess.Popen) -> list[int]:
+    """The job's worker processes (the shell that started each exec'd it)."""
+    found = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "sdk_worker_main"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
 
 
 def _kill_at(corpus, output, moment: float) -> float:
