@@ -14,7 +14,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from encoder import cpu_flags, onednn
-from encoder.batching import padded_widths, token_budget_batches
+from encoder.batching import interleaved, padded_widths, token_budget_batches
 from encoder.devices import device_type, resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
@@ -268,7 +268,7 @@ class PooledEncoder:
         widths = padded_widths(lengths, self.max_seq_length)
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None
         done: list[tuple[np.ndarray, torch.Tensor]] = []
-        queue = deque(token_budget_batches(widths, token_budget, lengths, max_padding))
+        queue = deque(interleaved(token_budget_batches(widths, token_budget, lengths, max_padding)))
         retried: set[int] = set()  # single rows that ran out of memory once
         while queue:
             rows = queue.popleft()
@@ -292,7 +292,7 @@ class PooledEncoder:
                 self._budget_cap = min(token_budget, self._budget_cap or token_budget)
                 remaining = np.concatenate([rows, *queue])
                 batches = token_budget_batches(widths[remaining], token_budget, lengths[remaining], max_padding)
-                queue = deque(remaining[b] for b in batches)
+                queue = deque(remaining[b] for b in interleaved(batches))
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         copied = None
         if self.device.type == "cuda":  # the copies back to the host are asynchronous
