@@ -1077,6 +1077,23 @@ def share(value: str) -> float:
     return number
 
 
+def ids_held_before(manifest: dict) -> tuple[str, int] | None:
+    """The run's --previous run and the ids it held, from that run's manifest alone (a manifest of an older
+    version, without file checks, has the counts too); None without one, or, with a warning, where that
+    manifest cannot be read. Every valid row of a run is an id of its snapshot: embedded, reused or cut
+    into passages."""
+    before = (manifest.get("previous") or {}).get("path")
+    if not before:
+        return None
+    try:
+        with _open(FileSystems.join(before, MANIFEST)) as f:
+            theirs = json.load(f)
+        return before, theirs["rows_in"] - theirs["rows_rejected"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _LOG.warning("cannot count the ids the previous run %s held, so not its deletions: %r", before, e)
+        return None
+
+
 def check_deletions(
     run: Run, deleted: int, held: int, max_share: float, where: str, whose: str, kept: str, verb: str, caveat: str = ""
 ) -> None:
@@ -1147,18 +1164,12 @@ def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETE
             f"{run.path}: the model compares vectors by {similarity} distance, which no Pinecone index metric "
             f"({', '.join(PINECONE_METRICS.values())}) computes"
         )
-    if before := (run.manifest.get("previous") or {}).get("path"):
-        try:  # only its counts: a manifest of an older version, without file checks, has them too
-            with _open(FileSystems.join(before, MANIFEST)) as f:
-                theirs = json.load(f)
-            held = theirs["rows_in"] - theirs["rows_rejected"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            _LOG.warning("cannot count the ids the previous run %s held, so not its deletions: %r", before, e)
-        else:  # every valid row of a run is an id of its snapshot: embedded, reused or cut into passages
-            check_deletions(
-                run, run.manifest.get("rows_deleted", 0), held, max_deleted_share, f"{output}: ",
-                f"the previous run's ({before})", "nothing was exported", "export",
-            )  # fmt: skip
+    if previous := ids_held_before(run.manifest):
+        before, held = previous
+        check_deletions(
+            run, run.manifest.get("rows_deleted", 0), held, max_deleted_share, f"{output}: ",
+            f"the previous run's ({before})", "nothing was exported", "export",
+        )  # fmt: skip
     try:
         export = write_import_files(
             run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]

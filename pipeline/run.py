@@ -29,6 +29,7 @@ from apache_beam.transforms.environments import SubprocessSDKEnvironment
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
+from pipeline.load import MAX_DELETED_SHARE, ids_held_before
 from pipeline.logs import configure_logging, error_line
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job, threads_per_worker
@@ -472,6 +473,16 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             ", ".join(f"{reason} {count}" for reason, count in reasons),
             result["columns"]["id"],
             result["columns"]["text"],
+        )
+    previous = ids_held_before(result) if result["rows_deleted"] else None
+    if previous and result["rows_deleted"] > MAX_DELETED_SHARE * previous[1]:  # shards missing or emptied upstream
+        _LOG.warning(
+            "this run deleted %d of the %d ids its --previous run %s held (%.0f%%): check --input; the loaders "
+            "refuse to apply it unless --max_deleted_share allows that many",
+            result["rows_deleted"],
+            previous[1],
+            previous[0],
+            100 * result["rows_deleted"] / previous[1],
         )
     if clipped := (result.get("clipped") or {}).get("vectors"):
         _LOG.warning(

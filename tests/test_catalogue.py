@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import embedding_rows, read_manifest, record, run_cli, write_parquet
+from tests.conftest import embedding_rows, read_manifest, record, run_cli, run_clis, write_parquet
 
 GOOD = {"id": ["g-1", "g-2"], "text": ["a first good passage", "a second good passage"]}
 
@@ -194,6 +194,28 @@ def test_a_run_that_rejects_most_rows_warns_naming_the_columns(tmp_path):
         " WARNING pipeline.run: 3 of 5 rows were rejected (duplicate_id 3): check --id_column kind and --text_column "
         "text; the rejects files name each row and its reason"
     )
+
+
+def test_a_night_that_deletes_most_of_the_previous_runs_ids_warns(tmp_path):
+    """Shards missing or emptied upstream delete their rows: the night succeeds (the loaders refuse to
+    apply it), and now says so; deleting half is no fault."""
+    day1 = write_parquet(tmp_path / "day1" / "a.parquet", id=["a", "b", "c", "d"], text=["one", "two", "three", "x"])
+    write_parquet(tmp_path / "day2" / "a.parquet", id=pa.array([], pa.string()), text=pa.array([], pa.string()))
+    write_parquet(tmp_path / "day3" / "a.parquet", id=["a", "b"], text=["one", "two"])
+    assert run_cli("--input", str(day1), "--output", str(tmp_path / "out1")).returncode == 0
+    previous = ("--previous", str(tmp_path / "out1"))
+    emptied, halved = run_clis(
+        ["--input", f"{tmp_path}/day2/*.parquet", "--output", str(tmp_path / "out2"), *previous],
+        ["--input", f"{tmp_path}/day3/*.parquet", "--output", str(tmp_path / "out3"), *previous],
+    )
+    assert (emptied.returncode, halved.returncode) == (0, 0), emptied.stderr + halved.stderr
+    assert read_manifest(tmp_path / "out2")["rows_deleted"] == 4
+    assert emptied.stderr.splitlines()[-1].endswith(
+        f" WARNING pipeline.run: this run deleted 4 of the 4 ids its --previous run {tmp_path / 'out1'} held (100%): "
+        "check --input; the loaders refuse to apply it unless --max_deleted_share allows that many"
+    )
+    assert read_manifest(tmp_path / "out3")["rows_deleted"] == 2
+    assert "WARNING" not in halved.stderr, halved.stderr
 
 
 def test_a_glob_matching_thousands_of_small_files(tmp_path):
