@@ -50,11 +50,27 @@ def process_started(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/
     return time.monotonic() - (up - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def _duration(seconds: int) -> str:
+    """`45s`, `12m 5s`, `25h 24m`: a night's time left in seconds alone was `about 91462s left`."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+
+
+def _log_time(now: float) -> str:
+    """`now` as the log lines' time stamps write it (logging's asctime: local time, milliseconds)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
 class ProgressLine:
     """Sums cumulative per-process counts into one line; `total` is None when it cannot be known.
 
-    Off a terminal (a log file) a line is written only when the count has moved, and at most
-    once per `interval` for the whole job: every worker reports that often.
+    On a terminal the line is redrawn in place, cut to the terminal's width (a line that wraps is
+    redrawn below itself at every report). Off a terminal (a log file) a line is written only when
+    the count has moved, at most once per `interval` for the whole job (every worker reports that
+    often), stamped as the log's lines are, so that a log shows when a run stalled.
     """
 
     def __init__(
@@ -65,8 +81,10 @@ class ProgressLine:
         clock: Callable[[], float] = time.monotonic,
         started: float | None = None,
         interval: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        """`started`: when the command began, on `clock` (default: now)."""
+        """`started`: when the command began, on `clock` (default: now); `wall`: the time of day, for the
+        log's stamps."""
         self._total = total
         self._unit = unit
         self._stream = stream
@@ -76,6 +94,7 @@ class ProgressLine:
         self._counts: dict[int, int] = {}  # rows embedded, by process
         self._rejected: dict[int, int] = {}  # rows rejected, by process
         self._clock = clock
+        self._wall = wall
         self._started = clock() if started is None else started
         self._first: float | None = None  # when the first report came: start-up was over
         self._drawn = False
@@ -104,19 +123,23 @@ class ProgressLine:
         done, rejected = sum(self._counts.values()), sum(self._rejected.values())
         elapsed = 0.0 if self._first is None else self._clock() - self._first
         rate = done / elapsed if elapsed > 0 else 0.0
-        also = f", {rejected} rows rejected" if rejected else ""
+        also = f", {rejected:,} rows rejected" if rejected else ""
         if self._total:
             total = max(self._total - rejected, done)
             left = total - done
             # Rounded towards the rows left: never 100% or 0s while a row is left.
-            eta = f", about {math.ceil(left / rate)}s left" if rate > 0 and left else ""
+            eta = f", about {_duration(math.ceil(left / rate))} left" if rate > 0 and left else ""
             share = 100 * done // total if total else 100
-            return f"embedded {done} of {total} {self._unit} ({share:.0f}%), {rate:.1f} {self._unit}/s{eta}{also}"
-        return f"embedded {done} {self._unit}, {rate:.1f} {self._unit}/s{also}"
+            return f"embedded {done:,} of {total:,} {self._unit} ({share:.0f}%), {rate:,.1f} {self._unit}/s{eta}{also}"
+        return f"embedded {done:,} {self._unit}, {rate:,.1f} {self._unit}/s{also}"
 
     def _draw(self, text: str, held: bool = False) -> None:
         """`held`: off a terminal, write the count an interval held back, whenever it has moved."""
         if self._live:
+            try:
+                text = text[: os.get_terminal_size(self._stream.fileno()).columns - 1]
+            except (OSError, ValueError, AttributeError):  # no size to fit: the line as it is
+                pass
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
@@ -128,7 +151,7 @@ class ProgressLine:
             ):
                 return
             self._written = (now, counts)
-            self._stream.write(f"{text}\n")
+            self._stream.write(f"{_log_time(self._wall())} INFO progress: {text}\n")
         self._stream.flush()
 
     def finish(self) -> None:

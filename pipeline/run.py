@@ -412,6 +412,7 @@ def _published(plan: JobPlan) -> bool:
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """`started`: as for `run`; the command line passes when this process began."""
     argv = sys.argv[1:] if argv is None else argv
+    started = time.monotonic() if started is None else started
     configure_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
@@ -457,11 +458,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         f"{result['rows_deleted']} deleted) "
         + (
             f"as {result['rows_out']} passages ({result['passages']['embedded']} embedded, "
-            f"{result['passages']['reused']} reused) "
+            f"{result['passages']['reused']} reused, {result['passages']['deleted']} deleted) "
             if "passages" in result
             else ""
         )
-        + f"in {result['timings']['seconds']:.1f}s into {result['output']}"
+        + f"in {time.monotonic() - started:.1f}s into {result['output']}"  # the command's time, start-up included
     )
     if result["rows_rejected"] * 2 > result["rows_in"]:  # a wrong --id_column or --text_column, most likely
         reasons = sorted(result["rejected_by_reason"].items(), key=lambda item: -item[1])

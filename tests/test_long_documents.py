@@ -148,7 +148,7 @@ def test_the_manifest_counts_documents_in_and_passages_out(chunked):
     assert manifest["rows_truncated"] == 0
     assert (manifest["model"]["chunk_tokens"], manifest["model"]["chunk_overlap"]) == (N, M)
     assert f"embedded {len(texts)} of {len(texts)} rows" in result.stdout
-    assert f"as {total} passages ({total} embedded, 0 reused)" in result.stdout
+    assert f"as {total} passages ({total} embedded, 0 reused, 0 deleted)" in result.stdout
 
 
 def test_passage_vectors_equal_sentence_transformers(chunked, model_path):

@@ -316,15 +316,12 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     inputs = sorted((knowledge_base / "shards").glob("*.parquet")) + [knowledge_base / "extra" / "edge.parquet"]
     total = count_rows(inputs)
     line = re.compile(
-        r"embedded (\d+) of (\d+) rows \(\d+%\), [\d.]+ rows/s(?:, about \d+s left)?(?:, (\d+) rows rejected)?"
+        r"[\d-]+ [\d:,]+ INFO progress: embedded ([\d,]+) of ([\d,]+) rows \(\d+%\), [\d.,]+ rows/s"
+        r"(?:, about (?:\d+h )?(?:\d+m )?\d+[sm] left)?(?:, ([\d,]+) rows rejected)?"
     )
-    reports = [
-        line.fullmatch(text)
-        for text in result.stderr.splitlines()
-        if re.match(r"embedded \d+ of \d+ rows \(\d+%", text)
-    ]
+    reports = [line.fullmatch(text) for text in result.stderr.splitlines() if " INFO progress: " in text]
     assert reports and all(reports)
-    done, of, rejected = ([int(r.group(n) or 0) for r in reports] for n in (1, 2, 3))
+    done, of, rejected = ([int((r.group(n) or "0").replace(",", "")) for r in reports] for n in (1, 2, 3))
     assert {t + r for t, r in zip(of, rejected, strict=True)} == {total}  # the footers' total, less the rows rejected
     assert done[0] == 0  # the first rows reached a loaded model: start-up is over
     assert done == sorted(done) and rejected == sorted(rejected)  # the workers' counts, summed
@@ -333,8 +330,9 @@ def test_progress_is_one_readable_line_for_the_whole_job(job, knowledge_base):
     assert "timestamp {" not in result.stderr and "semi_persistent_directory" not in result.stderr
     assert re.search(r"INFO worker: loaded \S+ on cpu in [\d.]+s", result.stderr)
     assert " encoder.pooled_encoder: " not in result.stderr  # its lines too are the worker's (CPU linear kernels)
-    startup = r"INFO pipeline.run: start-up: [\d.]+s from the command to the first rows reaching a loaded model"
-    assert re.search(startup, result.stderr)
+    startup = r"INFO pipeline.run: start-up: ([\d.]+)s from the command to the first rows reaching a loaded model"
+    took = re.search(r" in ([\d.]+)s into ", result.stdout)  # the summary: the command's time, start-up included
+    assert float(took.group(1)) > float(re.search(startup, result.stderr).group(1))
     assert "INFO pipeline.run: device: cpu (no CUDA device available)" in result.stderr  # --device auto says
 
 

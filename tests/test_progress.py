@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
 
 from pipeline.progress import ProgressLine, process_started
+
+STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO progress: (.*)")
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    """The lines written off a terminal, each checked to be stamped as the log's lines are, without the stamp."""
+    return [STAMPED.fullmatch(line).group(1) for line in stream.getvalue().splitlines()]
 
 
 class Clock:
@@ -32,16 +40,16 @@ def test_counts_of_every_process_are_summed_into_share_rate_and_time_left():
     line.report(11, 90)  # a late, older report of process 11 does not lower its count
     clock.now = 115.0
     line.report(22, 400)
-    assert stream.getvalue().splitlines() == [
-        "embedded 0 of 1000 rows (0%), 0.0 rows/s",
-        "embedded 100 of 1000 rows (10%), 20.0 rows/s, about 45s left",
-        "embedded 250 of 1000 rows (25%), 50.0 rows/s, about 15s left",  # the late report moved nothing: no line
-        "embedded 500 of 1000 rows (50%), 50.0 rows/s, about 10s left",
+    assert _lines(stream) == [
+        "embedded 0 of 1,000 rows (0%), 0.0 rows/s",
+        "embedded 100 of 1,000 rows (10%), 20.0 rows/s, about 45s left",
+        "embedded 250 of 1,000 rows (25%), 50.0 rows/s, about 15s left",  # the late report moved nothing: no line
+        "embedded 500 of 1,000 rows (50%), 50.0 rows/s, about 10s left",
     ]
     assert line.startup == 15.0
     clock.now = 124.9
     line.report(11, 599)  # 999 of 1000, a row left: not 100%, not 0s (rounded: 100%, about 0s left)
-    assert stream.getvalue().splitlines()[-1] == "embedded 999 of 1000 rows (99%), 50.2 rows/s, about 1s left"
+    assert _lines(stream)[-1] == "embedded 999 of 1,000 rows (99%), 50.2 rows/s, about 1s left"
 
 
 def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_when_the_count_moved():
@@ -52,17 +60,17 @@ def test_off_a_terminal_a_line_is_written_at_most_once_per_interval_and_only_whe
     for now, process, count in reports:
         clock.now = float(now)
         line.report(process, count)
-    assert stream.getvalue().splitlines() == [
-        "embedded 0 of 1000 rows (0%), 0.0 rows/s",
-        "embedded 200 of 1000 rows (20%), 40.0 rows/s, about 20s left",
-        "embedded 300 of 1000 rows (30%), 20.0 rows/s, about 35s left",
-        "embedded 350 of 1000 rows (35%), 15.9 rows/s, about 41s left",
+    assert _lines(stream) == [
+        "embedded 0 of 1,000 rows (0%), 0.0 rows/s",
+        "embedded 200 of 1,000 rows (20%), 40.0 rows/s, about 20s left",
+        "embedded 300 of 1,000 rows (30%), 20.0 rows/s, about 35s left",
+        "embedded 350 of 1,000 rows (35%), 15.9 rows/s, about 41s left",
     ]
     clock.now = 124.0
     line.report(2, 250)  # held back: within the interval
     line.finish()  # the run ends (or a log line follows): the held count is written
     line.finish()  # and only once
-    assert stream.getvalue().splitlines()[4:] == ["embedded 450 of 1000 rows (45%), 18.8 rows/s, about 30s left"]
+    assert _lines(stream)[4:] == ["embedded 450 of 1,000 rows (45%), 18.8 rows/s, about 30s left"]
 
 
 def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
@@ -71,7 +79,7 @@ def test_done_shows_no_time_left_and_an_unknown_total_shows_the_count_alone():
     line.report(1, 0)
     clock.now = 104.0
     line.report(1, 300)
-    assert stream.getvalue().splitlines()[-1] == "embedded 300 of 300 passages (100%), 75.0 passages/s"
+    assert _lines(stream)[-1] == "embedded 300 of 300 passages (100%), 75.0 passages/s"
     assert line.startup == 0.0
     unknown = ProgressLine(None, "rows", io.StringIO(), clock)
     clock.now = 112.0
@@ -117,7 +125,7 @@ def test_rows_rejected_leave_the_total_and_are_named():
     line.report_rejected(7, 25)  # a late, older report does not lower the count
     clock.now = 106.0
     line.report(11, 70)
-    assert stream.getvalue().splitlines() == [
+    assert _lines(stream) == [
         "embedded 0 of 90 rows (0%), 0.0 rows/s, 10 rows rejected",
         "embedded 20 of 90 rows (22%), 10.0 rows/s, about 7s left, 10 rows rejected",
         "embedded 20 of 70 rows (28%), 10.0 rows/s, about 5s left, 30 rows rejected",
@@ -127,3 +135,48 @@ def test_rows_rejected_leave_the_total_and_are_named():
     unknown.report(1, 5)
     unknown.report_rejected(2, 3)
     assert unknown.text() == "embedded 5 passages, 0.0 passages/s, 3 rows rejected"
+
+
+def test_a_nights_counts_and_time_left_read_at_a_glance_and_a_log_line_says_when_it_was_written():
+    """`embedded 900000 of 23765433 rows (3%), 250.0 rows/s, about 91462s left` was the line of a night."""
+    clock, stream = Clock(), io.StringIO()
+    line = ProgressLine(25_000_000, "rows", stream, clock, wall=lambda: 1_790_000_000.25)
+    line.report(1, 0)
+    clock.now = 3700.0
+    line.report(1, 900_000)
+    line.report_rejected(2, 1_234_567)
+    assert line.text() == (
+        "embedded 900,000 of 23,765,433 rows (3%), 250.0 rows/s, about 25h 24m left, 1,234,567 rows rejected"
+    )
+    clock.now = 3700.0 + 91_000
+    line.report(1, 23_700_000)
+    assert line.text().endswith("rows (99%), 250.5 rows/s, about 4m 22s left, 1,234,567 rows rejected")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_790_000_000.25))
+    assert stream.getvalue().splitlines()[-1].startswith(f"{stamp},250 INFO progress: embedded 23,700,000 of ")
+
+
+def test_on_a_terminal_the_line_is_cut_to_its_width_so_a_redraw_replaces_it():
+    """A line that wraps leaves a row behind at every redraw: `\\r\\033[K` clears only its last row."""
+    main, secondary = os.openpty()
+    os.set_blocking(main, False)
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))  # 40 columns
+        with open(secondary, "w", closefd=False) as terminal:
+            clock = Clock()
+            line = ProgressLine(1000, "rows", terminal, clock)
+            line.report(1, 0)
+            clock.now = 110.0
+            line.report(1, 100)
+            line.finish()
+        written = os.read(main, 4096).decode()
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert written.replace("\r\n", "\n") == (
+        "\r\033[Kembedded 0 of 1,000 rows (0%), 0.0 rows"  # 39 of the 40 columns
+        "\r\033[Kembedded 100 of 1,000 rows (10%), 10.0 \n"
+    )

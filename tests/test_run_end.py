@@ -121,7 +121,7 @@ def test_threads_of_one_process_add_to_one_count(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
-    assert lines[-1].startswith("embedded 200 of 200 rows (100%), ")
+    assert lines[-1].split(" INFO progress: ")[1].startswith("embedded 200 of 200 rows (100%), ")
 
 
 def test_rows_rejected_leave_the_lines_total(tmp_path):
@@ -131,4 +131,5 @@ def test_rows_rejected_leave_the_lines_total(tmp_path):
     result = run_cli("--input", str(shard), "--output", str(tmp_path / "out"), "--progress_interval", "0.2")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
-    assert lines[-1].startswith("embedded 60 of 60 rows (100%), ") and lines[-1].endswith(", 40 rows rejected")
+    last = lines[-1].split(" INFO progress: ")[1]
+    assert last.startswith("embedded 60 of 60 rows (100%), ") and last.endswith(", 40 rows rejected")
