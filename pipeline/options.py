@@ -299,6 +299,11 @@ def parse_command_line(argv: list[str]) -> PipelineOptions:
     beam_options = {str(cls): cls for cls in PipelineOptions.__subclasses__() if cls is not EmbedOptions}
     for cls in beam_options.values():
         cls._add_argparse_args(parser.add_argument_group(f"Beam {cls.__name__}"))
+    runner = next(action for action in parser._actions if "--runner" in action.option_strings)
+    runner.help = (  # Beam's own says DirectRunner, which this job replaces (it downloads Prism)
+        "Pipeline runner: FnApiRunner (Beam's local runner, the default; DirectRunner is taken as it), "
+        "PortableRunner, FlinkRunner, DataflowRunner, or a runner's full class path."
+    )
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [a for action in parser._actions for a in action.option_strings]

@@ -212,6 +212,9 @@ def test_help_explains_every_option():
         "--overwrite",
     ):
         assert option in result.stdout
+    text = " ".join(result.stdout.split())  # as argparse wraps it
+    assert "defaults to DirectRunner" not in text  # Beam's own help; the job runs FnApiRunner
+    assert "--runner RUNNER Pipeline runner: FnApiRunner (Beam's local runner, the default; DirectRunner" in text
 
 
 def test_mistyped_option_is_an_error_not_a_silent_default(tmp_path):
