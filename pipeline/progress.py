@@ -172,6 +172,14 @@ def _stopped(record: logging.LogRecord) -> bool:
     return record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
 
 
+def one_line(text: str) -> str:
+    """A multi-line message (a traceback Beam's worker logs with its failure) as its first line and its
+    last, which names the exception: the run's end reports the failure once, in full where it is not
+    one of the job's own."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return text if len(lines) < 2 else f"{lines[0]} ... {lines[-1].strip()}"
+
+
 def _with_error_type(record: logging.LogRecord) -> str:
     """A record's message, and the exception it carries as its type and text: Beam's DoFn runner logs a
     worker's failure as the exception's text alone (an InputError's, with the step appended)."""
@@ -206,7 +214,7 @@ class WorkerLogs(logging.Filter):
             if not self._report(text) and (
                 record.levelno >= logging.WARNING or any(f in message for f in self._job_folders)
             ):
-                record.name, record.msg, record.args = "worker", text, ()
+                record.name, record.msg, record.args = "worker", one_line(text), ()
                 self._line.finish()
                 return True
             return False
@@ -218,6 +226,9 @@ class WorkerLogs(logging.Filter):
             return False
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
             record.name = "worker"
+        if record.levelno >= logging.ERROR and record.exc_info is not None:  # Beam's record of a failed bundle
+            record.msg, record.args = one_line(_with_error_type(record)), ()
+            record.exc_info = record.exc_text = None
         self._line.finish()
         return True
 

@@ -58,8 +58,9 @@ _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline"
 # Local worker processes start with Ctrl-C ignored (an ignored signal stays ignored across exec, and
 # Python then installs no KeyboardInterrupt handler): a terminal's Ctrl-C reaches the whole process
 # group, and each worker printed its own KeyboardInterrupt traceback twice; the launcher, which gets it
-# too, ends them (_end_worker_processes). Beam's own command, with the interpreter's path quoted.
-_WORKER_COMMAND = f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main"
+# too, ends them (_end_worker_processes). Beam's worker (pipeline.worker: without its stderr tracebacks),
+# with the interpreter's path quoted.
+_WORKER_COMMAND = f"trap '' INT; exec {shlex.quote(sys.executable)} -m pipeline.worker"
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
 _WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
 # A worker running in this process raises its error again with Beam's note of the step appended.
@@ -80,8 +81,14 @@ _STOPPED_BY: list[str] = []
 _WORKER_EXITS: list[int] = []
 _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
 _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose worker process died
+# A write step's system error (OSError's `[Errno N] ...`: a full disk, no permission), as Beam wraps it.
+_WRITE_FAILED = re.compile(r"(\w+Error: \[Errno \d+\] [^\n]*?) \[while running '((?:Write|Manifest)[^']*)'\]")
 _RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
 _WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
+
+
+class OutputUnwritable(RuntimeError):
+    """A write to --output failed with a system error (a full disk, no permission): said in one line."""
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -368,6 +375,12 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         else:
             remove_temp_files(plan.output)
             plan.owner.release()
+        if isinstance(failure, Exception) and (written := _WRITE_FAILED.search(str(failure))):
+            raise OutputUnwritable(
+                f"--output {plan.output} could not be written ({written.group(1)}, in step {written.group(2)}); "
+                "no manifest.json was written, so nothing was published; running the same command again, once "
+                "it can write there, replaces the partial files"
+            ) from failure
         raise
     template = options.view_as(GoogleCloudOptions).template_location
     if template and options.view_as(StandardOptions).runner == "DataflowRunner":
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     except UsageError as e:
         print(error_line(e), file=sys.stderr)
         return 2
-    except (InputError, ModelFolderError, OutputTakenOver) as e:
+    except (InputError, ModelFolderError, OutputTakenOver, OutputUnwritable) as e:
         print(error_line(_STEP_NOTE.sub("", str(e))), file=sys.stderr)
         return 1
     except Exception as e:  # a worker failure: show the job's own message when there is one

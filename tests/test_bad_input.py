@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
+import signal
 import subprocess
 from datetime import UTC, datetime
 from functools import partial
@@ -547,3 +550,31 @@ def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(f"error: --output {output}: cannot write there (")
     assert "Traceback" not in result.stderr and "Worker" not in result.stderr
+
+
+def test_an_output_the_disk_cannot_hold_is_named_in_one_line_without_tracebacks(tmp_path):
+    """A full disk (here: files capped at 64 KB, the size limit's signal ignored, so that writes fail as on
+    a full disk) failed the run with 558 lines of tracebacks, four workers' and the launcher's, and a last
+    line that named no path: `the job failed (RuntimeError: RuntimeError: OSError: ...)`."""
+    write_parquet(
+        tmp_path / "kb" / "a.parquet", id=[f"id{i}" for i in range(200)], text=[f"text {i}" for i in range(200)]
+    )
+
+    def capped() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    output = tmp_path / "out"
+    command = [*JOB, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output),
+               "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=capped)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == (
+        f"error: --output {output} could not be written (OSError: [Errno 27] File too large, in step "
+        "WriteEmbedded/WriteParquet/WriteImpl/WriteBundles); no manifest.json was written, so nothing was "
+        "published; running the same command again, once it can write there, replaces the partial files"
+    )
+    assert "Traceback" not in result.stderr
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines[:-1])
+    assert list(output.iterdir()) == []

@@ -133,7 +133,7 @@ def test_a_worker_process_killed_before_it_connects_fails_the_run_at_once(corpus
 
 def _python_workers(job: subprocess.Popen) -> list[int]:
     """The job's worker processes (the shell that started each exec'd it)."""
-    found = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "sdk_worker_main"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "pipeline.worker"], capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
 
 
