@@ -36,6 +36,7 @@ from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job, thread
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
+from transforms.paths import is_url
 from transforms.spill import spill_folder
 from transforms.write import MANIFEST, remove_temp_files
 
@@ -83,6 +84,7 @@ _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)"
 _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose worker process died
 # A write step's system error (OSError's `[Errno N] ...`: a full disk, no permission), as Beam wraps it.
 _WRITE_FAILED = re.compile(r"(\w+Error: \[Errno \d+\] [^\n]*?) \[while running '((?:Write|Manifest)[^']*)'\]")
+_PATH_OPTIONS = ("output", "previous", "model", "calibration")  # paths workers read or write, or the launcher
 _RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
 _WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
 
@@ -205,7 +207,18 @@ def make_options(argv: list[str]) -> PipelineOptions:
             create_runner(standard.runner)
         except ValueError as e:
             raise UsageError(f"--runner {standard.runner}: {e}") from e
+        _absolute_local_paths(options.view_as(EmbedOptions))
     return options
+
+
+def _absolute_local_paths(opts: EmbedOptions) -> None:
+    """A remote runner's workers read a relative path from their own working folder: a worker pool started
+    elsewhere wrote the outputs elsewhere, and the launcher took its own run for another's (`taken over`).
+    Local paths are made absolute before anything is planned (input files are matched as absolute paths)."""
+    for name in _PATH_OPTIONS:
+        value = getattr(opts, name)
+        if value and not is_url(value):
+            setattr(opts, name, os.path.abspath(value))
 
 
 def _workers_chosen(argv: list[str]) -> bool:
@@ -523,5 +536,18 @@ def _stopped() -> str:
     )
 
 
+def _exit(status: int) -> None:
+    """Exit with `status`. A failed or stopped run may leave Beam's threads that Python would wait for at
+    exit: a portable run's embedded job service, waiting for a worker that never started, kept the stopped
+    launcher alive until a second SIGTERM. Then the process ends without waiting for them."""
+    others = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if status and others:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main(started=process_started()))
+    _exit(main(started=process_started()))

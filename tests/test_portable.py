@@ -24,19 +24,22 @@ POOL_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os
 
 
 def test_portable_runner_with_an_external_worker_pool_gives_the_local_runners_output(tmp_path):
+    """The pool runs in another folder than the command, whose --output is relative: the workers
+    wrote it under the pool's folder, and the run failed as `taken over by another run`."""
     write_shards(tmp_path / "kb", rows=120, shards=2)
     port = free_port()
+    (tmp_path / "elsewhere").mkdir()
     pool = subprocess.Popen(
         [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        cwd=ROOT,
-        env=POOL_ENV,
+        cwd=tmp_path / "elsewhere",
+        env={**POOL_ENV, "PYTHONPATH": str(ROOT)},
     )
     try:
         wait_for_port(port, pool)
         portable = run_cli(
             "--runner=PortableRunner", "--job_endpoint=embed",
             "--environment_type=EXTERNAL", f"--environment_config=localhost:{port}",
-            "--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "portable"),
+            "--input", f"{tmp_path}/kb/*.parquet", "--output", os.path.relpath(tmp_path / "portable", ROOT),
             "--carry_columns", "title,kind",
             timeout=240,
         )  # fmt: skip
@@ -124,3 +127,39 @@ def test_a_remote_job_submitted_without_waiting_exits_0_and_publishes_when_it_en
         assert "the job was submitted and runs on; it writes manifest.json when it has finished" in submitted.stderr
         assert wait_for(lambda: job_states(jobs) == ["DONE"], 180)
     assert read_manifest(output)["rows_embedded"] == 200
+
+
+def test_a_portable_run_whose_pool_cannot_start_a_worker_ends_at_the_first_stop(tmp_path):
+    """A pool whose `python` cannot start a worker leaves the run waiting for one. Stopped, the launcher
+    said so and then stayed alive, waiting for its embedded job service's threads, until a second SIGTERM."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "python").write_text("#!/bin/sh\nexit 1\n")
+    (broken / "python").chmod(0o755)
+    port = free_port()
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": f"{broken}{os.pathsep}{os.environ['PATH']}"},
+    )
+    launcher = None
+    try:
+        wait_for_port(port, pool)
+        command = [*JOB, "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                   f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
+                   "--output", str(tmp_path / "out")]  # fmt: skip
+        launcher = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for line in launcher.stderr:  # planned: the job is submitted, and waits for a worker
+            if " INFO pipeline.run: embedding " in line:
+                break
+        time.sleep(5)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher is not None and launcher.poll() is None:
+            launcher.kill()
+        pool.terminate()
+        pool.wait(timeout=30)
+    assert launcher.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; no manifest.json was written")
