@@ -61,15 +61,3 @@ def token_budget_batches(
         batches.append(order[start:end])
         start = end
     return batches
-
-
-def interleaved(batches: list[np.ndarray]) -> list[np.ndarray]:
-    """`batches` (ascending width) in the order they run: from both ends alternately, the widest first.
-    Each batch costs about its token budget, so narrow ones carry more rows for the same time; run
-    in ascending order, a chunk's rows/s fell from start to end, and the progress line put the time
-    left at a third to an eighth of the truth."""
-    n = len(batches)
-    order = np.empty(n, np.int64)
-    order[0::2] = np.arange(n - 1, n // 2 - 1, -1)  # the wider half, widest first
-    order[1::2] = np.arange(n // 2)
-    return [batches[i] for i in order]

@@ -14,7 +14,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from encoder import cpu_flags, onednn
-from encoder.batching import interleaved, padded_widths, token_budget_batches
+from encoder.batching import padded_widths, token_budget_batches
 from encoder.devices import device_type, resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.model_folder import ModelFolder
@@ -257,9 +257,12 @@ class PooledEncoder:
         """`encode` after tokenising (a caller may tokenise the next texts meanwhile): `tokenized`'s batches
         queued on the device (on CPU, run), whose vectors `Launched.collect` gives.
 
-        `on_batch` is told each batch's row count once it has run (on CUDA, once queued), so
-        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. `sharers`:
-        the threads running batches on this encoder at once, which share the default budget.
+        `on_batch` is told the rows each batch completes once it has run (on CUDA, once queued), so
+        that progress moves within a chunk: on CPU a 4,096-row chunk takes a minute. Rows are credited
+        in proportion to their tokens, what a batch costs, and add up to the chunk's: batches run
+        narrowest first, so counted as rows the first ones carried most of a chunk's rows, and the
+        progress line put the time left at a third to an eighth of the truth. `sharers`: the threads
+        running batches on this encoder at once, which share the default budget.
         """
         token_budget = min(
             token_budget or self.default_token_budget(sharers), self._budget_cap or np.iinfo(np.int64).max
@@ -268,15 +271,19 @@ class PooledEncoder:
         widths = padded_widths(lengths, self.max_seq_length)
         max_padding = CUDA_MAX_PADDING if self.device.type == "cuda" else None
         done: list[tuple[np.ndarray, torch.Tensor]] = []
-        queue = deque(interleaved(token_budget_batches(widths, token_budget, lengths, max_padding)))
+        queue = deque(token_budget_batches(widths, token_budget, lengths, max_padding))
         retried: set[int] = set()  # single rows that ran out of memory once
+        all_tokens, tokens_run, credited = int(widths.sum()), 0, 0  # rows credited by their tokens (on_batch)
         while queue:
             rows = queue.popleft()
             try:
                 features = self.input_module.collate(tokenized, rows, int(widths[rows[-1]]), self.tokenizer.pad_id)
                 done.append((rows, self._forward(features)))
                 if on_batch is not None:
-                    on_batch(len(rows))
+                    tokens_run += int(widths[rows].sum())
+                    due = len(widths) * tokens_run // all_tokens
+                    on_batch(due - credited)
+                    credited = due
                 self.heap_trimmer.maybe_trim()
                 continue
             except torch.OutOfMemoryError:
@@ -292,7 +299,7 @@ class PooledEncoder:
                 self._budget_cap = min(token_budget, self._budget_cap or token_budget)
                 remaining = np.concatenate([rows, *queue])
                 batches = token_budget_batches(widths[remaining], token_budget, lengths[remaining], max_padding)
-                queue = deque(remaining[b] for b in interleaved(batches))
+                queue = deque(remaining[b] for b in batches)
                 _LOG.warning("out of GPU memory on %d rows; token budget lowered to %d", len(rows), token_budget)
         copied = None
         if self.device.type == "cuda":  # the copies back to the host are asynchronous

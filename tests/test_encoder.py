@@ -15,7 +15,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from encoder import ModelFolderError, PooledEncoder, cpu_flags, onednn, read_model_folder
-from encoder.batching import interleaved, padded_widths, token_budget_batches
+from encoder.batching import padded_widths, token_budget_batches
 from encoder.devices import resolve_dtype
 from encoder.heap import HeapTrimmer
 from encoder.modules.pooling import pool
@@ -297,20 +297,21 @@ def test_max_seq_length_override(model_path):
         read_model_folder(model_path).seq_length(1000)
 
 
-def test_batches_run_from_both_ends_so_progress_moves_at_the_chunks_mean_rate(model_path):
-    """A batch costs about its token budget, so narrow batches carry the most rows: run narrowest first, a
-    chunk's rows/s fell from start to end, and the progress line put the time left at a third to an eighth
-    of the truth. They run widest, narrowest, next widest, next narrowest, ..."""
-    assert [int(b[0]) for b in interleaved([np.array([i]) for i in range(5)])] == [4, 0, 3, 1, 2]
+def test_rows_are_credited_to_progress_by_their_tokens_so_it_moves_at_the_chunks_mean_rate(model_path):
+    """A batch costs about its tokens, and batches run narrowest first: counted as rows, a chunk's first
+    batches carried most of its rows, and the progress line put the time left at a third to an eighth of
+    the truth. Each batch credits the chunk's rows in proportion to the tokens run so far."""
     encoder = PooledEncoder(read_model_folder(model_path), device="cpu")
     tokenized = encoder.tokenizer.encode(MIXED_TEXTS)
-    reported = []  # rows of each batch, as it has run
+    reported = []  # rows credited by each batch, as it has run
     encoder.launch(tokenized, 1024, reported.append).collect()
     widths = padded_widths(tokenized.lengths, encoder.max_seq_length)
-    ascending = [len(b) for b in token_budget_batches(widths, 1024, tokenized.lengths)]
-    assert len(ascending) >= 4 and ascending[0] > ascending[-1]
-    assert reported == [len(b) for b in interleaved(token_budget_batches(widths, 1024, tokenized.lengths))]
-    assert reported[:2] == [ascending[-1], ascending[0]]
+    batches = token_budget_batches(widths, 1024, tokenized.lengths)
+    assert len(batches) >= 4 and len(reported) == len(batches)
+    tokens_run = np.cumsum([widths[b].sum() for b in batches])
+    assert np.cumsum(reported).tolist() == (len(MIXED_TEXTS) * tokens_run // widths.sum()).tolist()
+    assert sum(reported) == len(MIXED_TEXTS)
+    assert reported[0] < len(batches[0]) // 2  # the narrowest rows: many, few tokens
 
 
 def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatch):
