@@ -281,7 +281,8 @@ class PooledEncoder:
                 done.append((rows, self._forward(features)))
                 if on_batch is not None:
                     tokens_run += int(widths[rows].sum())
-                    due = len(widths) * tokens_run // all_tokens
+                    # Texts without a token (a static model's, of characters it drops) count as rows.
+                    due = len(widths) * tokens_run // all_tokens if all_tokens else len(widths)
                     on_batch(due - credited)
                     credited = due
                 self.heap_trimmer.maybe_trim()

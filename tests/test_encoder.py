@@ -28,6 +28,7 @@ from encoder.pooled_encoder import (
     NonFiniteVectors,
 )
 from samples.knowledge_base import make_rows
+from samples.model_families import STATIC, save_family
 from tests.conftest import TINY_POOLINGS, record, run_cli, save_tiny_model, write_parquet
 from transforms.embed import CUDA_CHUNK_ROWS
 
@@ -312,6 +313,17 @@ def test_rows_are_credited_to_progress_by_their_tokens_so_it_moves_at_the_chunks
     assert np.cumsum(reported).tolist() == (len(MIXED_TEXTS) * tokens_run // widths.sum()).tolist()
     assert sum(reported) == len(MIXED_TEXTS)
     assert reported[0] < len(batches[0]) // 2  # the narrowest rows: many, few tokens
+
+
+def test_a_chunk_of_texts_without_tokens_credits_its_rows(tmp_path):
+    """A static model's texts of characters its tokenizer drops have no tokens: crediting rows by their
+    tokens divided by zero, and the run failed."""
+    encoder = PooledEncoder(read_model_folder(save_family(STATIC, tmp_path / "static")), device="cpu")
+    tokenized = encoder.tokenizer.encode(["\u200b", "\x01"])
+    assert tokenized.lengths.tolist() == [0, 0]
+    reported = []
+    vectors = encoder.launch(tokenized, None, reported.append).collect().embeddings
+    assert sum(reported) == 2 and not vectors.any()  # the zero vector, as sentence-transformers gives
 
 
 def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatch):
