@@ -12,9 +12,12 @@ does: a query embedded with the documents' prompt, or none, ranks worse, without
 
 from __future__ import annotations
 
-from encoder import PooledEncoder
+import os
+
+from encoder import ModelFolderError, PooledEncoder
 from pipeline.load import read_manifest
 from transforms.model_store import DEFAULT_MODEL_NAME, model_folder
+from transforms.paths import is_url
 
 QUERY_PROMPT = "query"  # the prompt sentence-transformers' encode_query takes when the model defines it
 
@@ -28,17 +31,25 @@ def query_encoder(
 ) -> PooledEncoder:
     """An encoder for queries against the run in folder `run`: its model folder, refused when its files
     are not those the run embedded with (the manifest's `model.folder_sha256`); its max_seq_length and
-    truncate_dim; and the model's `query` prompt where it has one, else its default prompt, unless
+    vector width (`model.dim`); and the model's `query` prompt where it has one, else its default prompt, unless
     `prompt_name` or `prompt` says otherwise. `model`: where that folder is now (by default where the
     run read it, the packaged default for the default model). Vectors come back in float32 whatever
     the run's --vector_dtype, normalised as the run's were."""
     written = read_manifest(run)["model"]
     named = None if written["name"] == DEFAULT_MODEL_NAME else written["name"]
-    folder = model_folder(
-        model or named,
-        written.get("folder_sha256"),
-        f"the folder run {run} embedded its documents with, by its manifest's model.folder_sha256",
-    )
+    try:
+        folder = model_folder(
+            model or named,
+            written.get("folder_sha256"),
+            f"the folder run {run} embedded its documents with, by its manifest's model.folder_sha256",
+        )
+    except ModelFolderError as e:
+        if model or named is None or is_url(named) or os.path.isabs(named):
+            raise
+        raise ModelFolderError(
+            f"{e} (run {run} names its model folder {named!r}, relative to the folder it ran in: pass model= "
+            "where that folder is)"
+        ) from e
     if prompt_name is None and prompt is None and QUERY_PROMPT in folder.prompts:
         prompt_name = QUERY_PROMPT
     return PooledEncoder(
@@ -47,5 +58,5 @@ def query_encoder(
         max_seq_length=written.get("max_seq_length"),
         prompt_name=prompt_name,
         prompt=prompt,
-        truncate_dim=written.get("truncate_dim"),
+        truncate_dim=written["dim"],  # the run's width: null truncate_dim there is the whole vector, not the folder's
     )

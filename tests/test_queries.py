@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from sentence_transformers import SentenceTransformer
 from encoder import ModelFolderError
 from pipeline.load import LoadError
 from pipeline.queries import query_encoder
-from tests.conftest import read_manifest, run_cli, save_tiny_model, write_parquet
+from tests.conftest import ROOT, read_manifest, run_cli, run_clis, save_tiny_model, write_parquet
 
 QUERIES = ["how often are backups taken?", "rotate api keys"]
 PROMPTS = {"prompts": {"query": "query: ", "document": "passage: "}}
@@ -69,3 +70,30 @@ def test_a_run_killed_midway_is_refused(tmp_path):
     with pytest.raises(LoadError) as refused:
         query_encoder(str(tmp_path))
     assert str(refused.value) == f"{tmp_path}: no manifest.json; the run did not finish, or this is not a run's output"
+
+
+def test_a_run_keeping_the_whole_vector_of_a_matryoshka_folder_gets_whole_queries(tmp_path, monkeypatch):
+    """`--truncate_dim` the model's width keeps the whole vector (the manifest's truncate_dim null): the
+    queries took the folder's own truncate_dim and were half as wide as the documents. A model folder the
+    run was given relative to its own folder is named as such."""
+    model = save_tiny_model(tmp_path / "model", {}, prompts={**PROMPTS, "truncate_dim": 16})
+    shard = write_parquet(tmp_path / "kb" / "part-0.parquet", id=["a"], text=["Backups run nightly."])
+    relative = os.path.relpath(model, ROOT)
+    whole, folders = run_clis(
+        ["--input", str(shard), "--output", str(tmp_path / "whole"), "--model", str(model), "--truncate_dim", "32"],
+        ["--input", str(shard), "--output", str(tmp_path / "relative"), "--model", relative],
+    )
+    assert (whole.returncode, folders.returncode) == (0, 0), whole.stderr + folders.stderr
+    assert read_manifest(tmp_path / "whole")["model"]["truncate_dim"] is None
+    vectors = query_encoder(str(tmp_path / "whole"), device="cpu").encode(QUERIES).embeddings
+    reference = SentenceTransformer(str(model), device="cpu", truncate_dim=32).encode_query(QUERIES)
+    assert vectors.shape == (2, 32)
+    np.testing.assert_allclose(vectors, _unit(reference), rtol=0, atol=1e-5)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFolderError) as refused:
+        query_encoder(str(tmp_path / "relative"))
+    assert str(refused.value).endswith(
+        f" (run {tmp_path / 'relative'} names its model folder {relative!r}, relative to the folder it ran in: "
+        "pass model= where that folder is)"
+    )
+    assert query_encoder(str(tmp_path / "relative"), model=str(model), device="cpu").dim == 16
