@@ -137,9 +137,11 @@ class ProgressLine:
         """`held`: off a terminal, write the count an interval held back, whenever it has moved."""
         if self._live:
             try:
-                text = text[: os.get_terminal_size(self._stream.fileno()).columns - 1]
-            except (OSError, ValueError, AttributeError):  # no size to fit: the line as it is
-                pass
+                columns = os.get_terminal_size(self._stream.fileno()).columns
+            except (OSError, ValueError, AttributeError):
+                columns = 0
+            if columns > 1:  # 0: a terminal whose size is not set; the line as it is
+                text = text[: columns - 1]
             self._stream.write(f"\r\033[K{text}")
             self._drawn = True
         else:
@@ -226,7 +228,7 @@ class WorkerLogs(logging.Filter):
             return False
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
             record.name = "worker"
-        if record.levelno >= logging.ERROR and record.exc_info is not None:  # Beam's record of a failed bundle
+        if record.levelno >= logging.ERROR:  # Beam's records of a failed bundle carry its traceback
             record.msg, record.args = one_line(_with_error_type(record)), ()
             record.exc_info = record.exc_text = None
         self._line.finish()

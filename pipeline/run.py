@@ -34,6 +34,7 @@ from pipeline.logs import configure_logging, error_line
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.plan import LOCAL_RUNNERS, JobPlan, check_device, plan_job, threads_per_worker
 from pipeline.progress import ProgressLine, WorkerLogs, process_started
+from pipeline.worker import quiet_tracebacks
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
 from transforms.paths import is_url
@@ -75,6 +76,7 @@ _WORKER_LOGGERS = (
     "encoder.pooled_encoder",
     "transforms.progress_report",
     "apache_beam.runners.common",
+    "apache_beam.runners.worker.sdk_worker",  # its failed bundles' tracebacks, when workers run in this process
 )
 # The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
 _STOPPED_BY: list[str] = []
@@ -442,6 +444,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     configure_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs
+    quiet_tracebacks()  # workers in this process (small inputs, --direct_running_mode multi_threading)
     if threading.current_thread() is threading.main_thread():
         _catch_stops()
     try:
@@ -537,11 +540,12 @@ def _stopped() -> str:
 
 
 def _exit(status: int) -> None:
-    """Exit with `status`. A failed or stopped run may leave Beam's threads that Python would wait for at
-    exit: a portable run's embedded job service, waiting for a worker that never started, kept the stopped
-    launcher alive until a second SIGTERM. Then the process ends without waiting for them."""
-    others = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-    if status and others:
+    """Exit with `status`; a failed or stopped run at once, without the interpreter's shutdown. That would
+    wait for Beam's threads (a portable run's embedded job service, waiting for a worker that never
+    started, kept the stopped launcher alive until a second SIGTERM), and gRPC's threads of workers run
+    in this process could abort it as it unloaded them (`terminate called without an active exception`,
+    exit 134 after the run's error line)."""
+    if status:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import sys
 
-from apache_beam.runners.worker import sdk_worker, sdk_worker_main
+from apache_beam.runners.worker import sdk_worker
 
 
 def _print(*values: object, file=None, **options) -> None:
@@ -22,6 +22,14 @@ def _print(*values: object, file=None, **options) -> None:
         builtins.print(*values, file=file, **options)
 
 
+def quiet_tracebacks() -> None:
+    """In this process, Beam's SDK workers (a worker process's, or those a local run runs in its own
+    process) print no tracebacks: the module's global `print`, ahead of the builtin."""
+    sdk_worker.print = _print
+
+
 if __name__ == "__main__":
-    sdk_worker.print = _print  # the module's global `print`, ahead of the builtin
+    from apache_beam.runners.worker import sdk_worker_main
+
+    quiet_tracebacks()
     sdk_worker_main.main(sys.argv)

@@ -555,7 +555,8 @@ def test_an_output_the_job_cannot_write_to_fails_before_workers_start(tmp_path):
 def test_an_output_the_disk_cannot_hold_is_named_in_one_line_without_tracebacks(tmp_path):
     """A full disk (here: files capped at 64 KB, the size limit's signal ignored, so that writes fail as on
     a full disk) failed the run with 558 lines of tracebacks, four workers' and the launcher's, and a last
-    line that named no path: `the job failed (RuntimeError: RuntimeError: OSError: ...)`."""
+    line that named no path: `the job failed (RuntimeError: RuntimeError: OSError: ...)`. Workers in
+    processes and in threads of the launcher alike; the latter's run could also abort as it exited (134)."""
     write_parquet(
         tmp_path / "kb" / "a.parquet", id=[f"id{i}" for i in range(200)], text=[f"text {i}" for i in range(200)]
     )
@@ -564,17 +565,22 @@ def test_an_output_the_disk_cannot_hold_is_named_in_one_line_without_tracebacks(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    output = tmp_path / "out"
-    command = [*JOB, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(output),
-               "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=capped)
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert lines[-1] == (
-        f"error: --output {output} could not be written (OSError: [Errno 27] File too large, in step "
-        "WriteEmbedded/WriteParquet/WriteImpl/WriteBundles); no manifest.json was written, so nothing was "
-        "published; running the same command again, once it can write there, replaces the partial files"
-    )
-    assert "Traceback" not in result.stderr
-    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines[:-1])
-    assert list(output.iterdir()) == []
+    started = {}
+    for mode in ("multi_processing", "multi_threading"):
+        command = [*JOB, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / mode),
+                   "--direct_running_mode", mode, "--direct_num_workers", "2"]  # fmt: skip
+        started[mode] = subprocess.Popen(
+            command, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=capped, start_new_session=True
+        )
+    for mode, job in started.items():
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 1, (mode, stderr)
+        lines = stderr.splitlines()
+        assert lines[-1] == (
+            f"error: --output {tmp_path / mode} could not be written (OSError: [Errno 27] File too large, in step "
+            "WriteEmbedded/WriteParquet/WriteImpl/WriteBundles); no manifest.json was written, so nothing was "
+            "published; running the same command again, once it can write there, replaces the partial files"
+        )
+        assert "Traceback" not in stderr, (mode, stderr)
+        assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines[:-1])
+        assert list((tmp_path / mode).iterdir()) == []

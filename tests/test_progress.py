@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 from pipeline.progress import ProgressLine, process_started
@@ -155,16 +158,13 @@ def test_a_nights_counts_and_time_left_read_at_a_glance_and_a_log_line_says_when
     assert stream.getvalue().splitlines()[-1].startswith(f"{stamp},250 INFO progress: embedded 23,700,000 of ")
 
 
-def test_on_a_terminal_the_line_is_cut_to_its_width_so_a_redraw_replaces_it():
-    """A line that wraps leaves a row behind at every redraw: `\\r\\033[K` clears only its last row."""
+def _drawn_on_a_terminal(columns: int) -> str:
+    """What the line writes to a terminal `columns` wide (0: one whose size was never set) over two reports."""
     main, secondary = os.openpty()
     os.set_blocking(main, False)
     try:
-        import fcntl
-        import struct
-        import termios
-
-        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))  # 40 columns
+        if columns:
+            fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         with open(secondary, "w", closefd=False) as terminal:
             clock = Clock()
             line = ProgressLine(1000, "rows", terminal, clock)
@@ -172,11 +172,20 @@ def test_on_a_terminal_the_line_is_cut_to_its_width_so_a_redraw_replaces_it():
             clock.now = 110.0
             line.report(1, 100)
             line.finish()
-        written = os.read(main, 4096).decode()
+        return os.read(main, 4096).decode().replace("\r\n", "\n")
     finally:
         os.close(main)
         os.close(secondary)
-    assert written.replace("\r\n", "\n") == (
+
+
+def test_on_a_terminal_the_line_is_cut_to_its_width_so_a_redraw_replaces_it():
+    """A line that wraps leaves a row behind at every redraw: `\\r\\033[K` clears only its last row. A
+    terminal whose size was never set (0 columns) gets the whole line, not one a character short."""
+    assert _drawn_on_a_terminal(40) == (
         "\r\033[Kembedded 0 of 1,000 rows (0%), 0.0 rows"  # 39 of the 40 columns
         "\r\033[Kembedded 100 of 1,000 rows (10%), 10.0 \n"
+    )
+    assert _drawn_on_a_terminal(0) == (
+        "\r\033[Kembedded 0 of 1,000 rows (0%), 0.0 rows/s"
+        "\r\033[Kembedded 100 of 1,000 rows (10%), 10.0 rows/s, about 1m 30s left\n"
     )
