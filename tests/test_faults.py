@@ -128,7 +128,7 @@ def test_a_worker_process_killed_before_it_connects_fails_the_run_at_once(corpus
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     assert list(output.iterdir()) == []
     assert _python_workers(job) == []  # the other worker was ended too
-    record("fault", "SDK worker process SIGKILLed before it connects", "run fails at once, no manifest")
+    record("fault", "SDK worker SIGKILLed before connecting", "run fails at once, no manifest")
 
 
 def _python_workers(job: subprocess.Popen) -> list[int]:
