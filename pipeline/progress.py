@@ -174,7 +174,7 @@ def _stopped(record: logging.LogRecord) -> bool:
     return record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
 
 
-def one_line(text: str) -> str:
+def _first_and_last_line(text: str) -> str:
     """A multi-line message (a traceback Beam's worker logs with its failure) as its first line and its
     last, which names the exception: the run's end reports the failure once, in full where it is not
     one of the job's own."""
@@ -216,7 +216,7 @@ class WorkerLogs(logging.Filter):
             if not self._report(text) and (
                 record.levelno >= logging.WARNING or any(f in message for f in self._job_folders)
             ):
-                record.name, record.msg, record.args = "worker", one_line(text), ()
+                record.name, record.msg, record.args = "worker", _first_and_last_line(text), ()
                 self._line.finish()
                 return True
             return False
@@ -229,7 +229,7 @@ class WorkerLogs(logging.Filter):
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
             record.name = "worker"
         if record.levelno >= logging.ERROR:  # Beam's records of a failed bundle carry its traceback
-            record.msg, record.args = one_line(_with_error_type(record)), ()
+            record.msg, record.args = _first_and_last_line(_with_error_type(record)), ()
             record.exc_info = record.exc_text = None
         self._line.finish()
         return True
