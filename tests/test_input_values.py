@@ -526,3 +526,16 @@ def test_a_fixed_size_list_column_holding_a_null_list_is_named_when_pyarrow_cann
     assert not (tmp_path / "carried" / "manifest.json").exists()
     assert left.returncode == 0, left.stderr
     assert read_manifest(tmp_path / "left")["rows_embedded"] == 3
+
+
+def test_a_row_group_whose_every_column_fails_names_no_column(tmp_path):
+    """Pages of every column unreadable, the footer intact: the file is what fails, not a column of it."""
+    path = write_parquet(tmp_path / "in" / "kb.parquet", id=["a", "b"], text=["one", "two"])
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[4 : len(data) - 8 - footer] = bytes(len(data) - 12 - footer)  # every page zeroed
+    path.write_bytes(bytes(data))
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {path}: row group 0 cannot be read ("), last

@@ -308,16 +308,20 @@ def check_int96_nanoseconds(read: pa.RecordBatch, exact: pa.RecordBatch, path: s
 def _failing_column(group: RowGroups, names: list[str]) -> str:
     """`column 'x' in ` for the first of the columns `names` that alone cannot be read from the row
     groups (read again, one column at a time, only once reading them failed); empty where none alone
-    fails or the file itself is what fails."""
+    fails, or every one does (the file itself is what fails: replaced, cut short)."""
     if len(names) < 2:
         return f"column {names[0]!r} in " if names else ""
     groups = list(range(group.first, group.stop))
-    for name in names:
+
+    def unreadable(name: str) -> bool:
         try:
             open_parquet(group.path).read_row_groups(groups, columns=[name])
         except (pa.ArrowException, OSError, InputError):
-            return f"column {name!r} in "
-    return ""
+            return True
+        return False
+
+    failing = [name for name in names if unreadable(name)]
+    return f"column {failing[0]!r} in " if 0 < len(failing) < len(names) else ""
 
 
 # pyarrow's reader of a fixed_size_list column holding a null list (the file is intact: read without its
