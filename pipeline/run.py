@@ -87,6 +87,10 @@ _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose wo
 # A write step's system error (OSError's `[Errno N] ...`: a full disk, no permission), as Beam wraps it.
 _WRITE_FAILED = re.compile(r"(\w+Error: \[Errno \d+\] [^\n]*?) \[while running '((?:Write|Manifest)[^']*)'\]")
 _PATH_OPTIONS = ("output", "previous", "model", "calibration")  # paths workers read or write, or the launcher
+# What every failed or stopped run's `error:` line ends with.
+_NOT_PUBLISHED = (
+    "no manifest.json was written, so nothing was published; running the same command again replaces the partial files"
+)
 _RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
 _WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
 
@@ -472,10 +476,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         print(
-            error_line(
-                f"the job failed ({type(e).__name__}: {last}); no manifest.json was written, so nothing "
-                "was published; running the same command again replaces the partial files"
-            ),
+            error_line(f"the job failed ({type(e).__name__}: {last}); {_NOT_PUBLISHED}"),
             file=sys.stderr,
         )
         return 1
@@ -525,18 +526,12 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
 
 
 def _worker_lost() -> str:
-    return (
-        f"a worker process {_worker_ended(_WORKER_EXITS[0])}; no manifest.json was written, so nothing was "
-        "published; running the same command again replaces the partial files"
-    )
+    return f"a worker process {_worker_ended(_WORKER_EXITS[0])}; {_NOT_PUBLISHED}"
 
 
 def _stopped() -> str:
     by = _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
-    return (
-        f"stopped by {by}; no manifest.json was written, so nothing was published; running the same command "
-        "again replaces the partial files"
-    )
+    return f"stopped by {by}; {_NOT_PUBLISHED}"
 
 
 def _exit(status: int) -> None:
