@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 
+from tests.forked_commands import Commands  # noqa: E402
 from transforms.model_store import default_model_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,32 +95,25 @@ def write_parquet(path: Path, **columns) -> Path:
     return path
 
 
-JOB = [sys.executable, "-m", "pipeline.run"]  # the job exactly as users start it
+JOB = [sys.executable, "-m", "pipeline.run"]  # the job's command, for tests that start it themselves
+COMMANDS = Commands()
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The job exactly as users start it: a new Python process, `python -m pipeline.run`."""
-    return subprocess.run(
-        [*JOB, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """The job as users start it, `python -m pipeline.run ...`, in a process of its own (forked from one that
+    has imported the job's modules: tests/forked_commands.py)."""
+    return COMMANDS.start("pipeline.run", args).wait(timeout)
+
+
+def run_loader(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m pipeline.load ...`, as run_cli starts the job."""
+    return COMMANDS.start("pipeline.load", args).wait(timeout)
 
 
 def run_clis(*commands: list[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Independent runs of the job at once, their results in order: a run's start-up is mostly
-    single-threaded imports, so two at a time on two cores take about the time of one."""
-    started = [
-        subprocess.Popen([*JOB, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for args in commands
-    ]
-    results = []
-    for process in started:
-        stdout, stderr = process.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return results
+    """Independent runs of the job at once, their results in order."""
+    started = [COMMANDS.start("pipeline.run", tuple(args)) for args in commands]
+    return [command.wait(timeout) for command in started]
 
 
 def read_manifest(output: Path) -> dict:

@@ -26,7 +26,7 @@ import pytest
 from pipeline.load import LoadError, PgvectorLoader, PgVectors, Run, read_run
 from samples.knowledge_base import make_rows
 from samples.model_families import save_family
-from tests.conftest import ROOT, read_manifest, record, run_cli, write_parquet
+from tests.conftest import ROOT, read_manifest, record, run_cli, run_loader, write_parquet
 from transforms.output_owner import OutputOwner
 
 TABLE = "kb_vectors"
@@ -74,9 +74,7 @@ def day_two(day_one):
 
 
 def load(postgres: str, run_dir, table: str = TABLE, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.load", "pgvector", "--dsn", postgres, "--table", table, *options]
-    command.append(str(run_dir))
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_loader("pgvector", "--dsn", postgres, "--table", table, *options, str(run_dir))
 
 
 def table_state(postgres: str, table: str = TABLE) -> tuple:

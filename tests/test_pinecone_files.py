@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 from decimal import Decimal
 
@@ -17,13 +16,12 @@ import pytest
 from encoder.quantize import Quantizer
 from pipeline.load import LoadError, Run, export_pinecone, read_run
 from pipeline.pinecone_files import IMPORT_SCHEMA, PART_NAME, Export, import_table, metadata_json, pinecone_ids
-from tests.conftest import ROOT, read_manifest
+from tests.conftest import read_manifest, run_loader
 from tests.test_load_pgvector import DAY_ONE, day_one, dot_night, embed_night, parquet_rows  # noqa: F401 (fixtures)
 
 
 def export(run_dir, output, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.load", "pinecone", "--output", str(output), *options, str(run_dir)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_loader("pinecone", "--output", str(output), *options, str(run_dir))
 
 
 def test_a_snapshot_becomes_id_values_and_json_metadata(day_one, tmp_path):  # noqa: F811

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +17,7 @@ from encoder.quantize import CalibratedModel, Calibration, Quantizer
 from pipeline.calibrate import main as calibrate
 from samples.knowledge_base import make_rows
 from schemas.outputs import read_model_block
-from tests.conftest import ROOT, read_manifest, run_cli, run_clis, write_parquet
+from tests.conftest import read_manifest, run_cli, run_clis, run_loader, write_parquet
 from tests.test_load_pgvector import load
 from transforms.model_store import default_model_path
 
@@ -230,16 +228,13 @@ def test_the_list_layout_holds_the_same_vectors_and_reuses_either_layout(runs, p
 
 def test_pinecone_files_hold_int8_vectors_read_back_and_refuse_binary(runs, tmp_path):
     _, outputs = runs
-    command = [sys.executable, "-m", "pipeline.load", "pinecone", "--output"]
-    result = subprocess.run([*command, str(tmp_path / "int8"), str(outputs["int8"])], cwd=ROOT, capture_output=True)
+    result = run_loader("pinecone", "--output", str(tmp_path / "int8"), str(outputs["int8"]))
     assert result.returncode == 0, result.stderr
     ids, values, block = stored(outputs["int8"])
     exported = pq.read_table(sorted((tmp_path / "int8").glob("*.parquet")))
     restored = dict(zip(ids, Quantizer.from_block(block).dequantize(values, 384), strict=True))
     assert all(np.array_equal(np.array(r["values"], np.float32), restored[r["id"]]) for r in exported.to_pylist())
-    refused = subprocess.run(
-        [*command, str(tmp_path / "binary"), str(outputs["binary"])], cwd=ROOT, capture_output=True, text=True
-    )
+    refused = run_loader("pinecone", "--output", str(tmp_path / "binary"), str(outputs["binary"]))
     assert refused.returncode == 1 and "binary vectors have no Pinecone form" in refused.stderr
 
 

@@ -1,0 +1,29 @@
+"""The tests start the job's commands forked from a process that has imported its modules
+(tests/forked_commands.py): such a command ends as the same command in a new interpreter does, in the
+environment the test has at the call."""
+
+from __future__ import annotations
+
+from tests.conftest import COMMANDS
+from tests.forked_commands import Command
+
+
+def _end(args: tuple[str, ...]) -> tuple[tuple, tuple]:
+    """The ends of `python -m pipeline.run args`, forked and in a new interpreter."""
+    forked = COMMANDS.start("pipeline.run", args).wait(120)
+    new = Command.new_interpreter("pipeline.run", args).wait(120)
+    return (forked.returncode, forked.stdout, forked.stderr), (new.returncode, new.stdout, new.stderr)
+
+
+def test_a_forked_command_fails_as_in_a_new_interpreter(tmp_path):
+    forked, new = _end(("--input", f"{tmp_path}/missing/*.parquet", "--output", str(tmp_path / "out")))
+    assert forked == new == (1, "", f"error: no file matches --input pattern '{tmp_path}/missing/*.parquet'\n")
+
+
+def test_a_forked_command_reads_the_environment_the_test_has_at_the_call(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    default = COMMANDS.start("pipeline.run", ("--help",)).wait(120)
+    monkeypatch.setenv("COLUMNS", "61")  # argparse wraps the help to it
+    forked, new = _end(("--help",))
+    assert forked == new and forked[0] == 0
+    assert len(forked[1].splitlines()) > len(default.stdout.splitlines()) > 400
