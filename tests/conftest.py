@@ -113,7 +113,11 @@ def run_loader(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def run_clis(*commands: list[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
     """Independent runs of the job at once, their results in order."""
     started = [COMMANDS.start("pipeline.run", tuple(args)) for args in commands]
-    return [command.wait(timeout) for command in started]
+    try:
+        return [command.wait(timeout) for command in started]
+    finally:  # one timed out or the test was stopped: the others end too
+        for command in started:
+            command.kill()
 
 
 def read_manifest(output: Path) -> dict:

@@ -4,15 +4,18 @@ process of its own forked from a server that has already imported the job's modu
 A new interpreter spends about 7 s of one core importing torch, transformers and Beam before a small
 run starts (a 30-row run on a 2-core AVX2 host: 11.4 s in a new interpreter, 4.0 s forked), and most
 tests start the job once or more. A forked command is still the command: its own process, exit status,
-stdout and stderr, the repository as its working folder, the test's environment at the call, the module
-run as `__main__` from its first line; the job's worker processes start as they always do. What it does
-not see is what a new interpreter reads at start: PYTHONPATH, sitecustomize, variables read when a
-module is imported. Tests of those start the command with `subprocess`, as do those of faults, signals
-and start-up. `JOB_TESTS_NEW_INTERPRETERS=1` starts every command in a new interpreter.
+stdout and stderr (pipes it shares with the worker processes it starts, read to their end as
+`subprocess.run` reads them), the repository as its working folder, the test's environment at the call,
+the module run as `__main__` from its first line, numpy's and torch's random generators seeded anew;
+the job's worker processes start as they always do. What it does not see is what a new interpreter
+reads at start: PYTHONPATH, sitecustomize, variables read when a module is imported, a new seed for
+str hashes (every forked command hashes as the server does). Tests of those start the command with
+`subprocess`, as do those of faults, signals and start-up. `JOB_TESTS_NEW_INTERPRETERS=1` starts every
+command in a new interpreter.
 
 The server (`python -m tests.forked_commands SOCKET`) holds no thread of its own and has run no torch
-operation when it forks: what it imported started only OpenBLAS's and jemalloc's threads, which both
-libraries make safe across a fork.
+operation when it forks: what it imported may have started OpenBLAS's and jemalloc's threads, which
+both libraries make safe across a fork.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import runpy
 import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -29,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from subprocess import PIPE
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_INTERPRETERS = os.environ.get("JOB_TESTS_NEW_INTERPRETERS") == "1"
@@ -50,6 +53,7 @@ PRELOADED = (
     "pipeline.progress",
     "pipeline.worker",
 )
+_REQUEST_BYTES = 1 << 20  # a request is one line of JSON: the module, its arguments and the environment
 
 
 class Commands:
@@ -66,9 +70,11 @@ class Commands:
             return Command.new_interpreter(module, args)
         if self._server is None or self._server.poll() is not None:
             self._start_server()
-        return Command.forked(self._socket, self._folder.name, module, args)
+        return Command.forked(self._socket, module, args)
 
     def _start_server(self) -> None:
+        with contextlib.suppress(FileNotFoundError):  # a server that died left its socket
+            os.unlink(self._socket)
         # stdin is the server's lifeline: it exits when this process's end of the pipe closes.
         self._server = subprocess.Popen(
             [sys.executable, "-m", "tests.forked_commands", self._socket],
@@ -90,51 +96,100 @@ class Command:
         args: list[str],
         process: subprocess.Popen | None = None,
         connection: socket.socket | None = None,
-        outputs: tuple[Path, Path] | None = None,
+        outputs: tuple[int, int] | None = None,
     ) -> None:
         self.args = args
         self._process, self._connection, self._outputs = process, connection, outputs
         self._received = b""
-        self.pid = process.pid if process else self._reply()["pid"]
+        self._ended = False  # waited for: its pid may be another process's by now
+        self.pid = process.pid if process else self._reply(None)["pid"]
 
     @classmethod
     def new_interpreter(cls, module: str, args: tuple[str, ...]) -> Command:
         command = [sys.executable, "-m", module, *args]
-        return cls(command, subprocess.Popen(command, cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True))
+        stdout = stderr = subprocess.PIPE
+        return cls(command, subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr, text=True))
 
     @classmethod
-    def forked(cls, address: str, folder: str, module: str, args: tuple[str, ...]) -> Command:
-        outputs = tuple(Path(tempfile.mkstemp(dir=folder, suffix=f".{name}")[1]) for name in ("stdout", "stderr"))
+    def forked(cls, address: str, module: str, args: tuple[str, ...]) -> Command:
+        (stdout, stdout_end), (stderr, stderr_end) = os.pipe(), os.pipe()
         connection = socket.socket(socket.AF_UNIX)
-        connection.connect(address)
-        request = {"module": module, "args": list(args), "env": dict(os.environ), "outputs": list(map(str, outputs))}
-        connection.sendall(json.dumps(request).encode() + b"\n")
-        return cls([sys.executable, "-m", module, *args], connection=connection, outputs=outputs)
+        try:
+            connection.connect(address)
+            request = json.dumps({"module": module, "args": list(args), "env": dict(os.environ)}).encode() + b"\n"
+            sent = socket.send_fds(connection, [request], [stdout_end, stderr_end])
+            connection.sendall(request[sent:])
+        except BaseException:
+            for fd in (stdout, stderr):
+                os.close(fd)
+            connection.close()
+            raise
+        finally:
+            for fd in (stdout_end, stderr_end):
+                os.close(fd)
+        return cls([sys.executable, "-m", module, *args], connection=connection, outputs=(stdout, stderr))
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess:
-        """Its end, as `subprocess.run(..., capture_output=True, text=True, timeout=timeout)` gives it: past the
-        timeout it is killed and TimeoutExpired raised."""
+        """Its end, as `subprocess.run(..., capture_output=True, text=True, timeout=timeout)` gives it: its
+        outputs read to their end, then its exit status; past the timeout, or interrupted, it is killed (and
+        TimeoutExpired raised past the timeout)."""
         if self._process is not None:
             try:
                 stdout, stderr = self._process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except BaseException:
                 self._process.kill()
-                self._process.communicate()
+                self._process.wait()
                 raise
+            finally:
+                self._ended = True
             return subprocess.CompletedProcess(self.args, self._process.returncode, stdout, stderr)
+        deadline = time.monotonic() + timeout
+        read = {fd: b"" for fd in self._outputs}
         try:
-            code = self._reply(timeout)["exit"]
+            self._read_to_end(read, deadline)
+            code = self._reply(deadline)["exit"]
         except TimeoutError:
-            os.kill(self.pid, signal.SIGKILL)
-            self._reply()
-            raise subprocess.TimeoutExpired(self.args, timeout, *self._read_outputs()) from None
+            self.kill()
+            raise subprocess.TimeoutExpired(self.args, timeout, *map(_text, read.values())) from None
+        except BaseException:
+            self.kill()
+            raise
         finally:
+            self._ended = True
             self._connection.close()
-        return subprocess.CompletedProcess(self.args, code, *self._read_outputs())
+            for fd in self._outputs:
+                os.close(fd)
+        return subprocess.CompletedProcess(self.args, code, *map(_text, read.values()))
 
-    def _reply(self, timeout: float | None = None) -> dict:
-        """The server's next line; TimeoutError past `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def kill(self) -> None:
+        """End it at once (SIGKILL) unless it was waited for; its worker processes are left as `subprocess.run`
+        leaves them."""
+        if self._ended:
+            return
+        if self._process is not None:
+            self._process.kill()
+            return
+        with contextlib.suppress(ProcessLookupError):  # ended already
+            os.kill(self.pid, signal.SIGKILL)
+
+    def _read_to_end(self, read: dict[int, bytes], deadline: float) -> None:
+        """Both outputs until every process holding them (its worker processes too) has closed them."""
+        with selectors.DefaultSelector() as selector:
+            for fd in read:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                ready = selector.select(deadline - time.monotonic())
+                if not ready and time.monotonic() >= deadline:
+                    raise TimeoutError
+                for key, _ in ready:
+                    chunk = os.read(key.fd, 1 << 16)
+                    if chunk:
+                        read[key.fd] += chunk
+                    else:
+                        selector.unregister(key.fd)
+
+    def _reply(self, deadline: float | None) -> dict:
+        """The server's next line; TimeoutError past `deadline` (time.monotonic's clock)."""
         while b"\n" not in self._received:
             self._connection.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
             received = self._connection.recv(4096)
@@ -144,11 +199,10 @@ class Command:
         line, self._received = self._received.split(b"\n", 1)
         return json.loads(line)
 
-    def _read_outputs(self) -> tuple[str, str]:
-        texts = tuple(path.read_text() for path in self._outputs)
-        for path in self._outputs:
-            path.unlink()
-        return texts
+
+def _text(data: bytes) -> str:
+    """Bytes read as `subprocess.run(..., text=True)` decodes them, newlines translated."""
+    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _serve(address: str) -> None:
@@ -176,36 +230,74 @@ def _serve(address: str) -> None:
                 connection.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
         if listener in readable:
             connection, _ = listener.accept()
-            request = json.loads(connection.makefile("r").readline())
+            try:
+                request, outputs = _request(connection)
+            except (OSError, ValueError):  # a test interrupted as it connected
+                connection.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 for held in (listener, connection, *waiting.values()):
                     held.close()
                 os.close(wakeup_read)
                 os.close(wakeup_write)
-                _become(request)
+                _become(request, outputs)
+            for fd in outputs:
+                os.close(fd)
             waiting[pid] = connection
-            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            with contextlib.suppress(OSError):
+                connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 
-def _become(request: dict) -> None:
-    """In the forked process: the command's environment, outputs and module; never returns. Its end is the
+def _request(connection: socket.socket) -> tuple[dict, list[int]]:
+    """A connection's request line and the two file descriptors that came with it (stdout, stderr)."""
+    data, fds, _, _ = socket.recv_fds(connection, _REQUEST_BYTES, 2)
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a request came with {len(fds)} file descriptors, not 2")
+    try:
+        while not data.endswith(b"\n"):
+            chunk = connection.recv(_REQUEST_BYTES)
+            if not chunk:
+                raise ValueError("a request ended before its line did")
+            data += chunk
+        return json.loads(data), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _become(request: dict, outputs: list[int]) -> None:
+    """In the forked process: the command's outputs, environment and module; never returns. Its end is the
     interpreter's, as a new process's would be: exit status, atexit handlers, threads waited for."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd, opened in enumerate((devnull, *outputs)):  # stdin, stdout, stderr
+        os.dup2(opened, fd)
+        os.close(opened)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(request["env"])
     time.tzset()
     tempfile.tempdir = None  # found again from TMPDIR, as a new process finds it
-    os.chdir(ROOT)
-    streams = ((os.devnull, os.O_RDONLY), *((path, os.O_WRONLY) for path in request["outputs"]))
-    for fd, (path, flags) in enumerate(streams):  # stdin, stdout, stderr
-        opened = os.open(path, flags)
-        os.dup2(opened, fd)
-        os.close(opened)
-    sys.argv = [request["module"], *request["args"]]
-    sys.modules.pop(request["module"], None)  # run from its first line, as `-m` runs it
-    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    import numpy
+    import torch
+
+    numpy.random.seed()
+    torch.seed()
+    module = request["module"]
+    sys.argv = [module, *request["args"]]
+    sys.modules.pop(module, None)  # run from its first line, as `-m` runs it
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except Exception as error:  # its traceback from the module's own frame on, without this server's
+        frames = error.__traceback__
+        while frames and not frames.tb_frame.f_code.co_filename.endswith(module.replace(".", "/") + ".py"):
+            frames = frames.tb_next
+        sys.excepthook(type(error), error, frames or error.__traceback__)
+        sys.exit(1)
     sys.exit(0)
 
 

@@ -4,7 +4,13 @@ environment the test has at the call."""
 
 from __future__ import annotations
 
-from tests.conftest import COMMANDS
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import COMMANDS, write_parquet
 from tests.forked_commands import Command
 
 
@@ -27,3 +33,22 @@ def test_a_forked_command_reads_the_environment_the_test_has_at_the_call(monkeyp
     forked, new = _end(("--help",))
     assert forked == new and forked[0] == 0
     assert len(forked[1].splitlines()) > len(default.stdout.splitlines()) > 400
+
+
+def test_a_command_past_its_timeout_is_killed(tmp_path):
+    write_parquet(tmp_path / "kb" / "a.parquet", id=["a"], text=["a text"])
+    command = COMMANDS.start("pipeline.run", ("--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "o")))
+    with pytest.raises(subprocess.TimeoutExpired):
+        command.wait(0.5)
+    for _ in range(100):  # bounded: 10 s for the server to reap it
+        if not Path(f"/proc/{command.pid}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{command.pid}").exists() and not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_a_server_that_died_is_started_again():
+    assert COMMANDS.start("pipeline.run", ("--help",)).wait(120).returncode == 0
+    COMMANDS._server.kill()  # as the kernel's out-of-memory killer would
+    COMMANDS._server.wait()
+    assert COMMANDS.start("pipeline.run", ("--help",)).wait(120).returncode == 0
