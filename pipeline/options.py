@@ -60,6 +60,17 @@ def interval_seconds(value: str) -> float:
     return number
 
 
+def timeout_seconds(value: str) -> float:
+    """Seconds to wait before giving up: a finite number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {value!r}")
+    return number
+
+
 DEFAULT_CHUNK_OVERLAP = 32
 
 
@@ -278,6 +289,14 @@ class EmbedOptions(PipelineOptions):
             help="Seconds between each worker's progress reports: locally they update one progress line for "
             "the whole job (rows done of the total, rows/s, time left); elsewhere they are log lines "
             "(default: 5).",
+        )
+        group.add_argument(
+            "--worker_start_timeout",
+            type=timeout_seconds,
+            default=300.0,
+            help="Seconds a job service in this process (--runner=PortableRunner --job_endpoint=embed) waits "
+            "for a worker it asked an external pool for (--environment_type=EXTERNAL) to connect, before it "
+            "fails the run (default: 300). Flink's and Dataflow's runners time their workers' start themselves.",
         )
 
 

@@ -29,6 +29,7 @@ from apache_beam.transforms.environments import SubprocessSDKEnvironment
 from encoder import ModelFolderError, cpu_flags
 from encoder.devices import device_type
 from pipeline.build import build_pipeline
+from pipeline.external_workers import time_worker_starts
 from pipeline.load import MAX_DELETED_SHARE, ids_held_before
 from pipeline.logs import configure_logging, error_line
 from pipeline.options import EmbedOptions, UsageError, parse_command_line
@@ -64,7 +65,9 @@ _JOB_FOLDERS = tuple(os.path.join(_ROOT, package, "") for package in ("pipeline"
 # with the interpreter's path quoted.
 _WORKER_COMMAND = f"trap '' INT; exec {shlex.quote(sys.executable)} -m pipeline.worker"
 # An input error raised on a worker reaches us wrapped in Beam's own messages.
-_WORKER_ERROR = re.compile(r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver): (.+)")
+_WORKER_ERROR = re.compile(
+    r"(?:InputError|ModelFolderError|NonFiniteVectors|Float16Overflow|OutputTakenOver|WorkerNotStarted): (.+)"
+)
 # A worker running in this process raises its error again with Beam's note of the step appended.
 _STEP_NOTE = re.compile(r" \[while running '[^\n]*'\]$", re.MULTILINE)
 # Local worker processes' log records arrive through this logger; the embed module's own, the
@@ -353,6 +356,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         return None
     pipeline = None
     local = runner in _SPILLING_RUNNERS
+    time_worker_starts(options.view_as(EmbedOptions).worker_start_timeout)
     try:  # from here on the output is this run's: a failure gives it up
         _LOG.info("embedding %s into %s with %s", ",".join(plan.patterns), plan.output, plan.model_block["name"])
         _log_device(options)
@@ -363,7 +367,9 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             interval=plan.progress_interval,
         )
         worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR)
-        loggers = [*map(logging.getLogger, _WORKER_LOGGERS), _LOG]  # the line ends before any of their records
+        # The line ends before any of their records. The root logger's: a portable runner logs the job
+        # service's messages through it, a failure's traceback among them.
+        loggers = [*map(logging.getLogger, _WORKER_LOGGERS), _LOG, logging.getLogger()]
         for logger in loggers:
             logger.addFilter(worker_logs)
         try:

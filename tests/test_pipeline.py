@@ -259,6 +259,7 @@ def test_missing_output_is_an_error():
         ),
         (("--target_file_mb", "inf"), "error: --target_file_mb inf must be a finite number above 0"),
         (("--progress_interval", "nan"), "--progress_interval: expected a finite number of seconds, 0 or more"),
+        (("--worker_start_timeout", "0"), "--worker_start_timeout: expected a finite number of seconds above 0"),
         (("--runner", "Nope"), "error: --runner Nope: Unexpected pipeline runner: Nope. Valid values are "),
     ],
 )

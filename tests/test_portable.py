@@ -129,10 +129,10 @@ def test_a_remote_job_submitted_without_waiting_exits_0_and_publishes_when_it_en
     assert read_manifest(output)["rows_embedded"] == 200
 
 
-def test_a_portable_run_whose_pool_cannot_start_a_worker_ends_at_the_first_stop(tmp_path):
-    """A pool whose `python` cannot start a worker leaves the run waiting for one. Stopped, the launcher
-    said so and then stayed alive, waiting for its embedded job service's threads, until a second SIGTERM."""
-    write_shards(tmp_path / "kb", rows=20, shards=1)
+@contextlib.contextmanager
+def pool_that_cannot_start_a_worker(tmp_path: Path) -> Iterator[list[str]]:
+    """A worker pool whose `python` exits at once, as one started where `python` lacks Beam: yields the
+    runner options that use it."""
     broken = tmp_path / "broken-bin"
     broken.mkdir()
     (broken / "python").write_text("#!/bin/sh\nexit 1\n")
@@ -143,23 +143,63 @@ def test_a_portable_run_whose_pool_cannot_start_a_worker_ends_at_the_first_stop(
         cwd=ROOT,
         env={**os.environ, "PATH": f"{broken}{os.pathsep}{os.environ['PATH']}"},
     )
-    launcher = None
     try:
         wait_for_port(port, pool)
-        command = [*JOB, "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
-                   f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
-                   "--output", str(tmp_path / "out")]  # fmt: skip
-        launcher = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        for line in launcher.stderr:  # planned: the job is submitted, and waits for a worker
-            if " INFO pipeline.run: embedding " in line:
-                break
-        time.sleep(5)
-        launcher.send_signal(signal.SIGTERM)
-        _, stderr = launcher.communicate(timeout=60)
+        yield ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+               f"--environment_config=localhost:{port}"]  # fmt: skip
     finally:
-        if launcher is not None and launcher.poll() is None:
-            launcher.kill()
         pool.terminate()
         pool.wait(timeout=30)
+
+
+def test_a_portable_run_whose_pool_cannot_start_a_worker_ends_at_the_first_stop(tmp_path):
+    """A pool whose `python` cannot start a worker leaves the run waiting for one. Stopped, the launcher
+    said so and then stayed alive, waiting for its embedded job service's threads, until a second SIGTERM."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    launcher = None
+    with pool_that_cannot_start_a_worker(tmp_path) as runner:
+        try:
+            command = [*JOB, *runner, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "out")]
+            launcher = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            for line in launcher.stderr:  # planned: the job is submitted, and waits for a worker
+                if " INFO pipeline.run: embedding " in line:
+                    break
+            time.sleep(5)
+            launcher.send_signal(signal.SIGTERM)
+            _, stderr = launcher.communicate(timeout=60)
+        finally:
+            if launcher is not None and launcher.poll() is None:
+                launcher.kill()
     assert launcher.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; no manifest.json was written")
+
+
+def test_a_portable_run_whose_pool_starts_no_worker_fails_once_the_start_timeout_is_up(tmp_path):
+    """It waited, silent, until stopped: a nightly run so held its slot until someone looked."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    with pool_that_cannot_start_a_worker(tmp_path) as runner:
+        result = run_cli(*runner, "--input", f"{tmp_path}/kb/*.parquet", "--output", str(tmp_path / "out"),
+                         "--worker_start_timeout", "3", timeout=120)  # fmt: skip
+    pool = runner[-1].split("=", 1)[1]
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the worker pool at {pool} started no worker that connected within 3s (--worker_start_timeout): "
+        "its log says why; a pool started where `python` lacks apache_beam or this project starts workers that "
+        "exit at once"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_portable_run_whose_pool_does_not_answer_fails_naming_it(tmp_path):
+    """It failed with gRPC's traceback, which named neither the pool's option nor how to start one."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    port = free_port()  # nothing listens there
+    result = run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                     f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
+                     "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the worker pool at localhost:{port} (--environment_config) did not answer: ")
+    assert last.endswith("; start it there (python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)")
+    assert "Traceback" not in result.stderr
