@@ -28,7 +28,7 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 # How configs name the width of a transformer's hidden states (DistilBERT: dim, T5: d_model).
-_HIDDEN_SIZE_KEYS = ("hidden_size", "dim", "d_model", "n_embd")
+_HIDDEN_SIZE_KEYS = ("hidden_size", "dim", "d_model", "n_embd", "emb_dim")  # emb_dim: XLM, FlauBERT
 _POSITION_KEYS = ("max_position_embeddings", "n_positions")
 # Models whose position ids start after the padding id (RoBERTa's scheme): of 514 positions,
 # 512 hold tokens.

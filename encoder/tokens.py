@@ -69,7 +69,8 @@ class TokenTypes:
     """The token type ids the tokenizer gives a single text: those of the special tokens its
     post-processor puts before and after the text's tokens, and the text's own. XLNet's gives its
     final <cls> type 2, which its model reads; padding gets the tokenizer's pad type. Types all 0 are
-    left to the model, which takes none as all 0 (BERT and its kin), so those models run as before."""
+    passed too, as sentence-transformers passes them: BERT and its kin take none as all 0, but XLM and
+    FlauBERT add type 0's embedding (a row of their word embeddings, not zero) only when given it."""
 
     before: np.ndarray  # (special tokens before the text,) int64
     text: int
@@ -77,18 +78,18 @@ class TokenTypes:
     pad: int
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer, pad: int) -> TokenTypes | None:
+    def of(cls, tokenizer: Tokenizer, pad: int) -> TokenTypes:
         probe = tokenizer.encode("a", add_special_tokens=True)
         marks = list(zip(probe.type_ids, probe.special_tokens_mask, strict=True))
         text = [i for i, (_, special) in enumerate(marks) if not special]
         first, last = (text[0], text[-1] + 1) if text else (len(marks), len(marks))
         kinds = np.array([type_id for type_id, _ in marks], dtype=np.int64)
-        if not kinds.any() and not pad:
-            return None
         return cls(kinds[:first], int(kinds[first]) if text else 0, kinds[last:], int(pad))
 
     def ids(self, lengths: np.ndarray, width: int, padding_left: bool) -> np.ndarray:
         """(rows, width) type ids of rows holding `lengths` tokens each, padded to `width`."""
+        if not (self.text or self.pad or self.before.any() or self.after.any()):
+            return np.zeros((len(lengths), width), dtype=np.int64)
         lengths = lengths[:, None]
         at = np.arange(width) - (width - lengths if padding_left else np.zeros_like(lengths))  # place in its row
         kinds = np.full((len(lengths), width), self.text, dtype=np.int64)

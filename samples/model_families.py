@@ -115,6 +115,22 @@ def _t5(config_class: type, **extra) -> Callable[[Size, int], transformers.Pretr
     return config
 
 
+def _xlm(config_class: type) -> Callable[[Size, int], transformers.PretrainedConfig]:
+    """XLM and FlauBERT: widths named emb_dim, n_layers, n_heads. Their type ids index the word embeddings,
+    whose padding row (pad_index, left at its default 2 as in their real vocabularies) is not type 0's."""
+
+    def config(s: Size, vocab: int) -> transformers.PretrainedConfig:
+        return config_class(
+            vocab_size=vocab,
+            emb_dim=s.hidden,
+            n_layers=s.layers,
+            n_heads=s.heads,
+            max_position_embeddings=2 * s.max_seq_length,
+        )
+
+    return config
+
+
 def _electra(s: Size, vocab: int) -> transformers.PretrainedConfig:
     config = _encoder(transformers.ElectraConfig)(s, vocab)
     config.embedding_size = s.hidden
@@ -182,6 +198,8 @@ FAMILIES: dict[str, Family] = {
     "modernbert": Family(_modernbert),
     "deberta-v2": Family(_encoder(transformers.DebertaV2Config)),
     "electra": Family(_electra, pooling="cls"),
+    "xlm": Family(_xlm(transformers.XLMConfig)),
+    "flaubert": Family(_xlm(transformers.FlaubertConfig)),
     "t5-encoder": Family(_t5(transformers.T5Config), special_tokens="t5", sentence_modules=_gtr),
     # A local-attention window shorter than the texts, so that it is exercised.
     "longt5-encoder": Family(

@@ -333,12 +333,12 @@ def test_out_of_memory_splits_batches_and_keeps_every_row(model_path, monkeypatc
     forward = encoder.input_module.model.forward
     ran, refused = [], []
 
-    def small_card(input_ids, attention_mask):
+    def small_card(input_ids, attention_mask, **types):
         if input_ids.numel() > 300:
             refused.append(input_ids.numel())
             raise torch.OutOfMemoryError("CUDA out of memory (fault injected by the test)")
         ran.append(input_ids.numel())
-        return forward(input_ids=input_ids, attention_mask=attention_mask)
+        return forward(input_ids=input_ids, attention_mask=attention_mask, **types)
 
     monkeypatch.setattr(encoder.input_module.model, "forward", small_card)
     reported = []  # rows of each batch, once it has run: a split batch counts once, after its split

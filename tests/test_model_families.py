@@ -91,7 +91,8 @@ class _DeviceReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("family", [name for name in NAMES if name != STATIC])
+# XLM's and FlauBERT's code reads the rows' longest length itself (`lengths.max().item()`).
+@pytest.mark.parametrize("family", [name for name in NAMES if name not in (STATIC, "xlm", "flaubert")])
 def test_the_transformer_built_for_cuda_reads_no_device_value_and_gives_the_same_token_vectors(folders, family):
     """transformers read the padding mask (`padding_mask.all()`) to decide whether to build an attention
     mask: on CUDA the host then waited for the GPU once per batch (encoder.attention). Counted here on CPU,
