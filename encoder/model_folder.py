@@ -433,7 +433,9 @@ def _window(st_config: dict, st_file: Path) -> int | None:
                 f"{st_file}: {key} {', '.join(unknown)} would change the model or its tokens and is not supported"
             )
         window = arguments.get("model_max_length", window) if tokenizer else window
-    for modality, arguments in (st_config.get("processing_kwargs") or {}).items():
+    # Its tokenizer call takes the text's arguments, then the common ones over them, whatever their order.
+    processing = sorted((st_config.get("processing_kwargs") or {}).items(), key=lambda item: item[0] == "common")
+    for modality, arguments in processing:
         unknown = sorted(set(arguments) - {"max_length"}) if modality in ("text", "common") else sorted(arguments)
         if unknown:
             raise ModelFolderError(

@@ -413,6 +413,12 @@ def _edit_json(path, **changes) -> None:
     ("config_file", "changes", "window", "truncated"),
     [
         ("sentence_bert_config.json", {"processing_kwargs": {"text": {"max_length": 16}}}, 16, [1, 4, 5]),
+        (  # the common arguments win, as sentence-transformers merges them over the text's
+            "sentence_bert_config.json",
+            {"processing_kwargs": {"common": {"max_length": 16}, "text": {"max_length": 8}}},
+            16,
+            [1, 4, 5],
+        ),
         ("sentence_bert_config.json", {"tokenizer_args": {"model_max_length": 20}}, 20, [1, 4, 5]),
         ("sentence_roberta_config.json", {"max_seq_length": 24}, 24, [4, 5]),  # an older name, read as ST reads it
     ],
