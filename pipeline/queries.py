@@ -19,7 +19,8 @@ from pipeline.load import read_manifest
 from transforms.model_store import DEFAULT_MODEL_NAME, model_folder
 from transforms.paths import is_url
 
-QUERY_PROMPT = "query"  # the prompt sentence-transformers' encode_query takes when the model defines it
+# The prompt sentence-transformers' encode_query takes; where the model defines none, no prompt (not its default).
+QUERY_PROMPT = "query"
 
 
 def query_encoder(
@@ -31,8 +32,9 @@ def query_encoder(
 ) -> PooledEncoder:
     """An encoder for queries against the run in folder `run`: its model folder, refused when its files
     are not those the run embedded with (the manifest's `model.folder_sha256`); its max_seq_length and
-    vector width (`model.dim`); and the model's `query` prompt where it has one, else its default prompt, unless
-    `prompt_name` or `prompt` says otherwise. `model`: where that folder is now (by default where the
+    vector width (`model.dim`); and the model's `query` prompt where it has one, else none (not its default
+    prompt: sentence-transformers' encode_query does not fall back to it), unless `prompt_name` or `prompt` says
+    otherwise. `model`: where that folder is now (by default where the
     run read it, the packaged default for the default model). Vectors come back in float32 whatever
     the run's --vector_dtype, normalised as the run's were."""
     written = read_manifest(run)["model"]
@@ -50,8 +52,11 @@ def query_encoder(
             f"{e} (run {run} names its model folder {named!r}, relative to the folder it ran in: pass model= "
             "where that folder is)"
         ) from e
-    if prompt_name is None and prompt is None and QUERY_PROMPT in folder.prompts:
-        prompt_name = QUERY_PROMPT
+    if prompt_name is None and prompt is None:
+        if QUERY_PROMPT in folder.prompts:
+            prompt_name = QUERY_PROMPT
+        else:
+            prompt = ""
     return PooledEncoder(
         folder,
         device,

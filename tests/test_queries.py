@@ -52,6 +52,21 @@ def test_queries_take_the_models_query_prompt_and_the_runs_dimension_as_encode_q
     assert np.abs(as_documents - vectors).max() > 1e-3  # the prompt changes the vectors
 
 
+def test_queries_of_a_model_without_a_query_prompt_take_none_as_encode_query_not_its_default_prompt(tmp_path):
+    """A folder naming a default prompt and no `query` one: queries took the default prompt, where
+    sentence-transformers' encode_query takes none (cosine 0.78-0.88 against it)."""
+    prompts = {"prompts": {"document": "passage: "}, "default_prompt_name": "document"}
+    model = save_tiny_model(tmp_path / "model", {}, prompts=prompts)
+    shard = write_parquet(tmp_path / "kb" / "part-0.parquet", id=["a"], text=["Backups run nightly."])
+    result = run_cli("--input", str(shard), "--output", str(tmp_path / "run"), "--model", str(model))
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(tmp_path / "run")["model"]["prompt"] == "passage: "  # documents: the default prompt
+    encoder = query_encoder(str(tmp_path / "run"), device="cpu")
+    assert encoder.tokenizer.prompt == ""
+    reference = SentenceTransformer(str(model), device="cpu").encode_query(QUERIES)
+    np.testing.assert_allclose(encoder.encode(QUERIES).embeddings, reference, rtol=0, atol=1e-5)
+
+
 def test_a_model_folder_changed_since_the_run_is_refused_and_a_moved_one_is_found_where_given(e5_like_run, tmp_path):
     model, run = e5_like_run
     moved = shutil.copytree(model, tmp_path / "moved")
