@@ -32,6 +32,7 @@ from transforms.progress_report import EMBEDDED_TAG, REJECTED_TAG
 _FORWARDED = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
 _REPORT = re.compile(rf"({EMBEDDED_TAG}|{REJECTED_TAG}) (\d+) (\d+)")
 _NOISE = ("No semi_persistent_directory found",)
+_SECONDS = re.compile(r"\b\d+(?:\.\d+)?s\b")  # `in 1.8s`: what differs between workers' otherwise equal lines
 
 
 def _unescape(text: str) -> str:
@@ -203,6 +204,7 @@ class WorkerLogs(logging.Filter):
         self._line = line
         self._job_folders = job_folders
         self._reported = reported
+        self._said: set[str] = set()  # workers' INFO lines shown, less their durations
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -214,7 +216,9 @@ class WorkerLogs(logging.Filter):
             if record.levelno >= logging.ERROR and self._reported.search(text):
                 return False
             if not self._report(text) and (
-                record.levelno >= logging.WARNING or any(f in message for f in self._job_folders)
+                record.levelno >= logging.WARNING
+                or any(f in message for f in self._job_folders)
+                and self._first_time(_first_and_last_line(text))
             ):
                 record.name, record.msg, record.args = "worker", _first_and_last_line(text), ()
                 self._line.finish()
@@ -227,11 +231,22 @@ class WorkerLogs(logging.Filter):
         ):
             return False
         if record.name.startswith(("transforms.", "encoder.")):  # a worker in this process: named as forwarded
+            if record.levelno < logging.WARNING and not self._first_time(message):
+                return False
             record.name = "worker"
         if record.levelno >= logging.ERROR:  # Beam's records of a failed bundle carry its traceback
             record.msg, record.args = _first_and_last_line(_with_error_type(record)), ()
             record.exc_info = record.exc_text = None
         self._line.finish()
+        return True
+
+    def _first_time(self, text: str) -> bool:
+        """Whether no worker has said this yet, durations aside: each worker process logs its kernels and
+        its model's loading, and eight workers said each eight times."""
+        said = _SECONDS.sub("", text)
+        if said in self._said:
+            return False
+        self._said.add(said)
         return True
 
     def _report(self, text: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 import re
 import struct
@@ -12,7 +13,7 @@ import sys
 import termios
 import time
 
-from pipeline.progress import ProgressLine, process_started
+from pipeline.progress import ProgressLine, WorkerLogs, process_started
 
 STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO progress: (.*)")
 
@@ -189,3 +190,32 @@ def test_on_a_terminal_the_line_is_cut_to_its_width_so_a_redraw_replaces_it():
         "\r\033[Kembedded 0 of 1,000 rows (0%), 0.0 rows/s"
         "\r\033[Kembedded 100 of 1,000 rows (10%), 10.0 rows/s, about 1m 30s left\n"
     )
+
+
+def _forwarded(level: int, text: str, location: str = "/job/transforms/embed.py:85") -> logging.LogRecord:
+    """A worker process's record as the launcher's job service logs it: the Fn API's log entry as protobuf text."""
+    entry = f'severity: {logging.getLevelName(level)}\ntimestamp {{\n  seconds: 1\n}}\nmessage: "{text}"\n'
+    entry += f'log_location: "{location}"\nthread: "1"\n'
+    return logging.LogRecord("apache_beam.runners.portability.local_job_service", level, "x.py", 1, entry, (), None)
+
+
+def test_a_line_every_worker_logs_alike_is_shown_once_and_a_warning_every_time():
+    """Each worker process logs its kernels and its model's loading: eight workers gave eight of each."""
+    logs = WorkerLogs(ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"))
+    records = [
+        _forwarded(logging.INFO, "CPU linear kernels: onednn (GenuineIntel CPU with AVX-512)"),
+        _forwarded(logging.INFO, "loaded /m on cpu in 1.8s"),
+        _forwarded(logging.INFO, "CPU linear kernels: onednn (GenuineIntel CPU with AVX-512)"),
+        _forwarded(logging.INFO, "loaded /m on cpu in 2.1s"),  # another worker, slower
+        _forwarded(logging.INFO, "loaded /m on cuda:1 in 2.0s"),  # another device: said too
+        _forwarded(logging.WARNING, "a warning"),
+        _forwarded(logging.WARNING, "a warning"),
+    ]
+    shown = [record.getMessage() for record in records if logs.filter(record)]
+    assert shown == [
+        "CPU linear kernels: onednn (GenuineIntel CPU with AVX-512)",
+        "loaded /m on cpu in 1.8s",
+        "loaded /m on cuda:1 in 2.0s",
+        "a warning",
+        "a warning",
+    ]
