@@ -20,7 +20,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from samples.model_families import save_family
 from schemas.inputs import InputError
-from tests.conftest import JOB, ROOT, read_manifest, record, run_cli, run_clis, write_parquet
+from tests.conftest import JOB, ROOT, embedding_rows, read_manifest, record, run_cli, run_clis, write_parquet
 from transforms.read import PlannedFile, ReadParquetFiles
 
 
@@ -413,7 +413,8 @@ def test_an_id_type_a_later_shard_gave_names_that_shard(tmp_path):
     )
 
 
-def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
+@pytest.mark.parametrize("passages", [("--chunk_tokens", "128"), ()], ids=["passages", "rows"])
+def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path, passages):
     """duplicate_id and no_tokens are found after validation has dropped rows: they must still name
     the row's place in the file, not its place among the rows left."""
     path = write_parquet(
@@ -422,12 +423,13 @@ def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
         text=["", "first", "second", None, "\x01\x02", "good", "\x03"],
     )
     output = tmp_path / "out"
-    result = run_cli("--input", str(path), "--output", str(output), "--chunk_tokens", "128", "--carry_columns", "text")
+    result = run_cli("--input", str(path), "--output", str(output), *passages, "--carry_columns", "text")
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
     assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_rejected"]) == (7, 2, 5)
-    outcome = "rows rejected, each naming its own row"
-    assert record("input", "duplicate id / no tokens after rejected rows", outcome, [path], output) == 0
+    if passages:
+        outcome = "rows rejected, each naming its own row"
+        assert record("input", "duplicate id / no tokens after rejected rows", outcome, [path], output) == 0
     rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
     assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
         (0, "z", "empty_text"),
@@ -441,6 +443,25 @@ def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path):
         ("a", "first"),
         ("g", "good"),
     ]
+
+
+def test_texts_the_tokenizer_drops_whole_are_rejected_as_no_tokens_and_any_other_is_embedded(tmp_path):
+    """Zero-width spaces, a byte-order mark, a lone accent: each was embedded as the empty text, all
+    to one vector that ties every such row in a search. Emoji, punctuation and CJK are tokens."""
+    dropped = {"zwsp": "\u200b\u200b", "nul": "\x00", "bom": "\ufeff", "joiner": "\u2060", "accent": "\u0301",
+               "replacement": "\ufffd", "mixed": "\u200b \x00\t\u0301"}  # fmt: skip
+    kept = {"emoji": "\U0001f600", "bang": "!!!", "cjk": "\u6771\u4eac", "digit": "\u200b7", "word": "restore a backup"}
+    path = write_parquet(tmp_path / "a.parquet", id=[*dropped, *kept], text=[*dropped.values(), *kept.values()])
+    output = tmp_path / "out"
+    result = run_cli("--input", str(path), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(output)
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rejected_by_reason"]) == (12, 5, {"no_tokens": 7})
+    rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
+    assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
+        (row, key, "no_tokens") for row, key in enumerate(dropped)
+    ]
+    assert sorted(embedding_rows(output)) == sorted(kept)
 
 
 def test_nan_ids_are_rejected_and_the_counts_add_up(tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.utils import shared
 
 from encoder.passages import PassageSplitter
@@ -69,16 +70,37 @@ class _ToUnits(beam.DoFn):
     def setup(self) -> None:
         self._splitter: PassageSplitter | None = None
 
+    def _tokenizer(self) -> TextTokenizer:
+        return self._shared.acquire(self._handler.load_tokenizer, tag=f"tokenizer{self._handler!r}")
+
     def _load_splitter(self) -> PassageSplitter:
-        tokenizer: TextTokenizer = self._shared.acquire(self._handler.load_tokenizer, tag=f"tokenizer{self._handler!r}")
+        tokenizer = self._tokenizer()
         return PassageSplitter(tokenizer.raw, self._chunking.tokens, self._chunking.overlap, tokenizer.count)
+
+    def _without_tokens(self, texts: pa.Array) -> np.ndarray:
+        """Which texts hold no token the model knows: only characters its tokenizer drops (zero-width
+        spaces, control characters, lone combining accents), so the model would see the empty text, the
+        same vector for each. Only texts without a letter or a digit, which always make a token, are
+        tokenised: the rest stay in Arrow."""
+        lettered = pc.match_substring_regex(texts, r"[\pL\pN]").to_numpy(zero_copy_only=False)
+        candidates = np.flatnonzero(~lettered)
+        without = np.zeros(len(texts), dtype=bool)
+        if len(candidates):
+            raw = self._tokenizer().raw
+            encoded = raw.encode_batch_fast(texts.take(pa.array(candidates)).to_pylist(), add_special_tokens=False)
+            without[candidates] = [not encoding.ids for encoding in encoded]
+        return without
 
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
         counts = Counter()
         if self._chunking is None:  # the text stays in Arrow: a huge one is never copied into Python
-            documents = np.arange(batch.num_rows)
             units = batch.column(self._columns.text).cast(pa.string())
+            without = self._without_tokens(units)
+            yield from self._reject_without_tokens(shard, without, counts)
+            documents = np.flatnonzero(~without)
+            if without.any():
+                units = units.take(pa.array(documents))
             located, overlaps = [], None
         else:
             if self._splitter is None:
@@ -118,7 +140,8 @@ class _ToUnits(beam.DoFn):
         return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
 
     def _reject_without_tokens(self, shard: ShardBatch, rejected: np.ndarray, counts: Counter) -> Iterator:
-        """A text with no token the model knows (only characters its tokenizer drops) has no passage."""
+        """A text with no token the model knows (only characters its tokenizer drops) has no passage, and
+        no meaning to embed."""
         if not rejected.any():
             return
         rows = np.flatnonzero(rejected)
