@@ -33,9 +33,9 @@ def query_encoder(
     """An encoder for queries against the run in folder `run`: its model folder, refused when its files
     are not those the run embedded with (the manifest's `model.folder_sha256`); its max_seq_length and
     vector width (`model.dim`); and the model's `query` prompt where it has one, else none (not its default
-    prompt: sentence-transformers' encode_query does not fall back to it), unless `prompt_name` or `prompt` says
-    otherwise. `model`: where that folder is now (by default where the
-    run read it, the packaged default for the default model). Vectors come back in float32 whatever
+    prompt: sentence-transformers' encode_query does not fall back to it), unless `prompt_name` or `prompt`
+    says otherwise. `model`: where that folder is now (by default where the run read it, the packaged
+    default for the default model). Vectors come back in float32 whatever
     the run's --vector_dtype, normalised as the run's were."""
     written = read_manifest(run)["model"]
     named = None if written["name"] == DEFAULT_MODEL_NAME else written["name"]
