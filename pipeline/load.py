@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -123,10 +124,27 @@ CHANGE_KINDS = ("upserts", "deletes")  # those of a run whose load was skipped
 
 
 @dataclass(frozen=True)
+class Checked:
+    """A file as it was when its bytes were checked against the manifest."""
+
+    size: int
+    modified: float  # the file system's time of its last change (an object's generation's, on object storage)
+    rows: int
+
+
+@dataclass(frozen=True)
 class Run:
     path: str
     manifest: dict
     files: dict[str, list[str]]  # full paths of the checked files of each kind in LOADED_KINDS
+    checked: dict[str, Checked] = dataclasses.field(default_factory=dict)  # by full path
+
+    def check_unchanged(self, path: str, rows: int | None = None) -> None:
+        """Refuse a file changed since it was checked (`rows`: those read from it since): a load reads each
+        file again, and a run writing the folder meanwhile (a rerun with --overwrite) replaced or removed
+        it, so the table got rows no check had seen, recorded as the checked run's."""
+        if (was := self.checked.get(path)) is not None:
+            _refuse_if_changed(path, was, self.path, rows)
 
     @property
     def run_id(self) -> str:
@@ -154,8 +172,23 @@ def read_run(run_dir: str) -> Run:
 
 def _checked_run(run_dir: str, manifest: dict, kinds: tuple[str, ...]) -> Run:
     checks = manifest["file_checks"]
-    files = {kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in kinds}
-    return Run(run_dir, manifest, files)
+    checked = {kind: [_checked(run_dir, name, checks) for name in manifest["files"].get(kind, [])] for kind in kinds}
+    files = {kind: [path for path, _ in pairs] for kind, pairs in checked.items()}
+    return Run(run_dir, manifest, files, dict(pair for pairs in checked.values() for pair in pairs))
+
+
+def _refuse_if_changed(path: str, was: Checked, run_dir: str, rows: int | None = None) -> None:
+    if _stamp(path) != (was.size, was.modified) or rows not in (None, was.rows):
+        raise LoadError(
+            f"{path}: changed since it was checked against {MANIFEST} (a run writing {run_dir} again?); "
+            "nothing was loaded: load the run once it has finished"
+        )
+
+
+def _stamp(path: str) -> tuple[int, float] | None:
+    """The file's size and time of last change; None when it is gone."""
+    found = FileSystems.match([path])[0].metadata_list
+    return (found[0].size_in_bytes, found[0].last_updated_in_seconds) if found else None
 
 
 def read_manifest(run_dir: str) -> dict:
@@ -184,13 +217,14 @@ def read_manifest(run_dir: str) -> dict:
     return manifest
 
 
-def _checked(run_dir: str, name: str, checks: dict) -> str:
-    """The file's full path, once its bytes, sha256 and rows are what the manifest says."""
+def _checked(run_dir: str, name: str, checks: dict) -> tuple[str, Checked]:
+    """The file's full path, once its bytes, sha256 and rows are what the manifest says, and the file as checked."""
     path = FileSystems.join(run_dir, name)
     expected = checks.get(name)
     if expected is None:
         raise LoadError(f"{path}: listed without checks in {MANIFEST}")
-    if not FileSystems.exists(path):
+    stamp = _stamp(path)
+    if stamp is None:
         raise LoadError(f"{path}: listed in {MANIFEST} but missing")
     digest, size = hashlib.sha256(), 0
     with _open(path) as f:
@@ -206,7 +240,9 @@ def _checked(run_dir: str, name: str, checks: dict) -> str:
         rows = pq.ParquetFile(f).metadata.num_rows
     if rows != expected["rows"]:
         raise LoadError(f"{path}: {rows} rows, but {MANIFEST} says {expected['rows']}")
-    return path
+    checked = Checked(*stamp, rows)
+    _refuse_if_changed(path, checked, run_dir)  # not while it was read
+    return path, checked
 
 
 def _is_any_binary(kind: pa.DataType) -> bool:
@@ -774,6 +810,7 @@ class PgvectorLoader:
                             for row in _rows(batch, schema, vectors, self._psycopg, id_name, path):
                                 copy.write_row(row)
                             rows += batch.num_rows
+                    run.check_unchanged(path, rows - starts[-1] + 1)
         except self._psycopg.Error as e:
             raise self._refused(e, _copied_row(e, run.files[kind], starts, id_name)) from e
         return rows
@@ -1172,7 +1209,7 @@ def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETE
         )  # fmt: skip
     try:
         export = write_import_files(
-            run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"]
+            run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"], run.check_unchanged
         )
     except OSError as e:  # Beam's BeamIOError too: a file where the folder should be, no permission
         raise LoadError(f"--output {output}: cannot write there ({e})") from e
@@ -1200,6 +1237,9 @@ def main(argv: list[str] | None = None) -> int:
             print(export_pinecone(run, args.output, args.max_deleted_share))
     except (LoadError, ValueError) as e:
         print(error_line(e), file=sys.stderr)
+        return 1
+    except OSError as e:  # a file gone as it was read again, after its check (a run writing the folder again)
+        print(error_line(f"{e}; nothing was {'loaded' if args.target == 'pgvector' else 'exported'}"), file=sys.stderr)
         return 1
     return 0
 

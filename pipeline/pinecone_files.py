@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -236,11 +236,14 @@ def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
     return rows
 
 
-def write_import_files(files: list[str], output: str, id_column: str, model_block: dict) -> Export:
+def write_import_files(
+    files: list[str], output: str, id_column: str, model_block: dict, read_whole: Callable[[str], None]
+) -> Export:
     """Each embeddings file holding a vector Pinecone takes as `output/part-<this export>-NNNNN.parquet` in the
     import layout. A folder an earlier export wrote is reused: once every file of this one is written, the
     earlier one's are removed, since Pinecone imports every file of the folder; an export that fails removes
-    its own files and leaves the earlier one's as they were."""
+    its own files and leaves the earlier one's as they were. `read_whole(path)` is called once a file is read,
+    to fail the export if it changed meanwhile."""
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
@@ -274,6 +277,7 @@ def write_import_files(files: list[str], output: str, id_column: str, model_bloc
             if rows:
                 written.append(part)
                 export.rows += rows
+            read_whole(path)
     except BaseException:
         with contextlib.suppress(Exception):
             FileSystems.delete(written)

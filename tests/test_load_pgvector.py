@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.load import LoadError, PgvectorLoader, PgVectors, Run, read_run
+from pipeline.load import LoadError, PgvectorLoader, PgVectors, Run, main, read_run
 from samples.knowledge_base import make_rows
 from samples.model_families import save_family
 from tests.conftest import ROOT, read_manifest, record, run_cli, run_loader, write_parquet
@@ -746,6 +746,40 @@ def test_a_table_name_the_load_would_lose_or_misplace_is_refused(postgres, day_o
         assert str(refusal_raised.value) == f"--table {table}: {refusal}"
     made = ["kb_gone", "kb_quoted", '"kb_quoted"', " kb_spaced", "kb_spaced", "kb_schemaless"]
     assert query(postgres, "SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", made) == [(0,)]
+
+
+def test_a_file_rewritten_or_removed_after_its_check_is_not_loaded(postgres, day_one, day_two, tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    """The loader checks every file, then reads it again to copy it: a run writing the folder meanwhile
+    (a rerun with --overwrite) loaded another night's rows, recorded as the checked run's, or failed
+    with a traceback once a file was gone."""
+    night = shutil.copytree(day_one, tmp_path / "night")
+    run = read_run(str(night))
+    file = run.files["embeddings"][0]
+    other = day_two / read_manifest(day_two)["files"]["embeddings"][0]
+    shutil.copyfile(other, file)  # another night's rows, as a rerun writes them
+    table = "kb_rewritten"
+    with pytest.raises(LoadError) as refused:
+        PgvectorLoader(postgres, table).load(run)
+    assert str(refused.value) == (
+        f"{file}: changed since it was checked against manifest.json (a run writing {night} again?); "
+        "nothing was loaded: load the run once it has finished"
+    )
+    assert table_state(postgres, table) == (None, {}, None)
+
+    shutil.rmtree(night)
+    shutil.copytree(day_one, night)
+    checked = read_run
+
+    def removed_once_checked(run_dir: str) -> Run:
+        run = checked(run_dir)
+        Path(run.files["embeddings"][0]).unlink()
+        return run
+
+    monkeypatch.setattr("pipeline.load.read_run", removed_once_checked)
+    assert main(["pgvector", "--dsn", postgres, "--table", table, str(night)]) == 1
+    assert capsys.readouterr().err == f"error: [Errno 2] No such file or directory: '{file}'; nothing was loaded\n"
+    assert table_state(postgres, table) == (None, {}, None)
 
 
 def test_a_table_name_with_capitals_that_sql_reads_as_another_table_is_refused(postgres, day_one):

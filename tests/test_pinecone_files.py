@@ -290,3 +290,14 @@ def test_an_export_that_fails_midway_leaves_the_earlier_one_whole(tmp_path):
         export_pinecone(run, str(folder))
     assert sorted(path.name for path in folder.iterdir()) == earlier
     assert sorted(pq.read_table(sorted(folder.iterdir())).column("id").to_pylist()) == ["old0", "old1", "old2"]
+
+
+def test_an_export_whose_file_changed_after_its_check_writes_nothing(day_one, tmp_path):  # noqa: F811
+    """Read again after its check, a file a run rewrote meanwhile went to Pinecone as the checked run's."""
+    night = shutil.copytree(day_one, tmp_path / "night")
+    run = read_run(str(night))
+    file = run.files["embeddings"][0]
+    pq.write_table(pq.read_table(file).slice(1), file)  # a row fewer, as a rerun may write it
+    with pytest.raises(LoadError, match=f"^{file}: changed since it was checked against manifest.json"):
+        export_pinecone(run, str(tmp_path / "ns"))
+    assert not list((tmp_path / "ns").glob("*"))
