@@ -44,7 +44,7 @@ from tests.conftest import ROOT, free_port, record, wait_for_port
 from transforms.compact import CompactFiles
 from transforms.model_store import CACHE_ENV, fetch_model, model_folder
 from transforms.output_owner import OutputOwner
-from transforms.write import parquet_writer
+from transforms.write import parquet_writer, remove_temp_files
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 MODEL = "gs://kb/models/minilm"
@@ -422,3 +422,22 @@ def test_a_launcher_in_summer_time_records_and_checks_the_objects_times_in_utc(b
     listed = [file.now() for file in planned]
     assert all(file.listed_as_planned(now) for file, now in zip(planned, listed, strict=True))
     assert [now.times() for now in listed] == [(file.modified,) for file in planned]
+
+
+def test_a_failed_runs_temporary_objects_are_removed(bucket):
+    """Beam's temporary folders were deleted by their names, which on object storage name no object: a
+    stopped or killed run's temporary Parquet files stayed in the output, beside the next run's."""
+    bucket, _ = bucket
+    left = [
+        "failed/beam-temp-embeddings-3f2a/9c1e.embeddings.parquet",
+        "failed/beam-temp-embeddings-reused-77b0/a1.embeddings-reused.parquet",
+        "failed/changes/beam-temp-changes-deletes-0d4e/b2.deletes.parquet",
+        "failed/manifest.json.5e6f.tmp",
+    ]
+    for name in [*left, "failed/_owner.json", "failed/embeddings-00000-of-00001.parquet"]:
+        bucket.blob(name).upload_from_string(b"x")
+    remove_temp_files("gs://kb/failed")
+    assert sorted(blob.name for blob in bucket.list_blobs(prefix="failed/")) == [
+        "failed/_owner.json",
+        "failed/embeddings-00000-of-00001.parquet",
+    ]

@@ -295,16 +295,16 @@ def remove_temp_files(output: str) -> None:
     """A failed run leaves Beam's temporary write folders behind (beside each kind of file), as does
     one whose directory was taken over, after it, and perhaps its manifest not yet renamed into
     place; they are not outputs."""
-    folders = set()
+    temporary = set()
     for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
-        if is_url(output):  # object stores: the folders are prefixes of the objects in them
-            folders |= {m.path.rsplit("/", 1)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list}
+        if is_url(output):  # object stores: a folder is the prefix of its objects, which are deleted one by one
+            temporary |= {m.path for m in FileSystems.match([pattern + "/**"])[0].metadata_list}
         else:  # local folders may be empty, which file matching does not list
-            folders |= set(glob.glob(pattern))
+            temporary |= set(glob.glob(pattern))
     # A manifest written by a run stopped or taken over before renaming it into place.
     manifests = FileSystems.match([FileSystems.join(output, MANIFEST + ".*.tmp")])[0].metadata_list
-    if folders or manifests:
-        FileSystems.delete(sorted(folders) + [m.path for m in manifests])
+    if temporary or manifests:
+        FileSystems.delete(sorted(temporary) + [m.path for m in manifests])
 
 
 def output_files(output_dir: str) -> dict[str, str]:
