@@ -83,6 +83,8 @@ _WORKER_LOGGERS = (
 )
 # The signal that stopped the run (SIGINT: Ctrl-C; SIGTERM: an orchestrator's stop), once one has.
 _STOPPED_BY: list[str] = []
+# The signal that came once the run's outcome was settled (_stop_late), once one has.
+_STOPPED_LATE: list[str] = []
 # Exit statuses of local worker processes that died (negative: the signal that killed one).
 _WORKER_EXITS: list[int] = []
 _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
@@ -114,6 +116,26 @@ def _stop(signum: int, _frame: object) -> None:
             signal.signal(stop, signal.SIG_DFL)
     _end_worker_processes()
     raise KeyboardInterrupt(_STOPPED_BY[0])
+
+
+def _stop_late(signum: int, _frame: object) -> None:
+    """A stop once the pipeline has ended (its manifest written, or a remote job submitted) changes nothing:
+    what is left is reading the manifest back and saying so. Raised there, the stop failed a published
+    run (`no manifest.json was written`, exit 1, and a rerun refused its finished output), left a
+    traceback, or hung the launcher on a lock the interrupted storage client held. A second one ends it
+    at once."""
+    _STOPPED_LATE.append(signal.Signals(signum).name)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(stop) is _stop_late:
+            signal.signal(stop, signal.SIG_DFL)
+
+
+def _settle_stops() -> None:
+    """From here on a stop is _stop_late's (where _stop was catching them: the main thread)."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(stop) is _stop:
+                signal.signal(stop, _stop_late)
 
 
 def _end_worker_processes() -> None:
@@ -377,6 +399,8 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
                 with beam.Pipeline(runner=_local_runner(options), options=options) as pipeline:
                     build_pipeline(pipeline, plan, spill_dir)
                     _RUNNING.set()  # as the block ends, Beam runs the pipeline
+                _RUNNING.clear()  # a worker's death from here on ends nothing (_end_for_lost_worker)
+                _settle_stops()  # the manifest is written (or the remote job submitted)
         finally:
             _RUNNING.clear()
             line.finish()
@@ -486,6 +510,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if _STOPPED_LATE:
+        _LOG.warning(
+            "stopped by %s after %s", _STOPPED_LATE[0], "the manifest was written: the output is complete"
+            if result is not None else "the job was submitted or its graph written: that stands"
+        )  # fmt: skip
     if result is None:
         return 0
     print(

@@ -87,6 +87,38 @@ def test_a_run_stopped_mid_embedding_exits_1_with_one_error_line_and_publishes_n
     assert list(output.iterdir()) == []  # the temporary folders and the owner file went with the failure
 
 
+# The job's command, with a stop that comes as the launcher reads the manifest back once the pipeline has ended.
+STOPPED_AS_PUBLISHED = """
+import os, signal
+import pipeline.run as run
+read = run._read_manifest
+def stopped_as_read(output):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return read(output)
+run._read_manifest = stopped_as_read
+run._exit(run.main(started=run.process_started()))
+"""
+
+
+def test_a_stop_once_the_manifest_is_written_leaves_the_run_published_and_exits_0(tmp_path):
+    """It said `stopped by SIGTERM; no manifest.json was written`, exit 1, of a published output, which a
+    rerun then refused as a finished run's; on Cloud Storage it could hang on the storage client's lock."""
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
+    output = tmp_path / "out"
+    command = [sys.executable, "-c", STOPPED_AS_PUBLISHED, "--input", str(shard), "--output", str(output)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING pipeline.run: stopped by SIGTERM after the manifest was written: the output is complete" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("embedded 2 of 2 rows ")
+    assert sorted(path.name for path in output.iterdir() if not path.name.startswith("embeddings-")) == [
+        "manifest.json",
+        "rejected-00000-of-00001.parquet",
+    ]
+
+
 def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
     def interrupted(argv, started):
         raise KeyboardInterrupt
