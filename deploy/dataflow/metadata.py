@@ -18,13 +18,15 @@ REQUIRED = "(required) "
 # Options for a person at a terminal: a template launch has nowhere to show the plan --plan_only prints,
 # and launching without a job graph would fail opaquely.
 BY_HAND = ("plan_only",)
+# Options of a job service in the launcher's process (--job_endpoint=embed), which Dataflow never runs.
+NOT_ON_DATAFLOW = ("worker_start_timeout",)
 
 
 def metadata() -> dict:
     parser = argparse.ArgumentParser(add_help=False)
     EmbedOptions._add_argparse_args(parser)
     parameters = []
-    for action in (a for a in parser._actions if a.dest not in BY_HAND):
+    for action in (a for a in parser._actions if a.dest not in BY_HAND + NOT_ON_DATAFLOW):
         parameter = {
             "name": action.dest,
             "label": action.dest.replace("_", " ").capitalize(),
