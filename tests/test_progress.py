@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import logging
 import os
 import re
+import select
 import struct
 import subprocess
 import sys
@@ -159,6 +161,17 @@ def test_a_nights_counts_and_time_left_read_at_a_glance_and_a_log_line_says_when
     assert stream.getvalue().splitlines()[-1].startswith(f"{stamp},250 INFO progress: embedded 23,700,000 of ")
 
 
+def _read_to_newline(fd: int, seconds: float = 10.0) -> bytes:
+    """What a pseudo-terminal passes on up to the newline the line ends with: it passes on what it was
+    written a little later, so a single read on a busy machine took half of it."""
+    read, deadline = b"", time.monotonic() + seconds
+    while not read.endswith(b"\n") and time.monotonic() < deadline:
+        select.select([fd], [], [], 0.1)
+        with contextlib.suppress(BlockingIOError):
+            read += os.read(fd, 4096)
+    return read
+
+
 def _drawn_on_a_terminal(columns: int) -> str:
     """What the line writes to a terminal `columns` wide (0: one whose size was never set) over two reports."""
     main, secondary = os.openpty()
@@ -173,7 +186,7 @@ def _drawn_on_a_terminal(columns: int) -> str:
             clock.now = 110.0
             line.report(1, 100)
             line.finish()
-        return os.read(main, 4096).decode().replace("\r\n", "\n")
+        return _read_to_newline(main).decode().replace("\r\n", "\n")
     finally:
         os.close(main)
         os.close(secondary)
