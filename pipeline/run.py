@@ -511,10 +511,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         )
         return 1
     if _STOPPED_LATE:
-        _LOG.warning(
-            "stopped by %s after %s", _STOPPED_LATE[0], "the manifest was written: the output is complete"
-            if result is not None else "the job was submitted or its graph written: that stands"
-        )  # fmt: skip
+        settled = "the manifest was written: the output is complete"
+        if result is None:
+            settled = "the job was submitted (or its graph written)"
+        _LOG.warning("stopped by %s after %s", _STOPPED_LATE[0], settled)
     if result is None:
         return 0
     print(
