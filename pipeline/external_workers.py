@@ -10,6 +10,7 @@ the run waited, silent, until it was stopped. An unreachable pool failed it with
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -37,12 +38,20 @@ class _TimedExternalWorkerHandler(ExternalWorkerHandler):
 
     def start_worker(self) -> None:
         pool = self._external_payload.endpoint.url
+        self._closed = threading.Event()
+        self._closing = threading.Lock()  # the failure is set while not closed, and cleared as it closes
         try:
             super().start_worker()
         except grpc.RpcError as error:
             raise WorkerNotStarted(
                 f"the worker pool at {pool} (--environment_config) did not answer: {error.details()}; "
                 "start it there (python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)"
+            ) from None
+        except RuntimeError as error:  # the pool answered with its own failure (no `python` on its PATH)
+            said = str(error).strip().splitlines()[-1]
+            raise WorkerNotStarted(
+                f"the worker pool at {pool} could not start a worker ({said}): it starts `python` from its PATH, "
+                "which must have apache_beam and this project"
             ) from None
         threading.Thread(target=self._fail_unless_connected, args=(pool,), name="worker-start", daemon=True).start()
 
@@ -56,17 +65,23 @@ class _TimedExternalWorkerHandler(ExternalWorkerHandler):
             "(--worker_start_timeout): its log says why; a pool started where `python` lacks apache_beam or "
             "this project starts workers that exit at once"
         )
-        while self.control_conn._state == BeamFnControlServicer.UNSTARTED_STATE:
+        while not self._closed.wait(_POLL_SECONDS):
+            if self.control_conn._state != BeamFnControlServicer.UNSTARTED_STATE:
+                return
             if time.monotonic() >= deadline:
-                self.control_conn.abort(failure)
-                self.data_conn._exception = failure
-            time.sleep(_POLL_SECONDS)
+                with contextlib.suppress(RuntimeError):  # the runner adding an instruction as they are aborted
+                    self.control_conn.abort(failure)
+                with self._closing:
+                    if not self._closed.is_set() and self.data_conn._exception is None:
+                        self.data_conn._exception = failure
 
     def close(self) -> None:
         """Close as Beam does, less the failure set above: the data channel raises it again as it closes,
         which Beam logs with its traceback, after the run has failed with it."""
-        if isinstance(self.data_conn._exception, WorkerNotStarted):
-            self.data_conn._exception = None
+        with self._closing:
+            self._closed.set()
+            if isinstance(self.data_conn._exception, WorkerNotStarted):
+                self.data_conn._exception = None
         super().close()
 
 

@@ -191,6 +191,32 @@ def test_a_portable_run_whose_pool_starts_no_worker_fails_once_the_start_timeout
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_a_portable_run_whose_pool_has_no_python_fails_naming_it(tmp_path):
+    """The pool could not start `python` (a container or virtual environment with python3 only): Beam's
+    RuntimeError ended the run with a traceback naming neither the pool nor the fix."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    (tmp_path / "empty-bin").mkdir()
+    port = free_port()
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(tmp_path / "empty-bin")},
+    )
+    try:
+        wait_for_port(port, pool)
+        result = run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                         f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
+                         "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
+    finally:
+        pool.terminate()
+        pool.wait(timeout=30)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the worker pool at localhost:{port} could not start a worker (FileNotFoundError: ")
+    assert last.endswith("): it starts `python` from its PATH, which must have apache_beam and this project")
+    assert "Traceback" not in result.stderr
+
+
 def test_a_portable_run_whose_pool_does_not_answer_fails_naming_it(tmp_path):
     """It failed with gRPC's traceback, which named neither the pool's option nor how to start one."""
     write_shards(tmp_path / "kb", rows=20, shards=1)
