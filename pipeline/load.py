@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -146,6 +147,18 @@ class Run:
         if (was := self.checked.get(path)) is not None:
             _refuse_if_changed(path, was, self.path, rows)
 
+    @contextlib.contextmanager
+    def reading(self, path: str) -> Iterator[None]:
+        """Around a read of `path` again: a read that fails on a file changed since its check (gone, cut
+        short: an OSError, pyarrow's or the storage client's own) fails as changed, which says why."""
+        try:
+            yield
+        except LoadError:
+            raise
+        except Exception:
+            self.check_unchanged(path)
+            raise
+
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
@@ -186,9 +199,13 @@ def _refuse_if_changed(path: str, was: Checked, run_dir: str, rows: int | None =
 
 
 def _stamp(path: str) -> tuple[int, float] | None:
-    """The file's size and time of last change; None when it is gone."""
-    found = FileSystems.match([path])[0].metadata_list
-    return (found[0].size_in_bytes, found[0].last_updated_in_seconds) if found else None
+    """The file's size and time of last change; None when it is gone. Asked of the file itself: a match
+    would read `[` or `?` in a folder's name as a wildcard."""
+    try:
+        found = FileSystems.get_filesystem(path).metadata(path)
+    except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
+        return None
+    return found.size_in_bytes, found.last_updated_in_seconds
 
 
 def read_manifest(run_dir: str) -> dict:
@@ -803,7 +820,7 @@ class PgvectorLoader:
                 copy.set_types(types)
                 for path in run.files[kind]:
                     starts.append(rows + 1)
-                    with _open(path) as f:
+                    with run.reading(path), _open(path) as f:
                         for batch in pq.ParquetFile(f).iter_batches(batch_size=COPY_ROWS, columns=schema.names):
                             _check_id_bytes(batch, id_name, path)
                             _check_text(batch, id_name, path)
@@ -1090,7 +1107,7 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
 def _file_schema(run: Run, kind: str = "embeddings") -> pa.Schema:
     if not run.files[kind]:
         raise LoadError(f"{run.path}: the run has no {kind} files")
-    with _open(run.files[kind][0]) as f:
+    with run.reading(run.files[kind][0]), _open(run.files[kind][0]) as f:
         return pq.ParquetFile(f).schema_arrow
 
 
@@ -1209,8 +1226,9 @@ def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETE
         )  # fmt: skip
     try:
         export = write_import_files(
-            run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"], run.check_unchanged
-        )
+            run.files["embeddings"], output, run.manifest["columns"]["id"], run.manifest["model"], run.reading,
+            run.check_unchanged,
+        )  # fmt: skip
     except OSError as e:  # Beam's BeamIOError too: a file where the folder should be, no permission
         raise LoadError(f"--output {output}: cannot write there ({e})") from e
     earlier = f" (replacing an earlier export; {export.removed} of its files removed)" if export.removed else ""
@@ -1237,9 +1255,6 @@ def main(argv: list[str] | None = None) -> int:
             print(export_pinecone(run, args.output, args.max_deleted_share))
     except (LoadError, ValueError) as e:
         print(error_line(e), file=sys.stderr)
-        return 1
-    except OSError as e:  # a file gone as it was read again, after its check (a run writing the folder again)
-        print(error_line(f"{e}; nothing was {'loaded' if args.target == 'pgvector' else 'exported'}"), file=sys.stderr)
         return 1
     return 0
 

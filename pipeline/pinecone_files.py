@@ -237,13 +237,18 @@ def _write(tables: Iterator[pa.Table], schema: pa.Schema, path: str) -> int:
 
 
 def write_import_files(
-    files: list[str], output: str, id_column: str, model_block: dict, read_whole: Callable[[str], None]
+    files: list[str],
+    output: str,
+    id_column: str,
+    model_block: dict,
+    reading: Callable[[str], contextlib.AbstractContextManager],
+    read_whole: Callable[[str], None],
 ) -> Export:
     """Each embeddings file holding a vector Pinecone takes as `output/part-<this export>-NNNNN.parquet` in the
     import layout. A folder an earlier export wrote is reused: once every file of this one is written, the
     earlier one's are removed, since Pinecone imports every file of the folder; an export that fails removes
-    its own files and leaves the earlier one's as they were. `read_whole(path)` is called once a file is read,
-    to fail the export if it changed meanwhile."""
+    its own files and leaves the earlier one's as they were. Each file is read within `reading(path)`, and
+    `read_whole(path)` called once it is read, to fail the export if it changed since it was checked."""
     quantizer, passages = Quantizer.from_block(model_block), has_passages(model_block)
     if quantizer.dtype == "binary":
         raise ValueError("binary vectors have no Pinecone form: run with another --vector_dtype")
@@ -273,7 +278,8 @@ def write_import_files(
     try:
         for number, path in enumerate(files):
             part = FileSystems.join(folder, f"{name}-{number:05d}.parquet")
-            rows = _write(import_tables(path), IMPORT_SCHEMA, part)
+            with reading(path):
+                rows = _write(import_tables(path), IMPORT_SCHEMA, part)
             if rows:
                 written.append(part)
                 export.rows += rows

@@ -753,7 +753,7 @@ def test_a_file_rewritten_or_removed_after_its_check_is_not_loaded(postgres, day
     """The loader checks every file, then reads it again to copy it: a run writing the folder meanwhile
     (a rerun with --overwrite) loaded another night's rows, recorded as the checked run's, or failed
     with a traceback once a file was gone."""
-    night = shutil.copytree(day_one, tmp_path / "night")
+    night = shutil.copytree(day_one, tmp_path / "night[1]")  # a wildcard's character: the file's own name
     run = read_run(str(night))
     file = run.files["embeddings"][0]
     other = day_two / read_manifest(day_two)["files"]["embeddings"][0]
@@ -778,7 +778,10 @@ def test_a_file_rewritten_or_removed_after_its_check_is_not_loaded(postgres, day
 
     monkeypatch.setattr("pipeline.load.read_run", removed_once_checked)
     assert main(["pgvector", "--dsn", postgres, "--table", table, str(night)]) == 1
-    assert capsys.readouterr().err == f"error: [Errno 2] No such file or directory: '{file}'; nothing was loaded\n"
+    assert capsys.readouterr().err == (
+        f"error: {file}: changed since it was checked against manifest.json (a run writing {night} again?); "
+        "nothing was loaded: load the run once it has finished\n"
+    )
     assert table_state(postgres, table) == (None, {}, None)
 
 
