@@ -80,8 +80,10 @@ class _ToUnits(beam.DoFn):
     def _without_tokens(self, texts: pa.Array) -> np.ndarray:
         """Which texts hold no token the model knows: only characters its tokenizer drops (zero-width
         spaces, control characters, lone combining accents), so the model would see the empty text, the
-        same vector for each. Only texts without a letter or a digit, which always make a token, are
-        tokenised: the rest stay in Arrow."""
+        same vector for each. Only texts without a letter or a digit are tokenised (whole: they are rare);
+        the rest stay in Arrow, taken to hold a token, as they do with every tokenizer that maps what it does
+        not know to an unknown token or to bytes (a BPE without either may drop a letter: such a text is
+        embedded as before)."""
         lettered = pc.match_substring_regex(texts, r"[\pL\pN]").to_numpy(zero_copy_only=False)
         candidates = np.flatnonzero(~lettered)
         without = np.zeros(len(texts), dtype=bool)
