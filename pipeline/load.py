@@ -63,6 +63,7 @@ from schemas.inputs import is_uuid
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
 from transforms.paths import not_a_folder
+from transforms.read import PlannedFile
 from transforms.write import CHANGES_DIR, MANIFEST
 
 if TYPE_CHECKING:
@@ -128,8 +129,7 @@ CHANGE_KINDS = ("upserts", "deletes")  # those of a run whose load was skipped
 class Checked:
     """A file as it was when its bytes were checked against the manifest."""
 
-    size: int
-    modified: float  # the file system's time of its last change (an object's generation's, on object storage)
+    file: PlannedFile  # its size and time of last change then
     rows: int
 
 
@@ -191,21 +191,11 @@ def _checked_run(run_dir: str, manifest: dict, kinds: tuple[str, ...]) -> Run:
 
 
 def _refuse_if_changed(path: str, was: Checked, run_dir: str, rows: int | None = None) -> None:
-    if _stamp(path) != (was.size, was.modified) or rows not in (None, was.rows):
+    if not was.file.listed_as_planned(was.file.now()) or rows not in (None, was.rows):
         raise LoadError(
             f"{path}: changed since it was checked against {MANIFEST} (a run writing {run_dir} again?); "
             "nothing was loaded: load the run once it has finished"
         )
-
-
-def _stamp(path: str) -> tuple[int, float] | None:
-    """The file's size and time of last change; None when it is gone. Asked of the file itself: a match
-    would read `[` or `?` in a folder's name as a wildcard."""
-    try:
-        found = FileSystems.get_filesystem(path).metadata(path)
-    except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
-        return None
-    return found.size_in_bytes, found.last_updated_in_seconds
 
 
 def read_manifest(run_dir: str) -> dict:
@@ -240,8 +230,8 @@ def _checked(run_dir: str, name: str, checks: dict) -> tuple[str, Checked]:
     expected = checks.get(name)
     if expected is None:
         raise LoadError(f"{path}: listed without checks in {MANIFEST}")
-    stamp = _stamp(path)
-    if stamp is None:
+    file = PlannedFile.at(path)
+    if file is None:
         raise LoadError(f"{path}: listed in {MANIFEST} but missing")
     digest, size = hashlib.sha256(), 0
     with _open(path) as f:
@@ -257,7 +247,7 @@ def _checked(run_dir: str, name: str, checks: dict) -> tuple[str, Checked]:
         rows = pq.ParquetFile(f).metadata.num_rows
     if rows != expected["rows"]:
         raise LoadError(f"{path}: {rows} rows, but {MANIFEST} says {expected['rows']}")
-    checked = Checked(*stamp, rows)
+    checked = Checked(file, rows)
     _refuse_if_changed(path, checked, run_dir)  # not while it was read
     return path, checked
 

@@ -51,13 +51,19 @@ class PlannedFile:
         times = utc_times(path, metadata.last_updated_in_seconds)
         return cls(path, metadata.size_in_bytes, times[0], times[1] if len(times) > 1 else None)
 
-    def now(self) -> PlannedFile | None:
-        """The file as its file system reports it now; None when it is gone."""
+    @classmethod
+    def at(cls, path: str) -> PlannedFile | None:
+        """The file at `path` as its file system reports it now (asked of it, not matched: `[` or `?` in a
+        name is no wildcard); None when it is gone."""
         try:
-            metadata = FileSystems.get_filesystem(self.path).metadata(self.path)
+            metadata = FileSystems.get_filesystem(path).metadata(path)
         except OSError:  # Beam's file systems raise BeamIOError, an OSError, for a file that is not there
             return None
-        return PlannedFile.found(self.path, metadata)
+        return cls.found(path, metadata)
+
+    def now(self) -> PlannedFile | None:
+        """The file as its file system reports it now; None when it is gone."""
+        return PlannedFile.at(self.path)
 
     def listed_as_planned(self, listed: PlannedFile | None) -> bool:
         """Whether `listed`, read in a worker, is the version the launcher planned: the same size and the
