@@ -361,6 +361,7 @@ class PgvectorLoader:
                 f"at most {NAME_BYTES}: rename it in the input, or leave it out of --carry_columns"
             )
         with self._psycopg.connect(self._dsn) as connection:
+            self._check_index_memory(connection)
             with connection.transaction():  # one loader at a time sets up: two first loads would race
                 connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [LOADS_TABLE])
                 loads = self._bookkeeping(connection)
@@ -695,6 +696,19 @@ class PgvectorLoader:
             time.monotonic() - started,
         )
         return f"{rows} rows of run {run.run_id} loaded ({how})"
+
+    def _check_index_memory(self, connection) -> None:
+        """A --index_memory the server does not take (not a size, past its 2 TB) is refused before anything
+        is done: it was refused only as the index was to be built, after the whole COPY."""
+        try:
+            with connection.transaction():  # set for this check's transaction only
+                connection.execute("SELECT set_config('maintenance_work_mem', %s, true)", [self._index_memory])
+        except self._psycopg.errors.InvalidParameterValue as e:
+            said = "; ".join(part for part in (e.diag.message_primary, e.diag.message_hint) if part)
+            raise LoadError(
+                f"--index_memory {self._index_memory}: PostgreSQL does not take it as maintenance_work_mem ({said}); "
+                "nothing was loaded"
+            ) from e
 
     def _build_index(self, connection, create: Composable) -> None:
         """Builds the index, in parallel where PostgreSQL plans maintenance workers. Their shared memory, as

@@ -1292,3 +1292,17 @@ def test_an_index_whose_parallel_build_cannot_get_shared_memory_is_built_without
     smaller = load(postgres, copied_run(day_one, tmp_path / "again", "small-build"), TABLE, "--index_memory", "32MB")
     assert smaller.returncode == 0, smaller.stderr
     assert "shared memory" not in smaller.stderr  # 32 MB fits: no second build
+
+
+@pytest.mark.parametrize("memory", ["lots", "3TB"])
+def test_an_index_memory_the_server_refuses_fails_the_load_before_any_row_is_copied(postgres, day_one, memory):
+    """A value PostgreSQL does not take for maintenance_work_mem (not a size, or past its 2 TB) was refused
+    only as the index was to be built, after the whole COPY: an hour's load, then nothing."""
+    table = f"kb_memory_{memory.lower()}"
+    result = load(postgres, day_one, table, "--index_memory", memory)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: --index_memory {memory}: PostgreSQL does not take it as maintenance_work_mem ("
+    )
+    assert "copied" not in result.stderr
+    assert table_state(postgres, table) == (None, {}, None)
