@@ -471,10 +471,19 @@ def _published(plan: JobPlan) -> bool:
         return False
 
 
+def _forget_earlier_runs() -> None:
+    """What stopped or ended an earlier run in this process (a scheduler's task may call main again) says
+    nothing of this one."""
+    for said in (_STOPPED_BY, _STOPPED_LATE, _WORKER_EXITS):
+        said.clear()
+    _WORKER_LOST.clear()
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """`started`: as for `run`; the command line passes when this process began."""
     argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic() if started is None else started
+    _forget_earlier_runs()
     configure_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger(_WORKER_LOGGERS[0]).setLevel(logging.INFO)  # kept to the job's own lines by WorkerLogs

@@ -119,6 +119,35 @@ def test_a_stop_once_the_manifest_is_written_leaves_the_run_published_and_exits_
     ]
 
 
+STOPPED_THEN_RUN_AGAIN = """
+import os, signal, sys
+import pipeline.run as run
+read = run._read_manifest
+def stopped_as_read(output):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return read(output)
+run._read_manifest = stopped_as_read
+shard, output = sys.argv[1:]
+assert run.main(["--input", shard, "--output", output + "-1"], started=run.process_started()) == 0
+run._read_manifest = read
+sys.stderr.write("SECOND RUN\\n")
+run._exit(run.main(["--input", shard, "--output", output + "-2"], started=run.process_started()))
+"""
+
+
+def test_a_stop_is_told_of_the_run_it_stopped_not_of_the_next_run_in_the_process(tmp_path):
+    """A process that runs the job twice (a scheduler's task calling main) said of its second, unstopped
+    run that it had been stopped by the first's signal: the stop was kept for the process, not the run."""
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
+    command = [sys.executable, "-c", STOPPED_THEN_RUN_AGAIN, str(shard), str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stderr.split("SECOND RUN\n")
+    assert "stopped by SIGTERM after the manifest was written" in first
+    assert "stopped" not in second
+    assert result.stdout.count("embedded 2 of 2 rows ") == 2
+
+
 def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
     def interrupted(argv, started):
         raise KeyboardInterrupt
