@@ -175,12 +175,22 @@ def _stopped(record: logging.LogRecord) -> bool:
     return record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
 
 
-def _first_and_last_line(text: str) -> str:
-    """A multi-line message (a traceback Beam's worker logs with its failure) as its first line and its
-    last, which names the exception: the run's end reports the failure once, in full where it is not
-    one of the job's own."""
+# Lines of a Python traceback that name no exception; its frames, like Java's, are indented.
+_TRACEBACK_LINES = (
+    "Traceback (most recent call last):",
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _one_line(text: str) -> str:
+    """A multi-line message (a traceback Beam's worker logs with its failure, a Flink job's Java stack trace)
+    as its lines that are not stack frames, joined: its first, and each exception of a chain (Python's, Java's
+    `Caused by:`), where what failed is named. The run's end reports the failure once, in full where it is
+    not one of the job's own."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return text if len(lines) < 2 else f"{lines[0]} ... {lines[-1].strip()}"
+    kept = [line.strip() for line in lines if not line[0].isspace() and line.strip() not in _TRACEBACK_LINES]
+    return " ... ".join(kept or lines[:1])
 
 
 def _with_error_type(record: logging.LogRecord) -> str:
@@ -218,9 +228,9 @@ class WorkerLogs(logging.Filter):
             if not self._report(text) and (
                 record.levelno >= logging.WARNING
                 or any(f in message for f in self._job_folders)
-                and self._first_time(_first_and_last_line(text))
+                and self._first_time(_one_line(text))
             ):
-                record.name, record.msg, record.args = "worker", _first_and_last_line(text), ()
+                record.name, record.msg, record.args = "worker", _one_line(text), ()
                 self._line.finish()
                 return True
             return False
@@ -235,7 +245,7 @@ class WorkerLogs(logging.Filter):
                 return False
             record.name = "worker"
         if record.levelno >= logging.ERROR:  # Beam's records of a failed bundle carry its traceback
-            record.msg, record.args = _first_and_last_line(_with_error_type(record)), ()
+            record.msg, record.args = _one_line(_with_error_type(record)), ()
             record.exc_info = record.exc_text = None
         self._line.finish()
         return True

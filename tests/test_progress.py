@@ -232,3 +232,58 @@ def test_a_line_every_worker_logs_alike_is_shown_once_and_a_warning_every_time()
         "a warning",
         "a warning",
     ]
+
+
+def _protobuf_text(text: str) -> str:
+    """`text` as protobuf's text format writes a string: quotes and newlines escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _root_error(text: str) -> logging.LogRecord:
+    """A record a portable runner logs on the root logger: the job service's message, as Flink sends it."""
+    return logging.LogRecord("root", logging.ERROR, "portable_runner.py", 1, "%s", (text,), None)
+
+
+def test_an_error_with_a_stack_trace_keeps_its_message_and_each_cause_without_the_frames():
+    """A Flink job's failure reaches the launcher as Java's stack trace: cut to its first and last line it
+    read `...Job failed (JobID: 1f2e) ... ... 3 more`, the `Caused by:` lines naming what failed gone."""
+    logs = WorkerLogs(ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"))
+    java = _root_error(
+        "org.apache.flink.client.program.ProgramInvocationException: Job failed (JobID: 1f2e)\n"
+        "\tat org.apache.flink.client.program.rest.RestClusterClient.lambda$null$6(RestClusterClient.java:268)\n"
+        "\tat java.base/java.util.concurrent.CompletableFuture.uniApply(CompletableFuture.java:642)\n"
+        "Caused by: org.apache.flink.runtime.client.JobExecutionException: Job execution failed.\n"
+        "\tat org.apache.flink.runtime.jobmaster.JobResult.toJobExecutionResult(JobResult.java:144)\n"
+        "\t... 19 more\n"
+        "Caused by: java.lang.RuntimeException: Error received from SDK harness for instruction 4: disk full\n"
+        "\tat org.apache.beam.runners.fnexecution.control.FnApiControlClient.onNext(FnApiControlClient.java:180)\n"
+        "\t... 3 more\n"
+    )
+    python = _forwarded(
+        logging.ERROR,
+        _protobuf_text(
+            "Error processing instruction 4. Original traceback is\n"
+            "Traceback (most recent call last):\n"
+            '  File "/job/transforms/write.py", line 10, in write\n'
+            "    self._file.write(batch)\n"
+            "    ^^^^^^^^^^^^^^^^^^^^^^^\n"
+            "OSError: [Errno 28] No space left on device\n"
+            "\n"
+            "The above exception was the direct cause of the following exception:\n"
+            "\n"
+            "Traceback (most recent call last):\n"
+            '  File "/beam/worker/sdk_worker.py", line 300, in _execute\n'
+            "    response = task()\n"
+            "RuntimeError: OSError: [Errno 28] No space left on device [while running 'Write']\n"
+        ),
+    )
+    assert logs.filter(java) and logs.filter(python)
+    assert java.getMessage() == (
+        "org.apache.flink.client.program.ProgramInvocationException: Job failed (JobID: 1f2e) ... "
+        "Caused by: org.apache.flink.runtime.client.JobExecutionException: Job execution failed. ... "
+        "Caused by: java.lang.RuntimeException: Error received from SDK harness for instruction 4: disk full"
+    )
+    assert python.getMessage() == (
+        "Error processing instruction 4. Original traceback is ... OSError: [Errno 28] No space left on device ... "
+        "RuntimeError: OSError: [Errno 28] No space left on device [while running 'Write']"
+    )
