@@ -743,10 +743,7 @@ def prepare_output(
     except OSError as e:  # Beam's BeamIOError: a retention-held object, no permission to delete
         owner.release()
         raise InputError(f"--output {output}: cannot replace the files there ({one_line(e)})") from e
-    remove_temp_files(output)
-    changes = os.path.join(output, CHANGES_DIR)
-    if not is_url(output) and os.path.isdir(changes) and not os.listdir(changes):
-        os.rmdir(changes)  # a local folder the replaced change set left empty (object stores have none)
+    remove_temp_files(output)  # and the folder a replaced change set left empty
     return owner
 
 

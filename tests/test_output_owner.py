@@ -100,6 +100,22 @@ def test_a_manifest_a_stopped_run_never_renamed_is_removed_with_the_temporary_fi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
 
 
+@pytest.mark.parametrize("inside", [[], ["beam-temp-upserts-1234/part.parquet"]])
+def test_a_stopped_run_with_a_change_set_leaves_no_empty_changes_folder(tmp_path, inside):
+    """A run with --previous stopped early (SIGTERM 14 s in) left `changes/` behind, empty or holding
+    only Beam's temporary folder; one holding anything else is kept."""
+    for name in inside:
+        (tmp_path / CHANGES_DIR / name).parent.mkdir(parents=True)
+        (tmp_path / CHANGES_DIR / name).write_text("")
+    (tmp_path / CHANGES_DIR).mkdir(exist_ok=True)
+    remove_temp_files(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / CHANGES_DIR).mkdir()
+    (tmp_path / CHANGES_DIR / "notes.txt").write_text("not ours")
+    remove_temp_files(str(tmp_path))
+    assert [p.name for p in (tmp_path / CHANGES_DIR).iterdir()] == ["notes.txt"]
+
+
 def test_overwriting_a_run_with_a_change_set_leaves_no_empty_changes_folder(tmp_path):
     """The README: a run without --previous writes no `changes/` folder; the replaced run's files went,
     and their folder stayed."""

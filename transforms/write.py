@@ -9,9 +9,11 @@ holds it (transforms.output_owner).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -294,7 +296,8 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
 def remove_temp_files(output: str) -> None:
     """A failed run leaves Beam's temporary write folders behind (beside each kind of file), as does
     one whose directory was taken over, after it, and perhaps its manifest not yet renamed into
-    place; they are not outputs."""
+    place; they are not outputs. So is a local `changes/` folder left empty (by them, or by a replaced
+    run's change set)."""
     temporary = set()
     for pattern in (FileSystems.join(output, "beam-temp-*"), FileSystems.join(output, CHANGES_DIR, "beam-temp-*")):
         if is_url(output):  # object stores: a folder is the prefix of its objects, which are deleted one by one
@@ -305,6 +308,9 @@ def remove_temp_files(output: str) -> None:
     manifests = FileSystems.match([FileSystems.join(output, MANIFEST + ".*.tmp")])[0].metadata_list
     if temporary or manifests:
         FileSystems.delete(sorted(temporary) + [m.path for m in manifests])
+    if not is_url(output):  # the change set's folder, made as the run began (object stores hold no folders)
+        with contextlib.suppress(OSError):  # holding anything, it is kept
+            os.rmdir(os.path.join(output, CHANGES_DIR))
 
 
 def output_files(output_dir: str) -> dict[str, str]:
