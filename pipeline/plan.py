@@ -55,7 +55,7 @@ from schemas.inputs import (
     type_holding_both,
     typed_by_values,
 )
-from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages
+from schemas.outputs import PASSAGE_FIELDS, check_column_names, check_previous_file, has_passages, written_columns
 from transforms.embed import EncoderHandler
 from transforms.id_buckets import bucketable
 from transforms.model_store import DEFAULT_MODEL_NAME, model_folder
@@ -924,16 +924,22 @@ def read_previous(path: str, columns: InputColumns, model_block: dict) -> Previo
             except InputError as e:
                 raise InputError(f"--previous {path}: {e}; leave --previous out to embed every row afresh") from e
             id_type = found.field(columns.id.name).type
+    passages = has_passages(manifest["model"])
     carried = [f.name for f in columns.carry]
     if forgotten := [name for name in manifest["columns"]["carried"] if name not in carried]:
+        own = written_columns(has_passages(model_block))  # not to be carried tonight
+        keepable = [name for name in forgotten if name not in own]
+        advice = [f"pass --carry_columns {carry_columns_value([*carried, *keepable])} to keep them"] if keepable else []
+        if len(keepable) < len(forgotten):
+            advice.append(f"this run writes a column {quoted([n for n in forgotten if n in own])} of its own")
         _LOG.warning(
-            "--previous %s carried %s, this run does not: its rows are written without them (restated in the "
-            "change set) and a loader drops those columns; pass --carry_columns %s to keep them",
+            "--previous %s carried %s, this run does not: its rows are written without them%s and a loader drops "
+            "those columns; %s",
             path,
             quoted(forgotten),
-            carry_columns_value(list(dict.fromkeys([*carried, *manifest["columns"]["carried"]]))),
+            " (restated in the change set)" if passages == has_passages(model_block) else "",  # else no change set
+            "; ".join(advice),
         )
-    passages = has_passages(manifest["model"])
     offsets = [f.name for f in PASSAGE_FIELDS[1:]] if passages else []
     written = [*offsets, *manifest["columns"]["carried"]]
     return PreviousRun(

@@ -105,11 +105,16 @@ def embeddings_schema(columns: InputColumns, model_block: dict, passages: bool) 
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(model_block).encode()})
 
 
+def written_columns(passages: bool) -> set[str]:
+    """The columns the job writes of its own beside the id and the carried ones."""
+    return {CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, *(f.name for f in PASSAGE_FIELDS if passages)}
+
+
 def check_column_names(columns: InputColumns, passages: bool) -> None:
     """An input column may not share its name with one the job writes: the files would hold it twice,
     which pandas and pyarrow refuse to read. The id is also written to the rejects, beside their own
     columns; renaming either there would have a reader looking one up by name get the other."""
-    written = {CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, *(f.name for f in PASSAGE_FIELDS if passages)}
+    written = written_columns(passages)
     roles = {"--id_column": [columns.id.name], "--text_column": [columns.text]}
     roles["--carry_columns"] = [f.name for f in columns.carry]
     for role, names in roles.items():

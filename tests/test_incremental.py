@@ -188,6 +188,27 @@ def test_a_dropped_carried_column_restates_every_row_and_passages_after_rows_mak
     manifest = read_manifest(passages)
     assert "changes" not in manifest and set(manifest["files"]) == {"embeddings", "rejected"}
     assert not (passages / "changes").exists()
+    assert (  # no change set to restate them in
+        f"WARNING pipeline.plan: --previous {day_one / 'out1'} carried 'title', this run does not: its rows are "
+        "written without them and a loader drops those columns; pass --carry_columns title to keep them"
+    ) in result.stderr
+
+
+def test_a_carried_column_named_as_the_passages_column_is_not_advised_back_the_night_passages_begin(day_one):
+    """The night's warning advised `--carry_columns chunk` for yesterday's carried `chunk`, which a run
+    with passages refuses: it writes its own `chunk`, the passage's number."""
+    shard = write_parquet(day_one / "chunked" / "kb.parquet", id=IDS, text=TEXTS, chunk=[f"c{i}" for i in range(40)])
+    rows = run_cli("--input", str(shard), "--output", str(day_one / "out-chunk1"), "--carry_columns", "chunk")
+    assert rows.returncode == 0, rows.stderr
+    result = run_cli(
+        "--input", str(shard), "--output", str(day_one / "out-chunk2"), "--previous", str(day_one / "out-chunk1"),
+        "--chunk_tokens", "128",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"WARNING pipeline.plan: --previous {day_one / 'out-chunk1'} carried 'chunk', this run does not: its rows "
+        "are written without them and a loader drops those columns; this run writes a column 'chunk' of its own"
+    ) in result.stderr
 
 
 def carried_night(root, name: str, number: int, **carried: pa.Array) -> dict:
