@@ -489,3 +489,24 @@ def test_a_float_id_minus_0_is_shown_as_written_in_rejects_and_deletes(tmp_path)
     assert run_cli("--input", str(night2), "--output", str(out2), "--previous", str(out1)).returncode == 0
     deletes = pq.read_table(sorted((out2 / "changes").glob("deletes-*.parquet"))).column("id").to_numpy()
     assert (deletes.tolist(), np.signbit(deletes).tolist()) == ([0.0], [True])
+
+
+def test_a_previous_id_tonights_type_cannot_hold_fails_with_the_previous_runs_advice(tmp_path):
+    """Yesterday's ids in nanoseconds (pandas), tonight's in microseconds (Spark): an id of yesterday's with a
+    part below the microsecond cannot be read as tonight's type. The error named the file, but not that it
+    was --previous's, nor what to do."""
+    nanoseconds = pa.array([1_000_000_000_000_000_001, 1_000_000_000_000_001_000], pa.timestamp("ns", "UTC"))
+    night1 = write_parquet(tmp_path / "d1" / "a.parquet", id=nanoseconds, text=["one", "two"])
+    first = run_cli("--input", str(night1), "--output", str(tmp_path / "t1"))
+    assert first.returncode == 0, first.stderr
+    microseconds = pa.array([1_000_000_000_000_001], pa.timestamp("us", "UTC"))
+    night2 = write_parquet(tmp_path / "d2" / "a.parquet", id=microseconds, text=["two"])
+    result = run_cli("--input", str(night2), "--output", str(tmp_path / "t2"), "--previous", str(tmp_path / "t1"))
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    name = read_manifest(tmp_path / "t1")["files"]["embeddings"][0]
+    assert last.startswith(f"error: {tmp_path / 't1' / name}: column 'id' at row 0 cannot be read as "), last
+    assert last.endswith(
+        f"; a file of --previous {tmp_path / 't1'}: pass another finished run, or leave --previous out to embed "
+        "every row afresh"
+    ), last

@@ -366,7 +366,10 @@ class _ReadRowGroups(beam.DoFn):
             for batch in batches:
                 if exact is not None:
                     check_int96_nanoseconds(batch, next(exact), group.path, first_row)
-                batch = cast_columns(batch, group.casts, group.path, first_row)
+                try:
+                    batch = cast_columns(batch, group.casts, group.path, first_row)
+                except InputError as e:  # a value the run's type cannot hold: what to do depends on whose file
+                    raise InputError(f"{e}{self._advice}") from e
                 yield ShardBatch(group.path, np.arange(first_row, first_row + batch.num_rows, dtype=np.int64), batch)
                 first_row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
