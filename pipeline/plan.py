@@ -7,6 +7,7 @@ fail here, in seconds, before any worker starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -250,9 +251,10 @@ class _Listing:
                 regex = glob_regex(pattern)
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
+            linked, unreadable = ([], []) if is_url(pattern) else _through_links(pattern)
             if whole:
-                self._check_read_whole(named, pattern, regex, self._unreadable[prefix])
-            found = [m for m in self._prefixes[prefix] if regex.match(m.path)]
+                self._check_read_whole(named, pattern, regex, [*self._unreadable[prefix], *unreadable])
+            found = [m for m in [*self._prefixes[prefix], *linked] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
@@ -300,7 +302,8 @@ def _unreadable_places(top: str) -> list[Unreadable]:
     whose files it cannot stat; and the links among their files it cannot follow (the target gone, or in a
     folder it cannot enter), which it passes over as it does a file gone since listed. One gone since it was
     seen (a writer's work folder, cleaned up) holds no files to miss; a `lost+found` folder, a file system's
-    own (on a disk's root), none of the job's. Links to folders are not entered, as Beam's listing enters none.
+    own (on a disk's root), none of the job's. Links to folders are not entered, as Beam's listing enters none
+    (those the pattern's names match: _through_links).
     Listed with os.scandir, whose entries say which are links without a stat each."""
     found: list[Unreadable] = []
     pending = [top]
@@ -331,6 +334,54 @@ def _unreadable_places(top: str) -> list[Unreadable]:
             elif entry.is_dir(follow_symlinks=False) and entry.name != "lost+found":
                 pending.append(entry.path)
     return sorted(found)
+
+
+def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
+    """The files a local pattern may match through links to folders that its names, below its first
+    wildcard, match (`kb/*/*.parquet`, kb/team-a a link to a folder): Beam's listing enters no link, and a
+    shell's glob follows them. At a `**` (which in bash follows none) a followed link's folder is listed
+    whole, as Beam lists one; nowhere else is a link entered, so that no loop of links is gone round.
+    With them, the places among them the job cannot read (as _unreadable_places finds them)."""
+    top, rest = split_at_wildcard(pattern)
+    names = rest.split("/")
+    regexes = [None if "**" in name else glob_regex(name) for name in names]
+    files: list[FileMetadata] = []
+    unreadable: list[Unreadable] = []
+    pending = [(top.rstrip("/") or "/", 0, False)]  # a folder, the depth of its entries' name, through a link
+    while pending:
+        folder, depth, linked = pending.pop()
+        regex = regexes[depth]
+        if regex is None:
+            if linked:
+                files += FileSystems.match([f"{folder}/**"])[0].metadata_list
+                unreadable += _unreadable_places(folder)
+            continue
+        try:
+            with os.scandir(folder) as listed:
+                entries = [entry for entry in listed if regex.match(entry.name)]
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
+            continue
+        last = depth == len(names) - 1
+        for entry in entries:
+            try:
+                is_folder, is_file = entry.is_dir(), entry.is_file()  # through a link
+            except OSError:
+                is_folder = is_file = False
+            if is_folder and not last:
+                pending.append((entry.path, depth + 1, linked or entry.is_symlink()))
+            elif is_file and linked and last:
+                with contextlib.suppress(OSError):  # gone since it was listed
+                    status = entry.stat()
+                    files.append(FileMetadata(entry.path, status.st_size, status.st_mtime))
+            elif linked and entry.is_symlink() and not (is_folder or is_file):
+                try:
+                    os.stat(entry.path)
+                except OSError as e:  # its target gone, or in a folder the job cannot enter
+                    unreadable.append(Unreadable(entry.path, e.strerror, link=True))
+    return files, unreadable
 
 
 def _not_entered(path: str) -> str:

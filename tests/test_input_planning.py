@@ -187,6 +187,36 @@ def test_a_file_two_spellings_reach_through_a_link_is_read_once(tmp_path):
     assert [f.path for f in found] == [str(kb / "a.parquet"), f"{tmp_path}/current/b.parquet"]  # first spellings
 
 
+def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it(tmp_path):
+    """`kb/*/*.parquet` with kb/team-a a link to a folder elsewhere (a mount, a shared disk) left team-a's
+    files out of the run without a word, and with --previous their rows were deleted from the table. A
+    shell's glob reads them; so does the job, a file two spellings reach once. As bash's `**` follows no
+    link, neither does the job's; below a link it follows, `**` takes in every file."""
+    elsewhere, kb = tmp_path / "elsewhere", tmp_path / "kb"
+    write_parquet(elsewhere / "team-a" / "a.parquet", id=["a"], text=["one"])
+    write_parquet(elsewhere / "team-a" / "deep" / "d.parquet", id=["d"], text=["four"])
+    write_parquet(kb / "team-b" / "b.parquet", id=["b"], text=["two"])
+    (kb / "team-a").symlink_to(elsewhere / "team-a")
+    (kb / "latest").symlink_to(kb / "team-b")  # the same file as team-b's: read once, under its first spelling
+    (kb / "team-b" / "up").symlink_to(kb)  # a loop, which no pattern here goes round
+    (kb / "gone").symlink_to(tmp_path / "nowhere")
+    found = [f.path for f in match_inputs([f"{kb}/*/*.parquet"])]
+    assert found == [str(kb / "latest" / "b.parquet"), str(kb / "team-a" / "a.parquet")]
+    assert [f.path for f in match_inputs([f"{kb}/team-?/*.parquet"])] == [
+        str(kb / "team-a" / "a.parquet"),
+        str(kb / "team-b" / "b.parquet"),
+    ]
+    assert [f.path for f in match_inputs([f"{kb}/*-a/**"])] == [
+        str(kb / "team-a" / "a.parquet"),
+        str(kb / "team-a" / "deep" / "d.parquet"),
+    ]
+    assert [f.path for f in match_inputs([f"{kb}/**/*.parquet"])] == [str(kb / "team-b" / "b.parquet")]
+    (elsewhere / "team-a" / "a.parquet").unlink()
+    (elsewhere / "team-a" / "x.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    with pytest.raises(InputError, match=r"cannot read .*/kb/team-a/x\.parquet, a link to .*nowhere\.parquet "):
+        match_inputs([f"{kb}/t*-a/*.parquet"])
+
+
 def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_folder(tmp_path, monkeypatch):
     """Beam's `*` stops at a backslash, Windows' separator, which on Linux and object storage is a character
     of a name: `kb/*.parquet` left `kb/a\\b.parquet` out of the run without a word. And Beam finds nothing
