@@ -359,7 +359,7 @@ def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
         try:
             with os.scandir(folder) as listed:
                 entries = [entry for entry in listed if regex.match(entry.name)]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:
             unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
