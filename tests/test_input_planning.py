@@ -211,6 +211,8 @@ def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it
         str(kb / "team-a" / "deep" / "d.parquet"),
     ]
     assert [f.path for f in match_inputs([f"{kb}/**/*.parquet"])] == [str(kb / "team-b" / "b.parquet")]
+    with pytest.raises(InputError, match="^no file matches --input pattern"):  # a file, where a folder would be
+        match_inputs([f"{kb}/team-b/b.parquet/*"])
     (elsewhere / "team-a" / "a.parquet").unlink()
     (elsewhere / "team-a" / "x.parquet").symlink_to(tmp_path / "nowhere.parquet")
     with pytest.raises(InputError, match=r"cannot read .*/kb/team-a/x\.parquet, a link to .*nowhere\.parquet "):
