@@ -10,7 +10,9 @@ the loader checks every file against it before touching the table.
 Copy this file into the Composer environment's dags/ folder, set the Airflow
 variables embed_project, embed_region, embed_bucket, embed_worker_image (the
 image launch.sh pushed, REPOSITORY/gpu-worker:TAG, by its tag and not a digest:
-the template's name is taken from the tag) and embed_table, and the database's
+the template's name is taken from the tag), embed_input (the shards, such as
+gs://bucket/kb/*.parquet) and embed_table (optional: embed_carry_columns, such as
+title,url, and embed_max_deleted_share, 0.5 when unset), and the database's
 DSN as the key `dsn` of the Kubernetes Secret `embed-pgvector` where the load's
 pod runs (Composer 3: `gcloud composer environments user-workloads-secrets
 create`; Composer 2: `kubectl create secret` in composer-user-workloads). The load runs
