@@ -38,6 +38,9 @@ def sha256_hex(value: str) -> str:
     return value.lower()
 
 
+DEVICES = r"auto|cpu|cuda(:[0-9]+)?"  # what --device may name (a regex)
+
+
 def positive_int(value: str) -> int:
     """A count of rows or tokens: a whole number above 0 (0 would stall the job, not fail it early)."""
     try:

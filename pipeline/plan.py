@@ -39,6 +39,7 @@ from encoder.quantize import CALIBRATED, CalibratedModel, Calibration, Calibrati
 from encoder.tokens import TextTokenizer
 from pipeline.options import (
     DEFAULT_CHUNK_OVERLAP,
+    DEVICES,
     EmbedOptions,
     UsageError,
     carry_columns_value,
@@ -1022,7 +1023,7 @@ def threads_per_worker(options: PipelineOptions) -> int | None:
 def check_device(device: str, dtype: str, local: bool) -> None:
     """--device names a device torch knows, and --dtype one it can run there (as far as this
     machine can tell: a remote job's workers may have the GPU the launcher lacks)."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+    if not re.fullmatch(DEVICES, device):
         raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
     if local and device.startswith("cuda"):  # a local run embeds on this machine
         if not cuda_available():

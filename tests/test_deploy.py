@@ -24,6 +24,7 @@ from pathlib import Path
 import apache_beam
 import jinja2
 import jinja2.sandbox
+import pytest
 import yaml
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -67,6 +68,30 @@ def _dockerfile_args(path) -> dict[str, str]:
 
 def _metadata_names() -> list[str]:
     return [p["name"] for p in json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())["parameters"]]
+
+
+@pytest.mark.parametrize(
+    ("name", "taken", "refused"),
+    [
+        ("device", ["auto", "cpu", "cuda", "cuda:1"], ["gpu", "cuda:", "CUDA", "cuda:x"]),
+        ("token_budget", ["1", "131072"], ["0", "-1", "lots", "1.5", ""]),
+        ("chunk_overlap", ["0", "32"], ["-1", "32 tokens"]),
+        ("target_file_mb", ["128", "0.5", ".5", "1."], ["-1", "1e3", "big"]),
+        ("progress_interval", ["0", "30", "2.5"], ["-5", "nan", "inf"]),
+    ],
+)
+def test_flex_template_refuses_a_mistyped_value_as_the_job_would(name, taken, refused):
+    """Without a regex a template parameter takes anything: `token_budget=lots` or `device=gpu` launched a
+    launcher that failed minutes later (exit 2) instead of the launch failing at once."""
+    parameter = next(
+        p for p in json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())["parameters"] if p["name"] == name
+    )
+    [regex] = parameter["regexes"]
+    for value in taken:
+        assert re.search(regex, value), value
+        options = parse_command_line(["--input", "x", "--output", "y", f"--{name}={value}"]).view_as(EmbedOptions)
+        assert str(getattr(options, name)) == value or float(getattr(options, name)) == float(value)
+    assert not [value for value in refused if re.search(regex, value)]
 
 
 def test_flex_template_metadata_is_generated_from_the_jobs_options():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.options import DESCRIPTION, SWITCH, EmbedOptions, sha256_hex
+from pipeline.options import DESCRIPTION, DEVICES, SWITCH, EmbedOptions, interval_seconds, positive_int, sha256_hex
 
 REQUIRED = "(required) "
 # Options for a person at a terminal: a template launch has nowhere to show the plan --plan_only prints,
@@ -20,6 +20,17 @@ REQUIRED = "(required) "
 BY_HAND = ("plan_only",)
 # Options of a job service in the launcher's process (--job_endpoint=embed), which Dataflow never runs.
 NOT_ON_DATAFLOW = ("worker_start_timeout",)
+_DECIMAL = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+# What the template's own check refuses by an option's type: a mistyped number fails the launch at once,
+# not in the launcher minutes later (exit 2).
+TYPE_REGEXES = {
+    SWITCH["type"]: "^(true|false)$",
+    sha256_hex: "^[0-9a-fA-F]{64}$",
+    int: "^[0-9]+$",  # the job's counts: none negative
+    positive_int: "^0*[1-9][0-9]*$",
+    float: _DECIMAL,
+    interval_seconds: _DECIMAL,
+}
 
 
 def metadata() -> dict:
@@ -35,10 +46,10 @@ def metadata() -> dict:
         }
         if action.choices:
             parameter["regexes"] = [f"^({'|'.join(action.choices)})$"]
-        elif action.type is SWITCH["type"]:
-            parameter["regexes"] = ["^(true|false)$"]
-        elif action.type is sha256_hex:
-            parameter["regexes"] = ["^[0-9a-fA-F]{64}$"]
+        elif action.dest == "device":
+            parameter["regexes"] = [f"^({DEVICES})$"]
+        elif action.type in TYPE_REGEXES:
+            parameter["regexes"] = [TYPE_REGEXES[action.type]]
         parameters.append(parameter)
     return {"name": "Parquet embedding job", "description": DESCRIPTION, "parameters": parameters}
 
