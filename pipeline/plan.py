@@ -338,11 +338,14 @@ def _unreadable_places(top: str) -> list[Unreadable]:
 
 
 def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
-    """The files a local pattern may match through links to folders that its names, below its first
-    wildcard, match (`kb/*/*.parquet`, kb/team-a a link to a folder): Beam's listing enters no link, and a
-    shell's glob follows them. At a `**` (which in bash follows none) a followed link's folder is listed
-    whole, as Beam lists one; nowhere else is a link entered, so that no loop of links is gone round.
-    With them, the places among them the job cannot read (as _unreadable_places finds them)."""
+    """The files a local pattern may match through links to folders, which Beam's listing enters none of, as
+    bash's glob reaches them: a link that a name of the pattern below its first wildcard matches is followed
+    (`kb/*/*.parquet`, kb/team-a a link to a folder elsewhere); a `**` crosses no link, but the names after
+    it are looked for in each link to a folder among those it crosses (`kb/**/*.parquet` takes in
+    kb/x/team-a/a.parquet, not kb/x/team-a/deep/d.parquet); at a `**` under a followed link (or a trailing
+    one) every file is taken in, as Beam lists a folder. A link is entered only where a name leads into it,
+    so no loop of links is gone round. With them, the places reached through links that the job cannot read
+    (as _unreadable_places finds them elsewhere)."""
     top, rest = split_at_wildcard(pattern)
     names = rest.split("/")
     regexes = [None if "**" in name else glob_regex(name) for name in names]
@@ -352,18 +355,25 @@ def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
     while pending:
         folder, depth, linked = pending.pop()
         regex = regexes[depth]
+        if regex is None and linked:
+            found, places = _files_under(folder)
+            files += found
+            unreadable += places
         if regex is None:
-            if linked:
-                files += FileSystems.match([f"{folder}/**"])[0].metadata_list
-                unreadable += _unreadable_places(folder)
+            if not linked:
+                trailing = depth == len(names) - 1
+                pending += [(link, depth if trailing else depth + 1, True) for link in _links_to_folders(folder)]
             continue
         try:
             with os.scandir(folder) as listed:
                 entries = [entry for entry in listed if regex.match(entry.name)]
+            if linked and entries:  # a folder that can be listed but not entered: its entries cannot be read
+                os.lstat(entries[0].path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:
-            unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
+            if linked:  # elsewhere, _unreadable_places names it
+                unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
             continue
         last = depth == len(names) - 1
         for entry in entries:
@@ -383,6 +393,29 @@ def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
                 except OSError as e:  # its target gone, or in a folder the job cannot enter
                     unreadable.append(Unreadable(entry.path, e.strerror, link=True))
     return files, unreadable
+
+
+def _links_to_folders(top: str) -> list[str]:
+    """The links to folders under `top`, at any depth, reached without entering one."""
+    return [
+        os.path.join(folder, name)
+        for folder, subfolders, _ in os.walk(top)
+        for name in subfolders
+        if os.path.islink(os.path.join(folder, name))
+    ]
+
+
+def _files_under(top: str) -> tuple[list[FileMetadata], list[Unreadable]]:
+    """Every file under `top`, at any depth, entering no link below it (as Beam lists a folder, without
+    reading its name as a pattern), with the places there the job cannot read."""
+    files = []
+    for folder, _, names in os.walk(top):
+        for name in names:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):  # a link that cannot be followed: among the places below
+                status = os.stat(path)
+                files.append(FileMetadata(path, status.st_size, status.st_mtime))
+    return files, _unreadable_places(top)
 
 
 def _not_entered(path: str) -> str:

@@ -74,9 +74,9 @@ def _metadata_names() -> list[str]:
     ("name", "taken", "refused"),
     [
         ("device", ["auto", "cpu", "cuda", "cuda:1"], ["gpu", "cuda:", "CUDA", "cuda:x"]),
-        ("token_budget", ["1", "131072"], ["0", "-1", "lots", "1.5", ""]),
+        ("token_budget", ["1", "131072", "+512"], ["0", "-1", "lots", "1.5", ""]),
         ("chunk_overlap", ["0", "32"], ["-1", "32 tokens"]),
-        ("target_file_mb", ["128", "0.5", ".5", "1."], ["-1", "1e3", "big"]),
+        ("target_file_mb", ["128", "0.5", ".5", "1.", "1e3", "2.5E-1"], ["-1", "big", "1e", "inf"]),
         ("progress_interval", ["0", "30", "2.5"], ["-5", "nan", "inf"]),
     ],
 )

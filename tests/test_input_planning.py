@@ -190,8 +190,9 @@ def test_a_file_two_spellings_reach_through_a_link_is_read_once(tmp_path):
 def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it(tmp_path):
     """`kb/*/*.parquet` with kb/team-a a link to a folder elsewhere (a mount, a shared disk) left team-a's
     files out of the run without a word, and with --previous their rows were deleted from the table. A
-    shell's glob reads them; so does the job, a file two spellings reach once. As bash's `**` follows no
-    link, neither does the job's; below a link it follows, `**` takes in every file."""
+    shell's glob reads them; so does the job, a file two spellings reach once. As in bash, `**` crosses no
+    link, but the names after it are looked for in the links it meets; below a link it follows, `**` takes
+    in every file."""
     elsewhere, kb = tmp_path / "elsewhere", tmp_path / "kb"
     write_parquet(elsewhere / "team-a" / "a.parquet", id=["a"], text=["one"])
     write_parquet(elsewhere / "team-a" / "deep" / "d.parquet", id=["d"], text=["four"])
@@ -210,7 +211,13 @@ def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it
         str(kb / "team-a" / "a.parquet"),
         str(kb / "team-a" / "deep" / "d.parquet"),
     ]
-    assert [f.path for f in match_inputs([f"{kb}/**/*.parquet"])] == [str(kb / "team-b" / "b.parquet")]
+    assert [f.path for f in match_inputs([f"{kb}/**/*.parquet"])] == found  # as bash's globstar lists them
+    assert [f.path for f in match_inputs([f"{kb}/**/deep/*.parquet"])] == [str(kb / "team-a" / "deep" / "d.parquet")]
+    (kb / "team[1]").symlink_to(elsewhere / "team-a")  # a name that reads as a pattern
+    assert [f.path for f in match_inputs([f"{kb}/t*[]]/**"])] == [
+        str(kb / "team[1]" / "a.parquet"),
+        str(kb / "team[1]" / "deep" / "d.parquet"),
+    ]
     with pytest.raises(InputError, match="^no file matches --input pattern"):  # a file, where a folder would be
         match_inputs([f"{kb}/team-b/b.parquet/*"])
     (elsewhere / "team-a" / "a.parquet").unlink()

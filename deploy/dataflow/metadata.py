@@ -20,14 +20,14 @@ REQUIRED = "(required) "
 BY_HAND = ("plan_only",)
 # Options of a job service in the launcher's process (--job_endpoint=embed), which Dataflow never runs.
 NOT_ON_DATAFLOW = ("worker_start_timeout",)
-_DECIMAL = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+_DECIMAL = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # as float() reads one, not inf or nan
 # What the template's own check refuses by an option's type: a mistyped number fails the launch at once,
 # not in the launcher minutes later (exit 2).
 TYPE_REGEXES = {
     SWITCH["type"]: "^(true|false)$",
     sha256_hex: "^[0-9a-fA-F]{64}$",
-    int: "^[0-9]+$",  # the job's counts: none negative
-    positive_int: "^0*[1-9][0-9]*$",
+    int: r"^\+?[0-9]+$",  # the job's counts: none negative
+    positive_int: r"^\+?0*[1-9][0-9]*$",
     float: _DECIMAL,
     interval_seconds: _DECIMAL,
 }
