@@ -260,7 +260,7 @@ class _Listing:
 
     @staticmethod
     def _check_read_whole(named: str, pattern: str, regex: re.Pattern, unreadable: list[Unreadable]) -> None:
-        """The files `pattern` may match in a folder Beam's listing passed over, or a link it matches that
+        """The files `pattern` may match in a folder Beam's listing passed over, or through a link that
         cannot be followed, would be left out of the run, and their rows out of the table the night loads."""
         for place in unreadable:
             if is_hidden(os.path.join(place.path, "file"), pattern):
@@ -270,6 +270,12 @@ class _Listing:
                     f"--input {named}: cannot read {place.path}, a link to {os.readlink(place.path)} ({place.why}), "
                     "which the pattern matches; mend or remove the link, or write the pattern so that it does not "
                     "match it"
+                )
+            if place.link and pattern_may_enter(pattern, place.path):  # a folder's, whose mount is gone, say
+                raise InputError(
+                    f"--input {named}: cannot read {place.path}, a link to {os.readlink(place.path)} ({place.why}), "
+                    "where the pattern may match files; mend or remove the link, or write the pattern so that it "
+                    "does not reach it"
                 )
             if not place.link and pattern_may_enter(pattern, place.path):
                 raise InputError(

@@ -200,7 +200,6 @@ def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it
     (kb / "team-a").symlink_to(elsewhere / "team-a")
     (kb / "latest").symlink_to(kb / "team-b")  # the same file as team-b's: read once, under its first spelling
     (kb / "team-b" / "up").symlink_to(kb)  # a loop, which no pattern here goes round
-    (kb / "gone").symlink_to(tmp_path / "nowhere")
     found = [f.path for f in match_inputs([f"{kb}/*/*.parquet"])]
     assert found == [str(kb / "latest" / "b.parquet"), str(kb / "team-a" / "a.parquet")]
     assert [f.path for f in match_inputs([f"{kb}/team-?/*.parquet"])] == [
@@ -220,6 +219,14 @@ def test_a_link_to_a_folder_a_wildcard_matches_is_followed_as_a_shell_follows_it
     ]
     with pytest.raises(InputError, match="^no file matches --input pattern"):  # a file, where a folder would be
         match_inputs([f"{kb}/team-b/b.parquet/*"])
+    (kb / "gone").symlink_to(tmp_path / "nowhere")  # a folder's link, whose mount is gone, say
+    for pattern in (f"{kb}/*/*.parquet", f"{kb}/**/*.parquet"):
+        with pytest.raises(InputError, match=r"cannot read .*/kb/gone, a link to .*/nowhere \(No such file or "):
+            match_inputs([pattern])
+    assert [f.path for f in match_inputs([f"{kb}/t*/*.parquet"])] == [  # team[1]'s is team-a's: read once
+        str(kb / "team-a" / "a.parquet"),
+        str(kb / "team-b" / "b.parquet"),
+    ]
     (elsewhere / "team-a" / "a.parquet").unlink()
     (elsewhere / "team-a" / "x.parquet").symlink_to(tmp_path / "nowhere.parquet")
     with pytest.raises(InputError, match=r"cannot read .*/kb/team-a/x\.parquet, a link to .*nowhere\.parquet "):
