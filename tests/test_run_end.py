@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline.run as run_module
@@ -144,8 +146,45 @@ def test_a_stop_is_told_of_the_run_it_stopped_not_of_the_next_run_in_the_process
     assert result.returncode == 0, result.stderr
     first, second = result.stderr.split("SECOND RUN\n")
     assert "stopped by SIGTERM after the manifest was written" in first
-    assert "stopped" not in second
+    assert "stopped by" not in second
     assert result.stdout.count("embedded 2 of 2 rows ") == 2
+
+
+STOPPED_THEN_FAILED = """
+import os, signal, sys
+import pipeline.run as run
+build = run.build_pipeline
+def stopped_as_built(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return build(*args)
+run.build_pipeline = stopped_as_built
+good, corrupt, output = sys.argv[1:]
+assert run.main(["--input", good, "--output", output + "-1"], started=run.process_started()) == 1
+run.build_pipeline = build
+sys.stderr.write("SECOND RUN\\n")
+workers = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]  # its failure comes wrapped
+run._exit(run.main(["--input", corrupt, "--output", output + "-2", *workers], started=run.process_started()))
+"""
+
+
+def test_a_run_stopped_midway_leaves_the_next_runs_failure_told_as_it_is(tmp_path):
+    """After a run in the process was stopped, the next one's own failure (a page failing its checksum,
+    in a worker) was told as `stopped by SIGTERM`, and Beam's records of it left out as a stop's."""
+    good = write_parquet(tmp_path / "good.parquet", id=["a", "b"], text=["one", "two"])
+    corrupt = tmp_path / "corrupt.parquet"
+    pq.write_table(pa.table({"id": ["c"], "text": ["a text long enough to find " * 40]}), corrupt,
+                   compression="none", write_page_checksum=True)  # fmt: skip
+    data = bytearray(corrupt.read_bytes())
+    data[data.index(b"a text long enough") + 100] ^= 0x01
+    corrupt.write_bytes(data)
+    command = [sys.executable, "-c", STOPPED_THEN_FAILED, str(good), str(corrupt), str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    first, second = result.stderr.split("SECOND RUN\n")
+    assert first.splitlines()[-1].startswith("error: stopped by SIGTERM; ")
+    assert result.returncode == 1
+    assert "stopped by" not in second
+    assert second.splitlines()[-1].startswith(f"error: {corrupt}: "), second
+    assert "CRC checksum verification failed" in second.splitlines()[-1]
 
 
 def test_an_interrupt_is_one_error_line_and_exit_1(monkeypatch, capsys):
