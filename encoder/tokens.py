@@ -302,6 +302,19 @@ class TextTokenizer:
         encode = getattr(self._window, "encode_batch_fast", self._window.encode_batch)  # tokenizers >= 0.20
         return encode(views, add_special_tokens=self.special_tokens)
 
+    def hold_tokens(self, texts: list[str]) -> np.ndarray:
+        """Whether each text holds any token, not only characters the tokenizer drops: asked of pieces of
+        WHOLE_PIECE_CHARS, in turn, until one does (no cut makes a token of a dropped character). Tokenised
+        whole, a 32 Mi-character cell of zero-width spaces took 3.9 GB (MiniLM), a 100 Mi one would take 12."""
+        held = np.zeros(len(texts), bool)
+        pending, start = list(range(len(texts))), 0
+        while pending:
+            pieces = [texts[i][start : start + WHOLE_PIECE_CHARS] for i in pending]
+            held[pending] = [bool(e.ids) for e in self.raw.encode_batch_fast(pieces, add_special_tokens=False)]
+            start += WHOLE_PIECE_CHARS
+            pending = [i for i in pending if not held[i] and len(texts[i]) > start]
+        return held
+
     def count(self, texts: list[str]) -> np.ndarray:
         """Tokens the model sees per text; max_seq_length + 1 for any text longer than the window."""
         tokenized = self.encode(texts)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from encoder.tokens import WHOLE_PIECE_CHARS
 from samples.model_families import save_family
 from schemas.inputs import InputError
 from tests.conftest import JOB, ROOT, embedding_rows, read_manifest, record, run_cli, run_clis, write_parquet
@@ -448,15 +449,17 @@ def test_rejects_after_an_earlier_reject_name_their_own_row(tmp_path, passages):
 def test_texts_the_tokenizer_drops_whole_are_rejected_as_no_tokens_and_any_other_is_embedded(tmp_path):
     """Zero-width spaces, a byte-order mark, a lone accent: each was embedded as the empty text, all
     to one vector that ties every such row in a search. Emoji, punctuation and CJK are tokens."""
+    many = "\u200b" * (WHOLE_PIECE_CHARS + 10)  # asked of in pieces: whole, a 32 Mi one took 3.9 GB
     dropped = {"zwsp": "\u200b\u200b", "nul": "\x00", "bom": "\ufeff", "joiner": "\u2060", "accent": "\u0301",
-               "replacement": "\ufffd", "mixed": "\u200b \x00\t\u0301"}  # fmt: skip
-    kept = {"emoji": "\U0001f600", "bang": "!!!", "cjk": "\u6771\u4eac", "digit": "\u200b7", "word": "restore a backup"}
+               "replacement": "\ufffd", "mixed": "\u200b \x00\t\u0301", "many": many}  # fmt: skip
+    kept = {"emoji": "\U0001f600", "bang": "!!!", "cjk": "\u6771\u4eac", "digit": "\u200b7", "word": "restore a backup",
+            "late": many + "!"}  # fmt: skip
     path = write_parquet(tmp_path / "a.parquet", id=[*dropped, *kept], text=[*dropped.values(), *kept.values()])
     output = tmp_path / "out"
     result = run_cli("--input", str(path), "--output", str(output))
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(output)
-    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rejected_by_reason"]) == (12, 5, {"no_tokens": 7})
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rejected_by_reason"]) == (14, 6, {"no_tokens": 8})
     rejected = pq.read_table(sorted(output.glob("rejected-*.parquet"))).to_pylist()
     assert sorted((r["row_number"], r["id"], r["reason"]) for r in rejected) == [
         (row, key, "no_tokens") for row, key in enumerate(dropped)

@@ -80,7 +80,7 @@ class _ToUnits(beam.DoFn):
     def _without_tokens(self, texts: pa.Array) -> np.ndarray:
         """Which texts hold no token the model knows: only characters its tokenizer drops (zero-width
         spaces, control characters, lone combining accents), so the model would see the empty text, the
-        same vector for each. Only texts without a letter or a digit are tokenised (whole: they are rare);
+        same vector for each. Only texts without a letter or a digit are tokenised (they are rare), a piece at a time;
         the rest stay in Arrow, taken to hold a token, as they do with every tokenizer that maps what it does
         not know to an unknown token or to bytes (a BPE without either may drop a letter: such a text is
         embedded as before)."""
@@ -88,9 +88,7 @@ class _ToUnits(beam.DoFn):
         candidates = np.flatnonzero(~lettered)
         without = np.zeros(len(texts), dtype=bool)
         if len(candidates):
-            raw = self._tokenizer().raw
-            encoded = raw.encode_batch_fast(texts.take(pa.array(candidates)).to_pylist(), add_special_tokens=False)
-            without[candidates] = [not encoding.ids for encoding in encoded]
+            without[candidates] = ~self._tokenizer().hold_tokens(texts.take(pa.array(candidates)).to_pylist())
         return without
 
     def process(self, shard: ShardBatch) -> Iterator:
