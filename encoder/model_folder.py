@@ -439,7 +439,7 @@ def _window(st_config: dict, st_file: Path) -> int | None:
         unknown = sorted(set(arguments) - {"max_length"}) if modality in ("text", "common") else sorted(arguments)
         if unknown:
             raise ModelFolderError(
-                f"{st_file}: processing_kwargs {modality} {', '.join(unknown)} is not supported (only a text "
+                f"{st_file}: processing_kwargs {modality} {', '.join(unknown)} is not supported (only a text or common "
                 "max_length is)"
             )
         window = arguments.get("max_length", window)

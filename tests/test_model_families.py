@@ -462,7 +462,7 @@ def test_a_tokenizers_older_max_len_bounds_the_window_as_transformers_reads_it(f
          "has sentence-transformers embed texts through the tokenizer's chat template; this job embeds plain "
          "text only"),
         ("sentence_bert_config.json", {"processing_kwargs": {"text": {"padding_side": "left"}}},
-         "processing_kwargs text padding_side is not supported (only a text max_length is)"),
+         "processing_kwargs text padding_side is not supported (only a text or common max_length is)"),
         ("sentence_bert_config.json", {"config_kwargs": {"rope_theta": 10.0}},
          "config_kwargs rope_theta would change the model or its tokens and is not supported"),
         ("sentence_bert_config.json", {"transformer_task": "fill-mask"},
