@@ -252,10 +252,10 @@ class _Listing:
                 regex = glob_regex(pattern)
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
-            linked, unreadable = ([], []) if is_url(pattern) else _through_links(pattern)
+            linked = _Linked([], [], []) if is_url(pattern) else _through_links(pattern)
             if whole:
-                self._check_read_whole(named, pattern, regex, [*self._unreadable[prefix], *unreadable])
-            found = [m for m in [*self._prefixes[prefix], *linked] if regex.match(m.path)]
+                self._check_read_whole(named, pattern, regex, [*self._unreadable[prefix], *linked.unreadable])
+            found = [m for m in [*self._prefixes[prefix], *linked.files] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
 
     @staticmethod
@@ -343,7 +343,15 @@ def _unreadable_places(top: str) -> list[Unreadable]:
     return sorted(found)
 
 
-def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
+class _Linked(NamedTuple):
+    """What a local pattern reaches through links to folders (_through_links)."""
+
+    files: list[FileMetadata]
+    unreadable: list[Unreadable]  # the places among them the job cannot read
+    followed: list[tuple[str, str]]  # each link followed, and the real path of its folder
+
+
+def _through_links(pattern: str) -> _Linked:
     """The files a local pattern may match through links to folders, which Beam's listing enters none of, as
     bash's glob reaches them: a link that a name of the pattern below its first wildcard matches is followed
     (`kb/*/*.parquet`, kb/team-a a link to a folder elsewhere); a `**` crosses no link, but the names after
@@ -351,19 +359,21 @@ def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
     kb/x/team-a/a.parquet, not kb/x/team-a/deep/d.parquet); at a `**` under a followed link (or a trailing
     one) every file is taken in, as Beam lists a folder. A link is entered only where a name leads into it,
     so no loop of links is gone round. With them, the places reached through links that the job cannot read
-    (as _unreadable_places finds them elsewhere)."""
+    (as _unreadable_places finds them elsewhere), and the links followed."""
     top, rest = split_at_wildcard(pattern)
     names = rest.split("/")
     regexes = [None if "**" in name else glob_regex(name) for name in names]
-    files: list[FileMetadata] = []
-    unreadable: list[Unreadable] = []
+    found = _Linked([], [], [])
+    files, unreadable = found.files, found.unreadable
     pending = [(top.rstrip("/") or "/", 0, False)]  # a folder, the depth of its entries' name, through a link
     while pending:
         folder, depth, linked = pending.pop()
+        if linked and os.path.islink(folder):
+            found.followed.append((folder, os.path.realpath(folder)))
         regex = regexes[depth]
         if regex is None and linked:
-            found, places = _files_under(folder)
-            files += found
+            under, places = _files_under(folder)
+            files += under
             unreadable += places
         if regex is None:
             if not linked:
@@ -398,7 +408,23 @@ def _through_links(pattern: str) -> tuple[list[FileMetadata], list[Unreadable]]:
                     os.stat(entry.path)
                 except OSError as e:  # its target gone, or in a folder the job cannot enter
                     unreadable.append(Unreadable(entry.path, e.strerror, link=True))
-    return files, unreadable
+    return found
+
+
+def _takes_in(pattern: str, path: str) -> bool:
+    """Whether `pattern` takes in `path`, spelled as it is, through the links on the way to the pattern's
+    first wildcard, or through a link to a folder that the pattern follows below it (`kb/*/*/*.parquet` and
+    elsewhere/team-a/out/x.parquet, where kb/team-a is a link to elsewhere/team-a)."""
+    if pattern_reaches_through_links(pattern, path):
+        return True
+    if is_url(pattern) or is_url(path) or WILDCARD.search(pattern) is None:
+        return False
+    spelled, real = spelled_pattern(pattern), os.path.realpath(path)
+    regex = glob_regex(spelled)
+    return any(
+        real.startswith(target.rstrip("/") + "/") and regex.match(link + real[len(target.rstrip("/")) :])
+        for link, target in _through_links(spelled).followed
+    )
 
 
 def _links_to_folders(top: str) -> list[str]:
@@ -1213,12 +1239,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         (
             p
             for p in patterns
-            if any(pattern_reaches_through_links(p, path) for path in written)
-            or (
-                named_as_inputs
-                and _names_files_by_type(p)
-                and pattern_reaches_through_links(p, opts.output.rstrip("/"))
-            )
+            if any(_takes_in(p, path) for path in written)
+            or (named_as_inputs and _names_files_by_type(p) and _takes_in(p, opts.output.rstrip("/")))
         ),
         None,
     )

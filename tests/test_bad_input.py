@@ -97,6 +97,23 @@ def test_an_output_a_pattern_reaches_through_a_link_is_refused_the_first_night(t
     assert sorted(path.name for path in kb.iterdir()) == ["docs"]
 
 
+def test_an_output_a_pattern_reaches_through_a_link_below_its_wildcard_is_refused(tmp_path):
+    """The pattern follows kb/team-a, a link to elsewhere/team-a, below its first wildcard: an output
+    written to elsewhere/team-a/nightly is where `kb/*/*/*.parquet` lists files the next night."""
+    kb, elsewhere = tmp_path / "kb", tmp_path / "elsewhere"
+    good_shard(elsewhere / "team-a" / "docs" / "a.parquet")
+    kb.mkdir()
+    (kb / "team-a").symlink_to(elsewhere / "team-a", target_is_directory=True)
+    pattern, output = f"{kb}/*/*/*.parquet", elsewhere / "team-a" / "nightly"
+    result = run_cli("--input", pattern, "--output", str(output), "--plan_only")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --output {output}: the --input pattern {pattern!r} takes in files the job writes there, so the "
+        "next night would read this night's outputs as input; write the outputs to a folder no pattern reaches"
+    )
+    assert run_cli("--input", pattern, "--output", str(tmp_path / "out"), "--plan_only").returncode == 0
+
+
 # As root, which reads any folder, the job runs without the capabilities that let it (setpriv, util-linux).
 NO_READ_OVERRIDE = [
     "setpriv",
