@@ -89,17 +89,18 @@ def test_a_run_stopped_mid_embedding_exits_1_with_one_error_line_and_publishes_n
     assert list(output.iterdir()) == []  # the temporary folders and the owner file went with the failure
 
 
-# The job's command, with a stop that comes as the launcher reads the manifest back once the pipeline has ended.
-STOPPED_AS_PUBLISHED = """
-import os, signal
+# A stop that comes as the launcher reads the manifest back once the pipeline has ended.
+STOP_AS_PUBLISHED = """
+import os, signal, sys
 import pipeline.run as run
 read = run._read_manifest
 def stopped_as_read(output):
     os.kill(os.getpid(), signal.SIGTERM)
     return read(output)
 run._read_manifest = stopped_as_read
-run._exit(run.main(started=run.process_started()))
 """
+# The job's command, with that stop.
+STOPPED_AS_PUBLISHED = STOP_AS_PUBLISHED + "run._exit(run.main(started=run.process_started()))\n"
 
 
 def test_a_stop_once_the_manifest_is_written_leaves_the_run_published_and_exits_0(tmp_path):
@@ -121,20 +122,16 @@ def test_a_stop_once_the_manifest_is_written_leaves_the_run_published_and_exits_
     ]
 
 
-STOPPED_THEN_RUN_AGAIN = """
-import os, signal, sys
-import pipeline.run as run
-read = run._read_manifest
-def stopped_as_read(output):
-    os.kill(os.getpid(), signal.SIGTERM)
-    return read(output)
-run._read_manifest = stopped_as_read
+STOPPED_THEN_RUN_AGAIN = (
+    STOP_AS_PUBLISHED
+    + """
 shard, output = sys.argv[1:]
 assert run.main(["--input", shard, "--output", output + "-1"], started=run.process_started()) == 0
 run._read_manifest = read
 sys.stderr.write("SECOND RUN\\n")
 run._exit(run.main(["--input", shard, "--output", output + "-2"], started=run.process_started()))
 """
+)
 
 
 def test_a_stop_is_told_of_the_run_it_stopped_not_of_the_next_run_in_the_process(tmp_path):
