@@ -272,6 +272,12 @@ class _Listing:
                     "match it"
                 )
             if place.link and pattern_may_enter(pattern, place.path):  # a folder's, whose mount is gone, say
+                if any("**" in name for name in pattern.split("/")[: place.path.count("/") + 1]):
+                    _LOG.warning(  # among all a `**` crosses: a stale link to a file as likely
+                        "--input %s: passed over %s, a link to %s (%s): if it was a folder's, its files are left out",
+                        named, place.path, os.readlink(place.path), place.why,
+                    )  # fmt: skip
+                    continue
                 raise InputError(
                     f"--input {named}: cannot read {place.path}, a link to {os.readlink(place.path)} ({place.why}), "
                     "where the pattern may match files; mend or remove the link, or write the pattern so that it "
@@ -348,7 +354,7 @@ class _Linked(NamedTuple):
 
     files: list[FileMetadata]
     unreadable: list[Unreadable]  # the places among them the job cannot read
-    followed: list[tuple[str, str]]  # each link followed, and the real path of its folder
+    followed: list[tuple[str, str, int]]  # each link followed, the real path of its folder, the depth of its names
 
 
 def _through_links(pattern: str) -> _Linked:
@@ -356,10 +362,11 @@ def _through_links(pattern: str) -> _Linked:
     bash's glob reaches them: a link that a name of the pattern below its first wildcard matches is followed
     (`kb/*/*.parquet`, kb/team-a a link to a folder elsewhere); a `**` crosses no link, but the names after
     it are looked for in each link to a folder among those it crosses (`kb/**/*.parquet` takes in
-    kb/x/team-a/a.parquet, not kb/x/team-a/deep/d.parquet); at a `**` under a followed link (or a trailing
-    one) every file is taken in, as Beam lists a folder. A link is entered only where a name leads into it,
-    so no loop of links is gone round. With them, the places reached through links that the job cannot read
-    (as _unreadable_places finds them elsewhere), and the links followed."""
+    kb/x/team-a/a.parquet, not kb/x/team-a/deep/d.parquet), and a trailing one enters none; at a `**` under
+    a followed link every file is taken in, as Beam lists a folder. A link is entered only where a name
+    leads into it, so no loop of links is gone round. With them, the places reached through links that the
+    job cannot read (as _unreadable_places finds them elsewhere; `lost+found` passed over), and the links
+    followed."""
     top, rest = split_at_wildcard(pattern)
     names = rest.split("/")
     regexes = [None if "**" in name else glob_regex(name) for name in names]
@@ -369,16 +376,15 @@ def _through_links(pattern: str) -> _Linked:
     while pending:
         folder, depth, linked = pending.pop()
         if linked and os.path.islink(folder):
-            found.followed.append((folder, os.path.realpath(folder)))
+            found.followed.append((folder, os.path.realpath(folder), depth))
         regex = regexes[depth]
         if regex is None and linked:
             under, places = _files_under(folder)
             files += under
             unreadable += places
         if regex is None:
-            if not linked:
-                trailing = depth == len(names) - 1
-                pending += [(link, depth if trailing else depth + 1, True) for link in _links_to_folders(folder)]
+            if not linked and depth < len(names) - 1:
+                pending += [(link, depth + 1, True) for link in _links_to_folders(folder)]
             continue
         try:
             with os.scandir(folder) as listed:
@@ -397,7 +403,7 @@ def _through_links(pattern: str) -> _Linked:
                 is_folder, is_file = entry.is_dir(), entry.is_file()  # through a link
             except OSError:
                 is_folder = is_file = False
-            if is_folder and not last:
+            if is_folder and not last and entry.name != "lost+found":
                 pending.append((entry.path, depth + 1, linked or entry.is_symlink()))
             elif is_file and linked and last:
                 with contextlib.suppress(OSError):  # gone since it was listed
@@ -411,20 +417,31 @@ def _through_links(pattern: str) -> _Linked:
     return found
 
 
-def _takes_in(pattern: str, path: str) -> bool:
+def _takes_in(pattern: str, path: str, followed: list[tuple[str, str, int]]) -> bool:
     """Whether `pattern` takes in `path`, spelled as it is, through the links on the way to the pattern's
-    first wildcard, or through a link to a folder that the pattern follows below it (`kb/*/*/*.parquet` and
-    elsewhere/team-a/out/x.parquet, where kb/team-a is a link to elsewhere/team-a)."""
+    first wildcard, or through a link to a folder the pattern follows below it (`followed`, its
+    _through_links'): `kb/*/*/*.parquet` takes in elsewhere/team-a/out/x.parquet where kb/team-a is a link
+    to elsewhere/team-a."""
     if pattern_reaches_through_links(pattern, path):
         return True
-    if is_url(pattern) or is_url(path) or WILDCARD.search(pattern) is None:
-        return False
-    spelled, real = spelled_pattern(pattern), os.path.realpath(path)
-    regex = glob_regex(spelled)
-    return any(
-        real.startswith(target.rstrip("/") + "/") and regex.match(link + real[len(target.rstrip("/")) :])
-        for link, target in _through_links(spelled).followed
-    )
+    real = os.path.realpath(path)
+    names = split_at_wildcard(spelled_pattern(pattern))[1].split("/")
+    for _, target, depth in followed:
+        folder = target.rstrip("/") + "/"
+        if real.startswith(folder) and _names_take_in(names[depth:], real[len(folder) :].split("/")):
+            return True
+    return False
+
+
+def _names_take_in(names: list[str], parts: list[str]) -> bool:
+    """Whether a pattern's names match a path's parts as the listing matches them below a followed link:
+    one to a folder, up to a `**`, under which every file is listed for the rest to match."""
+    for at, (name, part) in enumerate(zip(names, parts, strict=False)):
+        if "**" in name:
+            return glob_regex("/".join(names[at:])).match("/".join(parts[at:])) is not None
+        if glob_regex(name).match(part) is None:
+            return False
+    return len(names) == len(parts)
 
 
 def _links_to_folders(top: str) -> list[str]:
@@ -1235,12 +1252,15 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     # A folder named as a pattern's files (`kb/*.parquet` over `kb/emb.parquet/`) would be refused next night;
     # an output that is an input file is named as a file further on.
     named_as_inputs = bool(opts.output) and same_spelling(opts.output.rstrip("/")) not in files
+    followed = {  # the links to folders each local pattern follows below its first wildcard
+        p: _through_links(spelled_pattern(p)).followed if not is_url(p) and WILDCARD.search(p) else [] for p in patterns
+    }
     reaching = next(
         (
             p
             for p in patterns
-            if any(_takes_in(p, path) for path in written)
-            or (named_as_inputs and _names_files_by_type(p) and _takes_in(p, opts.output.rstrip("/")))
+            if any(_takes_in(p, path, followed[p]) for path in written)
+            or (named_as_inputs and _names_files_by_type(p) and _takes_in(p, opts.output.rstrip("/"), followed[p]))
         ),
         None,
     )

@@ -112,6 +112,11 @@ def test_an_output_a_pattern_reaches_through_a_link_below_its_wildcard_is_refuse
         "next night would read this night's outputs as input; write the outputs to a folder no pattern reaches"
     )
     assert run_cli("--input", pattern, "--output", str(tmp_path / "out"), "--plan_only").returncode == 0
+    # Below the link, `**/*.parquet` looks one folder deep, as the listing does: nightly/ is not read.
+    shallow = run_cli("--input", f"{kb}/**/*.parquet", "--output", str(output), "--plan_only")
+    assert shallow.returncode == 1 and "no file matches" in shallow.stderr  # team-a's file lies deeper
+    (elsewhere / "team-a" / "top.parquet").write_bytes((elsewhere / "team-a" / "docs" / "a.parquet").read_bytes())
+    assert run_cli("--input", f"{kb}/**/*.parquet", "--output", str(output), "--plan_only").returncode == 0
 
 
 # As root, which reads any folder, the job runs without the capabilities that let it (setpriv, util-linux).
