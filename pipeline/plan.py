@@ -424,6 +424,8 @@ def _takes_in(pattern: str, path: str, followed: list[tuple[str, str, int]]) -> 
     to elsewhere/team-a."""
     if pattern_reaches_through_links(pattern, path):
         return True
+    if not followed:  # a pattern without a wildcard, or one on object storage, follows none
+        return False
     real = os.path.realpath(path)
     names = split_at_wildcard(spelled_pattern(pattern))[1].split("/")
     for _, target, depth in followed:
