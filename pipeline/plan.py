@@ -180,11 +180,12 @@ def _split_patterns(value: str | None) -> list[str]:
     return patterns
 
 
-def match_inputs(patterns: list[str]) -> list[PlannedFile]:
+def match_inputs(patterns: list[str], listing: _Listing | None = None) -> list[PlannedFile]:
     """All files the patterns match, in order, each once under the path the rejects name it by
     (`transforms.paths.same_spelling`), its first; a file two spellings reach through a link too, whose
-    rows were read twice and rejected as duplicates of themselves. Each pattern must match a file."""
-    listing = _Listing()
+    rows were read twice and rejected as duplicates of themselves. Each pattern must match a file.
+    `listing`: the plan's, which keeps what it found for the output's check."""
+    listing = listing or _Listing()
     matched: dict[str, PlannedFile] = {}  # by the file's real path
     spellings: set[str] = set()  # every spelling matched, whose datasets' files were read
     folders: dict[str, str] = {}
@@ -232,7 +233,8 @@ class _Listing:
 
     def __init__(self) -> None:
         self._prefixes: dict[str, list[FileMetadata]] = {}
-        self._unreadable: dict[str, list[Unreadable]] = {}
+        self._walked: dict[str, _Walked] = {}  # by the local folder before a pattern's first wildcard
+        self._linked: dict[str, _Linked] = {}  # by the local pattern
 
     def match(self, pattern: str, named: str | None = None, whole: bool = True) -> list[FileMetadata]:
         """The files `pattern` matches (transforms.paths.glob_regex), local ones under absolute paths.
@@ -247,16 +249,31 @@ class _Listing:
             prefix = pattern[: wildcard.start()]
             if prefix not in self._prefixes:
                 self._prefixes[prefix] = self._listed(f"{prefix}**", named)
-                self._unreadable[prefix] = [] if is_url(prefix) else _unreadable_places(split_at_wildcard(pattern)[0])
             try:
                 regex = glob_regex(pattern)
             except ValueError as e:
                 raise InputError(f"--input {named}: {e}") from e
-            linked = _Linked([], [], []) if is_url(pattern) else _through_links(pattern)
-            if whole:
-                self._check_read_whole(named, pattern, regex, [*self._unreadable[prefix], *linked.unreadable])
+            linked = self.linked(pattern)
+            if whole and not is_url(pattern):
+                self._check_read_whole(named, pattern, regex, [*self._walk(pattern).unreadable, *linked.unreadable])
             found = [m for m in [*self._prefixes[prefix], *linked.files] if regex.match(m.path)]
         return [m for m in found if not m.path.endswith("/")]
+
+    def linked(self, pattern: str) -> _Linked:
+        """What `pattern` (spelled as the job spells it, with a wildcard) reaches through links to folders
+        (_through_links), found once for the listing and the output's check; none on object storage."""
+        if is_url(pattern):
+            return _Linked([], [], [])
+        if pattern not in self._linked:
+            self._linked[pattern] = _through_links(pattern, self._walk(pattern).links)
+        return self._linked[pattern]
+
+    def _walk(self, pattern: str) -> _Walked:
+        """The local folder before `pattern`'s first wildcard, walked once for every pattern under it."""
+        top = split_at_wildcard(pattern)[0]
+        if top not in self._walked:
+            self._walked[top] = _walk(top)
+        return self._walked[top]
 
     @staticmethod
     def _check_read_whole(named: str, pattern: str, regex: re.Pattern, unreadable: list[Unreadable]) -> None:
@@ -309,16 +326,25 @@ class Unreadable(NamedTuple):
     link: bool  # a link among a folder's files that cannot be followed, rather than a folder
 
 
-def _unreadable_places(top: str) -> list[Unreadable]:
-    """The folders under a local pattern's folder before its wildcard (`/kb/`) whose files Beam's listing passes
-    over: one it cannot list (os.walk's default skips it), one it can list but not enter (no x permission),
-    whose files it cannot stat; and the links among their files it cannot follow (the target gone, or in a
-    folder it cannot enter), which it passes over as it does a file gone since listed. One gone since it was
-    seen (a writer's work folder, cleaned up) holds no files to miss; a `lost+found` folder, a file system's
-    own (on a disk's root), none of the job's. Links to folders are not entered, as Beam's listing enters none
-    (those the pattern's names match: _through_links).
-    Listed with os.scandir, whose entries say which are links without a stat each."""
-    found: list[Unreadable] = []
+class _Walked(NamedTuple):
+    """What a walk of a local folder found (_walk)."""
+
+    unreadable: list[Unreadable]
+    links: list[str]  # the links to folders, none entered
+    files: list[FileMetadata]  # every file, where asked for
+
+
+def _walk(top: str, files: bool = False) -> _Walked:
+    """The places under a local folder (a pattern's before its wildcard: `/kb/`) whose files Beam's listing
+    passes over: a folder it cannot list (os.walk's default skips it), one it can list but not enter (no x
+    permission), whose files it cannot stat; and the links among their files it cannot follow (the target
+    gone, or in a folder it cannot enter), which it passes over as it does a file gone since listed. One gone
+    since it was seen (a writer's work folder, cleaned up) holds no files to miss; a `lost+found` folder, a
+    file system's own (on a disk's root), none of the job's. With them, the links to folders, which are not
+    entered, as Beam's listing enters none (those the pattern's names match: _through_links), and with
+    `files` every file, as Beam lists a folder. One walk, with os.scandir, whose entries say which are links
+    without a stat each: a `**` pattern's tree was walked three times by the plan besides Beam's listing."""
+    walked = _Walked([], [], [])
     pending = [top]
     while pending:
         folder = pending.pop()
@@ -328,25 +354,36 @@ def _unreadable_places(top: str) -> list[Unreadable]:
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:
-            found.append(Unreadable(_not_entered(folder), e.strerror, link=False))
+            walked.unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
             continue
         try:
             if entries:
                 os.lstat(entries[0].path)
         except PermissionError as e:
-            found.append(Unreadable(folder.rstrip("/") or "/", e.strerror, link=False))
+            walked.unreadable.append(Unreadable(folder.rstrip("/") or "/", e.strerror, link=False))
             continue
         except OSError:  # gone since the folder was listed
             pass
         for entry in entries:
             if entry.is_symlink():
                 try:
-                    os.stat(entry.path)
+                    status = os.stat(entry.path)
                 except OSError as e:
-                    found.append(Unreadable(entry.path, e.strerror, link=True))
-            elif entry.is_dir(follow_symlinks=False) and entry.name != "lost+found":
-                pending.append(entry.path)
-    return sorted(found)
+                    walked.unreadable.append(Unreadable(entry.path, e.strerror, link=True))
+                    continue
+                if stat.S_ISDIR(status.st_mode):
+                    walked.links.append(entry.path)
+                elif files:
+                    walked.files.append(FileMetadata(entry.path, status.st_size, status.st_mtime))
+            elif entry.is_dir(follow_symlinks=False):
+                if entry.name != "lost+found":
+                    pending.append(entry.path)
+            elif files:
+                with contextlib.suppress(OSError):  # gone since it was listed
+                    status = entry.stat(follow_symlinks=False)
+                    walked.files.append(FileMetadata(entry.path, status.st_size, status.st_mtime))
+    walked.unreadable.sort()
+    return walked
 
 
 class _Linked(NamedTuple):
@@ -357,7 +394,7 @@ class _Linked(NamedTuple):
     followed: list[tuple[str, str, int]]  # each link followed, the real path of its folder, the depth of its names
 
 
-def _through_links(pattern: str) -> _Linked:
+def _through_links(pattern: str, links: list[str]) -> _Linked:
     """The files a local pattern may match through links to folders, which Beam's listing enters none of, as
     bash's glob reaches them: a link that a name of the pattern below its first wildcard matches is followed
     (`kb/*/*.parquet`, kb/team-a a link to a folder elsewhere); a `**` crosses no link, but the names after
@@ -365,8 +402,8 @@ def _through_links(pattern: str) -> _Linked:
     kb/x/team-a/a.parquet, not kb/x/team-a/deep/d.parquet), and a trailing one enters none; at a `**` under
     a followed link every file is taken in, as Beam lists a folder. A link is entered only where a name
     leads into it, so no loop of links is gone round. With them, the places reached through links that the
-    job cannot read (as _unreadable_places finds them elsewhere; `lost+found` passed over), and the links
-    followed."""
+    job cannot read (as _walk finds them elsewhere; `lost+found` passed over), and the links followed.
+    `links`: the links to folders under the pattern's folder before its wildcard, entering none (_walk)."""
     top, rest = split_at_wildcard(pattern)
     names = rest.split("/")
     regexes = [None if "**" in name else glob_regex(name) for name in names]
@@ -379,12 +416,13 @@ def _through_links(pattern: str) -> _Linked:
             found.followed.append((folder, os.path.realpath(folder), depth))
         regex = regexes[depth]
         if regex is None and linked:
-            under, places = _files_under(folder)
-            files += under
-            unreadable += places
+            under = _walk(folder, files=True)
+            files += under.files
+            unreadable += under.unreadable
         if regex is None:
             if not linked and depth < len(names) - 1:
-                pending += [(link, depth + 1, True) for link in _links_to_folders(folder)]
+                below = folder.rstrip("/") + "/"
+                pending += [(link, depth + 1, True) for link in links if link.startswith(below)]
             continue
         try:
             with os.scandir(folder) as listed:
@@ -394,7 +432,7 @@ def _through_links(pattern: str) -> _Linked:
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:
-            if linked:  # elsewhere, _unreadable_places names it
+            if linked:  # elsewhere, _walk names it
                 unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
             continue
         last = depth == len(names) - 1
@@ -444,29 +482,6 @@ def _names_take_in(names: list[str], parts: list[str]) -> bool:
         if glob_regex(name).match(part) is None:
             return False
     return len(names) == len(parts)
-
-
-def _links_to_folders(top: str) -> list[str]:
-    """The links to folders under `top`, at any depth, reached without entering one."""
-    return [
-        os.path.join(folder, name)
-        for folder, subfolders, _ in os.walk(top)
-        for name in subfolders
-        if os.path.islink(os.path.join(folder, name))
-    ]
-
-
-def _files_under(top: str) -> tuple[list[FileMetadata], list[Unreadable]]:
-    """Every file under `top`, at any depth, entering no link below it (as Beam lists a folder, without
-    reading its name as a pattern), with the places there the job cannot read."""
-    files = []
-    for folder, _, names in os.walk(top):
-        for name in names:
-            path = os.path.join(folder, name)
-            with contextlib.suppress(OSError):  # a link that cannot be followed: among the places below
-                status = os.stat(path)
-                files.append(FileMetadata(path, status.st_size, status.st_mtime))
-    return files, _unreadable_places(top)
 
 
 def _not_entered(path: str) -> str:
@@ -1245,7 +1260,8 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
     patterns = _split_patterns(opts.input)
-    input_files = match_inputs(patterns)
+    listing = _Listing()
+    input_files = match_inputs(patterns, listing)
     files = [f.path for f in input_files]
     inside = next((path for path in files if opts.output and same_place(path.rsplit("/", 1)[0], opts.output)), None)
     if inside:  # the next night's pattern over that folder would read this night's outputs as input
@@ -1255,7 +1271,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     # an output that is an input file is named as a file further on.
     named_as_inputs = bool(opts.output) and same_spelling(opts.output.rstrip("/")) not in files
     followed = {  # the links to folders each local pattern follows below its first wildcard
-        p: _through_links(spelled_pattern(p)).followed if not is_url(p) and WILDCARD.search(p) else [] for p in patterns
+        p: listing.linked(spelled_pattern(p)).followed if WILDCARD.search(p) else [] for p in patterns
     }
     reaching = next(
         (

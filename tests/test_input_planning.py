@@ -4,12 +4,15 @@ one line, every footer read by a local plan checked before any worker starts."""
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.plan import match_inputs, typed_schema
+from pipeline.plan import match_inputs, plan_job, typed_schema
+from pipeline.run import make_options
 from schemas.inputs import InputError
 from tests.conftest import embedding_rows, read_manifest, run_cli, run_clis, write_parquet
 from transforms.paths import glob_regex, pattern_reaches
@@ -269,3 +272,36 @@ def test_a_wildcard_matches_names_holding_a_backslash_and_files_in_the_current_f
     assert pattern_reaches("runs/*/", str(tmp_path / "runs" / "day2" / "embeddings-00000-of-00001.parquet"))
     with pytest.raises(InputError, match="^--input file://.*: write a local file's path without file://$"):
         match_inputs([f"file://{kb}/*.parquet"])
+
+
+def test_the_plan_lists_each_local_folder_once_besides_beams_listing(tmp_path, monkeypatch):
+    """A `**` pattern's tree was walked three times by the plan besides Beam's own listing (the folders
+    it cannot read, the links to folders, the links again for the output's check), a cost a tree on a
+    network disk pays per folder. Now once, besides Beam's."""
+    kb, elsewhere = tmp_path / "kb", tmp_path / "elsewhere"
+    for team in ("team-b", "team-c"):
+        write_parquet(kb / team / "2026" / f"{team}.parquet", id=[team], text=["one"])
+    write_parquet(elsewhere / "team-a" / "a.parquet", id=["a"], text=["two"])
+    (kb / "team-c" / "team-a").symlink_to(elsewhere / "team-a")
+    listed = Counter()
+    scandir = os.scandir
+
+    def counted(path="."):
+        listed[os.path.realpath(path)] += 1
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    options = make_options(["--input", f"{kb}/**/*.parquet", "--output", str(tmp_path / "out"), "--plan_only"])
+    planned = plan_job(options)
+    assert [f.path for f in planned.input_files] == [
+        str(kb / "team-b" / "2026" / "team-b.parquet"),
+        str(kb / "team-c" / "2026" / "team-c.parquet"),
+        str(kb / "team-c" / "team-a" / "a.parquet"),
+    ]
+    beams = {
+        str(kb),
+        *(str(kb / team) for team in ("team-b", "team-c")),
+        *(str(kb / t / "2026") for t in ("team-b", "team-c")),
+    }
+    assert {folder: listed[folder] for folder in beams} == dict.fromkeys(beams, 2)  # Beam's os.walk, then the plan's
+    assert listed[str(elsewhere / "team-a")] == 2  # for the pattern, and for `pattern/**` (a dataset folder's)
