@@ -86,10 +86,13 @@ class TokenTypes:
         kinds = np.array([type_id for type_id, _ in marks], dtype=np.int64)
         return cls(kinds[:first], int(kinds[first]) if text else 0, kinds[last:], int(pad))
 
+    @property
+    def zero(self) -> bool:
+        """Every type id 0, whatever the text (BERT's): made where the model runs, not copied there."""
+        return not (self.text or self.pad or self.before.any() or self.after.any())
+
     def ids(self, lengths: np.ndarray, width: int, padding_left: bool) -> np.ndarray:
         """(rows, width) type ids of rows holding `lengths` tokens each, padded to `width`."""
-        if not (self.text or self.pad or self.before.any() or self.after.any()):
-            return np.zeros((len(lengths), width), dtype=np.int64)
         lengths = lengths[:, None]
         at = np.arange(width) - (width - lengths if padding_left else np.zeros_like(lengths))  # place in its row
         kinds = np.full((len(lengths), width), self.text, dtype=np.int64)

@@ -104,12 +104,15 @@ class Transformer(torch.nn.Module):
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         input_ids[mask] = tokenized.of(rows)
         features = Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
-        if self.token_types is not None and self.reads_token_types:
+        if self.token_types is not None and self.reads_token_types and not self.token_types.zero:
             features.token_type_ids = torch.from_numpy(self.token_types.ids(lengths, width, self.padding_left))
         return features
 
     def forward(self, features: Features) -> Features:
-        types = {} if features.token_type_ids is None else {"token_type_ids": features.token_type_ids}
+        type_ids = features.token_type_ids
+        if type_ids is None and self.token_types is not None and self.reads_token_types:  # all 0 (collate)
+            type_ids = torch.zeros_like(features.input_ids)
+        types = {} if type_ids is None else {"token_type_ids": type_ids}
         mask = features.attention_mask
         if self.key_mask:
             mask = mask.bool()[:, None, None, :]
