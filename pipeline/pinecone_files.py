@@ -164,8 +164,9 @@ def import_table(
     table: pa.Table, id_column: str, quantizer: Quantizer, dim: int, passages: bool, export: Export | None = None
 ) -> pa.Table:
     """Rows of an embeddings file in Pinecone's import layout, less those Pinecone refuses, which `export`
-    counts as left out: a vector of zeros (a static model's, for a text of no known token), an id over
-    MAX_ID_CHARACTERS, metadata over MAX_METADATA_BYTES (a long text carried)."""
+    counts as left out: a vector of zeros (a static model's, for a text of no known token), an id empty,
+    holding a NUL character or over MAX_ID_CHARACTERS (Pinecone's identifier limits), metadata over
+    MAX_METADATA_BYTES (a long text carried)."""
     for name in table.column_names:
         if is_json(table.schema.field(name).type):
             _check_parses(table, name, id_column)
@@ -179,6 +180,8 @@ def import_table(
     refused = np.zeros(table.num_rows, bool)
     for reason, found in (
         ("a vector of zeros", ~vectors.any(axis=1)),
+        ("an empty id", pc.equal(ids, "").to_numpy(zero_copy_only=False)),
+        ("an id holding a NUL character", pc.match_substring(ids, "\x00").to_numpy(zero_copy_only=False)),
         (f"an id over {MAX_ID_CHARACTERS} characters", pc.utf8_length(ids).to_numpy() > MAX_ID_CHARACTERS),
         (f"metadata over {MAX_METADATA_BYTES:,} bytes", pc.binary_length(metadata).to_numpy() > MAX_METADATA_BYTES),
     ):

@@ -247,25 +247,30 @@ def test_numbers_a_64_bit_float_would_change_go_to_pinecone_as_their_text():
 
 
 def test_records_pinecone_refuses_are_left_out_and_counted_by_reason(tmp_path):
-    """Pinecone refuses a vector of zeros (a static model's for a text of no known token), an id over 512
-    characters and metadata over 40,960 bytes (a long text carried): the export leaves them out, says how many
-    and which, and writes the rest."""
+    """Pinecone refuses a vector of zeros (a static model's for a text of no known token), an id empty, holding
+    a NUL character or over 512 characters, and metadata over 40,960 bytes (a long text carried): the export
+    leaves them out, says how many and which, and writes the rest. An empty id and one holding a NUL were
+    written as records, which Pinecone's import refuses."""
     long_id, long_text = "i" * 513, "t" * 41_000
-    ids = ["ok", "zero", long_id, "big", "zero-too"]
-    vectors = [[1.0, 0.0], [0.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.0, 0.0]]
-    path = embeddings_file(tmp_path / "e.parquet", ids, vectors, title=["a", "b", "c", long_text, "e"])
+    ids = ["ok", "zero", long_id, "big", "zero-too", "", "a\x00b"]
+    vectors = [[1.0, 0.0], [0.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    titles = ["a", "b", "c", long_text, "e", "f", "g"]
+    path = embeddings_file(tmp_path / "e.parquet", ids, vectors, title=titles)
     export = Export()
     table = import_table(pq.read_table(path), "id", Quantizer("float32"), 2, passages=False, export=export)
     assert table.column("id").to_pylist() == ["ok"]
     assert export.left_out == {
         "a vector of zeros": (2, ["zero", "zero-too"]),
+        "an empty id": (1, [""]),
+        "an id holding a NUL character": (1, ["a\x00b"]),
         "an id over 512 characters": (1, [long_id]),
         "metadata over 40,960 bytes": (1, ["big"]),
     }
     run = Run(str(tmp_path), {"run_id": "r1", "columns": {"id": "id"}, "model": {"dim": 2}}, {"embeddings": [path]})
     assert export_pinecone(run, str(tmp_path / "ns")) == (
         f"{tmp_path / 'ns'}: 1 vectors of run r1 to import into an index of metric cosine; left out, as Pinecone "
-        f"refuses them: 2 with a vector of zeros ('zero', 'zero-too'); 1 with an id over 512 characters "
+        f"refuses them: 2 with a vector of zeros ('zero', 'zero-too'); 1 with an empty id (''); 1 with an id "
+        f"holding a NUL character ('a\\x00b'); 1 with an id over 512 characters "
         f"({long_id!r}); 1 with metadata over 40,960 bytes ('big')"
     )
 
