@@ -387,17 +387,17 @@ class PgvectorLoader:
                 loaded = row if row and relid is not None and row[4] in (None, relid) else None
                 index = self._index_operator_class(connection)
                 index_right = index == PgVectors.of(run).operator_class
-                if loaded and not index_right:
-                    _LOG.warning(
-                        "loading the snapshot: the table's HNSW index %s",
-                        f"is {index}, not {PgVectors.of(run).operator_class}" if index else "is gone",
-                    )
                 if loaded and loaded[1] == run.run_id and index_right:
                     return f"{self._table} already holds run {run.run_id}: nothing to do"
                 if loaded and loaded[2] and not self._rollback:
                     raise LoadError(
                         f"{self._table} holds run {loaded[1]}, which started after run {run.run_id} "
                         f"({run.started_at}): loading it would take the table back; pass --rollback if that is meant"
+                    )
+                if loaded and not index_right:  # said once the load is not refused
+                    _LOG.warning(
+                        "loading the snapshot: the table's HNSW index %s",
+                        f"is {index}, not {PgVectors.of(run).operator_class}" if index else "is gone",
                     )
                 found = self._columns(connection)
                 # The columns the loader wrote last time; versions before 2026-12-03 recorded none: then its own.
