@@ -215,6 +215,11 @@ def match_inputs(patterns: list[str], listing: _Listing | None = None) -> list[P
         passed_over = set(hidden)
         for m in sorted((m for m in found if m.path not in passed_over), key=lambda m: m.path):
             path = same_spelling(m.path)
+            if not is_url(path) and not _utf8(path):  # as the rows' source_file it failed every run in the workers
+                raise InputError(
+                    f"{_shown(path)}: a file name that is not UTF-8 (matched by --input {pattern}), which the job "
+                    "cannot name in its outputs and messages; rename the file"
+                )
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             spellings.add(path)
@@ -592,6 +597,20 @@ def is_hidden(path: str, pattern: str) -> bool:
     if spelled and not spelled.endswith("/"):  # that name begins as the pattern spells it
         names = names[1:]
     return any(name.startswith(("_", ".")) for name in names)
+
+
+def _utf8(path: str) -> bool:
+    """Whether a local path is UTF-8: Python keeps a name's other bytes as lone surrogates (\udce9)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: str) -> str:
+    """A local path with the bytes of its name that are not UTF-8 written as escapes (caf\xe9.parquet)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _special(path: str) -> bool:
@@ -1259,6 +1278,9 @@ def max_file_bytes(target_file_mb: float) -> int:
 def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
+    for option, path in (("--output", opts.output), ("--previous", opts.previous)):
+        if path and not _utf8(path):  # the manifest names it: the run failed as it was published
+            raise UsageError(f"{option} {_shown(path)}: a path that is not UTF-8, which the manifest cannot name")
     patterns = _split_patterns(opts.input)
     listing = _Listing()
     input_files = match_inputs(patterns, listing)

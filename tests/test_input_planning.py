@@ -305,3 +305,25 @@ def test_the_plan_lists_each_local_folder_once_besides_beams_listing(tmp_path, m
     }
     assert {folder: listed[folder] for folder in beams} == dict.fromkeys(beams, 2)  # Beam's os.walk, then the plan's
     assert listed[str(elsewhere / "team-a")] == 2  # for the pattern, and for `pattern/**` (a dataset folder's)
+
+
+def test_a_file_or_folder_name_that_is_not_utf8_is_refused_naming_it_before_any_worker_starts(tmp_path):
+    """A shard named in Latin-1 (caf\\xe9.parquet, from an SMB share) passed the plan and failed every run in
+    the workers (UnicodeEncodeError in a Beam traceback) without naming the file; an --output so named failed
+    as the run was published."""
+    kb = tmp_path / "kb"
+    write_parquet(kb / "a.parquet", id=[1], text=["one"])
+    write_parquet(tmp_path / "b.parquet", id=[2], text=["two"]).rename(os.fsdecode(bytes(kb) + b"/caf\xe9.parquet"))
+    with pytest.raises(InputError) as refused:
+        match_inputs([f"{kb}/*.parquet"])
+    assert str(refused.value) == (
+        f"{kb}/caf\\xe9.parquet: a file name that is not UTF-8 (matched by --input {kb}/*.parquet), which the job "
+        "cannot name in its outputs and messages; rename the file"
+    )
+    output = os.fsdecode(bytes(tmp_path) + b"/out\xe9")
+    result = run_cli("--input", str(kb / "a.parquet"), "--output", output)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --output {tmp_path}/out\\xe9: a path that is not UTF-8, which the manifest cannot name"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["kb"]
