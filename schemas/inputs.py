@@ -34,19 +34,29 @@ class InputColumns:
         return (self.id, *(f for f in self.carry if f.name != self.text))
 
 
+# Field metadata keys a writer keeps of its shard's values: Polars' Enum categories and Categorical settings.
+WRITERS_VALUE_NOTES = (b"_PL_",)
+
+
 def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tuple[str, ...]) -> InputColumns:
     """Take the job's columns from the first shard's schema, or say which are missing.
 
     View types become their large counterparts: Arrow's take and filter have no kernels for them.
     Every column, and every part of one, may hold nulls: a writer that declares a column required
     (Spark's non-null columns) speaks for its own shard, not the others, and a null id is rejected
-    by name rather than failing the write.
+    by name rather than failing the write. Likewise a writer's note of a column's values (Polars'
+    `_PL_ENUM_VALUES2`, an Enum's categories) is the first shard's: kept, it made Polars read every
+    value the other shards added (a category added since) back as null. Other field metadata
+    (an extension type's) is kept.
     """
     _require(schema, path, [id_, text, *carry])
 
     def field(name: str) -> pa.Field:
         found = schema.field(name)
-        return found.with_type(nullable_throughout(without_views(found.type))).with_nullable(True)
+        kept = {k: v for k, v in (found.metadata or {}).items() if not k.startswith(WRITERS_VALUE_NOTES)}
+        kind = nullable_throughout(without_views(found.type))
+        found = found.with_metadata(kept) if kept else found.remove_metadata()
+        return found.with_type(kind).with_nullable(True)
 
     carried = (pa.field(text, pa.string()) if name == text else field(name) for name in dict.fromkeys(carry))
     return InputColumns(text=text, id=field(id_), carry=tuple(f for f in carried if f.name != id_))

@@ -81,3 +81,24 @@ def test_pandas_and_polars_read_the_vectors_as_they_are(run_dir):
     assert table.schema["embedding"] == polars.Array(polars.Float32, 384)  # fixed-size, as written
     scores = table["embedding"].to_numpy() @ query
     assert table["id"].to_numpy()[np.argsort(-scores, kind="stable")[:5]].tolist() == expected
+
+
+def test_polars_reads_back_every_category_of_shards_whose_enums_differ(tmp_path):
+    """Polars notes an Enum's categories in the field's metadata; the first shard's note was copied into the
+    outputs, and Polars read a category the second shard added since as null: 'archived' came back empty."""
+    polars = pytest.importorskip("polars")
+    for n, (ids, status, categories) in enumerate(
+        [([1, 2], ["draft", "live"], ["draft", "live"]), ([3, 4], ["archived", "live"], ["draft", "live", "archived"])]
+    ):
+        frame = {
+            "id": ids,
+            "text": [f"text {i}" for i in ids],
+            "status": polars.Series(status, dtype=polars.Enum(categories)),
+        }
+        polars.DataFrame(frame).write_parquet(tmp_path / f"part-{n}.parquet")
+    out = tmp_path / "out"
+    result = run_cli("--input", str(tmp_path / "*.parquet"), "--output", str(out), "--carry_columns", "status")
+    assert result.returncode == 0, result.stderr
+    files = [out / name for name in read_manifest(out)["files"]["embeddings"]]
+    read = polars.read_parquet(files).sort("id")
+    assert read["status"].cast(polars.String).to_list() == ["draft", "live", "archived", "live"]
