@@ -49,6 +49,7 @@ from schemas.inputs import (
     InputColumns,
     InputError,
     check_shard,
+    holds_decimal256,
     holds_null,
     input_columns,
     may_widen,
@@ -696,9 +697,17 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
     for name in narrow:
         index = schema.get_field_index(name)
         kind = type_holding_both(schema.field(index).type, schema.field(index).type)  # dictionaries: int32 at least
-        for theirs in found:
+        for path, theirs in zip(files, found, strict=False):
             if theirs is not None and theirs.get_field_index(name) >= 0:
-                kind = type_holding_both(kind, theirs.field(name).type)
+                wider = type_holding_both(kind, theirs.field(name).type)
+                if holds_decimal256(wider) and not holds_decimal256(kind):
+                    _LOG.warning(
+                        "column %r is %s in earlier shards and %s in %s: written as %s to hold both, which Polars cannot "
+                        "read and DuckDB reads as DOUBLE (digits lost); write the shards with one decimal type to "
+                        "keep decimal128",
+                        name, kind, theirs.field(name).type, path, wider,
+                    )  # fmt: skip
+                kind = wider
         schema = schema.set(index, schema.field(index).with_type(kind))
     return schema
 

@@ -249,6 +249,13 @@ def type_holding_both(ours: pa.DataType, theirs: pa.DataType) -> pa.DataType:
     return _with_parts(ours, [type_holding_both(a, b) for a, b in zip(parts, _parts(theirs), strict=True)])
 
 
+def holds_decimal256(kind: pa.DataType) -> bool:
+    """Whether `kind` is or holds a decimal256, at any depth (a dictionary's values too)."""
+    if pa.types.is_dictionary(kind):
+        return holds_decimal256(kind.value_type)
+    return pa.types.is_decimal256(kind) or any(map(holds_decimal256, _parts(kind)))
+
+
 def may_widen(kind: pa.DataType) -> bool:
     """Whether `type_holding_both` can change `kind`: it holds an integer narrower than 64 bits, a
     uint64 (int64 beside signed integers), a decimal or a dictionary, at any depth."""

@@ -257,6 +257,23 @@ def test_decimals_typed_by_each_files_values_are_read_in_a_type_holding_every_sh
         "a": Decimal("1.50"),
         "b": Decimal("12345.25"),
     }
+    assert "decimal256" not in result.stderr
+
+
+def test_decimals_that_only_decimal256_holds_together_are_warned_of_naming_column_and_shard(tmp_path):
+    """Spark's decimal(38, 0) beside decimal(38, 18) is held by decimal256(56, 18) alone, which Polars refuses
+    and DuckDB reads as DOUBLE: the run went on without a word."""
+    folder = tmp_path / "in"
+    write_parquet(folder / "a.parquet", id=[1], text=["one"], amt=pa.array([Decimal(10**19)], pa.decimal128(38, 0)))
+    write_parquet(folder / "b.parquet", id=[2], text=["two"], amt=pa.array([Decimal("1.5")], pa.decimal128(38, 18)))
+    arguments = ["--input", f"{folder}/*.parquet", "--output", str(tmp_path / "out"), "--carry_columns", "amt"]
+    result = run_cli(*arguments, "--plan_only")
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"WARNING pipeline.plan: column 'amt' is decimal128(38, 0) in earlier shards and decimal128(38, 18) in "
+        f"{folder}/b.parquet: written as decimal256(56, 18) to hold both, which Polars cannot read and DuckDB reads "
+        "as DOUBLE (digits lost); write the shards with one decimal type to keep decimal128\n"
+    ) in result.stderr
 
 
 def test_decimal_ids_yesterday_held_at_a_wider_type_join_tonights(tmp_path):
