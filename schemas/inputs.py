@@ -45,21 +45,35 @@ def input_columns(schema: pa.Schema, path: str, text: str, id_: str, carry: tupl
     Every column, and every part of one, may hold nulls: a writer that declares a column required
     (Spark's non-null columns) speaks for its own shard, not the others, and a null id is rejected
     by name rather than failing the write. Likewise a writer's note of a column's values (Polars'
-    `_PL_ENUM_VALUES2`, an Enum's categories) is the first shard's: kept, it made Polars read every
-    value the other shards added (a category added since) back as null. Other field metadata
-    (an extension type's) is kept.
+    `_PL_ENUM_VALUES2`, an Enum's categories) is the first shard's (without_writers_notes).
     """
     _require(schema, path, [id_, text, *carry])
 
     def field(name: str) -> pa.Field:
-        found = schema.field(name)
-        kept = {k: v for k, v in (found.metadata or {}).items() if not k.startswith(WRITERS_VALUE_NOTES)}
-        kind = nullable_throughout(without_views(found.type))
-        found = found.with_metadata(kept) if kept else found.remove_metadata()
-        return found.with_type(kind).with_nullable(True)
+        found = without_writers_notes(schema.field(name))
+        return found.with_type(nullable_throughout(without_views(found.type))).with_nullable(True)
 
     carried = (pa.field(text, pa.string()) if name == text else field(name) for name in dict.fromkeys(carry))
     return InputColumns(text=text, id=field(id_), carry=tuple(f for f in carried if f.name != id_))
+
+
+def without_writers_notes(field: pa.Field) -> pa.Field:
+    """`field` without a writer's notes of its values (WRITERS_VALUE_NOTES), on it or on any part of it
+    (Polars' List(Enum), Struct{Enum}): they are the first shard's, and kept in the outputs they made Polars
+    read every category the other shards added since back as null. Other metadata (an extension type's) is kept."""
+    kept = {k: v for k, v in (field.metadata or {}).items() if not k.startswith(WRITERS_VALUE_NOTES)}
+    field = field.with_metadata(kept) if kept else field.remove_metadata()
+    kind = field.type
+    if pa.types.is_map(kind):
+        kind = pa.map_(kind.key_type, without_writers_notes(kind.item_field))
+    elif pa.types.is_struct(kind):
+        kind = pa.struct([without_writers_notes(part) for part in kind])
+    elif pa.types.is_fixed_size_list(kind):
+        kind = pa.list_(without_writers_notes(kind.value_field), kind.list_size)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = without_writers_notes(kind.value_field)
+        kind = pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    return field.with_type(kind)
 
 
 def without_views(kind: pa.DataType) -> pa.DataType:

@@ -84,21 +84,24 @@ def test_pandas_and_polars_read_the_vectors_as_they_are(run_dir):
 
 
 def test_polars_reads_back_every_category_of_shards_whose_enums_differ(tmp_path):
-    """Polars notes an Enum's categories in the field's metadata; the first shard's note was copied into the
-    outputs, and Polars read a category the second shard added since as null: 'archived' came back empty."""
+    """Polars notes an Enum's categories in the field's metadata, a list's or struct's items too; the first
+    shard's notes were copied into the outputs, and Polars read a category the second shard added since as
+    null ('archived' came back empty), or could not read the nested columns at all."""
     polars = pytest.importorskip("polars")
     for n, (ids, status, categories) in enumerate(
         [([1, 2], ["draft", "live"], ["draft", "live"]), ([3, 4], ["archived", "live"], ["draft", "live", "archived"])]
     ):
-        frame = {
-            "id": ids,
-            "text": [f"text {i}" for i in ids],
-            "status": polars.Series(status, dtype=polars.Enum(categories)),
-        }
-        polars.DataFrame(frame).write_parquet(tmp_path / f"part-{n}.parquet")
+        enum = polars.Series(status, dtype=polars.Enum(categories))
+        frame = polars.DataFrame({"id": ids, "text": [f"text {i}" for i in ids], "status": enum})
+        frame = frame.with_columns(
+            tags=polars.concat_list(polars.col("status")), rec=polars.struct(polars.col("status").alias("e"))
+        )
+        frame.write_parquet(tmp_path / f"part-{n}.parquet")
     out = tmp_path / "out"
-    result = run_cli("--input", str(tmp_path / "*.parquet"), "--output", str(out), "--carry_columns", "status")
+    result = run_cli("--input", str(tmp_path / "*.parquet"), "--output", str(out), "--carry_columns", "status,tags,rec")
     assert result.returncode == 0, result.stderr
     files = [out / name for name in read_manifest(out)["files"]["embeddings"]]
     read = polars.read_parquet(files).sort("id")
     assert read["status"].cast(polars.String).to_list() == ["draft", "live", "archived", "live"]
+    assert read["tags"].cast(polars.List(polars.String)).to_list() == [["draft"], ["live"], ["archived"], ["live"]]
+    assert read["rec"].struct.field("e").cast(polars.String).to_list() == ["draft", "live", "archived", "live"]
