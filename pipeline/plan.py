@@ -216,11 +216,6 @@ def match_inputs(patterns: list[str], listing: _Listing | None = None) -> list[P
         passed_over = set(hidden)
         for m in sorted((m for m in found if m.path not in passed_over), key=lambda m: m.path):
             path = same_spelling(m.path)
-            if not is_url(path) and not _utf8(path):  # as the rows' source_file it failed every run in the workers
-                raise InputError(
-                    f"{_shown(path)}: a file name that is not UTF-8 (matched by --input {pattern}), which the job "
-                    "cannot name in its outputs and messages; rename the file"
-                )
             if not is_url(path) and _special(path):  # opening a pipe waits for a writer: the plan would hang
                 raise InputError(f"{path}: a pipe, socket or device, not a Parquet file (matched by --input {pattern})")
             spellings.add(path)
@@ -346,27 +341,29 @@ def _walk(top: str, files: bool = False) -> _Walked:
     permission), whose files it cannot stat; and the links among their files it cannot follow (the target
     gone, or in a folder it cannot enter), which it passes over as it does a file gone since listed. One gone
     since it was seen (a writer's work folder, cleaned up) holds no files to miss; a `lost+found` folder, a
-    file system's own (on a disk's root), none of the job's. With them, the links to folders, which are not
-    entered, as Beam's listing enters none (those the pattern's names match: _through_links), and with
-    `files` every file, as Beam lists a folder. One walk, with os.scandir, whose entries say which are links
-    without a stat each: a `**` pattern's tree was walked three times by the plan besides Beam's listing."""
+    file system's own (on a disk's root), none of the job's: none under it is named, though the walk enters it
+    as Beam's listing does. With them, the links to folders, which are not entered, as Beam's listing enters
+    none (those the pattern's names match: _through_links), and with `files` every file, as Beam lists a
+    folder. One walk, with os.scandir, whose entries say which are links without a stat each: a `**`
+    pattern's tree was walked three times by the plan besides Beam's listing."""
     walked = _Walked([], [], [])
-    pending = [top]
+    pending = [(top, False)]  # a folder, and whether it is in a lost+found
     while pending:
-        folder = pending.pop()
+        folder, lost = pending.pop()
+        unreadable = [] if lost else walked.unreadable
         try:
             with os.scandir(folder) as listed:
                 entries = list(listed)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:
-            walked.unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
+            unreadable.append(Unreadable(_not_entered(folder), e.strerror, link=False))
             continue
         try:
             if entries:
                 os.lstat(entries[0].path)
         except PermissionError as e:
-            walked.unreadable.append(Unreadable(folder.rstrip("/") or "/", e.strerror, link=False))
+            unreadable.append(Unreadable(folder.rstrip("/") or "/", e.strerror, link=False))
             continue
         except OSError:  # gone since the folder was listed
             pass
@@ -375,15 +372,14 @@ def _walk(top: str, files: bool = False) -> _Walked:
                 try:
                     status = os.stat(entry.path)
                 except OSError as e:
-                    walked.unreadable.append(Unreadable(entry.path, e.strerror, link=True))
+                    unreadable.append(Unreadable(entry.path, e.strerror, link=True))
                     continue
                 if stat.S_ISDIR(status.st_mode):
                     walked.links.append(entry.path)
                 elif files:
                     walked.files.append(FileMetadata(entry.path, status.st_size, status.st_mtime))
             elif entry.is_dir(follow_symlinks=False):
-                if entry.name != "lost+found":
-                    pending.append(entry.path)
+                pending.append((entry.path, lost or entry.name == "lost+found"))
             elif files:
                 with contextlib.suppress(OSError):  # gone since it was listed
                     status = entry.stat(follow_symlinks=False)
@@ -697,19 +693,26 @@ def widened_integers(files: list[str], schema: pa.Schema, names: list[str]) -> p
     for name in narrow:
         index = schema.get_field_index(name)
         kind = type_holding_both(schema.field(index).type, schema.field(index).type)  # dictionaries: int32 at least
-        for path, theirs in zip(files, found, strict=False):
+        for theirs in found:
             if theirs is not None and theirs.get_field_index(name) >= 0:
-                wider = type_holding_both(kind, theirs.field(name).type)
-                if holds_decimal256(wider) and not holds_decimal256(kind):
-                    _LOG.warning(
-                        "column %r is %s in earlier shards and %s in %s: written as %s to hold both, which Polars cannot "
-                        "read and DuckDB reads as DOUBLE (digits lost); write the shards with one decimal type to "
-                        "keep decimal128",
-                        name, kind, theirs.field(name).type, path, wider,
-                    )  # fmt: skip
-                kind = wider
+                kind = type_holding_both(kind, theirs.field(name).type)
         schema = schema.set(index, schema.field(index).with_type(kind))
     return schema
+
+
+def _warn_decimal256(columns: InputColumns, schema: pa.Schema, path: str) -> None:
+    """Decimals that only decimal256 holds together (Spark's decimal(38, 0) beside decimal(38, 18), widened to
+    hold every shard's and --previous's ids: type_holding_both) are written so; Polars cannot read them and
+    DuckDB reads them as DOUBLE. `schema`: the first shard's, at `path`."""
+    for field in columns.typed:
+        theirs = schema.field(field.name).type if schema.get_field_index(field.name) >= 0 else pa.null()
+        if holds_decimal256(field.type) and not holds_decimal256(theirs):
+            _LOG.warning(
+                "column %r is %s in %s, and is written as %s to hold the decimals of every shard (and of --previous): "
+                "Polars cannot read it and DuckDB reads it as DOUBLE (digits lost); write the shards with one "
+                "decimal type to keep decimal128",
+                field.name, theirs, path, field.type,
+            )  # fmt: skip
 
 
 def _schema_or_none(path: str) -> pa.Schema | None:
@@ -1287,13 +1290,18 @@ def max_file_bytes(target_file_mb: float) -> int:
 def plan_job(options: PipelineOptions) -> JobPlan:
     opts = options.view_as(EmbedOptions)
     started = time.time()
-    for option, path in (("--output", opts.output), ("--previous", opts.previous)):
-        if path and not _utf8(path):  # the manifest names it: the run failed as it was published
+    for option, path in (("--output", opts.output), ("--previous", opts.previous), ("--model", opts.model)):
+        if path and not _utf8(path):  # the manifest names it: the run failed as it was published, or loaded
             raise UsageError(f"{option} {_shown(path)}: a path that is not UTF-8, which the manifest cannot name")
     patterns = _split_patterns(opts.input)
     listing = _Listing()
     input_files = match_inputs(patterns, listing)
     files = [f.path for f in input_files]
+    if bad := next((path for path in files if not _utf8(path)), None):  # each row's source_file: failed in workers
+        raise InputError(
+            f"{_shown(bad)}: a path that is not UTF-8, which the job cannot name in its outputs and messages "
+            "(matched by --input); rename it"
+        )
     inside = next((path for path in files if opts.output and same_place(path.rsplit("/", 1)[0], opts.output)), None)
     if inside:  # the next night's pattern over that folder would read this night's outputs as input
         raise InputError(f"--output {opts.output} holds input files ({inside}); write the outputs to another folder")
@@ -1390,6 +1398,7 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     ):  # ids yesterday held past tonight's width, sign or scale join as they are; the output keeps them
         columns = replace(columns, id=columns.id.with_type(type_holding_both(columns.id.type, previous.id_type)))
         check_previous_ids_held(previous, columns.id)
+    _warn_decimal256(columns, first_file.schema_arrow, first)
     file_bytes = max_file_bytes(opts.target_file_mb)
     # Rows, not passages, go through the model only without passages and without reuse.
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS

@@ -270,10 +270,23 @@ def test_decimals_that_only_decimal256_holds_together_are_warned_of_naming_colum
     result = run_cli(*arguments, "--plan_only")
     assert result.returncode == 0, result.stderr
     assert (
-        f"WARNING pipeline.plan: column 'amt' is decimal128(38, 0) in earlier shards and decimal128(38, 18) in "
-        f"{folder}/b.parquet: written as decimal256(56, 18) to hold both, which Polars cannot read and DuckDB reads "
-        "as DOUBLE (digits lost); write the shards with one decimal type to keep decimal128\n"
+        f"WARNING pipeline.plan: column 'amt' is decimal128(38, 0) in {folder}/a.parquet, and is written as "
+        "decimal256(56, 18) to hold the decimals of every shard (and of --previous): Polars cannot read it and DuckDB "
+        "reads it as DOUBLE (digits lost); write the shards with one decimal type to keep decimal128\n"
     ) in result.stderr
+    # Inside a struct whose other part a shard typed null, and ids widened to hold --previous's, likewise.
+    first = pa.array([{"x": None, "d": Decimal(10**19)}], pa.struct([("x", pa.null()), ("d", pa.decimal128(38, 0))]))
+    night = tmp_path / "night"
+    ids = [pa.array([Decimal(n)], pa.decimal128(38, 0)) for n in (1, 2)]
+    write_parquet(night / "a.parquet", id=ids[0], text=["one"], rec=first)
+    write_parquet(night / "b.parquet", id=ids[1], text=["two"], rec=[{"x": "s", "d": Decimal("1.5")}])
+    result = run_cli("--input", f"{night}/*.parquet", "--output", str(tmp_path / "o"), "--carry_columns", "rec")
+    assert result.returncode == 0, result.stderr
+    assert "column 'rec' is struct<x: null, d: decimal128(38, 0)> in " in result.stderr
+    widened = write_parquet(tmp_path / "ids.parquet", id=pa.array([Decimal("1.5")], pa.decimal128(38, 18)), text=["x"])
+    result = run_cli("--input", str(widened), "--output", str(tmp_path / "o2"), "--previous", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert f"column 'id' is decimal128(38, 18) in {widened}, and is written as decimal256(" in result.stderr
 
 
 def test_decimal_ids_yesterday_held_at_a_wider_type_join_tonights(tmp_path):
