@@ -39,6 +39,7 @@ from pipeline.worker import quiet_tracebacks
 from schemas.inputs import InputError
 from transforms.output_owner import OutputTakenOver
 from transforms.paths import is_url
+from transforms.read import one_line
 from transforms.spill import spill_folder
 from transforms.write import MANIFEST, remove_temp_files
 
@@ -422,8 +423,11 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         except Exception:  # the owner file unreadable too: the run's own failure is the one to report
             _LOG.warning("could not read %s's owner file after the run failed", plan.output, exc_info=True)
         else:
-            remove_temp_files(plan.output)
-            plan.owner.release()
+            try:
+                remove_temp_files(plan.output)
+                plan.owner.release()
+            except Exception as e:  # what failed may be the output itself (made read-only, its mount gone)
+                _LOG.warning("could not remove the failed run's files from %s (%s)", plan.output, one_line(e))
         if isinstance(failure, Exception) and (written := _WRITE_FAILED.search(str(failure))):
             raise OutputUnwritable(
                 f"--output {plan.output} could not be written ({written.group(1)}, in step {written.group(2)}); "
@@ -589,6 +593,12 @@ def _exit(status: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    # The run is published and said so: a stop changes nothing now. Python puts the default handlers back
+    # as it shuts down (half a second with torch loaded), and a SIGTERM landing then killed the command with
+    # 143, which a scheduler takes for a failed night. Ignored signals stay ignored.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers to keep
+            signal.signal(stop, signal.SIG_IGN)
     sys.exit(status)
 
 

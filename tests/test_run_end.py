@@ -230,3 +230,19 @@ def test_rows_rejected_leave_the_lines_total(tmp_path):
     lines = [line for line in result.stderr.splitlines() if " rows/s" in line]
     last = lines[-1].split(" INFO progress: ")[1]
     assert last.startswith("embedded 60 of 60 rows (100%), ") and last.endswith(", 40 rows rejected")
+
+
+def test_a_published_run_ignores_stops_while_the_interpreter_shuts_down():
+    """Python puts the default handlers back as it shuts down (half a second with torch loaded): a SIGTERM
+    landing then, after the summary was printed, killed the command with 143, a failed night to a scheduler.
+    An ignored signal stays ignored through the shutdown."""
+    script = (
+        "import atexit, signal, pipeline.run as run\n"
+        "run._catch_stops()\n"
+        "stops = (signal.SIGINT, signal.SIGTERM)\n"
+        "atexit.register(lambda: print([signal.getsignal(s) is signal.SIG_IGN for s in stops]))\n"
+        "run._exit(0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[True, True]\n"
