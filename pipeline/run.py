@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -404,6 +405,8 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
                 _settle_stops()  # the manifest is written (or the remote job submitted)
         finally:
             _RUNNING.clear()
+            if pipeline is not None:  # Beam removes its temporary folder only once it ran the pipeline
+                shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # a stop while building left it
             line.finish()
             for logger in loggers:
                 logger.removeFilter(worker_logs)

@@ -246,3 +246,29 @@ def test_a_published_run_ignores_stops_while_the_interpreter_shuts_down():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[True, True]\n"
+
+
+STOPPED_WHILE_BUILDING = """
+import os, signal, sys
+import pipeline.run as run
+
+def stopped(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+run.build_pipeline = stopped
+run._exit(run.main(started=run.process_started()))
+"""
+
+
+def test_a_run_stopped_while_its_pipeline_is_built_leaves_no_temporary_folder(tmp_path):
+    """Beam removes the folder it makes for a pipeline only once it ran it: each stop while the job built
+    its pipeline left an empty beam-pipeline-temp folder in the temporary folder, which no run removes."""
+    shard = write_parquet(tmp_path / "in.parquet", id=["a"], text=["one"])
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = [sys.executable, "-c", STOPPED_WHILE_BUILDING, "--input", str(shard), "--output", str(tmp_path / "out")]
+    env = {**os.environ, "TMPDIR": str(temporary)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; no manifest.json was written")
+    assert list(temporary.iterdir()) == []
