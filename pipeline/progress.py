@@ -207,13 +207,18 @@ class WorkerLogs(logging.Filter):
     to `line` instead of the log. Installed on the local job service's logger, and on the embed
     module's and Beam's DoFn runner's, whose records stay in this process when workers run in it."""
 
-    def __init__(self, line: ProgressLine, job_folders: tuple[str, ...], reported: re.Pattern[str]) -> None:
+    def __init__(
+        self, line: ProgressLine, job_folders: tuple[str, ...], reported: re.Pattern[str], errors: list[str]
+    ) -> None:
         """`reported`: the job's own errors, which the command reports itself in one line once the
-        run fails; a worker's record of one (a traceback, repeated per retry) is left out."""
+        run fails; a worker's record of one (a traceback, repeated per retry) is left out. `errors`: the
+        text of every ERROR a worker process forwards is added to it, for the command to say why the run
+        failed where Beam's teardown of the other workers would tell it otherwise."""
         super().__init__()
         self._line = line
         self._job_folders = job_folders
         self._reported = reported
+        self._errors = errors
         self._said: set[str] = set()  # workers' INFO lines shown, less their durations
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -223,6 +228,8 @@ class WorkerLogs(logging.Filter):
             text = _unescape(forwarded.group(1))
             if any(noise in text for noise in _NOISE):
                 return False
+            if record.levelno >= logging.ERROR:
+                self._errors.append(text)
             if record.levelno >= logging.ERROR and self._reported.search(text):
                 return False
             if not self._report(text) and (

@@ -89,6 +89,10 @@ _STOPPED_BY: list[str] = []
 _STOPPED_LATE: list[str] = []
 # Exit statuses of local worker processes that died (negative: the signal that killed one).
 _WORKER_EXITS: list[int] = []
+# The ERRORs local worker processes logged (WorkerLogs): one of a failure the command reports in its own
+# words (a write that failed, an input error) ends the run, and Beam then tears the other workers down: one
+# aborted mid-bundle must not be reported instead (_lost_worker_cause).
+_WORKER_FAILURES: list[str] = []
 _WORKER_EXITED = re.compile(r"Worker subprocess exited with return code (-?\d+)")
 _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose worker process died
 # A write step's system error (OSError's `[Errno N] ...`: a full disk, no permission), as Beam wraps it.
@@ -169,7 +173,8 @@ def _worker_thread_failed(args: threading.ExceptHookArgs) -> None:
     if exited:
         _WORKER_EXITS.append(int(exited.group(1)))
         if not (_STOPPED_BY or _WORKER_LOST.is_set()):
-            _LOG.warning("a worker process %s", _worker_ended(_WORKER_EXITS[-1]))
+            if not _lost_worker_cause(lost=True):  # else it ended as a worker's failure ends the run: main says that
+                _LOG.warning("a worker process %s", _worker_ended(_WORKER_EXITS[-1]))
             _end_for_lost_worker()
     elif not (_STOPPED_BY or isinstance(args.exc_value, grpc.RpcError)):
         _THREAD_EXCEPTHOOK(args)
@@ -390,7 +395,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             started=started,
             interval=plan.progress_interval,
         )
-        worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR)
+        worker_logs = WorkerLogs(line, _JOB_FOLDERS, _WORKER_ERROR, _WORKER_FAILURES)
         # The line ends before any of their records. The root logger's: a portable runner logs the job
         # service's messages through it, a failure's traceback among them.
         loggers = [*map(logging.getLogger, _WORKER_LOGGERS), _LOG, logging.getLogger()]
@@ -431,7 +436,8 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
                 plan.owner.release()
             except Exception as e:  # what failed may be the output itself (made read-only, its mount gone)
                 _LOG.warning("could not remove the failed run's files from %s (%s)", plan.output, one_line(e))
-        if isinstance(failure, Exception) and (written := _WRITE_FAILED.search(str(failure))):
+        cause = str(failure) if isinstance(failure, Exception) else _lost_worker_cause()
+        if written := _WRITE_FAILED.search(cause):
             raise OutputUnwritable(
                 f"--output {plan.output} could not be written ({written.group(1)}, in step {written.group(2)}); "
                 "no manifest.json was written, so nothing was published; running the same command again, once "
@@ -481,7 +487,7 @@ def _published(plan: JobPlan) -> bool:
 def _forget_earlier_runs() -> None:
     """What stopped or ended an earlier run in this process (a scheduler's task may call main again) says
     nothing of this one."""
-    for said in (_STOPPED_BY, _STOPPED_LATE, _WORKER_EXITS):
+    for said in (_STOPPED_BY, _STOPPED_LATE, _WORKER_EXITS, _WORKER_FAILURES):
         said.clear()
     _WORKER_LOST.clear()
 
@@ -500,7 +506,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         result = run(argv, started)
     except KeyboardInterrupt:
-        print(error_line(_worker_lost() if _WORKER_LOST.is_set() and not _STOPPED_BY else _stopped()), file=sys.stderr)
+        if _WORKER_LOST.is_set() and not _STOPPED_BY:
+            found = _WORKER_ERROR.search(_STEP_NOTE.sub("", _lost_worker_cause()))
+            print(error_line(found.group(1) if found else _worker_lost()), file=sys.stderr)
+        else:
+            print(error_line(_stopped()), file=sys.stderr)
         return 1
     except UsageError as e:
         print(error_line(e), file=sys.stderr)
@@ -574,6 +584,15 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             result["clipped"]["values"],
         )
     return 0
+
+
+def _lost_worker_cause(lost: bool = False) -> str:
+    """What a worker logged of a failure the command reports in its own words (a write that failed, an input
+    error), where a worker's death ended the run (or, `lost`, is ending it); "" else."""
+    if _STOPPED_BY or not (lost or _WORKER_LOST.is_set()):
+        return ""
+    said = (text for text in _WORKER_FAILURES if _WRITE_FAILED.search(text) or _WORKER_ERROR.search(text))
+    return next(said, "")
 
 
 def _worker_lost() -> str:

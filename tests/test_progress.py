@@ -214,7 +214,9 @@ def _forwarded(level: int, text: str, location: str = "/job/transforms/embed.py:
 
 def test_a_line_every_worker_logs_alike_is_shown_once_and_a_warning_every_time():
     """Each worker process logs its kernels and its model's loading: eight workers gave eight of each."""
-    logs = WorkerLogs(ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"))
+    logs = WorkerLogs(
+        ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"), []
+    )
     records = [
         _forwarded(logging.INFO, "CPU linear kernels: onednn (GenuineIntel CPU with AVX-512)"),
         _forwarded(logging.INFO, "loaded /m on cpu in 1.8s"),
@@ -246,8 +248,12 @@ def _root_error(text: str) -> logging.LogRecord:
 
 def test_an_error_with_a_stack_trace_keeps_its_message_and_each_cause_without_the_frames():
     """A Flink job's failure reaches the launcher as Java's stack trace: cut to its first and last line it
-    read `...Job failed (JobID: 1f2e) ... ... 3 more`, the `Caused by:` lines naming what failed gone."""
-    logs = WorkerLogs(ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"))
+    read `...Job failed (JobID: 1f2e) ... ... 3 more`, the `Caused by:` lines naming what failed gone. A worker's
+    error is kept whole for the command to report, where another worker's teardown would tell it otherwise."""
+    errors: list[str] = []
+    logs = WorkerLogs(
+        ProgressLine(10, "rows", io.StringIO()), ("/job/transforms/",), re.compile("InputError: (.+)"), errors
+    )
     java = _root_error(
         "org.apache.flink.client.program.ProgramInvocationException: Job failed (JobID: 1f2e)\n"
         "\tat org.apache.flink.client.program.rest.RestClusterClient.lambda$null$6(RestClusterClient.java:268)\n"
@@ -259,25 +265,24 @@ def test_an_error_with_a_stack_trace_keeps_its_message_and_each_cause_without_th
         "\tat org.apache.beam.runners.fnexecution.control.FnApiControlClient.onNext(FnApiControlClient.java:180)\n"
         "\t... 3 more\n"
     )
-    python = _forwarded(
-        logging.ERROR,
-        _protobuf_text(
-            "Error processing instruction 4. Original traceback is\n"
-            "Traceback (most recent call last):\n"
-            '  File "/job/transforms/write.py", line 10, in write\n'
-            "    self._file.write(batch)\n"
-            "    ^^^^^^^^^^^^^^^^^^^^^^^\n"
-            "OSError: [Errno 28] No space left on device\n"
-            "\n"
-            "The above exception was the direct cause of the following exception:\n"
-            "\n"
-            "Traceback (most recent call last):\n"
-            '  File "/beam/worker/sdk_worker.py", line 300, in _execute\n'
-            "    response = task()\n"
-            "RuntimeError: OSError: [Errno 28] No space left on device [while running 'Write']\n"
-        ),
+    traceback = (
+        "Error processing instruction 4. Original traceback is\n"
+        "Traceback (most recent call last):\n"
+        '  File "/job/transforms/write.py", line 10, in write\n'
+        "    self._file.write(batch)\n"
+        "    ^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "OSError: [Errno 28] No space left on device\n"
+        "\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "\n"
+        "Traceback (most recent call last):\n"
+        '  File "/beam/worker/sdk_worker.py", line 300, in _execute\n'
+        "    response = task()\n"
+        "RuntimeError: OSError: [Errno 28] No space left on device [while running 'Write']\n"
     )
+    python = _forwarded(logging.ERROR, _protobuf_text(traceback))
     assert logs.filter(java) and logs.filter(python)
+    assert errors == [traceback]
     assert java.getMessage() == (
         "org.apache.flink.client.program.ProgramInvocationException: Job failed (JobID: 1f2e) ... "
         "Caused by: org.apache.flink.runtime.client.JobExecutionException: Job execution failed. ... "
