@@ -597,7 +597,7 @@ def is_hidden(path: str, pattern: str) -> bool:
 
 
 def _utf8(path: str) -> bool:
-    """Whether a local path is UTF-8: Python keeps a name's other bytes as lone surrogates (\udce9)."""
+    """Whether a local path is UTF-8: Python keeps a name's other bytes as lone surrogates (\\udce9)."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -606,7 +606,7 @@ def _utf8(path: str) -> bool:
 
 
 def _shown(path: str) -> str:
-    """A local path with the bytes of its name that are not UTF-8 written as escapes (caf\xe9.parquet)."""
+    """A local path with the bytes of its name that are not UTF-8 written as escapes (caf\\xe9.parquet)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
