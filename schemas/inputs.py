@@ -63,17 +63,8 @@ def without_writers_notes(field: pa.Field) -> pa.Field:
     read every category the other shards added since back as null. Other metadata (an extension type's) is kept."""
     kept = {k: v for k, v in (field.metadata or {}).items() if not k.startswith(WRITERS_VALUE_NOTES)}
     field = field.with_metadata(kept) if kept else field.remove_metadata()
-    kind = field.type
-    if pa.types.is_map(kind):
-        kind = pa.map_(kind.key_type, without_writers_notes(kind.item_field))
-    elif pa.types.is_struct(kind):
-        kind = pa.struct([without_writers_notes(part) for part in kind])
-    elif pa.types.is_fixed_size_list(kind):
-        kind = pa.list_(without_writers_notes(kind.value_field), kind.list_size)
-    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        item = without_writers_notes(kind.value_field)
-        kind = pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
-    return field.with_type(kind)
+    parts = _part_fields(field.type)
+    return field.with_type(_with_part_fields(field.type, list(map(without_writers_notes, parts)))) if parts else field
 
 
 def without_views(kind: pa.DataType) -> pa.DataType:
@@ -110,35 +101,41 @@ def without_encodings(kind: pa.DataType) -> pa.DataType:
     return _with_parts(kind, parts)
 
 
+def _part_fields(kind: pa.DataType) -> list[pa.Field]:
+    """The fields a list, map or struct is made of (items; key and item; fields), else none."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [kind.value_field]
+    if pa.types.is_map(kind):
+        return [kind.key_field, kind.item_field]
+    if pa.types.is_struct(kind):
+        return list(kind)
+    return []
+
+
 def _parts(kind: pa.DataType) -> list[pa.DataType]:
     """The types a list, map or struct is made of (items; key and item; fields), else none."""
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return [kind.value_type]
+    return [field.type for field in _part_fields(kind)]
+
+
+def _with_part_fields(kind: pa.DataType, fields: list[pa.Field]) -> pa.DataType:
+    """`kind` made of `fields` (as `_part_fields` lists them): container and sizes kept."""
     if pa.types.is_map(kind):
-        return [kind.key_type, kind.item_type]
+        return pa.map_(fields[0].type, fields[1])
     if pa.types.is_struct(kind):
-        return [field.type for field in kind]
-    return []
+        return pa.struct(fields)
+    if not fields:
+        return kind
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(fields[0], kind.list_size)
+    return pa.large_list(fields[0]) if pa.types.is_large_list(kind) else pa.list_(fields[0])
 
 
 def _with_parts(kind: pa.DataType, parts: list[pa.DataType], nullable: bool = False) -> pa.DataType:
     """`kind` with its parts (as `_parts` lists them) of the types `parts`: names, sizes and container
     kept (and each part's nullability, unless `nullable` says all may be null), so one helper rebuilds
     a nested type for every change made part by part."""
-
-    def member(field: pa.Field, part: pa.DataType) -> pa.Field:
-        return field.with_type(part).with_nullable(True) if nullable else field.with_type(part)
-
-    if pa.types.is_map(kind):
-        return pa.map_(parts[0], member(kind.item_field, parts[1]))
-    if pa.types.is_struct(kind):
-        return pa.struct([member(field, part) for field, part in zip(kind, parts, strict=True)])
-    if not parts:
-        return kind
-    item = member(kind.value_field, parts[0])
-    if pa.types.is_fixed_size_list(kind):
-        return pa.list_(item, kind.list_size)
-    return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    fields = [field.with_type(part) for field, part in zip(_part_fields(kind), parts, strict=True)]
+    return _with_part_fields(kind, [field.with_nullable(True) for field in fields] if nullable else fields)
 
 
 # Names of UTC that writers give timestamps: pandas, Spark and pyarrow today "UTC", pyarrow before 13
