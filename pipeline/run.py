@@ -113,8 +113,13 @@ class OutputUnwritable(RuntimeError):
 def _stop(signum: int, _frame: object) -> None:
     """The first SIGINT or SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so that it ends with
     exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once.
-    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death."""
+    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death; one
+    that lands once the pipeline has ended (the main thread already reporting a worker's failure, a full
+    disk, and removing the run's files) does nothing: raised there, it cut the removal short and the
+    failure was told as the death that Beam's teardown caused."""
     if _WORKER_LOST.is_set() and not _STOPPED_BY:
+        if not _RUNNING.is_set():
+            return
         raise KeyboardInterrupt("a worker process died")
     _STOPPED_BY.append(signal.Signals(signum).name)
     for stop in (signal.SIGINT, signal.SIGTERM):
