@@ -1091,14 +1091,18 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
             same = _file_schema(skipped[0], "upserts").equals(schema) and _key(skipped[0]) == _key(run)
         except Exception as e:
             _LOG.warning(
-                "loading the snapshot: the table holds run %s, and a run between cannot be read: %s", held_run_id, e
+                "loading the snapshot: the table holds run %s, and an earlier night of this run (its --previous, "
+                "or theirs) cannot be read: %s",
+                held_run_id,
+                e,
             )
             return None
         if not same:
             _LOG.warning(
-                "loading the snapshot: run %s, between the table's run %s and this one, has other columns",
-                manifest["run_id"],
+                "loading the snapshot: the table holds run %s, and run %s, an earlier night of this run (its "
+                "--previous, or theirs), has other columns than this one",
                 held_run_id,
+                manifest["run_id"],
             )
             return None
     if not changes:  # the run's own

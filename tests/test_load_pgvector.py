@@ -375,7 +375,7 @@ def test_a_skipped_night_whose_run_is_gone_out_of_reach_or_another_loads_the_sna
     shutil.copytree(day_three, third)
     manifest = read_manifest(third)
     other = f"now holds run {read_manifest(day_one)['run_id']}, not {read_manifest(day_two)['run_id']}"
-    unreadable = "a run between cannot be read"
+    unreadable = "an earlier night of this run (its --previous, or theirs) cannot be read"
     places = ((tmp_path / "moved", unreadable), ("hdfs://kb-nowhere/kb2-out", unreadable), (day_one, other))
     for previous, said in places:
         assert load(postgres, day_one, table, "--rollback").returncode == 0
