@@ -188,7 +188,6 @@ class PooledEncoder:
         self.tokenizer = TextTokenizer(folder, max_seq_length, prompt_name, prompt)
         if isinstance(self.input_module, Transformer):
             self.input_module.token_types = self.tokenizer.token_types
-            self.input_module.padding_left = self.tokenizer.padding_left
         self.max_seq_length = self.tokenizer.max_seq_length
         self.heap_trimmer = HeapTrimmer()
         self._budget_cap: int | None = None  # lowered after running out of GPU memory, for the worker's life

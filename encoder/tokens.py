@@ -91,17 +91,17 @@ class TokenTypes:
         """Every type id 0, whatever the text (BERT's): made where the model runs, not copied there."""
         return not (self.text or self.pad or self.before.any() or self.after.any())
 
-    def ids(self, lengths: np.ndarray, width: int, padding_left: bool) -> np.ndarray:
-        """(rows, width) type ids of rows holding `lengths` tokens each, padded to `width`."""
+    def ids(self, lengths: np.ndarray, width: int) -> np.ndarray:
+        """(rows, width) type ids of rows holding `lengths` tokens each, padded on the right to `width`."""
         lengths = lengths[:, None]
-        at = np.arange(width) - (width - lengths if padding_left else np.zeros_like(lengths))  # place in its row
+        at = np.broadcast_to(np.arange(width), (len(lengths), width))  # place in its row
         kinds = np.full((len(lengths), width), self.text, dtype=np.int64)
         before = (at >= 0) & (at < len(self.before))
         kinds[before] = self.before[at[before]]
         from_end = at - (lengths - len(self.after))
         after = (from_end >= 0) & (at < lengths)
         kinds[after] = self.after[from_end[after]]
-        kinds[(at < 0) | (at >= lengths)] = self.pad
+        kinds[at >= lengths] = self.pad
         return kinds
 
 
@@ -172,13 +172,10 @@ class TextTokenizer:
             self.raw = tokenizer_copy(tokenizer.backend_tokenizer)
             special_ids = set(tokenizer.all_special_ids)
             side = tokenizer.truncation_side  # tokenizer_config.json's, as transformers reads it
-            # The side transformers pads on: tokenizer_config.json's, else tokenizer.json's padding, else its
-            # class's (Llama's and Gemma's tokenizers pad on the left); decoder embedders' last token is then real.
-            self.padding_left = tokenizer.padding_side == "left"
             # sentence-transformers passes on the type ids where the tokenizer gives them
             pad_type = tokenizer.pad_token_type_id if "token_type_ids" in tokenizer.model_input_names else None
         else:
-            self.pad_id, self.padding_left = 0, False  # a static model's rows are never padded
+            self.pad_id = 0  # a static model's rows are never padded
             self.raw = Tokenizer.from_file(str(folder.tokenizer_path / "tokenizer.json"))
             special_ids, pad_type = set(), None
             side = (self.raw.truncation or {}).get("direction", "right")

@@ -72,9 +72,8 @@ class Transformer(torch.nn.Module):
             self.model.pooler = None
         if hasattr(self.model.config, "use_cache"):  # decoder-only embedders: no key/value cache to keep
             self.model.config.use_cache = False
-        # Set by the encoder from its tokenizer: the side it pads on, and its type ids where it gives them
-        # (passed on where the model's forward names them, as sentence-transformers passes what the tokenizer gives).
-        self.padding_left = False
+        # Set by the encoder from its tokenizer: its type ids where it gives them (passed on where the model's
+        # forward names them, as sentence-transformers passes what the tokenizer gives).
         self.token_types: TokenTypes | None = None
         self.reads_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         config = self.model.config
@@ -94,18 +93,23 @@ class Transformer(torch.nn.Module):
             self.model.set_attn_implementation(unread_mask_sdpa())
 
     def collate(self, tokenized: Tokenized, rows: np.ndarray, width: int, pad_id: int) -> Features:
-        """Token ids and attention mask of `rows`, padded to `width` on the side the tokenizer asks for.
+        """Token ids and attention mask of `rows`, padded on the right to `width`, whichever side the tokenizer
+        pads on: each row's tokens then sit at positions 0, 1, 2 ... as in the text alone, so its vector is the
+        one the text gets alone (a query embedded at search time), whatever rows share its batch. Padded on the
+        left, a model with absolute positions (BERT, MPNet, GPT-2) read every token at another position, and
+        a text's vector changed with the longest text of its batch: cosine 0.43 against its own with a
+        left-padding BERT tokenizer. Models with relative positions (rotary: Qwen3, Gemma, Llama) give the same
+        vectors on either side.
 
         A boolean mask places every row's ids at once: numpy fills it in row order.
         """
         lengths = tokenized.lengths[rows]
-        positions = np.arange(width)
-        mask = positions >= width - lengths[:, None] if self.padding_left else positions < lengths[:, None]
+        mask = np.arange(width) < lengths[:, None]
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         input_ids[mask] = tokenized.of(rows)
         features = Features(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)))
         if self.token_types is not None and self.reads_token_types and not self.token_types.zero:
-            features.token_type_ids = torch.from_numpy(self.token_types.ids(lengths, width, self.padding_left))
+            features.token_type_ids = torch.from_numpy(self.token_types.ids(lengths, width))
         return features
 
     def forward(self, features: Features) -> Features:
