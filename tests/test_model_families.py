@@ -441,6 +441,18 @@ def test_the_window_a_folders_config_sets_is_sentence_transformers_window(
     assert _cosines(encoded.embeddings, theirs).min() >= 0.9999
 
 
+def test_an_empty_config_leaves_an_older_named_one_read_as_sentence_transformers_reads_it(folders, tmp_path):
+    path = shutil.copytree(folders["bert"], tmp_path / "bert")
+    (path / "sentence_bert_config.json").rename(path / "sentence_roberta_config.json")
+    _edit_json(path / "sentence_roberta_config.json", max_seq_length=24)
+    (path / "sentence_bert_config.json").write_text("{}")
+    folder = read_model_folder(path)
+    assert folder.seq_length() == 24
+    encoded = PooledEncoder(folder, device="cpu").encode(TEXTS)
+    assert np.flatnonzero(encoded.truncated).tolist() == [4, 5]
+    assert _cosines(encoded.embeddings, _reference(path)).min() >= 0.9999
+
+
 def test_a_tokenizers_older_max_len_bounds_the_window_as_transformers_reads_it(folders, tmp_path):
     """transformers reads a tokenizer_config.json's `max_len` where it has no `model_max_length`, and
     sentence-transformers bounds a folder's window by it when its own config sets none."""
