@@ -104,6 +104,7 @@ _NOT_PUBLISHED = (
 )
 _RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
 _WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
+_LOST_WORKER_STOP = threading.Event()  # set while the stop _end_for_lost_worker sent is yet to be handled
 
 
 class OutputUnwritable(RuntimeError):
@@ -113,11 +114,12 @@ class OutputUnwritable(RuntimeError):
 def _stop(signum: int, _frame: object) -> None:
     """The first SIGINT or SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so that it ends with
     exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once.
-    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death; one
-    that lands once the pipeline has ended (the main thread already reporting a worker's failure, a full
-    disk, and removing the run's files) does nothing: raised there, it cut the removal short and the
-    failure was told as the death that Beam's teardown caused."""
-    if _WORKER_LOST.is_set() and not _STOPPED_BY:
+    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death; if it
+    lands once the pipeline has ended (the main thread already reporting a worker's failure, a full disk,
+    and removing the run's files) it does nothing: raised there, it cut the removal short and the failure
+    was told as the death that Beam's teardown caused. Any other stop is one."""
+    if _LOST_WORKER_STOP.is_set() and not _STOPPED_BY:
+        _LOST_WORKER_STOP.clear()
         if not _RUNNING.is_set():
             return
         raise KeyboardInterrupt("a worker process died")
@@ -201,6 +203,7 @@ def _end_for_lost_worker() -> None:
     _end_worker_processes()
     for stop in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(stop) is _stop:
+            _LOST_WORKER_STOP.set()
             signal.pthread_kill(threading.main_thread().ident, stop)
             return
 
@@ -495,6 +498,7 @@ def _forget_earlier_runs() -> None:
     for said in (_STOPPED_BY, _STOPPED_LATE, _WORKER_EXITS, _WORKER_FAILURES):
         said.clear()
     _WORKER_LOST.clear()
+    _LOST_WORKER_STOP.clear()
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
