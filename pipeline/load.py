@@ -62,7 +62,7 @@ from pipeline.pinecone_files import write_import_files
 from schemas.inputs import is_uuid
 from schemas.outputs import CHUNK_COLUMN, CONTENT_HASH_COLUMN, EMBEDDING_COLUMN, PASSAGE_FIELDS, has_passages
 from transforms.output_owner import unfinished_run
-from transforms.paths import not_a_folder
+from transforms.paths import WILDCARD, not_a_folder
 from transforms.read import PlannedFile
 from transforms.write import CHANGES_DIR, MANIFEST
 
@@ -1220,6 +1220,13 @@ def export_pinecone(run: Run, output: str, max_deleted_share: float = MAX_DELETE
     import them into (the one the model was trained for). Each night's goes to a new namespace that
     readers switch to, so a run that deleted most of its previous run's ids is refused, as a table load
     would be."""
+    if WILDCARD.search(output):
+        # The folder's earlier export is found by matching `output/**`: a `?` in it matched another folder
+        # (`ns?1` matched `ns 1`), whose export was then removed as this one's earlier files.
+        raise LoadError(
+            f"--output {output!r} holds a glob character (* ? or [): the export finds the folder's earlier "
+            "files by a pattern, which would match other folders' too; choose a folder name without them"
+        )
     similarity = run.manifest["model"].get("similarity", "cosine")
     if similarity not in PINECONE_METRICS:
         raise LoadError(

@@ -884,7 +884,7 @@ def prepare_output(
     """
     if not output:
         raise InputError("--output is required: the directory to write embeddings into")
-    if any(c in output for c in "*?["):
+    if WILDCARD.search(output):
         # Beam's file sink matches its own output names as glob patterns: its rename would fail at
         # the end, and clearing an earlier run here would match other directories.
         raise InputError(

@@ -161,6 +161,20 @@ def test_a_folder_of_an_earlier_export_is_reused_and_any_other_refused(day_one, 
         export_pinecone(read_run(str(day_one)), str(tmp_path / "other" / "notes.txt"))  # a file, not a folder
 
 
+def test_a_folder_named_with_a_glob_character_is_refused_leaving_the_folder_it_would_match(day_one, tmp_path):  # noqa: F811
+    """The earlier export is found by matching the folder's files: `ns?1` matched `ns 1`, whose export was removed."""
+    assert export(day_one, tmp_path / "ns 1").returncode == 0
+    [part] = (tmp_path / "ns 1").iterdir()
+    result = export(day_one, tmp_path / "ns?1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"error: --output '{tmp_path}/ns?1' holds a glob character (* ? or [): the export finds the folder's earlier "
+        "files by a pattern, which would match other folders' too; choose a folder name without them\n"
+    )
+    assert list((tmp_path / "ns 1").iterdir()) == [part]
+    assert not (tmp_path / "ns?1").exists()
+
+
 def test_a_dot_product_models_vectors_go_to_an_index_of_metric_dotproduct(dot_night, tmp_path):  # noqa: F811
     result = export(dot_night, tmp_path / "ns")
     assert result.returncode == 0, result.stderr
