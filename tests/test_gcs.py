@@ -295,6 +295,16 @@ def test_a_pinecone_export_into_a_folder_made_in_the_cloud_console_passes_over_i
     assert len(listed) == 3 and PART_NAME.fullmatch(listed[2].removeprefix("pinecone/ns/"))
 
 
+def test_a_gcs_model_folder_holding_folder_placeholders_is_copied_without_them(day1, model_path):
+    """The Cloud Console's "Create folder" makes objects named `.../`: copied as files, they failed the run."""
+    bucket, _ = day1
+    for blob in bucket.list_blobs(prefix="models/minilm/"):
+        bucket.copy_blob(blob, bucket, blob.name.replace("models/minilm/", "models/console/", 1))
+    for placeholder in ("models/console/", "models/console/1_Pooling/"):
+        bucket.blob(placeholder).upload_from_string(b"")
+    assert model_folder("gs://kb/models/console").path.name == folder_sha256(model_path)
+
+
 def test_missing_gcs_model_is_a_clear_error(day1):
     with pytest.raises(ModelFolderError, match="gs://kb/models/nothing: no files found"):
         model_folder("gs://kb/models/nothing")

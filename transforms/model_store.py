@@ -42,13 +42,16 @@ def _copy_folder(uri: str, into: Path) -> None:
     # The folder's name is no pattern: its glob characters match any character, then only the
     # folder's own files are kept.
     wildcard = re.sub(r"[*?[]", "?", prefix)
-    found = [m for m in FileSystems.match([wildcard + "**"])[0].metadata_list if m.path.startswith(prefix)]
+    # Not the objects named as folders (`models/minilm/1_Pooling/`, as the Cloud Console's "Create folder"
+    # makes them): they hold no file, and copied they failed the run (IsADirectoryError).
+    listed = FileSystems.match([wildcard + "**"])[0].metadata_list
+    found = [m for m in listed if m.path.startswith(prefix) and not m.path.endswith("/")]
     if not found:
         raise ModelFolderError(f"{uri}: no files found; --model must be a sentence-transformers model folder")
     for metadata in found:
         relative = metadata.path[len(prefix) :]
         target = (into / relative).resolve()
-        if not target.is_relative_to(into.resolve()) or relative.endswith("/"):
+        if not target.is_relative_to(into.resolve()):
             raise ModelFolderError(f"{uri}: refusing to copy {metadata.path!r}, whose name leaves the model folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as src:
