@@ -375,8 +375,10 @@ def _model_check(plan: JobPlan) -> dict:
 
 def run(argv: list[str], started: float | None = None) -> dict | None:
     """Run the job to the end and return its manifest; None with --plan_only (the plan printed), for a
-    flex template's launcher (--template_location: the job's graph written, for Dataflow to run) and for a
-    remote job submitted with --no_wait_until_finish.
+    flex template's launcher (--template_location: the job's graph written, for Dataflow to run), for a
+    remote job submitted with --no_wait_until_finish, and for a run published whose manifest could not be
+    read back (the storage out of reach just after: a failure said so denied a finished run, whose rerun is
+    then refused).
 
     `started`: when the command began (on time.monotonic's clock), for the start-up it reports;
     default now."""
@@ -462,7 +464,15 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
         return None
     if line.startup is not None:
         _LOG.info("start-up: %.1fs from the command to the first rows reaching a loaded model", line.startup)
-    return _read_manifest(plan.output)
+    try:
+        return _read_manifest(plan.output)
+    except Exception as e:  # the storage out of reach since the pipeline wrote it: the run is published all the same
+        _LOG.warning(
+            "the run is published (its %s written), but reading it back failed (%s): no summary to print",
+            MANIFEST,
+            one_line(e),
+        )
+        return None
 
 
 def _cancelled(result: PipelineResult) -> bool:
@@ -548,7 +558,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     if _STOPPED_LATE:
         settled = "the manifest was written: the output is complete"
         if result is None:
-            settled = "the job was submitted (or its graph written)"
+            settled = "the job was submitted (or its graph or manifest written)"
         _LOG.warning("stopped by %s after %s", _STOPPED_LATE[0], settled)
     if result is None:
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -318,3 +319,31 @@ def test_a_worker_lost_as_a_failed_run_removes_its_files_leaves_the_failure_told
         f"error: --output {output} could not be written (OSError: [Errno 27] File too large, in step Write"
     ), result.stderr
     assert list(output.iterdir()) == []
+
+
+UNREAD_MANIFEST = """
+import pipeline.run as run
+
+def out_of_reach(output):  # the storage's client spent its retries (a bucket unreachable after the pipeline)
+    raise OSError("storage out of reach")
+
+run._read_manifest = out_of_reach
+run._exit(run.main(started=run.process_started()))
+"""
+
+
+def test_a_run_published_whose_manifest_cannot_be_read_back_exits_0_saying_so(tmp_path):
+    """Storage out of reach just after the pipeline wrote the manifest (on gs://, for longer than the
+    client's retries): the command said nothing was published and asked for a rerun, which was then refused
+    as the directory held a finished run."""
+    shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
+    output = tmp_path / "out"
+    command = [sys.executable, "-c", UNREAD_MANIFEST, "--input", str(shard), "--output", str(output)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        " WARNING pipeline.run: the run is published (its manifest.json written), but reading it back failed "
+        "(storage out of reach): no summary to print"
+    )
+    assert result.stdout == ""
+    assert json.loads((output / "manifest.json").read_text())["rows_embedded"] == 2
