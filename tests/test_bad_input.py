@@ -384,6 +384,15 @@ def test_output_with_glob_characters_is_refused_before_anything_is_deleted(tmp_p
     assert sorted(p.name for p in other.iterdir()) == before
 
 
+@pytest.mark.parametrize("output", ["gs://kb", "gs://kb/"])
+def test_a_buckets_root_as_output_is_refused_in_one_line(tmp_path, output):
+    """Beam's GCS paths name an object below the bucket: the check that --output is no file failed with a
+    traceback (`GCS path must be in the form gs://<bucket>/<object>`) and then told to run again."""
+    result = run_cli("--input", str(good_shard(tmp_path / "a.parquet")), "--output", output, "--plan_only")
+    assert result.returncode == 1
+    assert result.stderr == f"error: --output {output} is a bucket's root; give a folder in it (gs://kb/embeddings)\n"
+
+
 def test_pickle_only_model_is_refused(tmp_path, model_path):
     model = tmp_path / "model"
     shutil.copytree(model_path, model)
