@@ -438,8 +438,8 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             plan.owner.check()  # however the failure showed, a run that took the directory over caused it
         except OutputTakenOver as taken:
             raise taken from failure
-        except Exception:  # the owner file unreadable too: the run's own failure is the one to report
-            _LOG.warning("could not read %s's owner file after the run failed", plan.output, exc_info=True)
+        except Exception as e:  # the owner file unreadable too: the run's own failure is the one to report
+            _LOG.warning("could not read %s's owner file after the run failed (%s)", plan.output, one_line(e))
         else:
             try:
                 remove_temp_files(plan.output)

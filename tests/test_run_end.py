@@ -347,3 +347,42 @@ def test_a_run_published_whose_manifest_cannot_be_read_back_exits_0_saying_so(tm
     )
     assert result.stdout == ""
     assert json.loads((output / "manifest.json").read_text())["rows_embedded"] == 2
+
+
+OWNER_UNREADABLE = """
+import pipeline.run as run
+from transforms.output_owner import OutputOwner
+
+check, build, built = OutputOwner.check, run.build_pipeline, []
+
+def built_then(*args):
+    built.append(True)
+    return build(*args)
+
+def out_of_reach(self):  # once the run started (its workers are processes of their own)
+    if built:
+        raise OSError("storage out of reach")  # the storage's client spent its retries
+    return check(self)
+
+OutputOwner.check, run.build_pipeline = out_of_reach, built_then
+run._exit(run.main(started=run.process_started()))
+"""
+
+
+def test_an_owner_file_unreadable_after_a_failure_is_one_warning_line(tmp_path):
+    """A failed run whose owner file cannot be read back (the bucket out of reach) logged the storage client's
+    whole traceback, some 400 lines, before its own error line."""
+    shard = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["c"], "text": ["a text long enough to find " * 40]}), shard,
+                   compression="none", write_page_checksum=True)  # fmt: skip
+    data = bytearray(shard.read_bytes())
+    data[data.index(b"a text long enough") + 100] ^= 0x01  # a page failing its checksum, in the run
+    shard.write_bytes(data)
+    command = [sys.executable, "-c", OWNER_UNREADABLE, "--input", str(shard), "--output", str(tmp_path / "out"),
+               "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    said = f"could not read {tmp_path / 'out'}'s owner file after the run failed (storage out of reach)"
+    assert f" WARNING pipeline.run: {said}\n" in result.stderr
+    assert "CRC checksum verification failed" in result.stderr.splitlines()[-1]
