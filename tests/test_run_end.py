@@ -286,10 +286,12 @@ remove = run.remove_temp_files
 def lost_as_removing(output):  # a worker Beam's teardown aborted (_worker_thread_failed), its signal landing late
     run._WORKER_EXITS.append(-signal.SIGABRT)
     run._WORKER_LOST.set()
-    run._LOST_WORKER_STOP.set()
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    landing = {run._LOST_WORKER_SIGNAL, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, landing)  # both at once, if both come
+    signal.pthread_kill(threading.main_thread().ident, run._LOST_WORKER_SIGNAL)
     if os.environ.get("STOPPED_AS_REMOVING"):  # an orchestrator's stop: that one still ends the run
         os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, landing)
     remove(output)
 
 run.remove_temp_files = lost_as_removing
@@ -301,8 +303,8 @@ run._exit(run.main(started=run.process_started()))
 def test_a_worker_lost_as_a_failed_run_removes_its_files_leaves_the_failure_told_as_it_is(tmp_path, stopped):
     """A worker's full disk fails the run, and Beam's teardown aborts the other workers: the stop that a
     worker's death sends, landing once the run was reporting the failure, cut the removal of the run's files
-    short and the failure was told as that death (`killed by SIGABRT`). Ignored there, it must be the only
-    stop ignored: a SIGTERM after it (an orchestrator's timeout) stops the run."""
+    short and the failure was told as that death (`killed by SIGABRT`). Passed over there, it must be the
+    only signal passed over: a SIGTERM landing with it (an orchestrator's timeout) stops the run."""
     shard = write_parquet(
         tmp_path / "in.parquet", id=[f"id{i}" for i in range(200)], text=[f"text {i}" for i in range(200)]
     )
@@ -322,9 +324,12 @@ def test_a_worker_lost_as_a_failed_run_removes_its_files_leaves_the_failure_told
 
 
 UNREAD_MANIFEST = """
+import os
 import pipeline.run as run
 
 def out_of_reach(output):  # the storage's client spent its retries (a bucket unreachable after the pipeline)
+    if os.environ.get("NONE_WRITTEN"):  # as a runner that ran nothing (Dataflow's --dry_run) leaves it
+        os.remove(os.path.join(output, "manifest.json"))
     raise OSError("storage out of reach")
 
 run._read_manifest = out_of_reach
@@ -332,14 +337,23 @@ run._exit(run.main(started=run.process_started()))
 """
 
 
-def test_a_run_published_whose_manifest_cannot_be_read_back_exits_0_saying_so(tmp_path):
+@pytest.mark.parametrize("written", [True, False])
+def test_a_run_published_whose_manifest_cannot_be_read_back_exits_0_saying_so(tmp_path, written):
     """Storage out of reach just after the pipeline wrote the manifest (on gs://, for longer than the
     client's retries): the command said nothing was published and asked for a rerun, which was then refused
-    as the directory held a finished run."""
+    as the directory held a finished run. Where no manifest is there, the run failed."""
     shard = write_parquet(tmp_path / "in.parquet", id=["a", "b"], text=["one", "two"])
     output = tmp_path / "out"
     command = [sys.executable, "-c", UNREAD_MANIFEST, "--input", str(shard), "--output", str(output)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "NONE_WRITTEN": "" if written else "1"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    if not written:
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            "error: the job failed (OSError: storage out of reach); no manifest.json was written, so nothing was "
+            "published; running the same command again replaces the partial files"
+        )
+        return
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines()[-1].endswith(
         " WARNING pipeline.run: the run is published (its manifest.json written), but reading it back failed "
