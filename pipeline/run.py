@@ -104,9 +104,6 @@ _NOT_PUBLISHED = (
 )
 _RUNNING = threading.Event()  # set while Beam runs the pipeline in this process
 _WORKER_LOST = threading.Event()  # set once a worker process's death has ended the run (_end_for_lost_worker)
-# The signal _end_for_lost_worker sends the main thread, to end a run Beam would wait on for ever: one of its
-# own, so that no stop (SIGINT, SIGTERM) is taken for it, nor merged with it by the kernel.
-_LOST_WORKER_SIGNAL = signal.SIGUSR2
 
 
 class OutputUnwritable(RuntimeError):
@@ -115,22 +112,16 @@ class OutputUnwritable(RuntimeError):
 
 def _stop(signum: int, _frame: object) -> None:
     """The first SIGINT or SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so that it ends with
-    exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once."""
+    exit 1 and one `error:` line instead of a traceback or a silent death; a second one ends it at once.
+    The signal _end_for_lost_worker sends ends the run the same way, reported as the worker's death."""
+    if _WORKER_LOST.is_set() and not _STOPPED_BY:
+        raise KeyboardInterrupt("a worker process died")
     _STOPPED_BY.append(signal.Signals(signum).name)
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is _stop:
             signal.signal(stop, signal.SIG_DFL)
     _end_worker_processes()
     raise KeyboardInterrupt(_STOPPED_BY[0])
-
-
-def _lost_worker(_signum: int, _frame: object) -> None:
-    """The signal _end_for_lost_worker sends ends the run as a stop does, reported as the worker's death. Once
-    the pipeline has ended (the main thread already reporting a worker's failure, a full disk, and removing
-    the run's files) it does nothing: raised there, it cut the removal short and the failure was told as the
-    death that Beam's teardown caused."""
-    if _RUNNING.is_set() and not _STOPPED_BY:
-        raise KeyboardInterrupt("a worker process died")
 
 
 def _stop_late(signum: int, _frame: object) -> None:
@@ -196,15 +187,17 @@ def _end_for_lost_worker() -> None:
     """Beam's local runner neither replaces a worker process that died nor fails the run at once: one that
     died before it connected left the run waiting for ever, and one killed mid-bundle let the others embed
     their whole share before the run failed. The run cannot succeed, so it ends now: the other workers are
-    killed and the main thread is sent _LOST_WORKER_SIGNAL, which ends the run as a stop does (main reports
-    the death). Where that signal is not handled here (main called off the main thread, or the process
-    handling it itself), Beam's own failure, if it comes, reports it."""
+    killed and the main thread is sent the signal its stop handler takes, which ends the run as a stop does
+    (main reports the death). Where neither SIGTERM nor SIGINT is handled here (both ignored), Beam's own
+    failure, if it comes, reports it."""
     if not _RUNNING.is_set():  # a death after the pipeline ended: the run's outcome is already known
         return
     _WORKER_LOST.set()
     _end_worker_processes()
-    if signal.getsignal(_LOST_WORKER_SIGNAL) is _lost_worker:
-        signal.pthread_kill(threading.main_thread().ident, _LOST_WORKER_SIGNAL)
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(stop) is _stop:
+            signal.pthread_kill(threading.main_thread().ident, stop)
+            return
 
 
 def _beam_teardown_left_out(record: logging.LogRecord) -> bool:
@@ -235,8 +228,6 @@ def _catch_stops() -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, _stop)
-    if signal.getsignal(_LOST_WORKER_SIGNAL) in (signal.SIG_DFL, _lost_worker):  # not a handler of the caller's
-        signal.signal(_LOST_WORKER_SIGNAL, _lost_worker)
     threading.excepthook = _worker_thread_failed
     for handler in logging.getLogger().handlers:
         handler.addFilter(_beam_teardown_left_out)

@@ -275,54 +275,6 @@ def test_a_run_stopped_while_its_pipeline_is_built_leaves_no_temporary_folder(tm
     assert list(temporary.iterdir()) == []
 
 
-LOST_WORKER_WHILE_FAILING = """
-import os, resource, signal, threading
-import pipeline.run as run
-
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail as on a full disk
-resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
-remove = run.remove_temp_files
-
-def lost_as_removing(output):  # a worker Beam's teardown aborted (_worker_thread_failed), its signal landing late
-    run._WORKER_EXITS.append(-signal.SIGABRT)
-    run._WORKER_LOST.set()
-    landing = {run._LOST_WORKER_SIGNAL, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, landing)  # both at once, if both come
-    signal.pthread_kill(threading.main_thread().ident, run._LOST_WORKER_SIGNAL)
-    if os.environ.get("STOPPED_AS_REMOVING"):  # an orchestrator's stop: that one still ends the run
-        os.kill(os.getpid(), signal.SIGTERM)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, landing)
-    remove(output)
-
-run.remove_temp_files = lost_as_removing
-run._exit(run.main(started=run.process_started()))
-"""
-
-
-@pytest.mark.parametrize("stopped", [False, True])
-def test_a_worker_lost_as_a_failed_run_removes_its_files_leaves_the_failure_told_as_it_is(tmp_path, stopped):
-    """A worker's full disk fails the run, and Beam's teardown aborts the other workers: the stop that a
-    worker's death sends, landing once the run was reporting the failure, cut the removal of the run's files
-    short and the failure was told as that death (`killed by SIGABRT`). Passed over there, it must be the
-    only signal passed over: a SIGTERM landing with it (an orchestrator's timeout) stops the run."""
-    shard = write_parquet(
-        tmp_path / "in.parquet", id=[f"id{i}" for i in range(200)], text=[f"text {i}" for i in range(200)]
-    )
-    output = tmp_path / "out"
-    command = [sys.executable, "-c", LOST_WORKER_WHILE_FAILING, "--input", str(shard), "--output", str(output),
-               "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]  # fmt: skip
-    env = {**os.environ, "STOPPED_AS_REMOVING": "1" if stopped else ""}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 1
-    if stopped:
-        assert result.stderr.splitlines()[-1].startswith("error: stopped by SIGTERM; no manifest.json"), result.stderr
-        return
-    assert result.stderr.splitlines()[-1].startswith(
-        f"error: --output {output} could not be written (OSError: [Errno 27] File too large, in step Write"
-    ), result.stderr
-    assert list(output.iterdir()) == []
-
-
 UNREAD_MANIFEST = """
 import os
 import pipeline.run as run
