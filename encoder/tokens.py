@@ -96,7 +96,7 @@ class TokenTypes:
         lengths = lengths[:, None]
         at = np.broadcast_to(np.arange(width), (len(lengths), width))  # place in its row
         kinds = np.full((len(lengths), width), self.text, dtype=np.int64)
-        before = (at >= 0) & (at < len(self.before))
+        before = at < len(self.before)
         kinds[before] = self.before[at[before]]
         from_end = at - (lengths - len(self.after))
         after = (from_end >= 0) & (at < lengths)
