@@ -1088,7 +1088,8 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
                 )
                 return None
             skipped.insert(0, _checked_run(path, manifest, CHANGE_KINDS))
-            same = _file_schema(skipped[0], "upserts").equals(schema) and _key(skipped[0]) == _key(run)
+            same = _table_columns(skipped[0], _file_schema(skipped[0], "upserts")) == _table_columns(run, schema)
+            same = same and _key(skipped[0]) == _key(run)
         except Exception as e:
             _LOG.warning(
                 "loading the snapshot: the table holds run %s, and an earlier night of this run (its --previous, "
@@ -1100,7 +1101,7 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
         if not same:
             _LOG.warning(
                 "loading the snapshot: the table holds run %s, and run %s, an earlier night of this run (its "
-                "--previous, or theirs), has other columns than this one",
+                "--previous, or theirs), has other columns or column types than this one",
                 held_run_id,
                 manifest["run_id"],
             )
@@ -1117,6 +1118,14 @@ def _file_schema(run: Run, kind: str = "embeddings") -> pa.Schema:
         raise LoadError(f"{run.path}: the run has no {kind} files")
     with run.reading(run.files[kind][0]), _open(run.files[kind][0]) as f:
         return pq.ParquetFile(f).schema_arrow
+
+
+def _table_columns(run: Run, schema: pa.Schema) -> dict[str, str]:
+    """The run's columns and the PostgreSQL types they load as: Arrow types stored as one (`string` and
+    `large_string`, a dictionary and its values, timestamps of any unit) are one, so a night whose writer
+    switched between them still passes its change set on."""
+    vectors = PgVectors.of(run).column_type
+    return {f.name: vectors if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema}
 
 
 def _key(run: Run) -> list[str]:

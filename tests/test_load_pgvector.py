@@ -350,6 +350,30 @@ def test_nights_whose_loads_were_skipped_are_applied_as_their_change_sets_in_ord
     record("fault", "load of a night skipped, then the next night's", "both change sets applied in order")
 
 
+def test_a_skipped_night_whose_writer_switched_to_large_string_still_passes_its_change_set_on(
+    postgres, day_one, tmp_path
+):
+    """Night two's shards hold the carried title as `large_string` (another writer), night three's as
+    `string` again: the same values, stored alike, so the load after a skipped night two applies both
+    change sets instead of refilling the table."""
+    table = "kb_skipped_retyped"
+    assert load(postgres, day_one, table).returncode == 0
+    oid, _, _ = table_state(postgres, table)
+    rows = day_two_rows()
+    two = embed_night(
+        tmp_path, "kb2", {**rows, "title": pa.array(rows["title"], pa.large_string())}, "--previous", str(day_one)
+    )
+    three_rows = {**rows, "text": [f"Third night. {rows['text'][0]}", *rows["text"][1:]]}
+    three = embed_night(tmp_path, "kb3", three_rows, "--previous", str(two))
+    assert pq.read_schema(next((two / "changes").glob("upserts-*.parquet"))).field("title").type == pa.large_string()
+
+    result = load(postgres, three, table)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == change_sets_applied(table, (two, 6, 2), (three, 1, 0))
+    assert table_state(postgres, table)[0] == oid
+    assert_table_is(postgres, three, table)
+
+
 def test_a_night_refused_for_its_deletions_is_undone_by_the_next(postgres, day_one):
     """Night two kept 10 of 30 rows and its load was refused; night three has all 30 again. Its load
     applies both change sets and checks what they delete together: nothing."""
