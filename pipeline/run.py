@@ -22,7 +22,14 @@ from pathlib import Path
 import apache_beam as beam
 import grpc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineState, create_runner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
@@ -99,6 +106,8 @@ _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose wo
 _WRITE_FAILED = re.compile(r"(\w+Error: \[Errno \d+\] [^\n]*?) \[while running '((?:Write|Manifest)[^']*)'\]")
 _PATH_OPTIONS = ("output", "previous", "model", "calibration")  # paths workers read or write, or the launcher
 # What every failed or stopped run's `error:` line ends with.
+# A worker's failure to load the job's DoFns: one of this project's packages is not installed there.
+_PROJECT_MISSING = re.compile(r"No module named '(?:pipeline|transforms|encoder|schemas|samples)(?:\.[\w.]+)?'")
 _NOT_PUBLISHED = (
     "no manifest.json was written, so nothing was published; running the same command again replaces the partial files"
 )
@@ -242,11 +251,25 @@ def make_options(argv: list[str]) -> PipelineOptions:
         check_device(embed.device, embed.dtype, local=True)  # before the workers are chosen for it
     else:
         try:  # a misspelled runner is a malformed command line, found before any planning
-            create_runner(standard.runner)
+            runner = create_runner(standard.runner)
         except ValueError as e:
             raise UsageError(f"--runner {standard.runner}: {e}") from e
+        if type(runner).__name__ == "DataflowRunner":
+            _check_dataflow_workers(options)
         _absolute_local_paths(options.view_as(EmbedOptions))
     return options
+
+
+def _check_dataflow_workers(options: PipelineOptions) -> None:
+    """Dataflow's default workers hold Beam alone: without an image of their own or this project to
+    install, each would fail on its first bundle, minutes after the job started."""
+    worker, setup = options.view_as(WorkerOptions), options.view_as(SetupOptions)
+    if not (worker.sdk_container_image or worker.worker_harness_container_image or setup.setup_file):
+        raise UsageError(
+            "--runner DataflowRunner: Dataflow's default workers have neither this project nor torch; pass "
+            "--sdk_container_image (the worker image deploy/dataflow/launch.sh builds and passes) or "
+            "--setup_file ./setup.py"
+        )
 
 
 def _absolute_local_paths(opts: EmbedOptions) -> None:
@@ -544,6 +567,16 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             return 1
         if _WORKER_EXITS and _CHANNEL_LOST in str(e):  # not a failure whose teardown aborted the workers
             print(error_line(_worker_lost()), file=sys.stderr)
+            return 1
+        if missing := _PROJECT_MISSING.search(str(e)):  # workers started without it: Dataflow's, a pool's
+            print(
+                error_line(
+                    f"the job's workers cannot import this project (ModuleNotFoundError: {missing[0]}): install "
+                    "it where they run (`pip install .` into a worker pool's Python; on Dataflow and Flink the "
+                    f"worker image deploy/gpu-worker/Dockerfile builds); {_NOT_PUBLISHED}"
+                ),
+                file=sys.stderr,
+            )
             return 1
         _LOG.error("the job failed", exc_info=True)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""

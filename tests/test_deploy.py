@@ -40,7 +40,7 @@ from apache_beam.runners.portability.flink_runner import FlinkRunner
 from pipeline.load import command_line
 from pipeline.options import EmbedOptions, parse_command_line
 from samples.knowledge_base import write_shards
-from tests.conftest import ROOT
+from tests.conftest import JOB, ROOT
 
 DEPLOY = ROOT / "deploy"
 GPU = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
@@ -191,7 +191,14 @@ def test_images_pin_the_launchers_python_beam_and_torch():
     text = (DEPLOY / "gpu-worker" / "Dockerfile").read_text()
     assert "COPY --from=beam_sdk /opt/apache/beam /opt/apache/beam" in text
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
-    assert _dockerfile_args(DEPLOY / "dataflow" / "Dockerfile")["PYTHON_TAG"] == python.replace(".", "")
+    launcher = _dockerfile_args(DEPLOY / "dataflow" / "Dockerfile")
+    assert launcher["PYTHON_TAG"] == python.replace(".", "")
+    # Another torch than requirements.txt's would have pip replace the CPU build with PyPI's CUDA one.
+    assert launcher["TORCH_VERSION"] == _requirement("torch")
+    assert (
+        "torch==${TORCH_VERSION} --index-url https://download.pytorch.org/whl/cpu"
+        in (DEPLOY / "dataflow" / "Dockerfile").read_text()
+    )
 
 
 def test_worker_image_check_runs_here(tmp_path):
@@ -224,6 +231,30 @@ def test_flex_template_launcher_command_runs_with_flex_style_parameters(tmp_path
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert (plan["output"], plan["previous"], len(plan["input_files"])) == (f"{tmp_path}/out", None, 1)
+
+
+def test_a_dataflow_run_without_the_worker_image_is_refused_before_it_starts(tmp_path):
+    """Dataflow's default workers hold Beam alone: each failed on its first bundle, minutes after the
+    job started, with Python's `No module named 'transforms'`."""
+    write_shards(tmp_path / "kb", rows=5, shards=1)
+    dataflow = [
+        f"--input={tmp_path}/kb/*.parquet", f"--output={tmp_path}/out", "--runner=DataflowRunner",
+        "--project=p", "--region=us-central1", "--temp_location=gs://b/temp",
+    ]  # fmt: skip
+    result = subprocess.run([*JOB, *dataflow], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --runner DataflowRunner: Dataflow's default workers have neither this project nor torch; pass "
+        "--sdk_container_image (the worker image deploy/dataflow/launch.sh builds and passes) or "
+        "--setup_file ./setup.py"
+    )
+    assert not (tmp_path / "out").exists()
+    # Either of them passes the check (the plan then stops at --plan_only, before Dataflow).
+    for given in ("--sdk_container_image=registry.example/embed/gpu-worker:v7", "--setup_file=./setup.py"):
+        planned = subprocess.run(
+            [*JOB, *dataflow, given, "--plan_only"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert planned.returncode == 0, planned.stderr
 
 
 def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():
@@ -314,6 +345,8 @@ def test_nightly_dag_launches_the_template_built_with_its_worker_images_tag():
     template = _render(_dag_constants()["TEMPLATE"], {"embed_bucket": "gs://b", "embed_worker_image": image})
     assert template == "gs://b/templates/embed-job-v7.json"
     assert any(line.startswith(f"gcloud dataflow flex-template build {template} ") for line in build)
+    # A BUCKET given with its last "/" names the same objects (gs://b//templates/... is another one).
+    assert _dry_run("dataflow/launch.sh", "build", PROJECT="p", BUCKET="gs://b/", TAG="v7") == build
 
 
 def test_nightly_dag_gives_the_load_its_dsn_from_a_kubernetes_secret():
@@ -339,9 +372,21 @@ def test_nightly_dag_loads_the_nights_run_only_after_its_manifest():
     source = (DEPLOY / "schedule" / "nightly_embed_dag.py").read_text()
     assert "embed >> manifest >> load" in source
     night = datetime(2026, 11, 22, 2)
-    assert (
-        _render(constants["MANIFEST_OBJECT"], data_interval_start=night) == "embeddings/20261122T020000/manifest.json"
-    )
+    # The sensor's bucket and object name the manifest of the night's --output, embed_bucket a bucket or a folder.
+    for bucket, output in (
+        ("gs://b", "gs://b/embeddings/20261122T020000"),
+        ("gs://b/", "gs://b/embeddings/20261122T020000"),
+        ("gs://b/nightly/kb", "gs://b/nightly/kb/embeddings/20261122T020000"),
+        ("gs://b/nightly/", "gs://b/nightly/embeddings/20261122T020000"),
+    ):
+        variables = {"embed_bucket": bucket}
+        sensed = [
+            _render(constants[name], variables, data_interval_start=night)
+            for name in ("MANIFEST_BUCKET", "MANIFEST_OBJECT")
+        ]
+        assert _render(constants["OUTPUT"], variables, data_interval_start=night) == output
+        assert "gs://{}/{}".format(*sensed) == f"{output}/manifest.json"
+    assert "bucket=MANIFEST_BUCKET," in source and "object=MANIFEST_OBJECT," in source
     template = constants["LOAD_COMMAND"].replace("{{ var.value.embed_table }}", "kb_vectors")
     rendered = _render(template, data_interval_start=night)
     assert rendered.startswith("python -m pipeline.load ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -215,6 +217,47 @@ def test_a_portable_run_whose_pool_has_no_python_fails_naming_it(tmp_path):
     assert last.startswith(f"error: the worker pool at localhost:{port} could not start a worker (FileNotFoundError: ")
     assert last.endswith("): it starts `python` from its PATH, which must have apache_beam and this project")
     assert "Traceback" not in result.stderr
+
+
+def test_a_portable_run_whose_workers_lack_this_project_fails_saying_so(tmp_path):
+    """A pool whose `python` has Beam but not this project starts workers that connect, then fail to load
+    the job's steps: the run ended with Beam's traceback and its last line of the job service's error."""
+    write_shards(tmp_path / "kb", rows=20, shards=1)
+    # The pool's `python`: this environment's, less the project's editable install (`make` installs it).
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    forget = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; exec(sys.argv[1])"
+    (bare / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "{forget}" "$2"\n')
+    (bare / "python").chmod(0o755)
+    port = free_port()
+    (tmp_path / "elsewhere").mkdir()
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        cwd=tmp_path / "elsewhere",  # not the project's folder, and no PYTHONPATH to it
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "PATH": f"{bare}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
+    try:
+        wait_for_port(port, pool)
+        result = run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                         f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
+                         "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
+    finally:
+        pool.terminate()
+        pool.wait(timeout=30)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: the job's workers cannot import this project \(ModuleNotFoundError: No module named "
+        r"'(pipeline|transforms|encoder|schemas)[\w.]*'\): install it where they run \(`pip install \.` into a "
+        r"worker pool's Python; on Dataflow and Flink the worker image deploy/gpu-worker/Dockerfile builds\); "
+        r"no manifest\.json was written, so nothing was published; .*",
+        last,
+    ), last
+    assert "Traceback (most recent call last):\n" not in result.stderr  # the job service's, one line each
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_a_portable_run_whose_pool_does_not_answer_fails_naming_it(tmp_path):

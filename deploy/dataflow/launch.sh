@@ -22,6 +22,7 @@ cd "$(dirname "$0")/../.."
 
 : "${PROJECT:?set PROJECT to the Google Cloud project}"
 : "${BUCKET:?set BUCKET to a gs:// bucket for the template, staging and temp files}"
+BUCKET=${BUCKET%/}  # gs://my-bucket/ as gs://my-bucket: its objects are named below it, not below "/"
 REGION=${REGION:-us-central1}
 TAG=${TAG:-latest}
 REPOSITORY=${REPOSITORY:-$REGION-docker.pkg.dev/$PROJECT/embed}

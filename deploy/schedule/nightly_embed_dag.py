@@ -30,7 +30,8 @@ from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexT
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectExistenceSensor
 from airflow.timetables.trigger import CronTriggerTimetable
 
-BUCKET = "{{ var.value.embed_bucket }}"
+# launch.sh's BUCKET: a bucket, or a folder in one (gs://my-bucket/nightly), with or without a last "/".
+BUCKET = "{{ var.value.embed_bucket.rstrip('/') }}"
 # A night's folder is named by its run's data interval start, and --previous by the last successful
 # run's, the one value Airflow gives of both: the folder that run wrote, whatever ran between (a manual
 # run, a failed night). CronTriggerTimetable (below) makes it the moment each run was triggered: a
@@ -38,7 +39,11 @@ BUCKET = "{{ var.value.embed_bucket }}"
 # scheduled interval, and `ds` named its folder by another date than the next night looked for).
 NIGHT = "{{ data_interval_start | ts_nodash }}"
 OUTPUT = BUCKET + "/embeddings/" + NIGHT
-MANIFEST_OBJECT = "embeddings/" + NIGHT + "/manifest.json"
+# The night's manifest.json as the sensor looks for it: the bucket's name, and the object's name in it.
+MANIFEST_BUCKET = "{{ var.value.embed_bucket.split('/')[2] }}"
+MANIFEST_OBJECT = (
+    "{{ (var.value.embed_bucket.rstrip('/') ~ '/').split('/', 3)[3] }}embeddings/" + NIGHT + "/manifest.json"
+)
 # The flex template launch.sh built with the worker image's tag: a template and workers of one build.
 TEMPLATE = BUCKET + "/templates/embed-job-{{ var.value.embed_worker_image.rsplit(':', 1)[-1] }}.json"
 # The night's run into the table, by bash in the worker image; the DSN comes from a Kubernetes Secret
@@ -112,7 +117,7 @@ with DAG(
     )
     manifest = GCSObjectExistenceSensor(
         task_id="manifest",
-        bucket="{{ var.value.embed_bucket | replace('gs://', '') }}",
+        bucket=MANIFEST_BUCKET,
         object=MANIFEST_OBJECT,
         timeout=600,
         mode="reschedule",
