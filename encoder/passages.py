@@ -273,6 +273,7 @@ class PassageSplitter:
             over = (excess > 0) & (budgets[todo] > 1)
             budgets[todo[over]] = np.maximum(budgets[todo[over]] - excess[over], 1)
             todo = todo[over]
+        self._join_pairs_that_fit(texts, splits)
         counts = np.array([len(s.starts) for s in splits], np.int64)
         first = np.cumsum(counts) - counts
         return Passages(
@@ -282,6 +283,21 @@ class PassageSplitter:
             char_end=np.array([p for s in splits for p in s.ends], np.int64),
             overlaps=np.array([n for s in splits for n in s.overlaps], np.int64),
         )
+
+    def _join_pairs_that_fit(self, texts: list[str], splits: list[_Split]) -> None:
+        """One passage for a document cut in two that the model counts as at most chunk_tokens, prompt and
+        all. Its text is counted alone, where its first word may take a token more than after the prompt's
+        space (byte-level BPE's `m` `odel` against `Ġmodel`), and a text of exactly N tokens was cut in two.
+        Only within one window: wider, the two were cut around a run without tokens (which stays out of
+        both) or at a window's edge."""
+        window = _window_chars(self._content_tokens)
+        pairs = [
+            d for d, split in enumerate(splits) if len(split.starts) == 2 and split.ends[1] - split.starts[0] <= window
+        ]
+        spans = [texts[d][splits[d].starts[0] : splits[d].ends[1]] for d in pairs]
+        for d, fits in zip(pairs, (self._count(spans) <= self._chunk_tokens).tolist(), strict=True):
+            if fits:
+                splits[d] = _Split([splits[d].starts[0]], [splits[d].ends[1]], [0])
 
     def _count(self, units: list[str]) -> np.ndarray:
         counts = [self._count_tokens(units[k : k + COUNT_BATCH]) for k in range(0, len(units), COUNT_BATCH)]

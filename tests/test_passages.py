@@ -245,15 +245,28 @@ def test_prompt_counts(documents: list[str], bert: PreTrainedTokenizerBase) -> N
     check(texts, splitter.split(texts), count, 96)
 
 
-def test_a_prompt_ending_in_a_space_costs_no_token_of_the_text(documents: list[str], byte_level: Tokenizer) -> None:
+@pytest.mark.parametrize("first", ["as found", "more tokens alone"])
+def test_a_prompt_ending_in_a_space_costs_no_token_of_the_text(
+    documents: list[str], byte_level: Tokenizer, first: str
+) -> None:
     """Alone, `query: ` ends in a token of its space (`Ġ`), which before a word is part of the word's (`Ġword`):
-    counted alone, it took a token from every passage, and a text of exactly N tokens was cut in two."""
+    counted alone, it took a token from every passage, and a text of exactly N tokens was cut in two. So it
+    still was where the text's first word is more tokens alone than after a space (`m` `odel`, `Ġmodel`)."""
 
     def count(texts: list[str]) -> np.ndarray:
         return np.array([len(e.ids) + 2 for e in byte_level.encode_batch(["query: " + t for t in texts])])
 
     assert byte_level.encode("query: ").tokens[-1] == "Ġ"
-    text = " ".join(documents[0].split()[:30])
+    words = documents[0].split()[:30]
+    if first == "more tokens alone":
+        split_alone = (
+            w
+            for d in documents
+            for w in d.split()
+            if len(byte_level.encode(w).ids) > len(byte_level.encode(" " + w).ids)
+        )
+        words = [next(split_alone), *words]
+    text = " ".join(words)
     exactly = int(count([text])[0])  # as the passage's N
     splitter = PassageSplitter(byte_level, exactly, 8, count)
     assert splitter.content_tokens == exactly - 2 - len(byte_level.encode("query:").ids)
