@@ -262,12 +262,21 @@ def make_options(argv: list[str]) -> PipelineOptions:
 
 def _check_dataflow_workers(options: PipelineOptions) -> None:
     """Dataflow's default workers hold Beam alone: without an image of their own or this project to
-    install, each would fail on its first bundle, minutes after the job started."""
+    install, each would fail on its first bundle, minutes after the job started. A flex template's
+    launcher (--template_location) is passed over: the launch's own environment may name the image."""
     worker, setup = options.view_as(WorkerOptions), options.view_as(SetupOptions)
-    if not (worker.sdk_container_image or worker.worker_harness_container_image or setup.setup_file):
+    given = (
+        worker.sdk_container_image,
+        worker.worker_harness_container_image,
+        worker.sdk_harness_container_image_overrides,
+        setup.setup_file,
+        setup.extra_packages,
+        options.view_as(GoogleCloudOptions).template_location,
+    )
+    if not any(given):
         raise UsageError(
             "--runner DataflowRunner: Dataflow's default workers have neither this project nor torch; pass "
-            "--sdk_container_image (the worker image deploy/dataflow/launch.sh builds and passes) or "
+            "--sdk_container_image (the worker image deploy/dataflow/launch.sh builds and passes), or "
             "--setup_file ./setup.py"
         )
 
