@@ -120,7 +120,11 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 # How vectors are stored; float32, the default, stays out of the fingerprint, so that runs made
 # before --vector_dtype existed keep being reused.
 VECTOR_KEYS = ("vector_dtype", "calibration")
-SPLITTER_VERSION = "passages-1"  # changes whenever the same settings would split a text differently
+# The version of the splitting rules: it changes whenever the same settings would split a text differently.
+# passages-2 (2026-12-08): a document the model counts as fitting, prompt and all, is one passage (a
+# first word one token fewer after the prompt's space cut it in two). Without a prompt nothing changed:
+# those runs keep passages-1, and their passages' vectors.
+SPLITTER_VERSIONS = {False: "passages-1", True: "passages-2"}  # by whether a prompt goes before the text
 # The prompts sentence-transformers' encode_document takes, the first the model defines (Qwen3-Embedding's
 # `document` is empty: its documents go without one).
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
@@ -1393,7 +1397,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     }
     check_column_names(columns, passages is not None)
     if passages:
-        model_block.update(chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSION)
+        model_block.update(
+            chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSIONS[bool(prompt)]
+        )
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None
     if (

@@ -4,6 +4,7 @@ passage, option checks, and carried columns of any Arrow type."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -147,6 +148,8 @@ def test_the_manifest_counts_documents_in_and_passages_out(chunked):
     assert manifest["passages"]["overlap_tokens"] > 0
     assert manifest["rows_truncated"] == 0
     assert (manifest["model"]["chunk_tokens"], manifest["model"]["chunk_overlap"]) == (N, M)
+    # Without a prompt the splitting rules are those of every run since passages began: their vectors are reused.
+    assert manifest["model"]["splitter"] == "passages-1"
     assert f"embedded {len(texts)} of {len(texts)} rows" in result.stdout
     assert f"as {total} passages ({total} embedded, 0 reused, 0 deleted)" in result.stdout
 
@@ -335,6 +338,19 @@ def test_carried_columns_of_any_arrow_type_pass_through_bit_for_bit(tmp_path, ch
     assert out["text"].to_pylist() == expected
     record("input", f"carried odd Arrow types, {'passages' if chunking else 'rows'}",
            "carried bit for bit", [tmp_path / "in.parquet"], tmp_path / "out")  # fmt: skip
+
+
+def test_runs_with_a_prompt_name_the_splitting_rules_that_count_the_text_after_it(tmp_path):
+    """Since 2026-12-08 a document the model counts as fitting, prompt and all, is one passage: with a prompt
+    the same settings may split a text otherwise than before, so such runs name other rules (and re-embed
+    once); without one nothing changed (the manifest test above)."""
+    write_parquet(tmp_path / "in.parquet", id=[1], text=["A short text."])
+    plan = run_cli(
+        "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), *CHUNKING,
+        "--prompt", "passage: ", "--plan_only",
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["model"]["splitter"] == "passages-2"
 
 
 def test_the_job_killed_then_rerun_gives_the_same_passages(tmp_path):
