@@ -302,6 +302,20 @@ class TextTokenizer:
         encode = getattr(self._window, "encode_batch_fast", self._window.encode_batch)  # tokenizers >= 0.20
         return encode(views, add_special_tokens=self.special_tokens)
 
+    def without_tokens(self, texts: pa.Array) -> np.ndarray:
+        """Which texts hold no token the model knows: only characters its tokenizer drops (zero-width
+        spaces, control characters, lone combining accents), so the model would see the empty text, the
+        same vector for each. Only texts without a letter or a digit are tokenised (they are rare), a piece at a time;
+        the rest stay in Arrow, taken to hold a token, as they do with every tokenizer that maps what it does
+        not know to an unknown token or to bytes (a BPE without either may drop a letter: such a text is
+        embedded as before)."""
+        lettered = pc.match_substring_regex(texts, r"[\pL\pN]").to_numpy(zero_copy_only=False)
+        candidates = np.flatnonzero(~lettered)
+        without = np.zeros(len(texts), dtype=bool)
+        if len(candidates):
+            without[candidates] = ~self.hold_tokens(texts.take(pa.array(candidates)).to_pylist())
+        return without
+
     def hold_tokens(self, texts: list[str]) -> np.ndarray:
         """Whether each text holds any token, not only characters the tokenizer drops: asked of pieces of
         WHOLE_PIECE_CHARS, in turn, until one does (no cut makes a token of a dropped character). Tokenised

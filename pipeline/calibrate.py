@@ -98,8 +98,6 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     passages = chunking(args, folder)
     texts = calibration_texts(patterns, args.text_column, args.rows)
     where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
-    if len(set(texts)) < 2:
-        raise InputError(f"{len(set(texts))} different non-empty text(s) in {where}; calibration needs at least 2")
     encoder = PooledEncoder(
         folder,
         "auto",
@@ -108,6 +106,11 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
         prompt=args.prompt,
         truncate_dim=args.truncate_dim,
     )
+    texts = texts.filter(pa.array(~encoder.tokenizer.without_tokens(texts)))  # as the job: rejected, no_tokens
+    if len(set(texts)) < 2:
+        raise InputError(
+            f"{len(set(texts))} different text(s) holding a token in {where}; calibration needs at least 2"
+        )
     if passages:
         documents = texts.to_pylist()
         tokens = encoder.tokenizer

@@ -141,6 +141,20 @@ def test_calibration_takes_texts_from_shards_of_any_text_type(tmp_path):
     assert texts.to_pylist() == ["one", "two", "three", "four", "five"]
 
 
+def test_calibration_leaves_out_the_texts_the_job_rejects_as_holding_no_token(tmp_path, model_path, capsys):
+    """Zero-width spaces and control characters are no text to MiniLM: the job rejects them (no_tokens),
+    and the calibration measured its ranges on their vector too, the empty text's."""
+    kept = ["Backups run nightly.", "The index is rebuilt at noon."]
+    write_parquet(tmp_path / "kb.parquet", text=[kept[0], "\u200b\u200b\u200b", "\x01\x02", kept[1]])
+    output = tmp_path / "c.json"
+    assert calibrate(["--output", str(output), "--model", model_path, "--input", str(tmp_path / "kb.parquet")]) == 0
+    assert capsys.readouterr().out.strip() == f"{output}: ranges of 384 dimensions over 2 texts"
+    calibration = Calibration.from_json(output.read_text(), str(output))
+    vectors = PooledEncoder(read_model_folder(model_path), "cpu").encode(kept).embeddings
+    assert np.array_equal(np.array(calibration.minimum, np.float32), vectors.min(axis=0))
+    assert np.array_equal(np.array(calibration.maximum, np.float32), vectors.max(axis=0))
+
+
 def test_ranges_of_no_width_in_any_dimension_are_refused(tmp_path, model_path, capsys):
     """Fifty copies of one text calibrated to a single vector's ranges: every vector was then stored alike.
     One dimension of no width stays allowed (a ReLU that never fires)."""
@@ -148,7 +162,7 @@ def test_ranges_of_no_width_in_any_dimension_are_refused(tmp_path, model_path, c
     output = tmp_path / "c.json"
     command = ["--output", str(output), "--model", model_path, "--input", str(tmp_path / "same.parquet")]
     assert calibrate(command) == 1
-    assert "1 different non-empty text(s) in column 'text' of --input" in capsys.readouterr().err
+    assert "1 different text(s) holding a token in column 'text' of --input" in capsys.readouterr().err
     assert not output.exists()
     with pytest.raises(CalibrationError, match="^one.json: the ranges have no width in any dimension"):
         Calibration.from_json(Calibration((0.5, -0.5), (0.5, -0.5), 50).to_json(), "one.json")

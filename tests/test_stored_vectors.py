@@ -59,12 +59,13 @@ def test_calibrate_refuses_too_few_texts_with_a_message(tmp_path, capsys):
     assert calibration_texts([str(tmp_path / "none.parquet")], "text", rows=10).to_pylist() == []
     for name in ("blank", "none"):
         code = calibrate(["--output", str(tmp_path / "c.json"), "--input", str(tmp_path / f"{name}.parquet")])
-        assert code == 1 and "0 different non-empty text(s) in column 'text'" in capsys.readouterr().err
-    # Texts of no tokens give no passage: were "CalibrationError: no vectors to calibrate on", a traceback.
+        assert code == 1 and "0 different text(s) holding a token in column 'text'" in capsys.readouterr().err
+    # Texts of no tokens are none: were "CalibrationError: no vectors to calibrate on", a traceback.
     unseen = write_parquet(tmp_path / "unseen.parquet", text=["\u200b", "\u200b\u200b"])
     code = calibrate(["--output", str(tmp_path / "c.json"), "--input", str(unseen), "--chunk_tokens", "64"])
     assert code == 1 and capsys.readouterr().err == (
-        f"error: 0 different passage(s) of the texts in column 'text' of --input {unseen}; calibration needs 2\n"
+        f"error: 0 different text(s) holding a token in column 'text' of --input {unseen}; calibration needs at "
+        "least 2\n"
     )
     assert not (tmp_path / "c.json").exists()
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from apache_beam.utils import shared
 
 from encoder.passages import PassageSplitter
@@ -77,26 +76,12 @@ class _ToUnits(beam.DoFn):
         tokenizer = self._tokenizer()
         return PassageSplitter(tokenizer.raw, self._chunking.tokens, self._chunking.overlap, tokenizer.count)
 
-    def _without_tokens(self, texts: pa.Array) -> np.ndarray:
-        """Which texts hold no token the model knows: only characters its tokenizer drops (zero-width
-        spaces, control characters, lone combining accents), so the model would see the empty text, the
-        same vector for each. Only texts without a letter or a digit are tokenised (they are rare), a piece at a time;
-        the rest stay in Arrow, taken to hold a token, as they do with every tokenizer that maps what it does
-        not know to an unknown token or to bytes (a BPE without either may drop a letter: such a text is
-        embedded as before)."""
-        lettered = pc.match_substring_regex(texts, r"[\pL\pN]").to_numpy(zero_copy_only=False)
-        candidates = np.flatnonzero(~lettered)
-        without = np.zeros(len(texts), dtype=bool)
-        if len(candidates):
-            without[candidates] = ~self._tokenizer().hold_tokens(texts.take(pa.array(candidates)).to_pylist())
-        return without
-
     def process(self, shard: ShardBatch) -> Iterator:
         batch = shard.batch
         counts = Counter()
         if self._chunking is None:  # the text stays in Arrow: a huge one is never copied into Python
             units = batch.column(self._columns.text).cast(pa.string())
-            without = self._without_tokens(units)
+            without = self._tokenizer().without_tokens(units)
             yield from self._reject_without_tokens(shard, without, counts)
             documents = np.flatnonzero(~without)
             if without.any():
