@@ -634,6 +634,12 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             previous[0],
             100 * result["rows_deleted"] / previous[1],
         )
+    if zeros := result.get("zero_vectors"):
+        _LOG.warning(
+            "%d vectors embedded are all zeros (the model gave these texts no direction, as a static model does "
+            "for tokens its table holds as zeros): they have no cosine to any query; leave them out of searches",
+            zeros,
+        )
     if clipped := (result.get("clipped") or {}).get("vectors"):
         _LOG.warning(
             "%d vectors embedded had values outside the --calibration ranges, clipped to their ends (%d values): "

@@ -246,6 +246,25 @@ def test_a_model2vec_table_of_int8_with_token_weights_equals_sentence_transforme
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_vectors_of_zeros_are_written_counted_and_warned_of(folders, tmp_path):
+    """A static model whose table holds a token as zeros gives a text of only that token no direction:
+    it has no cosine (DuckDB's is NaN, which it ranks first), and nothing said so."""
+    folder = shutil.copytree(folders[STATIC], tmp_path / "static")
+    weights_file = folder / "model.safetensors"
+    table = load_file(weights_file)["embedding.weight"]
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    table[tokenizer["model"]["vocab"]["banana"]] = 0
+    save_file({"embedding.weight": table}, weights_file)
+    write_parquet(tmp_path / "kb.parquet", id=[1, 2, 3], text=["banana", "Banana banana", "An apple pie."])
+    result = run_cli("--input", str(tmp_path / "kb.parquet"), "--output", str(tmp_path / "out"), "--model", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(tmp_path / "out")["zero_vectors"] == 2
+    assert "2 vectors embedded are all zeros (the model gave these texts no direction" in result.stderr
+    vectors = {key: np.array(row["embedding"]) for key, row in embedding_rows(tmp_path / "out").items()}
+    assert not vectors[1].any() and not vectors[2].any()
+    assert np.linalg.norm(vectors[3]) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_static_model_without_truncation_embeds_the_whole_text(folders, tmp_path):
     folder = tmp_path / "static-whole"
     shutil.copytree(folders["static"], folder)

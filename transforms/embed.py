@@ -273,6 +273,7 @@ class _Embed(beam.DoFn):
                 padded_tokens=encoded.padded_tokens,
                 vectors_clipped=clipped_vectors,
                 values_clipped=clipped_values,
+                zero_vectors=int((~encoded.embeddings.any(axis=1)).sum()),
             ),
         )
 

@@ -255,6 +255,8 @@ def manifest(counts: Counter, files: dict[str, list[str]], header: dict) -> dict
     }
     if "calibration" in header["model"]:  # int8, uint8: values past the calibrated ranges are clipped
         body["clipped"] = {"vectors": counts["vectors_clipped"], "values": counts["values_clipped"]}
+    if counts["zero_vectors"]:  # no direction, so no cosine: stored as the model gave them, and counted
+        body["zero_vectors"] = counts["zero_vectors"]
     if "chunk_tokens" in header["model"]:
         per_document = {int(k.split(":", 1)[1]): v for k, v in counts.items() if k.startswith(PER_DOCUMENT)}
         body["passages"] = {
