@@ -243,6 +243,7 @@ class PassageSplitter:
         a text of exactly N tokens was cut in two. The fewer of the prompt alone and with a one-token word."""
         alone = int(self._count_tokens([""])[0])
         word = int(self._count_tokens(["a"])[0]) - len(self._tokenizer.encode("a", add_special_tokens=False).ids)
+        self._prompt_merges = word < alone
         return min(alone, word)
 
     @property
@@ -288,8 +289,11 @@ class PassageSplitter:
         """One passage for a document cut in two that the model counts as at most chunk_tokens, prompt and
         all. Its text is counted alone, where its first word may take a token more than after the prompt's
         space (byte-level BPE's `m` `odel` against `Ġmodel`), and a text of exactly N tokens was cut in two.
-        Only within one window: wider, the two were cut around a run without tokens (which stays out of
-        both) or at a window's edge."""
+        Only where the prompt's last token merges so (without one, texts split as they always did), and
+        within one window: wider, the two were cut around a run without tokens (which stays out of both)
+        or at a window's edge."""
+        if not self._prompt_merges:
+            return
         window = _window_chars(self._content_tokens)
         pairs = [
             d for d, split in enumerate(splits) if len(split.starts) == 2 and split.ends[1] - split.starts[0] <= window

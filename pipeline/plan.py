@@ -122,8 +122,8 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 VECTOR_KEYS = ("vector_dtype", "calibration")
 # The version of the splitting rules: it changes whenever the same settings would split a text differently.
 # passages-2 (2026-12-08): a document the model counts as fitting, prompt and all, is one passage (a
-# first word one token fewer after the prompt's space cut it in two). Without a prompt nothing changed:
-# those runs keep passages-1, and their passages' vectors.
+# first word one token fewer after the prompt's space cut it in two). Without a prompt the splitter
+# joins nothing: those runs keep passages-1, and their passages' vectors.
 SPLITTER_VERSIONS = {False: "passages-1", True: "passages-2"}  # by whether a prompt goes before the text
 # The prompts sentence-transformers' encode_document takes, the first the model defines (Qwen3-Embedding's
 # `document` is empty: its documents go without one).
