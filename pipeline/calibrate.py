@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
@@ -40,8 +42,11 @@ DEFAULT_ROWS = 10_000
 SAMPLE_SEED = 20_261_202  # the built-in calibration texts, the same on every machine
 
 
-def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Array:
-    """The first `rows` non-empty string texts of the inputs, or the built-in sample's."""
+def calibration_texts(
+    patterns: list[str], text_column: str, rows: int, without_tokens: Callable[[pa.Array], np.ndarray] | None = None
+) -> pa.Array:
+    """The first `rows` non-empty string texts of the inputs, or the built-in sample's; with `without_tokens`
+    (the model's TextTokenizer.without_tokens), of those holding a token, as the job embeds (no_tokens)."""
     if not patterns:
         return make_rows(rows, seed=SAMPLE_SEED).column("text").combine_chunks()
     texts = []
@@ -54,6 +59,8 @@ def calibration_texts(patterns: list[str], text_column: str, rows: int) -> pa.Ar
             if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
                 raise InputError(f"{file.path}: column {text_column!r} is {column.type}, not text")
             kept = column.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+            if without_tokens is not None:
+                kept = kept.filter(pa.array(~without_tokens(kept)))
             texts.append(kept.cast(pa.large_string()))  # shards may hold string or large_string
             if sum(map(len, texts)) >= rows:
                 return pa.concat_arrays(texts)[:rows]
@@ -96,8 +103,6 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
     weights = folder.weights_sha256()  # checks them whole, before any text is embedded
     check_model_settings(folder, args.prompt, args.prompt_name, args.truncate_dim, args.max_seq_length)
     passages = chunking(args, folder)
-    texts = calibration_texts(patterns, args.text_column, args.rows)
-    where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
     encoder = PooledEncoder(
         folder,
         "auto",
@@ -106,7 +111,8 @@ def calibrate(args: argparse.Namespace, patterns: list[str]) -> str:
         prompt=args.prompt,
         truncate_dim=args.truncate_dim,
     )
-    texts = texts.filter(pa.array(~encoder.tokenizer.without_tokens(texts)))  # as the job: rejected, no_tokens
+    texts = calibration_texts(patterns, args.text_column, args.rows, encoder.tokenizer.without_tokens)
+    where = f"column {args.text_column!r} of --input {args.input}" if patterns else "the built-in sample"
     if len(set(texts)) < 2:
         raise InputError(
             f"{len(set(texts))} different text(s) holding a token in {where}; calibration needs at least 2"

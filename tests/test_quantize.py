@@ -147,7 +147,8 @@ def test_calibration_leaves_out_the_texts_the_job_rejects_as_holding_no_token(tm
     kept = ["Backups run nightly.", "The index is rebuilt at noon."]
     write_parquet(tmp_path / "kb.parquet", text=[kept[0], "\u200b\u200b\u200b", "\x01\x02", kept[1]])
     output = tmp_path / "c.json"
-    assert calibrate(["--output", str(output), "--model", model_path, "--input", str(tmp_path / "kb.parquet")]) == 0
+    command = ["--output", str(output), "--model", model_path, "--input", str(tmp_path / "kb.parquet")]
+    assert calibrate([*command, "--rows", "2"]) == 0  # the first 2 texts that the job embeds
     assert capsys.readouterr().out.strip() == f"{output}: ranges of 384 dimensions over 2 texts"
     calibration = Calibration.from_json(output.read_text(), str(output))
     vectors = PooledEncoder(read_model_folder(model_path), "cpu").encode(kept).embeddings
