@@ -263,7 +263,8 @@ def make_options(argv: list[str]) -> PipelineOptions:
 def _check_dataflow_workers(options: PipelineOptions) -> None:
     """Dataflow's default workers hold Beam alone: without an image of their own or this project to
     install, each would fail on its first bundle, minutes after the job started. A flex template's
-    launcher (--template_location) is passed over: the launch's own environment may name the image."""
+    launcher (its image sets FLEX_TEMPLATE_PYTHON_PY_FILE) is passed over: the launch's own environment
+    may name the image."""
     worker, setup = options.view_as(WorkerOptions), options.view_as(SetupOptions)
     given = (
         worker.sdk_container_image,
@@ -271,7 +272,8 @@ def _check_dataflow_workers(options: PipelineOptions) -> None:
         worker.sdk_harness_container_image_overrides,
         setup.setup_file,
         setup.extra_packages,
-        options.view_as(GoogleCloudOptions).template_location,
+        setup.requirements_file,  # where it names this project's package
+        os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE"),
     )
     if not any(given):
         raise UsageError(
@@ -636,8 +638,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         )
     if zeros := result.get("zero_vectors"):
         _LOG.warning(
-            "%d vectors embedded are all zeros (the model gave these texts no direction, as a static model does "
-            "for tokens its table holds as zeros): they have no cosine to any query; leave them out of searches",
+            "the model gave %d of the texts embedded a vector of zeros (no direction, as a static model gives "
+            "tokens its table holds as zeros): they have no cosine to any query; leave them out of searches",
             zeros,
         )
     if clipped := (result.get("clipped") or {}).get("vectors"):

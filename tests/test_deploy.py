@@ -39,7 +39,7 @@ from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 from apache_beam.runners.portability.flink_runner import FlinkRunner
 
 from pipeline.load import command_line
-from pipeline.options import EmbedOptions, parse_command_line
+from pipeline.options import EmbedOptions, UsageError, parse_command_line
 from pipeline.run import make_options
 from samples.knowledge_base import write_shards
 from tests.conftest import JOB, ROOT
@@ -235,7 +235,7 @@ def test_flex_template_launcher_command_runs_with_flex_style_parameters(tmp_path
     assert (plan["output"], plan["previous"], len(plan["input_files"])) == (f"{tmp_path}/out", None, 1)
 
 
-def test_a_dataflow_run_without_the_worker_image_is_refused_before_it_starts(tmp_path):
+def test_a_dataflow_run_without_the_worker_image_is_refused_before_it_starts(tmp_path, monkeypatch):
     """Dataflow's default workers hold Beam alone: each failed on its first bundle, minutes after the
     job started, with Python's `No module named 'transforms'`."""
     write_shards(tmp_path / "kb", rows=5, shards=1)
@@ -251,17 +251,23 @@ def test_a_dataflow_run_without_the_worker_image_is_refused_before_it_starts(tmp
         "--setup_file ./setup.py"
     )
     assert not (tmp_path / "out").exists()
-    # Any of Beam's ways of giving the workers the project passes; so does a flex template's launcher,
-    # whose launch may name the image in its environment.
+    # Any of Beam's ways of giving the workers the project passes.
     for given in (
         "--sdk_container_image=registry.example/embed/gpu-worker:v7",
         "--worker_harness_container_image=registry.example/embed/gpu-worker:v7",
         "--sdk_harness_container_image_overrides=.*python.*,registry.example/embed/gpu-worker:v7",
         "--setup_file=./setup.py",
         "--extra_package=dist/parquet_embedding_job-0.1.0-py3-none-any.whl",
-        "--template_location=gs://b/templates/launches/job_object",
+        "--requirements_file=requirements-workers.txt",
     ):
         assert make_options([*dataflow, given]).view_as(StandardOptions).runner == "DataflowRunner"
+    # A classic template made without them is refused; a flex template's launcher (its image sets
+    # FLEX_TEMPLATE_PYTHON_PY_FILE) is not, since the launch's environment may name the image.
+    classic = [*dataflow, "--template_location=gs://b/templates/embed"]
+    with pytest.raises(UsageError, match="Dataflow's default workers have neither this project nor torch"):
+        make_options(classic)
+    monkeypatch.setenv("FLEX_TEMPLATE_PYTHON_PY_FILE", "/template/pipeline/run.py")
+    assert make_options(classic).view_as(StandardOptions).runner == "DataflowRunner"
 
 
 def test_flink_submit_and_kubernetes_manifest_agree_and_flink_validates():

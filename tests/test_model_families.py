@@ -259,7 +259,7 @@ def test_vectors_of_zeros_are_written_counted_and_warned_of(folders, tmp_path):
     result = run_cli("--input", str(tmp_path / "kb.parquet"), "--output", str(tmp_path / "out"), "--model", str(folder))
     assert result.returncode == 0, result.stderr
     assert read_manifest(tmp_path / "out")["zero_vectors"] == 2
-    assert "2 vectors embedded are all zeros (the model gave these texts no direction" in result.stderr
+    assert "the model gave 2 of the texts embedded a vector of zeros (no direction" in result.stderr
     vectors = {key: np.array(row["embedding"]) for key, row in embedding_rows(tmp_path / "out").items()}
     assert not vectors[1].any() and not vectors[2].any()
     assert np.linalg.norm(vectors[3]) == pytest.approx(1.0, abs=1e-6)
