@@ -1109,7 +1109,12 @@ def changes_since(run: Run, held_run_id: str, schema: pa.Schema) -> list[Run] | 
     if not changes:  # the run's own
         return None
     if skipped:
-        _LOG.info("the table holds run %s: first the change sets of %d skipped loads", held_run_id, len(skipped))
+        _LOG.info(
+            "the table holds run %s: first the change sets of %d skipped load%s",
+            held_run_id,
+            len(skipped),
+            "" if len(skipped) == 1 else "s",
+        )
     return [*skipped, run]
 
 
