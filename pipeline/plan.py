@@ -891,13 +891,13 @@ def prepare_output(
     if WILDCARD.search(output):
         # Beam's file sink matches its own output names as glob patterns: its rename would fail at
         # the end, and clearing an earlier run here would match other directories.
-        raise InputError(
+        raise UsageError(
             f"--output {output!r} holds a glob character (* ? or [): Beam's file sink reads its output path "
             "as a pattern; choose a directory name without them"
         )
     # A bucket's root: Beam names GCS and S3 objects below a bucket (hdfs://out is the folder /out).
     if FileSystems.get_scheme(output) in ("gs", "s3") and "/" not in output.split("://", 1)[1].strip("/"):
-        raise InputError(f"--output {output} is a bucket's root; give a folder in it ({output.rstrip('/')}/embeddings)")
+        raise UsageError(f"--output {output} is a bucket's root; give a folder in it ({output.rstrip('/')}/embeddings)")
     if previous and same_place(output, previous):
         raise InputError(f"--output and --previous are both {output}; write today's run to a new directory")
     if os.path.isfile(output) if not is_url(output) else FileSystems.exists(output.rstrip("/")):

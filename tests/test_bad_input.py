@@ -375,7 +375,7 @@ def test_output_with_glob_characters_is_refused_before_anything_is_deleted(tmp_p
     before = sorted(p.name for p in other.iterdir())
     for output in (tmp_path / "run[1]", tmp_path / "run?", tmp_path / "run*"):
         result = run_cli("--input", str(path), "--output", str(output), "--overwrite")
-        assert result.returncode == 1
+        assert result.returncode == 2  # a malformed command line
         assert (
             f"error: --output {str(output)!r} holds a glob character (* ? or [): Beam's file sink reads its "
             "output path as a pattern; choose a directory name without them" in result.stderr
@@ -389,7 +389,7 @@ def test_a_buckets_root_as_output_is_refused_in_one_line(tmp_path, output):
     """Beam's GCS paths name an object below the bucket: the check that --output is no file failed with a
     traceback (`GCS path must be in the form gs://<bucket>/<object>`) and then told to run again."""
     result = run_cli("--input", str(good_shard(tmp_path / "a.parquet")), "--output", output, "--plan_only")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr == f"error: --output {output} is a bucket's root; give a folder in it (gs://kb/embeddings)\n"
 
 
