@@ -247,6 +247,12 @@ class PassageSplitter:
         return min(alone, word)
 
     @property
+    def prompt_merges(self) -> bool:
+        """Whether the prompt's last token merges into a text's first word (`Ġ` + `word`): only then are two
+        passages that the model counts as fitting joined (`_join_pairs_that_fit`)."""
+        return self._prompt_merges
+
+    @property
     def content_tokens(self) -> int:
         """Document tokens a passage may hold: chunk_tokens less the prompt's and special tokens."""
         return self._content_tokens

@@ -34,7 +34,7 @@ from encoder import ModelFolder, ModelFolderError
 from encoder.devices import cuda_available, resolve_dtype
 from encoder.folder_digest import folder_sha256
 from encoder.model_folder import TransformerSpec
-from encoder.passages import MIN_CONTENT_TOKENS, overlap_limit
+from encoder.passages import MIN_CONTENT_TOKENS, PassageSplitter, overlap_limit
 from encoder.quantize import CALIBRATED, CalibratedModel, Calibration, CalibrationError, Quantizer
 from encoder.tokens import TextTokenizer
 from pipeline.options import (
@@ -121,10 +121,11 @@ CHUNKING_KEYS = ("chunk_tokens", "chunk_overlap", "splitter")
 # before --vector_dtype existed keep being reused.
 VECTOR_KEYS = ("vector_dtype", "calibration")
 # The version of the splitting rules: it changes whenever the same settings would split a text differently.
-# passages-2 (2026-12-08): a document the model counts as fitting, prompt and all, is one passage (a
-# first word one token fewer after the prompt's space cut it in two). Without a prompt the splitter
-# joins nothing: those runs keep passages-1, and their passages' vectors.
-SPLITTER_VERSIONS = {False: "passages-1", True: "passages-2"}  # by whether a prompt goes before the text
+# passages-2 (2026-12-08): where the prompt's last token merges into a text's first word (E5's `passage: `
+# with a byte-level or sentencepiece tokenizer), a document the model counts as fitting, prompt and all,
+# is one passage (a first word one token fewer after the prompt's space cut it in two). Other runs split
+# as before: they keep passages-1, and their passages' vectors.
+SPLITTER_VERSIONS = {False: "passages-1", True: "passages-2"}  # by Chunking.prompt_merges
 # The prompts sentence-transformers' encode_document takes, the first the model defines (Qwen3-Embedding's
 # `document` is empty: its documents go without one).
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
@@ -1011,15 +1012,14 @@ def chunking(options: PassageSettings, folder: ModelFolder) -> Chunking | None:
         )
     content = tokens - overhead
     limit = overlap_limit(content)
-    if options.chunk_overlap is None:
-        return Chunking(tokens, min(DEFAULT_CHUNK_OVERLAP, limit - 1))
-    overlap = options.chunk_overlap
+    overlap = min(DEFAULT_CHUNK_OVERLAP, limit - 1) if options.chunk_overlap is None else options.chunk_overlap
     if not 0 <= overlap < limit:
         raise UsageError(
             f"--chunk_overlap {overlap} must be at least 0 and less than {limit}: under half of the {content} "
             f"tokens of text a passage holds (--chunk_tokens {tokens} less {overhead} for special tokens and prompt)"
         )
-    return Chunking(tokens, overlap)
+    splitter = PassageSplitter(tokenizer.raw, tokens, overlap, tokenizer.count)  # as the workers' (its version)
+    return Chunking(tokens, overlap, splitter.prompt_merges)
 
 
 def read_previous(path: str, columns: InputColumns, model_block: dict) -> PreviousRun:
@@ -1398,7 +1398,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
     check_column_names(columns, passages is not None)
     if passages:
         model_block.update(
-            chunk_tokens=passages.tokens, chunk_overlap=passages.overlap, splitter=SPLITTER_VERSIONS[bool(prompt)]
+            chunk_tokens=passages.tokens,
+            chunk_overlap=passages.overlap,
+            splitter=SPLITTER_VERSIONS[passages.prompt_merges],
         )
     model_block["fingerprint"] = model_fingerprint(model_block)
     previous = read_previous(opts.previous, columns, model_block) if opts.previous else None

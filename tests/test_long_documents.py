@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import SentenceTransformer
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
 from encoder import read_model_folder
@@ -26,7 +27,9 @@ from pipeline.options import EmbedOptions, UsageError
 from pipeline.plan import chunking
 from pipeline.run import make_options
 from samples.long_documents import long_documents
-from tests.conftest import ROOT, assert_same_output, read_manifest, record, run_cli, write_parquet
+from tests.conftest import ROOT, assert_same_output, read_manifest, record, run_cli, run_clis, write_parquet
+from tests.test_passages import real_documents, trained
+from tests.test_tokens import static_folder
 from transforms.passages import Chunking
 
 N, M = 128, 16
@@ -340,17 +343,29 @@ def test_carried_columns_of_any_arrow_type_pass_through_bit_for_bit(tmp_path, ch
            "carried bit for bit", [tmp_path / "in.parquet"], tmp_path / "out")  # fmt: skip
 
 
-def test_runs_with_a_prompt_name_the_splitting_rules_that_count_the_text_after_it(tmp_path):
-    """Since 2026-12-08 a document the model counts as fitting, prompt and all, is one passage: with a prompt
-    the same settings may split a text otherwise than before, so such runs name other rules (and re-embed
-    once); without one nothing changed (the manifest test above)."""
+def test_runs_whose_prompt_merges_into_the_text_name_the_splitting_rules_that_join_what_fits(tmp_path):
+    """Since 2026-12-08, where the prompt's last token merges into a text's first word (`passage: ` before a
+    byte-level BPE's `Ġword`), a document the model counts as fitting is one passage: the same settings may
+    split a text otherwise than before, so those runs name other rules (and re-embed once). Other runs split
+    as before (WordPiece keeps no token of the prompt's space; without a prompt nothing merges)."""
     write_parquet(tmp_path / "in.parquet", id=[1], text=["A short text."])
-    plan = run_cli(
-        "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), *CHUNKING,
-        "--prompt", "passage: ", "--plan_only",
+    byte_level = static_folder(
+        tmp_path / "byte-level", trained(real_documents(), pre_tokenizers.ByteLevel(add_prefix_space=False))
+    )
+    runs = (("passage: ", ["--model", str(byte_level)]), ("query:", ["--model", str(byte_level)]), ("passage: ", []))
+    plans = run_clis(
+        *(
+            ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--chunk_tokens", "64",
+             "--prompt", prompt, "--plan_only", *model]
+            for prompt, model in runs
+        )
     )  # fmt: skip
-    assert plan.returncode == 0, plan.stderr
-    assert json.loads(plan.stdout)["model"]["splitter"] == "passages-2"
+    assert [plan.returncode for plan in plans] == [0, 0, 0], [plan.stderr for plan in plans]
+    assert [json.loads(plan.stdout)["model"]["splitter"] for plan in plans] == [
+        "passages-2",
+        "passages-1",
+        "passages-1",
+    ]
 
 
 def test_the_job_killed_then_rerun_gives_the_same_passages(tmp_path):

@@ -31,6 +31,7 @@ from transforms.validate import REJECTED, STATS
 class Chunking:
     tokens: int  # at most this many tokens per passage, as the model counts them
     overlap: int  # tokens repeated from the end of one passage at the start of the next
+    prompt_merges: bool = False  # the prompt's last token merges into a text's first word (`Ġ` + `word`)
 
 
 @dataclass(frozen=True)
