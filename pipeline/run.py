@@ -272,7 +272,6 @@ def _check_dataflow_workers(options: PipelineOptions) -> None:
         worker.sdk_harness_container_image_overrides,
         setup.setup_file,
         setup.extra_packages,
-        setup.requirements_file,  # where it names this project's package
         os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE"),
     )
     if not any(given):

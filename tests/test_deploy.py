@@ -258,7 +258,6 @@ def test_a_dataflow_run_without_the_worker_image_is_refused_before_it_starts(tmp
         "--sdk_harness_container_image_overrides=.*python.*,registry.example/embed/gpu-worker:v7",
         "--setup_file=./setup.py",
         "--extra_package=dist/parquet_embedding_job-0.1.0-py3-none-any.whl",
-        "--requirements_file=requirements-workers.txt",
     ):
         assert make_options([*dataflow, given]).view_as(StandardOptions).runner == "DataflowRunner"
     # A classic template made without them is refused; a flex template's launcher (its image sets
