@@ -193,25 +193,30 @@ def test_a_portable_run_whose_pool_starts_no_worker_fails_once_the_start_timeout
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def run_on_a_pool(tmp_path: Path, cwd: Path, env: dict[str, str]) -> tuple[int, subprocess.CompletedProcess]:
+    """The job on tmp_path/kb through a worker pool started in `cwd` with `env`: the pool's port, and the run."""
+    port = free_port()
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        cwd=cwd,
+        env=env,
+    )
+    try:
+        wait_for_port(port, pool)
+        return port, run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                             f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
+                             "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
+    finally:
+        pool.terminate()
+        pool.wait(timeout=30)
+
+
 def test_a_portable_run_whose_pool_has_no_python_fails_naming_it(tmp_path):
     """The pool could not start `python` (a container or virtual environment with python3 only): Beam's
     RuntimeError ended the run with a traceback naming neither the pool nor the fix."""
     write_shards(tmp_path / "kb", rows=20, shards=1)
     (tmp_path / "empty-bin").mkdir()
-    port = free_port()
-    pool = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        cwd=ROOT,
-        env={**os.environ, "PATH": str(tmp_path / "empty-bin")},
-    )
-    try:
-        wait_for_port(port, pool)
-        result = run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
-                         f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
-                         "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
-    finally:
-        pool.terminate()
-        pool.wait(timeout=30)
+    port, result = run_on_a_pool(tmp_path, ROOT, {**os.environ, "PATH": str(tmp_path / "empty-bin")})
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: the worker pool at localhost:{port} could not start a worker (FileNotFoundError: ")
@@ -229,24 +234,15 @@ def test_a_portable_run_whose_workers_lack_this_project_fails_saying_so(tmp_path
     forget = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; exec(sys.argv[1])"
     (bare / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "{forget}" "$2"\n')
     (bare / "python").chmod(0o755)
-    port = free_port()
     (tmp_path / "elsewhere").mkdir()
-    pool = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        cwd=tmp_path / "elsewhere",  # not the project's folder, and no PYTHONPATH to it
-        env={
+    _, result = run_on_a_pool(
+        tmp_path,
+        tmp_path / "elsewhere",  # not the project's folder, and no PYTHONPATH to it
+        {
             **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
             "PATH": f"{bare}{os.pathsep}{os.environ['PATH']}",
         },
     )
-    try:
-        wait_for_port(port, pool)
-        result = run_cli("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
-                         f"--environment_config=localhost:{port}", "--input", f"{tmp_path}/kb/*.parquet",
-                         "--output", str(tmp_path / "out"), timeout=120)  # fmt: skip
-    finally:
-        pool.terminate()
-        pool.wait(timeout=30)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
