@@ -357,18 +357,19 @@ def test_the_jobs_own_lines_survive_beam_logging_as_it_is_imported(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("flags", "dtype", "hinted"),
+    ("flags", "dtype", "static", "hinted"),
     [
-        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "auto", True),
-        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "float32", False),  # asked for: no advice
-        ("avx2 avx512f avx512bw avx512vl avx512_bf16", "auto", False),  # no AMX
+        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "auto", False, True),
+        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "float32", False, False),  # asked for: no advice
+        ("avx2 avx512f avx512bw avx512vl avx512_bf16", "auto", False, False),  # no AMX
+        ("avx2 avx512f avx512bw avx512vl amx_bf16 amx_tile", "auto", True, False),  # float32 whatever --dtype says
     ],
 )
-def test_a_cpu_with_amx_is_pointed_to_bfloat16(monkeypatch, caplog, tmp_path, flags, dtype, hinted):
+def test_a_cpu_with_amx_is_pointed_to_bfloat16(monkeypatch, caplog, tmp_path, flags, dtype, static, hinted):
     monkeypatch.setattr(cpu_flags, "cpu_features", lambda: ("GenuineIntel", set(flags.split())))
     options = make_options(["--input", "x.parquet", "--output", str(tmp_path), "--device", "cpu", "--dtype", dtype])
     with caplog.at_level("INFO", logger="pipeline.run"):
-        _log_device(options)
+        _log_device(options, static)
     hints = [r.getMessage() for r in caplog.records if "AMX" in r.getMessage()]
     assert hints == (
         [
