@@ -638,14 +638,14 @@ class PgvectorLoader:
 
     def _types(self, connection, schema: pa.Schema, run: Run) -> dict[str, str]:
         """Each of the run's columns and its PostgreSQL type as format_type spells it."""
-        vectors = PgVectors.of(run).column_type
-        declared = [vectors if f.name == EMBEDDING_COLUMN else postgres_type(f) for f in schema]
+        declared = _table_columns(run, schema)
         spelled = connection.execute(
             "SELECT format_type(t::regtype, NULL) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
-            [declared],
+            [list(declared.values())],
         ).fetchall()
         return {
-            f.name: vectors if f.name == EMBEDDING_COLUMN else kind for f, (kind,) in zip(schema, spelled, strict=True)
+            name: kind if name == EMBEDDING_COLUMN else spelling
+            for (name, kind), (spelling,) in zip(declared.items(), spelled, strict=True)
         }
 
     def _replace(self, connection, schema: pa.Schema, run: Run, shape: list | None, found: dict[str, str]) -> str:

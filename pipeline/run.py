@@ -105,9 +105,9 @@ _CHANNEL_LOST = "Channel closed prematurely"  # Beam's failure of a run whose wo
 # A write step's system error (OSError's `[Errno N] ...`: a full disk, no permission), as Beam wraps it.
 _WRITE_FAILED = re.compile(r"(\w+Error: \[Errno \d+\] [^\n]*?) \[while running '((?:Write|Manifest)[^']*)'\]")
 _PATH_OPTIONS = ("output", "previous", "model", "calibration")  # paths workers read or write, or the launcher
-# What every failed or stopped run's `error:` line ends with.
 # A worker's failure to load the job's DoFns: one of this project's packages is not installed there.
 _PROJECT_MISSING = re.compile(r"No module named '(?:pipeline|transforms|encoder|schemas|samples)(?:\.[\w.]+)?'")
+# What every failed or stopped run's `error:` line ends with.
 _NOT_PUBLISHED = (
     "no manifest.json was written, so nothing was published; running the same command again replaces the partial files"
 )
@@ -254,10 +254,16 @@ def make_options(argv: list[str]) -> PipelineOptions:
             runner = create_runner(standard.runner)
         except ValueError as e:
             raise UsageError(f"--runner {standard.runner}: {e}") from e
-        if type(runner).__name__ == "DataflowRunner":
+        if _on_dataflow(runner):
             _check_dataflow_workers(options)
         _absolute_local_paths(options.view_as(EmbedOptions))
     return options
+
+
+def _on_dataflow(runner: PipelineRunner) -> bool:
+    """Whether Beam made Dataflow's runner of --runner, however spelled (`DataflowRunner`, `dataflow`, its
+    class path)."""
+    return type(runner).__name__ == "DataflowRunner"
 
 
 def _check_dataflow_workers(options: PipelineOptions) -> None:
@@ -481,7 +487,7 @@ def run(argv: list[str], started: float | None = None) -> dict | None:
             ) from failure
         raise
     template = options.view_as(GoogleCloudOptions).template_location
-    if template and runner.lower().removesuffix("runner") == "dataflow":  # Beam takes `dataflow` for it too
+    if template and _on_dataflow(create_runner(runner)):
         # A flex template's launcher: Beam only wrote the job's graph, which Dataflow runs after this exits.
         _LOG.info("wrote the job's graph to %s; Dataflow runs the job from it and writes the manifest", template)
         return None
